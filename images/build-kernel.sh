@@ -28,7 +28,17 @@ if [[ -f $out/bzImage && -f $out/vmlinux ]]; then
 	exit 0
 fi
 
+# One build at a time: a second caller waits, then finds the result.
 mkdir -p "$cache"
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+	echo "build-kernel: another build is running; waiting for it" >&2
+	flock 9
+fi
+if [[ -f $out/bzImage && -f $out/vmlinux ]]; then
+	echo "$out"
+	exit 0
+fi
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 echo "build-kernel: building Linux $srcver with $(basename "$fragment") in $work (about 5 minutes on 2 cores)" >&2

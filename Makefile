@@ -1,0 +1,75 @@
+# vessel: a microVM monitor in Go. See README.md.
+#
+#   make demo     install dependencies, build everything, boot a microVM
+#   make test     all tests: unit, fuzz (short), end to end (real boots)
+#   make bench-boot  boot-time benchmark against gokvm and QEMU microvm
+
+SHELL := /bin/bash
+GO ?= go
+GUEST_DIR ?= $(or $(VESSEL_GUEST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vessel/guest)
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio dpkg-dev busybox-static
+FUZZTIME ?= 10s
+
+export VESSEL_GUEST_DIR := $(GUEST_DIR)
+
+.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot clean
+
+all: build guest
+
+## deps: Debian packages (QEMU for the test platform, the kernel source and
+## its build tools) and the Go modules.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+build:
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -o bin/vessel ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -o bin/testvm ./cmd/testvm
+
+## guest: the guest kernel (built once, cached by its inputs) and the
+## initramfs, installed where vessel looks for them by default.
+guest:
+	@mkdir -p build "$(GUEST_DIR)"
+	@kdir=$$(images/build-kernel.sh) && \
+		install -m 0644 "$$kdir/bzImage" "$(GUEST_DIR)/bzImage" && \
+		install -m 0644 "$$kdir/vmlinux" "$(GUEST_DIR)/vmlinux"
+	images/build-initramfs.sh "$(GUEST_DIR)/initramfs.cpio"
+
+## demo: the README's first command: boot a microVM that prints its kernel
+## version (through the nested test platform where the host's KVM cannot
+## boot a stock kernel).
+demo: deps build guest
+	bin/testvm -- bin/vessel vm run -- uname -a
+
+test: deps build guest test-unit test-fuzz test-e2e
+
+test-unit:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
+	$(GO) test -race ./...
+
+## test-fuzz: a short bounded run of every fuzz target.
+test-fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { echo "fuzz $$t failed"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1x $$pkg; exit 1; }; \
+		done; \
+	done
+
+## test-e2e: real boots. The test binary is compiled on the host and run
+## inside the test platform (cmd/testvm): directly on a VT-x/AMD-V host,
+## in a nested KVM under QEMU's emulation elsewhere.
+test-e2e: build
+	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
+	bin/testvm --timeout 25m -- build/e2e.test -test.v -test.timeout 24m
+
+clean:
+	rm -rf bin build

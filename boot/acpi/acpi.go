@@ -1,0 +1,222 @@
+// Package acpi writes the ACPI tables vessel gives its guests: a
+// hardware-reduced platform (ACPI 6.4, section 4.1) with an RSDP, XSDT,
+// FADT, MADT and a DSDT whose only object is \_S5, so that the guest
+// kernel finds its CPUs and IOAPIC and can power the machine off by
+// writing the FADT's sleep control register, a port vessel traps.
+//
+// The tables live in the BIOS area below 1 MiB (reserved in the e820 map),
+// where Linux scans for the RSDP (ACPI 6.4 section 5.2.5.1).
+package acpi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/vesselvm/vessel/guestmem"
+)
+
+// Layout and platform constants.
+const (
+	// RSDPAddr is where the RSDP goes: the start of the BIOS read-only
+	// area Linux scans (0xE0000-0xFFFFF), on a 16-byte boundary.
+	RSDPAddr = 0xE0000
+	// TablesEnd bounds the area the tables may use.
+	TablesEnd = 0x100000
+
+	// SleepControlPort is the I/O port of the FADT sleep control and
+	// sleep status registers (one byte each, the same port, as in Cloud
+	// Hypervisor). A write of SLP_EN with SLP_TYP = S5SleepType powers
+	// the VM off.
+	SleepControlPort = 0x3C0
+	// S5SleepType is the SLP_TYP value \_S5 declares.
+	S5SleepType = 5
+	// SleepEnable is SLP_EN in the sleep control register (ACPI 6.4 4.8.3.7).
+	SleepEnable = 1 << 5
+	// SleepTypeShift and SleepTypeMask locate SLP_TYP in that register.
+	SleepTypeShift = 2
+	SleepTypeMask  = 0x7 << SleepTypeShift
+
+	lapicAddr  = 0xFEE0_0000
+	ioapicAddr = 0xFEC0_0000
+)
+
+var (
+	oemID      = [6]byte{'V', 'E', 'S', 'S', 'E', 'L'}
+	oemTableID = [8]byte{'V', 'E', 'S', 'S', 'E', 'L', 'V', 'M'}
+	creatorID  = [4]byte{'V', 'S', 'L', ' '}
+)
+
+// ErrCPUs is returned for a vCPU count the MADT cannot describe.
+var ErrCPUs = errors.New("acpi: unsupported vCPU count")
+
+// MaxCPUs is the most vCPUs the MADT describes with xAPIC entries (APIC
+// IDs 0..254, the IOAPIC takes the next ID).
+const MaxCPUs = 254
+
+// Write builds the tables for a VM with cpus vCPUs and writes them to
+// guest memory starting at RSDPAddr.
+func Write(mem *guestmem.Memory, cpus int) error {
+	if cpus < 1 || cpus > MaxCPUs {
+		return fmt.Errorf("%w: %d", ErrCPUs, cpus)
+	}
+	// Addresses, in order: RSDP, XSDT, FADT, MADT, DSDT.
+	dsdt := table("DSDT", 2, dsdtAML())
+	madt := table("APIC", 5, madtBody(cpus))
+	addr := uint64(RSDPAddr + 64)
+	xsdtAddr := addr
+	xsdtLen := uint64(36 + 8*2)
+	fadtAddr := align16(xsdtAddr + xsdtLen)
+	madtAddr := align16(fadtAddr + 276)
+	dsdtAddr := align16(madtAddr + uint64(len(madt)))
+	end := dsdtAddr + uint64(len(dsdt))
+	if end > TablesEnd {
+		return fmt.Errorf("acpi: tables end at %#x, past %#x", end, TablesEnd)
+	}
+	fadt := table("FACP", 6, fadtBody(dsdtAddr))
+	xsdt := table("XSDT", 1, le64s(fadtAddr, madtAddr))
+	for _, w := range []struct {
+		addr uint64
+		b    []byte
+	}{
+		{RSDPAddr, rsdp(xsdtAddr)}, {xsdtAddr, xsdt}, {fadtAddr, fadt}, {madtAddr, madt}, {dsdtAddr, dsdt},
+	} {
+		if _, err := mem.WriteAt(w.b, w.addr); err != nil {
+			return fmt.Errorf("acpi: write table at %#x: %w", w.addr, err)
+		}
+	}
+	return nil
+}
+
+func align16(a uint64) uint64 { return (a + 15) &^ 15 }
+
+// checksum returns the byte that makes b sum to zero.
+func checksum(b []byte) byte {
+	var s byte
+	for _, c := range b {
+		s += c
+	}
+	return -s
+}
+
+// rsdp builds the revision-2 Root System Description Pointer (ACPI 6.4
+// 5.2.5.3).
+func rsdp(xsdt uint64) []byte {
+	b := make([]byte, 36)
+	copy(b[0:8], "RSD PTR ")
+	copy(b[9:15], oemID[:])
+	b[15] = 2                                 // revision: ACPI 2.0+
+	binary.LittleEndian.PutUint32(b[20:], 36) // length
+	binary.LittleEndian.PutUint64(b[24:], xsdt)
+	b[8] = checksum(b[0:20])
+	b[32] = checksum(b)
+	return b
+}
+
+// table prepends the System Description Table Header (ACPI 6.4 5.2.6) to
+// body and sets its checksum.
+func table(sig string, rev byte, body []byte) []byte {
+	b := make([]byte, 36+len(body))
+	copy(b[0:4], sig)
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(b)))
+	b[8] = rev
+	copy(b[10:16], oemID[:])
+	copy(b[16:24], oemTableID[:])
+	binary.LittleEndian.PutUint32(b[24:], 1) // OEM revision
+	copy(b[28:32], creatorID[:])
+	binary.LittleEndian.PutUint32(b[32:], 1) // creator revision
+	copy(b[36:], body)
+	b[9] = checksum(b)
+	return b
+}
+
+func le64s(v ...uint64) []byte {
+	b := make([]byte, 8*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint64(b[8*i:], x)
+	}
+	return b
+}
+
+// FADT field offsets (ACPI 6.4 table 5.9), relative to the table start.
+const (
+	fadtDSDT          = 40
+	fadtBootArch      = 109
+	fadtFlags         = 112
+	fadtMinorVersion  = 131
+	fadtXDSDT         = 140
+	fadtSleepControl  = 244
+	fadtSleepStatus   = 256
+	fadtHypervisorID  = 268
+	fadtLen           = 276
+	bootArch8042      = 1 << 1 // IA-PC boot architecture: an 8042 is present
+	bootArchNoVGA     = 1 << 2
+	bootArchNoCMOS    = 1 << 5
+	flagHWReduced     = 1 << 20
+	flagPowerButton   = 1 << 4 // no fixed-feature power button
+	flagSleepButton   = 1 << 5 // no fixed-feature sleep button
+	gasSystemIO       = 1
+	gasAccessByte     = 1
+	fadtBodyOffset    = 36
+	hypervisorVendor  = "VESSEL"
+	madtFlagPCATCompa = 1
+)
+
+// fadtBody builds the Fixed ACPI Description Table after its header: a
+// hardware-reduced platform whose only fixed registers are the sleep
+// control and status registers.
+func fadtBody(dsdt uint64) []byte {
+	b := make([]byte, fadtLen)
+	binary.LittleEndian.PutUint32(b[fadtDSDT:], uint32(dsdt))
+	binary.LittleEndian.PutUint16(b[fadtBootArch:], bootArch8042|bootArchNoVGA|bootArchNoCMOS)
+	binary.LittleEndian.PutUint32(b[fadtFlags:], flagHWReduced|flagPowerButton|flagSleepButton)
+	b[fadtMinorVersion] = 4
+	binary.LittleEndian.PutUint64(b[fadtXDSDT:], dsdt)
+	gas(b[fadtSleepControl:], SleepControlPort)
+	gas(b[fadtSleepStatus:], SleepControlPort)
+	copy(b[fadtHypervisorID:], hypervisorVendor)
+	return b[fadtBodyOffset:]
+}
+
+// gas writes a Generic Address Structure (ACPI 6.4 5.2.3.2) for one byte
+// of port I/O.
+func gas(b []byte, port uint64) {
+	b[0] = gasSystemIO
+	b[1] = 8 // register bit width
+	b[2] = 0 // bit offset
+	b[3] = gasAccessByte
+	binary.LittleEndian.PutUint64(b[4:], port)
+}
+
+// madtBody builds the Multiple APIC Description Table after its header
+// (ACPI 6.4 5.2.12): one enabled local APIC per vCPU (APIC ID = index),
+// the IOAPIC with ID cpus at GSI base 0, and LINT1 as NMI on every CPU.
+// There is no interrupt source override: KVM's in-kernel irqchip routes
+// ISA IRQ n to GSI n.
+func madtBody(cpus int) []byte {
+	b := make([]byte, 8, 8+8*cpus+12+6)
+	binary.LittleEndian.PutUint32(b[0:], lapicAddr)
+	binary.LittleEndian.PutUint32(b[4:], madtFlagPCATCompa)
+	for i := 0; i < cpus; i++ {
+		// Processor Local APIC: type 0, length 8, UID, APIC ID, flags (enabled).
+		b = append(b, 0, 8, byte(i), byte(i), 1, 0, 0, 0)
+	}
+	// I/O APIC: type 1, length 12, ID, reserved, address, GSI base.
+	io := []byte{1, 12, byte(cpus), 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(io[4:], ioapicAddr)
+	b = append(b, io...)
+	// Local APIC NMI: type 4, length 6, all processors, flags 0, LINT1.
+	b = append(b, 4, 6, 0xFF, 0, 0, 1)
+	return b
+}
+
+// dsdtAML is the DSDT's definition block: Name (_S5, Package () {5, 0, 0, 0}),
+// the S5 (soft off) sleep type values (ACPI 6.4 7.4.2), in AML (20.2).
+func dsdtAML() []byte {
+	return []byte{
+		0x08, '_', 'S', '5', '_', // NameOp, NameString "_S5_"
+		0x12, 0x07, 0x04, // PackageOp, PkgLength 7, NumElements 4
+		0x0A, S5SleepType, // BytePrefix 5: SLP_TYPa
+		0x00, 0x00, 0x00, // ZeroOp: SLP_TYPb, reserved, reserved
+	}
+}

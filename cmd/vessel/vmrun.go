@@ -1,0 +1,260 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// DefaultCmdline is the kernel command line vessel boots with unless
+// --cmdline replaces it. vessel appends its own vessel.* parameters.
+//   - console=ttyS0: the 8250 UART on COM1 is the console.
+//   - reboot=k: reboot through the i8042 reset line, which ends the VM.
+//   - panic=-1: reboot at once on a panic (vessel reports it).
+//   - i8042.*: skip probes for an AUX port, multiplexing and PnP.
+//   - 8250.nr_uarts=1, pci=off, io_delay=none: probe nothing vessel lacks.
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+
+// guestDir is where `make` installs the guest kernel and initramfs vessel
+// boots by default.
+func guestDir() string {
+	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
+		return d
+	}
+	c, err := os.UserCacheDir()
+	if err != nil {
+		c = filepath.Join(os.TempDir(), "vessel-cache")
+	}
+	return filepath.Join(c, "vessel", "guest")
+}
+
+type vmRunFlags struct {
+	kernel, initrd, cmdline, memory, metrics string
+	cpus                                     int
+}
+
+func newVMRun() *cobra.Command {
+	var f vmRunFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] [-- COMMAND [ARG...]]",
+		Short: "Boot a microVM and run COMMAND in it (or a shell)",
+		Long: `Boot a microVM with the given kernel and initramfs (by default the ones
+` + "`make`" + ` builds) and run COMMAND in it through vessel's guest init, or an
+interactive shell without COMMAND. vessel exits with COMMAND's exit status.
+
+On a terminal the console is raw: press Ctrl-A X to quit.
+
+Exit statuses: the command's (0-255); 2 invalid usage or input;
+3 guest crash (panic, triple fault); 125 vessel failure; 130/143 host signal.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
+				return usageErr("unexpected argument %q: put the guest command after --", args[0])
+			}
+			return vmRun(f, args)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.kernel, "kernel", "", "guest kernel: bzImage, or ELF vmlinux with a PVH entry (default: the built one)")
+	fl.StringVar(&f.initrd, "initrd", "", "initramfs (default: the built one, when --kernel is not given)")
+	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
+	fl.StringVar(&f.memory, "memory", "256M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
+	fl.StringVar(&f.cmdline, "cmdline", DefaultCmdline, "kernel command line (vessel appends its vessel.* parameters)")
+	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
+	return cmd
+}
+
+func vmRun(f vmRunFlags, argv []string) error {
+	mem, err := parseSize(f.memory)
+	if err != nil {
+		return usageErr("--memory: %v", err)
+	}
+	if mem == 0 {
+		return usageErr("--memory must be more than 0")
+	}
+	if f.cpus < 1 {
+		return usageErr("--cpus must be at least 1 (got %d)", f.cpus)
+	}
+	kernel, initrd := f.kernel, f.initrd
+	if kernel == "" {
+		dir := guestDir()
+		kernel = filepath.Join(dir, "bzImage")
+		if initrd == "" {
+			initrd = filepath.Join(dir, "initramfs.cpio")
+		}
+		for _, p := range []string{kernel, initrd} {
+			if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+				return usageErr("no guest artifact at %s: build it with `make` or pass --kernel/--initrd", p)
+			}
+		}
+	}
+	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive})
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	cfg := vmm.Config{
+		Kernel:   kernel,
+		Initrd:   initrd,
+		Cmdline:  strings.TrimSpace(f.cmdline + " " + extra),
+		CPUs:     f.cpus,
+		Memory:   mem,
+		Console:  os.Stdout,
+		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
+	}
+	if f.kernel != "" && vmm.IsPVM() && !cfg.AllowPVM {
+		// Say plainly what a PVM host needs even when a kernel was given.
+		return usageErr("/dev/kvm is PVM (kvm_pvm): it runs only PVM-enabled guest kernels; " +
+			"set VESSEL_ALLOW_PVM=1 if --kernel is one, or boot on a VT-x/AMD-V host or through cmd/testvm")
+	}
+	if f.metrics != "" {
+		// Fail on an unwritable metrics path before booting, not after.
+		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return usageErr("--metrics: %v", err)
+		}
+		mf.Close()
+	}
+
+	var restore func()
+	if interactive {
+		old, err := term.MakeRaw(int(os.Stdin.Fd()))
+		if err == nil {
+			restore = func() { term.Restore(int(os.Stdin.Fd()), old) }
+			defer restore()
+		}
+	}
+
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return classify(err)
+	}
+	defer vm.Close()
+
+	if interactive {
+		cfg.Input = &escapeReader{r: os.Stdin, quit: vm.Stop}
+	} else {
+		cfg.Input = os.Stdin
+	}
+	vm.SetInput(cfg.Input)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	var hostSig os.Signal
+	go func() {
+		if s, ok := <-sigs; ok {
+			hostSig = s
+			vm.Stop()
+		}
+	}()
+
+	res := vm.Run()
+	if restore != nil {
+		restore()
+	}
+	if f.metrics != "" {
+		if err := writeMetrics(f.metrics, res); err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: --metrics: %v\n", err)
+		}
+	}
+	return resultErr(res, hostSig)
+}
+
+// classify turns a setup error into an exit status and one line.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrHostKVM):
+		msg := err.Error()
+		for _, p := range []string{vmm.ErrInvalidConfig.Error() + ": ", vmm.ErrHostKVM.Error() + ": "} {
+			msg = strings.TrimPrefix(msg, p)
+		}
+		if errors.Is(err, fs.ErrNotExist) && errors.Is(err, vmm.ErrHostKVM) {
+			msg += " (is the kvm module loaded? is this a VM without nested virtualization?)"
+		}
+		if errors.Is(err, fs.ErrPermission) && errors.Is(err, vmm.ErrHostKVM) {
+			msg += " (add yourself to the kvm group, or run as root)"
+		}
+		return &exitError{code: exitUsage, msg: msg}
+	default:
+		return &exitError{code: exitInternal, msg: err.Error()}
+	}
+}
+
+// resultErr maps how the VM ended to vessel's exit status.
+func resultErr(res vmm.Result, hostSig os.Signal) error {
+	if hostSig != nil {
+		n := 0
+		if s, ok := hostSig.(syscall.Signal); ok {
+			n = int(s)
+		}
+		return &exitError{code: 128 + n}
+	}
+	switch res.Kind {
+	case vmm.ExitGuestStatus:
+		if res.Status == 0 {
+			return nil
+		}
+		return &exitError{code: res.Status}
+	case vmm.ExitReboot, vmm.ExitPowerOff, vmm.ExitStopped:
+		return nil
+	case vmm.ExitPanic, vmm.ExitTripleFault:
+		var b strings.Builder
+		fmt.Fprintf(&b, "guest crashed: %s", res.Detail)
+		if len(res.ConsoleTail) > 0 {
+			b.WriteString("; last console lines:\n")
+			for _, l := range lastN(res.ConsoleTail, 15) {
+				b.WriteString("  | " + l + "\n")
+			}
+		}
+		return &exitError{code: exitGuestCrash, msg: strings.TrimRight(b.String(), "\n")}
+	default:
+		return &exitError{code: exitInternal, msg: res.Detail}
+	}
+}
+
+func lastN(s []string, n int) []string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// metricsFile is the JSON written by --metrics.
+type metricsFile struct {
+	Exit         string            `json:"exit"`
+	Status       int               `json:"status"`
+	BootToInitMS float64           `json:"boot_to_init_ms"`
+	TotalMS      float64           `json:"total_ms"`
+	Exits        map[string]uint64 `json:"exits"`
+}
+
+func writeMetrics(path string, res vmm.Result) error {
+	m := metricsFile{
+		Exit:         res.Kind.String(),
+		Status:       res.Status,
+		BootToInitMS: float64(res.Metrics.BootToInit.Microseconds()) / 1000,
+		TotalMS:      float64(res.Metrics.Total.Microseconds()) / 1000,
+		Exits:        res.Metrics.Exits,
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+var _ io.Reader = (*escapeReader)(nil)

@@ -1,0 +1,81 @@
+// Package cmdline carries what the host asks the guest init to do across
+// the kernel command line: the command to run and how the console behaves.
+// The host encodes, the guest init (guest/vesselinit) decodes.
+//
+// The command travels as one parameter, vessel.cmd=<base64url of a JSON
+// string array>, so arguments with spaces, quotes or '=' survive the
+// kernel's own parameter splitting unchanged. The kernel passes unknown
+// parameters with a dot to nobody, and the init reads /proc/cmdline.
+package cmdline
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Parameter names.
+const (
+	// ParamCmd holds the encoded argv.
+	ParamCmd = "vessel.cmd"
+	// ParamTTY is 1 when the host console is a terminal (interactive use)
+	// and 0 when output is captured, in which case the init turns off the
+	// console's output processing so the host gets the bytes as written.
+	ParamTTY = "vessel.tty"
+)
+
+// ErrBadCmd is returned when vessel.cmd cannot be decoded.
+var ErrBadCmd = errors.New("cmdline: malformed vessel.cmd")
+
+// Spec is what the init is asked to do.
+type Spec struct {
+	Argv []string // the command; empty means an interactive shell
+	TTY  bool
+}
+
+// Encode returns the kernel parameters for s, to append to a command line.
+func Encode(s Spec) (string, error) {
+	var parts []string
+	if len(s.Argv) > 0 {
+		j, err := json.Marshal(s.Argv)
+		if err != nil {
+			return "", fmt.Errorf("cmdline: encode command: %w", err)
+		}
+		parts = append(parts, ParamCmd+"="+base64.RawURLEncoding.EncodeToString(j))
+	}
+	tty := "0"
+	if s.TTY {
+		tty = "1"
+	}
+	parts = append(parts, ParamTTY+"="+tty)
+	return strings.Join(parts, " "), nil
+}
+
+// Decode reads a Spec from the text of /proc/cmdline. The last occurrence
+// of a parameter wins, as with the kernel's own parameters.
+func Decode(procCmdline string) (Spec, error) {
+	var s Spec
+	for _, f := range strings.Fields(procCmdline) {
+		k, val, ok := strings.Cut(f, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case ParamCmd:
+			raw, err := base64.RawURLEncoding.DecodeString(val)
+			if err != nil {
+				return Spec{}, fmt.Errorf("%w: %w", ErrBadCmd, err)
+			}
+			var argv []string
+			if err := json.Unmarshal(raw, &argv); err != nil {
+				return Spec{}, fmt.Errorf("%w: %w", ErrBadCmd, err)
+			}
+			s.Argv = argv
+		case ParamTTY:
+			s.TTY = val == "1"
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,58 @@
+package cmdline
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	for _, s := range []Spec{
+		{},
+		{TTY: true},
+		{Argv: []string{"uname", "-a"}},
+		{Argv: []string{"sh", "-c", "exit 7"}, TTY: false},
+		{Argv: []string{"echo", `a "quoted" arg`, "x=y", "tab\there", "ünïcode", ""}},
+	} {
+		enc, err := Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode("console=ttyS0 quiet " + enc + " panic=-1")
+		if err != nil {
+			t.Fatalf("Decode(%q): %v", enc, err)
+		}
+		if len(s.Argv) == 0 {
+			s.Argv = nil
+		}
+		if !reflect.DeepEqual(got, s) {
+			t.Errorf("round trip of %+v gave %+v", s, got)
+		}
+	}
+}
+
+func TestDecodeMalformed(t *testing.T) {
+	for _, in := range []string{"vessel.cmd=!!!", "vessel.cmd=e30", "vessel.cmd=WzEsMl0"} {
+		if _, err := Decode(in); !errors.Is(err, ErrBadCmd) {
+			t.Errorf("Decode(%q) = %v, want ErrBadCmd", in, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add("vessel.cmd=WyJscyJd vessel.tty=1")
+	f.Fuzz(func(t *testing.T, s string) {
+		spec, err := Decode(s)
+		if err != nil {
+			return
+		}
+		enc, err := Encode(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Decode(enc)
+		if err != nil || !reflect.DeepEqual(again.Argv, spec.Argv) && len(spec.Argv) > 0 {
+			t.Fatalf("re-decode of %q: %+v %v", enc, again, err)
+		}
+	})
+}

@@ -1,0 +1,204 @@
+// Package kvm is vessel's ioctl plumbing for /dev/kvm: typed wrappers around
+// the system, VM and vCPU ioctls of the Linux KVM API
+// (Documentation/virt/kvm/api.rst). It holds no policy: the vmm package
+// decides what to create and how to wire it.
+//
+// golang.org/x/sys/unix has no KVM constants, so they are written out here,
+// in this one file, checked against <linux/kvm.h> by the package's tests.
+// Code that passes pointers to the kernel lives in *_unsafe.go files.
+package kvm
+
+// kvmio is the ioctl "type" byte of the KVM API.
+const kvmio = 0xAE
+
+// ioctl direction bits and field layout (include/uapi/asm-generic/ioctl.h).
+const (
+	iocNone  = 0
+	iocWrite = 1
+	iocRead  = 2
+
+	iocNRShift   = 0
+	iocTypeShift = 8
+	iocSizeShift = 16
+	iocDirShift  = 30
+)
+
+func ioc(dir, nr, size uintptr) uintptr {
+	return dir<<iocDirShift | kvmio<<iocTypeShift | nr<<iocNRShift | size<<iocSizeShift
+}
+
+// System ioctls (on the /dev/kvm file descriptor).
+var (
+	kvmGetAPIVersion     = ioc(iocNone, 0x00, 0)
+	kvmCreateVM          = ioc(iocNone, 0x01, 0)
+	kvmGetMSRIndexList   = ioc(iocRead|iocWrite, 0x02, 4)
+	kvmCheckExtension    = ioc(iocNone, 0x03, 0)
+	kvmGetVCPUMmapSize   = ioc(iocNone, 0x04, 0)
+	kvmGetSupportedCPUID = ioc(iocRead|iocWrite, 0x05, 8)
+)
+
+// VM ioctls.
+var (
+	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
+	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, 32)
+	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
+	kvmSetIdentityMapAddr  = ioc(iocWrite, 0x48, 8)
+	kvmCreateIRQChip       = ioc(iocNone, 0x60, 0)
+	kvmIRQLine             = ioc(iocWrite, 0x61, 8)
+	kvmIRQFD               = ioc(iocWrite, 0x76, 32)
+	kvmCreatePIT2          = ioc(iocWrite, 0x77, 64)
+	kvmIOEventFD           = ioc(iocWrite, 0x79, 64)
+)
+
+// vCPU ioctls.
+var (
+	kvmRun        = ioc(iocNone, 0x80, 0)
+	kvmGetRegs    = ioc(iocRead, 0x81, 144)
+	kvmSetRegs    = ioc(iocWrite, 0x82, 144)
+	kvmGetSregs   = ioc(iocRead, 0x83, 312)
+	kvmSetSregs   = ioc(iocWrite, 0x84, 312)
+	kvmGetMSRs    = ioc(iocRead|iocWrite, 0x88, 8)
+	kvmSetMSRs    = ioc(iocWrite, 0x89, 8)
+	kvmGetFPU     = ioc(iocRead, 0x8C, 416)
+	kvmSetFPU     = ioc(iocWrite, 0x8D, 416)
+	kvmGetLAPIC   = ioc(iocRead, 0x8E, 1024)
+	kvmSetLAPIC   = ioc(iocWrite, 0x8F, 1024)
+	kvmSetCPUID2  = ioc(iocWrite, 0x90, 8)
+	kvmGetTSCKHz  = ioc(iocNone, 0xA3, 0)
+	kvmGetMPState = ioc(iocRead, 0x98, 4)
+)
+
+// Cap is a KVM capability number for CheckExtension (KVM_CAP_*).
+type Cap uintptr
+
+// Capabilities vessel checks for.
+const (
+	CapIRQChip        Cap = 0
+	CapUserMemory     Cap = 3
+	CapSetTSSAddr     Cap = 4
+	CapExtCPUID       Cap = 7
+	CapNRVCPUs        Cap = 9
+	CapIRQFD          Cap = 32
+	CapPIT2           Cap = 33
+	CapIOEventFD      Cap = 36
+	CapSetIdentityMap Cap = 37
+	CapGetTSCKHz      Cap = 61
+	CapMaxVCPUs       Cap = 66
+	CapTSCDeadline    Cap = 72
+	CapImmediateExit  Cap = 136
+)
+
+// APIVersion is the only KVM API version there is (KVM_API_VERSION).
+const APIVersion = 12
+
+// ExitReason says why KVM_RUN returned to userspace (KVM_EXIT_*).
+type ExitReason uint32
+
+// Exit reasons vessel handles.
+const (
+	ExitUnknown       ExitReason = 0
+	ExitException     ExitReason = 1
+	ExitIO            ExitReason = 2
+	ExitHypercall     ExitReason = 3
+	ExitDebug         ExitReason = 4
+	ExitHLT           ExitReason = 5
+	ExitMMIO          ExitReason = 6
+	ExitIRQWindowOpen ExitReason = 7
+	ExitShutdown      ExitReason = 8
+	ExitFailEntry     ExitReason = 9
+	ExitIntr          ExitReason = 10
+	ExitInternalError ExitReason = 17
+	ExitSystemEvent   ExitReason = 24
+)
+
+var exitNames = map[ExitReason]string{
+	ExitUnknown: "unknown", ExitException: "exception", ExitIO: "io",
+	ExitHypercall: "hypercall", ExitDebug: "debug", ExitHLT: "hlt",
+	ExitMMIO: "mmio", ExitIRQWindowOpen: "irq-window-open",
+	ExitShutdown: "shutdown", ExitFailEntry: "fail-entry", ExitIntr: "intr",
+	ExitInternalError: "internal-error", ExitSystemEvent: "system-event",
+}
+
+// String returns the KVM name of the exit reason.
+func (e ExitReason) String() string {
+	if s, ok := exitNames[e]; ok {
+		return s
+	}
+	return "exit-" + itoa(uint64(e))
+}
+
+// System event types in a KVM_EXIT_SYSTEM_EVENT exit.
+const (
+	SystemEventShutdown = 1
+	SystemEventReset    = 2
+	SystemEventCrash    = 3
+)
+
+// Offsets into struct kvm_run (include/uapi/linux/kvm.h, x86-64 layout).
+const (
+	runImmediateExit = 1
+	runExitReason    = 8
+	runUnion         = 32 // start of the exit-specific union
+
+	// io: __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset
+	runIODirection  = runUnion + 0
+	runIOSize       = runUnion + 1
+	runIOPort       = runUnion + 2
+	runIOCount      = runUnion + 4
+	runIODataOffset = runUnion + 8
+
+	// mmio: __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write
+	runMMIOPhysAddr = runUnion + 0
+	runMMIOData     = runUnion + 8
+	runMMIOLen      = runUnion + 16
+	runMMIOIsWrite  = runUnion + 20
+
+	// system_event: __u32 type; __u32 ndata; __u64 data[16]
+	runSystemEventType = runUnion + 0
+
+	// internal: __u32 suberror; __u32 ndata; __u64 data[16]
+	runInternalSuberror = runUnion + 0
+
+	// fail_entry: __u64 hardware_entry_failure_reason; __u32 cpu
+	runFailEntryReason = runUnion + 0
+
+	runMinSize = 0x930 // sizeof(struct kvm_run)
+)
+
+// I/O exit directions.
+const (
+	ioIn  = 0
+	ioOut = 1
+)
+
+// Flags for KVM_IOEVENTFD and KVM_IRQFD.
+const (
+	ioeventfdFlagDatamatch = 1 << 0
+	ioeventfdFlagPIO       = 1 << 1
+	ioeventfdFlagDeassign  = 1 << 2
+	irqfdFlagDeassign      = 1 << 0
+)
+
+// pitSpeakerDummy (KVM_PIT_SPEAKER_DUMMY) makes the in-kernel PIT emulate
+// port 0x61 too, so the guest's PIT calibration reads never exit.
+const pitSpeakerDummy = 1
+
+// CPUID entry flag: the leaf's value depends on ECX (KVM_CPUID_FLAG_SIGNIFCANT_INDEX).
+const CPUIDFlagSignificantIndex = 1 << 0
+
+// maxCPUIDEntries bounds the KVM_GET_SUPPORTED_CPUID buffer (KVM allows 256).
+const maxCPUIDEntries = 256
+
+func itoa(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for v > 0 {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return string(b[i:])
+}

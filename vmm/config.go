@@ -1,0 +1,96 @@
+// Package vmm wires vessel's pieces into a running microVM: it opens KVM,
+// lays out guest RAM, loads the kernel through the boot package, attaches
+// the device models to the buses, runs one goroutine per vCPU (each locked
+// to its OS thread), and stops cleanly when the guest powers off, reboots,
+// reports its exit status, crashes, or when the host asks it to.
+package vmm
+
+import (
+	"errors"
+	"io"
+	"time"
+)
+
+// Sentinel errors the CLI maps to exit statuses and messages.
+var (
+	// ErrInvalidConfig wraps every problem with the configuration itself
+	// (bad sizes, counts, unreadable or malformed files).
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrHostKVM wraps problems with the host's KVM (missing, no permission,
+	// unusable such as PVM).
+	ErrHostKVM = errors.New("host KVM unusable")
+)
+
+// Config describes a microVM.
+type Config struct {
+	Kernel  string // path to a bzImage or an ELF vmlinux with a PVH note
+	Initrd  string // optional initramfs path
+	Cmdline string // kernel command line (vessel appends nothing to it)
+	CPUs    int
+	Memory  uint64 // bytes of guest RAM
+
+	// Console is where the guest's serial console output goes; Input, if
+	// set, is forwarded to the serial port as typed input.
+	Console io.Writer
+	Input   io.Reader
+
+	// KVMDevice is the KVM device node (default /dev/kvm).
+	KVMDevice string
+	// AllowPVM lets vessel try to boot on a PVM host (kvm_pvm), which only
+	// runs PVM-enabled guest kernels.
+	AllowPVM bool
+}
+
+// ExitKind says how a microVM ended.
+type ExitKind int
+
+// Ways a microVM ends.
+const (
+	// ExitGuestStatus: the guest init reported its command's exit status.
+	ExitGuestStatus ExitKind = iota
+	// ExitReboot: the guest rebooted (i8042 reset) without reporting a status.
+	ExitReboot
+	// ExitPowerOff: the guest powered off (KVM system event).
+	ExitPowerOff
+	// ExitStopped: the host stopped the VM (Stop, SIGINT/SIGTERM).
+	ExitStopped
+	// ExitPanic: the guest kernel panicked.
+	ExitPanic
+	// ExitTripleFault: a vCPU shut down (triple fault).
+	ExitTripleFault
+	// ExitError: the VMM failed (a KVM error or an unhandled exit).
+	ExitError
+)
+
+var exitKindNames = [...]string{"guest-status", "reboot", "poweroff", "stopped", "panic", "triple-fault", "error"}
+
+// String names the exit kind.
+func (k ExitKind) String() string {
+	if int(k) < len(exitKindNames) {
+		return exitKindNames[k]
+	}
+	return "unknown"
+}
+
+// Result is how a microVM ended and what it measured.
+type Result struct {
+	Kind   ExitKind
+	Status int    // the guest command's exit status, for ExitGuestStatus
+	Detail string // a one-line explanation for ExitPanic, ExitTripleFault, ExitError
+	Err    error  // for ExitError
+	// ConsoleTail holds the last lines of console output, for reporting
+	// guest failures.
+	ConsoleTail []string
+	Metrics     Metrics
+}
+
+// Metrics are measurements of one run, for `make bench-boot`.
+type Metrics struct {
+	// BootToInit is the time from the start of New to the guest init's
+	// first write to the boot-timer port (0 if it never wrote).
+	BootToInit time.Duration
+	// Total is the time from the start of New to the end of Run.
+	Total time.Duration
+	// Exits counts userspace exits per reason, over all vCPUs.
+	Exits map[string]uint64
+}
