@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 GO ?= go
 GUEST_DIR ?= $(or $(VESSEL_GUEST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vessel/guest)
-APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio dpkg-dev busybox-static
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static
 FUZZTIME ?= 10s
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)
@@ -73,3 +73,18 @@ test-e2e: build
 
 clean:
 	rm -rf bin build
+
+## bench-boot: boot-time benchmark of vessel against gokvm and QEMU microvm
+## (bench/boot): same kernel, initramfs and command line, interleaved runs,
+## on the test platform (cmd/testvm). Not a test: no thresholds. The report
+## goes to stdout and build/bench-boot.md, the raw JSON to
+## build/bench-boot.json. BENCH_FLAGS adds benchboot flags (e.g. --runs 9).
+GOKVM_VERSION := v0.0.8-0.20231003020000-f53faca69d28
+BENCH_FLAGS ?=
+bench-boot: build guest
+	CGO_ENABLED=0 $(GO) build -o bin/benchboot ./bench/boot
+	@mkdir -p build/peers
+	GOBIN=$(CURDIR)/build/peers CGO_ENABLED=0 $(GO) install github.com/bobuhiro11/gokvm@$(GOKVM_VERSION)
+	set -o pipefail; bin/testvm --timeout 40m -- bin/benchboot --gokvm build/peers/gokvm \
+		--kernel "$(GUEST_DIR)/bzImage" --initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_FLAGS) | tee build/bench-boot.md
+	bin/benchboot --extract-json build/bench-boot.md --out build/bench-boot.json

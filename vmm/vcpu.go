@@ -130,6 +130,9 @@ func setEntryState(kc *kvm.VCPU, e *boot.Entry) error {
 	s.DS, s.ES, s.FS, s.GS, s.SS = ds, ds, ds, ds, ds
 	s.GDT = kvm.DTable{Base: e.GDTBase, Limit: e.GDTLimit}
 	s.IDT = kvm.DTable{}
+	if e.TR.Present != 0 {
+		s.TR = segment(e.TR)
+	}
 	s.CR0, s.CR3, s.CR4, s.EFER = e.CR0, e.CR3, e.CR4, e.EFER
 	if err := kc.SetSregs(s); err != nil {
 		return err

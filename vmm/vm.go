@@ -245,12 +245,9 @@ func (v *VM) loadKernel() error {
 		return fmt.Errorf("%w: %s: %w", ErrInvalidConfig, v.cfg.Kernel, err)
 	}
 	v.entry = e
-	// Both an MP table and ACPI tables: Linux prefers ACPI (which also
-	// gives it a way to power off) and falls back to the MP table with
-	// acpi=off.
-	if err := boot.WriteMPTable(v.mem, v.cfg.CPUs); err != nil {
-		return fmt.Errorf("vmm: mp table: %w", err)
-	}
+	// boot.Load wrote an MP table; ACPI tables come on top: Linux
+	// prefers ACPI (which also gives it a way to power off) and falls back
+	// to the MP table with acpi=off.
 	if err := acpi.Write(v.mem, v.cfg.CPUs); err != nil {
 		return fmt.Errorf("vmm: acpi tables: %w", err)
 	}

@@ -230,7 +230,7 @@ func runOuter(e *runEnv) (out outcome) {
 	// Console reader.
 	var mu sync.Mutex
 	var lines []consoleLine
-	started := false
+	started, ended := false, false
 	events := make(chan marker, 8)
 	conDone := make(chan struct{})
 	go func() {
@@ -243,8 +243,11 @@ func runOuter(e *runEnv) (out outcome) {
 				l = strings.ReplaceAll(l, "\r", "")
 				if m, ok := parseMarker(l, e.nonce); ok {
 					mu.Lock()
-					if m.Kind == markStart {
+					switch m.Kind {
+					case markStart:
 						started = true
+					case markExit, markError:
+						ended = true
 					}
 					mu.Unlock()
 					events <- m
@@ -254,12 +257,12 @@ func runOuter(e *runEnv) (out outcome) {
 					if len(lines) > 2000 {
 						lines = append(lines[:0:0], lines[len(lines)-1000:]...)
 					}
-					after := started
+					during := started && !ended
 					mu.Unlock()
 					switch {
 					case e.o.verbose:
 						fmt.Fprintf(e.stderr, "%s\n", l)
-					case after && kernelLineRE.MatchString(l):
+					case during && kernelLineRE.MatchString(l):
 						// Kernel messages during the run (errors and
 						// crashes: the console is quiet) are worth seeing.
 						fmt.Fprintf(e.stderr, "testvm: outer kernel: %s\n", l)
@@ -416,24 +419,40 @@ func buildKernel(root string, stderr io.Writer, sigs <-chan os.Signal) (string, 
 	if i := strings.LastIndexByte(dir, '\n'); i >= 0 {
 		dir = dir[i+1:]
 	}
-	bz := filepath.Join(dir, "bzImage")
-	if _, err := os.Stat(bz); err != nil {
-		return "", nil, fmt.Errorf("kernel build printed %q, which holds no bzImage", dir)
+	k, err := kernelInDir(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("kernel build printed %q: %v", dir, err)
 	}
-	return bz, nil, nil
+	return k, nil, nil
 }
 
-// resolveKernel interprets --kernel: a bzImage, or a directory holding one.
+// kernelInDir picks the kernel image of a build directory: the
+// uncompressed vmlinux if present (QEMU boots it through PVH, which skips
+// the decompression that takes about a second under emulation), else the
+// bzImage.
+func kernelInDir(dir string) (string, error) {
+	for _, name := range []string{"vmlinux", "bzImage"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return filepath.Abs(p)
+		}
+	}
+	return "", fmt.Errorf("no vmlinux or bzImage in %s", dir)
+}
+
+// resolveKernel interprets --kernel: a kernel image (bzImage, or a vmlinux
+// with a PVH entry point), or a directory holding one.
 func resolveKernel(p string) (string, error) {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return "", fmt.Errorf("--kernel: %w", err)
 	}
 	if fi.IsDir() {
-		p = filepath.Join(p, "bzImage")
-		if _, err := os.Stat(p); err != nil {
+		k, err := kernelInDir(p)
+		if err != nil {
 			return "", fmt.Errorf("--kernel: %w", err)
 		}
+		return k, nil
 	}
 	return filepath.Abs(p)
 }

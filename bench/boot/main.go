@@ -1,0 +1,341 @@
+// Command benchboot is vessel's boot benchmark (`make bench-boot`). It
+// boots the same guest kernel and initramfs, with the same kernel command
+// line, 1 vCPU and 256 MiB, in vessel and in two peers, the Go VMM gokvm
+// and QEMU's microvm machine, N times each, interleaved (vessel, gokvm,
+// qemu, vessel, ...) so that drift affects all alike. Every guest runs
+// `cat /proc/uptime` through vessel's guest init and powers off.
+//
+//	benchboot [flags]
+//
+// Per run it measures the time from the VMM's start to the uptime line on
+// its console (host side), the guest's own uptime in that line (guest
+// side), the VMM's CPU time, vessel's userspace exits and the VMM's
+// memory overhead (resident memory minus the guest RAM), then prints a
+// markdown report: per-VMM medians and ranges, vessel's ratios to each
+// peer, and the raw results as JSON. It is a benchmark, not a test: no
+// thresholds; a run that times out or crashes is reported as failed with
+// its reason and the other runs go on.
+//
+// On a host whose /dev/kvm cannot boot a stock kernel it runs inside
+// cmd/testvm (`bin/testvm -- bin/benchboot ...`), where absolute times are
+// 10-50x those on hardware: compare the ratios of one run only. Files
+// written there do not survive, so the report carries the raw JSON and
+// `benchboot --extract-json REPORT --out FILE` copies it out afterwards.
+//
+// # Flags
+//
+//	--runs N          measured runs per VMM (default 5)
+//	--warmup N        warm-up rounds before them, not counted (default 1)
+//	--timeout D       limit for one VMM run (default 120s)
+//	--grace D         how long a VMM that exits by itself gets after the
+//	                  uptime line before it is killed and failed (default 20s)
+//	--out FILE        also write the raw results as JSON to FILE
+//	--vmms LIST       which VMMs, in run order (default vessel,gokvm,qemu)
+//	--vessel PATH     vessel binary (default bin/vessel)
+//	--gokvm PATH      gokvm binary (default build/peers/gokvm)
+//	--qemu PATH       QEMU binary (default qemu-system-x86_64)
+//	--kernel PATH     guest bzImage (default $VESSEL_GUEST_DIR/bzImage)
+//	--initrd PATH     guest initramfs (default $VESSEL_GUEST_DIR/initramfs.cpio)
+//	--memory MiB      guest RAM (default 256)
+//	--gokvm-extra S   kernel parameters added for gokvm only (default none)
+//	--qemu-acpi       give QEMU microvm ACPI, so the guest can power it off (default true)
+//	--extract-json R  run nothing: copy the raw JSON out of report R to --out
+//
+// Exit status: 0 when the benchmark completed (failed runs are in the
+// report), 1 when it could not run or write its results, 2 for invalid
+// flags, 130 when interrupted.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config holds benchboot's flags.
+type config struct {
+	Runs, Warmup   int
+	Timeout, Grace time.Duration
+	Out            string
+	VMMs           []string
+	Vessel, Gokvm  string
+	QEMU           string
+	Kernel, Initrd string
+	MemMiB         int
+	GokvmExtra     string
+	QEMUACPI       bool
+	ExtractJSON    string
+}
+
+// usageError is a bad flag or argument: one line, exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// errHelp is returned by parseFlags for -h.
+var errHelp = errors.New("help requested")
+
+// defaultGuestDir is where `make guest` installs the guest artifacts.
+func defaultGuestDir() string {
+	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
+		return d
+	}
+	c, err := os.UserCacheDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "vessel-cache", "vessel", "guest")
+	}
+	return filepath.Join(c, "vessel", "guest")
+}
+
+// parseFlags parses benchboot's arguments (without the program name).
+func parseFlags(args []string, usageOut io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("benchboot", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	gd := defaultGuestDir()
+	vmms := strings.Join(allVMMs, ",")
+	fs.IntVar(&c.Runs, "runs", 5, "measured runs per VMM")
+	fs.IntVar(&c.Warmup, "warmup", 1, "warm-up rounds before the measured runs, not counted")
+	fs.DurationVar(&c.Timeout, "timeout", 120*time.Second, "limit for one VMM run")
+	fs.DurationVar(&c.Grace, "grace", 20*time.Second, "how long a VMM that exits by itself gets after the uptime line")
+	fs.StringVar(&c.Out, "out", "", "also write the raw results as JSON to this file")
+	fs.StringVar(&vmms, "vmms", vmms, "comma-separated VMMs to run, in run order")
+	fs.StringVar(&c.Vessel, "vessel", "bin/vessel", "vessel binary")
+	fs.StringVar(&c.Gokvm, "gokvm", "build/peers/gokvm", "gokvm binary")
+	fs.StringVar(&c.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	fs.StringVar(&c.Kernel, "kernel", filepath.Join(gd, "bzImage"), "guest kernel (bzImage)")
+	fs.StringVar(&c.Initrd, "initrd", filepath.Join(gd, "initramfs.cpio"), "guest initramfs")
+	fs.IntVar(&c.MemMiB, "memory", 256, "guest RAM in MiB")
+	fs.StringVar(&c.GokvmExtra, "gokvm-extra", "", "kernel parameters added for gokvm only")
+	fs.BoolVar(&c.QEMUACPI, "qemu-acpi", true, "give QEMU microvm ACPI (GED power-off)")
+	fs.StringVar(&c.ExtractJSON, "extract-json", "", "run nothing: copy the raw JSON of this report to --out")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(usageOut, "usage: benchboot [flags]  (boot benchmark: vessel vs gokvm vs QEMU microvm)")
+			fs.SetOutput(usageOut)
+			fs.PrintDefaults()
+			return nil, errHelp
+		}
+		return nil, usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if c.ExtractJSON != "" {
+		if c.Out == "" {
+			return nil, usagef("--extract-json needs --out")
+		}
+		return c, nil
+	}
+	switch {
+	case c.Runs < 1:
+		return nil, usagef("--runs must be at least 1, not %d", c.Runs)
+	case c.Warmup < 0:
+		return nil, usagef("--warmup must not be negative")
+	case c.Timeout <= 0:
+		return nil, usagef("--timeout must be positive")
+	case c.Grace <= 0:
+		return nil, usagef("--grace must be positive")
+	case c.MemMiB < 64:
+		return nil, usagef("--memory must be at least 64 (MiB), not %d", c.MemMiB)
+	}
+	seen := map[string]bool{}
+	for _, v := range strings.Split(vmms, ",") {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if _, ok := vmmTitle[v]; !ok {
+			return nil, usagef("--vmms: unknown VMM %q (known: %s)", v, strings.Join(allVMMs, ", "))
+		}
+		if seen[v] {
+			return nil, usagef("--vmms: %q given twice", v)
+		}
+		seen[v] = true
+		c.VMMs = append(c.VMMs, v)
+	}
+	if len(c.VMMs) == 0 {
+		return nil, usagef("--vmms is empty")
+	}
+	for _, p := range []struct{ flag, path string }{{"--kernel", c.Kernel}, {"--initrd", c.Initrd}} {
+		if st, err := os.Stat(p.path); err != nil || !st.Mode().IsRegular() {
+			return nil, usagef("%s: no guest artifact at %s (build it with `make guest`)", p.flag, p.path)
+		}
+	}
+	return c, nil
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without os.Exit, returning the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stdout)
+	switch {
+	case errors.Is(err, errHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "benchboot: %v (benchboot -h for usage)\n", err)
+		return 2
+	}
+	if cfg.ExtractJSON != "" {
+		if err := extract(cfg); err != nil {
+			fmt.Fprintf(stderr, "benchboot: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	res, err := bench(ctx, cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "benchboot: %v\n", err)
+		return 1
+	}
+	if err := RenderReport(stdout, res); err != nil {
+		fmt.Fprintf(stderr, "benchboot: %v\n", err)
+		return 1
+	}
+	if cfg.Out != "" {
+		if err := writeJSON(cfg.Out, res); err != nil {
+			fmt.Fprintf(stderr, "benchboot: --out: %v\n", err)
+			return 1
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "benchboot: interrupted; the report covers the runs done so far")
+		return 130
+	}
+	return 0
+}
+
+// bench runs every round and returns the results.
+func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, error) {
+	specs, err := buildSpecs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "benchboot-")
+	if err != nil {
+		return nil, fmt.Errorf("temporary directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	res := &Results{
+		Date:     time.Now(),
+		Platform: detectPlatform(cfg),
+		Setup: Setup{
+			Kernel: cfg.Kernel, Initrd: cfg.Initrd, CPUs: 1, MemMiB: cfg.MemMiB,
+			Runs: cfg.Runs, Warmup: cfg.Warmup, Timeout: cfg.Timeout.String(),
+			GuestArgv: guestArgv, VMMs: cfg.VMMs,
+			Commands: map[string]string{}, Cmdlines: map[string]string{}, ExitsItself: map[string]bool{},
+		},
+	}
+	for _, s := range specs {
+		res.Setup.Commands[s.Name] = shellQuote(append([]string{s.Path}, s.Args("METRICS.json")...))
+		res.Setup.Cmdlines[s.Name] = s.Cmdline
+		res.Setup.ExitsItself[s.Name] = s.ExitsOnItsOwn
+	}
+	fmt.Fprintf(progress, "benchboot: %s; %d warm-up + %d runs of %s\n",
+		res.Platform.Kind, cfg.Warmup, cfg.Runs, strings.Join(cfg.VMMs, ", "))
+
+	r := &runner{cfg: cfg, tmpDir: tmp}
+	total := cfg.Warmup + cfg.Runs
+	for i := 0; i < total && ctx.Err() == nil; i++ {
+		warm := i < cfg.Warmup
+		round := i - cfg.Warmup + 1
+		if warm {
+			round = 0
+		}
+		for _, s := range specs {
+			if ctx.Err() != nil {
+				break
+			}
+			run := r.runOne(ctx, s, round, warm)
+			res.Runs = append(res.Runs, run)
+			fmt.Fprintf(progress, "benchboot: %-8s %-8s %s\n", roundName(run), s.Name, progressLine(run))
+		}
+	}
+	return res, nil
+}
+
+// progressLine summarizes one run on one line.
+func progressLine(r Run) string {
+	if !r.OK {
+		return "FAILED: " + r.Error
+	}
+	var parts []string
+	add := func(label string, v *float64, format string) {
+		if v != nil {
+			parts = append(parts, fmt.Sprintf("%s "+format, label, *v))
+		}
+	}
+	add("init", r.TimeToInit, "%.2fs")
+	add("guest", r.GuestUptime, "%.2fs")
+	add("boot_to_init", r.BootToInitMS, "%.0fms")
+	add("cpu", r.CPUTotal, "%.2fs")
+	add("cpu@init", r.CPUToInit, "%.2fs")
+	add("exits", r.ExitsTotal, "%.0f")
+	add("overhead", r.MemOverheadMiB, "%.1fMiB")
+	add("wall", r.Wall, "%.2fs")
+	s := strings.Join(parts, " ") + " (" + r.Ending + ")"
+	if len(r.Notes) > 0 {
+		s += "; " + strings.Join(r.Notes, "; ")
+	}
+	return s
+}
+
+func writeJSON(path string, res *Results) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// extract copies the raw JSON out of a report.
+func extract(cfg *config) error {
+	f, err := os.Open(cfg.ExtractJSON)
+	if err != nil {
+		return fmt.Errorf("--extract-json: %w", err)
+	}
+	defer f.Close()
+	b, err := ExtractJSON(f)
+	if err != nil {
+		return fmt.Errorf("--extract-json %s: %w", cfg.ExtractJSON, err)
+	}
+	if err := os.WriteFile(cfg.Out, b, 0o644); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	return nil
+}
+
+// shellQuote joins argv into a command a shell would split back.
+func shellQuote(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=,:+@", r))
+		}) < 0 {
+			q[i] = a
+			continue
+		}
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}

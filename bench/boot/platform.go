@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"debug/buildinfo"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Platform describes where the benchmark ran.
+type Platform struct {
+	// Kind names the platform in a few words, e.g. "nested KVM in QEMU
+	// TCG (software emulation)" or "direct hardware KVM".
+	Kind         string `json:"kind"`
+	CPUModel     string `json:"cpu_model"`
+	CPUs         int    `json:"cpus"`
+	KVMModule    string `json:"kvm_module"`
+	HostKernel   string `json:"host_kernel"` // the kernel running the VMMs
+	GuestKernel  string `json:"guest_kernel"`
+	VesselRev    string `json:"vessel_rev,omitempty"`
+	GokvmVersion string `json:"gokvm_version,omitempty"`
+	QEMUVersion  string `json:"qemu_version,omitempty"`
+}
+
+// detectPlatform inspects the machine benchboot runs on.
+func detectPlatform(cfg *config) Platform {
+	p := Platform{}
+	model, flags, n := cpuInfo("/proc/cpuinfo")
+	p.CPUModel, p.CPUs = model, n
+	for _, m := range []string{"kvm_pvm", "kvm_amd", "kvm_intel"} {
+		if _, err := os.Stat(filepath.Join("/sys/module", m)); err == nil {
+			p.KVMModule = m
+			break
+		}
+	}
+	p.Kind = platformKind(model, flags["hypervisor"], p.KVMModule)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		p.HostKernel = unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Version[:])
+	}
+	if v, err := bzImageVersion(cfg.Kernel); err == nil {
+		p.GuestKernel = v
+	} else {
+		p.GuestKernel = "unknown (" + err.Error() + ")"
+	}
+	p.VesselRev = gitRevision(filepath.Dir(cfg.Vessel))
+	if bi, err := buildinfo.ReadFile(cfg.Gokvm); err == nil {
+		p.GokvmVersion = bi.Main.Path + " " + bi.Main.Version
+	}
+	if out, err := exec.Command(cfg.QEMU, "--version").Output(); err == nil {
+		p.QEMUVersion, _, _ = strings.Cut(string(out), "\n")
+	}
+	return p
+}
+
+// platformKind names the platform from the CPU model, the hypervisor CPU
+// flag and the KVM module in use.
+func platformKind(model string, hypervisor bool, kvmModule string) string {
+	mod := kvmModule
+	if mod == "" {
+		mod = "no KVM module found"
+	}
+	switch {
+	case strings.Contains(model, "QEMU TCG") || strings.Contains(model, "QEMU Virtual CPU") && hypervisor:
+		return fmt.Sprintf("nested KVM (%s) in QEMU TCG software emulation", mod)
+	case hypervisor:
+		return fmt.Sprintf("KVM (%s) inside a virtual machine (nested virtualization)", mod)
+	default:
+		return fmt.Sprintf("direct hardware KVM (%s)", mod)
+	}
+}
+
+// cpuInfo returns the first CPU's model name and flags, and the CPU count.
+func cpuInfo(path string) (model string, flags map[string]bool, n int) {
+	flags = map[string]bool{}
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown", flags, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case k == "processor":
+			n++
+		case k == "model name" && model == "":
+			model = v
+		case k == "flags" && len(flags) == 0:
+			for _, fl := range strings.Fields(v) {
+				flags[fl] = true
+			}
+		}
+	}
+	if model == "" {
+		model = "unknown"
+	}
+	return model, flags, n
+}
+
+// bzImageVersion reads the kernel version string a bzImage's setup header
+// points to (boot protocol 2.00+: kernel_version at 0x20E, relative to
+// 0x200).
+func bzImageVersion(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	hdr := make([]byte, 0x210)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return "", fmt.Errorf("read setup header: %w", err)
+	}
+	if string(hdr[0x202:0x206]) != "HdrS" {
+		return "", errors.New("not a bzImage (no HdrS)")
+	}
+	off := int64(binary.LittleEndian.Uint16(hdr[0x20E:])) + 0x200
+	buf := make([]byte, 256)
+	n, err := f.ReadAt(buf, off)
+	if n == 0 {
+		return "", fmt.Errorf("read version string: %w", err)
+	}
+	buf = buf[:n]
+	if i := bytes.IndexByte(buf, 0); i >= 0 {
+		buf = buf[:i]
+	}
+	return string(buf), nil
+}
+
+// gitRevision describes the checkout dir lies in, or returns "".
+func gitRevision(dir string) string {
+	out, err := exec.Command("git", "-C", dir, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Run is what one boot of one VMM measured. Pointers are nil when the
+// quantity was not measured (the JSON leaves them out).
+type Run struct {
+	VMM    string `json:"vmm"`
+	Round  int    `json:"round"` // 1..N; 0 for a warm-up run
+	Warmup bool   `json:"warmup,omitempty"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+
+	// TimeToInit is from the VMM's start to the uptime line on its
+	// console, measured by benchboot (seconds).
+	TimeToInit *float64 `json:"time_to_init_s,omitempty"`
+	// GuestUptime is the first number of /proc/uptime as the guest
+	// printed it: seconds since the guest kernel started.
+	GuestUptime *float64 `json:"guest_uptime_s,omitempty"`
+	// BootToInitMS is vessel's own boot_to_init_ms (--metrics).
+	BootToInitMS *float64 `json:"vessel_boot_to_init_ms,omitempty"`
+	// VesselTotalMS is vessel's own total_ms (--metrics).
+	VesselTotalMS *float64 `json:"vessel_total_ms,omitempty"`
+	// CPUTotal is user+system CPU of the VMM process from wait4's rusage
+	// (seconds), whether it exited or was killed.
+	CPUTotal *float64 `json:"cpu_total_s,omitempty"`
+	// CPUToInit is utime+stime from /proc/PID/stat when the uptime line
+	// appeared (10 ms resolution).
+	CPUToInit *float64 `json:"cpu_to_init_s,omitempty"`
+	// CPUBeforeKill is utime+stime from /proc/PID/stat just before
+	// benchboot killed a VMM that did not exit by itself.
+	CPUBeforeKill *float64 `json:"cpu_before_kill_s,omitempty"`
+	// Exits are vessel's userspace exits by reason (--metrics).
+	Exits      map[string]uint64 `json:"exits,omitempty"`
+	ExitsTotal *float64          `json:"exits_total,omitempty"`
+	// Memory, sampled from /proc/PID/smaps when the uptime line appeared
+	// (MiB): all resident memory, the guest-RAM mappings' part, and the
+	// rest, the VMM's overhead.
+	RSSMiB         *float64 `json:"rss_mib,omitempty"`
+	GuestRSSMiB    *float64 `json:"guest_rss_mib,omitempty"`
+	MemOverheadMiB *float64 `json:"mem_overhead_mib,omitempty"`
+	// Wall is from the VMM's start to its exit (seconds).
+	Wall *float64 `json:"wall_s,omitempty"`
+	// Ending says how the process ended, e.g. "exit status 0" or
+	// "killed by benchboot after the guest stopped".
+	Ending string   `json:"ending,omitempty"`
+	Notes  []string `json:"notes,omitempty"`
+	// ConsoleTail holds the last console lines of a failed run.
+	ConsoleTail []string `json:"console_tail,omitempty"`
+	StderrTail  []string `json:"stderr_tail,omitempty"`
+}
+
+func ptr(x float64) *float64 { return &x }
+
+func seconds(d time.Duration) *float64 { return ptr(d.Seconds()) }
+
+// runner runs VMMs one at a time.
+type runner struct {
+	cfg    *config
+	tmpDir string // for vessel's metrics files
+}
+
+// afterStopWait is how long a VMM that is expected to exit gets after the
+// guest kernel printed that it stopped, and how long any VMM gets to exit
+// after the marker when it is not expected to (gokvm never does).
+const afterStopWait = 2 * time.Second
+
+// consoleEvent is one console line and when benchboot read it.
+type consoleEvent struct {
+	t    time.Time
+	line string
+}
+
+// runOne boots spec once and measures it. It never returns before the
+// VMM process (and its process group) is gone.
+func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup bool) Run {
+	res := Run{VMM: spec.Name, Round: round, Warmup: warmup}
+	metrics := filepath.Join(r.tmpDir, fmt.Sprintf("%s-%d-metrics.json", spec.Name, round))
+	if warmup {
+		metrics = filepath.Join(r.tmpDir, fmt.Sprintf("%s-warmup-metrics.json", spec.Name))
+	}
+	defer os.Remove(metrics)
+
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return failed(res, fmt.Sprintf("console pipe: %v", err))
+	}
+	defer outR.Close()
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return failed(res, fmt.Sprintf("stderr pipe: %v", err))
+	}
+	defer errR.Close()
+
+	cmd := exec.Command(spec.Path, spec.Args(metrics)...)
+	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
+	// A process group of its own, so a kill reaches anything it started;
+	// and it dies with benchboot.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	start := time.Now()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		return failed(res, fmt.Sprintf("cannot start %s: %v", spec.Path, err))
+	}
+	pid := cmd.Process.Pid
+	defer syscall.Kill(-pid, syscall.SIGKILL) // stragglers in its group
+
+	lines := make(chan consoleEvent, 1024)
+	go readLines(outR, lines)
+	var stderrTail tail
+	stderrTail.max = 20
+	var stderrDone sync.WaitGroup
+	stderrDone.Add(1)
+	go func() {
+		defer stderrDone.Done()
+		sc := bufio.NewScanner(errR)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			stderrTail.add(sc.Text())
+		}
+	}()
+	waitCh := make(chan error, 1)
+	go func() { waitCh <- cmd.Wait() }()
+
+	var (
+		console    = tail{max: 30}
+		marker     time.Time // when the uptime line appeared
+		stopped    time.Time // when the guest said it stopped
+		timeout    = time.NewTimer(r.cfg.Timeout)
+		deadline   <-chan time.Time // after the marker or a stop line
+		killedWhy  string
+		exited     bool
+		interruped bool
+	)
+	defer timeout.Stop()
+
+	kill := func(why string) {
+		if cpu, err := readStatCPU(pid); err == nil {
+			res.CPUBeforeKill = seconds(cpu)
+		}
+		killedWhy = why
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}
+
+	for !exited {
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				lines = nil
+				continue
+			}
+			console.add(ev.line)
+			if marker.IsZero() {
+				if up, ok := ParseUptime(ev.line); ok {
+					marker = ev.t
+					res.TimeToInit = seconds(marker.Sub(start))
+					res.GuestUptime = ptr(up)
+					r.sampleAtMarker(pid, &res)
+					wait := afterStopWait
+					if spec.ExitsOnItsOwn {
+						wait = r.cfg.Grace
+					}
+					deadline = time.After(wait)
+				}
+			}
+			if stopped.IsZero() && isPowerOffLine(ev.line) {
+				stopped = ev.t
+				if !marker.IsZero() {
+					deadline = time.After(afterStopWait)
+				}
+			}
+		case err := <-waitCh:
+			exited = true
+			if err != nil && !errors.As(err, new(*exec.ExitError)) {
+				res.Notes = append(res.Notes, "wait: "+err.Error())
+			}
+		case <-deadline:
+			deadline = nil
+			switch {
+			case !stopped.IsZero():
+				kill("killed by benchboot after the guest stopped")
+			default:
+				kill("killed by benchboot after the uptime line")
+			}
+		case <-timeout.C:
+			kill("killed by benchboot at the timeout")
+		case <-ctx.Done():
+			interruped = true
+			kill("killed by benchboot: interrupted")
+		}
+	}
+	end := time.Now()
+	res.Wall = seconds(end.Sub(start))
+	syscall.Kill(-pid, syscall.SIGKILL)
+	// The console pipe reaches EOF once nothing holds its write end.
+	drain := time.After(2 * time.Second)
+	for lines != nil {
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				lines = nil
+				break
+			}
+			console.add(ev.line)
+		case <-drain:
+			res.Notes = append(res.Notes, "console still open 2s after the VMM exited")
+			outR.Close()
+			lines = nil
+		}
+	}
+	stderrDone.Wait()
+
+	ps := cmd.ProcessState
+	res.Ending = ps.String()
+	if killedWhy != "" {
+		res.Ending = killedWhy
+	}
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		res.CPUTotal = ptr(time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds())
+	}
+	if spec.Name == nameVessel {
+		r.readVesselMetrics(metrics, &res)
+	}
+
+	why := ""
+	switch {
+	case interruped:
+		why = "interrupted"
+	case marker.IsZero() && killedWhy != "":
+		why = fmt.Sprintf("no uptime line within %v", r.cfg.Timeout)
+	case marker.IsZero():
+		why = fmt.Sprintf("%s before printing the uptime line", ps)
+	case spec.ExitsOnItsOwn && killedWhy != "":
+		why = fmt.Sprintf("did not exit after the guest command finished (%s)", killedWhy)
+	case spec.Name == nameVessel && !ps.Success():
+		why = fmt.Sprintf("vessel ended with %s", ps)
+	}
+	if why != "" {
+		if l := console.last(); l != "" {
+			why += fmt.Sprintf("; last console line: %q", l)
+		}
+		if l := stderrTail.last(); l != "" {
+			why += fmt.Sprintf("; stderr: %q", l)
+		}
+		res = failed(res, why)
+		res.ConsoleTail = console.lines
+		res.StderrTail = stderrTail.lines
+		return res
+	}
+	res.OK = true
+	return res
+}
+
+// sampleAtMarker stops the VMM for a moment (so it cannot exit while it is
+// being read) and samples its CPU time and memory.
+func (r *runner) sampleAtMarker(pid int, res *Run) {
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err == nil {
+		defer syscall.Kill(pid, syscall.SIGCONT)
+	}
+	if cpu, err := readStatCPU(pid); err == nil {
+		res.CPUToInit = seconds(cpu)
+	} else {
+		res.Notes = append(res.Notes, "CPU at the marker: "+err.Error())
+	}
+	maps, err := readSmaps(pid)
+	if err != nil {
+		res.Notes = append(res.Notes, "memory: "+err.Error())
+		return
+	}
+	u, err := SplitGuestRAM(maps, uint64(r.cfg.MemMiB)<<20)
+	res.RSSMiB = ptr(mib(u.RSS))
+	if err != nil {
+		res.Notes = append(res.Notes, "memory: "+err.Error())
+		return
+	}
+	res.GuestRSSMiB = ptr(mib(u.GuestRSS))
+	res.MemOverheadMiB = ptr(mib(u.Overhead))
+	if u.GuestMaps != 1 {
+		res.Notes = append(res.Notes, fmt.Sprintf("memory: %d mappings of the guest RAM size", u.GuestMaps))
+	}
+}
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }
+
+// vesselMetrics is the JSON `vessel vm run --metrics` writes.
+type vesselMetrics struct {
+	Exit         string            `json:"exit"`
+	Status       int               `json:"status"`
+	BootToInitMS float64           `json:"boot_to_init_ms"`
+	TotalMS      float64           `json:"total_ms"`
+	Exits        map[string]uint64 `json:"exits"`
+}
+
+func (r *runner) readVesselMetrics(path string, res *Run) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) == 0 {
+		err = errors.New("empty")
+	}
+	if err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("--metrics: %v", err))
+		return
+	}
+	var m vesselMetrics
+	if err := json.Unmarshal(b, &m); err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("--metrics: %v", err))
+		return
+	}
+	if m.BootToInitMS > 0 {
+		res.BootToInitMS = ptr(m.BootToInitMS)
+	} else {
+		res.Notes = append(res.Notes, "--metrics: boot_to_init_ms is 0 (the guest init never wrote the boot marker)")
+	}
+	res.VesselTotalMS = ptr(m.TotalMS)
+	res.Exits = m.Exits
+	var sum uint64
+	for _, n := range m.Exits {
+		sum += n
+	}
+	res.ExitsTotal = ptr(float64(sum))
+	if m.Exit != "guest-status" && m.Exit != "" {
+		res.Notes = append(res.Notes, fmt.Sprintf("--metrics: exit %q status %d", m.Exit, m.Status))
+	}
+}
+
+// readLines sends every line read from r, timestamped when read, and
+// closes ch at EOF. A last line without a newline is sent too.
+func readLines(r io.Reader, ch chan<- consoleEvent) {
+	defer close(ch)
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		s, err := br.ReadString('\n')
+		if s != "" {
+			ch <- consoleEvent{t: time.Now(), line: strings.TrimRight(s, "\r\n")}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func failed(r Run, why string) Run {
+	r.OK = false
+	r.Error = why
+	return r
+}

@@ -1,0 +1,45 @@
+package vmm
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestValidate covers configuration errors that are found before KVM is
+// touched, so it runs on any host.
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "kernel")
+	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no cpus", Config{Kernel: kernel, CPUs: 0, Memory: 256 << 20}, "--cpus"},
+		{"too many cpus", Config{Kernel: kernel, CPUs: 10000, Memory: 256 << 20}, "--cpus"},
+		{"tiny memory", Config{Kernel: kernel, CPUs: 1, Memory: 1 << 20}, "--memory"},
+		{"odd memory", Config{Kernel: kernel, CPUs: 1, Memory: 256<<20 + 1}, "--memory"},
+		{"huge memory", Config{Kernel: kernel, CPUs: 1, Memory: 1 << 50}, "--memory"},
+		{"no kernel", Config{CPUs: 1, Memory: 256 << 20}, "no kernel"},
+		{"missing kernel", Config{Kernel: filepath.Join(dir, "nope"), CPUs: 1, Memory: 256 << 20}, "no such file"},
+		{"kernel is a dir", Config{Kernel: dir, CPUs: 1, Memory: 256 << 20}, "not a regular file"},
+		{"missing initrd", Config{Kernel: kernel, Initrd: filepath.Join(dir, "nope"), CPUs: 1, Memory: 256 << 20}, "initrd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := &VM{cfg: tc.cfg}
+			err := v.validate()
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("validate = %v, want ErrInvalidConfig", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate = %q, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
