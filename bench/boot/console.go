@@ -82,3 +82,13 @@ func (t *tail) last() string {
 	}
 	return ""
 }
+
+// isControlPortProbe recognizes a VMM's complaint about the guest init
+// reading vessel's control port (ports 0xF00-0xF0F): vesselinit reads its
+// magic at 0xF08 to learn whether it runs under vessel, and gokvm, which
+// treats any unknown port as fatal, prints
+// "err: unexpected kvm exit reason: unexpected io port 0xf08".
+func isControlPortProbe(line string) bool {
+	i := strings.Index(line, "unexpected io port 0xf0")
+	return i >= 0 && len(line) > i+len("unexpected io port 0xf0")
+}

@@ -37,8 +37,14 @@
 //	--kernel PATH     guest bzImage (default $VESSEL_GUEST_DIR/bzImage)
 //	--initrd PATH     guest initramfs (default $VESSEL_GUEST_DIR/initramfs.cpio)
 //	--memory MiB      guest RAM (default 256)
-//	--gokvm-extra S   kernel parameters added for gokvm only (default none)
-//	--qemu-acpi       give QEMU microvm ACPI, so the guest can power it off (default true)
+//	--cmdline S       base kernel command line for every VMM (default: vessel's
+//	                  own default, read from `vessel vm run --help`); the
+//	                  vessel.* parameters for the guest command are appended
+//	--gokvm-extra S   kernel parameters added for gokvm only (default
+//	                  "tsc_early_khz=auto": gokvm's guest hangs calibrating
+//	                  its TSC without it; auto is the host's "cpu MHz" in kHz)
+//	--qemu-acpi M     auto|on|off: QEMU microvm's ACPI (GED power-off); auto
+//	                  is on unless the command line has acpi=off (default auto)
 //	--extract-json R  run nothing: copy the raw JSON out of report R to --out
 //
 // Exit status: 0 when the benchmark completed (failed runs are in the
@@ -71,8 +77,9 @@ type config struct {
 	QEMU           string
 	Kernel, Initrd string
 	MemMiB         int
+	Cmdline        string
 	GokvmExtra     string
-	QEMUACPI       bool
+	QEMUACPI       string
 	ExtractJSON    string
 }
 
@@ -119,8 +126,9 @@ func parseFlags(args []string, usageOut io.Writer) (*config, error) {
 	fs.StringVar(&c.Kernel, "kernel", filepath.Join(gd, "bzImage"), "guest kernel (bzImage)")
 	fs.StringVar(&c.Initrd, "initrd", filepath.Join(gd, "initramfs.cpio"), "guest initramfs")
 	fs.IntVar(&c.MemMiB, "memory", 256, "guest RAM in MiB")
-	fs.StringVar(&c.GokvmExtra, "gokvm-extra", "", "kernel parameters added for gokvm only")
-	fs.BoolVar(&c.QEMUACPI, "qemu-acpi", true, "give QEMU microvm ACPI (GED power-off)")
+	fs.StringVar(&c.Cmdline, "cmdline", "", "base kernel command line for every VMM (default: vessel's default)")
+	fs.StringVar(&c.GokvmExtra, "gokvm-extra", "tsc_early_khz=auto", "kernel parameters added for gokvm only (auto: the host's TSC kHz)")
+	fs.StringVar(&c.QEMUACPI, "qemu-acpi", "auto", "QEMU microvm ACPI: auto (on unless the command line has acpi=off), on or off")
 	fs.StringVar(&c.ExtractJSON, "extract-json", "", "run nothing: copy the raw JSON of this report to --out")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -151,6 +159,8 @@ func parseFlags(args []string, usageOut io.Writer) (*config, error) {
 		return nil, usagef("--grace must be positive")
 	case c.MemMiB < 64:
 		return nil, usagef("--memory must be at least 64 (MiB), not %d", c.MemMiB)
+	case c.QEMUACPI != "auto" && c.QEMUACPI != "on" && c.QEMUACPI != "off":
+		return nil, usagef("--qemu-acpi must be auto, on or off, not %q", c.QEMUACPI)
 	}
 	seen := map[string]bool{}
 	for _, v := range strings.Split(vmms, ",") {
@@ -226,10 +236,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // bench runs every round and returns the results.
 func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, error) {
-	specs, err := buildSpecs(cfg)
+	var notes []string
+	def := cfg.Cmdline
+	if def == "" {
+		var err error
+		if def, err = vesselCmdline(cfg.Vessel); err != nil {
+			def = DefaultCmdline
+			notes = append(notes, fmt.Sprintf("could not read vessel's default kernel command line (%v); used benchboot's copy", err))
+		}
+	} else {
+		notes = append(notes, "kernel command line set with --cmdline (not vessel's default)")
+	}
+	specs, specNotes, err := buildSpecs(cfg, def, hostKHz())
 	if err != nil {
 		return nil, err
 	}
+	notes = append(notes, specNotes...)
 	tmp, err := os.MkdirTemp("", "benchboot-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
@@ -244,6 +266,7 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 			Runs: cfg.Runs, Warmup: cfg.Warmup, Timeout: cfg.Timeout.String(),
 			GuestArgv: guestArgv, VMMs: cfg.VMMs,
 			Commands: map[string]string{}, Cmdlines: map[string]string{}, ExitsItself: map[string]bool{},
+			Notes: notes,
 		},
 	}
 	for _, s := range specs {

@@ -34,6 +34,7 @@ type Setup struct {
 	Commands    map[string]string `json:"commands"`     // one run's command line per VMM
 	Cmdlines    map[string]string `json:"cmdlines"`     // guest kernel command line per VMM
 	ExitsItself map[string]bool   `json:"exits_itself"` // VMM expected to exit when the guest is done
+	Notes       []string          `json:"notes,omitempty"`
 }
 
 // metric is one row of the table.
@@ -147,7 +148,7 @@ func RenderTable(w io.Writer, res *Results) {
 	fmt.Fprintf(w, "| %s |\n", strings.Join(hdr, " | "))
 	fmt.Fprintf(w, "|%s\n", strings.Repeat("---|", len(hdr)))
 
-	for _, m := range metrics {
+	for i, m := range metrics {
 		row := []string{m.Title}
 		if m.Unit != "" {
 			row[0] += " [" + m.Unit + "]"
@@ -155,7 +156,7 @@ func RenderTable(w io.Writer, res *Results) {
 		sums := map[string]Summary{}
 		for _, v := range vmms {
 			runs := counted(res.Runs, v)
-			row = append(row, cell(runs, m, v))
+			row = append(row, cell(runs, m, v, i == 0))
 			if m.appliesTo(v) {
 				sums[v] = summarize(runs, m)
 			}
@@ -170,8 +171,9 @@ func RenderTable(w io.Writer, res *Results) {
 	}
 }
 
-// cell formats one VMM's summary of m, or says why there is none.
-func cell(runs []Run, m metric, vmm string) string {
+// cell formats one VMM's summary of m, or says why there is none: the
+// reason a VMM failed every run is given in the first row only.
+func cell(runs []Run, m metric, vmm string, first bool) string {
 	if !m.appliesTo(vmm) {
 		return m.NA
 	}
@@ -184,8 +186,11 @@ func cell(runs []Run, m metric, vmm string) string {
 			ok++
 		}
 	}
+	if ok == 0 && first {
+		return fmt.Sprintf("FAILED (%d/%d runs): %s", len(runs), len(runs), mostCommonError(runs))
+	}
 	if ok == 0 {
-		return "FAILED: " + mostCommonError(runs)
+		return "failed"
 	}
 	s := summarize(runs, m)
 	if s.N == 0 {
@@ -278,7 +283,7 @@ func mostCommonError(runs []Run) string {
 func cellText(s string) string {
 	s = strings.ReplaceAll(s, "|", `\|`)
 	s = strings.ReplaceAll(s, "\n", " ")
-	const max = 300
+	const max = 200
 	if r := []rune(s); len(r) > max {
 		s = string(r[:max]) + "…"
 	}
@@ -300,6 +305,9 @@ func RenderReport(w io.Writer, res *Results) error {
 	fmt.Fprintf(w, "- runs: %d per VMM after %d warm-up round(s) (not counted), interleaved (%s, ...); timeout %s per run\n",
 		s.Runs, s.Warmup, strings.Join(s.VMMs, ", "), s.Timeout)
 	fmt.Fprintf(w, "- versions: vessel %s; %s; %s\n", orUnknown(p.VesselRev), orUnknown(p.GokvmVersion), orUnknown(p.QEMUVersion))
+	for _, n := range s.Notes {
+		fmt.Fprintf(w, "- note: %s\n", n)
+	}
 	if strings.Contains(p.Kind, "TCG") {
 		fmt.Fprintf(w, "- absolute times under emulation are 10-50x those on hardware: read the ratios\n")
 	}
@@ -309,16 +317,24 @@ func RenderReport(w io.Writer, res *Results) error {
 	fmt.Fprintf(w, "Medians over successful runs, (min-max); ratios are vessel's median over the peer's (lower is better for vessel). ")
 	fmt.Fprintf(w, "Goals are targets, not pass/fail.\n")
 
-	var fails []Run
+	// Failed runs, grouped by VMM and reason.
+	type failKey struct{ vmm, err string }
+	var keys []failKey
+	rounds := map[failKey][]string{}
 	for _, r := range res.Runs {
-		if !r.OK {
-			fails = append(fails, r)
+		if r.OK {
+			continue
 		}
+		k := failKey{r.VMM, r.Error}
+		if rounds[k] == nil {
+			keys = append(keys, k)
+		}
+		rounds[k] = append(rounds[k], roundName(r))
 	}
-	if len(fails) > 0 {
+	if len(keys) > 0 {
 		fmt.Fprintf(w, "\n## Failed runs\n\n")
-		for _, r := range fails {
-			fmt.Fprintf(w, "- %s %s: %s\n", vmmTitle[r.VMM], roundName(r), r.Error)
+		for _, k := range keys {
+			fmt.Fprintf(w, "- %s (%s): %s\n", vmmTitle[k.vmm], strings.Join(rounds[k], ", "), k.err)
 		}
 	}
 

@@ -31,8 +31,16 @@ type Run struct {
 	// GuestUptime is the first number of /proc/uptime as the guest
 	// printed it: seconds since the guest kernel started.
 	GuestUptime *float64 `json:"guest_uptime_s,omitempty"`
+	// InitProbe is when a VMM that reports unknown I/O ports (gokvm)
+	// reported the guest init's probe of vessel's control port: the
+	// moment the init started its work (seconds from the VMM's start).
+	InitProbe *float64 `json:"time_to_init_probe_s,omitempty"`
 	// BootToInitMS is vessel's own boot_to_init_ms (--metrics).
 	BootToInitMS *float64 `json:"vessel_boot_to_init_ms,omitempty"`
+	// VesselExit and VesselStatus are how vessel says the VM ended
+	// (--metrics "exit" and "status").
+	VesselExit   string `json:"vessel_exit,omitempty"`
+	VesselStatus *int   `json:"vessel_status,omitempty"`
 	// VesselTotalMS is vessel's own total_ms (--metrics).
 	VesselTotalMS *float64 `json:"vessel_total_ms,omitempty"`
 	// CPUTotal is user+system CPU of the VMM process from wait4's rusage
@@ -74,9 +82,9 @@ type runner struct {
 	tmpDir string // for vessel's metrics files
 }
 
-// afterStopWait is how long a VMM that is expected to exit gets after the
-// guest kernel printed that it stopped, and how long any VMM gets to exit
-// after the marker when it is not expected to (gokvm never does).
+// afterStopWait is how long a VMM that is not expected to exit by itself
+// (gokvm) gets after the uptime line or the guest's last words before it
+// is killed; the others get --grace.
 const afterStopWait = 2 * time.Second
 
 // consoleEvent is one console line and when benchboot read it.
@@ -142,6 +150,7 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 	var (
 		console    = tail{max: 30}
 		marker     time.Time // when the uptime line appeared
+		probe      string    // the console line reporting the init's control-port probe
 		stopped    time.Time // when the guest said it stopped
 		timeout    = time.NewTimer(r.cfg.Timeout)
 		deadline   <-chan time.Time // after the marker or a stop line
@@ -167,6 +176,10 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 				continue
 			}
 			console.add(ev.line)
+			if probe == "" && isControlPortProbe(ev.line) {
+				probe = ev.line
+				res.InitProbe = seconds(ev.t.Sub(start))
+			}
 			if marker.IsZero() {
 				if up, ok := ParseUptime(ev.line); ok {
 					marker = ev.t
@@ -181,10 +194,14 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 				}
 			}
 			if stopped.IsZero() && isPowerOffLine(ev.line) {
+				// The guest is done (or crashed): whatever the VMM does
+				// next, there is nothing more to measure.
 				stopped = ev.t
-				if !marker.IsZero() {
-					deadline = time.After(afterStopWait)
+				wait := afterStopWait
+				if spec.ExitsOnItsOwn {
+					wait = r.cfg.Grace
 				}
+				deadline = time.After(wait)
 			}
 		case err := <-waitCh:
 			exited = true
@@ -243,16 +260,28 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 	switch {
 	case interruped:
 		why = "interrupted"
+	case marker.IsZero() && probe != "":
+		why = fmt.Sprintf("%s stopped the guest when its init probed vessel's control port (%q, %.2fs after start: "+
+			"it treats any unknown I/O port as fatal), then ended with %s", spec.Name, strings.TrimSpace(probe), *res.InitProbe, ps)
+	case marker.IsZero() && !stopped.IsZero():
+		why = "the guest stopped without printing the uptime line"
 	case marker.IsZero() && killedWhy != "":
 		why = fmt.Sprintf("no uptime line within %v", r.cfg.Timeout)
 	case marker.IsZero():
 		why = fmt.Sprintf("%s before printing the uptime line", ps)
-	case spec.ExitsOnItsOwn && killedWhy != "":
-		why = fmt.Sprintf("did not exit after the guest command finished (%s)", killedWhy)
+	case spec.Name == nameVessel && killedWhy != "":
+		why = fmt.Sprintf("vessel did not exit within %v after the guest command finished (%s)", r.cfg.Grace, killedWhy)
 	case spec.Name == nameVessel && !ps.Success():
 		why = fmt.Sprintf("vessel ended with %s", ps)
 	}
 	if why != "" {
+		if res.VesselExit != "" {
+			why += fmt.Sprintf(" (vessel --metrics: exit %s, status %d", res.VesselExit, *res.VesselStatus)
+			if res.BootToInitMS != nil {
+				why += fmt.Sprintf(", the init wrote its boot marker at %.0f ms", *res.BootToInitMS)
+			}
+			why += ")"
+		}
 		if l := console.last(); l != "" {
 			why += fmt.Sprintf("; last console line: %q", l)
 		}
@@ -328,6 +357,7 @@ func (r *runner) readVesselMetrics(path string, res *Run) {
 		res.Notes = append(res.Notes, "--metrics: boot_to_init_ms is 0 (the guest init never wrote the boot marker)")
 	}
 	res.VesselTotalMS = ptr(m.TotalMS)
+	res.VesselExit, res.VesselStatus = m.Exit, &m.Status
 	res.Exits = m.Exits
 	var sum uint64
 	for _, n := range m.Exits {

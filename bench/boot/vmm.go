@@ -1,17 +1,52 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/vesselvm/vessel/guest/cmdline"
 )
 
-// DefaultCmdline is vessel's default kernel command line (DefaultCmdline
-// in cmd/vessel/vmrun.go; a test keeps the two equal). The peers boot with
-// it too, plus the same vessel.* parameters vessel appends, so that every
-// VMM boots the same kernel with the same command line.
+// DefaultCmdline is a copy of vessel's default kernel command line
+// (DefaultCmdline in cmd/vessel/vmrun.go), used only when the vessel
+// binary under test does not tell its own (see vesselCmdline). The peers
+// boot with vessel's default too, plus the vessel.* parameters vessel
+// appends, so that every VMM boots the same kernel with the same command
+// line.
 const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+
+// cmdlineHelpRE finds the --cmdline default in `vessel vm run --help`
+// (pflag prints a string default Go-quoted).
+var cmdlineHelpRE = regexp.MustCompile(`--cmdline string\b.*\(default ("(?:[^"\\]|\\.)*")\)`)
+
+// ParseCmdlineHelp returns the --cmdline default from the text of
+// `vessel vm run --help`.
+func ParseCmdlineHelp(help string) (string, error) {
+	m := cmdlineHelpRE.FindStringSubmatch(help)
+	if m == nil {
+		return "", errors.New("no --cmdline default in `vessel vm run --help`")
+	}
+	s, err := strconv.Unquote(m[1])
+	if err != nil {
+		return "", fmt.Errorf("--cmdline default %s: %w", m[1], err)
+	}
+	return s, nil
+}
+
+// vesselCmdline asks the vessel binary for its default kernel command
+// line, so the peers get exactly what this build of vessel boots with.
+func vesselCmdline(vessel string) (string, error) {
+	out, err := exec.Command(vessel, "vm", "run", "--help").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s vm run --help: %w", vessel, err)
+	}
+	return ParseCmdlineHelp(string(out))
+}
 
 // guestArgv is the command every guest runs: it prints the guest's
 // uptime, which is both the marker the host waits for and the guest-side
@@ -49,24 +84,78 @@ type vmmSpec struct {
 	ExitsOnItsOwn bool
 }
 
-// guestCmdline returns vessel's default command line with the vessel.*
-// parameters vessel would append for guestArgv on a non-terminal console.
-func guestCmdline() (string, error) {
+// guestCmdline returns vessel's default command line def with the
+// vessel.* parameters vessel appends for guestArgv on a non-terminal
+// console.
+func guestCmdline(def string) (string, error) {
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: guestArgv, TTY: false})
 	if err != nil {
 		return "", fmt.Errorf("encode the guest command: %w", err)
 	}
-	return DefaultCmdline + " " + extra, nil
+	return strings.TrimSpace(def + " " + extra), nil
 }
 
-// buildSpecs returns the specs of the VMMs named in cfg.VMMs, in order.
-func buildSpecs(cfg *config) ([]vmmSpec, error) {
-	base, err := guestCmdline()
+// hasParam reports whether the kernel command line cl has parameter p
+// (e.g. "acpi=off"); the last occurrence of a key wins, as in the kernel.
+func hasParam(cl, p string) bool {
+	key, _, _ := strings.Cut(p, "=")
+	found := false
+	for _, f := range strings.Fields(cl) {
+		if k, _, _ := strings.Cut(f, "="); k == key {
+			found = f == p
+		}
+	}
+	return found
+}
+
+// expandGokvmExtra replaces tsc_early_khz=auto in extra with the host's
+// TSC frequency khz (dropping it when unknown).
+func expandGokvmExtra(extra string, khz int) (string, []string) {
+	var out, notes []string
+	for _, f := range strings.Fields(extra) {
+		if f == "tsc_early_khz=auto" {
+			if khz <= 0 {
+				notes = append(notes, "gokvm: host TSC frequency unknown, tsc_early_khz=auto dropped")
+				continue
+			}
+			f = fmt.Sprintf("tsc_early_khz=%d", khz)
+		}
+		out = append(out, f)
+	}
+	return strings.Join(out, " "), notes
+}
+
+// hostKHz returns the first "cpu MHz" of /proc/cpuinfo in kHz (on x86 the
+// TSC frequency the kernel settled on), or 0.
+func hostKHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
-		return nil, err
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0
+			}
+			return int(mhz * 1000)
+		}
+	}
+	return 0
+}
+
+// buildSpecs returns the specs of the VMMs named in cfg.VMMs, in order,
+// and notes on choices made for them; def is the base kernel command
+// line (vessel's default unless --cmdline), khz the host's TSC kHz.
+func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
+	base, err := guestCmdline(def)
+	if err != nil {
+		return nil, nil, err
 	}
 	mem := fmt.Sprintf("%dM", cfg.MemMiB)
 	var specs []vmmSpec
+	var notes []string
 	for _, name := range cfg.VMMs {
 		switch name {
 		case nameVessel:
@@ -75,12 +164,18 @@ func buildSpecs(cfg *config) ([]vmmSpec, error) {
 				Args: func(metrics string) []string {
 					a := []string{"vm", "run", "--metrics", metrics,
 						"--kernel", cfg.Kernel, "--initrd", cfg.Initrd,
-						"--cpus", "1", "--memory", mem, "--"}
+						"--cpus", "1", "--memory", mem}
+					if cfg.Cmdline != "" {
+						a = append(a, "--cmdline", def)
+					}
+					a = append(a, "--")
 					return append(a, guestArgv...)
 				},
 			})
 		case nameGokvm:
-			cl := strings.TrimSpace(base + " " + cfg.GokvmExtra)
+			extra, n := expandGokvmExtra(cfg.GokvmExtra, khz)
+			notes = append(notes, n...)
+			cl := strings.TrimSpace(base + " " + extra)
 			specs = append(specs, vmmSpec{
 				Name: name, Path: cfg.Gokvm, Cmdline: cl,
 				// gokvm blocks forever (select{}) when stdin is not a
@@ -92,15 +187,19 @@ func buildSpecs(cfg *config) ([]vmmSpec, error) {
 				},
 			})
 		case nameQEMU:
-			acpi := "off"
-			if cfg.QEMUACPI {
+			acpi := cfg.QEMUACPI
+			if acpi == "auto" {
+				// ACPI the guest ignores only costs time: match the guest.
 				acpi = "on"
+				if hasParam(def, "acpi=off") {
+					acpi = "off"
+				}
 			}
 			specs = append(specs, vmmSpec{
 				Name: name, Path: cfg.QEMU, Cmdline: base,
 				// With ACPI, microvm's GED powers off and -no-reboot
 				// turns a reboot into an exit; without, the guest halts.
-				ExitsOnItsOwn: cfg.QEMUACPI,
+				ExitsOnItsOwn: acpi == "on",
 				Args: func(string) []string {
 					return []string{
 						"-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=" + acpi,
@@ -112,8 +211,8 @@ func buildSpecs(cfg *config) ([]vmmSpec, error) {
 				},
 			})
 		default:
-			return nil, fmt.Errorf("unknown VMM %q (known: %s)", name, strings.Join(allVMMs, ", "))
+			return nil, nil, fmt.Errorf("unknown VMM %q (known: %s)", name, strings.Join(allVMMs, ", "))
 		}
 	}
-	return specs, nil
+	return specs, notes, nil
 }

@@ -210,13 +210,58 @@ func madtBody(cpus int) []byte {
 	return b
 }
 
-// dsdtAML is the DSDT's definition block: Name (_S5, Package () {5, 0, 0, 0}),
-// the S5 (soft off) sleep type values (ACPI 6.4 7.4.2), in AML (20.2).
+// dsdtAML is the DSDT's definition block (AML, ACPI 6.4 chapter 20):
+//
+//	Scope (\_SB) {
+//	    Device (COM1) {
+//	        Name (_HID, EisaId ("PNP0501"))
+//	        Name (_UID, Zero)
+//	        Name (_CRS, ResourceTemplate () {
+//	            IO (Decode16, 0x3F8, 0x3F8, 0x01, 0x08)
+//	            IRQNoFlags () {4}
+//	        })
+//	    }
+//	}
+//	Name (_S5, Package () {5, 0, 0, 0})
+//
+// COM1 must be described: a hardware-reduced ACPI platform has no legacy
+// PIC, so Linux registers no ISA IRQs on its own, and the 8250 driver gets
+// IRQ 4 only through this PNP device. \_S5 gives the soft-off sleep type
+// (ACPI 6.4 7.4.2).
 func dsdtAML() []byte {
-	return []byte{
+	crs := []byte{
+		0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, // IO: decode16, min, max, align, length
+		0x22, 0x10, 0x00, // IRQNoFlags: mask bit 4
+		0x79, 0x00, // End tag
+	}
+	var dev []byte
+	dev = append(dev, 'C', 'O', 'M', '1')
+	dev = append(dev, 0x08, '_', 'H', 'I', 'D', 0x0C, 0x41, 0xD0, 0x05, 0x01) // EisaId("PNP0501")
+	dev = append(dev, 0x08, '_', 'U', 'I', 'D', 0x00)
+	buf := append([]byte{0x0A, byte(len(crs))}, crs...) // BufferSize, bytes
+	dev = append(dev, 0x08, '_', 'C', 'R', 'S', 0x11)
+	dev = append(dev, pkgLength(len(buf))...)
+	dev = append(dev, buf...)
+	device := append([]byte{0x5B, 0x82}, pkgLength(len(dev))...) // DeviceOp
+	device = append(device, dev...)
+	scopeBody := append([]byte{'_', 'S', 'B', '_'}, device...)
+	aml := append([]byte{0x10}, pkgLength(len(scopeBody))...) // ScopeOp
+	aml = append(aml, scopeBody...)
+	aml = append(aml,
 		0x08, '_', 'S', '5', '_', // NameOp, NameString "_S5_"
 		0x12, 0x07, 0x04, // PackageOp, PkgLength 7, NumElements 4
 		0x0A, S5SleepType, // BytePrefix 5: SLP_TYPa
 		0x00, 0x00, 0x00, // ZeroOp: SLP_TYPb, reserved, reserved
+	)
+	return aml
+}
+
+// pkgLength encodes an AML PkgLength (ACPI 6.4 20.2.4) for a body of n
+// bytes; the encoded length counts its own bytes too.
+func pkgLength(n int) []byte {
+	if n+1 <= 0x3F {
+		return []byte{byte(n + 1)}
 	}
+	t := n + 2 // two-byte form: up to 0xFFF
+	return []byte{0x40 | byte(t&0xF), byte(t >> 4)}
 }

@@ -128,3 +128,32 @@ func TestNoRAM(t *testing.T) {
 		t.Errorf("Write with RAM below the tables = %v, want ErrOutOfRange", err)
 	}
 }
+
+func TestPkgLength(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want []byte
+	}{
+		{0, []byte{1}}, {10, []byte{11}}, {62, []byte{63}}, {63, []byte{0x41, 0x04}}, {100, []byte{0x46, 0x06}},
+	} {
+		if got := pkgLength(tc.n); !bytes.Equal(got, tc.want) {
+			t.Errorf("pkgLength(%d) = % x, want % x", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestDSDTShape(t *testing.T) {
+	aml := dsdtAML()
+	// Scope(\_SB): its PkgLength must cover exactly the scope's bytes,
+	// which end where Name(_S5_) begins.
+	if aml[0] != 0x10 {
+		t.Fatalf("DSDT does not start with ScopeOp: % x", aml[:4])
+	}
+	end := 1 + int(aml[1])
+	if !bytes.Equal(aml[end:end+5], []byte{0x08, '_', 'S', '5', '_'}) {
+		t.Fatalf("scope length %d does not end at _S5_: % x", aml[1], aml[end:])
+	}
+	if !bytes.Contains(aml, []byte{0x0C, 0x41, 0xD0, 0x05, 0x01}) {
+		t.Error("COM1 lacks EisaId(PNP0501)")
+	}
+}

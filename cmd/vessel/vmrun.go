@@ -26,7 +26,7 @@ import (
 //   - panic=-1: reboot at once on a panic (vessel reports it).
 //   - i8042.*: skip probes for an AUX port, multiplexing and PnP.
 //   - 8250.nr_uarts=1, pci=off, io_delay=none: probe nothing vessel lacks.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet acpi=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
 
 // guestDir is where `make` installs the guest kernel and initramfs vessel
 // boots by default.

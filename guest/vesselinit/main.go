@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 
 	"github.com/u-root/u-root/pkg/libinit"
@@ -67,6 +68,10 @@ func main() {
 	port.bootMarker()
 
 	status := run()
+	// The command's last output may still sit in the console's tty buffer,
+	// sent by the UART as interrupts allow: wait until it has all left
+	// (tcdrain) before telling the VMM, which then stops at once.
+	unix.IoctlSetInt(int(os.Stdout.Fd()), unix.TCSBRK, 1)
 	unix.Sync()
 	port.exitStatus(status)
 	// The VMM stops the VM on the status write; power off in case it
@@ -115,6 +120,9 @@ func run() int {
 	}
 	cmd := exec.Command(path, argv[1:]...)
 	cmd.Args[0] = argv[0]
+	if name := busyboxName(path); name != "" {
+		cmd.Args[0] = name
+	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// A session of its own with the console as controlling terminal, so
 	// job control and Ctrl-C work in an interactive shell.
@@ -127,6 +135,29 @@ func run() int {
 		return 127
 	}
 	return reap(cmd.Process.Pid)
+}
+
+// busyboxName returns the command name u-root's busybox binary (bbin/bb)
+// must see in argv[0] for path, when path reaches bb through symlinks such
+// as /bin/sh -> ../bbin/gosh -> bb: bb dispatches on the name of the last
+// link ("gosh"), and does not know the first one ("sh"). It returns ""
+// for anything that is not a bb command.
+func busyboxName(path string) string {
+	p := path
+	for range 8 {
+		t, err := os.Readlink(p)
+		if err != nil {
+			return ""
+		}
+		if !filepath.IsAbs(t) {
+			t = filepath.Join(filepath.Dir(p), t)
+		}
+		if filepath.Base(t) == "bb" {
+			return filepath.Base(p)
+		}
+		p = t
+	}
+	return ""
 }
 
 // reap waits for every child, as PID 1 must (orphans are reparented to
