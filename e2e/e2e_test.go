@@ -186,12 +186,12 @@ func TestBootUname(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	r := vessel(t, "vm", "run", "--", "uname", "-sr")
+	r := vessel(t, "vm", "run", "--", "uname", "-r")
 	if r.code != 0 {
 		t.Fatalf("want exit 0:\n%v", r)
 	}
-	if !strings.Contains(r.stdout, "Linux 6.1") {
-		t.Fatalf("want the guest kernel's uname (Linux 6.1...):\n%v", r)
+	if !strings.HasPrefix(r.stdout, "6.1.") {
+		t.Fatalf("want the guest kernel release (6.1.*):\n%v", r)
 	}
 }
 
