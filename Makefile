@@ -76,9 +76,11 @@ clean:
 
 ## bench-boot: boot-time benchmark of vessel against gokvm and QEMU microvm
 ## (bench/boot): same kernel, initramfs and command line, interleaved runs,
-## on the test platform (cmd/testvm). Not a test: no thresholds. The report
-## goes to stdout and build/bench-boot.md, the raw JSON to
-## build/bench-boot.json. BENCH_FLAGS adds benchboot flags (e.g. --runs 9).
+## on the test platform (cmd/testvm). Not a test: no thresholds. The full
+## output (progress, report) goes to stdout and build/bench-boot.md, the raw
+## JSON to build/bench-boot.json (files written inside the test platform do
+## not survive it, so the JSON travels in the report). BENCH_FLAGS adds
+## benchboot flags (e.g. --runs 9).
 GOKVM_VERSION := v0.0.8-0.20231003020000-f53faca69d28
 BENCH_FLAGS ?=
 bench-boot: build guest
@@ -86,5 +88,5 @@ bench-boot: build guest
 	@mkdir -p build/peers
 	GOBIN=$(CURDIR)/build/peers CGO_ENABLED=0 $(GO) install github.com/bobuhiro11/gokvm@$(GOKVM_VERSION)
 	set -o pipefail; bin/testvm --timeout 40m -- bin/benchboot --gokvm build/peers/gokvm \
-		--kernel "$(GUEST_DIR)/bzImage" --initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_FLAGS) | tee build/bench-boot.md
+		--kernel "$(GUEST_DIR)/bzImage" --initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_FLAGS) 2>&1 | tee build/bench-boot.md
 	bin/benchboot --extract-json build/bench-boot.md --out build/bench-boot.json
