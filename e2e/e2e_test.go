@@ -499,6 +499,14 @@ func asNobody(t *testing.T) func(*exec.Cmd) {
 			t.Fatal(err)
 		}
 	}
+	// The test platform's devtmpfs may make /dev/kvm world-writable:
+	// make it root-only for this case, as on most hosts.
+	if st, err := os.Stat("/dev/kvm"); err == nil {
+		if err := os.Chmod("/dev/kvm", 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod("/dev/kvm", st.Mode().Perm()) })
+	}
 	return func(cmd *exec.Cmd) {
 		cmd.Path = filepath.Join(dir, "vessel")
 		cmd.Args = append(cmd.Args[:1:1], "vm", "run", "--kernel", filepath.Join(dir, "bzImage"),

@@ -284,6 +284,8 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 		}
 		if l := console.last(); l != "" {
 			why += fmt.Sprintf("; last console line: %q", l)
+		} else {
+			why += "; the console stayed silent"
 		}
 		if l := stderrTail.last(); l != "" {
 			why += fmt.Sprintf("; stderr: %q", l)
