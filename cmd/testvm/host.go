@@ -71,12 +71,14 @@ func writeInitramfs(w io.Writer, exe string, specJSON []byte) error {
 	return c.Close()
 }
 
-func kernelCmdline(verbose bool) string {
+func kernelCmdline(verbose bool, tscKHz uint64) string {
 	// panic=-1 and oops=panic: an outer-kernel crash ends the VM at once
 	// (QEMU exits because of -no-reboot), so it is seen and retried rather
 	// than leaving a half-dead VM. reboot=t: restart by triple fault, the
-	// only reset microvm without ACPI has.
-	s := "console=ttyS0 panic=-1 oops=panic reboot=t rdinit=/init tsc=reliable"
+	// only reset microvm without ACPI has. tsc_early_khz: the TSC rate
+	// measured on the host, so the outer kernel never calibrates against
+	// the emulated PIT (see tscKHz for what a failed calibration does).
+	s := fmt.Sprintf("console=ttyS0 panic=-1 oops=panic reboot=t rdinit=/init tsc=reliable tsc_early_khz=%d", tscKHz)
 	if verbose {
 		return s + " loglevel=7"
 	}
@@ -89,7 +91,7 @@ func qemuArgs(o *options, kernel, initrd string) []string {
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", fmt.Sprint(o.cpus), "-m", fmt.Sprint(o.memory),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd, "-append", kernelCmdline(o.verbose),
+		"-kernel", kernel, "-initrd", initrd, "-append", kernelCmdline(o.verbose, o.tscKHz),
 		// The console: kernel and init only; the host answers on its input.
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-fsdev", "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap",

@@ -88,6 +88,7 @@ type options struct {
 	verbose  bool
 	argv     []string
 	qemu     string
+	tscKHz   uint64 // the host's TSC rate, given to the outer kernel
 }
 
 const usageText = `usage: testvm [flags] -- COMMAND [ARG...]
@@ -256,6 +257,9 @@ func runNested(o *options, host hostKVM, stdout, stderr io.Writer) int {
 		why = "forced by --platform nested; "
 	}
 	fmt.Fprintf(stderr, "testvm: platform: nested KVM in QEMU TCG (-cpu max), outer kernel %s (%s%s)\n", kernel, why, host.Why)
+	if o.tscKHz, err = tscKHz(); err != nil {
+		return failf(stderr, "%v", err)
+	}
 
 	tmp, err := os.MkdirTemp("", "testvm-")
 	if err != nil {

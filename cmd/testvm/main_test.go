@@ -511,10 +511,10 @@ func TestQemuArgs(t *testing.T) {
 			t.Errorf("qemu args lack %q: %s", want, a)
 		}
 	}
-	if c := kernelCmdline(false); !strings.Contains(c, "quiet") || !strings.Contains(c, "panic=-1") || !strings.Contains(c, "console=ttyS0") {
+	if c := kernelCmdline(false, 2445417); !strings.Contains(c, "quiet") || !strings.Contains(c, "panic=-1") || !strings.Contains(c, "console=ttyS0") || !strings.Contains(c, "tsc_early_khz=2445417") {
 		t.Errorf("cmdline %q", c)
 	}
-	if c := kernelCmdline(true); strings.Contains(c, "quiet") {
+	if c := kernelCmdline(true, 1); strings.Contains(c, "quiet") {
 		t.Errorf("verbose cmdline %q", c)
 	}
 }
@@ -769,4 +769,20 @@ func TestFakeSignal(t *testing.T) {
 		}
 		r.checkClean(t)
 	}
+}
+
+func TestTSCKHz(t *testing.T) {
+	khz, err := tscKHz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two measurements agree to within 2%: the rate is real, not noise.
+	khz2, err := tscKHz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := float64(khz) - float64(khz2); d > 0.02*float64(khz) || -d > 0.02*float64(khz) {
+		t.Errorf("TSC rate unstable: %d kHz then %d kHz", khz, khz2)
+	}
+	t.Logf("host TSC %d kHz", khz)
 }
