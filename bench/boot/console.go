@@ -59,18 +59,33 @@ func isPowerOffLine(line string) bool {
 	return false
 }
 
-// tail keeps the last lines written to it.
+// tail keeps the last lines written to it, and the first line that
+// reports a Go runtime crash, however long the dump after it.
 type tail struct {
 	max   int
 	lines []string
+	fatal string
 }
 
 func (t *tail) add(line string) {
+	if t.fatal == "" && (strings.HasPrefix(line, "fatal error:") || strings.HasPrefix(line, "panic:")) {
+		t.fatal = strings.TrimSpace(line)
+	}
 	if len(t.lines) == t.max {
 		copy(t.lines, t.lines[1:])
 		t.lines = t.lines[:len(t.lines)-1]
 	}
 	t.lines = append(t.lines, line)
+}
+
+// summary returns the line that best says why a program died: the first
+// Go "fatal error:" or "panic:" line (the goroutine dump after it says
+// little), else the last line that is not blank.
+func (t *tail) summary() string {
+	if t.fatal != "" {
+		return t.fatal
+	}
+	return t.last()
 }
 
 // last returns the last line that is not blank, or "".

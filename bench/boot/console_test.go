@@ -55,8 +55,16 @@ func TestTail(t *testing.T) {
 	if len(tl.lines) != 3 || tl.lines[0] != "c" || tl.lines[2] != "  " {
 		t.Errorf("tail kept %q", tl.lines)
 	}
-	if tl.last() != "d" {
-		t.Errorf("last() = %q, want the last non-blank line", tl.last())
+	if tl.last() != "d" || tl.summary() != "d" {
+		t.Errorf("last() = %q, summary() = %q, want the last non-blank line", tl.last(), tl.summary())
+	}
+	// The crash line is kept even when the dump after it overflows the tail.
+	g := tail{max: 2}
+	for _, l := range []string{"this is not terminal", "fatal error: all goroutines are asleep - deadlock!", "", "goroutine 1 [select (no cases)]:", "\tmain.go:10 +0x1f"} {
+		g.add(l)
+	}
+	if got := g.summary(); got != "fatal error: all goroutines are asleep - deadlock!" {
+		t.Errorf("summary() = %q", got)
 	}
 }
 

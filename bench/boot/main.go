@@ -49,7 +49,9 @@
 //
 // Exit status: 0 when the benchmark completed (failed runs are in the
 // report), 1 when it could not run or write its results, 2 for invalid
-// flags, 130 when interrupted.
+// flags, 3 when it stopped early because not one boot of any VMM worked
+// (a platform problem, not one VMM's), 130 when
+// interrupted.
 package main
 
 import (
@@ -82,6 +84,9 @@ type config struct {
 	QEMUACPI       string
 	ExtractJSON    string
 }
+
+// exitNoBoot is the exit status when no VMM could boot anything.
+const exitNoBoot = 3
 
 // usageError is a bad flag or argument: one line, exit status 2.
 type usageError struct{ msg string }
@@ -231,6 +236,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "benchboot: interrupted; the report covers the runs done so far")
 		return 130
 	}
+	if res.Aborted != "" {
+		return exitNoBoot
+	}
 	return 0
 }
 
@@ -279,6 +287,7 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 
 	r := &runner{cfg: cfg, tmpDir: tmp}
 	total := cfg.Warmup + cfg.Runs
+	anyOK := false
 	for i := 0; i < total && ctx.Err() == nil; i++ {
 		warm := i < cfg.Warmup
 		round := i - cfg.Warmup + 1
@@ -291,7 +300,17 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 			}
 			run := r.runOne(ctx, s, round, warm)
 			res.Runs = append(res.Runs, run)
+			anyOK = anyOK || run.OK
 			fmt.Fprintf(progress, "benchboot: %-8s %-8s %s\n", roundName(run), s.Name, progressLine(run))
+		}
+		if !anyOK && ctx.Err() == nil {
+			// Not one boot of any VMM worked: the platform, not a VMM,
+			// is the likely culprit (the nested one sometimes runs no
+			// inner guest at all). Say so instead of timing out N times.
+			res.Aborted = fmt.Sprintf("stopped after round %d: no VMM booted a guest so far, "+
+				"which points at the platform (e.g. a nested KVM that runs no guest) rather than at one VMM", i+1)
+			fmt.Fprintf(progress, "benchboot: %s\n", res.Aborted)
+			break
 		}
 	}
 	return res, nil

@@ -18,6 +18,8 @@ type Results struct {
 	Platform Platform  `json:"platform"`
 	Setup    Setup     `json:"setup"`
 	Runs     []Run     `json:"runs"`
+	// Aborted says why the benchmark stopped before its last round.
+	Aborted string `json:"aborted,omitempty"`
 }
 
 // Setup records how the benchmark was configured.
@@ -311,6 +313,9 @@ func RenderReport(w io.Writer, res *Results) error {
 	if strings.Contains(p.Kind, "TCG") {
 		fmt.Fprintf(w, "- absolute times under emulation are 10-50x those on hardware: read the ratios\n")
 	}
+	if res.Aborted != "" {
+		fmt.Fprintf(w, "- **incomplete**: %s\n", res.Aborted)
+	}
 	fmt.Fprintln(w)
 	RenderTable(w, res)
 	fmt.Fprintln(w)
@@ -356,6 +361,17 @@ func RenderReport(w io.Writer, res *Results) error {
 			parts = append(parts, fmt.Sprintf("%s (%d)", e, endings[e]))
 		}
 		fmt.Fprintf(w, "  - process ending: %s\n", strings.Join(parts, ", "))
+		var probes []float64
+		for _, r := range counted(res.Runs, v) {
+			if r.InitProbe != nil {
+				probes = append(probes, *r.InitProbe)
+			}
+		}
+		if p := Summarize(probes); p.N > 0 {
+			fmt.Fprintf(w, "  - the guest init's control-port probe showed up on its console %s s (min-max) after start, in %d runs "+
+				"(host side; vesselinit probes after its mounts, just before the boot marker vessel times as boot_to_init and before it runs the command: earlier than the uptime line)\n",
+				fmt.Sprintf("%.2f (%.2f-%.2f)", p.Median, p.Min, p.Max), p.N)
+		}
 		if v == nameVessel {
 			if ex := exitBreakdown(counted(res.Runs, v)); ex != "" {
 				fmt.Fprintf(w, "  - userspace exits by reason (median): %s\n", ex)

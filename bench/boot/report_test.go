@@ -37,7 +37,7 @@ func testResults() *Results {
 		okRun(nameVessel, 1, 4, 1.0, 2, 10),
 		okRun(nameVessel, 2, 5, 1.2, 3, 12),
 		okRun(nameVessel, 3, 6, 1.1, 4, 11),
-		{VMM: nameGokvm, Round: 1, Error: "no uptime line within 2m0s | piped"},
+		{VMM: nameGokvm, Round: 1, Error: "no uptime line within 2m0s | piped", InitProbe: ptr(15.5)},
 		{VMM: nameGokvm, Round: 2, Error: "no uptime line within 2m0s | piped"},
 		{VMM: nameGokvm, Round: 3, Error: "the guest stopped without printing the uptime line"},
 		okRun(nameQEMU, 1, 8, 2.0, 1, 20),
@@ -136,7 +136,7 @@ func TestReportJSONRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := b.String()
-	for _, s := range []string{"nested KVM (kvm_amd) in QEMU TCG", "## Failed runs", "gokvm (run 3): the guest stopped", "gokvm (run 1, run 2): no uptime line", "io 100, hlt 3"} {
+	for _, s := range []string{"nested KVM (kvm_amd) in QEMU TCG", "## Failed runs", "gokvm (run 3): the guest stopped", "gokvm (run 1, run 2): no uptime line", "io 100, hlt 3", "control-port probe showed up on its console 15.50 (15.50-15.50) s"} {
 		if !strings.Contains(report, s) {
 			t.Errorf("report lacks %q", s)
 		}

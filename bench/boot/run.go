@@ -261,8 +261,9 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 	case interruped:
 		why = "interrupted"
 	case marker.IsZero() && probe != "":
-		why = fmt.Sprintf("%s stopped the guest when its init probed vessel's control port (%q, %.2fs after start: "+
-			"it treats any unknown I/O port as fatal), then ended with %s", spec.Name, strings.TrimSpace(probe), *res.InitProbe, ps)
+		// The time is in InitProbe: keep the reason the same across runs.
+		why = fmt.Sprintf("%s stopped the guest when its init probed vessel's control port (%q: "+
+			"it treats any unknown I/O port as fatal), then ended with %s", spec.Name, strings.TrimSpace(probe), ps)
 	case marker.IsZero() && !stopped.IsZero():
 		why = "the guest stopped without printing the uptime line"
 	case marker.IsZero() && killedWhy != "":
@@ -287,7 +288,7 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 		} else {
 			why += "; the console stayed silent"
 		}
-		if l := stderrTail.last(); l != "" {
+		if l := stderrTail.summary(); l != "" {
 			why += fmt.Sprintf("; stderr: %q", l)
 		}
 		res = failed(res, why)
