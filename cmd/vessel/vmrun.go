@@ -102,7 +102,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 		}
 	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
-	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive})
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true})
 	if err != nil {
 		return usageErr("%v", err)
 	}

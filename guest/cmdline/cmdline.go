@@ -24,6 +24,11 @@ const (
 	// and 0 when output is captured, in which case the init turns off the
 	// console's output processing so the host gets the bytes as written.
 	ParamTTY = "vessel.tty"
+	// ParamControl is 1 when the VMM is vessel and has its control port
+	// (boot marker, exit status). Only then does the init touch the port:
+	// other VMMs (booting the same initramfs for a comparison) may treat
+	// an unknown I/O port as fatal.
+	ParamControl = "vessel.ctl"
 )
 
 // ErrBadCmd is returned when vessel.cmd cannot be decoded.
@@ -31,8 +36,9 @@ var ErrBadCmd = errors.New("cmdline: malformed vessel.cmd")
 
 // Spec is what the init is asked to do.
 type Spec struct {
-	Argv []string // the command; empty means an interactive shell
-	TTY  bool
+	Argv    []string // the command; empty means an interactive shell
+	TTY     bool
+	Control bool // the VMM has vessel's control port
 }
 
 // Encode returns the kernel parameters for s, to append to a command line.
@@ -50,6 +56,9 @@ func Encode(s Spec) (string, error) {
 		tty = "1"
 	}
 	parts = append(parts, ParamTTY+"="+tty)
+	if s.Control {
+		parts = append(parts, ParamControl+"=1")
+	}
 	return strings.Join(parts, " "), nil
 }
 
@@ -75,6 +84,8 @@ func Decode(procCmdline string) (Spec, error) {
 			s.Argv = argv
 		case ParamTTY:
 			s.TTY = val == "1"
+		case ParamControl:
+			s.Control = val == "1"
 		}
 	}
 	return s, nil

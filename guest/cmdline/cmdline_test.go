@@ -11,6 +11,8 @@ func TestRoundTrip(t *testing.T) {
 		{},
 		{TTY: true},
 		{Argv: []string{"uname", "-a"}},
+		{Argv: []string{"true"}, Control: true},
+		{TTY: true, Control: true},
 		{Argv: []string{"sh", "-c", "exit 7"}, TTY: false},
 		{Argv: []string{"echo", `a "quoted" arg`, "x=y", "tab\there", "ünïcode", ""}},
 	} {

@@ -64,10 +64,16 @@ func main() {
 	libinit.Create(rootfs, false)
 	libinit.NetInit()
 
-	port := newControlPort()
+	spec, err := readSpec()
+	port := newControlPort(err == nil && spec.Control)
 	port.bootMarker()
 
-	status := run()
+	status := 125
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vesselinit: %v\n", err)
+	} else {
+		status = run(spec)
+	}
 	// The command's last output may still sit in the console's tty buffer,
 	// sent by the UART as interrupts allow: wait until it has all left
 	// (tcdrain) before telling the VMM, which then stops at once.
@@ -80,20 +86,19 @@ func main() {
 	select {}
 }
 
+// readSpec reads what the VMM asks for from the kernel command line.
+func readSpec() (cmdline.Spec, error) {
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return cmdline.Spec{}, fmt.Errorf("read /proc/cmdline: %w", err)
+	}
+	return cmdline.Decode(string(raw))
+}
+
 // run executes the requested command and returns its exit status,
 // following the shell's conventions: 128+N when killed by signal N, 127
 // when the command does not exist, 126 when it cannot be executed.
-func run() int {
-	raw, err := os.ReadFile("/proc/cmdline")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "vesselinit: read /proc/cmdline: %v\n", err)
-		return 125
-	}
-	spec, err := cmdline.Decode(string(raw))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "vesselinit: %v\n", err)
-		return 125
-	}
+func run(spec cmdline.Spec) int {
 	if !spec.TTY {
 		rawOutput(os.Stdout)
 	}
@@ -204,8 +209,11 @@ type controlPort struct {
 	ok  bool
 }
 
-func newControlPort() *controlPort {
+func newControlPort(enabled bool) *controlPort {
 	c := &controlPort{req: make(chan func())}
+	if !enabled {
+		return c
+	}
 	ready := make(chan bool)
 	go func() {
 		runtime.LockOSThread()
