@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 GO ?= go
 GUEST_DIR ?= $(or $(VESSEL_GUEST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vessel/guest)
-APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static e2fsprogs
 FUZZTIME ?= 10s
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)

@@ -409,6 +409,10 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernel := filepath.Join(guestDir, "bzImage")
+	oddDisk := filepath.Join(dir, "odd.img")
+	if err := os.WriteFile(oddDisk, make([]byte, 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		args  []string
@@ -426,6 +430,11 @@ func TestBadInput(t *testing.T) {
 		{"bad memory", []string{"--memory", "lots"}, nil, "--memory"},
 		{"unknown flag", []string{"--frobnicate"}, nil, "unknown flag"},
 		{"args without --", []string{"uname"}, nil, "after --"},
+		{"missing disk", []string{"--disk", filepath.Join(dir, "nope.img")}, nil, "no such file"},
+		{"disk is a directory", []string{"--disk", dir + ",ro"}, nil, "is a directory"},
+		{"disk size not in sectors", []string{"--disk", oddDisk}, nil, "multiple of 512"},
+		{"bad disk option", []string{"--disk", oddDisk + ",rw"}, nil, "unknown option"},
+		{"disk serial too long", []string{"--disk", oddDisk + ",serial=" + strings.Repeat("x", 21)}, nil, "longer than 20"},
 		{"no /dev/kvm", nil, hideKVM, "/dev/kvm"},
 		{"no permission on /dev/kvm", nil, asNobody(t), "/dev/kvm: permission denied"},
 	} {

@@ -34,6 +34,13 @@ type Config struct {
 	Console io.Writer
 	Input   io.Reader
 
+	// Disks are attached as virtio block devices, /dev/vda onwards, after
+	// the entropy device that every VM has.
+	Disks []Disk
+	// Log receives one line per device problem (a guest driver breaking
+	// the virtio rules); nil discards them.
+	Log io.Writer
+
 	// KVMDevice is the KVM device node (default /dev/kvm).
 	KVMDevice string
 	// AllowPVM lets vessel try to boot on a PVM host (kvm_pvm), which only

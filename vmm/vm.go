@@ -55,6 +55,7 @@ type VM struct {
 	console *consoleWriter
 	control *devices.ControlPort
 	irqs    []*eventInterrupt
+	virtio  []*virtioDev
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -82,10 +83,13 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.setupMemory(); err != nil {
 		return nil, err
 	}
-	if err := v.loadKernel(); err != nil {
+	if err := v.setupDevices(); err != nil {
 		return nil, err
 	}
-	if err := v.setupDevices(); err != nil {
+	if err := v.setupVirtio(); err != nil {
+		return nil, err
+	}
+	if err := v.loadKernel(); err != nil {
 		return nil, err
 	}
 	if err := v.setupVCPUs(); err != nil {
@@ -248,7 +252,7 @@ func (v *VM) loadKernel() error {
 	// boot.Load wrote an MP table; ACPI tables come on top: Linux
 	// prefers ACPI (which also gives it a way to power off) and falls back
 	// to the MP table with acpi=off.
-	if err := acpi.Write(v.mem, v.cfg.CPUs); err != nil {
+	if err := acpi.Write(v.mem, v.cfg.CPUs, v.virtioACPI()); err != nil {
 		return fmt.Errorf("vmm: acpi tables: %w", err)
 	}
 	return nil
@@ -354,6 +358,7 @@ func (v *VM) tripleFault(detail string) { v.finish(Result{Kind: ExitTripleFault,
 // Close releases everything the VM holds. Safe to call more than once and
 // on a partially built VM.
 func (v *VM) Close() error {
+	v.closeVirtio()
 	for _, c := range v.vcpus {
 		c.close()
 	}

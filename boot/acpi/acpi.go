@@ -54,14 +54,35 @@ var ErrCPUs = errors.New("acpi: unsupported vCPU count")
 // IDs 0..254, the IOAPIC takes the next ID).
 const MaxCPUs = 254
 
-// Write builds the tables for a VM with cpus vCPUs and writes them to
-// guest memory starting at RSDPAddr.
-func Write(mem *guestmem.Memory, cpus int) error {
+// VirtioMMIO is a virtio-mmio device to describe in the DSDT.
+type VirtioMMIO struct {
+	Base uint64 // MMIO window (below 4 GiB)
+	Size uint32
+	GSI  uint32 // IOAPIC input, edge-triggered, active high
+}
+
+// MaxVirtioMMIO is the most virtio-mmio devices the DSDT describes.
+const MaxVirtioMMIO = 32
+
+// ErrDevices is returned for virtio devices the tables cannot describe.
+var ErrDevices = errors.New("acpi: unsupported virtio-mmio device list")
+
+// Write builds the tables for a VM with cpus vCPUs and the given virtio-mmio
+// devices and writes them to guest memory starting at RSDPAddr.
+func Write(mem *guestmem.Memory, cpus int, virtio []VirtioMMIO) error {
 	if cpus < 1 || cpus > MaxCPUs {
 		return fmt.Errorf("%w: %d", ErrCPUs, cpus)
 	}
+	if len(virtio) > MaxVirtioMMIO {
+		return fmt.Errorf("%w: %d devices, at most %d", ErrDevices, len(virtio), MaxVirtioMMIO)
+	}
+	for _, d := range virtio {
+		if d.Base+uint64(d.Size) > 1<<32 || d.Size == 0 {
+			return fmt.Errorf("%w: window %#x+%#x", ErrDevices, d.Base, d.Size)
+		}
+	}
 	// Addresses, in order: RSDP, XSDT, FADT, MADT, DSDT.
-	dsdt := table("DSDT", 2, dsdtAML())
+	dsdt := table("DSDT", 2, dsdtAML(virtio))
 	madt := table("APIC", 5, madtBody(cpus))
 	addr := uint64(RSDPAddr + 64)
 	xsdtAddr := addr
@@ -221,14 +242,25 @@ func madtBody(cpus int) []byte {
 //	            IRQNoFlags () {4}
 //	        })
 //	    }
+//	    Device (V000) {   // one per virtio-mmio device: V000, V001, ...
+//	        Name (_HID, "LNRO0005")
+//	        Name (_UID, 0)
+//	        Name (_CRS, ResourceTemplate () {
+//	            Memory32Fixed (ReadWrite, BASE, SIZE)
+//	            Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {GSI}
+//	        })
+//	    }
 //	}
 //	Name (_S5, Package () {5, 0, 0, 0})
 //
 // COM1 must be described: a hardware-reduced ACPI platform has no legacy
 // PIC, so Linux registers no ISA IRQs on its own, and the 8250 driver gets
 // IRQ 4 only through this PNP device. \_S5 gives the soft-off sleep type
-// (ACPI 6.4 7.4.2).
-func dsdtAML() []byte {
+// (ACPI 6.4 7.4.2). Virtio-mmio devices are found the same way: LNRO0005
+// is the ACPI ID Linux's virtio_mmio driver matches, and the Interrupt
+// descriptor maps the GSI (virtio_mmio.device= on the command line would
+// name a Linux IRQ number, and this platform registers no legacy ones).
+func dsdtAML(virtio []VirtioMMIO) []byte {
 	crs := []byte{
 		0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, // IO: decode16, min, max, align, length
 		0x22, 0x10, 0x00, // IRQNoFlags: mask bit 4
@@ -245,6 +277,9 @@ func dsdtAML() []byte {
 	device := append([]byte{0x5B, 0x82}, pkgLength(len(dev))...) // DeviceOp
 	device = append(device, dev...)
 	scopeBody := append([]byte{'_', 'S', 'B', '_'}, device...)
+	for i, d := range virtio {
+		scopeBody = append(scopeBody, virtioDevice(i, d)...)
+	}
 	aml := append([]byte{0x10}, pkgLength(len(scopeBody))...) // ScopeOp
 	aml = append(aml, scopeBody...)
 	aml = append(aml,
@@ -254,6 +289,30 @@ func dsdtAML() []byte {
 		0x00, 0x00, 0x00, // ZeroOp: SLP_TYPb, reserved, reserved
 	)
 	return aml
+}
+
+// virtioDevice is the AML Device for virtio-mmio device i.
+func virtioDevice(i int, d VirtioMMIO) []byte {
+	crs := []byte{0x86, 0x09, 0x00, 0x01} // Memory32Fixed, length 9, read-write
+	crs = binary.LittleEndian.AppendUint32(crs, uint32(d.Base))
+	crs = binary.LittleEndian.AppendUint32(crs, d.Size)
+	// Extended Interrupt: length 6, flags consumer|edge (active high,
+	// exclusive), one interrupt.
+	crs = append(crs, 0x89, 0x06, 0x00, 0x03, 0x01)
+	crs = binary.LittleEndian.AppendUint32(crs, d.GSI)
+	crs = append(crs, 0x79, 0x00) // End tag
+	name := fmt.Sprintf("V%03X", i)
+	dev := []byte(name)
+	dev = append(dev, 0x08, '_', 'H', 'I', 'D', 0x0D) // NameOp _HID, StringPrefix
+	dev = append(dev, "LNRO0005"...)
+	dev = append(dev, 0x00)
+	dev = append(dev, 0x08, '_', 'U', 'I', 'D', 0x0A, byte(i)) // BytePrefix i
+	buf := append([]byte{0x0A, byte(len(crs))}, crs...)
+	dev = append(dev, 0x08, '_', 'C', 'R', 'S', 0x11)
+	dev = append(dev, pkgLength(len(buf))...)
+	dev = append(dev, buf...)
+	out := append([]byte{0x5B, 0x82}, pkgLength(len(dev))...)
+	return append(out, dev...)
 }
 
 // pkgLength encodes an AML PkgLength (ACPI 6.4 20.2.4) for a body of n

@@ -54,7 +54,7 @@ func sdt(t *testing.T, m *guestmem.Memory, addr uint64, sig string) []byte {
 func TestTables(t *testing.T) {
 	for _, cpus := range []int{1, 3, 64, MaxCPUs} {
 		m := newMem(t)
-		if err := Write(m, cpus); err != nil {
+		if err := Write(m, cpus, nil); err != nil {
 			t.Fatalf("Write(%d): %v", cpus, err)
 		}
 		r := read(t, m, RSDPAddr, 36)
@@ -112,7 +112,7 @@ func TestTables(t *testing.T) {
 func TestBadCPUCount(t *testing.T) {
 	m := newMem(t)
 	for _, n := range []int{0, -1, MaxCPUs + 1} {
-		if err := Write(m, n); !errors.Is(err, ErrCPUs) {
+		if err := Write(m, n, nil); !errors.Is(err, ErrCPUs) {
 			t.Errorf("Write(%d) = %v, want ErrCPUs", n, err)
 		}
 	}
@@ -124,7 +124,7 @@ func TestNoRAM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if err := Write(m, 1); !errors.Is(err, guestmem.ErrOutOfRange) {
+	if err := Write(m, 1, nil); !errors.Is(err, guestmem.ErrOutOfRange) {
 		t.Errorf("Write with RAM below the tables = %v, want ErrOutOfRange", err)
 	}
 }
@@ -143,13 +143,51 @@ func TestPkgLength(t *testing.T) {
 }
 
 func TestDSDTShape(t *testing.T) {
-	aml := dsdtAML()
-	// Scope(\_SB): its PkgLength must cover exactly the scope's bytes,
-	// which end where Name(_S5_) begins.
+	for _, n := range []int{0, 1, 10, MaxVirtioMMIO} {
+		var devs []VirtioMMIO
+		for i := 0; i < n; i++ {
+			devs = append(devs, VirtioMMIO{Base: 0xD000_0000 + uint64(i)*0x1000, Size: 0x1000, GSI: uint32(5 + i)})
+		}
+		aml := dsdtAML(devs)
+		checkDSDT(t, aml)
+		if got := bytes.Count(aml, []byte("LNRO0005")); got != n {
+			t.Errorf("%d virtio devices, %d LNRO0005 entries", n, got)
+		}
+		if n > 1 && !bytes.Contains(aml, []byte{0x89, 0x06, 0x00, 0x03, 0x01, 6, 0, 0, 0}) {
+			t.Error("no edge-triggered Interrupt descriptor for GSI 6")
+		}
+	}
+}
+
+func TestWriteVirtioBad(t *testing.T) {
+	m, err := guestmem.New([]guestmem.RegionSpec{{GPA: 0, Size: 2 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, devs := range [][]VirtioMMIO{
+		make([]VirtioMMIO, MaxVirtioMMIO+1),
+		{{Base: 0xFFFF_F000, Size: 0x2000, GSI: 5}},
+		{{Base: 0xD000_0000, Size: 0, GSI: 5}},
+	} {
+		if err := Write(m, 1, devs); !errors.Is(err, ErrDevices) {
+			t.Errorf("Write(%v) = %v, want ErrDevices", devs, err)
+		}
+	}
+}
+
+// checkDSDT checks the definition block's framing: Scope(\_SB) first,
+// its PkgLength covering exactly the bytes up to Name(_S5_).
+func checkDSDT(t *testing.T, aml []byte) {
+	t.Helper()
 	if aml[0] != 0x10 {
 		t.Fatalf("DSDT does not start with ScopeOp: % x", aml[:4])
 	}
-	end := 1 + int(aml[1])
+	n := int(aml[1] & 0x3F)
+	if aml[1]&0xC0 == 0x40 { // two-byte PkgLength
+		n = int(aml[1]&0x0F) | int(aml[2])<<4
+	}
+	end := 1 + n
 	if !bytes.Equal(aml[end:end+5], []byte{0x08, '_', 'S', '5', '_'}) {
 		t.Fatalf("scope length %d does not end at _S5_: % x", aml[1], aml[end:])
 	}

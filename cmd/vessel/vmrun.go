@@ -44,6 +44,7 @@ func guestDir() string {
 type vmRunFlags struct {
 	kernel, initrd, cmdline, memory, metrics string
 	cpus                                     int
+	disks                                    []string
 }
 
 func newVMRun() *cobra.Command {
@@ -74,6 +75,7 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	fl.StringVar(&f.memory, "memory", "256M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
 	fl.StringVar(&f.cmdline, "cmdline", DefaultCmdline, "kernel command line (vessel appends its vessel.* parameters)")
 	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
+	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
 	return cmd
 }
 
@@ -101,6 +103,14 @@ func vmRun(f vmRunFlags, argv []string) error {
 			}
 		}
 	}
+	var disks []vmm.Disk
+	for _, d := range f.disks {
+		disk, err := parseDisk(d)
+		if err != nil {
+			return usageErr("--disk %s: %v", d, err)
+		}
+		disks = append(disks, disk)
+	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true})
 	if err != nil {
@@ -113,6 +123,8 @@ func vmRun(f vmRunFlags, argv []string) error {
 		CPUs:     f.cpus,
 		Memory:   mem,
 		Console:  os.Stdout,
+		Disks:    disks,
+		Log:      os.Stderr,
 		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
 	}
 	if f.kernel != "" && vmm.IsPVM() && !cfg.AllowPVM {
@@ -258,3 +270,27 @@ func writeMetrics(path string, res vmm.Result) error {
 }
 
 var _ io.Reader = (*escapeReader)(nil)
+
+// parseDisk parses --disk PATH[,ro][,serial=ID].
+func parseDisk(s string) (vmm.Disk, error) {
+	parts := strings.Split(s, ",")
+	d := vmm.Disk{Path: parts[0]}
+	if d.Path == "" {
+		return d, errors.New("no image path")
+	}
+	for _, opt := range parts[1:] {
+		k, v, hasValue := strings.Cut(opt, "=")
+		switch {
+		case k == "ro" && !hasValue:
+			d.ReadOnly = true
+		case k == "serial" && hasValue:
+			if len(v) > 20 {
+				return d, fmt.Errorf("serial %q is longer than 20 bytes", v)
+			}
+			d.Serial = v
+		default:
+			return d, fmt.Errorf("unknown option %q (want ro or serial=ID)", opt)
+		}
+	}
+	return d, nil
+}

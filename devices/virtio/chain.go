@@ -203,6 +203,15 @@ func (w *Writer) Buffers(max uint64) ([][]byte, error) {
 	return bufs, err
 }
 
+// seekEnd moves the writer to k bytes before the end of its room (for a
+// trailing status byte).
+func (w *Writer) seekEnd(k uint64) {
+	if k > w.cur.total {
+		k = w.cur.total
+	}
+	w.cur.seek(w.cur.total - k)
+}
+
 // Unconsume gives back the last n bytes taken by Buffers (after a short
 // read from the host): they do not count as written.
 func (w *Writer) Unconsume(n uint64) {

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/vesselvm/vessel/vmm"
+)
+
+func TestParseDisk(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    vmm.Disk
+		wantErr string
+	}{
+		{"a.img", vmm.Disk{Path: "a.img"}, ""},
+		{"/x/b.img,ro", vmm.Disk{Path: "/x/b.img", ReadOnly: true}, ""},
+		{"c.img,serial=disk-1,ro", vmm.Disk{Path: "c.img", ReadOnly: true, Serial: "disk-1"}, ""},
+		{"", vmm.Disk{}, "no image path"},
+		{",ro", vmm.Disk{}, "no image path"},
+		{"d.img,rw", vmm.Disk{}, "unknown option"},
+		{"d.img,ro=1", vmm.Disk{}, "unknown option"},
+		{"d.img,serial=123456789012345678901", vmm.Disk{}, "longer than 20"},
+	} {
+		got, err := parseDisk(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseDisk(%q) error %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseDisk(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}

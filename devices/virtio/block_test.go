@@ -1,0 +1,198 @@
+package virtio
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vesselvm/vessel/devices"
+)
+
+func blkHeader(typ uint32, sector uint64) []byte {
+	h := make([]byte, 16)
+	binary.LittleEndian.PutUint32(h, typ)
+	binary.LittleEndian.PutUint64(h[8:], sector)
+	return h
+}
+
+// blockRig is a block device on an MMIO transport with a driver.
+type blockRig struct {
+	t   *testing.T
+	m   *MMIO
+	d   *driver
+	mem interface {
+		ReadAt([]byte, uint64) (int, error)
+	}
+	path string
+	n    uint16
+}
+
+func newBlockRig(t *testing.T, size int64, readOnly bool) *blockRig {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	blk, err := NewBlock(f, readOnly, "vessel-test-serial-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := newTestMem(t)
+	m, err := NewMMIO(blk, mem, &devices.CountingInterrupt{}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	d := newDriver(t, mem)
+	if st := initDevice(t, m, d, FeatureVersion1|FeatureEventIdx|FeatureIndirectDesc); st&StatusDriverOK == 0 {
+		t.Fatalf("status %#x", st)
+	}
+	return &blockRig{t: t, m: m, d: d, mem: mem, path: path}
+}
+
+// do submits a request and returns the status byte, the used length and
+// the writable buffers' addresses.
+func (r *blockRig) do(segs ...seg) (status byte, used uint32, addrs []uint64) {
+	r.t.Helper()
+	head, addrs := r.d.chain(segs...)
+	r.d.offer(head)
+	wr(r.m, RegQueueNotify, 0)
+	r.n++
+	waitFor(r.t, "block request", func() bool { return r.d.usedIdx() == r.n })
+	_, used = r.d.used(r.n - 1)
+	st := make([]byte, 1)
+	last := segs[len(segs)-1]
+	r.mem.ReadAt(st, addrs[len(addrs)-1]+uint64(last.n)-1)
+	return st[0], used, addrs
+}
+
+func TestBlockReadWrite(t *testing.T) {
+	r := newBlockRig(t, 1<<20, false)
+	data := bytes.Repeat([]byte("vessel!!"), 128) // 1 KiB
+	if st, used, _ := r.do(seg{data: blkHeader(blkTOut, 2)}, seg{data: data}, seg{n: 1, write: true}); st != blkSOK || used != 1 {
+		t.Fatalf("write: status %d used %d", st, used)
+	}
+	img, _ := os.ReadFile(r.path)
+	if !bytes.Equal(img[1024:2048], data) {
+		t.Error("the image does not hold the written sectors")
+	}
+	st, used, addrs := r.do(seg{data: blkHeader(blkTIn, 2)}, seg{n: 512, write: true}, seg{n: 513, write: true})
+	if st != blkSOK || used != 1025 {
+		t.Fatalf("read: status %d used %d", st, used)
+	}
+	got := make([]byte, 1024)
+	r.mem.ReadAt(got[:512], addrs[1])
+	r.mem.ReadAt(got[512:], addrs[2])
+	if !bytes.Equal(got, data) {
+		t.Error("read back different data")
+	}
+	if st, _, _ := r.do(seg{data: blkHeader(blkTFlush, 0)}, seg{n: 1, write: true}); st != blkSOK {
+		t.Errorf("flush status %d", st)
+	}
+	st, _, addrs = r.do(seg{data: blkHeader(blkTGetID, 0)}, seg{n: 21, write: true})
+	id := make([]byte, 20)
+	r.mem.ReadAt(id, addrs[1])
+	if st != blkSOK || string(id) != "vessel-test-serial-0" {
+		t.Errorf("get id: status %d id %q", st, id)
+	}
+}
+
+func TestBlockBadRequests(t *testing.T) {
+	r := newBlockRig(t, 1<<20, false)
+	sectors := uint64(1 << 20 / 512)
+	for name, segs := range map[string][]seg{
+		"read past the end":    {{data: blkHeader(blkTIn, sectors)}, {n: 513, write: true}},
+		"read straddling end":  {{data: blkHeader(blkTIn, sectors-1)}, {n: 1025, write: true}},
+		"sector overflow":      {{data: blkHeader(blkTIn, 1<<63)}, {n: 513, write: true}},
+		"write past the end":   {{data: blkHeader(blkTOut, sectors)}, {n: 512}, {n: 1, write: true}},
+		"partial sector write": {{data: blkHeader(blkTOut, 0)}, {n: 100}, {n: 1, write: true}},
+		"short id buffer":      {{data: blkHeader(blkTGetID, 0)}, {n: 5, write: true}},
+	} {
+		if st, _, _ := r.do(segs...); st != blkSIOErr {
+			t.Errorf("%s: status %d, want IOERR", name, st)
+		}
+	}
+	if st, _, _ := r.do(seg{data: blkHeader(99, 0)}, seg{n: 1, write: true}); st != blkSUnsupp {
+		t.Errorf("unknown type: status %d, want UNSUPP", st)
+	}
+	if r.m.Status()&StatusNeedsReset != 0 {
+		t.Error("I/O errors must not reset the device")
+	}
+	// A request without a status byte breaks the protocol itself.
+	head, _ := r.d.chain(seg{data: blkHeader(blkTIn, 0)})
+	r.d.offer(head)
+	wr(r.m, RegQueueNotify, 0)
+	waitFor(t, "NEEDS_RESET", func() bool { return r.m.Status()&StatusNeedsReset != 0 })
+}
+
+func TestBlockReadOnly(t *testing.T) {
+	r := newBlockRig(t, 64<<10, true)
+	wr(r.m, regDeviceFeatSel, 0)
+	if rd(r.m, regDeviceFeatures)&blkFRO == 0 {
+		t.Error("read-only disk does not offer VIRTIO_BLK_F_RO")
+	}
+	if st, _, _ := r.do(seg{data: blkHeader(blkTOut, 0)}, seg{data: make([]byte, 512)}, seg{n: 1, write: true}); st != blkSIOErr {
+		t.Errorf("write to a read-only disk: status %d, want IOERR", st)
+	}
+	if st, _, _ := r.do(seg{data: blkHeader(blkTIn, 0)}, seg{n: 513, write: true}); st != blkSOK {
+		t.Errorf("read from a read-only disk: status %d", st)
+	}
+}
+
+func TestBlockConfig(t *testing.T) {
+	r := newBlockRig(t, 3<<20, false)
+	lo, hi := rd(r.m, regConfig), rd(r.m, regConfig+4)
+	if c := uint64(hi)<<32 | uint64(lo); c != 3<<20/512 {
+		t.Errorf("capacity %d sectors", c)
+	}
+	// Reads past the configuration space read zero, never panic.
+	b := make([]byte, 8)
+	r.m.Read(regConfig+0xef8, b)
+	if !bytes.Equal(b, make([]byte, 8)) {
+		t.Errorf("config past the end reads %x", b)
+	}
+}
+
+func TestBlockDiscard(t *testing.T) {
+	r := newBlockRig(t, 1<<20, false)
+	wr(r.m, regDeviceFeatSel, 0)
+	if rd(r.m, regDeviceFeatures)&blkFDiscard == 0 {
+		t.Skip("the file system of the test's temp dir cannot punch holes")
+	}
+	r.do(seg{data: blkHeader(blkTOut, 8)}, seg{data: bytes.Repeat([]byte{0xAA}, 4096)}, seg{n: 1, write: true})
+	s := make([]byte, 16)
+	binary.LittleEndian.PutUint64(s, 8)
+	binary.LittleEndian.PutUint32(s[8:], 8)
+	if st, _, _ := r.do(seg{data: blkHeader(blkTDiscard, 0)}, seg{data: s}, seg{n: 1, write: true}); st != blkSOK {
+		t.Fatalf("discard status %d", st)
+	}
+	img, _ := os.ReadFile(r.path)
+	if !bytes.Equal(img[4096:8192], make([]byte, 4096)) {
+		t.Error("discarded range still holds data")
+	}
+}
+
+func TestNewBlockOddSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "odd.img")
+	os.WriteFile(path, make([]byte, 1000), 0o644)
+	f, _ := os.Open(path)
+	defer f.Close()
+	if _, err := NewBlock(f, true, ""); !errors.Is(err, ErrDiskSize) {
+		t.Errorf("NewBlock(1000 bytes) = %v, want ErrDiskSize", err)
+	}
+}

@@ -1,0 +1,155 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/boot/acpi"
+	"github.com/vesselvm/vessel/devices/virtio"
+	"github.com/vesselvm/vessel/kvm"
+)
+
+// Virtio-mmio placement: 4 KiB windows from virtioBase, in the hole below
+// 4 GiB that RAM never uses (boot.RAMLayout splits RAM at 3 GiB), each with
+// its own IOAPIC input (COM1 has 4; 8 stays free as the RTC's by custom).
+// The DSDT describes them (boot/acpi), so the guest needs no
+// virtio_mmio.device= parameters.
+const virtioBase = 0xD000_0000
+
+var virtioGSIs = []uint32{5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23}
+
+// Disk is a virtio block device backed by a raw image file.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+	// Serial is the ID the guest sees (/sys/block/vdX/serial), at most 20
+	// bytes; empty means the image's file name.
+	Serial string
+}
+
+// virtioDev is one attached virtio-mmio device.
+type virtioDev struct {
+	t      *virtio.MMIO
+	base   uint64
+	gsi    uint32
+	closer func()
+}
+
+// setupVirtio attaches the entropy device and the disks, and records their
+// virtio_mmio.device= kernel parameters.
+func (v *VM) setupVirtio() error {
+	if err := v.addVirtio(virtio.NewRNG(), nil); err != nil {
+		return err
+	}
+	for _, d := range v.cfg.Disks {
+		blk, f, err := openDisk(d)
+		if err != nil {
+			return err
+		}
+		if err := v.addVirtio(blk, func() { f.Close() }); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// openDisk opens and locks an image: shared for a read-only disk,
+// exclusive otherwise, so two VMs never write one image.
+func openDisk(d Disk) (*virtio.Block, *os.File, error) {
+	flag, lock := os.O_RDWR, unix.LOCK_EX
+	if d.ReadOnly {
+		flag, lock = os.O_RDONLY, unix.LOCK_SH
+	}
+	f, err := os.OpenFile(d.Path, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: disk %s: %w", ErrInvalidConfig, d.Path, unwrapPathError(err))
+	}
+	st, err := f.Stat()
+	if err == nil && st.IsDir() {
+		err = errors.New("is a directory")
+	}
+	if err == nil {
+		if lerr := unix.Flock(int(f.Fd()), lock|unix.LOCK_NB); lerr != nil {
+			err = fmt.Errorf("in use by another process (flock: %w)", lerr)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: disk %s: %w", ErrInvalidConfig, d.Path, err)
+	}
+	serial := d.Serial
+	if serial == "" {
+		serial = filepath.Base(d.Path)
+	}
+	blk, err := virtio.NewBlock(f, d.ReadOnly, serial)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: disk %s: %w", ErrInvalidConfig, d.Path, err)
+	}
+	return blk, f, nil
+}
+
+// addVirtio puts dev on the MMIO bus with an irqfd interrupt and an
+// ioeventfd per queue, so neither a notification nor an interrupt needs a
+// userspace exit.
+func (v *VM) addVirtio(dev virtio.Device, closer func()) error {
+	i := len(v.virtio)
+	if i >= len(virtioGSIs) {
+		return fmt.Errorf("%w: at most %d virtio devices", ErrInvalidConfig, len(virtioGSIs))
+	}
+	base, gsi := uint64(virtioBase+i*virtio.MMIOSize), virtioGSIs[i]
+	irq, err := v.newInterrupt(gsi)
+	if err != nil {
+		return err
+	}
+	t, err := virtio.NewMMIO(dev, v.mem, irq, v.logf)
+	if err != nil {
+		return err
+	}
+	vd := &virtioDev{t: t, base: base, gsi: gsi, closer: closer}
+	v.virtio = append(v.virtio, vd)
+	if err := v.mmio.Insert(t, base, virtio.MMIOSize); err != nil {
+		return fmt.Errorf("vmm: virtio device %d: %w", i, err)
+	}
+	for q, ev := range t.NotifyEvents() {
+		dm := uint64(q)
+		if err := v.vm.RegisterIOEventFD(kvm.IOEventFD{Addr: base + virtio.RegQueueNotify, Len: 4, FD: ev.Fd(), Datamatch: &dm}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// virtioACPI lists the devices for the DSDT.
+func (v *VM) virtioACPI() []acpi.VirtioMMIO {
+	var l []acpi.VirtioMMIO
+	for _, d := range v.virtio {
+		l = append(l, acpi.VirtioMMIO{Base: d.base, Size: virtio.MMIOSize, GSI: d.gsi})
+	}
+	return l
+}
+
+// closeVirtio resets every device (stopping its goroutines) and releases
+// its events and files.
+func (v *VM) closeVirtio() {
+	for _, d := range v.virtio {
+		d.t.Close()
+		if d.closer != nil {
+			d.closer()
+		}
+	}
+	v.virtio = nil
+}
+
+// logf reports a device problem (a misbehaving guest driver) on the VMM's
+// log, once per occurrence the device decides to report.
+func (v *VM) logf(format string, a ...any) {
+	if v.cfg.Log != nil {
+		fmt.Fprintf(v.cfg.Log, "vessel: "+format+"\n", a...)
+	}
+}
