@@ -23,7 +23,8 @@ const (
 )
 
 // ErrRxFull is returned by Serial.Enqueue when the receive FIFO could not
-// take all of the input; retry the rest later (see Serial.RxDrained).
+// take all of the input, or when no guest driver listens (IER's receive
+// interrupt is off); retry the rest later (see Serial.RxDrained).
 var ErrRxFull = errors.New("devices: serial receive FIFO full")
 
 // Register offsets from the UART base (16550A datasheet, table 2; Linux
@@ -424,8 +425,12 @@ func (s *Serial) emit(p []byte) {
 // read from RBR and raises the receive-data interrupt if IER enables it. It
 // queues as many bytes as fit in the receive FIFO and returns how many; if
 // that is fewer than len(b) it also returns ErrRxFull, and the caller should
-// retry the rest after the guest has read some (see RxDrained). No byte is
-// ever dropped by Enqueue, so host input never causes an overrun. In
+// retry the rest after the guest has read some (see RxDrained). While the
+// guest has the receive interrupt disabled it takes nothing: a driver
+// enables it when it opens the port, and clears the FIFO first, which
+// would lose input queued before (typed-ahead input reaches the shell
+// once it listens). No byte is ever dropped by Enqueue, so host input
+// never causes an overrun. In
 // loopback mode the receiver is disconnected from the line, so the input is
 // discarded (and reported as consumed), as on the chip.
 func (s *Serial) Enqueue(b []byte) (int, error) {
@@ -433,6 +438,13 @@ func (s *Serial) Enqueue(b []byte) (int, error) {
 	if s.mcr&mcrLoop != 0 {
 		s.mu.Unlock()
 		return len(b), nil
+	}
+	if s.ier&ierRDI == 0 {
+		// No driver is listening (the port is closed, or its driver has
+		// not started it yet and will clear the FIFO when it does):
+		// hold the input back, like a peer honouring flow control.
+		s.mu.Unlock()
+		return 0, ErrRxFull
 	}
 	n := min(len(b), SerialFIFOSize-s.rxLen)
 	for _, v := range b[:n] {
