@@ -141,3 +141,17 @@ func TestInteractiveConsole(t *testing.T) {
 		t.Errorf("terminal not restored: before %+v, after %+v", before, after)
 	}
 }
+
+// TestPipedInput feeds the guest command from vessel's standard input
+// when it is not a terminal; the input is there before the guest's
+// console driver listens, and must not be lost.
+func TestPipedInput(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	r := vesselCmd(t, func(c *exec.Cmd) { c.Stdin = strings.NewReader("piped-line-1\npiped-line-2\n") },
+		"vm", "run", "--", "sh", "-c", "read a; read b; echo got:$b:$a")
+	if r.code != 0 || !strings.Contains(r.stdout, "got:piped-line-2:piped-line-1") {
+		t.Fatalf("the command did not read vessel's input:\n%v", r)
+	}
+}

@@ -129,9 +129,10 @@ func vesselCmd(t *testing.T, setup func(*exec.Cmd), args ...string) result {
 	t.Helper()
 	r, stalled := vesselOnce(t, setup, args...)
 	if stalled {
-		// On the nested test platform a guest occasionally never starts
-		// (no console output, no exits) on the first boot of an outer VM.
-		// Say so and retry once; a second stall fails the test.
+		// On the nested test platform a guest used to never start when
+		// the outer kernel had failed to calibrate its TSC (testvm now
+		// passes tsc_early_khz). Should a boot still print nothing,
+		// say so loudly and retry once; a second stall fails the test.
 		t.Logf("RETRY: vessel %s: the guest printed nothing in %v (a stall of the nested platform?); retrying once",
 			strings.Join(args, " "), stallTimeout)
 		r, stalled = vesselOnce(t, setup, args...)
