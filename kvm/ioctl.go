@@ -66,6 +66,7 @@ var (
 	kvmSetCPUID2  = ioc(iocWrite, 0x90, 8)
 	kvmGetTSCKHz  = ioc(iocNone, 0xA3, 0)
 	kvmGetMPState = ioc(iocRead, 0x98, 4)
+	kvmGetStatsFD = ioc(iocNone, 0xCE, 0)
 )
 
 // Cap is a KVM capability number for CheckExtension (KVM_CAP_*).

@@ -42,6 +42,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_SET_LAPIC", kvmSetLAPIC, 0x4400ae8f},
 		{"KVM_SET_CPUID2", kvmSetCPUID2, 0x4008ae90},
 		{"KVM_GET_TSC_KHZ", kvmGetTSCKHz, 0xaea3},
+		{"KVM_GET_STATS_FD", kvmGetStatsFD, 0xaece},
 		{"KVM_GET_MP_STATE", kvmGetMPState, 0x8004ae98},
 	} {
 		if tc.got != tc.want {

@@ -79,6 +79,13 @@ func TestSmoke(t *testing.T) {
 	if err := c.SetCPUID(cpuid); err != nil {
 		t.Fatal(err)
 	}
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st["exits"]; !ok {
+		t.Errorf("vCPU stats lack the exits counter: %v", st)
+	}
 	regs, err := c.Regs()
 	if err != nil {
 		t.Fatal(err)

@@ -100,4 +100,9 @@ type Metrics struct {
 	Total time.Duration
 	// Exits counts userspace exits per reason, over all vCPUs.
 	Exits map[string]uint64
+	// KVMStats sums KVM's own cumulative vCPU counters over all vCPUs
+	// (KVM_GET_STATS_FD): every exit, including those the kernel handled
+	// without userspace ("exits", "io_exits", "insn_emulation", ...).
+	// Non-zero counters only; nil where the kernel lacks the interface.
+	KVMStats map[string]uint64
 }

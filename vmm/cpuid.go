@@ -22,6 +22,22 @@ const (
 	amdCmpLegacy = 1 << 1 // CPUID.80000001:ECX[1]
 )
 
+// ecxTSCDeadline is CPUID.1:ECX[24], the LAPIC timer's TSC-deadline mode.
+const ecxTSCDeadline = 1 << 24
+
+// withTSCDeadline returns a copy of the table with the TSC-deadline timer
+// advertised: the guest then programs its timer with one MSR write, which
+// KVM handles in the kernel, instead of the LAPIC's initial-count register.
+func withTSCDeadline(t []kvm.CPUIDEntry) []kvm.CPUIDEntry {
+	out := append([]kvm.CPUIDEntry(nil), t...)
+	for i := range out {
+		if out[i].Function == leafFeatures {
+			out[i].ECX |= ecxTSCDeadline
+		}
+	}
+	return out
+}
+
 // shapeCPUID returns the CPUID table for vCPU id of a VM with n vCPUs,
 // starting from KVM's supported table. Each vCPU is its own single-threaded
 // core in one socket: APIC ID = id (leaf 1 EBX[31:24], x2APIC ID in leaf

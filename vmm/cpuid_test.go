@@ -112,3 +112,16 @@ func TestPanicLine(t *testing.T) {
 		t.Fatal("found a panic in a clean tail")
 	}
 }
+
+func TestWithTSCDeadline(t *testing.T) {
+	in := supportedSample()
+	out := withTSCDeadline(in)
+	for i, e := range out {
+		if e.Function == leafFeatures && e.ECX&ecxTSCDeadline == 0 {
+			t.Error("leaf 1 lacks the TSC-deadline bit")
+		}
+		if in[i].Function == leafFeatures && in[i].ECX&ecxTSCDeadline != 0 {
+			t.Error("the input table was modified")
+		}
+	}
+}

@@ -54,6 +54,11 @@ func (v *VM) setupVCPUs() error {
 	if err != nil {
 		return err
 	}
+	// KVM emulates the TSC-deadline timer with the in-kernel LAPIC but
+	// leaves the CPUID bit to userspace (api.rst, KVM_CAP_TSC_DEADLINE_TIMER).
+	if n, _ := v.sys.CheckExtension(kvm.CapTSCDeadline); n > 0 {
+		supported = withTSCDeadline(supported)
+	}
 	for id := 0; id < v.cfg.CPUs; id++ {
 		kc, err := v.vm.CreateVCPU(id)
 		if err != nil {

@@ -324,7 +324,28 @@ func (v *VM) Run() Result {
 	}
 	res.Metrics.Total = time.Since(v.start)
 	res.Metrics.Exits = v.exits.snapshot()
+	res.Metrics.KVMStats = v.kvmStats()
 	return res
+}
+
+// kvmStats sums the vCPUs' non-zero KVM counters.
+func (v *VM) kvmStats() map[string]uint64 {
+	var sum map[string]uint64
+	for _, c := range v.vcpus {
+		st, err := c.kc.Stats()
+		if err != nil {
+			return nil
+		}
+		for k, n := range st {
+			if n != 0 {
+				if sum == nil {
+					sum = make(map[string]uint64)
+				}
+				sum[k] += n
+			}
+		}
+	}
+	return sum
 }
 
 // panicLine finds the kernel's panic message in the console tail.

@@ -252,6 +252,7 @@ type metricsFile struct {
 	BootToInitMS float64           `json:"boot_to_init_ms"`
 	TotalMS      float64           `json:"total_ms"`
 	Exits        map[string]uint64 `json:"exits"`
+	KVMStats     map[string]uint64 `json:"kvm_vcpu_stats,omitempty"`
 }
 
 func writeMetrics(path string, res vmm.Result) error {
@@ -261,6 +262,7 @@ func writeMetrics(path string, res vmm.Result) error {
 		BootToInitMS: float64(res.Metrics.BootToInit.Microseconds()) / 1000,
 		TotalMS:      float64(res.Metrics.Total.Microseconds()) / 1000,
 		Exits:        res.Metrics.Exits,
+		KVMStats:     res.Metrics.KVMStats,
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
