@@ -189,3 +189,86 @@ func TestGuestEntropy(t *testing.T) {
 		t.Fatalf("read /dev/hwrng: %v", err)
 	}
 }
+
+// TestRootDisk boots from a disk: the initramfs's tree (vessel's init
+// included) on an ext4 image, no initrd, root=/dev/vda. The guest checks
+// that its root is that disk and leaves a file there for the host to find.
+func TestRootDisk(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cpioFile, err := os.Open(filepath.Join(guestDir, "initramfs.cpio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cpioFile.Close()
+	ex := exec.Command("cpio", "-idm", "--quiet", "--no-absolute-filenames")
+	ex.Dir, ex.Stdin = tree, cpioFile
+	if out, err := ex.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "e2e.test"), bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "root.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", tree, img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 -d: %v\n%s", err, out)
+	}
+	r := vessel(t, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--disk", img,
+		"--cmdline", defaultCmdline+" root=/dev/vda rw init=/init",
+		"--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestRootDisk$", "-test.v")
+	if r.code != 0 || !strings.Contains(r.stdout, "--- PASS: TestGuestRootDisk") {
+		t.Fatalf("guest check failed:\n%v", r)
+	}
+	out := filepath.Join(dir, "written")
+	if b, err := exec.Command("debugfs", "-R", "dump /root-disk-proof "+out, img).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v\n%s", err, b)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "written on the root disk\n" {
+		t.Errorf("the file the guest wrote on / reads %q on the host", b)
+	}
+}
+
+// TestGuestRootDisk is the guest half of TestRootDisk.
+func TestGuestRootDisk(t *testing.T) {
+	if !*guestMode {
+		t.Skip("guest half of TestRootDisk; runs inside the VM")
+	}
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[1] == "/" && f[2] == "ext4" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("/ is not the ext4 disk:\n%s", mounts)
+	}
+	if err := os.WriteFile("/root-disk-proof", []byte("written on the root disk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
+}
