@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,24 +37,6 @@ func openPTY(t *testing.T) (*os.File, *os.File) {
 	return m, s
 }
 
-// lockedBuffer collects output from a goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestInteractiveConsole runs `vessel vm run` without a command on a
 // terminal: the guest's shell answers what is typed, Ctrl-A X quits with
 // status 0, and the terminal's settings are restored afterwards.
@@ -76,7 +57,7 @@ func TestInteractiveConsole(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var out lockedBuffer
+	var out syncBuffer
 	go func() {
 		buf := make([]byte, 4096)
 		for {

@@ -24,6 +24,26 @@ var (
 	roDiskSum = flag.String("e2e.rosum", "", "guest half of TestDisks: SHA-256 of the read-only disk")
 )
 
+// ext4Image makes a sparse image of size bytes at path holding an ext4
+// file system, filled from the directory tree unless tree is "".
+func ext4Image(t *testing.T, path string, size int64, tree string) string {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-q", "-F"}
+	if tree != "" {
+		args = append(args, "-d", tree)
+	}
+	if out, err := exec.Command("mkfs.ext4", append(args, path)...).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	return path
+}
+
 // diskFiles are the files the guest writes onto the ext4 disk: name and
 // size.
 var diskFiles = []struct {
@@ -41,16 +61,7 @@ func TestDisks(t *testing.T) {
 		t.Skip("host half only")
 	}
 	dir := t.TempDir()
-	fsImg := filepath.Join(dir, "fs.img")
-	if err := os.WriteFile(fsImg, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(fsImg, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", fsImg).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
-	}
+	fsImg := ext4Image(t, filepath.Join(dir, "fs.img"), 64<<20, "")
 	roImg := filepath.Join(dir, "ro.img")
 	ro := make([]byte, 1<<20)
 	rand.Read(ro)
@@ -223,16 +234,7 @@ func TestRootDisk(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tree, "e2e.test"), bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(dir, "root.img")
-	if err := os.WriteFile(img, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 256<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", tree, img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 -d: %v\n%s", err, out)
-	}
+	img := ext4Image(t, filepath.Join(dir, "root.img"), 256<<20, tree)
 	r := vessel(t, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--disk", img,
 		"--cmdline", defaultCmdline+" root=/dev/vda rw init=/init",
 		"--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestRootDisk$", "-test.v")

@@ -209,18 +209,7 @@ func (b *Block) read(w *Writer, sector, n uint64) byte {
 	if err != nil {
 		return blkSIOErr
 	}
-	for len(bufs) > 0 {
-		k, err := unix.Preadv(b.fd, bufs, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || k == 0 {
-			return blkSIOErr
-		}
-		off += int64(k)
-		bufs = advance(bufs, k)
-	}
-	return blkSOK
+	return vectored(unix.Preadv, b.fd, bufs, off)
 }
 
 func (b *Block) write(r *Reader, sector uint64) byte {
@@ -236,8 +225,15 @@ func (b *Block) write(r *Reader, sector uint64) byte {
 	if err != nil {
 		return blkSIOErr
 	}
+	return vectored(unix.Pwritev, b.fd, bufs, off)
+}
+
+// vectored runs preadv or pwritev until all of bufs is transferred and
+// returns the request status: a short transfer (past the end of the file)
+// or an error is VIRTIO_BLK_S_IOERR.
+func vectored(op func(int, [][]byte, int64) (int, error), fd int, bufs [][]byte, off int64) byte {
 	for len(bufs) > 0 {
-		k, err := unix.Pwritev(b.fd, bufs, off)
+		k, err := op(fd, bufs, off)
 		if err == unix.EINTR {
 			continue
 		}
