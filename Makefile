@@ -60,7 +60,7 @@ test-fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { echo "fuzz $$t failed"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1x $$pkg; exit 1; }; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg >/dev/null || { echo "fuzz $$t failed"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1x $$pkg; exit 1; }; \
 		done; \
 	done
 

@@ -435,6 +435,8 @@ func TestBadInput(t *testing.T) {
 		{"disk is a directory", []string{"--disk", dir + ",ro"}, nil, "is a directory"},
 		{"disk size not in sectors", []string{"--disk", oddDisk}, nil, "multiple of 512"},
 		{"bad disk option", []string{"--disk", oddDisk + ",rw"}, nil, "unknown option"},
+		{"vsock cid too small", []string{"--vsock", filepath.Join(dir, "v.sock") + ",cid=2"}, nil, "cid"},
+		{"vsock socket in a missing directory", []string{"--vsock", filepath.Join(dir, "nope", "v.sock")}, nil, "vsock"},
 		{"disk serial too long", []string{"--disk", oddDisk + ",serial=" + strings.Repeat("x", 21)}, nil, "longer than 20"},
 		{"no /dev/kvm", nil, hideKVM, "/dev/kvm"},
 		{"no permission on /dev/kvm", nil, asNobody(t), "/dev/kvm: permission denied"},

@@ -37,6 +37,9 @@ type Config struct {
 	// Disks are attached as virtio block devices, /dev/vda onwards, after
 	// the entropy device that every VM has.
 	Disks []Disk
+	// Vsock, if set, attaches a virtio-vsock device whose host side is
+	// Firecracker's hybrid vsock on Unix sockets.
+	Vsock *Vsock
 	// Log receives one line per device problem (a guest driver breaking
 	// the virtio rules); nil discards them.
 	Log io.Writer
@@ -46,6 +49,14 @@ type Config struct {
 	// AllowPVM lets vessel try to boot on a PVM host (kvm_pvm), which only
 	// runs PVM-enabled guest kernels.
 	AllowPVM bool
+}
+
+// Vsock configures the vsock device: the guest's context ID, and the Unix
+// socket Path where host programs connect (`CONNECT <port>\n`); a guest
+// connection to CID 2 port P reaches the socket Path_P.
+type Vsock struct {
+	CID  uint64 // 3 or more
+	Path string
 }
 
 // ExitKind says how a microVM ended.

@@ -39,8 +39,7 @@ type virtioDev struct {
 	closer func()
 }
 
-// setupVirtio attaches the entropy device and the disks, and records their
-// virtio_mmio.device= kernel parameters.
+// setupVirtio attaches the entropy device, the disks and the vsock device.
 func (v *VM) setupVirtio() error {
 	if err := v.addVirtio(virtio.NewRNG(), nil); err != nil {
 		return err
@@ -52,6 +51,19 @@ func (v *VM) setupVirtio() error {
 		}
 		if err := v.addVirtio(blk, func() { f.Close() }); err != nil {
 			f.Close()
+			return err
+		}
+	}
+	if vs := v.cfg.Vsock; vs != nil {
+		if vs.CID < 3 || vs.CID > 0xFFFF_FFFE {
+			return fmt.Errorf("%w: vsock guest CID %d: must be 3 to 4294967294", ErrInvalidConfig, vs.CID)
+		}
+		dev, err := virtio.NewVsock(vs.CID, vs.Path, v.logf)
+		if err != nil {
+			return fmt.Errorf("%w: vsock %s: %w", ErrInvalidConfig, vs.Path, err)
+		}
+		if err := v.addVirtio(dev, func() { dev.Close() }); err != nil {
+			dev.Close()
 			return err
 		}
 	}

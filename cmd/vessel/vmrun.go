@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -45,6 +46,7 @@ type vmRunFlags struct {
 	kernel, initrd, cmdline, memory, metrics string
 	cpus                                     int
 	disks                                    []string
+	vsock                                    string
 }
 
 func newVMRun() *cobra.Command {
@@ -76,6 +78,7 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	fl.StringVar(&f.cmdline, "cmdline", DefaultCmdline, "kernel command line (vessel appends its vessel.* parameters)")
 	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
+	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default)")
 	return cmd
 }
 
@@ -111,6 +114,12 @@ func vmRun(f vmRunFlags, argv []string) error {
 		}
 		disks = append(disks, disk)
 	}
+	var vsock *vmm.Vsock
+	if f.vsock != "" {
+		if vsock, err = parseVsock(f.vsock); err != nil {
+			return usageErr("--vsock %s: %v", f.vsock, err)
+		}
+	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true})
 	if err != nil {
@@ -124,6 +133,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 		Memory:   mem,
 		Console:  os.Stdout,
 		Disks:    disks,
+		Vsock:    vsock,
 		Log:      os.Stderr,
 		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
 	}
@@ -295,4 +305,25 @@ func parseDisk(s string) (vmm.Disk, error) {
 		}
 	}
 	return d, nil
+}
+
+// parseVsock parses --vsock UDS[,cid=N].
+func parseVsock(s string) (*vmm.Vsock, error) {
+	parts := strings.Split(s, ",")
+	v := &vmm.Vsock{Path: parts[0], CID: 3}
+	if v.Path == "" {
+		return nil, errors.New("no socket path")
+	}
+	for _, opt := range parts[1:] {
+		k, val, ok := strings.Cut(opt, "=")
+		if !ok || k != "cid" {
+			return nil, fmt.Errorf("unknown option %q (want cid=N)", opt)
+		}
+		n, err := strconv.ParseUint(val, 10, 32)
+		if err != nil || n < 3 || n == 0xFFFFFFFF {
+			return nil, fmt.Errorf("cid %q: want a number from 3 to 4294967294", val)
+		}
+		v.CID = n
+	}
+	return v, nil
 }

@@ -34,3 +34,30 @@ func TestParseDisk(t *testing.T) {
 		}
 	}
 }
+
+func TestParseVsock(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    vmm.Vsock
+		wantErr string
+	}{
+		{"/run/v.sock", vmm.Vsock{Path: "/run/v.sock", CID: 3}, ""},
+		{"v.sock,cid=42", vmm.Vsock{Path: "v.sock", CID: 42}, ""},
+		{"", vmm.Vsock{}, "no socket path"},
+		{"v.sock,cid=2", vmm.Vsock{}, "from 3"},
+		{"v.sock,cid=4294967295", vmm.Vsock{}, "from 3"},
+		{"v.sock,cid=x", vmm.Vsock{}, "from 3"},
+		{"v.sock,port=1", vmm.Vsock{}, "unknown option"},
+	} {
+		got, err := parseVsock(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseVsock(%q) error %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || *got != tc.want {
+			t.Errorf("parseVsock(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
