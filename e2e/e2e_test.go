@@ -239,12 +239,10 @@ func vesselOnce(t *testing.T, setup func(*exec.Cmd), args ...string) (result, bo
 // guestInitrd returns an initramfs made of the base one plus this test
 // binary at /e2e.test: the kernel unpacks concatenated cpio archives in
 // order.
-func guestInitrd(t *testing.T) string {
+// selfBinary returns the bytes of this test binary, which the guest halves
+// of the tests run.
+func selfBinary(t *testing.T) []byte {
 	t.Helper()
-	base, err := os.ReadFile(filepath.Join(guestDir, "initramfs.cpio"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +251,16 @@ func guestInitrd(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin
+}
+
+func guestInitrd(t *testing.T) string {
+	t.Helper()
+	base, err := os.ReadFile(filepath.Join(guestDir, "initramfs.cpio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := selfBinary(t)
 	path := filepath.Join(t.TempDir(), "initramfs.cpio")
 	var buf bytes.Buffer
 	buf.Write(base)

@@ -223,15 +223,7 @@ func TestRootDisk(t *testing.T) {
 	if out, err := ex.CombinedOutput(); err != nil {
 		t.Fatalf("cpio: %v\n%s", err, out)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tree, "e2e.test"), bin, 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(tree, "e2e.test"), selfBinary(t), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	img := ext4Image(t, filepath.Join(dir, "root.img"), 256<<20, tree)
