@@ -57,10 +57,10 @@ test-unit:
 
 ## test-fuzz: a short bounded run of every fuzz target.
 test-fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@mkdir -p build; set -e; for pkg in $$($(GO) list ./...); do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg >/dev/null || { echo "fuzz $$t failed"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1x $$pkg; exit 1; }; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg >build/fuzz.log 2>&1 || { echo "fuzz $$t failed:"; tail -40 build/fuzz.log; exit 1; }; \
 		done; \
 	done
 
