@@ -140,17 +140,25 @@ func vesselCmd(t *testing.T, setup func(*exec.Cmd), args ...string) result {
 			t.Fatalf("vessel %v stalled twice: the guest printed nothing in %v:\n%v", args, stallTimeout, r)
 		}
 	}
-	if r.code == 3 && strings.Contains(r.stderr, "triple fault") && onEmulatedSVM() {
-		// QEMU's emulation of nested SVM now and then corrupts a nested
-		// guest's state (seen as L1 addresses in L2 registers and
-		// spurious XSAVE size mismatches), mostly in chatty guests.
-		// A guest triple fault there is retried once, loudly; a second
-		// one fails the test, and on real hardware none is retried.
-		t.Logf("RETRY: vessel %s: guest triple fault on the emulated nested platform; retrying once:\n%v",
-			strings.Join(args, " "), r)
+	if why, flaky := platformFlake(r); flaky {
+		t.Logf("RETRY: vessel %s: %s; retrying once:\n%v", strings.Join(args, " "), why, r)
 		r, _ = vesselOnce(t, setup, args...)
 	}
 	return r
+}
+
+// platformFlake reports whether a failed run looks like a fault of the
+// emulated nested platform rather than of vessel, and why. QEMU's
+// emulation of nested SVM now and then corrupts a nested guest's state
+// (seen as L1 addresses in L2 registers and spurious XSAVE size
+// mismatches), mostly in guests that exit a lot. A guest triple fault
+// there is retried once, loudly; a second one fails the test, and on real
+// hardware none is retried.
+func platformFlake(r result) (string, bool) {
+	if r.code == 3 && strings.Contains(r.stderr, "triple fault") && onEmulatedSVM() {
+		return "guest triple fault on the emulated nested platform", true
+	}
+	return "", false
 }
 
 // onEmulatedSVM reports whether this runs in QEMU's TCG emulation (the

@@ -210,7 +210,7 @@ func (c *vcpu) handle(v *VM, reason kvm.ExitReason) bool {
 		v.finish(Result{Kind: ExitPowerOff, Detail: fmt.Sprintf("vCPU %d halted", c.kc.ID())})
 		return false
 	case kvm.ExitShutdown:
-		v.tripleFault(fmt.Sprintf("vCPU %d shut down (triple fault)", c.kc.ID()))
+		v.tripleFault(fmt.Sprintf("vCPU %d shut down (triple fault)%s", c.kc.ID(), c.cpuState()))
 		return false
 	case kvm.ExitSystemEvent:
 		switch c.kc.SystemEvent() {
@@ -247,6 +247,22 @@ func (c *vcpu) kick() {
 }
 
 func (c *vcpu) close() { c.kc.Close() }
+
+// cpuState describes where a vCPU stopped, for crash reports: the
+// instruction and stack pointers and the paging registers tell a guest
+// bug (a kernel address) from a corrupted vCPU state.
+func (c *vcpu) cpuState() string {
+	r, err := c.kc.Regs()
+	if err != nil {
+		return ""
+	}
+	s, err := c.kc.Sregs()
+	if err != nil {
+		return fmt.Sprintf(" at rip=%#x rsp=%#x", r.RIP, r.RSP)
+	}
+	return fmt.Sprintf(" at rip=%#x rsp=%#x rflags=%#x cr0=%#x cr2=%#x cr3=%#x cr4=%#x efer=%#x cs=%#x",
+		r.RIP, r.RSP, r.RFLAGS, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, s.CS.Selector)
+}
 
 // exitCounters counts userspace exits by reason.
 type exitCounters struct {
