@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,8 +13,9 @@ import (
 // (a queue notification) or an irqfd, so the notification never becomes a
 // userspace exit; a device goroutine waits on it through Go's poller.
 type Event struct {
-	f  *os.File
-	fd int
+	f     *os.File
+	fd    int
+	count atomic.Uint64 // signals consumed by Wait
 }
 
 // NewEvent returns a non-blocking eventfd.
@@ -46,8 +48,14 @@ func (e *Event) Wait() (uint64, error) {
 	if _, err := e.f.Read(b[:]); err != nil {
 		return 0, err
 	}
-	return binary.LittleEndian.Uint64(b[:]), nil
+	v := binary.LittleEndian.Uint64(b[:])
+	e.count.Add(v)
+	return v, nil
 }
+
+// Count returns the signals Wait has consumed so far: for a queue's
+// ioeventfd, the driver's notifications.
+func (e *Event) Count() uint64 { return e.count.Load() }
 
 // Close releases the eventfd; a blocked Wait returns an error.
 func (e *Event) Close() error { return e.f.Close() }

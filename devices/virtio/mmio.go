@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vesselvm/vessel/devices"
 	"github.com/vesselvm/vessel/guestmem"
@@ -137,6 +138,7 @@ type MMIO struct {
 	logf   func(format string, a ...any)
 	notify []*Event
 	maxes  []uint16
+	irqs   atomic.Uint64 // interrupts raised
 
 	mu          sync.Mutex
 	status      uint32
@@ -293,8 +295,8 @@ func (t *MMIO) Write(off uint64, data []byte) {
 	raise := t.raise
 	t.raise = false
 	t.mu.Unlock()
-	if raise && t.irq != nil {
-		_ = t.irq.Trigger()
+	if raise {
+		t.trigger()
 	}
 }
 
@@ -422,9 +424,7 @@ func (t *MMIO) interrupt(bit uint32) {
 	t.mu.Lock()
 	t.intStatus |= bit
 	t.mu.Unlock()
-	if t.irq != nil {
-		_ = t.irq.Trigger()
-	}
+	t.trigger()
 }
 
 func (t *MMIO) fail(err error) {
@@ -432,10 +432,34 @@ func (t *MMIO) fail(err error) {
 	t.failLocked(err)
 	t.raise = false
 	t.mu.Unlock()
+	t.trigger()
+}
+
+// trigger raises the device's interrupt line (t.mu not held).
+func (t *MMIO) trigger() {
+	t.irqs.Add(1)
 	if t.irq != nil {
 		_ = t.irq.Trigger()
 	}
 }
+
+// TransportStats are a device's interrupts and notifications.
+type TransportStats struct {
+	Interrupts uint64 // raised by the device
+	Notifies   uint64 // queue notifications from the driver the device consumed
+}
+
+// Stats returns the transport's counters since it was made.
+func (t *MMIO) Stats() TransportStats {
+	s := TransportStats{Interrupts: t.irqs.Load()}
+	for _, e := range t.notify {
+		s.Notifies += e.Count()
+	}
+	return s
+}
+
+// Device returns the device behind the transport.
+func (t *MMIO) Device() Device { return t.dev }
 
 // failLocked marks the device as needing a reset and logs why, once.
 func (t *MMIO) failLocked(err error) {
@@ -445,12 +469,13 @@ func (t *MMIO) failLocked(err error) {
 	if !t.failed {
 		t.failed = true
 		if t.logf != nil {
-			t.logf("virtio %s: device needs reset: %v", typeName(t.dev.Type()), err)
+			t.logf("virtio %s: device needs reset: %v", TypeName(t.dev.Type()), err)
 		}
 	}
 }
 
-func typeName(id uint32) string {
+// TypeName names a virtio device type ("net", "block", ...).
+func TypeName(id uint32) string {
 	switch id {
 	case TypeNet:
 		return "net"
