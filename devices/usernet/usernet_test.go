@@ -1,0 +1,93 @@
+package usernet
+
+import (
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var testMAC = net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
+
+func TestPublishAndClose(t *testing.T) {
+	n, err := New(Config{MAC: testMAC, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := n.Addrs()[0].String()
+	// Nothing answers in the guest: the host connection is closed.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("read data from a published port with no guest behind it")
+	}
+	c.Close()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Errorf("%s still listens after Close", addr)
+	}
+}
+
+func TestPublishBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, err = New(Config{MAC: testMAC, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 1}, {Host: ln.Addr().String(), GuestPort: 80}}})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("publishing a busy port: %v", err)
+	}
+}
+
+func TestBadMAC(t *testing.T) {
+	if _, err := New(Config{MAC: net.HardwareAddr{1, 2}}); err == nil {
+		t.Fatal("accepted a 2-byte MAC")
+	}
+}
+
+// The device's end reads frames the switch sends and is interrupted by a
+// deadline, as the virtio-net device expects of a backend.
+func TestFramesAndDeadline(t *testing.T) {
+	n, err := New(Config{MAC: testMAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	// A broadcast ARP request for the gateway: the switch answers it.
+	frame := make([]byte, 42)
+	copy(frame[0:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(frame[6:], testMAC)
+	frame[12], frame[13] = 0x08, 0x06 // ARP
+	copy(frame[14:], []byte{0, 1, 8, 0, 6, 4, 0, 1})
+	copy(frame[22:], testMAC)
+	copy(frame[28:], net.ParseIP(GuestIP).To4())
+	copy(frame[38:], net.ParseIP(GatewayIP).To4())
+	if err := n.WriteFrame([][]byte{frame[:20], frame[20:]}); err != nil {
+		t.Fatal(err)
+	}
+	n.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	k, err := n.ReadFrame(buf)
+	if err != nil {
+		t.Fatalf("no ARP reply: %v", err)
+	}
+	if k < 42 || buf[12] != 0x08 || buf[13] != 0x06 || buf[21] != 2 {
+		t.Fatalf("not an ARP reply: % x", buf[:k])
+	}
+	n.SetDeadline(time.Now().Add(-time.Second))
+	if _, err := n.ReadFrame(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	if err := n.WriteFrame([][]byte{make([]byte, maxFrame+1)}); err == nil {
+		t.Error("sent a frame larger than the MTU allows")
+	}
+}
