@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 )
 
@@ -29,16 +31,59 @@ const (
 	// other VMMs (booting the same initramfs for a comparison) may treat
 	// an unknown I/O port as fatal.
 	ParamControl = "vessel.ctl"
+	// ParamNet holds the network interfaces to configure: base64url of
+	// a JSON array of Net.
+	ParamNet = "vessel.net"
 )
 
 // ErrBadCmd is returned when vessel.cmd cannot be decoded.
 var ErrBadCmd = errors.New("cmdline: malformed vessel.cmd")
+
+// ErrBadNet is returned when vessel.net cannot be decoded or holds an
+// invalid setting.
+var ErrBadNet = errors.New("cmdline: malformed vessel.net")
+
+// Net is one network interface the guest init configures.
+type Net struct {
+	MAC     string   `json:"mac"`            // which interface, by hardware address
+	Addr    string   `json:"addr,omitempty"` // static address in CIDR form; empty means DHCP
+	Gateway string   `json:"gw,omitempty"`   // default route (static only)
+	DNS     []string `json:"dns,omitempty"`  // name servers (static only; DHCP brings its own)
+	MTU     int      `json:"mtu,omitempty"`  // 0 leaves the driver's
+}
+
+// Validate checks every field.
+func (n Net) Validate() error {
+	if _, err := net.ParseMAC(n.MAC); err != nil {
+		return fmt.Errorf("%w: mac %q", ErrBadNet, n.MAC)
+	}
+	if n.Addr != "" {
+		if _, err := netip.ParsePrefix(n.Addr); err != nil {
+			return fmt.Errorf("%w: addr %q", ErrBadNet, n.Addr)
+		}
+	}
+	if n.Gateway != "" {
+		if _, err := netip.ParseAddr(n.Gateway); err != nil {
+			return fmt.Errorf("%w: gw %q", ErrBadNet, n.Gateway)
+		}
+	}
+	for _, d := range n.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			return fmt.Errorf("%w: dns %q", ErrBadNet, d)
+		}
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return fmt.Errorf("%w: mtu %d", ErrBadNet, n.MTU)
+	}
+	return nil
+}
 
 // Spec is what the init is asked to do.
 type Spec struct {
 	Argv    []string // the command; empty means an interactive shell
 	TTY     bool
 	Control bool // the VMM has vessel's control port
+	Net     []Net
 }
 
 // Encode returns the kernel parameters for s, to append to a command line.
@@ -58,6 +103,18 @@ func Encode(s Spec) (string, error) {
 	parts = append(parts, ParamTTY+"="+tty)
 	if s.Control {
 		parts = append(parts, ParamControl+"=1")
+	}
+	if len(s.Net) > 0 {
+		for _, n := range s.Net {
+			if err := n.Validate(); err != nil {
+				return "", err
+			}
+		}
+		j, err := json.Marshal(s.Net)
+		if err != nil {
+			return "", fmt.Errorf("cmdline: encode network: %w", err)
+		}
+		parts = append(parts, ParamNet+"="+base64.RawURLEncoding.EncodeToString(j))
 	}
 	return strings.Join(parts, " "), nil
 }
@@ -86,6 +143,21 @@ func Decode(procCmdline string) (Spec, error) {
 			s.TTY = val == "1"
 		case ParamControl:
 			s.Control = val == "1"
+		case ParamNet:
+			raw, err := base64.RawURLEncoding.DecodeString(val)
+			if err != nil {
+				return Spec{}, fmt.Errorf("%w: %w", ErrBadNet, err)
+			}
+			var nets []Net
+			if err := json.Unmarshal(raw, &nets); err != nil {
+				return Spec{}, fmt.Errorf("%w: %w", ErrBadNet, err)
+			}
+			for _, n := range nets {
+				if err := n.Validate(); err != nil {
+					return Spec{}, err
+				}
+			}
+			s.Net = nets
 		}
 	}
 	return s, nil

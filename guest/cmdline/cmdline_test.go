@@ -15,6 +15,11 @@ func TestRoundTrip(t *testing.T) {
 		{TTY: true, Control: true},
 		{Argv: []string{"sh", "-c", "exit 7"}, TTY: false},
 		{Argv: []string{"echo", `a "quoted" arg`, "x=y", "tab\there", "ünïcode", ""}},
+		{Control: true, Net: []Net{{MAC: "52:54:00:12:34:56"}}},
+		{Net: []Net{
+			{MAC: "52:54:00:12:34:56", Addr: "172.16.0.2/24", Gateway: "172.16.0.1", DNS: []string{"1.1.1.1", "2001:db8::1"}, MTU: 9000},
+			{MAC: "52:54:00:12:34:57"},
+		}},
 	} {
 		enc, err := Encode(s)
 		if err != nil {
@@ -37,6 +42,27 @@ func TestDecodeMalformed(t *testing.T) {
 	for _, in := range []string{"vessel.cmd=!!!", "vessel.cmd=e30", "vessel.cmd=WzEsMl0"} {
 		if _, err := Decode(in); !errors.Is(err, ErrBadCmd) {
 			t.Errorf("Decode(%q) = %v, want ErrBadCmd", in, err)
+		}
+	}
+}
+
+func TestNetInvalid(t *testing.T) {
+	for _, n := range []Net{
+		{MAC: "nope"},
+		{MAC: "52:54:00:12:34:56", Addr: "10.0.0.2"},
+		{MAC: "52:54:00:12:34:56", Addr: "10.0.0.2/24", Gateway: "gw"},
+		{MAC: "52:54:00:12:34:56", DNS: []string{"1.1.1"}},
+		{MAC: "52:54:00:12:34:56", MTU: 67},
+		{MAC: "52:54:00:12:34:56", MTU: 65536},
+	} {
+		if _, err := Encode(Spec{Net: []Net{n}}); !errors.Is(err, ErrBadNet) {
+			t.Errorf("Encode(%+v) = %v, want ErrBadNet", n, err)
+		}
+	}
+	// vessel.net of [{"mac":"x"}] and of something that is not JSON.
+	for _, in := range []string{"vessel.net=W3sibWFjIjoieCJ9XQ", "vessel.net=e30", "vessel.net=***"} {
+		if _, err := Decode(in); !errors.Is(err, ErrBadNet) {
+			t.Errorf("Decode(%q) = %v, want ErrBadNet", in, err)
 		}
 	}
 }

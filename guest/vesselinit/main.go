@@ -1,7 +1,8 @@
 // Command vesselinit is the init (PID 1) of vessel's guest initramfs.
 //
 // It mounts /proc, /sys, /dev and friends (u-root's libinit), brings up
-// loopback, tells the VMM that init was reached (the boot-timer write on
+// loopback and the network interfaces the host listed (static address or
+// DHCP, see net.go), tells the VMM that init was reached (the boot-timer write on
 // vessel's control port), runs the command the host passed on the kernel
 // command line (guest/cmdline) — or an interactive shell when there is
 // none — reaps orphans while it runs, and finally reports the command's
@@ -72,6 +73,7 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vesselinit: %v\n", err)
 	} else {
+		configureNet(spec.Net)
 		status = run(spec)
 	}
 	// The command's last output may still sit in the console's tty buffer,
