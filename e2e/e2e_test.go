@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -471,6 +472,14 @@ func TestBadInput(t *testing.T) {
 		{"vsock cid too small", []string{"--vsock", filepath.Join(dir, "v.sock") + ",cid=2"}, nil, "cid"},
 		{"vsock socket in a missing directory", []string{"--vsock", filepath.Join(dir, "nope", "v.sock")}, nil, "vsock"},
 		{"disk serial too long", []string{"--disk", oddDisk + ",serial=" + strings.Repeat("x", 21)}, nil, "longer than 20"},
+		{"unknown network", []string{"--net", "slirp"}, nil, "unknown network"},
+		{"tap without a name", []string{"--net", "tap"}, nil, "tap=NAME"},
+		{"bad mac", []string{"--net", "user,mac=01:02:03:04:05:06"}, nil, "multicast"},
+		{"bad publish", []string{"--net", "user,publish=70000:80"}, nil, "host port"},
+		{"udp publish", []string{"--net", "user,publish=5353:53/udp"}, nil, "only tcp"},
+		{"published port in use", []string{"--net", "user,publish=127.0.0.1:" + busyPort(t) + ":80"}, nil, "address already in use"},
+		{"two user networks", []string{"--net", "user", "--net", "user"}, nil, "only one user network"},
+		{"tap name too long", []string{"--net", "tap=" + strings.Repeat("t", 16)}, nil, "interface name"},
 		{"no /dev/kvm", nil, hideKVM, "/dev/kvm"},
 		{"no permission on /dev/kvm", nil, asNobody(t), "/dev/kvm: permission denied"},
 	} {
@@ -489,6 +498,16 @@ func TestBadInput(t *testing.T) {
 			checkBadInput(t, vessel(t, args...), tc.want)
 		})
 	}
+}
+
+// busyPort returns a local TCP port that stays taken until the test ends.
+func busyPort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 }
 
 func checkBadInput(t *testing.T, r result, want string) {

@@ -8,7 +8,11 @@ package vmm
 import (
 	"errors"
 	"io"
+	"net"
 	"time"
+
+	"github.com/vesselvm/vessel/devices/usernet"
+	"github.com/vesselvm/vessel/devices/virtio"
 )
 
 // Sentinel errors the CLI maps to exit statuses and messages.
@@ -37,6 +41,9 @@ type Config struct {
 	// Disks are attached as virtio block devices, /dev/vda onwards, after
 	// the entropy device that every VM has.
 	Disks []Disk
+	// Nets are attached as virtio network devices (eth0 onwards) after
+	// the disks.
+	Nets []Net
 	// Vsock, if set, attaches a virtio-vsock device whose host side is
 	// Firecracker's hybrid vsock on Unix sockets.
 	Vsock *Vsock
@@ -49,6 +56,27 @@ type Config struct {
 	// AllowPVM lets vessel try to boot on a PVM host (kvm_pvm), which only
 	// runs PVM-enabled guest kernels.
 	AllowPVM bool
+}
+
+// Net is a virtio network device and its backend: a host TAP device or a
+// userspace network (exactly one).
+type Net struct {
+	// MAC is the guest interface's hardware address.
+	MAC net.HardwareAddr
+	// Tap names a host TAP device, opened with the virtio-net header so
+	// offloads reach the host kernel (created if absent, which needs
+	// CAP_NET_ADMIN, and then gone when the VM ends).
+	Tap string
+	// User, if set, gives the guest a userspace NAT network (package
+	// devices/usernet): DHCP, DNS, the host's loopback at
+	// usernet.HostIP, and published ports. No privileges needed.
+	User *UserNet
+}
+
+// UserNet configures a userspace network.
+type UserNet struct {
+	// Publish forwards host TCP ports to guest ports.
+	Publish []usernet.Publish
 }
 
 // Vsock configures the vsock device: the guest's context ID, and the Unix
@@ -116,4 +144,15 @@ type Metrics struct {
 	// without userspace ("exits", "io_exits", "insn_emulation", ...).
 	// Non-zero counters only; nil where the kernel lacks the interface.
 	KVMStats map[string]uint64
+	// Devices has one entry per virtio device, in attach order.
+	Devices []DeviceMetrics
+}
+
+// DeviceMetrics are one virtio device's counters over the run.
+type DeviceMetrics struct {
+	Type       string // "rng", "block", "net", "vsock"
+	Interrupts uint64 // interrupts the device raised (each an irqfd signal)
+	Notifies   uint64 // the driver's queue notifications (each an ioeventfd signal)
+	// Net counts packets and bytes for a network device.
+	Net *virtio.NetStats `json:",omitempty"`
 }

@@ -9,6 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/boot/acpi"
+	"github.com/vesselvm/vessel/devices/tap"
+	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/kvm"
 )
@@ -39,7 +41,8 @@ type virtioDev struct {
 	closer func()
 }
 
-// setupVirtio attaches the entropy device, the disks and the vsock device.
+// setupVirtio attaches the entropy device, the disks, the network
+// devices and the vsock device, in that order.
 func (v *VM) setupVirtio() error {
 	if err := v.addVirtio(virtio.NewRNG(), nil); err != nil {
 		return err
@@ -51,6 +54,11 @@ func (v *VM) setupVirtio() error {
 		}
 		if err := v.addVirtio(blk, func() { f.Close() }); err != nil {
 			f.Close()
+			return err
+		}
+	}
+	for i, n := range v.cfg.Nets {
+		if err := v.addNet(i, n); err != nil {
 			return err
 		}
 	}
@@ -66,6 +74,39 @@ func (v *VM) setupVirtio() error {
 			dev.Close()
 			return err
 		}
+	}
+	return nil
+}
+
+// netBackend is a virtio-net backend the VM closes at the end.
+type netBackend interface {
+	virtio.NetBackend
+	Close() error
+}
+
+// addNet attaches network device i with its backend.
+func (v *VM) addNet(i int, n Net) error {
+	var be netBackend
+	var err error
+	switch {
+	case (n.Tap != "") == (n.User != nil):
+		return fmt.Errorf("%w: network %d: give a TAP device or a user network, exactly one", ErrInvalidConfig, i)
+	case n.Tap != "":
+		be, err = tap.Open(n.Tap)
+	default:
+		be, err = usernet.New(usernet.Config{MAC: n.MAC, Publish: n.User.Publish})
+	}
+	if err != nil {
+		return fmt.Errorf("%w: network %d: %w", ErrInvalidConfig, i, err)
+	}
+	dev, err := virtio.NewNet(be, n.MAC, v.logf)
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("%w: network %d: %w", ErrInvalidConfig, i, err)
+	}
+	if err := v.addVirtio(dev, func() { be.Close() }); err != nil {
+		be.Close()
+		return err
 	}
 	return nil
 }
@@ -142,6 +183,21 @@ func (v *VM) virtioACPI() []acpi.VirtioMMIO {
 	var l []acpi.VirtioMMIO
 	for _, d := range v.virtio {
 		l = append(l, acpi.VirtioMMIO{Base: d.base, Size: virtio.MMIOSize, GSI: d.gsi})
+	}
+	return l
+}
+
+// deviceMetrics reads every virtio device's counters.
+func (v *VM) deviceMetrics() []DeviceMetrics {
+	var l []DeviceMetrics
+	for _, d := range v.virtio {
+		st := d.t.Stats()
+		m := DeviceMetrics{Type: virtio.TypeName(d.t.Device().Type()), Interrupts: st.Interrupts, Notifies: st.Notifies}
+		if n, ok := d.t.Device().(*virtio.Net); ok {
+			ns := n.Stats()
+			m.Net = &ns
+		}
+		l = append(l, m)
 	}
 	return l
 }

@@ -325,6 +325,7 @@ func (v *VM) Run() Result {
 	res.Metrics.Total = time.Since(v.start)
 	res.Metrics.Exits = v.exits.snapshot()
 	res.Metrics.KVMStats = v.kvmStats()
+	res.Metrics.Devices = v.deviceMetrics()
 	return res
 }
 

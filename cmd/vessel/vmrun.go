@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -45,7 +46,7 @@ func guestDir() string {
 type vmRunFlags struct {
 	kernel, initrd, cmdline, memory, metrics string
 	cpus                                     int
-	disks                                    []string
+	disks, nets                              []string
 	vsock                                    string
 }
 
@@ -78,6 +79,7 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	fl.StringVar(&f.cmdline, "cmdline", DefaultCmdline, "kernel command line (vessel appends its vessel.* parameters)")
 	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
+	fl.StringArrayVar(&f.nets, "net", nil, netHelp)
 	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default)")
 	return cmd
 }
@@ -120,8 +122,24 @@ func vmRun(f vmRunFlags, argv []string) error {
 			return usageErr("--vsock %s: %v", f.vsock, err)
 		}
 	}
+	var nets []vmm.Net
+	var guestNets []cmdline.Net
+	users := 0
+	for _, s := range f.nets {
+		n, g, err := parseNet(s)
+		if err != nil {
+			return usageErr("--net %s: %v", s, err)
+		}
+		if n.User != nil {
+			if users++; users > 1 {
+				return usageErr("--net %s: only one user network per VM", s)
+			}
+		}
+		nets = append(nets, n)
+		guestNets = append(guestNets, g)
+	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
-	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true})
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true, Net: guestNets})
 	if err != nil {
 		return usageErr("%v", err)
 	}
@@ -133,6 +151,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 		Memory:   mem,
 		Console:  os.Stdout,
 		Disks:    disks,
+		Nets:     nets,
 		Vsock:    vsock,
 		Log:      os.Stderr,
 		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
@@ -263,6 +282,15 @@ type metricsFile struct {
 	TotalMS      float64           `json:"total_ms"`
 	Exits        map[string]uint64 `json:"exits"`
 	KVMStats     map[string]uint64 `json:"kvm_vcpu_stats,omitempty"`
+	Devices      []deviceMetrics   `json:"devices"`
+}
+
+// deviceMetrics is one virtio device's counters in --metrics.
+type deviceMetrics struct {
+	Type       string           `json:"type"`
+	Interrupts uint64           `json:"interrupts"`
+	Notifies   uint64           `json:"notifies"`
+	Net        *virtio.NetStats `json:"net,omitempty"`
 }
 
 func writeMetrics(path string, res vmm.Result) error {
@@ -273,6 +301,9 @@ func writeMetrics(path string, res vmm.Result) error {
 		TotalMS:      float64(res.Metrics.Total.Microseconds()) / 1000,
 		Exits:        res.Metrics.Exits,
 		KVMStats:     res.Metrics.KVMStats,
+	}
+	for _, d := range res.Metrics.Devices {
+		m.Devices = append(m.Devices, deviceMetrics{Type: d.Type, Interrupts: d.Interrupts, Notifies: d.Notifies, Net: d.Net})
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
