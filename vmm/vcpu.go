@@ -250,7 +250,10 @@ func (c *vcpu) close() { c.kc.Close() }
 
 // cpuState describes where a vCPU stopped, for crash reports: the
 // instruction and stack pointers and the paging registers tell a guest
-// bug (a kernel address) from a corrupted vCPU state.
+// bug (a kernel address) from a corrupted vCPU state. On AMD hosts KVM
+// resets the vCPU when it intercepts the shutdown (the VMCB is undefined
+// after it), so the state is the reset vector's and says nothing: then
+// it is left out.
 func (c *vcpu) cpuState() string {
 	r, err := c.kc.Regs()
 	if err != nil {
@@ -259,6 +262,9 @@ func (c *vcpu) cpuState() string {
 	s, err := c.kc.Sregs()
 	if err != nil {
 		return fmt.Sprintf(" at rip=%#x rsp=%#x", r.RIP, r.RSP)
+	}
+	if r.RIP == 0xfff0 && s.CS.Selector == 0xf000 {
+		return " (CPU state lost: the host reset the vCPU)"
 	}
 	return fmt.Sprintf(" at rip=%#x rsp=%#x rflags=%#x cr0=%#x cr2=%#x cr3=%#x cr4=%#x efer=%#x cs=%#x",
 		r.RIP, r.RSP, r.RFLAGS, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, s.CS.Selector)
