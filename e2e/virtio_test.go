@@ -62,6 +62,7 @@ func TestDisks(t *testing.T) {
 	}
 	dir := t.TempDir()
 	fsImg := ext4Image(t, filepath.Join(dir, "fs.img"), 64<<20, "")
+	before := allocated(t, fsImg)
 	roImg := filepath.Join(dir, "ro.img")
 	ro := make([]byte, 1<<20)
 	rand.Read(ro)
@@ -101,6 +102,33 @@ func TestDisks(t *testing.T) {
 	if sha256.Sum256(after) != roSum {
 		t.Error("the read-only image changed")
 	}
+	// Discard: the guest also wrote and deleted a scratch file of
+	// scratchSize on a file system mounted with -o discard. Had its
+	// blocks not been punched out of the image, the image would hold
+	// them too.
+	grown := allocated(t, fsImg) - before
+	var files int64
+	for _, f := range diskFiles {
+		files += int64(f.size)
+	}
+	const journal = 4 << 20 // mke2fs's journal for a 64 MiB file system
+	if limit := files + journal + scratchSize/2; grown > limit {
+		t.Errorf("the image grew by %d KiB for %d KiB of files: the %d KiB the guest deleted were not discarded",
+			grown>>10, files>>10, scratchSize>>10)
+	}
+	t.Logf("image grew by %d KiB for %d KiB of files (%d KiB written and deleted)", grown>>10, files>>10, scratchSize>>10)
+}
+
+// scratchSize is what the guest writes and deletes to show discard.
+const scratchSize = 24 << 20
+
+// allocated returns the bytes a sparse file has allocated.
+func allocated(t *testing.T, path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
 }
 
 // TestGuestDisks is the guest half of TestDisks.
@@ -139,9 +167,28 @@ func TestGuestDisks(t *testing.T) {
 	if err := os.MkdirAll("/mnt", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("/dev/vda", "/mnt", "ext4", 0, ""); err != nil {
+	// The disk caches writes (so the driver sends flushes) and takes
+	// discards.
+	for file, want := range map[string]string{"/sys/block/vda/queue/write_cache": "write back", "/sys/block/vda/queue/discard_max_bytes": "!0"} {
+		b, _ := os.ReadFile(file)
+		got := strings.TrimSpace(string(b))
+		if want == "!0" && (got == "" || got == "0") || want != "!0" && got != want {
+			t.Errorf("%s = %q, want %s", file, got, want)
+		}
+	}
+	if err := unix.Mount("/dev/vda", "/mnt", "ext4", 0, "discard"); err != nil {
 		t.Fatalf("mount /dev/vda: %v", err)
 	}
+	scratch := make([]byte, scratchSize)
+	rand.Read(scratch)
+	if err := os.WriteFile("/mnt/scratch", scratch, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
+	if err := os.Remove("/mnt/scratch"); err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
 	for _, df := range diskFiles {
 		b := make([]byte, df.size)
 		rand.Read(b)
