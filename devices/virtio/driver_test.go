@@ -162,3 +162,34 @@ func (d *driver) queue(eventIdx bool) *Queue {
 	}
 	return q
 }
+
+// startDriver runs the driver initialisation over the MMIO transport
+// (virtio 1.2 §3.1.1): reset, feature negotiation (VERSION_1 plus
+// features), each queue set up from its driver, DRIVER_OK.
+func startDriver(t testing.TB, m *MMIO, features uint64, queues ...*driver) {
+	t.Helper()
+	wr(m, regStatus, 0)
+	wr(m, regStatus, StatusAcknowledge)
+	wr(m, regStatus, StatusAcknowledge|StatusDriver)
+	features |= FeatureVersion1
+	wr(m, regDriverFeatSel, 0)
+	wr(m, regDriverFeatures, uint32(features))
+	wr(m, regDriverFeatSel, 1)
+	wr(m, regDriverFeatures, uint32(features>>32))
+	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
+	for i, d := range queues {
+		wr(m, regQueueSel, uint32(i))
+		if max := rd(m, regQueueNumMax); max < uint32(d.cfg.Size) {
+			t.Fatalf("queue %d: max size %d, below %d", i, max, d.cfg.Size)
+		}
+		wr(m, regQueueNum, uint32(d.cfg.Size))
+		wr(m, regQueueDescLow, uint32(d.cfg.Desc))
+		wr(m, regQueueDrvLow, uint32(d.cfg.Driver))
+		wr(m, regQueueDevLow, uint32(d.cfg.Device))
+		wr(m, regQueueReady, 1)
+	}
+	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
+	if st := rd(m, regStatus); st&StatusDriverOK == 0 || st&StatusNeedsReset != 0 {
+		t.Fatalf("status %#x after init", st)
+	}
+}

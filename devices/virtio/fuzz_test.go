@@ -41,16 +41,24 @@ func fuzzQueue(t *testing.T, data []byte) (*Queue, bool) {
 	return q, true
 }
 
-// FuzzQueue walks whatever chains a fuzzed guest offers and reads and
-// writes them through the chain reader and writer: no panic, no hang, no
-// access outside guest RAM.
-func FuzzQueue(f *testing.F) {
+// fuzzSeed returns a fuzz input for fuzzQueue with a 16-entry queue
+// (descriptors at 0x1000, driver area at 0x2000, device area at 0x2800)
+// and avail chains made available; the caller writes the descriptors.
+func fuzzSeed(avail uint16) []byte {
 	seed := make([]byte, 0x3000)
 	seed[0] = 4 // size 16
 	binary.LittleEndian.PutUint16(seed[1:], 0x1000)
 	binary.LittleEndian.PutUint16(seed[3:], 0x2000)
 	binary.LittleEndian.PutUint16(seed[5:], 0x2800)
-	binary.LittleEndian.PutUint16(seed[0x2002:], 2) // avail idx
+	binary.LittleEndian.PutUint16(seed[0x2002:], avail)
+	return seed
+}
+
+// FuzzQueue walks whatever chains a fuzzed guest offers and reads and
+// writes them through the chain reader and writer: no panic, no hang, no
+// access outside guest RAM.
+func FuzzQueue(f *testing.F) {
+	seed := fuzzSeed(2)
 	binary.LittleEndian.PutUint64(seed[0x1000:], 0x100)
 	binary.LittleEndian.PutUint32(seed[0x1008:], 64)
 	binary.LittleEndian.PutUint16(seed[0x100c:], descFNext)
@@ -103,12 +111,7 @@ func FuzzBlockRequest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	seed := make([]byte, 0x3000)
-	seed[0] = 4
-	binary.LittleEndian.PutUint16(seed[1:], 0x1000)
-	binary.LittleEndian.PutUint16(seed[3:], 0x2000)
-	binary.LittleEndian.PutUint16(seed[5:], 0x2800)
-	binary.LittleEndian.PutUint16(seed[0x2002:], 1)
+	seed := fuzzSeed(1)
 	// header (IN, sector 1) -> 512 data -> status
 	binary.LittleEndian.PutUint64(seed[0x1000:], 0x100)
 	binary.LittleEndian.PutUint32(seed[0x1008:], 16)
@@ -157,12 +160,7 @@ func (b *nullBackend) WriteFrame(bufs [][]byte) error { b.frames++; return nil }
 // with and without a virtio-net header backend: a chain is sent, dropped
 // or fails the device, never more than one frame per chain.
 func FuzzNetTX(f *testing.F) {
-	seed := make([]byte, 0x3000)
-	seed[0] = 4
-	binary.LittleEndian.PutUint16(seed[1:], 0x1000)
-	binary.LittleEndian.PutUint16(seed[3:], 0x2000)
-	binary.LittleEndian.PutUint16(seed[5:], 0x2800)
-	binary.LittleEndian.PutUint16(seed[0x2002:], 1)
+	seed := fuzzSeed(1)
 	binary.LittleEndian.PutUint64(seed[0x1000:], 0x100) // header + 60-byte frame
 	binary.LittleEndian.PutUint32(seed[0x1008:], NetHdrSize+60)
 	f.Add(seed)

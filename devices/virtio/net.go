@@ -291,19 +291,12 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 			r.n.rxDropped.Add(1)
 			return spare, nil
 		}
-		c, err := q.Pop()
+		c, again, err := q.PopOrArm()
 		if err != nil {
 			return nil, err
 		}
 		if c == nil {
-			if err := q.EnableNotify(); err != nil {
-				return nil, err
-			}
-			more, err := q.Pending()
-			if err != nil {
-				return nil, err
-			}
-			if !more {
+			if !again {
 				if _, err := r.q.Notify[0].Wait(); err != nil || r.stop.Load() {
 					return nil, errNetStopped
 				}

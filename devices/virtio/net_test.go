@@ -96,25 +96,7 @@ func newNetGuest(t *testing.T, vnet bool, features uint64) *netGuest {
 	g := &netGuest{t: t, m: m, mem: mem, dev: dev, be: be, log: log}
 	g.rx = &driver{t: t, mem: mem, cfg: QueueConfig{Size: testQSize, Desc: 0x1000, Driver: 0x1400, Device: 0x1800}, buf: 0x10000}
 	g.tx = &driver{t: t, mem: mem, cfg: QueueConfig{Size: testQSize, Desc: 0x2000, Driver: 0x2400, Device: 0x2800}, buf: 0x80000}
-	wr(m, regStatus, StatusAcknowledge|StatusDriver)
-	features |= FeatureVersion1
-	wr(m, regDriverFeatSel, 0)
-	wr(m, regDriverFeatures, uint32(features))
-	wr(m, regDriverFeatSel, 1)
-	wr(m, regDriverFeatures, uint32(features>>32))
-	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
-	for i, d := range []*driver{g.rx, g.tx} {
-		wr(m, regQueueSel, uint32(i))
-		wr(m, regQueueNum, uint32(d.cfg.Size))
-		wr(m, regQueueDescLow, uint32(d.cfg.Desc))
-		wr(m, regQueueDrvLow, uint32(d.cfg.Driver))
-		wr(m, regQueueDevLow, uint32(d.cfg.Device))
-		wr(m, regQueueReady, 1)
-	}
-	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
-	if st := rd(m, regStatus); st&StatusDriverOK == 0 {
-		t.Fatalf("status %#x after init", st)
-	}
+	startDriver(t, m, features, g.rx, g.tx)
 	return g
 }
 

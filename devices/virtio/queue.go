@@ -291,6 +291,21 @@ func (q *Queue) EnableNotify() error {
 	return q.mem.StoreUint16(q.cfg.Device, 0)
 }
 
+// PopOrArm pops the next available chain. When there is none, it asks the
+// driver for a notification (EnableNotify) and looks once more: again
+// reports that buffers arrived meanwhile (call PopOrArm again), and
+// neither c nor again means the caller should wait for the notification.
+func (q *Queue) PopOrArm() (c *Chain, again bool, err error) {
+	if c, err = q.Pop(); c != nil || err != nil {
+		return c, false, err
+	}
+	if err := q.EnableNotify(); err != nil {
+		return nil, false, err
+	}
+	again, err = q.Pending()
+	return nil, again, err
+}
+
 // DisableNotify tells the driver that notifications are not needed while
 // the device is already processing the queue (without EVENT_IDX, through
 // VIRTQ_USED_F_NO_NOTIFY; with it, avail_event simply stays behind).

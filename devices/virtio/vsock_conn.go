@@ -218,19 +218,13 @@ func (r *vsockRun) serveRX(spare *Chain) (*Chain, error) {
 			return spare, nil
 		}
 		if spare == nil {
-			c, err := q.Pop()
+			c, again, err := q.PopOrArm()
 			if err != nil {
 				return nil, err
 			}
 			if c == nil {
-				// Out of buffers: ask for a notification, then look
-				// again in case the driver added some meanwhile.
-				if err := q.EnableNotify(); err != nil {
-					return nil, err
-				}
-				more, err := q.Pending()
-				if err != nil || !more {
-					return nil, err
+				if !again {
+					return nil, nil // out of buffers: wait for the driver
 				}
 				continue
 			}

@@ -100,32 +100,11 @@ func (g *vsGuest) init(eventIdx bool) {
 	}
 	g.rx, g.tx, g.ev = vsDriver(g.t, g.mem, 0), vsDriver(g.t, g.mem, 1), vsDriver(g.t, g.mem, 2)
 	g.rxSeen, g.txSent = 0, 0
-	wr(m, regStatus, StatusAcknowledge)
-	wr(m, regStatus, StatusAcknowledge|StatusDriver)
-	features := uint64(FeatureVersion1)
+	features := uint64(0)
 	if eventIdx {
 		features |= FeatureEventIdx
 	}
-	wr(m, regDriverFeatSel, 0)
-	wr(m, regDriverFeatures, uint32(features))
-	wr(m, regDriverFeatSel, 1)
-	wr(m, regDriverFeatures, uint32(features>>32))
-	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
-	for i, d := range []*driver{g.rx, g.tx, g.ev} {
-		wr(m, regQueueSel, uint32(i))
-		if rd(m, regQueueNumMax) != vsockQueueSize {
-			g.t.Fatalf("queue %d: max size %d", i, rd(m, regQueueNumMax))
-		}
-		wr(m, regQueueNum, uint32(d.cfg.Size))
-		wr(m, regQueueDescLow, uint32(d.cfg.Desc))
-		wr(m, regQueueDrvLow, uint32(d.cfg.Driver))
-		wr(m, regQueueDevLow, uint32(d.cfg.Device))
-		wr(m, regQueueReady, 1)
-	}
-	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
-	if st := rd(m, regStatus); st&StatusDriverOK == 0 || st&StatusNeedsReset != 0 {
-		g.t.Fatalf("status %#x after init", st)
-	}
+	startDriver(g.t, m, features, g.rx, g.tx, g.ev)
 	for i := uint16(0); i < g.rxSlots(); i++ {
 		g.offerRX(i)
 	}
