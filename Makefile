@@ -3,6 +3,7 @@
 #   make demo     install dependencies, build everything, boot a microVM
 #   make test     all tests: unit, fuzz (short), end to end (real boots)
 #   make bench-boot  boot-time benchmark against gokvm and QEMU microvm
+#   make bench-io    block, TCP and vsock throughput and exits per MiB
 
 SHELL := /bin/bash
 GO ?= go
@@ -12,7 +13,7 @@ FUZZTIME ?= 10s
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot clean
+.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot bench-io clean
 
 all: build guest
 
@@ -90,3 +91,16 @@ bench-boot: build guest
 	set -o pipefail; bin/testvm --timeout 40m -- bin/benchboot --gokvm build/peers/gokvm \
 		--kernel "$(GUEST_DIR)/bzImage" --initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_FLAGS) 2>&1 | tee build/bench-boot.md
 	bin/benchboot --extract-json build/bench-boot.md --out build/bench-boot.json
+
+## bench-io: I/O benchmark (bench/io): block sequential and random, TCP
+## over TAP and the user network, vsock, each inside a vessel guest against
+## the same code on the host of the same platform, plus userspace exits,
+## KVM exits, interrupts and notifies per MiB. Not a test: no thresholds.
+## The report goes to stdout and build/bench-io.md. BENCH_IO_FLAGS adds
+## benchio flags (e.g. -size-mib 256 -runs 5).
+BENCH_IO_FLAGS ?=
+bench-io: build guest
+	CGO_ENABLED=0 $(GO) build -o bin/benchio ./bench/io
+	@mkdir -p build
+	set -o pipefail; bin/testvm --timeout 40m -- bin/benchio -vessel bin/vessel \
+		-kernel "$(GUEST_DIR)/bzImage" -initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_IO_FLAGS) 2>&1 | tee build/bench-io.md
