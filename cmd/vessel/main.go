@@ -1,6 +1,10 @@
 // Command vessel is a microVM monitor: it boots Linux guests on KVM.
 //
 //	vessel vm run [flags] [-- COMMAND [ARG...]]
+//	vessel image load|ls|rm|inspect
+//
+// `vessel image` exits 0 on success, 1 for a missing image or an archive it
+// cannot read, 2 for invalid usage.
 //
 // Exit statuses of `vessel vm run`:
 //
@@ -53,7 +57,7 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	vm := &cobra.Command{Use: "vm", Short: "Manage microVMs"}
 	vm.AddCommand(newVMRun())
-	root.AddCommand(vm)
+	root.AddCommand(vm, newImage())
 	return root
 }
 

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/spf13/cobra"
+
+	"github.com/vesselvm/vessel/images/store"
+)
+
+// exitImage is the status of a failed `vessel image` command (no such
+// image, an unreadable or corrupt archive), as docker's image commands
+// use.
+const exitImage = 1
+
+func newImage() *cobra.Command {
+	img := &cobra.Command{
+		Use:   "image",
+		Short: "Manage the local image store",
+		Long: `Manage vessel's local OCI image store ($XDG_DATA_HOME/vessel/images, by
+default ~/.local/share/vessel/images): a content-addressed OCI image
+layout, every blob checked against its digest.
+
+Exit statuses: 0 success; 1 no such image, or an archive vessel cannot
+read; 2 invalid usage.`,
+	}
+	var input string
+	load := &cobra.Command{
+		Use:   "load [-i] FILE|DIR",
+		Short: "Load images from a docker save tarball, an OCI archive or an OCI layout directory",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src := input
+			if len(args) == 1 {
+				if src != "" {
+					return usageErr("give the archive once: -i %s or %s", src, args[0])
+				}
+				src = args[0]
+			}
+			if src == "" {
+				return usageErr("vessel image load: which archive? (FILE or DIR)")
+			}
+			return imageLoad(src)
+		},
+	}
+	load.Flags().StringVarP(&input, "input", "i", "", "archive to load (as docker load -i)")
+	ls := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List stored images",
+		Args:    cobra.NoArgs,
+		RunE:    func(*cobra.Command, []string) error { return imageList() },
+	}
+	rm := &cobra.Command{
+		Use:     "rm IMAGE...",
+		Aliases: []string{"remove"},
+		Short:   "Remove images (a name untags; an ID removes every name) and their unused blobs",
+		Args:    cobra.MinimumNArgs(1),
+		RunE:    func(_ *cobra.Command, args []string) error { return imageRemove(args) },
+	}
+	inspect := &cobra.Command{
+		Use:   "inspect IMAGE...",
+		Short: "Show images' configuration as JSON",
+		Args:  cobra.MinimumNArgs(1),
+		RunE:  func(_ *cobra.Command, args []string) error { return imageInspect(args) },
+	}
+	img.AddCommand(load, ls, rm, inspect)
+	return img
+}
+
+func openStore() (*store.Store, error) {
+	root, err := store.DefaultRoot()
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	s, err := store.Open(root)
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	return s, nil
+}
+
+// imageErr maps store errors to exit statuses.
+func imageErr(err error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBadArchive), errors.Is(err, store.ErrAmbiguous), errors.Is(err, os.ErrNotExist):
+		return &exitError{code: exitImage, msg: err.Error()}
+	}
+	return &exitError{code: exitInternal, msg: err.Error()}
+}
+
+func imageLoad(src string) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	imgs, err := s.Load(src)
+	if err != nil {
+		return imageErr(err)
+	}
+	for _, i := range imgs {
+		if i.Ref != "" {
+			fmt.Printf("Loaded image: %s\n", familiar(i.Ref))
+		} else {
+			fmt.Printf("Loaded image ID: %s\n", i.ID)
+		}
+	}
+	return nil
+}
+
+func imageList() error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	imgs, err := s.List()
+	if err != nil {
+		return imageErr(err)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)
+	fmt.Fprintln(w, "REPOSITORY\tTAG\tIMAGE ID\tSIZE")
+	for _, i := range imgs {
+		repo, tag := "<none>", "<none>"
+		if r, err := name.ParseReference(i.Ref); err == nil && i.Ref != "" {
+			repo, tag = familiar(r.Context().Name()), r.Identifier()
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", repo, tag, i.ShortID(), humanSize(i.Size))
+	}
+	return w.Flush()
+}
+
+func imageRemove(refs []string) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	for _, ref := range refs {
+		i, err := s.Remove(ref)
+		if err != nil {
+			return imageErr(err)
+		}
+		if i.Ref != "" {
+			fmt.Printf("Untagged: %s\n", familiar(i.Ref))
+		}
+		fmt.Printf("Deleted: %s\n", i.ID)
+	}
+	return nil
+}
+
+// inspected is one image in `vessel image inspect`, shaped like docker's.
+type inspected struct {
+	ID           string   `json:"Id"`
+	RepoTags     []string `json:"RepoTags"`
+	Created      string   `json:"Created,omitempty"`
+	Architecture string   `json:"Architecture"`
+	Os           string   `json:"Os"`
+	Size         int64    `json:"Size"`
+	Config       any      `json:"Config"`
+	RootFS       any      `json:"RootFS"`
+}
+
+func imageInspect(refs []string) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	all, err := s.List()
+	if err != nil {
+		return imageErr(err)
+	}
+	var out []inspected
+	for _, ref := range refs {
+		i, err := s.Resolve(ref)
+		if err != nil {
+			return imageErr(err)
+		}
+		img, err := s.Image(i)
+		if err != nil {
+			return imageErr(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return imageErr(err)
+		}
+		in := inspected{ID: i.ID.String(), RepoTags: []string{}, Architecture: cf.Architecture, Os: cf.OS, Size: i.Size, Config: cf.Config, RootFS: cf.RootFS}
+		if !cf.Created.IsZero() {
+			in.Created = cf.Created.UTC().Format("2006-01-02T15:04:05Z")
+		}
+		for _, a := range all {
+			if a.ID == i.ID && a.Ref != "" {
+				in.RepoTags = append(in.RepoTags, familiar(a.Ref))
+			}
+		}
+		out = append(out, in)
+	}
+	b, err := json.MarshalIndent(out, "", "    ")
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+// familiar shortens a Docker Hub reference the way docker prints it.
+func familiar(ref string) string {
+	ref = strings.TrimPrefix(ref, "index.docker.io/")
+	return strings.TrimPrefix(ref, "library/")
+}
+
+// humanSize formats bytes as docker does (decimal units).
+func humanSize(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.3gGB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.3gMB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.3gkB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%dB", n)
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vesselvm/vessel/images/store"
+)
+
+// TestImageCommands drives `vessel image` end to end on a store in a
+// temporary data directory.
+func TestImageCommands(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("busybox:test")
+	archive := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	corrupt := filepath.Join(t.TempDir(), "corrupt.tar")
+	b, _ := os.ReadFile(archive)
+	os.WriteFile(corrupt, b[:len(b)/3], 0o644)
+
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"image", "load", archive}, 0},
+		{[]string{"image", "ls"}, 0},
+		{[]string{"image", "inspect", "busybox:test"}, 0},
+		{[]string{"image", "load"}, exitUsage},
+		{[]string{"image", "load", "-i", archive, archive}, exitUsage},
+		{[]string{"image", "load", filepath.Join(t.TempDir(), "missing.tar")}, exitImage},
+		{[]string{"image", "load", corrupt}, exitImage},
+		{[]string{"image", "inspect", "alpine"}, exitImage},
+		{[]string{"image", "rm"}, exitUsage},
+		{[]string{"image", "rm", "busybox:test"}, 0},
+		{[]string{"image", "rm", "busybox:test"}, exitImage},
+	} {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("vessel %v: exit %d, want %d", tc.args, got, tc.want)
+		}
+	}
+	root, _ := store.DefaultRoot()
+	blobs, _ := os.ReadDir(filepath.Join(root, "blobs", "sha256"))
+	if len(blobs) != 0 {
+		t.Errorf("%d blobs left after removing the only image", len(blobs))
+	}
+}
+
+func TestFamiliarAndSize(t *testing.T) {
+	for in, want := range map[string]string{
+		"index.docker.io/library/busybox:1": "busybox:1",
+		"index.docker.io/team/app:v1":       "team/app:v1",
+		"example.com/app:v1":                "example.com/app:v1",
+	} {
+		if got := familiar(in); got != want {
+			t.Errorf("familiar(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for n, want := range map[int64]string{999: "999B", 1500: "1.5kB", 4_200_000: "4.2MB", 2e9: "2GB"} {
+		if got := humanSize(n); got != want {
+			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
