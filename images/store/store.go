@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/match"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/images/rootfs"
 )
 
 // refAnnotation names an image in index.json (OCI image-spec annotations).
@@ -229,6 +231,24 @@ func (s *Store) Image(i Image) (v1.Image, error) {
 	return img, nil
 }
 
+// Rootfs returns the read-only ext4 disk of a stored image (package
+// rootfs), built on first use and cached under the store by image ID.
+func (s *Store) Rootfs(i Image) (string, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	img, err := s.Image(i)
+	if err != nil {
+		return "", err
+	}
+	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img)
+}
+
+// rootfsDir holds the images' ext4 disks, named <id hex>.ext4.
+const rootfsDir = "rootfs"
+
 // Remove untags ref (or, given an ID, removes every name of that image)
 // and deletes the blobs no remaining image uses.
 func (s *Store) Remove(ref string) (Image, error) {
@@ -285,15 +305,17 @@ func (s *Store) gc() error {
 			keep[l.Digest.Hex] = true
 		}
 	}
-	dir := filepath.Join(s.root, "blobs", "sha256")
-	ents, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("store: %w", err)
-	}
-	for _, e := range ents {
-		if !keep[e.Name()] {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
-				return fmt.Errorf("store: %w", err)
+	// Blobs, and the disks built from manifests, that nothing keeps.
+	for _, dir := range []string{filepath.Join(s.root, "blobs", "sha256"), filepath.Join(s.root, rootfsDir)} {
+		ents, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("store: %w", err)
+		}
+		for _, e := range ents {
+			if !keep[strings.TrimSuffix(e.Name(), ".ext4")] {
+				if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+					return fmt.Errorf("store: %w", err)
+				}
 			}
 		}
 	}

@@ -200,8 +200,19 @@ func TestRemoveCollectsBlobs(t *testing.T) {
 	if n := blobs(); n != full {
 		t.Errorf("removing one of two names deleted blobs (%d left of %d)", n, full)
 	}
+	ia, _ := s.Resolve("a:2")
+	disk, err := s.Rootfs(ia)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := s.Rootfs(ia); err != nil || again != disk {
+		t.Fatalf("second Rootfs: %s, %v", again, err)
+	}
 	if _, err := s.Remove("a:2"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(disk); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the removed image's disk %s is still there (%v)", disk, err)
 	}
 	if n := blobs(); n != 4 {
 		t.Errorf("%d blobs after removing image a, want 4", n)
