@@ -61,8 +61,14 @@ func TestDisks(t *testing.T) {
 		t.Skip("host half only")
 	}
 	dir := t.TempDir()
-	fsImg := ext4Image(t, filepath.Join(dir, "fs.img"), 64<<20, "")
-	before := allocated(t, fsImg)
+	fsImg := filepath.Join(dir, "fs.img")
+	var before int64
+	// A fresh file system for every attempt (vesselCmd retries a
+	// platform fault), so a crashed attempt's writes count for nothing.
+	fresh := func(*exec.Cmd) {
+		ext4Image(t, fsImg, 64<<20, "")
+		before = allocated(t, fsImg)
+	}
 	roImg := filepath.Join(dir, "ro.img")
 	ro := make([]byte, 1<<20)
 	rand.Read(ro)
@@ -71,7 +77,7 @@ func TestDisks(t *testing.T) {
 	}
 	roSum := sha256.Sum256(ro)
 
-	r := vessel(t, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t),
+	r := vesselCmd(t, fresh, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t),
 		"--disk", fsImg, "--disk", roImg+",ro,serial=vessel-ro",
 		"--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestDisks$", "-test.v", "-e2e.rosum="+hex.EncodeToString(roSum[:]))
 	if r.code != 0 || !strings.Contains(r.stdout, "--- PASS: TestGuestDisks") {
