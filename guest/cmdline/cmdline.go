@@ -1,11 +1,15 @@
 // Package cmdline carries what the host asks the guest init to do across
-// the kernel command line: the command to run and how the console behaves.
-// The host encodes, the guest init (guest/vesselinit) decodes.
+// the kernel command line: the command to run, how the console behaves and
+// which network interfaces to configure. The host encodes, the guest init
+// (guest/vesselinit) decodes.
 //
 // The command travels as one parameter, vessel.cmd=<base64url of a JSON
 // string array>, so arguments with spaces, quotes or '=' survive the
-// kernel's own parameter splitting unchanged. The kernel passes unknown
-// parameters with a dot to nobody, and the init reads /proc/cmdline.
+// kernel's own parameter splitting unchanged; the network settings the
+// same way, as vessel.net=<base64url of a JSON array of Net>. Both use
+// the URL alphabet without padding (base64.RawURLEncoding). The kernel
+// passes unknown parameters with a dot to nobody, and the init reads
+// /proc/cmdline.
 package cmdline
 
 import (
@@ -45,14 +49,16 @@ var ErrBadNet = errors.New("cmdline: malformed vessel.net")
 
 // Net is one network interface the guest init configures.
 type Net struct {
-	MAC     string   `json:"mac"`            // which interface, by hardware address
-	Addr    string   `json:"addr,omitempty"` // static address in CIDR form; empty means DHCP
+	MAC     string   `json:"mac"`            // which interface, by hardware address (lower-case, colon form)
+	Addr    string   `json:"addr,omitempty"` // static address in CIDR form (10.0.0.2/24); empty means DHCP
 	Gateway string   `json:"gw,omitempty"`   // default route (static only)
 	DNS     []string `json:"dns,omitempty"`  // name servers (static only; DHCP brings its own)
-	MTU     int      `json:"mtu,omitempty"`  // 0 leaves the driver's
+	MTU     int      `json:"mtu,omitempty"`  // 0: leave the driver's
 }
 
-// Validate checks every field.
+// Validate checks every field: MAC as net.ParseMAC reads it, Addr as a
+// prefix (netip.ParsePrefix), Gateway and DNS as addresses
+// (netip.ParseAddr), MTU 0 or 68..65535. Errors wrap ErrBadNet.
 func (n Net) Validate() error {
 	if _, err := net.ParseMAC(n.MAC); err != nil {
 		return fmt.Errorf("%w: mac %q", ErrBadNet, n.MAC)
@@ -82,11 +88,13 @@ func (n Net) Validate() error {
 type Spec struct {
 	Argv    []string // the command; empty means an interactive shell
 	TTY     bool
-	Control bool // the VMM has vessel's control port
-	Net     []Net
+	Control bool  // the VMM has vessel's control port
+	Net     []Net // interfaces to configure, in this order; empty: none
 }
 
 // Encode returns the kernel parameters for s, to append to a command line.
+// It leaves out vessel.cmd when Argv is empty and vessel.net when Net is,
+// and refuses an invalid Net with an error wrapping ErrBadNet.
 func Encode(s Spec) (string, error) {
 	var parts []string
 	if len(s.Argv) > 0 {
@@ -120,7 +128,10 @@ func Encode(s Spec) (string, error) {
 }
 
 // Decode reads a Spec from the text of /proc/cmdline. The last occurrence
-// of a parameter wins, as with the kernel's own parameters.
+// of a parameter wins, as with the kernel's own parameters. A vessel.cmd
+// that does not decode is an error wrapping ErrBadCmd; a vessel.net that
+// does not decode or holds an invalid Net (see Net.Validate), one wrapping
+// ErrBadNet. Empty lists decode as nil, as Encode leaves them out.
 func Decode(procCmdline string) (Spec, error) {
 	var s Spec
 	for _, f := range strings.Fields(procCmdline) {
@@ -138,7 +149,10 @@ func Decode(procCmdline string) (Spec, error) {
 			if err := json.Unmarshal(raw, &argv); err != nil {
 				return Spec{}, fmt.Errorf("%w: %w", ErrBadCmd, err)
 			}
-			s.Argv = argv
+			s.Argv = nil // "[]" and "null" alike: no command
+			if len(argv) > 0 {
+				s.Argv = argv
+			}
 		case ParamTTY:
 			s.TTY = val == "1"
 		case ParamControl:
@@ -152,12 +166,18 @@ func Decode(procCmdline string) (Spec, error) {
 			if err := json.Unmarshal(raw, &nets); err != nil {
 				return Spec{}, fmt.Errorf("%w: %w", ErrBadNet, err)
 			}
-			for _, n := range nets {
-				if err := n.Validate(); err != nil {
+			for i := range nets {
+				if err := nets[i].Validate(); err != nil {
 					return Spec{}, err
 				}
+				if len(nets[i].DNS) == 0 {
+					nets[i].DNS = nil // as Encode leaves it out
+				}
 			}
-			s.Net = nets
+			s.Net = nil
+			if len(nets) > 0 {
+				s.Net = nets
+			}
 		}
 	}
 	return s, nil
