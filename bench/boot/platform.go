@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"debug/buildinfo"
 	"encoding/binary"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,15 +34,10 @@ type Platform struct {
 // detectPlatform inspects the machine benchboot runs on.
 func detectPlatform(cfg *config) Platform {
 	p := Platform{}
-	model, flags, n := cpuInfo("/proc/cpuinfo")
-	p.CPUModel, p.CPUs = model, n
-	for _, m := range []string{"kvm_pvm", "kvm_amd", "kvm_intel"} {
-		if _, err := os.Stat(filepath.Join("/sys/module", m)); err == nil {
-			p.KVMModule = m
-			break
-		}
-	}
-	p.Kind = platformKind(model, flags["hypervisor"], p.KVMModule)
+	cpu := benchutil.ReadCPU("/proc/cpuinfo")
+	p.CPUModel, p.CPUs = cpu.Model, cpu.Count
+	p.KVMModule = benchutil.KVMModule()
+	p.Kind = benchutil.Kind(cpu, p.KVMModule)
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		p.HostKernel = unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Version[:])
@@ -60,56 +55,6 @@ func detectPlatform(cfg *config) Platform {
 		p.QEMUVersion, _, _ = strings.Cut(string(out), "\n")
 	}
 	return p
-}
-
-// platformKind names the platform from the CPU model, the hypervisor CPU
-// flag and the KVM module in use.
-func platformKind(model string, hypervisor bool, kvmModule string) string {
-	mod := kvmModule
-	if mod == "" {
-		mod = "no KVM module found"
-	}
-	switch {
-	case strings.Contains(model, "QEMU TCG") || strings.Contains(model, "QEMU Virtual CPU") && hypervisor:
-		return fmt.Sprintf("nested KVM (%s) in QEMU TCG software emulation", mod)
-	case hypervisor:
-		return fmt.Sprintf("KVM (%s) inside a virtual machine (nested virtualization)", mod)
-	default:
-		return fmt.Sprintf("direct hardware KVM (%s)", mod)
-	}
-}
-
-// cpuInfo returns the first CPU's model name and flags, and the CPU count.
-func cpuInfo(path string) (model string, flags map[string]bool, n int) {
-	flags = map[string]bool{}
-	f, err := os.Open(path)
-	if err != nil {
-		return "unknown", flags, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		switch {
-		case k == "processor":
-			n++
-		case k == "model name" && model == "":
-			model = v
-		case k == "flags" && len(flags) == 0:
-			for _, fl := range strings.Fields(v) {
-				flags[fl] = true
-			}
-		}
-	}
-	if model == "" {
-		model = "unknown"
-	}
-	return model, flags, n
 }
 
 // bzImageVersion reads the kernel version string a bzImage's setup header

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
 )
 
 // Results is everything one benchmark run produced: the raw JSON.
@@ -94,7 +96,7 @@ func counted(runs []Run, vmm string) []Run {
 }
 
 // summarize returns the summary of metric m over the successful runs.
-func summarize(runs []Run, m metric) Summary {
+func summarize(runs []Run, m metric) benchutil.Summary {
 	var xs []float64
 	for _, r := range runs {
 		if !r.OK {
@@ -104,7 +106,7 @@ func summarize(runs []Run, m metric) Summary {
 			xs = append(xs, *v)
 		}
 	}
-	return Summarize(xs)
+	return benchutil.Summarize(xs)
 }
 
 func (m metric) appliesTo(vmm string) bool {
@@ -155,7 +157,7 @@ func RenderTable(w io.Writer, res *Results) {
 		if m.Unit != "" {
 			row[0] += " [" + m.Unit + "]"
 		}
-		sums := map[string]Summary{}
+		sums := map[string]benchutil.Summary{}
 		for _, v := range vmms {
 			runs := counted(res.Runs, v)
 			row = append(row, cell(runs, m, v, i == 0))
@@ -205,7 +207,7 @@ func cell(runs []Run, m metric, vmm string, first bool) string {
 	return out
 }
 
-func ratioCell(m metric, vessel, peer Summary) string {
+func ratioCell(m metric, vessel, peer benchutil.Summary) string {
 	if !m.Ratios {
 		return ""
 	}
@@ -217,14 +219,14 @@ func ratioCell(m metric, vessel, peer Summary) string {
 }
 
 // ratio is vessel's median over the peer's.
-func ratio(vessel, peer Summary) (float64, bool) {
+func ratio(vessel, peer benchutil.Summary) (float64, bool) {
 	if vessel.N == 0 || peer.N == 0 || peer.Median == 0 {
 		return 0, false
 	}
 	return vessel.Median / peer.Median, true
 }
 
-func goalCell(m metric, sums map[string]Summary, peers []string) string {
+func goalCell(m metric, sums map[string]benchutil.Summary, peers []string) string {
 	if m.Target == nil {
 		return ""
 	}
@@ -367,7 +369,7 @@ func RenderReport(w io.Writer, res *Results) error {
 				probes = append(probes, *r.InitProbe)
 			}
 		}
-		if p := Summarize(probes); p.N > 0 {
+		if p := benchutil.Summarize(probes); p.N > 0 {
 			fmt.Fprintf(w, "  - the guest init's control-port probe showed up on its console %s s (min-max) after start, in %d runs "+
 				"(host side; vesselinit probes after its mounts, just before the boot marker vessel times as boot_to_init and before it runs the command: earlier than the uptime line)\n",
 				fmt.Sprintf("%.2f (%.2f-%.2f)", p.Median, p.Min, p.Max), p.N)
@@ -474,7 +476,7 @@ func exitBreakdown(runs []Run) string {
 	}
 	var all []kv
 	for k, xs := range per {
-		all = append(all, kv{k, Summarize(xs).Median})
+		all = append(all, kv{k, benchutil.Summarize(xs).Median})
 	}
 	sort.Slice(all, func(i, j int) bool {
 		if all[i].v != all[j].v {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -163,7 +164,7 @@ func run(cfg *config) error {
 	if b.initrd, err = b.makeInitrd(); err != nil {
 		return err
 	}
-	b.rep.Platform = platform()
+	b.rep.Platform = benchutil.Describe()
 	cleanup := func() {}
 	if cfg.Workloads["tap"] {
 		if cleanup, err = setupTap(); err != nil {
@@ -402,8 +403,8 @@ func (b *bench) block() error {
 		if guest[0][i].Ops > 0 {
 			unit, value = "IOPS", Result.IOPS
 		}
-		g := median(collect(guest, i, value))
-		h := median(collect(host, i, value))
+		g := benchutil.Summarize(collect(guest, i, value)).Median
+		h := benchutil.Summarize(collect(host, i, value)).Median
 		what := "the image file on the host"
 		if n := host[0][i].Note; n != "" {
 			what += " (" + n + ")"

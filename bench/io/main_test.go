@@ -23,17 +23,6 @@ func TestParseResults(t *testing.T) {
 	}
 }
 
-func TestMedian(t *testing.T) {
-	for _, tc := range []struct {
-		in   []float64
-		want float64
-	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
-		if got := median(tc.in); got != tc.want {
-			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestPublishedAddr(t *testing.T) {
 	if got := publishedAddr([]string{"--net", "user,publish=127.0.0.1:4000:5201"}); got != "127.0.0.1:4000" {
 		t.Errorf("publishedAddr = %q", got)

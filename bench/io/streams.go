@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"github.com/vishvananda/netlink"
 )
 
@@ -103,8 +102,8 @@ func (b *bench) tcp(kind string, devs []string, hostIP, guestIP string) error {
 	}
 	what := "host loopback TCP"
 	b.rep.Rows = append(b.rep.Rows,
-		row{Area: "tcp " + kind, Name: "guest -> host", Unit: "MiB/s", Guest: median(g2h), Host: median(loop), HostWhat: what},
-		row{Area: "tcp " + kind, Name: "host -> guest", Unit: "MiB/s", Guest: median(h2g), Host: median(loop), HostWhat: what})
+		row{Area: "tcp " + kind, Name: "guest -> host", Unit: "MiB/s", Guest: benchutil.Summarize(g2h).Median, Host: benchutil.Summarize(loop).Median, HostWhat: what},
+		row{Area: "tcp " + kind, Name: "host -> guest", Unit: "MiB/s", Guest: benchutil.Summarize(h2g).Median, Host: benchutil.Summarize(loop).Median, HostWhat: what})
 	mib := float64(b.cfg.Size) / (1 << 20)
 	b.addCost("tcp "+kind+" guest -> host", "net", mib, lastG2H.metrics, idle.metrics)
 	b.addCost("tcp "+kind+" host -> guest", "net", mib, lastH2G.metrics, idle.metrics)
@@ -265,8 +264,8 @@ func (b *bench) vsock() error {
 	}
 	what := "host Unix socket"
 	b.rep.Rows = append(b.rep.Rows,
-		row{Area: "vsock", Name: "guest -> host", Unit: "MiB/s", Guest: median(g2h), Host: median(base), HostWhat: what},
-		row{Area: "vsock", Name: "host -> guest", Unit: "MiB/s", Guest: median(h2g), Host: median(base), HostWhat: what})
+		row{Area: "vsock", Name: "guest -> host", Unit: "MiB/s", Guest: benchutil.Summarize(g2h).Median, Host: benchutil.Summarize(base).Median, HostWhat: what},
+		row{Area: "vsock", Name: "host -> guest", Unit: "MiB/s", Guest: benchutil.Summarize(h2g).Median, Host: benchutil.Summarize(base).Median, HostWhat: what})
 	mib := float64(b.cfg.Size) / (1 << 20)
 	b.addCost("vsock guest -> host", "vsock", mib, lastG2H.metrics, idle.metrics)
 	b.addCost("vsock host -> guest", "vsock", mib, lastH2G.metrics, idle.metrics)
@@ -320,43 +319,4 @@ func unixBaseline(dir string, n int64) (float64, error) {
 		return 0, err
 	}
 	return <-got, nil
-}
-
-// median of v (0 for none).
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// platform names where the benchmark runs.
-func platform() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		sc := bufio.NewScanner(strings.NewReader(string(b)))
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	kvm := "no KVM module"
-	for _, m := range []string{"kvm_pvm", "kvm_amd", "kvm_intel"} {
-		if _, err := os.Stat("/sys/module/" + m); err == nil {
-			kvm = m
-			break
-		}
-	}
-	kind := "direct hardware virtualization"
-	if strings.Contains(model, "QEMU TCG") {
-		kind = "nested KVM in QEMU TCG (software emulation, cmd/testvm): absolute numbers are 10-50x below hardware"
-	}
-	return fmt.Sprintf("%s; CPU %q; %s", kind, model, kvm)
 }
