@@ -80,7 +80,7 @@ func configureLink(n cmdline.Net) error {
 		}
 	}
 	if len(n.DNS) > 0 {
-		if err := os.WriteFile(resolvConf, []byte(resolvConfText(n.DNS, nil)), 0o644); err != nil {
+		if err := os.WriteFile(resolvConf, []byte(resolvConfText(n.DNS)), 0o644); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
@@ -132,14 +132,11 @@ func dhcp(link netlink.Link) error {
 	return fmt.Errorf("no lease after %d attempts: %w", dhcpAttempts, lastErr)
 }
 
-// resolvConfText renders resolv.conf: name servers, then a search line.
-func resolvConfText(servers, search []string) string {
+// resolvConfText renders resolv.conf's name server lines.
+func resolvConfText(servers []string) string {
 	var b strings.Builder
 	for _, s := range servers {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
-	}
-	if len(search) > 0 {
-		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
 	}
 	return b.String()
 }
