@@ -152,7 +152,10 @@ type Metrics struct {
 type DeviceMetrics struct {
 	Type       string // "rng", "block", "net", "vsock"
 	Interrupts uint64 // interrupts the device raised (each an irqfd signal)
-	Notifies   uint64 // the driver's queue notifications (each an ioeventfd signal)
+	Notifies   uint64 // the driver's queue notifications the device consumed
+	// ExitNotifies are notifications that took a userspace exit (an
+	// MMIO write to QueueNotify) instead of the queue's ioeventfd.
+	ExitNotifies uint64
 	// Net counts packets and bytes for a network device.
 	Net *virtio.NetStats `json:",omitempty"`
 }

@@ -192,7 +192,7 @@ func (v *VM) deviceMetrics() []DeviceMetrics {
 	var l []DeviceMetrics
 	for _, d := range v.virtio {
 		st := d.t.Stats()
-		m := DeviceMetrics{Type: virtio.TypeName(d.t.Device().Type()), Interrupts: st.Interrupts, Notifies: st.Notifies}
+		m := DeviceMetrics{Type: virtio.TypeName(d.t.Device().Type()), Interrupts: st.Interrupts, Notifies: st.Notifies, ExitNotifies: st.ExitNotifies}
 		if n, ok := d.t.Device().(*virtio.Net); ok {
 			ns := n.Stats()
 			m.Net = &ns

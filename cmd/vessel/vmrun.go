@@ -287,10 +287,11 @@ type metricsFile struct {
 
 // deviceMetrics is one virtio device's counters in --metrics.
 type deviceMetrics struct {
-	Type       string           `json:"type"`
-	Interrupts uint64           `json:"interrupts"`
-	Notifies   uint64           `json:"notifies"`
-	Net        *virtio.NetStats `json:"net,omitempty"`
+	Type         string           `json:"type"`
+	Interrupts   uint64           `json:"interrupts"`
+	Notifies     uint64           `json:"notifies"`
+	ExitNotifies uint64           `json:"notify_exits"`
+	Net          *virtio.NetStats `json:"net,omitempty"`
 }
 
 func writeMetrics(path string, res vmm.Result) error {
@@ -303,7 +304,7 @@ func writeMetrics(path string, res vmm.Result) error {
 		KVMStats:     res.Metrics.KVMStats,
 	}
 	for _, d := range res.Metrics.Devices {
-		m.Devices = append(m.Devices, deviceMetrics{Type: d.Type, Interrupts: d.Interrupts, Notifies: d.Notifies, Net: d.Net})
+		m.Devices = append(m.Devices, deviceMetrics{Type: d.Type, Interrupts: d.Interrupts, Notifies: d.Notifies, ExitNotifies: d.ExitNotifies, Net: d.Net})
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

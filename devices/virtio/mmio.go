@@ -139,6 +139,9 @@ type MMIO struct {
 	notify []*Event
 	maxes  []uint16
 	irqs   atomic.Uint64 // interrupts raised
+	// exitNotifies counts notifications that came as an MMIO write
+	// (a userspace exit) rather than through a queue's ioeventfd.
+	exitNotifies atomic.Uint64
 
 	mu          sync.Mutex
 	status      uint32
@@ -284,7 +287,9 @@ func (t *MMIO) Write(off uint64, data []byte) {
 	}
 	v := binary.LittleEndian.Uint32(data)
 	if off == RegQueueNotify {
-		// Reached only without an ioeventfd for this queue.
+		// Reached only without an ioeventfd for this queue: the notify
+		// cost a userspace exit.
+		t.exitNotifies.Add(1)
 		if int(v) < len(t.notify) {
 			t.notify[v].Signal()
 		}
@@ -447,11 +452,15 @@ func (t *MMIO) trigger() {
 type TransportStats struct {
 	Interrupts uint64 // raised by the device
 	Notifies   uint64 // queue notifications from the driver the device consumed
+	// ExitNotifies are the notifications that reached the device as an
+	// MMIO write, each a userspace exit; with the VMM's ioeventfds in
+	// place there are none.
+	ExitNotifies uint64
 }
 
 // Stats returns the transport's counters since it was made.
 func (t *MMIO) Stats() TransportStats {
-	s := TransportStats{Interrupts: t.irqs.Load()}
+	s := TransportStats{Interrupts: t.irqs.Load(), ExitNotifies: t.exitNotifies.Load()}
 	for _, e := range t.notify {
 		s.Notifies += e.Count()
 	}

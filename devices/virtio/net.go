@@ -93,8 +93,8 @@ type Net struct {
 	run *netRun
 
 	// Counters over the device's life, for metrics.
-	rxPackets, rxBytes, rxDropped atomic.Uint64
-	txPackets, txBytes, txDropped atomic.Uint64
+	rxPackets, rxBytes, rxDropped, rxMax atomic.Uint64
+	txPackets, txBytes, txDropped, txMax atomic.Uint64
 }
 
 // NewNet returns a network device with hardware address mac (6 bytes)
@@ -147,17 +147,19 @@ type NetStats struct {
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
 	RxDropped uint64 `json:"rx_dropped"`
+	RxMax     uint64 `json:"rx_max"` // the largest packet: above a frame's 1514 bytes only with offloads
 	// guest -> host
 	TxPackets uint64 `json:"tx_packets"`
 	TxBytes   uint64 `json:"tx_bytes"`
 	TxDropped uint64 `json:"tx_dropped"`
+	TxMax     uint64 `json:"tx_max"`
 }
 
 // Stats returns the device's counters since it was made.
 func (n *Net) Stats() NetStats {
 	return NetStats{
-		RxPackets: n.rxPackets.Load(), RxBytes: n.rxBytes.Load(), RxDropped: n.rxDropped.Load(),
-		TxPackets: n.txPackets.Load(), TxBytes: n.txBytes.Load(), TxDropped: n.txDropped.Load(),
+		RxPackets: n.rxPackets.Load(), RxBytes: n.rxBytes.Load(), RxDropped: n.rxDropped.Load(), RxMax: n.rxMax.Load(),
+		TxPackets: n.txPackets.Load(), TxBytes: n.txBytes.Load(), TxDropped: n.txDropped.Load(), TxMax: n.txMax.Load(),
 	}
 }
 
@@ -334,6 +336,7 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 	r.q.UsedBuffers(0)
 	r.n.rxPackets.Add(1)
 	r.n.rxBytes.Add(uint64(len(frame) - NetHdrSize))
+	storeMax(&r.n.rxMax, uint64(len(frame)-NetHdrSize))
 	return append(spare[:0], spare[used:]...), nil
 }
 
@@ -390,7 +393,18 @@ func (r *netRun) handleTX(c *Chain) (uint32, error) {
 	}
 	r.n.txPackets.Add(1)
 	r.n.txBytes.Add(total - NetHdrSize)
+	storeMax(&r.n.txMax, total-NetHdrSize)
 	return 0, nil
+}
+
+// storeMax raises m to v if v is larger.
+func storeMax(m *atomic.Uint64, v uint64) {
+	for {
+		old := m.Load()
+		if v <= old || m.CompareAndSwap(old, v) {
+			return
+		}
+	}
 }
 
 // copyFrom fills dst from the start of bufs.
