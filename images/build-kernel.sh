@@ -64,8 +64,8 @@ jobs=$(nproc)
 		fi
 	done <"$fragment"
 	[[ $missing == 0 ]] || exit 1
-	make -s -j"$jobs" bzImage vmlinux >&2
-)
+	make -s -j"$jobs" bzImage vmlinux
+) >&2 # stdout is for the result's path only: kconfig's merge messages go to stderr
 staging="$work/out"
 mkdir -p "$staging"
 cp "$src/arch/x86/boot/bzImage" "$src/vmlinux" "$src/.config" "$staging/"
