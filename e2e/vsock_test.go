@@ -5,12 +5,8 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,24 +29,6 @@ const (
 	vsockHostPort  = 5000 // guest -> host: the host listens on UDS_5000
 	vsockGuestPort = 6000 // host -> guest: the guest listens
 )
-
-// sendStream writes n deterministic pseudo-random bytes (seeded by seed)
-// with write and returns their SHA-256.
-func sendStream(write func([]byte) error, seed byte, n int) (string, error) {
-	src := rand.NewChaCha8([32]byte{seed})
-	h := sha256.New()
-	buf := make([]byte, 64<<10)
-	for n > 0 {
-		b := buf[:min(n, len(buf))]
-		src.Read(b)
-		h.Write(b)
-		if err := write(b); err != nil {
-			return "", err
-		}
-		n -= len(b)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
 
 // TestVsock moves 64 MiB each way over vsock, in several concurrent
 // streams, checksummed at both ends: host programs reach a guest
@@ -126,16 +105,13 @@ func vsockAttempt(t *testing.T) *vsockRun {
 			}
 			go func() {
 				defer c.Close()
-				h := sha256.New()
-				n, err := io.Copy(io.MultiWriter(h, counter{&a.got}), c)
-				if err != nil {
+				if n, err := answerHash(c, &a.got); err != nil {
 					fail("guest->host stream: %v after %d bytes", err, n)
 					return
 				}
 				mu.Lock()
 				a.received++
 				mu.Unlock()
-				fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
 			}()
 		}
 	}()
@@ -198,14 +174,6 @@ func vsockAttempt(t *testing.T) *vsockRun {
 	return a
 }
 
-// counter counts the bytes written through it.
-type counter struct{ n *atomic.Int64 }
-
-func (c counter) Write(p []byte) (int, error) {
-	c.n.Add(int64(len(p)))
-	return len(p), nil
-}
-
 // hostToGuest connects through the hybrid socket (retrying until the guest
 // listens), sends one stream and checks the hash the guest answers.
 func hostToGuest(ctx context.Context, uds string, seed byte, sent *atomic.Int64) error {
@@ -229,25 +197,7 @@ func hostToGuest(ctx context.Context, uds string, seed byte, sent *atomic.Int64)
 		time.Sleep(500 * time.Millisecond)
 	}
 	defer c.Close()
-	want, err := sendStream(func(b []byte) error {
-		n, err := c.Write(b)
-		sent.Add(int64(n))
-		return err
-	}, seed, vsockPerStream)
-	if err != nil {
-		return err
-	}
-	if err := c.CloseWrite(); err != nil {
-		return err
-	}
-	got, err := r.ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("no hash from the guest: %v", err)
-	}
-	if strings.TrimSpace(got) != want {
-		return fmt.Errorf("guest hashed %s, host sent %s", strings.TrimSpace(got), want)
-	}
-	return nil
+	return sendChecked(c, seed, vsockPerStream, sent) // nothing follows the OK line before the hash
 }
 
 // TestGuestVsock is the guest half of TestVsock.
@@ -255,40 +205,25 @@ func TestGuestVsock(t *testing.T) {
 	if !*guestMode {
 		t.Skip("guest half of TestVsock; runs inside the VM")
 	}
-	lfd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	ln, err := vsock.Listen(vsockGuestPort, nil)
 	if err != nil {
-		t.Fatalf("vsock socket: %v", err)
+		t.Fatalf("vsock listen: %v", err)
 	}
-	defer unix.Close(lfd)
-	if err := unix.Bind(lfd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: vsockGuestPort}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(lfd, vsockStreams); err != nil {
-		t.Fatal(err)
-	}
+	defer ln.Close()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2*vsockStreams)
 	for i := 0; i < vsockStreams; i++ { // host -> guest: hash and answer
-		fd, _, err := unix.Accept(lfd)
+		c, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer unix.Close(fd)
-			h := sha256.New()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := unix.Read(fd, buf)
-				if n > 0 {
-					h.Write(buf[:n])
-				}
-				if n == 0 || (err != nil && err != unix.EINTR) {
-					break
-				}
+			defer c.Close()
+			if n, err := answerHash(c, nil); err != nil {
+				errc <- fmt.Errorf("host->guest stream: %v after %d bytes", err, n)
 			}
-			writeAll(fd, []byte(hex.EncodeToString(h.Sum(nil))+"\n"))
 		}()
 		if i == 0 {
 			// The host is sending: now stream to it at the same time.
@@ -310,48 +245,15 @@ func TestGuestVsock(t *testing.T) {
 	}
 }
 
-func writeAll(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
 // guestToHost sends one stream to the host listener and checks its hash.
 func guestToHost(seed byte) error {
-	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	c, err := vsock.Dial(vsock.Host, vsockHostPort, nil)
 	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.Connect(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_HOST, Port: vsockHostPort}); err != nil {
 		return fmt.Errorf("connect to the host: %w", err)
 	}
-	want, err := sendStream(func(b []byte) error { return writeAll(fd, b) }, seed, vsockPerStream)
-	if err != nil {
+	defer c.Close()
+	if err := sendChecked(c, seed, vsockPerStream, nil); err != nil {
 		return fmt.Errorf("guest->host stream %d: %w", seed, err)
-	}
-	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-		return err
-	}
-	var reply []byte
-	buf := make([]byte, 128)
-	for {
-		n, err := unix.Read(fd, buf)
-		reply = append(reply, buf[:max(n, 0)]...)
-		if n <= 0 || err != nil {
-			break
-		}
-	}
-	if got := strings.TrimSpace(string(reply)); got != want {
-		return fmt.Errorf("guest->host stream %d: host hashed %q, guest sent %s", seed, got, want)
 	}
 	return nil
 }
