@@ -1,0 +1,190 @@
+// Package agentproto is the protocol between vessel on the host and its
+// agent in the guest (guest/vesselagent), carried over vsock.
+//
+// The agent dials the host (CID 2) on Port; the VMM's hybrid vsock turns
+// each such connection into a connection to the host's Unix socket
+// UDS_<Port>. Every connection starts with a Hello frame from the agent:
+// the first one is the control connection, the others carry one stdio
+// stream of one process each (Role "stream"), so every stream gets
+// vsock's own flow control and half-close, and nothing is multiplexed.
+//
+// On the control connection the host sends Requests and the agent sends
+// Replies: one per request (same ID), and unsolicited events (ID 0), such
+// as a process's exit. A frame is a 4-byte big-endian length and that
+// many bytes of JSON, at most MaxFrame.
+//
+// The operations follow the OCI runtime's lifecycle (create, start,
+// kill, delete, and exec for extra processes), so that the OCI runtime
+// command line, which docker, podman and containerd drive, maps onto them.
+package agentproto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Version is the protocol version. The host refuses an agent whose Hello
+// has another one.
+const Version = 1
+
+// Port is the vsock port on the host that the agent dials.
+const Port = 1024
+
+// MaxFrame bounds a frame's JSON, so a hostile peer cannot make the other
+// side allocate without limit.
+const MaxFrame = 4 << 20
+
+// ErrFrame is returned for a frame that is too large or not valid JSON.
+var ErrFrame = errors.New("agentproto: malformed frame")
+
+// Connection roles.
+const (
+	RoleControl = "control"
+	RoleStream  = "stream"
+)
+
+// Hello opens every connection from the agent.
+type Hello struct {
+	Version int       `json:"version"`
+	Role    string    `json:"role"`
+	Stream  *StreamID `json:"stream,omitempty"` // for RoleStream
+}
+
+// Stream names.
+const (
+	Stdin  = "stdin"
+	Stdout = "stdout"
+	Stderr = "stderr"
+	// TTY is a terminal's both directions in one stream.
+	TTY = "tty"
+)
+
+// StreamID names one stdio stream of one process: the container's own
+// process (Exec == "") or one added with OpExec.
+type StreamID struct {
+	Container string `json:"container"`
+	Exec      string `json:"exec,omitempty"`
+	Name      string `json:"name"`
+}
+
+// Operations.
+const (
+	// OpCreate prepares a container (Container, Create) without starting
+	// its process; the agent first dials the process's streams.
+	OpCreate = "create"
+	// OpStart starts the created container's process.
+	OpStart = "start"
+	// OpExec starts another process (Exec, Process) in a running
+	// container, with its own streams.
+	OpExec = "exec"
+	// OpSignal sends Signal to a process (Exec "" is the container's).
+	OpSignal = "signal"
+	// OpResize sets a process's terminal size.
+	OpResize = "resize"
+	// OpDelete removes a container whose process exited (or kills it
+	// first) and its root file system's writable layer.
+	OpDelete = "delete"
+	// OpShutdown ends the agent, and so the VM.
+	OpShutdown = "shutdown"
+)
+
+// Request is what the host asks of the agent.
+type Request struct {
+	ID        uint64         `json:"id"`
+	Op        string         `json:"op"`
+	Container string         `json:"container,omitempty"`
+	Exec      string         `json:"exec,omitempty"`
+	Create    *Create        `json:"create,omitempty"`
+	Process   *specs.Process `json:"process,omitempty"` // for OpExec
+	IO        *ProcessIO     `json:"io,omitempty"`      // for OpCreate and OpExec
+	Signal    int            `json:"signal,omitempty"`
+	Size      *specs.Box     `json:"size,omitempty"` // for OpResize
+}
+
+// ProcessIO says which streams a process has. With Terminal, one TTY
+// stream carries both directions; otherwise stdout and stderr always
+// exist and stdin only when asked for.
+type ProcessIO struct {
+	Terminal bool `json:"terminal,omitempty"`
+	Stdin    bool `json:"stdin,omitempty"`
+}
+
+// Create describes a container: its OCI configuration (Root.Path is
+// ignored: the agent makes the root), where its image is, and what must
+// be resolved inside it.
+type Create struct {
+	Spec *specs.Spec `json:"spec"`
+	// ImageDisk is the serial of the read-only virtio disk that holds the
+	// image's file system (an ext4 image, see images/rootfs).
+	ImageDisk string `json:"image_disk"`
+	// User is docker's user[:group] (names or numbers), resolved against
+	// the image's /etc/passwd and /etc/group into Spec.Process.User.
+	User string `json:"user,omitempty"`
+}
+
+// Reply is the agent's answer to a request (ID != 0) or an event (ID 0).
+type Reply struct {
+	ID    uint64 `json:"id"`
+	Error string `json:"error,omitempty"`
+	// Code is the exit status docker gives a failure to start the
+	// process: 127 for a command that was not found, 126 for one that
+	// cannot be run; 0 for other errors.
+	Code int `json:"code,omitempty"`
+	Pid  int `json:"pid,omitempty"`
+
+	Event     string `json:"event,omitempty"` // EventExit
+	Container string `json:"container,omitempty"`
+	Exec      string `json:"exec,omitempty"`
+	// Status is the process's exit status: its code, or 128+N when
+	// signal N killed it.
+	Status int `json:"status,omitempty"`
+}
+
+// EventExit reports that a process ended and its output streams are
+// drained and closed.
+const EventExit = "exit"
+
+// Write sends v as one frame.
+func Write(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("agentproto: encode: %w", err)
+	}
+	if len(b) > MaxFrame {
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrFrame, len(b), MaxFrame)
+	}
+	buf := make([]byte, 4+len(b))
+	binary.BigEndian.PutUint32(buf, uint32(len(b)))
+	copy(buf[4:], b)
+	_, err = w.Write(buf)
+	return err
+}
+
+// Read reads one frame into v. It returns io.EOF at a clean end between
+// frames and an error wrapping ErrFrame for a malformed one.
+func Read(r io.Reader, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxFrame {
+		return fmt.Errorf("%w: length %d, more than %d", ErrFrame, n, MaxFrame)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	return nil
+}

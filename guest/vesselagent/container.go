@@ -1,0 +1,505 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
+	"github.com/mdlayher/vsock"
+	"github.com/moby/sys/user"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/guest/agentproto"
+)
+
+// container is one container the agent runs.
+type container struct {
+	a    *agent
+	id   string
+	dir  string // stateDir/<id>: bundle/ (config.json, rootfs/), image/, rw/, runc.log
+	runc *runc.Runc
+	init *process
+
+	mu     sync.Mutex
+	execs  map[string]*process
+	mounts []string // mounted by create, unmounted by delete (last first)
+}
+
+// process is a container's own process or an exec'd one.
+type process struct {
+	c       *container
+	exec    string // "" for the container's own
+	pid     int
+	exited  chan struct{}
+	console console.Console // with a terminal
+	copies  sync.WaitGroup  // output streams still being copied
+	closers []io.Closer     // stream connections and pipes, closed after exit
+}
+
+// startError is a failure to start a process, with the exit status docker
+// gives it (126 or 127).
+type startError struct {
+	code int
+	err  error
+}
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+// validID accepts what docker accepts as a container name.
+func validID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i, r := range id {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || i > 0 && strings.ContainsRune("_.-", r)
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// create makes a container: its root file system (the image disk under an
+// overlay whose upper layer is a tmpfs), its bundle, its streams, and then
+// `runc create`, which leaves the process waiting for start.
+func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pio *agentproto.ProcessIO) (_ *container, err error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("create: invalid container id %q", id)
+	}
+	a.mu.Lock()
+	if a.containers[id] != nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("create: container %q exists", id)
+	}
+	c := &container{a: a, id: id, dir: filepath.Join(stateDir, id), execs: map[string]*process{}}
+	a.containers[id] = c
+	a.mu.Unlock()
+	defer func() {
+		if err != nil {
+			c.delete(ctx)
+			a.mu.Lock()
+			delete(a.containers, id)
+			a.mu.Unlock()
+		}
+	}()
+	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
+
+	rootfs, err := c.mountRootfs(cr.ImageDisk)
+	if err != nil {
+		return nil, err
+	}
+	spec := *cr.Spec
+	spec.Root = &specs.Root{Path: rootfs}
+	if err := resolveUser(&spec, rootfs, cr.User); err != nil {
+		return nil, &startError{code: 126, err: err}
+	}
+	if err := c.etcFiles(&spec); err != nil {
+		return nil, err
+	}
+	bundle := filepath.Join(c.dir, "bundle")
+	b, err := json.Marshal(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
+		return nil, err
+	}
+
+	p := &process{c: c, exited: make(chan struct{})}
+	// The guest's root is the initramfs, which pivot_root cannot leave:
+	// runc moves the root with MS_MOVE and chroots instead, as its
+	// documentation says for a root on a ramdisk.
+	opts := &runc.CreateOpts{PidFile: filepath.Join(c.dir, "init.pid"), NoPivot: true}
+	finish, err := p.setupIO(pio, spec.Process.User, &opts.IO, &opts.ConsoleSocket)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.runc.Create(ctx, id, bundle, opts); err != nil {
+		p.closeAll()
+		return nil, c.runcError("create", err)
+	}
+	if p.pid, err = runc.ReadPidFile(opts.PidFile); err != nil {
+		p.closeAll()
+		return nil, fmt.Errorf("create: %w", err)
+	}
+	if err := finish(); err != nil {
+		p.closeAll()
+		return nil, err
+	}
+	c.init = p
+	// The process cannot end before start: watch it now, so the exit is
+	// reported even when it comes at once.
+	go p.wait(a.reaper.watch(p.pid))
+	return c, nil
+}
+
+// mountRootfs mounts the image disk read-only, a tmpfs for the writable
+// layer, and the overlay of both as the bundle's rootfs.
+func (c *container) mountRootfs(serial string) (string, error) {
+	dev, err := diskBySerial(serial)
+	if err != nil {
+		return "", err
+	}
+	image, rw := filepath.Join(c.dir, "image"), filepath.Join(c.dir, "rw")
+	rootfs := filepath.Join(c.dir, "bundle", "rootfs")
+	for _, d := range []string{image, rw, rootfs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", err
+		}
+	}
+	if err := c.mount(dev, image, "ext4", unix.MS_RDONLY, ""); err != nil {
+		return "", err
+	}
+	if err := c.mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
+		return "", err
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(rw, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", image, rw, rw)
+	if err := c.mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return "", err
+	}
+	return rootfs, nil
+}
+
+func (c *container) mount(src, dst, fstype string, flags uintptr, data string) error {
+	if err := unix.Mount(src, dst, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", src, dst, err)
+	}
+	c.mu.Lock()
+	c.mounts = append(c.mounts, dst)
+	c.mu.Unlock()
+	return nil
+}
+
+// diskBySerial finds the virtio disk whose serial is s.
+func diskBySerial(s string) (string, error) {
+	if s == "" {
+		return "", errors.New("create: no image disk")
+	}
+	devs, _ := filepath.Glob("/sys/block/vd*")
+	for _, d := range devs {
+		b, err := os.ReadFile(filepath.Join(d, "serial"))
+		if err == nil && strings.TrimSpace(string(b)) == s {
+			return "/dev/" + filepath.Base(d), nil
+		}
+	}
+	return "", fmt.Errorf("create: no disk with serial %q", s)
+}
+
+// resolveUser sets the process's uid, gid and groups from docker's
+// user[:group] string, looked up in the image's /etc/passwd and
+// /etc/group, and HOME when the image did not set it.
+func resolveUser(spec *specs.Spec, rootfs, userSpec string) error {
+	defaults := &user.ExecUser{Uid: 0, Gid: 0, Home: "/"}
+	passwd, group := filepath.Join(rootfs, "etc", "passwd"), filepath.Join(rootfs, "etc", "group")
+	u, err := user.GetExecUserPath(userSpec, defaults, passwd, group)
+	if err != nil {
+		return fmt.Errorf("unable to find user %s: %w", userSpec, err)
+	}
+	pu := &spec.Process.User
+	pu.UID, pu.GID = uint32(u.Uid), uint32(u.Gid)
+	for _, g := range u.Sgids {
+		if g != u.Gid {
+			pu.AdditionalGids = append(pu.AdditionalGids, uint32(g))
+		}
+	}
+	for _, e := range spec.Process.Env {
+		if strings.HasPrefix(e, "HOME=") {
+			return nil
+		}
+	}
+	spec.Process.Env = append(spec.Process.Env, "HOME="+u.Home)
+	return nil
+}
+
+// etcFiles gives the container the guest's name resolution, as docker
+// does: /etc/resolv.conf (the guest's, which its init wrote), and an
+// /etc/hosts and /etc/hostname naming the container.
+func (c *container) etcFiles(spec *specs.Spec) error {
+	host := spec.Hostname
+	if host == "" {
+		host = "localhost"
+	}
+	files := map[string]string{
+		"hostname": host + "\n",
+		"hosts":    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + host + "\n",
+	}
+	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		files["resolv.conf"] = string(b)
+	}
+	for _, name := range []string{"hostname", "hosts", "resolv.conf"} {
+		text, ok := files[name]
+		if !ok {
+			continue
+		}
+		p := filepath.Join(c.dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			return err
+		}
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/" + name, Type: "bind", Source: p, Options: []string{"rbind", "rprivate"}})
+	}
+	return nil
+}
+
+// runcError turns a failed runc command into an error with runc's own
+// message (from its log) and, for a process that could not be started,
+// docker's exit status.
+func (c *container) runcError(op string, err error) error {
+	msg := lastRuncError(c.runc.Log)
+	if msg == "" {
+		msg = err.Error()
+	}
+	e := fmt.Errorf("%s: %s", op, msg)
+	switch {
+	case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+		return &startError{code: 127, err: e}
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "is a directory"):
+		return &startError{code: 126, err: e}
+	}
+	return e
+}
+
+// lastRuncError returns the message of the last error in runc's JSON log.
+func lastRuncError(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	last := ""
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l struct{ Level, Msg string }
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Level == "error" {
+			last = l.Msg
+		}
+	}
+	return last
+}
+
+// start starts the container's process.
+func (c *container) start(ctx context.Context) error {
+	if err := c.runc.Start(ctx, c.id); err != nil {
+		return c.runcError("start", err)
+	}
+	return nil
+}
+
+// exec starts another process in the container.
+func (c *container) exec(ctx context.Context, id string, ps *specs.Process, pio *agentproto.ProcessIO) (*process, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("exec: invalid id %q", id)
+	}
+	c.mu.Lock()
+	if c.execs[id] != nil {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("exec: %q exists in %s", id, c.id)
+	}
+	p := &process{c: c, exec: id, exited: make(chan struct{})}
+	c.execs[id] = p
+	c.mu.Unlock()
+	pidFile := filepath.Join(c.dir, "exec-"+id+".pid")
+	opts := &runc.ExecOpts{PidFile: pidFile, Detach: true}
+	finish, err := p.setupIO(pio, ps.User, &opts.IO, &opts.ConsoleSocket)
+	if err == nil {
+		if err = c.runc.Exec(ctx, c.id, *ps, opts); err != nil {
+			err = c.runcError("exec", err)
+		}
+	}
+	if err == nil {
+		p.pid, err = runc.ReadPidFile(pidFile)
+	}
+	if err == nil {
+		err = finish()
+	}
+	if err != nil {
+		p.closeAll()
+		c.mu.Lock()
+		delete(c.execs, id)
+		c.mu.Unlock()
+		return nil, err
+	}
+	go p.wait(c.a.reaper.watch(p.pid))
+	return p, nil
+}
+
+// process returns the container's own process (exec "") or an exec'd one.
+func (c *container) process(exec string) *process {
+	if exec == "" {
+		return c.init
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.execs[exec]
+}
+
+// delete kills what still runs, removes the container from runc and
+// unmounts its file systems.
+func (c *container) delete(ctx context.Context) error {
+	var errs []error
+	if c.init != nil {
+		if err := c.runc.Delete(ctx, c.id, &runc.DeleteOpts{Force: true}); err != nil {
+			errs = append(errs, c.runcError("delete", err))
+		}
+	}
+	c.mu.Lock()
+	mounts := c.mounts
+	c.mounts = nil
+	c.mu.Unlock()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounts[i], unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mounts[i], err))
+		}
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// setupIO prepares a process's streams: it dials one vsock connection to
+// the host per stream, and sets up runc's side (pipes, or the console
+// socket for a terminal). finish completes the setup once runc has made
+// the process: it closes runc's ends and starts the copying.
+func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO, sock *runc.ConsoleSocket) (finish func() error, err error) {
+	if pio == nil {
+		pio = &agentproto.ProcessIO{}
+	}
+	dial := func(name string) (*vsock.Conn, error) {
+		c, err := dialHost(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleStream,
+			Stream: &agentproto.StreamID{Container: p.c.id, Exec: p.exec, Name: name}})
+		if err != nil {
+			return nil, fmt.Errorf("%s stream: %w", name, err)
+		}
+		p.closers = append(p.closers, c)
+		return c, nil
+	}
+	if pio.Terminal {
+		s, err := runc.NewTempConsoleSocket()
+		if err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		*sock = s
+		tty, err := dial(agentproto.TTY)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		return func() error {
+			defer s.Close()
+			m, err := s.ReceiveMaster()
+			if err != nil {
+				return fmt.Errorf("terminal from runc: %w", err)
+			}
+			p.console = m
+			p.closers = append(p.closers, m)
+			go io.Copy(m, tty)
+			p.copies.Add(1)
+			go func() {
+				defer p.copies.Done()
+				io.Copy(tty, m) // ends with EIO once the process and its children closed the terminal
+				tty.CloseWrite()
+			}()
+			return nil
+		}, nil
+	}
+
+	var ioOpts []runc.IOOpt
+	if !pio.Stdin {
+		ioOpts = append(ioOpts, func(o *runc.IOOption) { o.OpenStdin = false })
+	}
+	pipes, err := runc.NewPipeIO(int(u.UID), int(u.GID), ioOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("pipes: %w", err)
+	}
+	*rio = pipes
+	p.closers = append(p.closers, pipes)
+	conns := map[string]*vsock.Conn{}
+	names := []string{agentproto.Stdout, agentproto.Stderr}
+	if pio.Stdin {
+		names = append(names, agentproto.Stdin)
+	}
+	for _, n := range names {
+		if conns[n], err = dial(n); err != nil {
+			p.closeAll()
+			return nil, err
+		}
+	}
+	return func() error {
+		if in := conns[agentproto.Stdin]; in != nil {
+			go func() {
+				io.Copy(pipes.Stdin(), in)
+				pipes.Stdin().Close() // the host closed stdin: EOF for the process
+			}()
+		}
+		for n, r := range map[string]io.Reader{agentproto.Stdout: pipes.Stdout(), agentproto.Stderr: pipes.Stderr()} {
+			w := conns[n]
+			p.copies.Add(1)
+			go func() {
+				defer p.copies.Done()
+				io.Copy(w, r)
+				w.CloseWrite()
+			}()
+		}
+		return nil
+	}, nil
+}
+
+// wait reports the process's exit to the host once its output has been
+// passed on completely.
+func (p *process) wait(ch chan runc.Exit) {
+	e := <-ch
+	close(p.exited)
+	p.copies.Wait()
+	p.closeAll()
+	p.c.a.send(agentproto.Reply{Event: agentproto.EventExit, Container: p.c.id, Exec: p.exec, Status: e.Status})
+	if p.exec != "" {
+		p.c.mu.Lock()
+		delete(p.c.execs, p.exec)
+		p.c.mu.Unlock()
+	}
+}
+
+func (p *process) closeAll() {
+	for _, c := range p.closers {
+		c.Close()
+	}
+	p.closers = nil
+}
+
+// signal sends sig to the process, unless it has exited.
+func (p *process) signal(sig unix.Signal) error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	if err := unix.Kill(p.pid, sig); err != nil && err != unix.ESRCH {
+		return fmt.Errorf("signal %d to %d: %w", sig, p.pid, err)
+	}
+	return nil
+}
+
+// resize sets the process's terminal size.
+func (p *process) resize(b specs.Box) error {
+	if p.console == nil {
+		return errors.New("resize: the process has no terminal")
+	}
+	return p.console.Resize(console.WinSize{Height: uint16(b.Height), Width: uint16(b.Width)})
+}

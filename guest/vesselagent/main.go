@@ -1,0 +1,196 @@
+// Command vesselagent is vessel's agent inside the guest: it runs
+// containers with runc on the host's behalf.
+//
+// vessel boots the VM with vesselagent as the command of the guest init
+// (guest/vesselinit). The agent makes itself a child subreaper, dials the
+// host over vsock (guest/agentproto), and serves the host's requests on
+// that control connection: create a container from the image disk the
+// host attached (read-only ext4, with a tmpfs overlay as its writable
+// layer), start it, exec more processes in it, signal, resize, delete.
+// Each process's stdio travels on vsock connections of its own. When the
+// host says shutdown, the agent exits, and the init powers the VM off.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os/signal"
+	"sync"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/guest/agentproto"
+)
+
+// stateDir holds the agent's per-container directories (bundle, root file
+// system layers, runc's log).
+const stateDir = "/run/vessel"
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("vesselagent: ")
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		log.Fatalf("become a subreaper: %v", err)
+	}
+	// Terminal signals meant for the containers must not end the agent.
+	signal.Ignore(unix.SIGPIPE, unix.SIGHUP, unix.SIGINT, unix.SIGTTOU, unix.SIGTTIN)
+	a := &agent{reaper: newReaper(), containers: map[string]*container{}}
+	runc.Monitor = a.reaper
+
+	conn, err := dialHost(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+	if err != nil {
+		log.Fatalf("%v", err)
+	}
+	a.ctl = conn
+	a.serve(bufio.NewReader(conn))
+}
+
+// dialHost opens a connection to the host's agent port and says hello.
+// The host listens before the VM boots, so the first attempt normally
+// succeeds; a few retries cover a vsock device that is still coming up.
+func dialHost(h agentproto.Hello) (*vsock.Conn, error) {
+	var err error
+	for i := 0; i < 50; i++ {
+		var c *vsock.Conn
+		if c, err = vsock.Dial(vsock.Host, agentproto.Port, nil); err == nil {
+			if err = agentproto.Write(c, h); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("hello to the host: %w", err)
+			}
+			return c, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("dial the host on vsock port %d: %w", agentproto.Port, err)
+}
+
+// agent is the state of the one agent process.
+type agent struct {
+	reaper *reaper
+	ctl    *vsock.Conn
+	wmu    sync.Mutex // serializes frames on ctl
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+// send writes one reply or event on the control connection.
+func (a *agent) send(r agentproto.Reply) {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	if err := agentproto.Write(a.ctl, r); err != nil {
+		log.Printf("write to the host: %v", err)
+	}
+}
+
+// serve handles requests until the host says shutdown or goes away.
+// Requests run concurrently (a create may take a while; a signal must
+// not wait for it); each gets its reply.
+func (a *agent) serve(r io.Reader) {
+	for {
+		var req agentproto.Request
+		if err := agentproto.Read(r, &req); err != nil {
+			if !errors.Is(err, io.EOF) {
+				log.Printf("control connection: %v", err)
+			}
+			a.shutdown()
+			return
+		}
+		if req.Op == agentproto.OpShutdown {
+			a.shutdown()
+			a.send(agentproto.Reply{ID: req.ID})
+			return
+		}
+		go func() {
+			rep := a.handle(&req)
+			rep.ID = req.ID
+			a.send(rep)
+		}()
+	}
+}
+
+// handle carries out one request.
+func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
+	ctx := context.Background()
+	if req.Op == agentproto.OpCreate {
+		if req.Create == nil || req.Create.Spec == nil || req.Create.Spec.Process == nil {
+			return fail(errors.New("create: no configuration"))
+		}
+		c, err := a.create(ctx, req.Container, req.Create, req.IO)
+		if err != nil {
+			return fail(err)
+		}
+		return agentproto.Reply{Pid: c.init.pid}
+	}
+	a.mu.Lock()
+	c := a.containers[req.Container]
+	a.mu.Unlock()
+	if c == nil {
+		return fail(fmt.Errorf("%s: no such container %q", req.Op, req.Container))
+	}
+	switch req.Op {
+	case agentproto.OpStart:
+		return fail(c.start(ctx))
+	case agentproto.OpExec:
+		if req.Process == nil {
+			return fail(errors.New("exec: no process"))
+		}
+		p, err := c.exec(ctx, req.Exec, req.Process, req.IO)
+		if err != nil {
+			return fail(err)
+		}
+		return agentproto.Reply{Pid: p.pid}
+	case agentproto.OpSignal:
+		p := c.process(req.Exec)
+		if p == nil {
+			return fail(fmt.Errorf("signal: no process %q in %s", req.Exec, c.id))
+		}
+		return fail(p.signal(unix.Signal(req.Signal)))
+	case agentproto.OpResize:
+		p := c.process(req.Exec)
+		if p == nil || req.Size == nil {
+			return fail(fmt.Errorf("resize: no process %q in %s", req.Exec, c.id))
+		}
+		return fail(p.resize(*req.Size))
+	case agentproto.OpDelete:
+		err := c.delete(ctx)
+		a.mu.Lock()
+		delete(a.containers, c.id)
+		a.mu.Unlock()
+		return fail(err)
+	}
+	return fail(fmt.Errorf("unknown operation %q", req.Op))
+}
+
+// fail makes the reply for err (nil: success).
+func fail(err error) agentproto.Reply {
+	if err == nil {
+		return agentproto.Reply{}
+	}
+	var se *startError
+	if errors.As(err, &se) {
+		return agentproto.Reply{Error: err.Error(), Code: se.code}
+	}
+	return agentproto.Reply{Error: err.Error()}
+}
+
+// shutdown removes every container, so their file systems are unmounted
+// cleanly before the VM powers off.
+func (a *agent) shutdown() {
+	a.mu.Lock()
+	cs := a.containers
+	a.containers = map[string]*container{}
+	a.mu.Unlock()
+	for _, c := range cs {
+		if err := c.delete(context.Background()); err != nil {
+			log.Printf("%v", err)
+		}
+	}
+}
