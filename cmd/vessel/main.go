@@ -1,6 +1,7 @@
 // Command vessel is a microVM monitor: it boots Linux guests on KVM.
 //
 //	vessel vm run [flags] [-- COMMAND [ARG...]]
+//	vessel run [flags] IMAGE [COMMAND [ARG...]]
 //	vessel image load|ls|rm|inspect
 //
 // `vessel image` exits 0 on success, 1 for a missing image or an archive it
@@ -15,6 +16,10 @@
 //	        console lines are printed)
 //	125     vessel itself failed while running the VM
 //	130/143 stopped by SIGINT/SIGTERM on the host
+//
+// `vessel run` exits as docker run does: with the container's status,
+// 125 when vessel fails, 126 and 127 when the command cannot be run or
+// was not found.
 //
 // Problems are reported as one line on stderr starting with "vessel:".
 package main
@@ -57,7 +62,7 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	vm := &cobra.Command{Use: "vm", Short: "Manage microVMs"}
 	vm.AddCommand(newVMRun())
-	root.AddCommand(vm, newImage())
+	root.AddCommand(vm, newImage(), newRun())
 	return root
 }
 

@@ -1,0 +1,96 @@
+package container
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+func strp(s string) *string { return &s }
+
+func TestSpecCommand(t *testing.T) {
+	img := v1.Config{Entrypoint: []string{"/bin/ep"}, Cmd: []string{"default", "args"}}
+	for _, tc := range []struct {
+		name string
+		cfg  v1.Config
+		o    Options
+		want []string
+	}{
+		{"image defaults", img, Options{}, []string{"/bin/ep", "default", "args"}},
+		{"args replace cmd", img, Options{Args: []string{"x"}}, []string{"/bin/ep", "x"}},
+		{"entrypoint drops cmd", img, Options{Entrypoint: strp("/bin/sh")}, []string{"/bin/sh"}},
+		{"entrypoint and args", img, Options{Entrypoint: strp("/bin/sh"), Args: []string{"-c", "true"}}, []string{"/bin/sh", "-c", "true"}},
+		{"empty entrypoint", img, Options{Entrypoint: strp(""), Args: []string{"echo", "hi"}}, []string{"echo", "hi"}},
+		{"cmd only", v1.Config{Cmd: []string{"sh"}}, Options{}, []string{"sh"}},
+		{"args only", v1.Config{}, Options{Args: []string{"true"}}, []string{"true"}},
+	} {
+		s, _, err := Spec(tc.cfg, tc.o)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if !slices.Equal(s.Process.Args, tc.want) {
+			t.Errorf("%s: args %q, want %q", tc.name, s.Process.Args, tc.want)
+		}
+	}
+	for _, o := range []Options{{}, {Entrypoint: strp("")}} {
+		if _, _, err := Spec(v1.Config{}, o); !errors.Is(err, ErrNoCommand) {
+			t.Errorf("no command with %+v: %v, want ErrNoCommand", o, err)
+		}
+	}
+}
+
+func TestSpecEnv(t *testing.T) {
+	t.Setenv("VESSEL_TEST_HOST", "from-host")
+	img := v1.Config{Env: []string{"PATH=/img/bin", "A=1", "B=2"}, Cmd: []string{"sh"}}
+	s, _, err := Spec(img, Options{Env: []string{"B=3", "C=4", "VESSEL_TEST_HOST", "VESSEL_TEST_UNSET"}, Hostname: "h1", Terminal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"PATH=/img/bin", "A=1", "B=3", "C=4", "VESSEL_TEST_HOST=from-host", "HOSTNAME=h1", "TERM=xterm"}
+	if !slices.Equal(s.Process.Env, want) {
+		t.Errorf("env %q, want %q", s.Process.Env, want)
+	}
+	s, _, _ = Spec(v1.Config{Cmd: []string{"sh"}}, Options{})
+	if !slices.Equal(s.Process.Env, []string{DefaultPath}) {
+		t.Errorf("env without image PATH: %q", s.Process.Env)
+	}
+	if _, _, err := Spec(img, Options{Env: []string{"=x"}}); err == nil {
+		t.Error("an empty variable name was accepted")
+	}
+}
+
+func TestSpecWorkdirUser(t *testing.T) {
+	img := v1.Config{Cmd: []string{"sh"}, WorkingDir: "/app", User: "app"}
+	for _, tc := range []struct {
+		o         Options
+		cwd, user string
+		wantErr   bool
+	}{
+		{Options{}, "/app", "app", false},
+		{Options{Workdir: "/tmp", User: "1000:1000"}, "/tmp", "1000:1000", false},
+		{Options{Workdir: "rel"}, "", "", true},
+	} {
+		s, user, err := Spec(img, tc.o)
+		if tc.wantErr {
+			if err == nil {
+				t.Errorf("%+v: no error", tc.o)
+			}
+			continue
+		}
+		if err != nil || s.Process.Cwd != tc.cwd || user != tc.user {
+			t.Errorf("%+v: cwd %q user %q (%v), want %q %q", tc.o, s.Process.Cwd, user, err, tc.cwd, tc.user)
+		}
+	}
+	s, _, _ := Spec(v1.Config{Cmd: []string{"sh"}}, Options{})
+	if s.Process.Cwd != "/" {
+		t.Errorf("default cwd %q", s.Process.Cwd)
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == "network" {
+			t.Error("the container has a network namespace: it should share the VM's")
+		}
+	}
+}

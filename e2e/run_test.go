@@ -1,0 +1,291 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// runImage is the image the `vessel run` tests use: Debian's static
+// busybox with every applet linked in /bin, an /etc/passwd with a user
+// "app" (uid 1000), a web root, and a config whose defaults the tests
+// check (Env, WorkingDir, Cmd).
+const runImage = "vessel-e2e/run:1"
+
+// runImageArchive writes runImage as a `docker save` archive.
+func runImageArchive(t *testing.T, path string) {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("Debian's busybox-static (make deps installs it): %v", err)
+	}
+	list, err := exec.Command("/bin/busybox", "--list").Output()
+	if err != nil {
+		t.Fatalf("busybox --list: %v", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h *tar.Header, body string) {
+		h.Size = int64(len(body))
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, body)
+	}
+	dir := func(n string, mode int64) { add(&tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: mode}, "") }
+	file := func(n, body string) { add(&tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644}, body) }
+	dir("bin/", 0o755)
+	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, string(bb))
+	for _, applet := range strings.Fields(string(list)) {
+		if applet != "busybox" && !strings.ContainsAny(applet, "[/") {
+			add(&tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, "")
+		}
+	}
+	dir("etc/", 0o755)
+	file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+	file("etc/group", "root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n")
+	dir("root/", 0o700)
+	dir("home/", 0o755)
+	add(&tar.Header{Name: "home/app/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 1000, Gid: 1000}, "")
+	dir("srv/", 0o755)
+	dir("www/", 0o755)
+	file("www/index.html", "served from the container\n")
+	dir("tmp/", 0o1777)
+	for _, d := range []string{"proc/", "sys/", "dev/"} {
+		dir(d, 0o755)
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{
+		Env:        []string{"PATH=/bin", "IMAGE_VAR=from-image"},
+		WorkingDir: "/srv",
+		Cmd:        []string{"sh", "-c", "echo IMAGE_VAR=$IMAGE_VAR cwd=$(pwd) home=$HOME"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(runImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(path, tag, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runEnv loads runImage into a private image store and returns the
+// environment vessel runs with: that store, and the guest artifacts.
+func runEnv(t *testing.T) []string {
+	t.Helper()
+	data := t.TempDir()
+	archive := filepath.Join(t.TempDir(), "run.tar")
+	runImageArchive(t, archive)
+	env := append(os.Environ(), "XDG_DATA_HOME="+data, "VESSEL_GUEST_DIR="+guestDir)
+	load := exec.Command(vesselBin, "image", "load", archive)
+	load.Env = env
+	if out, err := load.CombinedOutput(); err != nil {
+		t.Fatalf("vessel image load: %v\n%s", err, out)
+	}
+	return env
+}
+
+// vesselRun runs `vessel run ARGS...` with env and stdin.
+func vesselRun(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
+	return vesselCmd(t, func(c *exec.Cmd) {
+		c.Env = env
+		c.Stdin = strings.NewReader(stdin)
+	}, append([]string{"run"}, args...)...)
+}
+
+// TestRun: `vessel run` runs a container from an image in a microVM with
+// docker run's semantics.
+func TestRun(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := runEnv(t)
+	hostRelease := func() string {
+		var u syscall.Utsname
+		syscall.Uname(&u)
+		var b []byte
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		return string(b)
+	}()
+
+	t.Run("echo", func(t *testing.T) {
+		r := vesselRun(t, env, "", runImage, "echo", "hello")
+		if r.code != 0 || r.stdout != "hello\n" {
+			t.Fatalf("want exactly hello:\n%v", r)
+		}
+	})
+	t.Run("exit status", func(t *testing.T) {
+		if r := vesselRun(t, env, "", runImage, "sh", "-c", "echo to-stderr >&2; exit 42"); r.code != 42 || r.stderr != "to-stderr\n" {
+			t.Fatalf("want status 42 and the stderr line:\n%v", r)
+		}
+	})
+	t.Run("image defaults", func(t *testing.T) {
+		r := vesselRun(t, env, "", runImage)
+		if want := "IMAGE_VAR=from-image cwd=/srv home=/root\n"; r.code != 0 || r.stdout != want {
+			t.Fatalf("want %q:\n%v", want, r)
+		}
+	})
+	t.Run("flags and isolation", func(t *testing.T) {
+		envFile := filepath.Join(t.TempDir(), "env")
+		os.WriteFile(envFile, []byte("# comment\nFROM_FILE=file\n\nIMAGE_VAR=overridden\n"), 0o644)
+		script := `echo "env=$IMAGE_VAR,$FROM_FLAG,$FROM_FILE cwd=$(pwd) id=$(id -u):$(id -g):$(id -G) home=$HOME"
+echo "kernel=$(uname -r) host=$(hostname) cmdline=$(cat /proc/cmdline)"
+echo "procs=$(ls -d /proc/[0-9]* | wc -l)"
+echo "stdin=$(cat)"
+touch /tmp/w && echo writable`
+		r := vesselRun(t, env, "piped in\n", "-i", "-e", "FROM_FLAG=flag", "--env-file", envFile, "-w", "/home/app", "-u", "app",
+			"--name", "ctr-1", runImage, "sh", "-c", script)
+		if r.code != 0 {
+			t.Fatalf("run failed:\n%v", r)
+		}
+		for _, want := range []string{
+			"env=overridden,flag,file cwd=/home/app id=1000:1000:1000 2000 home=/home/app",
+			"host=ctr-1",
+			"stdin=piped in",
+			"writable",
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("output lacks %q:\n%v", want, r)
+			}
+		}
+		// The container runs on the guest's kernel: its command line is
+		// the one vessel booted (the host's, on the nested platform the
+		// same kernel build, has no vessel.cmd), and it sees only its own
+		// processes (the shell, ls, wc and a command substitution).
+		if !strings.Contains(r.stdout, "kernel=6.1.") || !strings.Contains(r.stdout, "vessel.cmd=") {
+			t.Errorf("the container does not run on the guest's kernel:\n%v", r)
+		}
+		if strings.Contains(r.stdout, "kernel="+hostRelease+" ") && !onEmulatedSVM() {
+			t.Errorf("the container reports the host's kernel %s:\n%v", hostRelease, r)
+		}
+		var procs int
+		for _, l := range strings.Split(r.stdout, "\n") {
+			fmt.Sscanf(l, "procs=%d", &procs)
+		}
+		if procs == 0 || procs > 5 {
+			t.Errorf("the container sees %d processes, want only its own few:\n%v", procs, r)
+		}
+	})
+	t.Run("command not found", func(t *testing.T) {
+		if r := vesselRun(t, env, "", runImage, "no-such-command"); r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
+			t.Fatalf("want status 127 naming the command:\n%v", r)
+		}
+	})
+	t.Run("publish and signal", func(t *testing.T) {
+		port := freePort(t)
+		cmd := exec.Command(vesselBin, "run", "-p", fmt.Sprintf("127.0.0.1:%d:80", port), runImage,
+			"sh", "-c", `trap 'echo got TERM; exit 7' TERM; httpd -f -p 80 -h /www & wait`)
+		cmd.Env = env
+		var stdout, stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		client := &http.Client{Timeout: 10 * time.Second}
+		body, err := "", error(nil)
+		deadline := time.Now().Add(3 * time.Minute)
+		for time.Now().Before(deadline) {
+			var resp *http.Response
+			if resp, err = client.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				body = string(b)
+				break
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("vessel run ended before serving: %v\n%s\n%s", err, stdout.String(), stderr.String())
+			case <-time.After(time.Second):
+			}
+		}
+		if body != "served from the container\n" {
+			t.Errorf("GET through the published port: %q, %v", body, err)
+		}
+		// SIGTERM reaches the container's first process. (That process
+		// is PID 1 of the container's PID namespace, which, as with
+		// docker, gets only the signals it handles: the shell traps it.)
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Signal(syscall.SIGQUIT)
+			<-done
+			t.Fatalf("vessel run did not end after SIGTERM:\n%s\n%s", stdout.String(), stderr.String())
+		}
+		if code := cmd.ProcessState.ExitCode(); code != 7 || stdout.String() != "got TERM\n" {
+			t.Errorf("exit status %d after SIGTERM, want the trap's 7 and its line:\n%s\n%s", code, stdout.String(), stderr.String())
+		}
+	})
+}
+
+// TestRunBadInput: every bad input to `vessel run` gets one line and
+// docker's status 125, before any VM boots.
+func TestRunBadInput(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := runEnv(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown image", []string{"no/such-image:1", "true"}, "unable to find image"},
+		{"no image", nil, "requires at least 1 argument"},
+		{"bad publish", []string{"-p", "80", runImage, "true"}, "-p 80"},
+		{"bad publish port", []string{"-p", "1:99999", runImage, "true"}, "guest port"},
+		{"bad network", []string{"--network", "bridge", runImage, "true"}, "--network"},
+		{"bad memory", []string{"-m", "lots", runImage, "true"}, "--memory"},
+		{"bad name", []string{"--name", "a/b", runImage, "true"}, "invalid container name"},
+		{"unknown flag", []string{"--frobnicate", runImage}, "unknown flag"},
+		{"relative workdir", []string{"-w", "rel", runImage, "true"}, "absolute"},
+		{"missing env file", []string{"--env-file", "/nonexistent/env", runImage, "true"}, "--env-file"},
+	} {
+		cmd := exec.Command(vesselBin, append([]string{"run"}, tc.args...)...)
+		cmd.Env = env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := cmd.ProcessState.ExitCode()
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if code != 125 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) || stdout.Len() != 0 {
+			t.Errorf("%s: exit %d (%v), stderr %q, stdout %q; want 125 and one line with %q", tc.name, code, err, stderr.String(), stdout.String(), tc.want)
+		}
+	}
+}
