@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,9 +19,12 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -31,6 +36,35 @@ const runImage = "vessel-e2e/run:1"
 
 // runImageArchive writes runImage as a `docker save` archive.
 func runImageArchive(t *testing.T, path string) {
+	t.Helper()
+	tag, err := name.NewTag(runImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(path, tag, buildRunImage(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runImageLayout writes runImage as an OCI layout directory, named
+// runImageOCI.
+func runImageLayout(t *testing.T, dir string) {
+	t.Helper()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(buildRunImage(t), layout.WithAnnotations(map[string]string{
+		"org.opencontainers.image.ref.name": runImageOCI})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runImageOCI is runImage's name when loaded from an OCI layout.
+const runImageOCI = "vessel-e2e/run-oci:1"
+
+// buildRunImage makes runImage.
+func buildRunImage(t *testing.T) v1.Image {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
@@ -88,27 +122,25 @@ func runImageArchive(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tag, err := name.NewTag(runImage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tarball.WriteToFile(path, tag, img); err != nil {
-		t.Fatal(err)
-	}
+	return img
 }
 
-// runEnv loads runImage into a private image store and returns the
+// runEnv loads runImage into a private image store, from a docker
+// archive and (as runImageOCI) from an OCI layout, and returns the
 // environment vessel runs with: that store, and the guest artifacts.
 func runEnv(t *testing.T) []string {
 	t.Helper()
 	data := t.TempDir()
-	archive := filepath.Join(t.TempDir(), "run.tar")
+	archive, dir := filepath.Join(t.TempDir(), "run.tar"), filepath.Join(t.TempDir(), "layout")
 	runImageArchive(t, archive)
+	runImageLayout(t, dir)
 	env := append(os.Environ(), "XDG_DATA_HOME="+data, "VESSEL_GUEST_DIR="+guestDir)
-	load := exec.Command(vesselBin, "image", "load", archive)
-	load.Env = env
-	if out, err := load.CombinedOutput(); err != nil {
-		t.Fatalf("vessel image load: %v\n%s", err, out)
+	for _, src := range []string{archive, dir} {
+		load := exec.Command(vesselBin, "image", "load", src)
+		load.Env = env
+		if out, err := load.CombinedOutput(); err != nil {
+			t.Fatalf("vessel image load %s: %v\n%s", src, err, out)
+		}
 	}
 	return env
 }
@@ -205,6 +237,33 @@ touch /tmp/w && echo writable`
 			t.Fatalf("want status 127 naming the command:\n%v", r)
 		}
 	})
+	t.Run("two at once", func(t *testing.T) {
+		// Two containers, each in its own VM, from the archive's image and
+		// the OCI layout's; each sees only its own host name.
+		for i, img := range []string{runImage, runImageOCI} {
+			t.Run(img, func(t *testing.T) {
+				t.Parallel()
+				r := vesselRun(t, env, "", "--name", fmt.Sprintf("twin%d", i), img, "sh", "-c", "sleep 1; hostname")
+				if want := fmt.Sprintf("twin%d\n", i); r.code != 0 || r.stdout != want {
+					t.Errorf("want %q:\n%v", want, r)
+				}
+			})
+		}
+	})
+	t.Run("pull", func(t *testing.T) {
+		// From go-containerregistry's in-process registry, over the
+		// host's loopback.
+		srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+		defer srv.Close()
+		ref := strings.TrimPrefix(srv.URL, "http://") + "/e2e/pulled:1"
+		tag, _ := name.NewTag(ref)
+		if err := remote.Write(tag, buildRunImage(t)); err != nil {
+			t.Fatal(err)
+		}
+		if r := vesselRun(t, env, "", ref, "echo", "pulled"); r.code != 0 || r.stdout != "pulled\n" {
+			t.Fatalf("run of a pulled image:\n%v", r)
+		}
+	})
 	t.Run("publish and signal", func(t *testing.T) {
 		port := freePort(t)
 		cmd := exec.Command(vesselBin, "run", "-p", fmt.Sprintf("127.0.0.1:%d:80", port), runImage,
@@ -266,7 +325,9 @@ func TestRunBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown image", []string{"no/such-image:1", "true"}, "unable to find image"},
+		{"unknown image", []string{"--pull", "never", "no/such-image:1", "true"}, "unable to find image"},
+		{"unknown image, no registry", []string{"127.0.0.1:1/no/such-image:1", "true"}, "pull failed"},
+		{"bad pull policy", []string{"--pull", "sometimes", runImage, "true"}, "--pull"},
 		{"no image", nil, "requires at least 1 argument"},
 		{"bad publish", []string{"-p", "80", runImage, "true"}, "-p 80"},
 		{"bad publish port", []string{"-p", "1:99999", runImage, "true"}, "guest port"},

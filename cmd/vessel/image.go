@@ -1,15 +1,19 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/vesselvm/vessel/images/store"
 )
@@ -27,8 +31,8 @@ func newImage() *cobra.Command {
 default ~/.local/share/vessel/images): a content-addressed OCI image
 layout, every blob checked against its digest.
 
-Exit statuses: 0 success; 1 no such image, or an archive vessel cannot
-read; 2 invalid usage.`,
+Exit statuses: 0 success; 1 no such image, an archive vessel cannot
+read, or a pull that failed; 2 invalid usage.`,
 	}
 	var input string
 	load := &cobra.Command{
@@ -70,7 +74,15 @@ read; 2 invalid usage.`,
 		Args:  cobra.MinimumNArgs(1),
 		RunE:  func(_ *cobra.Command, args []string) error { return imageInspect(args) },
 	}
-	img.AddCommand(load, ls, rm, inspect)
+	pull := &cobra.Command{
+		Use:   "pull REF",
+		Short: "Pull an image from a registry (Docker Hub unless REF names another)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return imagePull(cmd.Context(), args[0])
+		},
+	}
+	img.AddCommand(load, pull, ls, rm, inspect)
 	return img
 }
 
@@ -112,6 +124,46 @@ func imageLoad(src string) error {
 		}
 	}
 	return nil
+}
+
+func imagePull(ctx context.Context, ref string) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	i, err := pullImage(ctx, s, ref)
+	if err != nil {
+		if errors.Is(err, store.ErrPull) {
+			return &exitError{code: exitImage, msg: err.Error()}
+		}
+		return imageErr(err)
+	}
+	fmt.Printf("Pulled image: %s\n", familiar(i.Ref))
+	return nil
+}
+
+// pullImage pulls ref into s, with a progress bar on stderr when that is
+// a terminal.
+func pullImage(ctx context.Context, s *store.Store, ref string) (store.Image, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return s.Pull(ctx, ref, nil)
+	}
+	var bar *progressbar.ProgressBar
+	i, err := s.Pull(ctx, ref, func(done, total int64) {
+		if bar == nil {
+			bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr),
+				progressbar.OptionSetDescription("pulling "+ref), progressbar.OptionShowBytes(true),
+				progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(100*time.Millisecond))
+		}
+		bar.Set64(done)
+	})
+	if bar != nil {
+		bar.Finish()
+	}
+	return i, err
 }
 
 func imageList() error {

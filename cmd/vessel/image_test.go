@@ -1,12 +1,18 @@
 package main
 
 import (
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/vesselvm/vessel/images/store"
@@ -53,6 +59,36 @@ func TestImageCommands(t *testing.T) {
 	blobs, _ := os.ReadDir(filepath.Join(root, "blobs", "sha256"))
 	if len(blobs) != 0 {
 		t.Errorf("%d blobs left after removing the only image", len(blobs))
+	}
+}
+
+// TestImagePull pulls from go-containerregistry's in-process registry.
+func TestImagePull(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img, err := random.Image(1024, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag(host + "/test/pulled:1")
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"image", "pull", host + "/test/pulled:1"}, 0},
+		{[]string{"image", "inspect", host + "/test/pulled:1"}, 0},
+		{[]string{"image", "pull", host + "/test/missing:1"}, exitImage},
+		{[]string{"image", "pull", "Not A Reference"}, exitImage},
+		{[]string{"image", "pull"}, exitUsage},
+	} {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("vessel %v: exit %d, want %d", tc.args, got, tc.want)
+		}
 	}
 }
 

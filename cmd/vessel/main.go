@@ -2,7 +2,7 @@
 //
 //	vessel vm run [flags] [-- COMMAND [ARG...]]
 //	vessel run [flags] IMAGE [COMMAND [ARG...]]
-//	vessel image load|ls|rm|inspect
+//	vessel image load|pull|ls|rm|inspect
 //
 // `vessel image` exits 0 on success, 1 for a missing image or an archive it
 // cannot read, 2 for invalid usage.

@@ -49,6 +49,7 @@ type runFlags struct {
 	entrypointSet    bool // --entrypoint given (possibly "")
 	publish          []string
 	network          string
+	pull             string
 	cpus             int
 	memory           string
 }
@@ -96,6 +97,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVar(&f.name, "name", "", "the container's name (and host name)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a container port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp] (repeatable)")
 	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default) or none")
+	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it")
 	return cmd
@@ -175,10 +177,20 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		return nil, runErr("%v", err)
 	}
 	img, err := st.Resolve(ref)
-	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, runErr("unable to find image %q locally (load it with `vessel image load`)", ref)
+	switch {
+	case f.pull != "missing" && f.pull != "always" && f.pull != "never":
+		return nil, runErr("--pull %q: want missing, always or never", f.pull)
+	case f.pull == "always" || f.pull == "missing" && errors.Is(err, store.ErrNotFound):
+		local := err == nil
+		if img, err = pullImage(context.Background(), st, ref); err != nil {
+			if !local {
+				return nil, runErr("unable to find image %q locally, and the %v", ref, err)
+			}
+			return nil, runErr("%v", err)
 		}
+	case errors.Is(err, store.ErrNotFound):
+		return nil, runErr("unable to find image %q locally (and --pull never)", ref)
+	case err != nil:
 		return nil, runErr("%v", err)
 	}
 	vimg, err := st.Image(img)

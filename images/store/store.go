@@ -325,6 +325,12 @@ func (s *Store) gc() error {
 // add stores img (verifying every blob against its digest) under ref
 // ("" for none), replacing what ref named before.
 func (s *Store) add(img v1.Image, ref string) (Image, error) {
+	return s.addCounted(img, ref, nil)
+}
+
+// addCounted is add that reports the compressed layer bytes it has
+// stored so far to count (if not nil), for progress displays.
+func (s *Store) addCounted(img v1.Image, ref string, count func(int64)) (Image, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: manifest: %w", ErrBadArchive, err)
@@ -348,6 +354,9 @@ func (s *Store) add(img v1.Image, ref string) (Image, error) {
 		rc, err := l.Compressed()
 		if err != nil {
 			return Image{}, fmt.Errorf("%w: layer %d: %w", ErrBadArchive, i, err)
+		}
+		if count != nil {
+			rc = &countingReader{rc: rc, count: count}
 		}
 		if err := s.putBlob(d, rc); err != nil {
 			return Image{}, fmt.Errorf("layer %d: %w", i, err)
@@ -425,3 +434,19 @@ func (s *Store) putBlob(d v1.Hash, rc io.ReadCloser) error {
 	}
 	return nil
 }
+
+// countingReader reports every read's size.
+type countingReader struct {
+	rc    io.ReadCloser
+	count func(int64)
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.rc.Read(p)
+	if n > 0 {
+		c.count(int64(n))
+	}
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.rc.Close() }
