@@ -134,7 +134,7 @@ func runEnv(t *testing.T) []string {
 	archive, dir := filepath.Join(t.TempDir(), "run.tar"), filepath.Join(t.TempDir(), "layout")
 	runImageArchive(t, archive)
 	runImageLayout(t, dir)
-	env := append(os.Environ(), "XDG_DATA_HOME="+data, "VESSEL_GUEST_DIR="+guestDir)
+	env := append(os.Environ(), "XDG_DATA_HOME="+data, "XDG_RUNTIME_DIR="+t.TempDir(), "VESSEL_GUEST_DIR="+guestDir)
 	for _, src := range []string{archive, dir} {
 		load := exec.Command(vesselBin, "image", "load", src)
 		load.Env = env
@@ -200,7 +200,7 @@ echo "procs=$(ls -d /proc/[0-9]* | wc -l)"
 echo "stdin=$(cat)"
 touch /tmp/w && echo writable`
 		r := vesselRun(t, env, "piped in\n", "-i", "-e", "FROM_FLAG=flag", "--env-file", envFile, "-w", "/home/app", "-u", "app",
-			"--name", "ctr-1", runImage, "sh", "-c", script)
+			"--hostname", "ctr-1", runImage, "sh", "-c", script)
 		if r.code != 0 {
 			t.Fatalf("run failed:\n%v", r)
 		}
@@ -243,7 +243,7 @@ touch /tmp/w && echo writable`
 		for i, img := range []string{runImage, runImageOCI} {
 			t.Run(img, func(t *testing.T) {
 				t.Parallel()
-				r := vesselRun(t, env, "", "--name", fmt.Sprintf("twin%d", i), img, "sh", "-c", "sleep 1; hostname")
+				r := vesselRun(t, env, "", "--hostname", fmt.Sprintf("twin%d", i), img, "sh", "-c", "sleep 1; hostname")
 				if want := fmt.Sprintf("twin%d\n", i); r.code != 0 || r.stdout != want {
 					t.Errorf("want %q:\n%v", want, r)
 				}
@@ -348,5 +348,108 @@ func TestRunBadInput(t *testing.T) {
 		if code != 125 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) || stdout.Len() != 0 {
 			t.Errorf("%s: exit %d (%v), stderr %q, stdout %q; want 125 and one line with %q", tc.name, code, err, stderr.String(), stdout.String(), tc.want)
 		}
+	}
+}
+
+// TestRunDetached: a container run with -d keeps running after vessel
+// run returns, and ps, logs, exec, stop and rm manage it; --rm leaves
+// nothing behind.
+func TestRunDetached(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := runEnv(t)
+	runtimeDir := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "XDG_RUNTIME_DIR="); ok {
+			runtimeDir = v
+		}
+	}
+	cli := func(stdin string, args ...string) result {
+		t.Helper()
+		cmd := exec.Command(vesselBin, args...)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		start := time.Now()
+		cmd.Run()
+		r := result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode(), elapsed: time.Since(start)}
+		t.Logf("vessel %s: exit %d in %v", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond))
+		return r
+	}
+	port := freePort(t)
+	r := vesselRun(t, env, "", "-d", "--name", "web", "-p", fmt.Sprintf("127.0.0.1:%d:80", port), runImage,
+		"sh", "-c", `echo started; trap 'echo stopping; exit 3' TERM; httpd -f -p 80 -h /www & wait`)
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 || len(id) != 64 {
+		t.Fatalf("vessel run -d: want the container ID:\n%v", r)
+	}
+	defer cli("", "rm", "-f", "web")
+	if r := cli("", "ps"); r.code != 0 || !strings.Contains(r.stdout, id[:12]) || !strings.Contains(r.stdout, "web") {
+		t.Errorf("ps does not list the running container:\n%v", r)
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	var body string
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline) && body == ""; time.Sleep(time.Second) {
+		if resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+		}
+	}
+	if body != "served from the container\n" {
+		t.Errorf("GET through the published port of the detached container: %q", body)
+	}
+	if r := cli("", "exec", "web", "sh", "-c", "echo exec-out; echo exec-err >&2; hostname; exit 5"); r.code != 5 ||
+		r.stdout != "exec-out\n"+id[:12]+"\n" || r.stderr != "exec-err\n" {
+		t.Errorf("exec: want status 5, its output and the container's host name:\n%v", r)
+	}
+	if r := cli("piped\n", "exec", "-i", "-u", "app", "-w", "/tmp", "web", "sh", "-c", "echo $(cat) $(id -u) $(pwd)"); r.code != 0 || r.stdout != "piped 1000 /tmp\n" {
+		t.Errorf("exec -i -u -w:\n%v", r)
+	}
+	if r := cli("", "exec", "web", "no-such-command"); r.code != 127 {
+		t.Errorf("exec of a missing command: want 127:\n%v", r)
+	}
+	if r := cli("", "logs", "web"); r.code != 0 || r.stdout != "started\n" {
+		t.Errorf("logs: want the container's first line:\n%v", r)
+	}
+	if r := cli("", "rm", "web"); r.code != 1 {
+		t.Errorf("rm of a running container without -f: want status 1:\n%v", r)
+	}
+	if r := cli("", "stop", "web"); r.code != 0 {
+		t.Errorf("stop:\n%v", r)
+	}
+	if r := cli("", "ps", "-a"); !strings.Contains(r.stdout, "Exited (3)") {
+		t.Errorf("ps -a after stop: want Exited (3) (the trap's status):\n%v", r)
+	}
+	if r := cli("", "logs", id[:8]); r.stdout != "started\nstopping\n" {
+		t.Errorf("logs by ID prefix after stop:\n%v", r)
+	}
+	if r := cli("", "rm", "web"); r.code != 0 {
+		t.Errorf("rm:\n%v", r)
+	}
+	if r := cli("", "ps", "-a", "-q"); r.stdout != "" && strings.Contains(r.stdout, id[:12]) {
+		t.Errorf("ps -a lists the removed container:\n%v", r)
+	}
+	for _, args := range [][]string{{"logs", "web"}, {"stop", "web"}, {"rm", "web"}} {
+		if r := cli("", args...); r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("vessel %v of a removed container: want status 1 and one line:\n%v", args, r)
+		}
+	}
+	if r := cli("", "exec", "web", "true"); r.code != 125 {
+		t.Errorf("exec in a removed container: want 125:\n%v", r)
+	}
+
+	// --rm: nothing is left in the state root or the temporary directory.
+	tmpBefore, _ := filepath.Glob(filepath.Join(os.TempDir(), "vessel-run-*"))
+	if r := vesselRun(t, env, "", "--rm", runImage, "true"); r.code != 0 {
+		t.Fatalf("run --rm:\n%v", r)
+	}
+	states, _ := os.ReadDir(filepath.Join(runtimeDir, "vessel", "containers"))
+	if len(states) != 0 {
+		t.Errorf("%d container states left after run --rm and rm", len(states))
+	}
+	if tmpAfter, _ := filepath.Glob(filepath.Join(os.TempDir(), "vessel-run-*")); len(tmpAfter) > len(tmpBefore) {
+		t.Errorf("temporary directories left: %v", tmpAfter)
 	}
 }

@@ -108,3 +108,32 @@ func TestFamiliarAndSize(t *testing.T) {
 		}
 	}
 }
+
+// TestContainerCommandsUsage: the container commands parse their flags
+// (run's -h is --hostname, as docker's) and fail bad usage with docker's
+// statuses, before touching any VM.
+func TestContainerCommandsUsage(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"run", "--help"}, 0},
+		{[]string{"run"}, exitRun},
+		{[]string{"run", "--pull", "never", "-h", "host", "missing:1"}, exitRun},
+		{[]string{"run", "-d", "-i", "missing:1"}, exitRun},
+		{[]string{"exec", "--help"}, 0},
+		{[]string{"exec", "c1"}, exitRun},
+		{[]string{"exec", "c1", "true"}, exitRun},
+		{[]string{"ps"}, 0},
+		{[]string{"ps", "-a", "-q"}, 0},
+		{[]string{"logs", "c1"}, exitContainer},
+		{[]string{"stop", "c1"}, exitContainer},
+		{[]string{"rm", "-f", "c1"}, exitContainer},
+	} {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("vessel %v: exit %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@
 //
 //	vessel vm run [flags] [-- COMMAND [ARG...]]
 //	vessel run [flags] IMAGE [COMMAND [ARG...]]
+//	vessel ps|logs|exec|stop|rm
 //	vessel image load|pull|ls|rm|inspect
 //
 // `vessel image` exits 0 on success, 1 for a missing image or an archive it
@@ -17,9 +18,10 @@
 //	125     vessel itself failed while running the VM
 //	130/143 stopped by SIGINT/SIGTERM on the host
 //
-// `vessel run` exits as docker run does: with the container's status,
-// 125 when vessel fails, 126 and 127 when the command cannot be run or
-// was not found.
+// `vessel run` and `vessel exec` exit as docker's do: with the command's
+// status, 125 when vessel fails, 126 and 127 when the command cannot be
+// run or was not found. ps, logs, stop and rm exit 1 when they fail (no
+// such container, a running one to rm without -f).
 //
 // Problems are reported as one line on stderr starting with "vessel:".
 package main
@@ -62,7 +64,7 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	vm := &cobra.Command{Use: "vm", Short: "Manage microVMs"}
 	vm.AddCommand(newVMRun())
-	root.AddCommand(vm, newImage(), newRun())
+	root.AddCommand(vm, newImage(), newRun(), newPs(), newLogs(), newExec(), newStop(), newRm())
 	return root
 }
 

@@ -10,9 +10,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +52,8 @@ type runFlags struct {
 	publish          []string
 	network          string
 	pull             string
+	hostname         string
+	detach, remove   bool
 	cpus             int
 	memory           string
 }
@@ -94,7 +98,11 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
 	fl.StringVarP(&f.user, "user", "u", "", "user[:group] to run as, names or numeric IDs")
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "replace the image's entrypoint (\"\" clears it)")
-	fl.StringVar(&f.name, "name", "", "the container's name (and host name)")
+	fl.StringVar(&f.name, "name", "", "the container's name (default: its short ID)")
+	fl.Bool("help", false, "help for run") // -h is --hostname, as in docker run
+	fl.StringVarP(&f.hostname, "hostname", "h", "", "the container's host name (default: its short ID)")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the container ID (see vessel ps, logs, exec, stop, rm)")
+	fl.BoolVar(&f.remove, "rm", false, "remove the container when it exits")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a container port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp] (repeatable)")
 	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default) or none")
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
@@ -112,11 +120,12 @@ var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
 // runPlan is everything checked and resolved before the VM boots.
 type runPlan struct {
-	id, hostname string
-	spec         *specs.Spec
-	user         string
-	disk         string
-	cfg          vmm.Config
+	id, name string
+	hostname string
+	spec     *specs.Spec
+	user     string
+	disk     string
+	cfg      vmm.Config
 }
 
 // planRun checks the flags and resolves the image; it boots nothing.
@@ -128,16 +137,19 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if f.cpus < 1 {
 		return nil, runErr("--cpus must be at least 1 (got %d)", f.cpus)
 	}
-	p := &runPlan{}
-	if f.name != "" {
-		if !nameRE.MatchString(f.name) || len(f.name) > 128 {
-			return nil, runErr("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", f.name)
-		}
-		p.id, p.hostname = f.name, f.name
-	} else {
+	p := &runPlan{id: os.Getenv(envRunID)}
+	if p.id == "" {
 		var b [32]byte
 		rand.Read(b[:])
 		p.id = hex.EncodeToString(b[:])
+	}
+	p.name, p.hostname = f.name, f.hostname
+	if p.name == "" {
+		p.name = p.id[:12]
+	} else if !nameRE.MatchString(p.name) || len(p.name) > 128 {
+		return nil, runErr("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", f.name)
+	}
+	if p.hostname == "" {
 		p.hostname = p.id[:12]
 	}
 	var nets []vmm.Net
@@ -272,7 +284,20 @@ func readEnvFiles(paths []string) ([]string, error) {
 	return env, nil
 }
 
+// envRunID carries a detached container's ID from `vessel run -d` to the
+// vessel process it starts in the background to run the container, and
+// readyFD is that process's pipe back (fd 3): "ok" once the container
+// runs, or an exit status and a message.
+const (
+	envRunID = "VESSEL_RUN_ID"
+	readyFD  = 3
+)
+
 func containerRun(f runFlags, ref string, args []string) error {
+	child := os.Getenv(envRunID) != ""
+	if f.detach && f.interactive {
+		return runErr("-d and -i cannot be combined: a detached container has no stdin")
+	}
 	p, err := planRun(f, ref, args)
 	if err != nil {
 		return err
@@ -280,8 +305,140 @@ func containerRun(f runFlags, ref string, args []string) error {
 	if f.interactive && f.tty && !term.IsTerminal(int(os.Stdin.Fd())) {
 		return runErr("the input device is not a TTY (-t with -i needs a terminal on stdin)")
 	}
-	// The agent's port: the vsock device's host side lives in a private
-	// directory removed at the end.
+	root := container.StateRoot()
+	if !child {
+		st := &container.State{ID: p.id, Name: p.name, Image: ref, Command: p.spec.Process.Args, Created: time.Now().UTC(),
+			Status: "created", Process: p.spec.Process, Remove: f.remove}
+		if err := container.Create(root, st); err != nil {
+			return runErr("%v", err)
+		}
+		if f.detach {
+			return startDetached(st)
+		}
+	}
+	st, err := container.Find(root, p.id)
+	if err != nil {
+		return runErr("%v", err)
+	}
+	ready := func(error) {}
+	if child {
+		ready = readyPipe()
+	}
+	err = superviseContainer(st, p, f, ready)
+	if st.Remove {
+		st.Delete()
+	}
+	return err
+}
+
+// startDetached starts this vessel command again in the background, in
+// a session of its own, to run the container st, and waits until the
+// container runs (printing its ID) or failed (returning why).
+func startDetached(st *container.State) error {
+	self, err := os.Executable()
+	if err != nil {
+		st.Delete()
+		return runErr("%v", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		st.Delete()
+		return runErr("%v", err)
+	}
+	defer r.Close()
+	diag, err := os.Create(filepath.Join(st.Dir(), "vessel.log"))
+	if err != nil {
+		st.Delete()
+		return runErr("%v", err)
+	}
+	defer diag.Close()
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), envRunID+"="+st.ID)
+	cmd.Stdout, cmd.Stderr = diag, diag // vessel's own messages; the container's output goes to its log
+	cmd.ExtraFiles = []*os.File{w}      // fd 3: readyFD
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		st.Delete()
+		return runErr("start the container's vessel process: %v", err)
+	}
+	w.Close()
+	cmd.Process.Release()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "ok" {
+		fmt.Println(st.ID)
+		return nil
+	}
+	code, msg := exitRun, line
+	if c, m, ok := strings.Cut(line, " "); ok {
+		if n, err := strconv.Atoi(c); err == nil {
+			code, msg = n, m
+		}
+	}
+	if msg == "" {
+		msg = "the container's vessel process ended before the container ran (see " + diag.Name() + ")"
+	}
+	return &exitError{code: code, msg: msg}
+}
+
+// readyPipe returns the function a detached container's vessel process
+// calls once: with nil when the container runs, or with the error that
+// stopped it.
+func readyPipe() func(error) {
+	w := os.NewFile(readyFD, "ready")
+	var once sync.Once
+	return func(err error) {
+		once.Do(func() {
+			if err == nil {
+				fmt.Fprintln(w, "ok")
+			} else {
+				code := exitRun
+				var ee *exitError
+				if errors.As(err, &ee) {
+					code = ee.code
+				}
+				fmt.Fprintf(w, "%d %s\n", code, strings.ReplaceAll(err.Error(), "\n", " "))
+			}
+			w.Close()
+		})
+	}
+}
+
+// superviseContainer boots the VM, runs the container in it, records
+// its state in st while it runs (serving its control socket for exec and
+// stop) and after it exited, and returns its exit status as an error.
+// Its output goes to the container's log and, in the foreground, to
+// vessel's stdout and stderr. ready is told once the container runs, or
+// why it could not.
+func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(error)) (err error) {
+	defer func() {
+		ready(err)
+		if st.Status != container.StatusExited {
+			st.Status, st.Finished = container.StatusExited, time.Now().UTC()
+			st.ExitCode = exitRun
+			var ee *exitError
+			if errors.As(err, &ee) {
+				st.ExitCode = ee.code
+			} else if err == nil {
+				st.ExitCode = 0
+			}
+			st.Save()
+		}
+	}()
+	logf, err := container.OpenLog(st.LogPath())
+	if err != nil {
+		return runErr("%v", err)
+	}
+	defer logf.Close()
+	stdout, stderr := logf.Writer("stdout"), logf.Writer("stderr")
+	if !f.detach {
+		stdout, stderr = io.MultiWriter(os.Stdout, stdout), io.MultiWriter(os.Stderr, stderr)
+	}
+
+	// The agent's port (the vsock device's host side) and the control
+	// socket live in a private directory removed at the end: Unix
+	// socket paths are short.
 	dir, err := os.MkdirTemp("", "vessel-run-")
 	if err != nil {
 		return runErr("%v", err)
@@ -335,7 +492,21 @@ func containerRun(f runFlags, ref string, args []string) error {
 		forced.Store(s)
 		vm.Stop()
 	}
-	status, err := runContainer(ctx, ag, p, f, sigs, force)
+	started := func() error {
+		ctl, err := net.Listen("unix", filepath.Join(dir, "ctl.sock"))
+		if err != nil {
+			return runErr("control socket: %v", err)
+		}
+		go ag.ServeControl(ctl)
+		st.Status, st.Pid, st.Socket = container.StatusRunning, os.Getpid(), ctl.Addr().String()
+		if err := st.Save(); err != nil {
+			ctl.Close()
+			return runErr("%v", err)
+		}
+		ready(nil)
+		return nil
+	}
+	status, err := runContainer(ctx, ag, p, f, sigs, force, stdout, stderr, started)
 	if s, ok := forced.Load().(syscall.Signal); ok {
 		vmResult()
 		return &exitError{code: 128 + int(s)}
@@ -351,8 +522,14 @@ func containerRun(f runFlags, ref string, args []string) error {
 			}
 			return &exitError{code: code, msg: se.Msg}
 		}
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return err
+		}
 		return guestFailure("the container failed", err, res)
 	}
+	st.Status, st.ExitCode, st.Finished = container.StatusExited, status, time.Now().UTC()
+	st.Save()
 	// The container is gone: remove it cleanly, then let the VM end.
 	stopCtx, stop := context.WithTimeout(ctx, 30*time.Second)
 	defer stop()
@@ -417,10 +594,12 @@ func guestFailure(what string, err error, res vmm.Result) error {
 // stopped from its terminal.
 const forceSignals = 3
 
-// runContainer creates and starts the container, connects its stdio to
-// vessel's, passes signals and terminal sizes on (calling force on the
-// forceSignals-th terminating one), and returns its exit status.
-func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFlags, sigs chan os.Signal, force func(os.Signal)) (int, error) {
+// runContainer creates and starts the container, connects its stdio
+// (output to stdout and stderr), calls started once it runs, passes
+// signals and terminal sizes on (calling force on the forceSignals-th
+// terminating one), and returns its exit status.
+func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFlags, sigs chan os.Signal, force func(os.Signal),
+	stdout, stderr io.Writer, started func() error) (int, error) {
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
 		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user}}); err != nil {
@@ -430,7 +609,6 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		return ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: name})
 	}
 	var out sync.WaitGroup // output copies
-	var restore func()
 	if f.tty {
 		tty, err := stream(agentproto.TTY)
 		if err != nil {
@@ -439,21 +617,20 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		defer tty.Close()
 		if f.interactive {
 			if old, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-				restore = func() { term.Restore(int(os.Stdin.Fd()), old) }
-				defer restore()
+				defer term.Restore(int(os.Stdin.Fd()), old)
 			}
 			go io.Copy(tty, os.Stdin)
 		}
 		out.Add(1)
 		go func() {
 			defer out.Done()
-			io.Copy(os.Stdout, tty)
+			io.Copy(stdout, tty)
 		}()
 	} else {
 		for _, s := range []struct {
 			name string
 			w    io.Writer
-		}{{agentproto.Stdout, os.Stdout}, {agentproto.Stderr, os.Stderr}} {
+		}{{agentproto.Stdout, stdout}, {agentproto.Stderr, stderr}} {
 			c, err := stream(s.name)
 			if err != nil {
 				return 0, err
@@ -480,44 +657,53 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
 		return 0, err
 	}
+	if err := started(); err != nil {
+		return 0, err
+	}
 	// Signals reach the container's process, as docker's --sig-proxy;
 	// window size changes reach its terminal.
 	fwdCtx, stopFwd := context.WithCancel(ctx)
 	defer stopFwd()
-	go func() {
-		terminating := 0
-		for {
-			select {
-			case s := <-sigs:
-				switch s {
-				case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP:
-					if terminating++; terminating == forceSignals {
-						fmt.Fprintf(os.Stderr, "vessel: %s %d times: stopping the VM\n", s, forceSignals)
-						force(s)
-						return
-					}
-				}
-				req := agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: int(s.(syscall.Signal))}
-				if s == syscall.SIGWINCH {
-					if !f.tty {
-						continue
-					}
-					w, h, err := term.GetSize(int(os.Stdout.Fd()))
-					if err != nil {
-						continue
-					}
-					req = agentproto.Request{Op: agentproto.OpResize, Container: p.id, Size: &specs.Box{Width: uint(w), Height: uint(h)}}
-				}
-				go ag.Call(fwdCtx, req)
-			case <-fwdCtx.Done():
-				return
-			}
-		}
-	}()
+	go forwardSignals(fwdCtx, ag, p.id, f.tty, sigs, force)
 	status, err := ag.Wait(ctx, p.id, "")
 	if err != nil {
 		return 0, err
 	}
 	out.Wait()
 	return status, nil
+}
+
+// forwardSignals passes vessel's signals on to the container's process
+// until ctx ends: terminal size changes as resizes (with a terminal),
+// the rest as signals, and the forceSignals-th terminating signal to
+// force instead.
+func forwardSignals(ctx context.Context, ag *container.Agent, id string, tty bool, sigs chan os.Signal, force func(os.Signal)) {
+	terminating := 0
+	for {
+		select {
+		case s := <-sigs:
+			switch s {
+			case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP:
+				if terminating++; terminating == forceSignals {
+					fmt.Fprintf(os.Stderr, "vessel: %s %d times: stopping the VM\n", s, forceSignals)
+					force(s)
+					return
+				}
+			}
+			req := agentproto.Request{Op: agentproto.OpSignal, Container: id, Signal: int(s.(syscall.Signal))}
+			if s == syscall.SIGWINCH {
+				if !tty {
+					continue
+				}
+				w, h, err := term.GetSize(int(os.Stdout.Fd()))
+				if err != nil {
+					continue
+				}
+				req = agentproto.Request{Op: agentproto.OpResize, Container: id, Size: &specs.Box{Width: uint(w), Height: uint(h)}}
+			}
+			go ag.Call(ctx, req)
+		case <-ctx.Done():
+			return
+		}
+	}
 }

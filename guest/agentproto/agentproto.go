@@ -89,6 +89,10 @@ const (
 	// OpDelete removes a container whose process exited (or kills it
 	// first) and its root file system's writable layer.
 	OpDelete = "delete"
+	// OpWait replies when a process (Exec "" is the container's) has
+	// exited and its output is drained, with its Status; the same
+	// moment as its exit event.
+	OpWait = "wait"
 	// OpShutdown ends the agent, and so the VM.
 	OpShutdown = "shutdown"
 )
@@ -103,7 +107,10 @@ type Request struct {
 	Process   *specs.Process `json:"process,omitempty"` // for OpExec
 	IO        *ProcessIO     `json:"io,omitempty"`      // for OpCreate and OpExec
 	Signal    int            `json:"signal,omitempty"`
-	Size      *specs.Box     `json:"size,omitempty"` // for OpResize
+	// User, for OpExec, is docker's user[:group] to run the process as,
+	// resolved in the image; empty means the container's user.
+	User string     `json:"user,omitempty"`
+	Size *specs.Box `json:"size,omitempty"` // for OpResize
 }
 
 // ProcessIO says which streams a process has. With Terminal, one TTY

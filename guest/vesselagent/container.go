@@ -29,6 +29,10 @@ type container struct {
 	dir  string // stateDir/<id>: bundle/ (config.json, rootfs/), image/, rw/, runc.log
 	runc *runc.Runc
 	init *process
+	// rootfs is the bundle's root; user is the container process's
+	// resolved user, which exec'd processes get unless told otherwise.
+	rootfs string
+	user   specs.User
 
 	mu     sync.Mutex
 	execs  map[string]*process
@@ -41,6 +45,8 @@ type process struct {
 	exec    string // "" for the container's own
 	pid     int
 	exited  chan struct{}
+	done    chan struct{} // closed when the exit has been reported; status is set
+	status  int
 	console console.Console // with a terminal
 	copies  sync.WaitGroup  // output streams still being copied
 	closers []io.Closer     // stream connections and pipes, closed after exit
@@ -101,9 +107,10 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}
 	spec := *cr.Spec
 	spec.Root = &specs.Root{Path: rootfs}
-	if err := resolveUser(&spec, rootfs, cr.User); err != nil {
+	if err := resolveUser(spec.Process, rootfs, cr.User); err != nil {
 		return nil, &startError{code: 126, err: err}
 	}
+	c.rootfs, c.user = rootfs, spec.Process.User
 	if err := c.etcFiles(&spec); err != nil {
 		return nil, err
 	}
@@ -116,7 +123,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		return nil, err
 	}
 
-	p := &process{c: c, exited: make(chan struct{})}
+	p := newProcess(c, "")
 	// The guest's root is the initramfs, which pivot_root cannot leave:
 	// runc moves the root with MS_MOVE and chroots instead, as its
 	// documentation says for a root on a ramdisk.
@@ -201,29 +208,34 @@ func diskBySerial(s string) (string, error) {
 	return "", fmt.Errorf("create: no disk with serial %q", s)
 }
 
+// newProcess makes the record of a process of c.
+func newProcess(c *container, exec string) *process {
+	return &process{c: c, exec: exec, exited: make(chan struct{}), done: make(chan struct{})}
+}
+
 // resolveUser sets the process's uid, gid and groups from docker's
 // user[:group] string, looked up in the image's /etc/passwd and
 // /etc/group, and HOME when the image did not set it.
-func resolveUser(spec *specs.Spec, rootfs, userSpec string) error {
+func resolveUser(proc *specs.Process, rootfs, userSpec string) error {
 	defaults := &user.ExecUser{Uid: 0, Gid: 0, Home: "/"}
 	passwd, group := filepath.Join(rootfs, "etc", "passwd"), filepath.Join(rootfs, "etc", "group")
 	u, err := user.GetExecUserPath(userSpec, defaults, passwd, group)
 	if err != nil {
 		return fmt.Errorf("unable to find user %s: %w", userSpec, err)
 	}
-	pu := &spec.Process.User
+	pu := &proc.User
 	pu.UID, pu.GID = uint32(u.Uid), uint32(u.Gid)
 	for _, g := range u.Sgids {
 		if g != u.Gid {
 			pu.AdditionalGids = append(pu.AdditionalGids, uint32(g))
 		}
 	}
-	for _, e := range spec.Process.Env {
+	for _, e := range proc.Env {
 		if strings.HasPrefix(e, "HOME=") {
 			return nil
 		}
 	}
-	spec.Process.Env = append(spec.Process.Env, "HOME="+u.Home)
+	proc.Env = append(proc.Env, "HOME="+u.Home)
 	return nil
 }
 
@@ -301,17 +313,25 @@ func (c *container) start(ctx context.Context) error {
 	return nil
 }
 
-// exec starts another process in the container.
-func (c *container) exec(ctx context.Context, id string, ps *specs.Process, pio *agentproto.ProcessIO) (*process, error) {
+// exec starts another process in the container, as user (docker's
+// user[:group]; "" for the container's own user).
+func (c *container) exec(ctx context.Context, id string, ps *specs.Process, userSpec string, pio *agentproto.ProcessIO) (*process, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("exec: invalid id %q", id)
+	}
+	if userSpec != "" {
+		if err := resolveUser(ps, c.rootfs, userSpec); err != nil {
+			return nil, &startError{code: 126, err: err}
+		}
+	} else {
+		ps.User = c.user
 	}
 	c.mu.Lock()
 	if c.execs[id] != nil {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("exec: %q exists in %s", id, c.id)
 	}
-	p := &process{c: c, exec: id, exited: make(chan struct{})}
+	p := newProcess(c, id)
 	c.execs[id] = p
 	c.mu.Unlock()
 	pidFile := filepath.Join(c.dir, "exec-"+id+".pid")
@@ -468,12 +488,9 @@ func (p *process) wait(ch chan runc.Exit) {
 	close(p.exited)
 	p.copies.Wait()
 	p.closeAll()
+	p.status = e.Status
+	close(p.done)
 	p.c.a.send(agentproto.Reply{Event: agentproto.EventExit, Container: p.c.id, Exec: p.exec, Status: e.Status})
-	if p.exec != "" {
-		p.c.mu.Lock()
-		delete(p.c.execs, p.exec)
-		p.c.mu.Unlock()
-	}
 }
 
 func (p *process) closeAll() {

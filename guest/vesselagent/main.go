@@ -142,7 +142,7 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 		if req.Process == nil {
 			return fail(errors.New("exec: no process"))
 		}
-		p, err := c.exec(ctx, req.Exec, req.Process, req.IO)
+		p, err := c.exec(ctx, req.Exec, req.Process, req.User, req.IO)
 		if err != nil {
 			return fail(err)
 		}
@@ -153,6 +153,13 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 			return fail(fmt.Errorf("signal: no process %q in %s", req.Exec, c.id))
 		}
 		return fail(p.signal(unix.Signal(req.Signal)))
+	case agentproto.OpWait:
+		p := c.process(req.Exec)
+		if p == nil {
+			return fail(fmt.Errorf("wait: no process %q in %s", req.Exec, c.id))
+		}
+		<-p.done
+		return agentproto.Reply{Status: p.status}
 	case agentproto.OpResize:
 		p := c.process(req.Exec)
 		if p == nil || req.Size == nil {

@@ -1,0 +1,410 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/guest/agentproto"
+)
+
+// exitContainer is the status of ps, logs, stop and rm when they fail
+// (no such container, one still running), as docker's.
+const exitContainer = 1
+
+func containerErr(format string, args ...any) error {
+	return &exitError{code: exitContainer, msg: fmt.Sprintf(format, args...)}
+}
+
+// findContainer looks a container up by name or ID prefix.
+func findContainer(ref string) (*container.State, error) {
+	st, err := container.Find(container.StateRoot(), ref)
+	if err != nil {
+		return nil, containerErr("%v", err)
+	}
+	return st, nil
+}
+
+func newPs() *cobra.Command {
+	var all, quiet bool
+	cmd := &cobra.Command{
+		Use:   "ps [-a] [-q]",
+		Short: "List containers (running ones; -a for all)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			l, err := container.List(container.StateRoot())
+			if err != nil {
+				return containerErr("%v", err)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)
+			if !quiet {
+				fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tNAMES")
+			}
+			for _, st := range l {
+				running := st.Running()
+				if !running && !all {
+					continue
+				}
+				if quiet {
+					fmt.Fprintln(w, st.ID[:12])
+					continue
+				}
+				status := "Up " + ago(st.Created)
+				switch {
+				case running:
+				case st.Status == container.StatusExited:
+					status = fmt.Sprintf("Exited (%d) %s ago", st.ExitCode, ago(st.Finished))
+				case st.Status == container.StatusRunning:
+					status = "Exited (vessel process gone)"
+				default:
+					status = "Created"
+				}
+				cmdline := strings.Join(st.Command, " ")
+				if len(cmdline) > 30 {
+					cmdline = cmdline[:29] + "…"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%q\t%s ago\t%s\t%s\n", st.ID[:12], st.Image, cmdline, ago(st.Created), status, st.Name)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "show all containers, not only running ones")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the short IDs")
+	return cmd
+}
+
+// ago says how long ago t was, coarsely.
+func ago(t time.Time) string {
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d seconds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d minutes", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+func newLogs() *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs CONTAINER",
+		Short: "Print a container's output so far (stdout and stderr to each)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			st, err := findContainer(args[0])
+			if err != nil {
+				return err
+			}
+			if err := container.CopyLog(st.LogPath(), os.Stdout, os.Stderr); err != nil {
+				return containerErr("%v", err)
+			}
+			return nil
+		},
+	}
+}
+
+func newStop() *cobra.Command {
+	var timeout int
+	cmd := &cobra.Command{
+		Use:   "stop [-t SECONDS] CONTAINER...",
+		Short: "Stop running containers: SIGTERM, then SIGKILL after the timeout",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var failed error
+			for _, ref := range args {
+				st, err := findContainer(ref)
+				if err == nil {
+					err = stopContainer(st, time.Duration(timeout)*time.Second)
+				}
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+					failed = &exitError{code: exitContainer}
+					continue
+				}
+				fmt.Println(ref)
+			}
+			return failed
+		},
+	}
+	cmd.Flags().IntVarP(&timeout, "time", "t", 10, "seconds to wait for the container to exit before SIGKILL")
+	return cmd
+}
+
+// stopContainer sends SIGTERM to a running container's process, SIGKILL
+// after timeout, and waits until its vessel process recorded the exit.
+func stopContainer(st *container.State, timeout time.Duration) error {
+	if !st.Running() {
+		return nil
+	}
+	c, err := container.Dial(st.Socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	waiter, err := container.Dial(st.Socket)
+	if err != nil {
+		return err
+	}
+	defer waiter.Close()
+	exited := make(chan struct{})
+	go func() {
+		waiter.Call(agentproto.Request{Op: agentproto.OpWait, Container: st.ID})
+		close(exited)
+	}()
+	c.Call(agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGTERM)})
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		c.Call(agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGKILL)})
+		<-exited
+	}
+	// The vessel process records the exit and ends the VM.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		cur, err := container.Find(container.StateRoot(), st.ID)
+		if err != nil || !cur.Running() {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: the container exited but its VM did not end", st.Name)
+}
+
+func newRm() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm [-f] CONTAINER...",
+		Short: "Remove containers (-f stops running ones with SIGKILL first)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var failed error
+			for _, ref := range args {
+				st, err := findContainer(ref)
+				if err == nil && st.Running() {
+					if !force {
+						err = fmt.Errorf("cannot remove container %s: it is running (stop it first, or use rm -f)", ref)
+					} else {
+						err = stopContainer(st, 0)
+					}
+				}
+				if err == nil {
+					err = st.Delete()
+				}
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+					failed = &exitError{code: exitContainer}
+					continue
+				}
+				fmt.Println(ref)
+			}
+			return failed
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first")
+	return cmd
+}
+
+type execFlags struct {
+	interactive, tty bool
+	env              []string
+	workdir, user    string
+}
+
+func newExec() *cobra.Command {
+	var f execFlags
+	cmd := &cobra.Command{
+		Use:   "exec [flags] CONTAINER COMMAND [ARG...]",
+		Short: "Run a command in a running container",
+		Long: `Run a command in a running container, as docker exec: with the
+container's environment (plus -e), working directory (or -w) and user
+(or -u). Exits with the command's status; 125 when vessel fails, 126 and
+127 when the command cannot be run or was not found.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return runErr("\"vessel exec\" requires at least 2 arguments: CONTAINER COMMAND [ARG...]")
+			}
+			return containerExec(f, args[0], args[1:])
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return runErr("%v", err) })
+	fl := cmd.Flags()
+	fl.SetInterspersed(false)
+	fl.BoolVarP(&f.interactive, "interactive", "i", false, "pass stdin to the command")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "give the command a terminal")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable: KEY=VALUE, or KEY to pass the host's value (repeatable)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
+	fl.StringVarP(&f.user, "user", "u", "", "user[:group] to run as, names or numeric IDs")
+	return cmd
+}
+
+func containerExec(f execFlags, ref string, argv []string) error {
+	st, err := container.Find(container.StateRoot(), ref)
+	if err != nil {
+		return runErr("%v", err)
+	}
+	if !st.Running() {
+		return runErr("container %s is not running", ref)
+	}
+	if f.workdir != "" && !strings.HasPrefix(f.workdir, "/") {
+		return runErr("the working directory %q is not an absolute path", f.workdir)
+	}
+	proc := specs.Process{Args: argv, Terminal: f.tty, Cwd: "/"}
+	if st.Process != nil {
+		proc.Env = append(proc.Env, st.Process.Env...)
+		proc.Cwd = st.Process.Cwd
+		proc.Capabilities = st.Process.Capabilities
+		proc.Rlimits = st.Process.Rlimits
+	}
+	for _, kv := range f.env {
+		k, _, hasValue := strings.Cut(kv, "=")
+		if k == "" {
+			return runErr("invalid environment variable %q", kv)
+		}
+		if !hasValue {
+			v, ok := os.LookupEnv(k)
+			if !ok {
+				continue
+			}
+			kv = k + "=" + v
+		}
+		proc.Env = append(proc.Env, kv)
+	}
+	if f.workdir != "" {
+		proc.Cwd = f.workdir
+	}
+	if f.tty {
+		if w, h, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
+			proc.ConsoleSize = &specs.Box{Width: uint(w), Height: uint(h)}
+		}
+	}
+	c, err := container.Dial(st.Socket)
+	if err != nil {
+		return runErr("%v", err)
+	}
+	defer c.Close()
+	var b [6]byte
+	rand.Read(b[:])
+	execID := "exec" + hex.EncodeToString(b[:])
+	sid := func(name string) agentproto.StreamID {
+		return agentproto.StreamID{Container: st.ID, Exec: execID, Name: name}
+	}
+	// The streams first: the agent dials its ends while it starts the
+	// process, and the control socket joins them.
+	type pipe struct {
+		conn net.Conn
+		w    io.Writer
+	}
+	var outs []pipe
+	var in net.Conn
+	if f.tty {
+		tty, err := c.Stream(sid(agentproto.TTY))
+		if err != nil {
+			return runErr("%v", err)
+		}
+		defer tty.Close()
+		outs = append(outs, pipe{tty, os.Stdout})
+		if f.interactive {
+			in = tty
+		}
+	} else {
+		for _, s := range []struct {
+			name string
+			w    io.Writer
+		}{{agentproto.Stdout, os.Stdout}, {agentproto.Stderr, os.Stderr}} {
+			conn, err := c.Stream(sid(s.name))
+			if err != nil {
+				return runErr("%v", err)
+			}
+			defer conn.Close()
+			outs = append(outs, pipe{conn, s.w})
+		}
+		if f.interactive {
+			if in, err = c.Stream(sid(agentproto.Stdin)); err != nil {
+				return runErr("%v", err)
+			}
+			defer in.Close()
+		}
+	}
+	if _, err := c.Call(agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
+		User: f.user, IO: &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}}); err != nil {
+		var se *container.StartError
+		if errors.As(err, &se) && se.Code != 0 {
+			return &exitError{code: se.Code, msg: se.Msg}
+		}
+		return runErr("%v", err)
+	}
+	if f.tty && f.interactive && term.IsTerminal(int(os.Stdin.Fd())) {
+		if old, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
+			defer term.Restore(int(os.Stdin.Fd()), old)
+		}
+	}
+	if in != nil {
+		go func() {
+			io.Copy(in, os.Stdin)
+			if !f.tty {
+				in.(*net.UnixConn).CloseWrite()
+			}
+		}()
+	}
+	done := make(chan struct{}, len(outs))
+	for _, o := range outs {
+		go func() {
+			io.Copy(o.w, o.conn)
+			done <- struct{}{}
+		}()
+	}
+	// Signals go to the exec'd process; window changes to its terminal.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	waiter, err := container.Dial(st.Socket)
+	if err != nil {
+		return runErr("%v", err)
+	}
+	defer waiter.Close()
+	result := make(chan agentproto.Reply, 1)
+	go func() {
+		r, _ := waiter.Call(agentproto.Request{Op: agentproto.OpWait, Container: st.ID, Exec: execID})
+		result <- r
+	}()
+	for {
+		select {
+		case s := <-sigs:
+			req := agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Exec: execID, Signal: int(s.(syscall.Signal))}
+			if s == syscall.SIGWINCH {
+				w, h, err := term.GetSize(int(os.Stdout.Fd()))
+				if err != nil || !f.tty {
+					continue
+				}
+				req = agentproto.Request{Op: agentproto.OpResize, Container: st.ID, Exec: execID, Size: &specs.Box{Width: uint(w), Height: uint(h)}}
+			}
+			c.Call(req)
+		case r := <-result:
+			for range outs {
+				<-done
+			}
+			if r.Error != "" {
+				return runErr("%s", r.Error)
+			}
+			if r.Status != 0 {
+				return &exitError{code: r.Status}
+			}
+			return nil
+		}
+	}
+}

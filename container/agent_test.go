@@ -1,0 +1,123 @@
+package container
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vesselvm/vessel/guest/agentproto"
+)
+
+// fakeAgent plays the guest agent: it dials the host's agent socket,
+// answers exec with a stdout stream carrying "hi" and then an exit
+// event with status 4, and waits with that status.
+func fakeAgent(t *testing.T, sock string) {
+	dial := func(h agentproto.Hello) net.Conn {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		agentproto.Write(c, h)
+		return c
+	}
+	ctl := dial(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+	if ctl == nil {
+		return
+	}
+	defer ctl.Close()
+	for {
+		var req agentproto.Request
+		if agentproto.Read(ctl, &req) != nil {
+			return
+		}
+		rep := agentproto.Reply{ID: req.ID}
+		switch req.Op {
+		case agentproto.OpExec:
+			s := dial(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleStream,
+				Stream: &agentproto.StreamID{Container: req.Container, Exec: req.Exec, Name: agentproto.Stdout}})
+			io.WriteString(s, "hi")
+			s.Close()
+			rep.Pid = 42
+			agentproto.Write(ctl, rep)
+			agentproto.Write(ctl, agentproto.Reply{Event: agentproto.EventExit, Container: req.Container, Exec: req.Exec, Status: 4})
+			continue
+		case agentproto.OpWait:
+			rep.Status = 4
+		default:
+			rep.Error, rep.Code = "nope", 127
+		}
+		agentproto.Write(ctl, rep)
+	}
+}
+
+// TestAgentAndRelay: the host's Agent talks to an agent directly, and a
+// Client talks to it through the control socket relay.
+func TestAgentAndRelay(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fakeAgent(t, filepath.Join(dir, "agent"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+
+	// Directly.
+	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: "c"}); err == nil {
+		t.Error("an error reply came back as success")
+	} else if se, ok := err.(*StartError); !ok || se.Code != 127 {
+		t.Errorf("error reply: %v, want a StartError with code 127", err)
+	}
+	r, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpExec, Container: "c", Exec: "e1"})
+	if err != nil || r.Pid != 42 {
+		t.Fatalf("exec: %+v, %v", r, err)
+	}
+	s, err := ag.Stream(ctx, agentproto.StreamID{Container: "c", Exec: "e1", Name: agentproto.Stdout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(s); string(b) != "hi" {
+		t.Errorf("stream carried %q", b)
+	}
+	if st, err := ag.Wait(ctx, "c", "e1"); err != nil || st != 4 {
+		t.Errorf("Wait = %d, %v; want 4", st, err)
+	}
+
+	// Through the relay.
+	ctlLn, err := net.Listen("unix", filepath.Join(dir, "ctl.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctlLn.Close()
+	go ag.ServeControl(ctlLn)
+	c, err := Dial(filepath.Join(dir, "ctl.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out, err := c.Stream(agentproto.StreamID{Container: "c", Exec: "e2", Name: agentproto.Stdout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Call(agentproto.Request{Op: agentproto.OpExec, Container: "c", Exec: "e2"}); err != nil || r.Pid != 42 {
+		t.Fatalf("relayed exec: %+v, %v", r, err)
+	}
+	if b, _ := io.ReadAll(out); string(b) != "hi" {
+		t.Errorf("relayed stream carried %q", b)
+	}
+	if r, err := c.Call(agentproto.Request{Op: agentproto.OpWait, Container: "c", Exec: "e2"}); err != nil || r.Status != 4 {
+		t.Errorf("relayed wait: %+v, %v", r, err)
+	}
+	if _, err := c.Call(agentproto.Request{Op: agentproto.OpShutdown}); err == nil {
+		t.Error("shutdown passed the relay")
+	}
+}
