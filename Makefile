@@ -4,11 +4,12 @@
 #   make test     all tests: unit, fuzz (short), end to end (real boots)
 #   make bench-boot  boot-time benchmark against gokvm and QEMU microvm
 #   make bench-io    block, TCP and vsock throughput and exits per MiB
+#   make bench-run   vessel run end to end against runc and vessel vm run
 
 SHELL := /bin/bash
 GO ?= go
 GUEST_DIR ?= $(or $(VESSEL_GUEST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vessel/guest)
-APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static e2fsprogs gcc libc6-dev
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static e2fsprogs gcc libc6-dev runc
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" when the time runs
 # out mid-execution (golang/go#75804, fixed in Go 1.27).
@@ -16,7 +17,7 @@ FUZZTIME ?= 50000x
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot bench-io clean
+.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot bench-io bench-run clean
 
 all: build guest
 
@@ -107,3 +108,15 @@ bench-io: build guest
 	@mkdir -p build
 	set -o pipefail; bin/testvm --timeout 40m -- bin/benchio -vessel bin/vessel \
 		-kernel "$(GUEST_DIR)/bzImage" -initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_IO_FLAGS) 2>&1 | tee build/bench-io.md
+
+## bench-run: container start-up benchmark (bench/run): `vessel run IMAGE
+## true` end to end (no network, and the default user network) against
+## `vessel vm run -- true` and the host's runc running the same root file
+## system, plus the memory of one running container. Not a test: no
+## thresholds. The report goes to stdout and build/bench-run.md.
+## BENCH_RUN_FLAGS adds benchrun flags (e.g. -runs 9).
+BENCH_RUN_FLAGS ?=
+bench-run: deps build guest
+	CGO_ENABLED=0 $(GO) build -o bin/benchrun ./bench/run
+	@mkdir -p build
+	set -o pipefail; bin/testvm --timeout 40m -- bin/benchrun -vessel bin/vessel $(BENCH_RUN_FLAGS) 2>&1 | tee build/bench-run.md

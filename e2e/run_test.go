@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bytes"
 	"fmt"
 	"io"
@@ -23,15 +22,15 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
-// runImage is the image the `vessel run` tests use: Debian's static
-// busybox with every applet linked in /bin, an /etc/passwd with a user
-// "app" (uid 1000), a web root, and a config whose defaults the tests
-// check (Env, WorkingDir, Cmd).
+// runImage is the image the `vessel run` tests use (package bbimage):
+// Debian's static busybox, a user "app" (uid 1000), a web root, and a
+// config whose defaults the tests check (Env, WorkingDir, Cmd).
 const runImage = "vessel-e2e/run:1"
 
 // runImageArchive writes runImage as a `docker save` archive.
@@ -63,62 +62,10 @@ func runImageLayout(t *testing.T, dir string) {
 // runImageOCI is runImage's name when loaded from an OCI layout.
 const runImageOCI = "vessel-e2e/run-oci:1"
 
-// buildRunImage makes runImage.
+// buildRunImage makes runImage (package bbimage).
 func buildRunImage(t *testing.T) v1.Image {
 	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatalf("Debian's busybox-static (make deps installs it): %v", err)
-	}
-	list, err := exec.Command("/bin/busybox", "--list").Output()
-	if err != nil {
-		t.Fatalf("busybox --list: %v", err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(h *tar.Header, body string) {
-		h.Size = int64(len(body))
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, body)
-	}
-	dir := func(n string, mode int64) { add(&tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: mode}, "") }
-	file := func(n, body string) { add(&tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644}, body) }
-	dir("bin/", 0o755)
-	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, string(bb))
-	for _, applet := range strings.Fields(string(list)) {
-		if applet != "busybox" && !strings.ContainsAny(applet, "[/") {
-			add(&tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, "")
-		}
-	}
-	dir("etc/", 0o755)
-	file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-	file("etc/group", "root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n")
-	dir("root/", 0o700)
-	dir("home/", 0o755)
-	add(&tar.Header{Name: "home/app/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 1000, Gid: 1000}, "")
-	dir("srv/", 0o755)
-	dir("www/", 0o755)
-	file("www/index.html", "served from the container\n")
-	dir("tmp/", 0o1777)
-	for _, d := range []string{"proc/", "sys/", "dev/"} {
-		dir(d, 0o755)
-	}
-	tw.Close()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.Config(img, v1.Config{
-		Env:        []string{"PATH=/bin", "IMAGE_VAR=from-image"},
-		WorkingDir: "/srv",
-		Cmd:        []string{"sh", "-c", "echo IMAGE_VAR=$IMAGE_VAR cwd=$(pwd) home=$HOME"},
-	})
+	img, err := bbimage.Build()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +240,7 @@ touch /tmp/w && echo writable`
 			case <-time.After(time.Second):
 			}
 		}
-		if body != "served from the container\n" {
+		if body != bbimage.Index {
 			t.Errorf("GET through the published port: %q, %v", body, err)
 		}
 		// SIGTERM reaches the container's first process. (That process
@@ -397,7 +344,7 @@ func TestRunDetached(t *testing.T) {
 			body = string(b)
 		}
 	}
-	if body != "served from the container\n" {
+	if body != bbimage.Index {
 		t.Errorf("GET through the published port of the detached container: %q", body)
 	}
 	if r := cli("", "exec", "web", "sh", "-c", "echo exec-out; echo exec-err >&2; hostname; exit 5"); r.code != 5 ||

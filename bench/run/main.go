@@ -1,0 +1,336 @@
+// Command benchrun is `make bench-run`: what a container costs in vessel,
+// measured in one run on one platform. It times `vessel run IMAGE true`
+// end to end (with no network, and with the default user network),
+// `vessel vm run -- true` (the same VM without the container machinery),
+// and `runc run` of the same root file system on the host; and it
+// measures the memory of one running container: the vessel process's
+// resident and proportional set (guest RAM the guest touched included)
+// against the container process runc leaves on the host. It prints a
+// markdown table with medians, ranges and ratios. Not a test: no
+// thresholds.
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/internal/bbimage"
+)
+
+const image = "vessel-bench/busybox:1"
+
+func main() {
+	vessel := flag.String("vessel", "bin/vessel", "the vessel binary")
+	runc := flag.String("runc", "runc", "the host's runc, for the baseline")
+	runs := flag.Int("runs", 5, "runs of each measurement")
+	flag.Parse()
+	if err := run(*vessel, *runc, *runs); err != nil {
+		fmt.Fprintf(os.Stderr, "benchrun: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// bench holds one benchmark run's environment.
+type bench struct {
+	vessel, runc string
+	env          []string
+	work         string
+}
+
+func run(vessel, runc string, runs int) error {
+	work, err := os.MkdirTemp("", "benchrun-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	if vessel, err = filepath.Abs(vessel); err != nil {
+		return err
+	}
+	b := &bench{vessel: vessel, runc: runc, work: work,
+		env: append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(work, "data"), "XDG_RUNTIME_DIR="+filepath.Join(work, "run"))}
+	img, err := bbimage.Build()
+	if err != nil {
+		return err
+	}
+	archive := filepath.Join(work, "image.tar")
+	tag, _ := name.NewTag(image)
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		return err
+	}
+	if _, err := b.cmd("image", "load", archive); err != nil {
+		return err
+	}
+	// The first run builds the image's disk (cached afterwards): not timed.
+	if _, err := b.cmd("run", "--rm", "--network", "none", image, "true"); err != nil {
+		return err
+	}
+
+	type row struct {
+		what  string
+		times []float64 // ms
+		note  string
+	}
+	rows := []*row{
+		{what: "vessel run --network none IMAGE true"},
+		{what: "vessel run IMAGE true (user network)"},
+		{what: "vessel vm run -- true"},
+		{what: "runc run (same rootfs, host)"},
+	}
+	bundle, bundleErr := b.runcBundle(img)
+	for i := 0; i < runs; i++ {
+		fmt.Fprintf(os.Stderr, "benchrun: round %d of %d\n", i+1, runs)
+		for k, args := range [][]string{
+			{"run", "--rm", "--network", "none", image, "true"},
+			{"run", "--rm", image, "true"},
+			{"vm", "run", "--", "true"},
+		} {
+			d, err := b.cmd(args...)
+			if err != nil {
+				return err
+			}
+			rows[k].times = append(rows[k].times, ms(d))
+		}
+		if bundleErr != nil {
+			rows[3].note = "unavailable: " + bundleErr.Error()
+			continue
+		}
+		start := time.Now()
+		out, err := exec.Command(runc, "--root", filepath.Join(work, "runc"), "run", "--bundle", bundle, fmt.Sprintf("bench%d", i)).CombinedOutput()
+		if err != nil {
+			rows[3].note = fmt.Sprintf("unavailable: runc run: %v: %s", err, firstLine(out))
+			bundleErr = errors.New(rows[3].note)
+			continue
+		}
+		rows[3].times = append(rows[3].times, ms(time.Since(start)))
+	}
+
+	vmRSS, vmPSS, memErr := b.vesselMemory()
+	ctrRSS, runcRSS, runcErr := b.runcMemory(bundleErr)
+
+	fmt.Printf("# vessel run benchmark\n\nPlatform: %s. Medians of %d runs (range), wall time of each command from start to exit.\n\n", benchutil.Describe(), runs)
+	fmt.Println("| what | median | range | vs runc run | vs vessel vm run |")
+	fmt.Println("|---|---|---|---|---|")
+	med := func(r *row) float64 { return benchutil.Summarize(r.times).Median }
+	for _, r := range rows {
+		if len(r.times) == 0 {
+			fmt.Printf("| %s | %s | | | |\n", r.what, r.note)
+			continue
+		}
+		s := benchutil.Summarize(r.times)
+		fmt.Printf("| %s | %.0f ms | %.0f-%.0f ms | %s | %s |\n", r.what, s.Median, s.Min, s.Max,
+			ratio(s.Median, med(rows[3])), ratio(s.Median, med(rows[2])))
+	}
+	fmt.Println("\n## Memory of one running container (`sleep`)")
+	fmt.Println()
+	fmt.Println("| what | RSS | PSS |")
+	fmt.Println("|---|---|---|")
+	if memErr != nil {
+		fmt.Printf("| vessel (the process running the VM, guest RAM included) | unavailable: %v | |\n", memErr)
+	} else {
+		fmt.Printf("| vessel (the process running the VM, guest RAM included) | %.1f MiB | %.1f MiB |\n", vmRSS, vmPSS)
+	}
+	if runcErr != nil {
+		fmt.Printf("| runc container on the host | unavailable: %v | |\n", runcErr)
+	} else {
+		fmt.Printf("| runc container on the host: its process + the runc process waiting on it | %.1f + %.1f MiB | |\n", ctrRSS, runcRSS)
+	}
+	fmt.Println("\nTarget on a VT-x host: vessel run ≤ 300 ms end to end (Kata Containers: about 1 s). Absolute times on the nested test platform are 10-50x slower than hardware: compare the ratios.")
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func ratio(a, b float64) string {
+	if b == 0 || b != b || a != a {
+		return ""
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
+
+// cmd runs vessel with args and returns how long it took.
+func (b *bench) cmd(args ...string) (time.Duration, error) {
+	c := exec.Command(b.vessel, args...)
+	c.Env = b.env
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	start := time.Now()
+	err := c.Run()
+	d := time.Since(start)
+	if err != nil {
+		return d, fmt.Errorf("vessel %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return d, nil
+}
+
+// runcBundle writes OCI bundles of img for the host's runc: its file
+// system, once, and vessel's own configuration (container.Spec) with a
+// network namespace of its own (on the host, unlike in vessel's VM) for
+// `true` (the returned bundle) and for `sleep 600` (bundle-sleep).
+func (b *bench) runcBundle(img v1.Image) (string, error) {
+	if _, err := exec.LookPath(b.runc); err != nil {
+		return "", fmt.Errorf("no runc on the host (make deps installs Debian's): %w", err)
+	}
+	rootfs := filepath.Join(b.work, "rootfs")
+	if err := extract(img, rootfs); err != nil {
+		return "", err
+	}
+	for _, c := range []struct {
+		dir  string
+		args []string
+	}{{"bundle", []string{"true"}}, {"bundle-sleep", []string{"sleep", "600"}}} {
+		spec, _, err := container.Spec(bbimage.Config, container.Options{Args: c.args, Hostname: "bench"})
+		if err != nil {
+			return "", err
+		}
+		spec.Root = &specs.Root{Path: rootfs}
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		js, err := json.Marshal(spec)
+		if err != nil {
+			return "", err
+		}
+		dir := filepath.Join(b.work, c.dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(b.work, "bundle"), nil
+}
+
+// extract writes img's file system to dir. The image is the one bbimage
+// built (trusted): directories, files and symlinks.
+func extract(img v1.Image, dir string) error {
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode).Perm()|0o700)
+		case tar.TypeSymlink:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeReg:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			var f *os.File
+			if f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode).Perm()); err == nil {
+				_, err = io.Copy(f, tr)
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("extract %s: %w", h.Name, err)
+		}
+	}
+}
+
+// runcMemory runs `sleep` with the host's runc in the foreground and
+// measures the container's process and the runc process waiting on it
+// (MiB), which together are what a container costs on the host.
+func (b *bench) runcMemory(bundleErr error) (ctr, runcRSS float64, err error) {
+	if bundleErr != nil {
+		return 0, 0, bundleErr
+	}
+	root := filepath.Join(b.work, "runc")
+	cmd := exec.Command(b.runc, "--root", root, "run", "--bundle", filepath.Join(b.work, "bundle-sleep"), "mem")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		exec.Command(b.runc, "--root", root, "kill", "mem", "KILL").Run()
+		cmd.Wait()
+		exec.Command(b.runc, "--root", root, "delete", "-f", "mem").Run()
+	}()
+	var st struct {
+		Pid    int    `json:"pid"`
+		Status string `json:"status"`
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		js, err := exec.Command(b.runc, "--root", root, "state", "mem").Output()
+		if err == nil && json.Unmarshal(js, &st) == nil && st.Status == "running" && st.Pid > 0 {
+			break
+		}
+	}
+	if st.Pid == 0 {
+		return 0, 0, fmt.Errorf("the runc container did not run (%q): %s", st.Status, firstLine(out.Bytes()))
+	}
+	time.Sleep(time.Second)
+	if ctr, _, err = procMemory(st.Pid); err != nil {
+		return 0, 0, err
+	}
+	runcRSS, _, err = procMemory(cmd.Process.Pid)
+	return ctr, runcRSS, err
+}
+
+// vesselMemory starts a detached container and measures its vessel
+// process (MiB).
+func (b *bench) vesselMemory() (rss, pss float64, err error) {
+	if _, err := b.cmd("run", "-d", "--name", "mem", "--network", "none", image, "sleep", "600"); err != nil {
+		return 0, 0, err
+	}
+	defer b.cmd("rm", "-f", "mem")
+	st, err := container.Find(filepath.Join(b.work, "run", "vessel", "containers"), "mem")
+	if err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(2 * time.Second) // let the guest settle
+	return procMemory(st.Pid)
+}
+
+// procMemory returns a process's resident and proportional set sizes.
+func procMemory(pid int) (rss, pss float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "Rss:":
+			rss = kb / 1024
+		case "Pss:":
+			pss = kb / 1024
+		}
+	}
+	return rss, pss, nil
+}
