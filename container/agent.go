@@ -100,12 +100,19 @@ func (a *Agent) acceptLoop(ctlc chan net.Conn) {
 
 // stream returns the channel for a stream's connection.
 func (a *Agent) stream(id agentproto.StreamID) chan net.Conn {
-	a.smu.Lock()
-	defer a.smu.Unlock()
-	ch, ok := a.streams[id]
+	return rendezvous(&a.smu, a.streams, id)
+}
+
+// rendezvous returns m's channel for k, making it (with room for the one
+// value that will ever be sent) if it is the first to ask: whichever of
+// the sender and the receiver comes first.
+func rendezvous[K comparable, V any](mu *sync.Mutex, m map[K]chan V, k K) chan V {
+	mu.Lock()
+	defer mu.Unlock()
+	ch, ok := m[k]
 	if !ok {
-		ch = make(chan net.Conn, 1)
-		a.streams[id] = ch
+		ch = make(chan V, 1)
+		m[k] = ch
 	}
 	return ch
 }
@@ -159,14 +166,7 @@ type procKey struct{ container, exec string }
 
 // exit returns the channel for a process's exit event.
 func (a *Agent) exit(k procKey) chan agentproto.Reply {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ch, ok := a.exits[k]
-	if !ok {
-		ch = make(chan agentproto.Reply, 1)
-		a.exits[k] = ch
-	}
-	return ch
+	return rendezvous(&a.mu, a.exits, k)
 }
 
 // Wait waits for a process's exit (exec "" is the container's own

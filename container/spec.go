@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -131,20 +132,52 @@ func Spec(cfg v1.Config, o Options) (*specs.Spec, string, error) {
 // HOSTNAME is the container's and TERM is xterm with a terminal (both
 // unless set).
 func mergeEnv(image, flags []string, hostname string, terminal bool) ([]string, error) {
-	var env []string
+	flags, err := ExpandEnv(flags)
+	if err != nil {
+		return nil, err
+	}
+	env := OverrideEnv(OverrideEnv(nil, image), flags)
+	defaults := []string{DefaultPath}
+	if hostname != "" {
+		defaults = append(defaults, "HOSTNAME="+hostname)
+	}
+	if terminal {
+		defaults = append(defaults, "TERM=xterm")
+	}
+	for _, kv := range defaults {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") }) {
+			env = append(env, kv)
+		}
+	}
+	return env, nil
+}
+
+// OverrideEnv returns base with each KEY=VALUE of kvs set: replacing the
+// same key's entry in place, or appended.
+func OverrideEnv(base, kvs []string) []string {
+	env := append([]string(nil), base...)
 	index := map[string]int{}
-	set := func(kv string) {
+	for i, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		index[k] = i
+	}
+	for _, kv := range kvs {
 		k, _, _ := strings.Cut(kv, "=")
 		if i, ok := index[k]; ok {
 			env[i] = kv
-			return
+			continue
 		}
 		index[k] = len(env)
 		env = append(env, kv)
 	}
-	for _, kv := range image {
-		set(kv)
-	}
+	return env
+}
+
+// ExpandEnv checks docker's -e values and resolves them to KEY=VALUE: a
+// bare KEY takes the host's value, and is dropped when the host has none.
+func ExpandEnv(flags []string) ([]string, error) {
+	var env []string
 	for _, kv := range flags {
 		k, _, hasValue := strings.Cut(kv, "=")
 		if k == "" {
@@ -157,20 +190,7 @@ func mergeEnv(image, flags []string, hostname string, terminal bool) ([]string, 
 			}
 			kv = k + "=" + v
 		}
-		set(kv)
-	}
-	defaults := []string{DefaultPath}
-	if hostname != "" {
-		defaults = append(defaults, "HOSTNAME="+hostname)
-	}
-	if terminal {
-		defaults = append(defaults, "TERM=xterm")
-	}
-	for _, kv := range defaults {
-		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := index[k]; !ok {
-			set(kv)
-		}
+		env = append(env, kv)
 	}
 	return env, nil
 }

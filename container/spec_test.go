@@ -94,3 +94,10 @@ func TestSpecWorkdirUser(t *testing.T) {
 		}
 	}
 }
+
+func TestOverrideEnv(t *testing.T) {
+	got := OverrideEnv([]string{"A=1", "B=2"}, []string{"B=3", "C=4", "A=5"})
+	if want := []string{"A=5", "B=3", "C=4"}; !slices.Equal(got, want) {
+		t.Errorf("OverrideEnv = %q, want %q", got, want)
+	}
+}

@@ -119,6 +119,26 @@ func newLogs() *cobra.Command {
 	}
 }
 
+// eachContainer applies f to the containers refs name, as docker's stop
+// and rm: each success prints the name given, each failure one line, and
+// any failure makes the status 1.
+func eachContainer(refs []string, f func(*container.State) error) error {
+	var failed error
+	for _, ref := range refs {
+		st, err := findContainer(ref)
+		if err == nil {
+			err = f(st)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+			failed = &exitError{code: exitContainer}
+			continue
+		}
+		fmt.Println(ref)
+	}
+	return failed
+}
+
 func newStop() *cobra.Command {
 	var timeout int
 	cmd := &cobra.Command{
@@ -126,20 +146,9 @@ func newStop() *cobra.Command {
 		Short: "Stop running containers: SIGTERM, then SIGKILL after the timeout",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var failed error
-			for _, ref := range args {
-				st, err := findContainer(ref)
-				if err == nil {
-					err = stopContainer(st, time.Duration(timeout)*time.Second)
-				}
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
-					failed = &exitError{code: exitContainer}
-					continue
-				}
-				fmt.Println(ref)
-			}
-			return failed
+			return eachContainer(args, func(st *container.State) error {
+				return stopContainer(st, time.Duration(timeout)*time.Second)
+			})
 		},
 	}
 	cmd.Flags().IntVarP(&timeout, "time", "t", 10, "seconds to wait for the container to exit before SIGKILL")
@@ -191,27 +200,17 @@ func newRm() *cobra.Command {
 		Short: "Remove containers (-f stops running ones with SIGKILL first)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var failed error
-			for _, ref := range args {
-				st, err := findContainer(ref)
-				if err == nil && st.Running() {
+			return eachContainer(args, func(st *container.State) error {
+				if st.Running() {
 					if !force {
-						err = fmt.Errorf("cannot remove container %s: it is running (stop it first, or use rm -f)", ref)
-					} else {
-						err = stopContainer(st, 0)
+						return fmt.Errorf("cannot remove container %s: it is running (stop it first, or use rm -f)", st.Name)
+					}
+					if err := stopContainer(st, 0); err != nil {
+						return err
 					}
 				}
-				if err == nil {
-					err = st.Delete()
-				}
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
-					failed = &exitError{code: exitContainer}
-					continue
-				}
-				fmt.Println(ref)
-			}
-			return failed
+				return st.Delete()
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first")
@@ -270,20 +269,11 @@ func containerExec(f execFlags, ref string, argv []string) error {
 		proc.Capabilities = st.Process.Capabilities
 		proc.Rlimits = st.Process.Rlimits
 	}
-	for _, kv := range f.env {
-		k, _, hasValue := strings.Cut(kv, "=")
-		if k == "" {
-			return runErr("invalid environment variable %q", kv)
-		}
-		if !hasValue {
-			v, ok := os.LookupEnv(k)
-			if !ok {
-				continue
-			}
-			kv = k + "=" + v
-		}
-		proc.Env = append(proc.Env, kv)
+	env, err := container.ExpandEnv(f.env)
+	if err != nil {
+		return runErr("%v", err)
 	}
+	proc.Env = container.OverrideEnv(proc.Env, env)
 	if f.workdir != "" {
 		proc.Cwd = f.workdir
 	}

@@ -578,12 +578,7 @@ func guestFailure(what string, err error, res vmm.Result) error {
 	case vmm.ExitGuestStatus:
 		fmt.Fprintf(&b, " (the agent exited with status %d)", res.Status)
 	}
-	if len(res.ConsoleTail) > 0 {
-		b.WriteString("; last console lines:\n")
-		for _, l := range lastN(res.ConsoleTail, 15) {
-			b.WriteString("  | " + l + "\n")
-		}
-	}
+	writeConsoleTail(&b, res.ConsoleTail)
 	return &exitError{code: exitRun, msg: strings.TrimRight(b.String(), "\n")}
 }
 

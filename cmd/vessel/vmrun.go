@@ -255,15 +255,22 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 	case vmm.ExitPanic, vmm.ExitTripleFault:
 		var b strings.Builder
 		fmt.Fprintf(&b, "guest crashed: %s", res.Detail)
-		if len(res.ConsoleTail) > 0 {
-			b.WriteString("; last console lines:\n")
-			for _, l := range lastN(res.ConsoleTail, 15) {
-				b.WriteString("  | " + l + "\n")
-			}
-		}
+		writeConsoleTail(&b, res.ConsoleTail)
 		return &exitError{code: exitGuestCrash, msg: strings.TrimRight(b.String(), "\n")}
 	default:
 		return &exitError{code: exitInternal, msg: res.Detail}
+	}
+}
+
+// writeConsoleTail appends the guest console's last lines to a failure
+// report.
+func writeConsoleTail(b *strings.Builder, tail []string) {
+	if len(tail) == 0 {
+		return
+	}
+	b.WriteString("; last console lines:\n")
+	for _, l := range lastN(tail, 15) {
+		b.WriteString("  | " + l + "\n")
 	}
 }
 
