@@ -90,7 +90,9 @@ func (a *Agent) acceptLoop(ctlc chan net.Conn) {
 					c.Close() // one control connection only
 				}
 			case h.Role == agentproto.RoleStream && h.Stream != nil:
-				a.stream(*h.Stream) <- c
+				if !offer(&a.smu, a.streams, *h.Stream, c) {
+					c.Close() // a duplicate, or too many unclaimed streams
+				}
 			default:
 				c.Close()
 			}
@@ -101,6 +103,30 @@ func (a *Agent) acceptLoop(ctlc chan net.Conn) {
 // stream returns the channel for a stream's connection.
 func (a *Agent) stream(id agentproto.StreamID) chan net.Conn {
 	return rendezvous(&a.smu, a.streams, id)
+}
+
+// maxPending bounds the streams and exit events the guest has sent that
+// nobody has taken yet: a hostile guest cannot make the host hold an
+// unbounded number of connections or events.
+const maxPending = 256
+
+// offer delivers v for k without blocking, unless k already has an
+// undelivered value or maxPending keys are waiting; it reports whether v
+// was taken.
+func offer[K comparable, V any](mu *sync.Mutex, m map[K]chan V, k K, v V) bool {
+	mu.Lock()
+	_, exists := m[k]
+	full := !exists && len(m) >= maxPending
+	mu.Unlock()
+	if full {
+		return false
+	}
+	select {
+	case rendezvous(mu, m, k) <- v:
+		return true
+	default:
+		return false
+	}
 }
 
 // rendezvous returns m's channel for k, making it (with room for the one
@@ -147,7 +173,7 @@ func (a *Agent) readLoop() {
 		}
 		if r.ID == 0 {
 			if r.Event == agentproto.EventExit {
-				a.exit(procKey{r.Container, r.Exec}) <- r // a process exits once: never blocks
+				offer(&a.mu, a.exits, procKey{r.Container, r.Exec}, r) // a duplicate event is dropped
 			}
 			continue
 		}

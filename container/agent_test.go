@@ -2,6 +2,7 @@ package container
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -119,5 +120,67 @@ func TestAgentAndRelay(t *testing.T) {
 	}
 	if _, err := c.Call(agentproto.Request{Op: agentproto.OpShutdown}); err == nil {
 		t.Error("shutdown passed the relay")
+	}
+}
+
+// TestAgentHostileGuest: duplicate streams and exit events, and more
+// unclaimed streams than the host keeps, are dropped instead of
+// blocking the agent client.
+func TestAgentHostileGuest(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(h agentproto.Hello) net.Conn {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		agentproto.Write(c, h)
+		return c
+	}
+	ctl := dial(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+	defer ctl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	for i := 0; i < 3; i++ {
+		agentproto.Write(ctl, agentproto.Reply{Event: agentproto.EventExit, Container: "c", Status: 7 + i})
+	}
+	var extra []net.Conn
+	for i := 0; i < maxPending+20; i++ {
+		extra = append(extra, dial(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleStream,
+			Stream: &agentproto.StreamID{Container: "c", Exec: fmt.Sprint(i), Name: agentproto.Stdout}}))
+	}
+	defer func() {
+		for _, c := range extra {
+			c.Close()
+		}
+	}()
+	if st, err := ag.Wait(ctx, "c", ""); err != nil || st != 7 {
+		t.Errorf("Wait = %d, %v; want the first exit event's 7", st, err)
+	}
+	// The control connection still works: the reader was never blocked.
+	go func() {
+		var req agentproto.Request
+		if agentproto.Read(ctl, &req) == nil {
+			agentproto.Write(ctl, agentproto.Reply{ID: req.ID, Pid: 9})
+		}
+	}()
+	if r, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: "c"}); err != nil || r.Pid != 9 {
+		t.Errorf("call after the flood: %+v, %v", r, err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the accept loop file what it got
+	ag.smu.Lock()
+	n := len(ag.streams)
+	ag.smu.Unlock()
+	if n > maxPending {
+		t.Errorf("%d unclaimed streams kept, at most %d expected", n, maxPending)
 	}
 }
