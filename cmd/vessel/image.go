@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/vesselvm/vessel/images/rootfs"
 	"github.com/vesselvm/vessel/images/store"
 )
 
@@ -164,6 +165,30 @@ func pullImage(ctx context.Context, s *store.Store, ref string) (store.Image, er
 		bar.Finish()
 	}
 	return i, err
+}
+
+// conversionProgress returns a progress display for building an image's
+// disk on stderr when that is a terminal (a spinner with the bytes
+// converted: the total is not known in advance), or nil; and finish,
+// which clears it.
+func conversionProgress(ref string) (progress rootfs.Progress, finish func()) {
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return nil, func() {}
+	}
+	var bar *progressbar.ProgressBar
+	finish = func() {
+		if bar != nil {
+			bar.Finish()
+		}
+	}
+	return func(done int64) {
+		if bar == nil {
+			bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(os.Stderr),
+				progressbar.OptionSetDescription("converting "+ref+" to a disk"), progressbar.OptionShowBytes(true),
+				progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(100*time.Millisecond))
+		}
+		bar.Set64(done)
+	}, finish
 }
 
 func imageList() error {

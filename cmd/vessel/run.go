@@ -225,7 +225,10 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if p.spec, p.user, err = container.Spec(cf.Config, opts); err != nil {
 		return nil, runErr("%v", err)
 	}
-	if p.disk, err = st.Rootfs(img); err != nil {
+	progress, finish := conversionProgress(ref)
+	p.disk, err = st.RootfsProgress(img, progress)
+	finish()
+	if err != nil {
 		return nil, runErr("image %s: root file system: %v", ref, err)
 	}
 

@@ -32,10 +32,15 @@ import (
 // the root ("..").
 var ErrUnsafeEntry = errors.New("rootfs: unsafe path in image")
 
+// Progress reports how many bytes of the image's flattened file system
+// (as a tar stream) a build has converted so far.
+type Progress func(done int64)
+
 // Build writes img's file system (its layers applied in order, whiteouts
 // honoured) as an ext4 image at dst, through a temporary file in the same
-// directory that is renamed into place only when complete.
-func Build(img v1.Image, dst string) error {
+// directory that is renamed into place only when complete. progress, if
+// not nil, is called as the conversion advances.
+func Build(img v1.Image, dst string, progress Progress) error {
 	// go-containerregistry's flattening skips unsafe entries without
 	// saying so (and ends the stream cleanly): check every layer first,
 	// so that such an image fails with a clear error instead of becoming
@@ -53,7 +58,11 @@ func Build(img v1.Image, dst string) error {
 	flat := mutate.Extract(img)
 	defer flat.Close()
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(checked(flat, pw)) }()
+	var src io.Reader = flat
+	if progress != nil {
+		src = &progressReader{r: flat, f: progress}
+	}
+	go func() { pw.CloseWithError(checked(src, pw)) }()
 	if err := tar2ext4.ConvertTarToExt4(pr, tmp, tar2ext4.InlineData); err != nil {
 		pr.CloseWithError(err)
 		return fmt.Errorf("rootfs: %w", err)
@@ -67,9 +76,26 @@ func Build(img v1.Image, dst string) error {
 	return nil
 }
 
+// progressReader reports the running total of what is read through it.
+type progressReader struct {
+	r    io.Reader
+	f    Progress
+	done int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.done += int64(n)
+	if n > 0 {
+		p.f(p.done)
+	}
+	return n, err
+}
+
 // Cached returns the ext4 image of img in dir, named by the image ID,
-// building it first if it is not there yet.
-func Cached(dir string, id v1.Hash, img v1.Image) (string, error) {
+// building it first (reporting to progress, if not nil) if it is not
+// there yet.
+func Cached(dir string, id v1.Hash, img v1.Image, progress Progress) (string, error) {
 	if id.Algorithm != "sha256" || len(id.Hex) != 64 {
 		return "", fmt.Errorf("rootfs: unexpected image ID %q", id)
 	}
@@ -80,7 +106,7 @@ func Cached(dir string, id v1.Hash, img v1.Image) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("rootfs: %w", err)
 	}
-	return dst, Build(img, dst)
+	return dst, Build(img, dst, progress)
 }
 
 // checkLayers reads every layer and refuses entries whose path, or whose

@@ -89,8 +89,12 @@ func TestBuildLayersAndWhiteouts(t *testing.T) {
 		),
 	)
 	dst := filepath.Join(t.TempDir(), "root.ext4")
-	if err := Build(img, dst); err != nil {
+	var done int64
+	if err := Build(img, dst, func(n int64) { done = n }); err != nil {
 		t.Fatal(err)
+	}
+	if done < 1024 { // the tar stream of a few files: headers alone are 512 bytes each
+		t.Errorf("progress reported %d bytes converted", done)
 	}
 	if got := debugfs(t, dst, "cat /etc/motd"); !strings.Contains(got, "replaced") {
 		t.Errorf("/etc/motd: %q, want the upper layer's", got)
@@ -120,7 +124,7 @@ func TestBuildRejectsTraversal(t *testing.T) {
 		{name: "a/evil", typ: tar.TypeSymlink, link: "../../etc/passwd"},
 	} {
 		dir := t.TempDir()
-		err := Build(image(t, layer(t, e)), filepath.Join(dir, "root.ext4"))
+		err := Build(image(t, layer(t, e)), filepath.Join(dir, "root.ext4"), nil)
 		if !errors.Is(err, ErrUnsafeEntry) {
 			t.Errorf("entry %q -> %q: %v, want ErrUnsafeEntry", e.name, e.link, err)
 		}
@@ -134,17 +138,21 @@ func TestCached(t *testing.T) {
 	img := image(t, layer(t, entry{name: "f", body: "1"}))
 	id, _ := img.Digest()
 	dir := filepath.Join(t.TempDir(), "cache")
-	p, err := Cached(dir, id, img)
+	p, err := Cached(dir, id, img, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st1, _ := os.Stat(p)
-	p2, err := Cached(dir, id, img)
+	called := false
+	p2, err := Cached(dir, id, img, func(int64) { called = true })
 	st2, _ := os.Stat(p2)
 	if err != nil || p2 != p || !os.SameFile(st1, st2) || st1.ModTime() != st2.ModTime() {
 		t.Errorf("second Cached rebuilt or moved the image: %s %v", p2, err)
 	}
-	if _, err := Cached(dir, v1.Hash{Algorithm: "sha256", Hex: "../x"}, img); err == nil {
+	if called {
+		t.Error("a cached image reported build progress")
+	}
+	if _, err := Cached(dir, v1.Hash{Algorithm: "sha256", Hex: "../x"}, img, nil); err == nil {
 		t.Error("Cached took a malformed ID")
 	}
 }

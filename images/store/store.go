@@ -233,7 +233,11 @@ func (s *Store) Image(i Image) (v1.Image, error) {
 
 // Rootfs returns the read-only ext4 disk of a stored image (package
 // rootfs), built on first use and cached under the store by image ID.
-func (s *Store) Rootfs(i Image) (string, error) {
+func (s *Store) Rootfs(i Image) (string, error) { return s.RootfsProgress(i, nil) }
+
+// RootfsProgress is Rootfs reporting a build's progress (not called when
+// the disk is cached).
+func (s *Store) RootfsProgress(i Image, progress rootfs.Progress) (string, error) {
 	unlock, err := s.lock()
 	if err != nil {
 		return "", err
@@ -243,7 +247,7 @@ func (s *Store) Rootfs(i Image) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img)
+	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img, progress)
 }
 
 // rootfsDir holds the images' ext4 disks, named <id hex>.ext4.
