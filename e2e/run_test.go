@@ -25,6 +25,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
@@ -398,5 +400,64 @@ func TestRunDetached(t *testing.T) {
 	}
 	if tmpAfter, _ := filepath.Glob(filepath.Join(os.TempDir(), "vessel-run-*")); len(tmpAfter) > len(tmpBefore) {
 		t.Errorf("temporary directories left: %v", tmpAfter)
+	}
+}
+
+// TestRunTTY: vessel run -it gives the container a terminal of the host
+// terminal's size, passes typed input through the raw host terminal, and
+// passes a window size change on.
+func TestRunTTY(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := runEnv(t)
+	m, s := openPTY(t)
+	setSize := func(rows, cols uint16) {
+		if err := unix.IoctlSetWinsize(int(m.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setSize(40, 120)
+	cmd := exec.Command(vesselBin, "run", "-it", "--name", "tty", runImage, "sh", "-c",
+		`echo size=$(stty size) tty=$(tty); read x; echo got-$x; read y; echo size=$(stty size); exit 3`)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var out syncBuffer
+	go io.Copy(&out, m)
+	defer cmd.Process.Kill()
+	wait := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(bootTimeout)
+		for !strings.Contains(out.String(), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q from the container:\n%q", what, out.String())
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("vessel ended (%v) before %q:\n%q", err, what, out.String())
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	wait("size=40 120 tty=/dev/pts/")
+	m.Write([]byte("typed\r"))
+	wait("got-typed")
+	setSize(50, 100) // SIGWINCH to vessel, a resize to the container's terminal
+	time.Sleep(2 * time.Second)
+	m.Write([]byte("go\r"))
+	wait("size=50 100")
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("vessel did not end with the container:\n%q", out.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 3 {
+		t.Errorf("exit status %d, want the container's 3:\n%q", code, out.String())
 	}
 }
