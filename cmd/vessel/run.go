@@ -34,14 +34,13 @@ import (
 
 // exitRun is the status of `vessel run` when vessel fails before or
 // around the container, as docker run uses 125 ("the error is with the
-// daemon itself"); 126 and 127 are a command that cannot be run or was
-// not found, as docker.
-const (
-	exitRun         = 125
-	exitCannotRun   = 126
-	exitNotFound    = 127
-	imageDiskSerial = "vessel-image"
-)
+// daemon itself"). 126 and 127 (a command that cannot be run or was not
+// found) come from the guest agent's start errors.
+const exitRun = 125
+
+// imageDiskSerial is the serial of the image's disk, by which the agent
+// finds it.
+const imageDiskSerial = "vessel-image"
 
 type runFlags struct {
 	interactive, tty bool
