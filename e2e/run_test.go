@@ -146,9 +146,10 @@ func TestRun(t *testing.T) {
 		script := `echo "env=$IMAGE_VAR,$FROM_FLAG,$FROM_FILE cwd=$(pwd) id=$(id -u):$(id -g):$(id -G) home=$HOME"
 echo "kernel=$(uname -r) host=$(hostname) cmdline=$(cat /proc/cmdline)"
 echo "procs=$(ls -d /proc/[0-9]* | wc -l)"
+echo "cpus=$(nproc) memkb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 echo "stdin=$(cat)"
 touch /tmp/w && echo writable`
-		r := vesselRun(t, env, "piped in\n", "-i", "-e", "FROM_FLAG=flag", "--env-file", envFile, "-w", "/home/app", "-u", "app",
+		r := vesselRun(t, env, "piped in\n", "-i", "--cpus", "2", "-m", "384M", "-e", "FROM_FLAG=flag", "--env-file", envFile, "-w", "/home/app", "-u", "app",
 			"--hostname", "ctr-1", runImage, "sh", "-c", script)
 		if r.code != 0 {
 			t.Fatalf("run failed:\n%v", r)
@@ -173,9 +174,14 @@ touch /tmp/w && echo writable`
 		if strings.Contains(r.stdout, "kernel="+hostRelease+" ") && !onEmulatedSVM() {
 			t.Errorf("the container reports the host's kernel %s:\n%v", hostRelease, r)
 		}
-		var procs int
+		var procs, cpus, memKB int
 		for _, l := range strings.Split(r.stdout, "\n") {
 			fmt.Sscanf(l, "procs=%d", &procs)
+			fmt.Sscanf(l, "cpus=%d memkb=%d", &cpus, &memKB)
+		}
+		// --cpus and -m size the VM the container runs in.
+		if cpus != 2 || memKB < 300<<10 || memKB > 384<<10 {
+			t.Errorf("the container sees %d CPUs and %d KiB of memory, want 2 and a little under 384 MiB:\n%v", cpus, memKB, r)
 		}
 		if procs == 0 || procs > 5 {
 			t.Errorf("the container sees %d processes, want only its own few:\n%v", procs, r)
