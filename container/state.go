@@ -24,6 +24,7 @@ var (
 
 // Container statuses.
 const (
+	StatusCreated = "created"
 	StatusRunning = "running"
 	StatusExited  = "exited"
 )

@@ -187,11 +187,17 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if err != nil {
 		return nil, runErr("%v", err)
 	}
+	pull := f.pull
+	if os.Getenv(envRunID) != "" {
+		// The vessel process of a detached container: the command that
+		// started it has resolved the image, pulling it if asked to.
+		pull = "never"
+	}
 	img, err := st.Resolve(ref)
 	switch {
-	case f.pull != "missing" && f.pull != "always" && f.pull != "never":
-		return nil, runErr("--pull %q: want missing, always or never", f.pull)
-	case f.pull == "always" || f.pull == "missing" && errors.Is(err, store.ErrNotFound):
+	case pull != "missing" && pull != "always" && pull != "never":
+		return nil, runErr("--pull %q: want missing, always or never", pull)
+	case pull == "always" || pull == "missing" && errors.Is(err, store.ErrNotFound):
 		local := err == nil
 		if img, err = pullImage(context.Background(), st, ref); err != nil {
 			if !local {
@@ -231,12 +237,9 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		return nil, runErr("image %s: root file system: %v", ref, err)
 	}
 
-	dir := guestDir()
-	kernel, initrd := filepath.Join(dir, "bzImage"), filepath.Join(dir, "initramfs.cpio")
-	for _, a := range []string{kernel, initrd} {
-		if _, err := os.Stat(a); err != nil {
-			return nil, runErr("no guest artifact at %s: build it with `make`", a)
-		}
+	kernel, initrd, missing := builtGuest()
+	if missing != "" {
+		return nil, runErr("no guest artifact at %s: build it with `make`", missing)
 	}
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true, Net: guestNets})
 	if err != nil {
@@ -310,7 +313,7 @@ func containerRun(f runFlags, ref string, args []string) error {
 	root := container.StateRoot()
 	if !child {
 		st := &container.State{ID: p.id, Name: p.name, Image: ref, Command: p.spec.Process.Args, Created: time.Now().UTC(),
-			Status: "created", Process: p.spec.Process, Remove: f.remove}
+			Status: container.StatusCreated, Process: p.spec.Process, Remove: f.remove}
 		if err := container.Create(root, st); err != nil {
 			return runErr("%v", err)
 		}

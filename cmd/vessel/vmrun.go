@@ -43,6 +43,19 @@ func guestDir() string {
 	return filepath.Join(c, "vessel", "guest")
 }
 
+// builtGuest returns the kernel and initramfs `make` installed, or the
+// path of one that is missing.
+func builtGuest() (kernel, initrd, missing string) {
+	dir := guestDir()
+	kernel, initrd = filepath.Join(dir, "bzImage"), filepath.Join(dir, "initramfs.cpio")
+	for _, p := range []string{kernel, initrd} {
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			return kernel, initrd, p
+		}
+	}
+	return kernel, initrd, ""
+}
+
 type vmRunFlags struct {
 	kernel, initrd, cmdline, memory, metrics string
 	cpus                                     int
@@ -97,15 +110,13 @@ func vmRun(f vmRunFlags, argv []string) error {
 	}
 	kernel, initrd := f.kernel, f.initrd
 	if kernel == "" {
-		dir := guestDir()
-		kernel = filepath.Join(dir, "bzImage")
-		if initrd == "" {
-			initrd = filepath.Join(dir, "initramfs.cpio")
+		k, rd, missing := builtGuest()
+		if missing != "" {
+			return usageErr("no guest artifact at %s: build it with `make` or pass --kernel/--initrd", missing)
 		}
-		for _, p := range []string{kernel, initrd} {
-			if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-				return usageErr("no guest artifact at %s: build it with `make` or pass --kernel/--initrd", p)
-			}
+		kernel = k
+		if initrd == "" {
+			initrd = rd
 		}
 	}
 	var disks []vmm.Disk
