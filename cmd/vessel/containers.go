@@ -375,15 +375,9 @@ func containerExec(f execFlags, ref string, argv []string) error {
 	for {
 		select {
 		case s := <-sigs:
-			req := agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Exec: execID, Signal: int(s.(syscall.Signal))}
-			if s == syscall.SIGWINCH {
-				w, h, err := term.GetSize(int(os.Stdout.Fd()))
-				if err != nil || !f.tty {
-					continue
-				}
-				req = agentproto.Request{Op: agentproto.OpResize, Container: st.ID, Exec: execID, Size: &specs.Box{Width: uint(w), Height: uint(h)}}
+			if req, ok := signalRequest(s, st.ID, execID, f.tty); ok {
+				c.Call(req)
 			}
-			c.Call(req)
 		case r := <-result:
 			for range outs {
 				<-done

@@ -673,6 +673,24 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	return status, nil
 }
 
+// signalRequest is what a signal vessel got asks of a process in the
+// container (exec "" for its own): SIGWINCH becomes a resize to the host
+// terminal's size (only with a terminal), the rest a signal. ok is false
+// when there is nothing to send.
+func signalRequest(s os.Signal, container, exec string, tty bool) (req agentproto.Request, ok bool) {
+	if s != syscall.SIGWINCH {
+		return agentproto.Request{Op: agentproto.OpSignal, Container: container, Exec: exec, Signal: int(s.(syscall.Signal))}, true
+	}
+	if !tty {
+		return req, false
+	}
+	w, h, err := term.GetSize(int(os.Stdout.Fd()))
+	if err != nil {
+		return req, false
+	}
+	return agentproto.Request{Op: agentproto.OpResize, Container: container, Exec: exec, Size: &specs.Box{Width: uint(w), Height: uint(h)}}, true
+}
+
 // forwardSignals passes vessel's signals on to the container's process
 // until ctx ends: terminal size changes as resizes (with a terminal),
 // the rest as signals, and the forceSignals-th terminating signal to
@@ -690,18 +708,9 @@ func forwardSignals(ctx context.Context, ag *container.Agent, id string, tty boo
 					return
 				}
 			}
-			req := agentproto.Request{Op: agentproto.OpSignal, Container: id, Signal: int(s.(syscall.Signal))}
-			if s == syscall.SIGWINCH {
-				if !tty {
-					continue
-				}
-				w, h, err := term.GetSize(int(os.Stdout.Fd()))
-				if err != nil {
-					continue
-				}
-				req = agentproto.Request{Op: agentproto.OpResize, Container: id, Size: &specs.Box{Width: uint(w), Height: uint(h)}}
+			if req, ok := signalRequest(s, id, "", tty); ok {
+				go ag.Call(ctx, req)
 			}
-			go ag.Call(ctx, req)
 		case <-ctx.Done():
 			return
 		}
