@@ -37,6 +37,47 @@ func openPTY(t *testing.T) (*os.File, *os.File) {
 	return m, s
 }
 
+// ptyRun is a vessel command running on the slave side of a pty.
+type ptyRun struct {
+	t    *testing.T
+	out  syncBuffer // what it wrote, read from the master side
+	done chan error // its end
+}
+
+// startOnPTY starts cmd in a session of its own with the pty slave s as
+// its controlling terminal and stdio, and collects its output from the
+// master m; the process is killed when the test ends.
+func startOnPTY(t *testing.T, cmd *exec.Cmd, m, s *os.File) *ptyRun {
+	t.Helper()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &ptyRun{t: t, done: make(chan error, 1)}
+	go func() { r.done <- cmd.Wait() }()
+	go io.Copy(&r.out, m)
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return r
+}
+
+// waitFor waits until the output shows what; vessel ending first, or
+// bootTimeout passing, fails the test.
+func (r *ptyRun) waitFor(what string) {
+	r.t.Helper()
+	deadline := time.Now().Add(bootTimeout)
+	for !strings.Contains(r.out.String(), what) {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("no %q from the guest:\n%q", what, r.out.String())
+		}
+		select {
+		case err := <-r.done:
+			r.t.Fatalf("vessel ended (%v) before %q:\n%q", err, what, r.out.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // TestInteractiveConsole runs `vessel vm run` on a terminal: what is typed
 // reaches the guest command through its terminal, Ctrl-A X quits with
 // status 0, and the terminal's settings are restored afterwards. (The
@@ -52,31 +93,8 @@ func TestInteractiveConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(vesselBin, "vm", "run", "--", "sh", "-c", "echo ready-$((2*3)); read x; echo got-$x; sleep 1000")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var out syncBuffer
-	go io.Copy(&out, m)
-	defer cmd.Process.Kill()
-
-	wait := func(what string) {
-		t.Helper()
-		deadline := time.Now().Add(bootTimeout)
-		for !strings.Contains(out.String(), what) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q from the guest:\n%q", what, out.String())
-			}
-			select {
-			case err := <-done:
-				t.Fatalf("vessel ended (%v) before %q:\n%q", err, what, out.String())
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
+	r := startOnPTY(t, cmd, m, s)
+	wait, done, out := r.waitFor, r.done, &r.out
 	wait("ready-6") // the command runs and reads its terminal
 	m.Write([]byte("typed-line\r"))
 	wait("got-typed-line")

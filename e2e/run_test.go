@@ -427,30 +427,8 @@ func TestRunTTY(t *testing.T) {
 	cmd := exec.Command(vesselBin, "run", "-it", "--name", "tty", runImage, "sh", "-c",
 		`echo size=$(stty size) tty=$(tty); read x; echo got-$x; read y; echo size=$(stty size); exit 3`)
 	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var out syncBuffer
-	go io.Copy(&out, m)
-	defer cmd.Process.Kill()
-	wait := func(what string) {
-		t.Helper()
-		deadline := time.Now().Add(bootTimeout)
-		for !strings.Contains(out.String(), what) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q from the container:\n%q", what, out.String())
-			}
-			select {
-			case err := <-done:
-				t.Fatalf("vessel ended (%v) before %q:\n%q", err, what, out.String())
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
+	r := startOnPTY(t, cmd, m, s)
+	wait, done, out := r.waitFor, r.done, &r.out
 	wait("size=40 120 tty=/dev/pts/")
 	m.Write([]byte("typed\r"))
 	wait("got-typed")
