@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -295,41 +294,11 @@ func containerExec(f execFlags, ref string, argv []string) error {
 	}
 	// The streams first: the agent dials its ends while it starts the
 	// process, and the control socket joins them.
-	type pipe struct {
-		conn net.Conn
-		w    io.Writer
+	at, err := attach(func(name string) (net.Conn, error) { return c.Stream(sid(name)) }, f.tty, f.interactive, os.Stdout, os.Stderr)
+	if err != nil {
+		return runErr("%v", err)
 	}
-	var outs []pipe
-	var in net.Conn
-	if f.tty {
-		tty, err := c.Stream(sid(agentproto.TTY))
-		if err != nil {
-			return runErr("%v", err)
-		}
-		defer tty.Close()
-		outs = append(outs, pipe{tty, os.Stdout})
-		if f.interactive {
-			in = tty
-		}
-	} else {
-		for _, s := range []struct {
-			name string
-			w    io.Writer
-		}{{agentproto.Stdout, os.Stdout}, {agentproto.Stderr, os.Stderr}} {
-			conn, err := c.Stream(sid(s.name))
-			if err != nil {
-				return runErr("%v", err)
-			}
-			defer conn.Close()
-			outs = append(outs, pipe{conn, s.w})
-		}
-		if f.interactive {
-			if in, err = c.Stream(sid(agentproto.Stdin)); err != nil {
-				return runErr("%v", err)
-			}
-			defer in.Close()
-		}
-	}
+	defer at.close()
 	if _, err := c.Call(agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
 		User: f.user, IO: &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}}); err != nil {
 		var se *container.StartError
@@ -337,26 +306,6 @@ func containerExec(f execFlags, ref string, argv []string) error {
 			return &exitError{code: se.Code, msg: se.Msg}
 		}
 		return runErr("%v", err)
-	}
-	if f.tty && f.interactive && term.IsTerminal(int(os.Stdin.Fd())) {
-		if old, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-			defer term.Restore(int(os.Stdin.Fd()), old)
-		}
-	}
-	if in != nil {
-		go func() {
-			io.Copy(in, os.Stdin)
-			if !f.tty {
-				in.(*net.UnixConn).CloseWrite()
-			}
-		}()
-	}
-	done := make(chan struct{}, len(outs))
-	for _, o := range outs {
-		go func() {
-			io.Copy(o.w, o.conn)
-			done <- struct{}{}
-		}()
 	}
 	// Signals go to the exec'd process; window changes to its terminal.
 	sigs := make(chan os.Signal, 8)
@@ -379,9 +328,7 @@ func containerExec(f execFlags, ref string, argv []string) error {
 				c.Call(req)
 			}
 		case r := <-result:
-			for range outs {
-				<-done
-			}
+			at.wait()
 			if r.Error != "" {
 				return runErr("%s", r.Error)
 			}

@@ -608,52 +608,11 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	stream := func(name string) (net.Conn, error) {
 		return ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: name})
 	}
-	var out sync.WaitGroup // output copies
-	if f.tty {
-		tty, err := stream(agentproto.TTY)
-		if err != nil {
-			return 0, err
-		}
-		defer tty.Close()
-		if f.interactive {
-			if old, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-				defer term.Restore(int(os.Stdin.Fd()), old)
-			}
-			go io.Copy(tty, os.Stdin)
-		}
-		out.Add(1)
-		go func() {
-			defer out.Done()
-			io.Copy(stdout, tty)
-		}()
-	} else {
-		for _, s := range []struct {
-			name string
-			w    io.Writer
-		}{{agentproto.Stdout, stdout}, {agentproto.Stderr, stderr}} {
-			c, err := stream(s.name)
-			if err != nil {
-				return 0, err
-			}
-			defer c.Close()
-			out.Add(1)
-			go func() {
-				defer out.Done()
-				io.Copy(s.w, c)
-			}()
-		}
-		if f.interactive {
-			in, err := stream(agentproto.Stdin)
-			if err != nil {
-				return 0, err
-			}
-			defer in.Close()
-			go func() {
-				io.Copy(in, os.Stdin)
-				in.(*net.UnixConn).CloseWrite() // EOF for the container
-			}()
-		}
+	at, err := attach(stream, f.tty, f.interactive, stdout, stderr)
+	if err != nil {
+		return 0, err
 	}
+	defer at.close()
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
 		return 0, err
 	}
@@ -669,7 +628,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	if err != nil {
 		return 0, err
 	}
-	out.Wait()
+	at.wait()
 	return status, nil
 }
 
