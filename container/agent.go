@@ -115,14 +115,20 @@ const maxPending = 256
 // was taken.
 func offer[K comparable, V any](mu *sync.Mutex, m map[K]chan V, k K, v V) bool {
 	mu.Lock()
-	_, exists := m[k]
-	full := !exists && len(m) >= maxPending
-	mu.Unlock()
-	if full {
-		return false
+	ch, ok := m[k]
+	if !ok {
+		// Checked and made under one lock: concurrent offers cannot
+		// pass the bound together.
+		if len(m) >= maxPending {
+			mu.Unlock()
+			return false
+		}
+		ch = make(chan V, 1)
+		m[k] = ch
 	}
+	mu.Unlock()
 	select {
-	case rendezvous(mu, m, k) <- v:
+	case ch <- v:
 		return true
 	default:
 		return false
