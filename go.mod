@@ -8,6 +8,7 @@ require (
 	github.com/containerd/go-runc v1.2.1
 	github.com/containers/gvisor-tap-vsock v0.8.9
 	github.com/google/go-containerregistry v0.22.1
+	github.com/hugelgupf/p9 v0.4.1
 	github.com/mdlayher/vsock v1.4.0
 	github.com/moby/sys/user v0.4.1
 	github.com/opencontainers/runtime-spec v1.3.0

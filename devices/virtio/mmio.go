@@ -494,6 +494,8 @@ func TypeName(id uint32) string {
 		return "rng"
 	case TypeVsock:
 		return "vsock"
+	case TypeP9:
+		return "9p"
 	}
 	return fmt.Sprintf("type %d", id)
 }

@@ -1,0 +1,781 @@
+// Package share serves a host directory to a guest over 9P2000.L, as the
+// file tree behind github.com/hugelgupf/p9's server (the virtio-9p device
+// in devices/virtio carries the messages). It is confined to the
+// directory against a hostile guest:
+//
+//   - every file is an O_PATH descriptor, and a walk opens one name at a
+//     time with openat(O_NOFOLLOW) from its parent's descriptor, so a
+//     symlink (including one the guest made, pointing at "/") is never
+//     followed on the host: the guest's kernel resolves symlinks itself,
+//     in its own name space, through Readlink;
+//   - names with "/", "." and ".." are refused;
+//   - a file is opened for I/O by reopening its own descriptor through
+//     /proc/self/fd, and only when it is a regular file or a directory,
+//     so device nodes, FIFOs and sockets in the directory are never
+//     opened, and the guest cannot create any (Mknod makes regular files
+//     only);
+//   - set-user-ID and set-group-ID bits never reach the host;
+//   - a read-only share refuses every change with EROFS;
+//   - descriptors are counted, so the guest cannot exhaust the VMM's.
+//
+// Files the guest creates belong to the guest's user and group when the
+// VMM runs as root (as with a docker bind mount), else to the VMM's user.
+package share
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hugelgupf/p9/fsimpl/templatefs"
+	"github.com/hugelgupf/p9/linux"
+	"github.com/hugelgupf/p9/p9"
+	"golang.org/x/sys/unix"
+)
+
+// Share is one shared host directory: a p9.Attacher.
+type Share struct {
+	root     int // O_PATH descriptor of the directory
+	rootDev  uint64
+	readOnly bool
+	chown    bool // the VMM is root: created files get the guest's owner
+
+	fds    atomic.Int64 // descriptors held by the share's files
+	maxFDs int64
+	closed atomic.Bool
+}
+
+// Guest-visible limits.
+const (
+	// minFDs and fdShare bound the descriptors one share may hold: a
+	// quarter of RLIMIT_NOFILE, at least minFDs.
+	minFDs  = 1024
+	fdShare = 4
+	// maxSymlink is the longest symlink target Readlink returns.
+	maxSymlink = 4096
+)
+
+// New opens dir to share it. The path itself is the host user's and may
+// contain symlinks; everything below it is confined.
+func New(dir string, readOnly bool) (*Share, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("share %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("share %s: %w", dir, err)
+	}
+	// Files are reopened through /proc/self/fd: make sure that works.
+	if _, err := os.Stat(procPath(fd)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("share %s: /proc/self/fd is needed: %w", dir, err)
+	}
+	max := int64(minFDs)
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && int64(lim.Cur/fdShare) > max {
+		max = int64(lim.Cur / fdShare)
+	}
+	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, maxFDs: max}, nil
+}
+
+// Close releases the directory. Files the server still holds keep their
+// own descriptors until it closes them.
+func (s *Share) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	return unix.Close(s.root)
+}
+
+// Attach implements p9.Attacher: the root of the share.
+func (s *Share) Attach() (p9.File, error) {
+	if s.closed.Load() {
+		return nil, linux.EBADF
+	}
+	return s.dup(s.root, unix.S_IFDIR)
+}
+
+// acquire counts one descriptor against the share's limit.
+func (s *Share) acquire() error {
+	if s.fds.Add(1) > s.maxFDs {
+		s.fds.Add(-1)
+		return linux.ENFILE
+	}
+	return nil
+}
+
+func (s *Share) release() { s.fds.Add(-1) }
+
+// dup returns a new file for the same inode as fd.
+func (s *Share) dup(fd int, mode uint32) (*file, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		s.release()
+		return nil, err
+	}
+	return &file{s: s, fd: nfd, mode: mode}, nil
+}
+
+// openAt opens name below dir without following a symlink, as an O_PATH
+// descriptor, and returns it with its status.
+func (s *Share) openAt(dir int, name string) (*file, unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := checkName(name); err != nil {
+		return nil, st, err
+	}
+	if err := s.acquire(); err != nil {
+		return nil, st, err
+	}
+	fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		s.release()
+		return nil, st, err
+	}
+	return &file{s: s, fd: fd, mode: st.Mode & unix.S_IFMT}, st, nil
+}
+
+// qid names an inode for the guest. Inode numbers of other file systems
+// mounted below the share are mixed with their device number, so they do
+// not collide with the share's own.
+func (s *Share) qid(st *unix.Stat_t) p9.QID {
+	path := st.Ino
+	if st.Dev != s.rootDev {
+		path ^= st.Dev << 48
+	}
+	return p9.QID{Type: p9.FileMode(st.Mode).QIDType(), Path: path}
+}
+
+// checkName refuses anything but one plain path component.
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." {
+		return linux.EINVAL
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' || name[i] == 0 {
+			return linux.EINVAL
+		}
+	}
+	return nil
+}
+
+// procPath is the /proc path that reopens descriptor fd.
+func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// file is one walked-to file: an O_PATH descriptor, and after Open or
+// Create a second descriptor open for I/O.
+type file struct {
+	p9.DefaultWalkGetAttr
+	templatefs.XattrUnimplemented
+	templatefs.NoopRenamed
+
+	s    *Share
+	fd   int
+	mode uint32 // S_IFMT bits when walked to
+
+	mu   sync.Mutex // the fields below
+	open *os.File
+	dir  dirCursor
+}
+
+var _ p9.File = (*file)(nil)
+
+func (f *file) isDir() bool { return f.mode == unix.S_IFDIR }
+
+// writable fails on a read-only share.
+func (f *file) writable() error {
+	if f.s.readOnly {
+		return linux.EROFS
+	}
+	return nil
+}
+
+// Walk implements p9.File: one name at a time, never following symlinks.
+func (f *file) Walk(names []string) ([]p9.QID, p9.File, error) {
+	if len(names) == 0 {
+		nf, err := f.s.dup(f.fd, f.mode)
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, nf, nil
+	}
+	qids := make([]p9.QID, 0, len(names))
+	cur := f
+	for _, name := range names {
+		next, st, err := f.s.openAt(cur.fd, name)
+		if cur != f {
+			cur.Close()
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		qids = append(qids, f.s.qid(&st))
+		cur = next
+	}
+	return qids, cur, nil
+}
+
+// GetAttr implements p9.File.
+func (f *file) GetAttr(req p9.AttrMask) (p9.QID, p9.AttrMask, p9.Attr, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return p9.QID{}, p9.AttrMask{}, p9.Attr{}, err
+	}
+	attr := p9.Attr{
+		Mode:             p9.FileMode(st.Mode),
+		UID:              p9.UID(st.Uid),
+		GID:              p9.GID(st.Gid),
+		NLink:            p9.NLink(st.Nlink),
+		RDev:             p9.Dev(st.Rdev),
+		Size:             uint64(st.Size),
+		BlockSize:        uint64(st.Blksize),
+		Blocks:           uint64(st.Blocks),
+		ATimeSeconds:     uint64(st.Atim.Sec),
+		ATimeNanoSeconds: uint64(st.Atim.Nsec),
+		MTimeSeconds:     uint64(st.Mtim.Sec),
+		MTimeNanoSeconds: uint64(st.Mtim.Nsec),
+		CTimeSeconds:     uint64(st.Ctim.Sec),
+		CTimeNanoSeconds: uint64(st.Ctim.Nsec),
+	}
+	valid := p9.AttrMask{Mode: true, NLink: true, UID: true, GID: true, RDev: true, ATime: true,
+		MTime: true, CTime: true, INo: true, Size: true, Blocks: true}
+	return f.s.qid(&st), valid, attr, nil
+}
+
+// SetAttr implements p9.File: chown, chmod (without set-ID bits),
+// truncate and utimes. Changed only by the kernel, CTime is ignored.
+func (f *file) SetAttr(valid p9.SetAttrMask, attr p9.SetAttr) error {
+	if err := f.writable(); err != nil {
+		return err
+	}
+	if valid.UID || valid.GID {
+		uid, gid := -1, -1
+		if valid.UID {
+			uid = int(attr.UID)
+		}
+		if valid.GID {
+			gid = int(attr.GID)
+		}
+		if err := unix.Fchownat(f.fd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	}
+	// The remaining changes go through /proc/self/fd, which would follow
+	// a symlink: Linux has no such changes for symlinks anyway.
+	if (valid.Permissions || valid.Size || valid.ATime || valid.MTime) && f.mode == unix.S_IFLNK {
+		return linux.EOPNOTSUPP
+	}
+	if valid.Permissions {
+		if err := unix.Fchmodat(unix.AT_FDCWD, procPath(f.fd), uint32(attr.Permissions&0o1777), 0); err != nil {
+			return err
+		}
+	}
+	if valid.Size {
+		if f.isDir() {
+			return linux.EISDIR
+		}
+		if f.mode != unix.S_IFREG {
+			return linux.EINVAL
+		}
+		if err := unix.Truncate(procPath(f.fd), int64(attr.Size)); err != nil {
+			return err
+		}
+	}
+	if valid.ATime || valid.MTime {
+		ts := [2]unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if valid.ATime {
+			ts[0] = timespec(valid.ATimeNotSystemTime, attr.ATimeSeconds, attr.ATimeNanoSeconds)
+		}
+		if valid.MTime {
+			ts[1] = timespec(valid.MTimeNotSystemTime, attr.MTimeSeconds, attr.MTimeNanoSeconds)
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, procPath(f.fd), ts[:], 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timespec is a time the guest set, or now.
+func timespec(given bool, sec, nsec uint64) unix.Timespec {
+	if !given {
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+}
+
+// Close implements p9.File.
+func (f *file) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var err error
+	if f.open != nil {
+		err = f.open.Close()
+		f.open = nil
+		f.s.release()
+	}
+	if f.fd >= 0 {
+		if cerr := unix.Close(f.fd); err == nil {
+			err = cerr
+		}
+		f.fd = -1
+		f.s.release()
+	}
+	return err
+}
+
+// Open flags the guest may ask for, besides the access mode (9P2000.L
+// sends Linux's generic open flags, which are x86's).
+const openFlagsKept = unix.O_TRUNC | unix.O_APPEND
+
+// Open implements p9.File: a regular file or directory is reopened
+// through its own descriptor; nothing else is opened on the host.
+func (f *file) Open(flags p9.OpenFlags) (p9.QID, uint32, error) {
+	acc := int(flags) & unix.O_ACCMODE
+	if acc == unix.O_ACCMODE {
+		return p9.QID{}, 0, linux.EINVAL
+	}
+	if acc != unix.O_RDONLY || int(flags)&unix.O_TRUNC != 0 {
+		if err := f.writable(); err != nil {
+			return p9.QID{}, 0, err
+		}
+	}
+	osFlags := acc | int(flags)&openFlagsKept
+	switch f.mode {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		osFlags = unix.O_RDONLY | unix.O_DIRECTORY
+	case unix.S_IFLNK:
+		return p9.QID{}, 0, linux.ELOOP
+	default:
+		return p9.QID{}, 0, linux.EPERM
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.open != nil {
+		return p9.QID{}, 0, linux.EINVAL
+	}
+	if err := f.s.acquire(); err != nil {
+		return p9.QID{}, 0, err
+	}
+	fd, err := unix.Open(procPath(f.fd), osFlags|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_LARGEFILE, 0)
+	if err != nil {
+		f.s.release()
+		return p9.QID{}, 0, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		f.s.release()
+		return p9.QID{}, 0, err
+	}
+	f.open = os.NewFile(uintptr(fd), "")
+	return f.s.qid(&st), 0, nil
+}
+
+// ioFD returns the descriptor open for I/O.
+func (f *file) ioFD() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.open == nil {
+		return -1, linux.EBADF
+	}
+	return int(f.open.Fd()), nil
+}
+
+// ReadAt implements p9.File.
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	fd, err := f.ioFD()
+	if err != nil {
+		return 0, err
+	}
+	for {
+		n, err := unix.Pread(fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		return n, nil
+	}
+}
+
+// WriteAt implements p9.File.
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.writable(); err != nil {
+		return 0, err
+	}
+	fd, err := f.ioFD()
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pwrite(fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if done > 0 {
+				return done, nil
+			}
+			return 0, err
+		}
+		if n == 0 {
+			break
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// FSync implements p9.File.
+func (f *file) FSync() error {
+	fd, err := f.ioFD()
+	if err != nil {
+		return nil // nothing written through this file
+	}
+	return unix.Fsync(fd)
+}
+
+// Lock implements p9.File. Locks stay the guest kernel's own, which takes
+// them before it asks: the host does not take them (as QEMU's 9p server).
+func (f *file) Lock(int, p9.LockType, p9.LockFlags, uint64, uint64, string) (p9.LockStatus, error) {
+	return p9.LockStatusOK, nil
+}
+
+// StatFS implements p9.File.
+func (f *file) StatFS() (p9.FSStat, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(f.fd, &st); err != nil {
+		return p9.FSStat{}, err
+	}
+	return p9.FSStat{
+		Type:            uint32(st.Type),
+		BlockSize:       uint32(st.Bsize),
+		Blocks:          st.Blocks,
+		BlocksFree:      st.Bfree,
+		BlocksAvailable: st.Bavail,
+		Files:           st.Files,
+		FilesFree:       st.Ffree,
+		FSID:            uint64(uint32(st.Fsid.Val[0])) | uint64(uint32(st.Fsid.Val[1]))<<32,
+		NameLength:      uint32(st.Namelen),
+	}, nil
+}
+
+// dirFD returns the descriptor of f, which must be a directory.
+func (f *file) dirFD() (int, error) {
+	if !f.isDir() {
+		return -1, linux.ENOTDIR
+	}
+	return f.fd, nil
+}
+
+// owner is a guest's user or group as a chown argument: -1 keeps it.
+func owner(id uint32) int {
+	if id == uint32(p9.NoUID) {
+		return -1
+	}
+	return int(id)
+}
+
+// created finishes name, just made below dir: its permissions are set
+// as the guest asked (the guest applied its umask, the host's must not
+// apply again), and it gets the guest's owner when the VMM is root. On
+// failure it is removed (rmFlag is unlinkat's flag for its kind).
+func (f *file) created(dir int, name string, perm p9.FileMode, uid p9.UID, gid p9.GID, rmFlag int) (p9.QID, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		// Fchmodat has no "don't follow", and name is not a symlink.
+		err = unix.Fchmodat(dir, name, uint32(perm&0o1777), 0)
+	}
+	if err == nil && f.s.chown {
+		err = unix.Fchownat(dir, name, owner(uint32(uid)), owner(uint32(gid)), unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err == nil {
+		err = unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		unix.Unlinkat(dir, name, rmFlag)
+		return p9.QID{}, err
+	}
+	return f.s.qid(&st), nil
+}
+
+// Create implements p9.File: a new regular file, opened.
+func (f *file) Create(name string, flags p9.OpenFlags, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.File, p9.QID, uint32, error) {
+	if err := f.writable(); err != nil {
+		return nil, p9.QID{}, 0, err
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return nil, p9.QID{}, 0, err
+	}
+	acc := int(flags) & unix.O_ACCMODE
+	if acc == unix.O_ACCMODE {
+		return nil, p9.QID{}, 0, linux.EINVAL
+	}
+	if err := f.s.acquire(); err != nil {
+		return nil, p9.QID{}, 0, err
+	}
+	fd, err := unix.Openat(dir, name, acc|int(flags)&openFlagsKept|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_LARGEFILE, uint32(perm&0o1777))
+	if err != nil {
+		f.s.release()
+		return nil, p9.QID{}, 0, err
+	}
+	fail := func(err error) (p9.File, p9.QID, uint32, error) {
+		unix.Close(fd)
+		unix.Unlinkat(dir, name, 0)
+		f.s.release()
+		return nil, p9.QID{}, 0, err
+	}
+	if err := unix.Fchmod(fd, uint32(perm&0o1777)); err != nil {
+		return fail(err)
+	}
+	if f.s.chown {
+		if err := unix.Fchown(fd, owner(uint32(uid)), owner(uint32(gid))); err != nil {
+			return fail(err)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail(err)
+	}
+	nf, err := f.s.dup(fd, unix.S_IFREG)
+	if err != nil {
+		return fail(err)
+	}
+	nf.open = os.NewFile(uintptr(fd), "")
+	return nf, f.s.qid(&st), 0, nil
+}
+
+// Mkdir implements p9.File.
+func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.QID, error) {
+	if err := f.writable(); err != nil {
+		return p9.QID{}, err
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return p9.QID{}, err
+	}
+	if err := unix.Mkdirat(dir, name, uint32(perm&0o1777)); err != nil {
+		return p9.QID{}, err
+	}
+	return f.created(dir, name, perm, uid, gid, unix.AT_REMOVEDIR)
+}
+
+// Symlink implements p9.File: the target is stored as given; only the
+// guest ever follows it.
+func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, error) {
+	if err := f.writable(); err != nil {
+		return p9.QID{}, err
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return p9.QID{}, err
+	}
+	if len(target) == 0 || len(target) >= maxSymlink {
+		return p9.QID{}, linux.EINVAL
+	}
+	if err := unix.Symlinkat(target, dir, name); err != nil {
+		return p9.QID{}, err
+	}
+	return f.created(dir, name, 0o777, uid, gid, 0)
+}
+
+// Link implements p9.File: a hard link to a regular file of this share.
+func (f *file) Link(target p9.File, name string) error {
+	if err := f.writable(); err != nil {
+		return err
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return err
+	}
+	t, ok := target.(*file)
+	if !ok || t.s != f.s {
+		return linux.EXDEV
+	}
+	if t.mode != unix.S_IFREG {
+		return linux.EPERM
+	}
+	return unix.Linkat(unix.AT_FDCWD, procPath(t.fd), dir, name, unix.AT_SYMLINK_FOLLOW)
+}
+
+// Mknod implements p9.File: regular files only; device nodes, FIFOs and
+// sockets are refused.
+func (f *file) Mknod(name string, mode p9.FileMode, _, _ uint32, uid p9.UID, gid p9.GID) (p9.QID, error) {
+	if err := f.writable(); err != nil {
+		return p9.QID{}, err
+	}
+	if mode.FileType() != p9.ModeRegular && mode.FileType() != 0 {
+		return p9.QID{}, linux.EPERM
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return p9.QID{}, err
+	}
+	if err := unix.Mknodat(dir, name, unix.S_IFREG|uint32(mode&0o1777), 0); err != nil {
+		return p9.QID{}, err
+	}
+	return f.created(dir, name, mode, uid, gid, 0)
+}
+
+// Rename implements p9.File. Linux's client uses RenameAt and falls back
+// to Rename only when that is not supported.
+func (f *file) Rename(p9.File, string) error { return linux.EOPNOTSUPP }
+
+// RenameAt implements p9.File.
+func (f *file) RenameAt(oldName string, newDir p9.File, newName string) error {
+	if err := f.writable(); err != nil {
+		return err
+	}
+	nd, ok := newDir.(*file)
+	if !ok || nd.s != f.s {
+		return linux.EXDEV
+	}
+	from, err := f.dirFD()
+	if err != nil {
+		return err
+	}
+	to, err := nd.dirFD()
+	if err != nil {
+		return err
+	}
+	if err := checkName(oldName); err != nil {
+		return err
+	}
+	if err := checkName(newName); err != nil {
+		return err
+	}
+	return unix.Renameat(from, oldName, to, newName)
+}
+
+// UnlinkAt implements p9.File.
+func (f *file) UnlinkAt(name string, flags uint32) error {
+	if err := f.writable(); err != nil {
+		return err
+	}
+	dir, err := f.dirFD()
+	if err == nil {
+		err = checkName(name)
+	}
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dir, name, int(flags)&unix.AT_REMOVEDIR)
+}
+
+// Readlink implements p9.File.
+func (f *file) Readlink() (string, error) {
+	if f.mode != unix.S_IFLNK {
+		return "", linux.EINVAL
+	}
+	buf := make([]byte, maxSymlink)
+	n, err := unix.Readlinkat(f.fd, "", buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// dirCursor remembers where the last Readdir stopped, so reading a
+// directory in order costs one pass. Offsets are entry indexes: entry i
+// carries offset i+1, the offset to continue after it.
+type dirCursor struct {
+	pos     uint64   // index of pending[0]
+	pending []string // names read from the host but not yet returned
+	eof     bool
+}
+
+// direntSize is the size of one entry in Rreaddir: qid[13] offset[8]
+// type[1] name[s].
+func direntSize(name string) uint64 { return 13 + 8 + 1 + 2 + uint64(len(name)) }
+
+// Readdir implements p9.File: entries from offset that fit in count
+// bytes, without "." and "..".
+func (f *file) Readdir(offset uint64, count uint32) (p9.Dirents, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.open == nil || !f.isDir() {
+		return nil, linux.EBADF
+	}
+	c := &f.dir
+	if offset < c.pos {
+		if _, err := f.open.Seek(0, 0); err != nil {
+			return nil, err
+		}
+		*c = dirCursor{}
+	}
+	var out p9.Dirents
+	var used uint64
+	dir := int(f.open.Fd())
+	for {
+		if len(c.pending) == 0 {
+			if c.eof {
+				return out, nil
+			}
+			names, err := f.open.Readdirnames(64)
+			if len(names) == 0 {
+				if err != nil && !errors.Is(err, io.EOF) {
+					return out, err
+				}
+				c.eof = true
+				continue
+			}
+			c.pending = names
+		}
+		name := c.pending[0]
+		if c.pos < offset {
+			c.pending = c.pending[1:]
+			c.pos++
+			continue
+		}
+		if used+direntSize(name) > uint64(count) {
+			return out, nil
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			// Removed since it was listed: skip it.
+			c.pending = c.pending[1:]
+			c.pos++
+			continue
+		}
+		q := f.s.qid(&st)
+		c.pending = c.pending[1:]
+		c.pos++
+		out = append(out, p9.Dirent{QID: q, Type: q.Type, Offset: c.pos, Name: name})
+		used += direntSize(name)
+	}
+}
