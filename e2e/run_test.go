@@ -4,9 +4,12 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/md5"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"math/rand"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -187,6 +190,65 @@ touch /tmp/w && echo writable`
 			t.Errorf("the container sees %d processes, want only its own few:\n%v", procs, r)
 		}
 	})
+	t.Run("volumes", func(t *testing.T) {
+		rw, ro := t.TempDir(), t.TempDir()
+		os.WriteFile(filepath.Join(rw, "hello"), []byte("from the host\n"), 0o644)
+		os.WriteFile(filepath.Join(rw, "delete-me"), nil, 0o644)
+		os.WriteFile(filepath.Join(ro, "ro-file"), []byte("read-only content\n"), 0o644)
+		big := make([]byte, 3<<20+123)
+		rand.New(rand.NewSource(1)).Read(big)
+		os.WriteFile(filepath.Join(ro, "big"), big, 0o644)
+		script := `cat /rw/hello
+echo from-guest > /rw/new && chown 1000:1000 /rw/new
+mkdir /rw/sub && echo nested > /rw/sub/f
+ln -s / /rw/escape
+rm /rw/delete-me
+dd if=/dev/urandom of=/rw/written bs=64k count=40 2>/dev/null
+echo "written=$(md5sum /rw/written | cut -d' ' -f1)"
+echo "big=$(md5sum /ro/big | cut -d' ' -f1)"
+cat /ro/ro-file
+if touch /ro/nope 2>/dev/null; then echo ro-writable; else echo ro-refused; fi
+ls /rw | sort | tr '\n' ' '; echo`
+		r := vesselRun(t, env, "", "-v", rw+":/rw", "-v", ro+":/ro:ro", runImage, "sh", "-c", script)
+		if r.code != 0 {
+			t.Fatalf("run failed:\n%v", r)
+		}
+		for _, want := range []string{
+			"from the host\n",
+			fmt.Sprintf("big=%x\n", md5.Sum(big)),
+			"read-only content\nro-refused\n",
+			"escape hello new sub written \n",
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("output lacks %q:\n%v", want, r)
+			}
+		}
+		// What the container wrote is on the host.
+		if b, err := os.ReadFile(filepath.Join(rw, "new")); err != nil || string(b) != "from-guest\n" {
+			t.Errorf("host reads new: %q %v", b, err)
+		}
+		if st, err := os.Stat(filepath.Join(rw, "new")); err == nil && os.Geteuid() == 0 {
+			if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 1000 || sys.Gid != 1000 {
+				t.Errorf("new is owned by %d:%d after chown 1000:1000", sys.Uid, sys.Gid)
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(rw, "sub", "f")); err != nil || string(b) != "nested\n" {
+			t.Errorf("host reads sub/f: %q %v", b, err)
+		}
+		if target, err := os.Readlink(filepath.Join(rw, "escape")); err != nil || target != "/" {
+			t.Errorf("escape: %q %v", target, err)
+		}
+		if _, err := os.Stat(filepath.Join(rw, "delete-me")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("delete-me is still there: %v", err)
+		}
+		written, err := os.ReadFile(filepath.Join(rw, "written"))
+		if want := fmt.Sprintf("written=%x\n", md5.Sum(written)); err != nil || len(written) != 40<<16 || !strings.Contains(r.stdout, want) {
+			t.Errorf("written: %d bytes on the host (%v), want %d and %q:\n%v", len(written), err, 40<<16, want, r)
+		}
+		if entries, _ := os.ReadDir(ro); len(entries) != 2 {
+			t.Errorf("the read-only directory changed: %v", entries)
+		}
+	})
 	t.Run("command not found", func(t *testing.T) {
 		if r := vesselRun(t, env, "", runImage, "no-such-command"); r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
 			t.Fatalf("want status 127 naming the command:\n%v", r)
@@ -292,6 +354,10 @@ func TestRunBadInput(t *testing.T) {
 		{"unknown flag", []string{"--frobnicate", runImage}, "unknown flag"},
 		{"relative workdir", []string{"-w", "rel", runImage, "true"}, "absolute"},
 		{"missing env file", []string{"--env-file", "/nonexistent/env", runImage, "true"}, "--env-file"},
+		{"bad volume", []string{"-v", "/tmp", runImage, "true"}, "HOSTDIR:PATH"},
+		{"named volume", []string{"-v", "data:/data", runImage, "true"}, "no named volumes"},
+		{"missing volume", []string{"-v", "/nonexistent/dir:/data", runImage, "true"}, "does not exist"},
+		{"volume option", []string{"-v", "/tmp:/data:rx", runImage, "true"}, "unknown option"},
 	} {
 		cmd := exec.Command(vesselBin, append([]string{"run"}, tc.args...)...)
 		cmd.Env = env

@@ -47,6 +47,9 @@ type Config struct {
 	// Vsock, if set, attaches a virtio-vsock device whose host side is
 	// Firecracker's hybrid vsock on Unix sockets.
 	Vsock *Vsock
+	// Shares are host directories the guest mounts with 9P over virtio,
+	// attached after the vsock device.
+	Shares []Share
 	// Log receives one line per device problem (a guest driver breaking
 	// the virtio rules); nil discards them.
 	Log io.Writer
@@ -85,6 +88,15 @@ type UserNet struct {
 type Vsock struct {
 	CID  uint64 // 3 or more
 	Path string
+}
+
+// Share is a host directory served to the guest (package devices/share:
+// confined to the directory, whatever the guest does), which mounts it
+// with `mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`.
+type Share struct {
+	Tag      string // the mount tag: 1 to 256 bytes, unique in the VM
+	Dir      string
+	ReadOnly bool
 }
 
 // ExitKind says how a microVM ended.

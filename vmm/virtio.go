@@ -8,7 +8,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hugelgupf/p9/p9"
+
 	"github.com/vesselvm/vessel/boot/acpi"
+	"github.com/vesselvm/vessel/devices/share"
 	"github.com/vesselvm/vessel/devices/tap"
 	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/virtio"
@@ -74,6 +77,33 @@ func (v *VM) setupVirtio() error {
 			dev.Close()
 			return err
 		}
+	}
+	tags := map[string]bool{}
+	for _, s := range v.cfg.Shares {
+		if tags[s.Tag] {
+			return fmt.Errorf("%w: share %s: tag %q used twice", ErrInvalidConfig, s.Dir, s.Tag)
+		}
+		tags[s.Tag] = true
+		if err := v.addShare(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addShare attaches a virtio 9P device serving s.Dir.
+func (v *VM) addShare(s Share) error {
+	sh, err := share.New(s.Dir, s.ReadOnly)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	dev, err := virtio.NewP9(s.Tag, p9.NewServer(sh), v.logf)
+	if err == nil {
+		err = v.addVirtio(dev, func() { sh.Close() })
+	}
+	if err != nil {
+		sh.Close()
+		return fmt.Errorf("%w: share %s: %w", ErrInvalidConfig, s.Dir, err)
 	}
 	return nil
 }

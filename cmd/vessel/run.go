@@ -49,6 +49,7 @@ type runFlags struct {
 	entrypoint, name string
 	entrypointSet    bool // --entrypoint given (possibly "")
 	publish          []string
+	volumes          []string
 	network          string
 	pull             string
 	hostname         string
@@ -74,6 +75,11 @@ signals it handles, so a third SIGINT, SIGTERM or SIGHUP stops the VM.
 
 The container shares the VM's network: by default a userspace network
 (NAT to the host's network; -p publishes a host port), or none.
+
+-v shares a host directory with the VM over virtio-9p, confined to that
+directory whatever the guest does, and binds it into the container. As
+root, files the container creates there get its user's IDs, as with
+docker; otherwise they belong to the user running vessel.
 
 Exit statuses, as docker run: the container's exit status (128+N when
 signal N killed it); 125 vessel failed (bad flags, no such image, the VM
@@ -103,6 +109,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the container ID (see vessel ps, logs, exec, stop, rm)")
 	fl.BoolVar(&f.remove, "rm", false, "remove the container when it exits")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a container port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp] (repeatable)")
+	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "bind a host directory into the container: HOSTDIR:PATH[:ro] (repeatable)")
 	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default) or none")
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
@@ -124,6 +131,7 @@ type runPlan struct {
 	spec     *specs.Spec
 	user     string
 	disk     string
+	volumes  []agentproto.Volume
 	cfg      vmm.Config
 }
 
@@ -178,6 +186,10 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		return nil, runErr("%v", err)
 	}
 	env = append(env, f.env...)
+	shares, err := planVolumes(p, f.volumes)
+	if err != nil {
+		return nil, err
+	}
 
 	root, err := store.DefaultRoot()
 	if err != nil {
@@ -254,9 +266,31 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		Console: io.Discard, // the result keeps the last lines for errors
 		Disks:   []vmm.Disk{{Path: p.disk, ReadOnly: true, Serial: imageDiskSerial}},
 		Nets:    nets,
+		Shares:  shares,
 		Log:     os.Stderr,
 	}
 	return p, nil
+}
+
+// planVolumes checks -v values: each becomes a share of the VM and a
+// volume the agent binds into the container.
+func planVolumes(p *runPlan, vols []string) ([]vmm.Share, error) {
+	var shares []vmm.Share
+	seen := map[string]bool{}
+	for i, s := range vols {
+		v, err := container.ParseVolume(s)
+		if err != nil {
+			return nil, runErr("-v %s: %v", s, err)
+		}
+		if seen[v.Destination] {
+			return nil, runErr("-v %s: duplicate mount point %s", s, v.Destination)
+		}
+		seen[v.Destination] = true
+		tag := fmt.Sprintf("vessel-volume-%d", i)
+		shares = append(shares, vmm.Share{Tag: tag, Dir: v.HostDir, ReadOnly: v.ReadOnly})
+		p.volumes = append(p.volumes, agentproto.Volume{Tag: tag, Destination: v.Destination, ReadOnly: v.ReadOnly})
+	}
+	return shares, nil
 }
 
 // readEnvFiles reads docker's env files: KEY=VALUE or KEY lines; blank
@@ -602,7 +636,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	stdout, stderr io.Writer, started func() error) (int, error) {
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
-		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user}}); err != nil {
+		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes}}); err != nil {
 		return 0, err
 	}
 	stream := func(name string) (net.Conn, error) {

@@ -64,7 +64,7 @@ const (
 func New(dir string, readOnly bool) (*Share, error) {
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("share %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
+		return nil, fmt.Errorf("share %s: %w", dir, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {

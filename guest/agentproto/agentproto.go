@@ -132,6 +132,17 @@ type Create struct {
 	// User is docker's user[:group] (names or numbers), resolved against
 	// the image's /etc/passwd and /etc/group into Spec.Process.User.
 	User string `json:"user,omitempty"`
+	// Volumes are host directories to bind into the container.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is a host directory the VM has as a virtio 9P device with mount
+// tag Tag: the agent mounts it and binds it at Destination in the
+// container, read-only if asked (docker run -v HOSTDIR:PATH[:ro]).
+type Volume struct {
+	Tag         string `json:"tag"`
+	Destination string `json:"destination"`
+	ReadOnly    bool   `json:"read_only,omitempty"`
 }
 
 // Reply is the agent's answer to a request (ID != 0) or an event (ID 0).
