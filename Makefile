@@ -35,6 +35,7 @@ deps:
 build:
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -o bin/vessel ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -o bin/vessel-usernet ./cmd/vessel-usernet
 	CGO_ENABLED=0 $(GO) build -o bin/testvm ./cmd/testvm
 
 ## guest: the guest kernel (built once, cached by its inputs) and the

@@ -4,27 +4,35 @@
 // onto the host's own sockets, a DHCP server, a DNS server, and ports
 // published from the host to the guest.
 //
+// The network runs in a helper process, vessel-usernet (package gvnet
+// has its code), as slirp4netns and passt do for other VMMs and
+// containers: gVisor's stack stays out of the VMM, which pays for it
+// only when a VM has a user network, and a fault in it cannot take the
+// VMM's memory with it.
+//
 // The network is 192.168.127.0/24: the gateway (DHCP, DNS) is .1, the
 // guest gets .2 by DHCP, and .254 (host.vessel.internal) is the host's
 // loopback, so a guest reaches a host service on 127.0.0.1:P at
 // host.vessel.internal:P. Frames travel between the device and the
 // virtual switch over a SOCK_SEQPACKET socket pair, one frame per
-// message (gvisor-tap-vsock's "bess" protocol).
+// message (gvisor-tap-vsock's "bess" protocol), whose other end is the
+// helper's.
 package usernet
 
 import (
-	"context"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"sync"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/types"
-	"github.com/containers/gvisor-tap-vsock/pkg/virtualnetwork"
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,8 +48,6 @@ const (
 	// MTU of the user network.
 	MTU = 1500
 
-	gatewayMAC = "5a:94:ef:e4:0c:dd"
-	dnsZone    = "vessel.internal."
 	// maxFrame bounds one frame from the switch (an MTU-sized Ethernet
 	// frame, with room for a VLAN tag).
 	maxFrame = MTU + 14 + 4
@@ -63,175 +69,155 @@ type Config struct {
 	MAC net.HardwareAddr
 	// Publish lists the ports forwarded from the host to the guest.
 	Publish []Publish
+	// Helper is the vessel-usernet executable; empty means HelperName
+	// next to the running executable, else on $PATH.
+	Helper string
 }
+
+// HelperName is the helper's executable name.
+const HelperName = "vessel-usernet"
+
+// helperStart bounds the helper's start-up (slow only under emulation).
+const helperStart = time.Minute
 
 // Network is a running user network with one guest attached. It is a
 // virtio.NetBackend.
 type Network struct {
-	vn     *virtualnetwork.VirtualNetwork
 	conn   *net.UnixConn // the device's end of the socket pair
-	peer   *net.UnixConn // the switch's end
-	lns    []net.Listener
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	wbuf   []byte // one frame being sent (WriteFrame runs on one goroutine)
+	addrs  []net.Addr
+	helper *exec.Cmd
+	exited chan struct{} // closed when the helper was waited for
+	wbuf   []byte        // one frame being sent (WriteFrame runs on one goroutine)
 }
 
-var quietLibrary sync.Once
-
-// New starts a user network and listens on the published host ports. An
-// address that cannot be listened on is an error.
-func New(cfg Config) (*Network, error) {
+// New starts a user network: it listens on the published host ports and
+// starts the helper with them. An address that cannot be listened on, or
+// a helper that cannot start, is an error.
+func New(cfg Config) (_ *Network, err error) {
 	if len(cfg.MAC) != 6 {
 		return nil, fmt.Errorf("usernet: MAC address %q is not 6 bytes", cfg.MAC)
 	}
-	// gvisor-tap-vsock logs through logrus' global logger, on stderr:
-	// vessel's own messages are the only ones its users should see
-	// (a VM's network failing shows in the guest).
-	quietLibrary.Do(func() { logrus.SetOutput(io.Discard) })
-
-	n := &Network{wbuf: make([]byte, 0, maxFrame)}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
-	ok := false
+	helper, err := findHelper(cfg.Helper)
+	if err != nil {
+		return nil, err
+	}
+	// Everything the helper gets is closed here once it has its copy.
+	var child []*os.File
 	defer func() {
-		if !ok {
-			n.Close()
+		for _, f := range child {
+			f.Close()
 		}
 	}()
+	n := &Network{exited: make(chan struct{}), wbuf: make([]byte, 0, maxFrame)}
+	defer func() {
+		if err != nil && n.conn != nil {
+			n.conn.Close()
+		}
+	}()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("usernet: socketpair: %w", err)
+	}
+	child = append(child, os.NewFile(uintptr(fds[1]), "usernet switch"))
+	if n.conn, err = fileConn(fds[0]); err != nil {
+		return nil, err
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("usernet: %w", err)
+	}
+	defer readyR.Close()
+	child = append(child, readyW)
+	var ports []string
 	for _, p := range cfg.Publish {
 		ln, err := net.Listen("tcp", p.Host)
 		if err != nil {
 			return nil, fmt.Errorf("usernet: publish %s to guest port %d: %w", p.Host, p.GuestPort, err)
 		}
-		n.lns = append(n.lns, ln)
+		f, err := ln.(*net.TCPListener).File()
+		n.addrs = append(n.addrs, ln.Addr())
+		ln.Close() // f is a duplicate: the socket stays open
+		if err != nil {
+			return nil, fmt.Errorf("usernet: publish %s: %w", p.Host, err)
+		}
+		child = append(child, f)
+		ports = append(ports, strconv.Itoa(int(p.GuestPort)))
 	}
 
-	vn, err := virtualnetwork.New(&types.Configuration{
-		MTU:               MTU,
-		Subnet:            Subnet,
-		GatewayIP:         GatewayIP,
-		GatewayMacAddress: gatewayMAC,
-		GatewayVirtualIPs: []string{HostIP},
-		NAT:               map[string]string{HostIP: "127.0.0.1"},
-		DHCPStaticLeases:  map[string]string{GuestIP: cfg.MAC.String()},
-		DNS: []types.Zone{{
-			Name: dnsZone,
-			Records: []types.Record{
-				{Name: "gateway", IP: net.ParseIP(GatewayIP)},
-				{Name: "host", IP: net.ParseIP(HostIP)},
-			},
-		}},
-	})
-	if err != nil {
+	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","))
+	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports)
+	cmd.Stderr = os.Stderr
+	// Its own process group: the terminal's SIGINT is for vessel.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("usernet: %w", err)
 	}
-	n.vn = vn
-
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("usernet: socketpair: %w", err)
-	}
-	if n.conn, err = fileConn(fds[0], "usernet device"); err != nil {
-		unix.Close(fds[1])
-		return nil, err
-	}
-	if n.peer, err = fileConn(fds[1], "usernet switch"); err != nil {
-		return nil, err
-	}
-
-	n.wg.Add(1)
+	n.helper = cmd
 	go func() {
-		defer n.wg.Done()
-		// Returns when either end of the pair closes.
-		vn.AcceptBess(n.ctx, n.peer)
+		cmd.Wait()
+		close(n.exited)
 	}()
-	for i, ln := range n.lns {
-		n.wg.Add(1)
-		go n.publish(ln, cfg.Publish[i].GuestPort)
+	for _, f := range child {
+		f.Close()
 	}
-	ok = true
+	child = nil
+	if err := n.waitReady(readyR); err != nil {
+		n.Close()
+		return nil, err
+	}
 	return n, nil
+}
+
+// findHelper returns the helper's path.
+func findHelper(path string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), HelperName)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(HelperName)
+	if err != nil {
+		return "", fmt.Errorf("usernet: no %s next to vessel or on $PATH (make builds it into bin/)", HelperName)
+	}
+	return p, nil
+}
+
+// waitReady reads the helper's "ok", or why it failed.
+func (n *Network) waitReady(r *os.File) error {
+	r.SetReadDeadline(time.Now().Add(helperStart))
+	b, err := io.ReadAll(io.LimitReader(r, 4096))
+	msg := string(bytes.TrimSpace(b))
+	switch {
+	case msg == "ok":
+		return nil
+	case msg != "":
+		return fmt.Errorf("usernet: %s: %s", HelperName, msg)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("usernet: %s did not start within %v", HelperName, helperStart)
+	}
+	<-n.exited
+	return fmt.Errorf("usernet: %s: %v", HelperName, n.helper.ProcessState)
 }
 
 // fileConn makes a net.UnixConn of a socket descriptor (which it takes
 // over).
-func fileConn(fd int, name string) (*net.UnixConn, error) {
-	f := os.NewFile(uintptr(fd), name)
+func fileConn(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "usernet device")
 	defer f.Close() // FileConn works on its own duplicate
 	c, err := net.FileConn(f)
 	if err != nil {
-		return nil, fmt.Errorf("usernet: %s socket: %w", name, err)
+		return nil, fmt.Errorf("usernet: device socket: %w", err)
 	}
 	return c.(*net.UnixConn), nil
 }
 
-// publish forwards the host connections accepted on ln to the guest's
-// port, through the virtual network.
-func (n *Network) publish(ln net.Listener, port uint16) {
-	defer n.wg.Done()
-	target := net.JoinHostPort(GuestIP, fmt.Sprint(port))
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of descriptors or similar: back off.
-			select {
-			case <-n.ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.proxy(c, target)
-		}()
-	}
-}
-
-// proxy relays one published connection, each direction until its end,
-// passing half-closes on. If nothing listens on the guest port, the host
-// connection is closed.
-func (n *Network) proxy(host net.Conn, target string) {
-	defer host.Close()
-	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-	guest, err := n.vn.DialContextTCP(ctx, target)
-	cancel()
-	if err != nil {
-		return
-	}
-	defer guest.Close()
-	stop := context.AfterFunc(n.ctx, func() { host.Close(); guest.Close() })
-	defer stop()
-	done := make(chan struct{}, 2)
-	relay := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-		done <- struct{}{}
-	}
-	go relay(guest, host)
-	go relay(host, guest)
-	<-done
-	<-done
-}
-
 // Addrs returns the host addresses the published ports listen on, in the
 // order of Config.Publish (useful with port 0).
-func (n *Network) Addrs() []net.Addr {
-	var a []net.Addr
-	for _, ln := range n.lns {
-		a = append(a, ln.Addr())
-	}
-	return a
-}
+func (n *Network) Addrs() []net.Addr { return n.addrs }
 
 // VnetHdr implements virtio.NetBackend: frames are bare Ethernet.
 func (n *Network) VnetHdr() bool { return false }
@@ -259,21 +245,23 @@ func (n *Network) WriteFrame(bufs [][]byte) error {
 // SetDeadline implements virtio.NetBackend.
 func (n *Network) SetDeadline(t time.Time) error { return n.conn.SetDeadline(t) }
 
-// Close stops the network: the published ports stop listening, their
-// connections and the switch end, and Close waits for its goroutines.
-// gvisor-tap-vsock's DHCP and DNS servers have no way to stop; they stay
-// idle, bound to nothing on the host.
+// helperStop bounds how long Close waits for the helper to see its end
+// of the pair close before killing it.
+const helperStop = 5 * time.Second
+
+// Close stops the network: closing the device's end tells the helper to
+// stop, and Close waits until it has exited, so the published ports no
+// longer listen when it returns.
 func (n *Network) Close() error {
-	n.cancel()
-	for _, ln := range n.lns {
-		ln.Close()
+	n.conn.Close()
+	if n.helper == nil {
+		return nil
 	}
-	if n.conn != nil {
-		n.conn.Close()
+	select {
+	case <-n.exited:
+	case <-time.After(helperStop):
+		n.helper.Process.Kill()
+		<-n.exited
 	}
-	if n.peer != nil {
-		n.peer.Close()
-	}
-	n.wg.Wait()
 	return nil
 }

@@ -2,8 +2,12 @@ package usernet
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -11,8 +15,34 @@ import (
 
 var testMAC = net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
 
+// helper is the vessel-usernet the tests build.
+var helper string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "usernet-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	helper = filepath.Join(dir, HelperName)
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	build := exec.Command(goTool, "build", "-o", helper, "github.com/vesselvm/vessel/cmd/vessel-usernet")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building %s: %v\n%s", HelperName, err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 func TestPublishAndClose(t *testing.T) {
-	n, err := New(Config{MAC: testMAC, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 80}}})
+	n, err := New(Config{MAC: testMAC, Helper: helper, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 80}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,14 +72,14 @@ func TestPublishBusyPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	_, err = New(Config{MAC: testMAC, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 1}, {Host: ln.Addr().String(), GuestPort: 80}}})
+	_, err = New(Config{MAC: testMAC, Helper: helper, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 1}, {Host: ln.Addr().String(), GuestPort: 80}}})
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("publishing a busy port: %v", err)
 	}
 }
 
 func TestBadMAC(t *testing.T) {
-	if _, err := New(Config{MAC: net.HardwareAddr{1, 2}}); err == nil {
+	if _, err := New(Config{MAC: net.HardwareAddr{1, 2}, Helper: helper}); err == nil {
 		t.Fatal("accepted a 2-byte MAC")
 	}
 }
@@ -57,7 +87,7 @@ func TestBadMAC(t *testing.T) {
 // The device's end reads frames the switch sends and is interrupted by a
 // deadline, as the virtio-net device expects of a backend.
 func TestFramesAndDeadline(t *testing.T) {
-	n, err := New(Config{MAC: testMAC})
+	n, err := New(Config{MAC: testMAC, Helper: helper})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,5 +119,23 @@ func TestFramesAndDeadline(t *testing.T) {
 	}
 	if err := n.WriteFrame([][]byte{make([]byte, maxFrame+1)}); err == nil {
 		t.Error("sent a frame larger than the MTU allows")
+	}
+}
+
+// A helper that cannot start, or fails at start, is one clear error, and
+// nothing is left running.
+func TestHelperFailure(t *testing.T) {
+	if _, err := New(Config{MAC: testMAC, Helper: "/nonexistent/" + HelperName}); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing helper: %v", err)
+	}
+	fake := filepath.Join(t.TempDir(), "fake")
+	os.WriteFile(fake, []byte("#!/bin/sh\necho 'cannot start: reasons' >&4\nexit 1\n"), 0o755)
+	if _, err := New(Config{MAC: testMAC, Helper: fake}); err == nil || !strings.Contains(err.Error(), "cannot start: reasons") {
+		t.Errorf("failing helper: %v", err)
+	}
+	crash := filepath.Join(t.TempDir(), "crash")
+	os.WriteFile(crash, []byte("#!/bin/sh\nexit 3\n"), 0o755)
+	if _, err := New(Config{MAC: testMAC, Helper: crash}); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("crashing helper: %v", err)
 	}
 }
