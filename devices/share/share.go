@@ -486,6 +486,19 @@ func (f *file) dirFD() (int, error) {
 	return f.fd, nil
 }
 
+// changeIn checks a change to entry name of directory f and returns the
+// directory's descriptor.
+func (f *file) changeIn(name string) (int, error) {
+	if err := f.writable(); err != nil {
+		return -1, err
+	}
+	dir, err := f.dirFD()
+	if err != nil {
+		return -1, err
+	}
+	return dir, checkName(name)
+}
+
 // owner is a guest's user or group as a chown argument: -1 keeps it.
 func owner(id uint32) int {
 	if id == uint32(p9.NoUID) {
@@ -520,13 +533,7 @@ func (f *file) created(dir int, name string, perm p9.FileMode, uid p9.UID, gid p
 
 // Create implements p9.File: a new regular file, opened.
 func (f *file) Create(name string, flags p9.OpenFlags, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.File, p9.QID, uint32, error) {
-	if err := f.writable(); err != nil {
-		return nil, p9.QID{}, 0, err
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
+	dir, err := f.changeIn(name)
 	if err != nil {
 		return nil, p9.QID{}, 0, err
 	}
@@ -570,13 +577,7 @@ func (f *file) Create(name string, flags p9.OpenFlags, perm p9.FileMode, uid p9.
 
 // Mkdir implements p9.File.
 func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.QID, error) {
-	if err := f.writable(); err != nil {
-		return p9.QID{}, err
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
+	dir, err := f.changeIn(name)
 	if err != nil {
 		return p9.QID{}, err
 	}
@@ -589,13 +590,7 @@ func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.
 // Symlink implements p9.File: the target is stored as given; only the
 // guest ever follows it.
 func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, error) {
-	if err := f.writable(); err != nil {
-		return p9.QID{}, err
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
+	dir, err := f.changeIn(name)
 	if err != nil {
 		return p9.QID{}, err
 	}
@@ -610,13 +605,7 @@ func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, err
 
 // Link implements p9.File: a hard link to a regular file of this share.
 func (f *file) Link(target p9.File, name string) error {
-	if err := f.writable(); err != nil {
-		return err
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
+	dir, err := f.changeIn(name)
 	if err != nil {
 		return err
 	}
@@ -633,18 +622,12 @@ func (f *file) Link(target p9.File, name string) error {
 // Mknod implements p9.File: regular files only; device nodes, FIFOs and
 // sockets are refused.
 func (f *file) Mknod(name string, mode p9.FileMode, _, _ uint32, uid p9.UID, gid p9.GID) (p9.QID, error) {
-	if err := f.writable(); err != nil {
+	dir, err := f.changeIn(name)
+	if err != nil {
 		return p9.QID{}, err
 	}
 	if mode.FileType() != p9.ModeRegular && mode.FileType() != 0 {
 		return p9.QID{}, linux.EPERM
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
-	if err != nil {
-		return p9.QID{}, err
 	}
 	if err := unix.Mknodat(dir, name, unix.S_IFREG|uint32(mode&0o1777), 0); err != nil {
 		return p9.QID{}, err
@@ -684,13 +667,7 @@ func (f *file) RenameAt(oldName string, newDir p9.File, newName string) error {
 
 // UnlinkAt implements p9.File.
 func (f *file) UnlinkAt(name string, flags uint32) error {
-	if err := f.writable(); err != nil {
-		return err
-	}
-	dir, err := f.dirFD()
-	if err == nil {
-		err = checkName(name)
-	}
+	dir, err := f.changeIn(name)
 	if err != nil {
 		return err
 	}
