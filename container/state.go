@@ -52,6 +52,9 @@ type State struct {
 	Process *specs.Process `json:"process"`
 	// Remove: the container is removed when it exits (--rm).
 	Remove bool `json:"remove,omitempty"`
+	// Scratch is the host file of the container's scratch disk
+	// (--disk-size), removed with the container.
+	Scratch string `json:"scratch,omitempty"`
 
 	dir string
 }
@@ -125,8 +128,15 @@ func (s *State) Save() error {
 	return nil
 }
 
-// Delete removes the container's state directory.
-func (s *State) Delete() error { return os.RemoveAll(s.dir) }
+// Delete removes the container's state directory and scratch disk.
+func (s *State) Delete() error {
+	if s.Scratch != "" {
+		if err := os.Remove(s.Scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("container %s: %w", s.ID, err)
+		}
+	}
+	return os.RemoveAll(s.dir)
+}
 
 // List returns every container under root, newest first. Directories
 // without a readable state (one being created) are skipped.

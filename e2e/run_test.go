@@ -249,6 +249,26 @@ ls /rw | sort | tr '\n' ' '; echo`
 			t.Errorf("the read-only directory changed: %v", entries)
 		}
 	})
+	t.Run("disk size", func(t *testing.T) {
+		// The writable layer on a 64 MiB scratch disk: 100 MiB do not
+		// fit, though the VM's memory would hold them; 30 MiB do.
+		script := `dd if=/dev/zero of=/big bs=1M count=100 2>&1 | grep -o "No space left on device" | head -1
+rm -f /big; sync
+dd if=/dev/zero of=/fits bs=1M count=30 2>/dev/null && echo "fits=$(wc -c < /fits)"`
+		r := vesselRun(t, env, "", "--disk-size", "64M", "-m", "1G", runImage, "sh", "-c", script)
+		if want := "No space left on device\nfits=31457280\n"; r.code != 0 || r.stdout != want {
+			t.Errorf("want %q:\n%v", want, r)
+		}
+		var data string
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "XDG_DATA_HOME="); ok {
+				data = v
+			}
+		}
+		if left, _ := filepath.Glob(filepath.Join(data, "vessel", "scratch", "*")); len(left) != 0 {
+			t.Errorf("scratch disks left behind: %v", left)
+		}
+	})
 	t.Run("command not found", func(t *testing.T) {
 		if r := vesselRun(t, env, "", runImage, "no-such-command"); r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
 			t.Fatalf("want status 127 naming the command:\n%v", r)
@@ -358,6 +378,7 @@ func TestRunBadInput(t *testing.T) {
 		{"named volume", []string{"-v", "data:/data", runImage, "true"}, "no named volumes"},
 		{"missing volume", []string{"-v", "/nonexistent/dir:/data", runImage, "true"}, "does not exist"},
 		{"volume option", []string{"-v", "/tmp:/data:rx", runImage, "true"}, "unknown option"},
+		{"bad disk size", []string{"--disk-size", "1M", runImage, "true"}, "--disk-size"},
 	} {
 		cmd := exec.Command(vesselBin, append([]string{"run"}, tc.args...)...)
 		cmd.Env = env

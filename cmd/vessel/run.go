@@ -56,6 +56,7 @@ type runFlags struct {
 	detach, remove   bool
 	cpus             int
 	memory           string
+	diskSize         string
 }
 
 func newRun() *cobra.Command {
@@ -67,7 +68,8 @@ func newRun() *cobra.Command {
 run does, inside a microVM of its own: the container's processes run on
 the VM's kernel, started by runc in the guest. The image's file system is
 a read-only disk (cached per image); what the container writes goes to a
-writable layer in guest memory and is gone when it ends.
+writable layer in guest memory (or on a scratch disk, --disk-size) and is
+gone when it ends.
 
 Signals vessel gets go to the container's first process, as docker's
 --sig-proxy; that process is PID 1 of its namespace and gets only the
@@ -113,7 +115,8 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default) or none")
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
-	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it")
+	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
+	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
 
@@ -131,6 +134,7 @@ type runPlan struct {
 	spec     *specs.Spec
 	user     string
 	disk     string
+	scratch  uint64 // bytes of scratch disk, 0 for none
 	volumes  []agentproto.Volume
 	cfg      vmm.Config
 }
@@ -145,6 +149,11 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		return nil, runErr("--cpus must be at least 1 (got %d)", f.cpus)
 	}
 	p := &runPlan{id: os.Getenv(envRunID)}
+	if f.diskSize != "" {
+		if p.scratch, err = parseSize(f.diskSize); err != nil || p.scratch < container.MinScratch {
+			return nil, runErr("--disk-size %q: want a size of at least %dM, such as 10G", f.diskSize, container.MinScratch>>20)
+		}
+	}
 	if p.id == "" {
 		var b [32]byte
 		rand.Read(b[:])
@@ -270,6 +279,41 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		Log:     os.Stderr,
 	}
 	return p, nil
+}
+
+// scratchSerial is the serial of the scratch disk, by which the agent
+// finds it.
+const scratchSerial = "vessel-scratch"
+
+// scratchSerial names the scratch disk to the agent, if there is one.
+func (p *runPlan) scratchSerial() string {
+	if p.scratch == 0 {
+		return ""
+	}
+	return scratchSerial
+}
+
+// makeScratch creates the container's scratch disk under vessel's data
+// directory, records it in st (so that rm removes it even if this
+// process is killed) and attaches it to the VM.
+func makeScratch(st *container.State, p *runPlan) error {
+	data, err := store.DataDir()
+	if err != nil {
+		return runErr("%v", err)
+	}
+	dir := filepath.Join(data, "scratch")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return runErr("--disk-size: %v", err)
+	}
+	st.Scratch = filepath.Join(dir, p.id+".ext4")
+	if err := st.Save(); err != nil {
+		return runErr("%v", err)
+	}
+	if err := container.MakeScratch(st.Scratch, p.scratch); err != nil {
+		return runErr("--disk-size: %v", err)
+	}
+	p.cfg.Disks = append(p.cfg.Disks, vmm.Disk{Path: st.Scratch, Serial: scratchSerial})
+	return nil
 }
 
 // planVolumes checks -v values: each becomes a share of the VM and a
@@ -490,6 +534,12 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	}
 	defer ln.Close()
 	p.cfg.Vsock = &vmm.Vsock{CID: 3, Path: uds}
+	if p.scratch > 0 {
+		if err := makeScratch(st, p); err != nil {
+			return err
+		}
+		defer os.Remove(st.Scratch)
+	}
 
 	vm, err := vmm.New(p.cfg)
 	if err != nil {
@@ -636,7 +686,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	stdout, stderr io.Writer, started func() error) (int, error) {
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
-		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes}}); err != nil {
+		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial()}}); err != nil {
 		return 0, err
 	}
 	stream := func(name string) (net.Conn, error) {

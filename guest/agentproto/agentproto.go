@@ -134,6 +134,10 @@ type Create struct {
 	User string `json:"user,omitempty"`
 	// Volumes are host directories to bind into the container.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// ScratchDisk, if set, is the serial of a writable virtio disk with
+	// an empty ext4 file system that holds the container's writable
+	// layer; without it, the layer is a tmpfs.
+	ScratchDisk string `json:"scratch_disk,omitempty"`
 }
 
 // Volume is a host directory the VM has as a virtio 9P device with mount

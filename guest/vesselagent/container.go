@@ -103,7 +103,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}()
 	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
 
-	rootfs, err := c.mountRootfs(cr.ImageDisk)
+	rootfs, err := c.mountRootfs(cr.ImageDisk, cr.ScratchDisk)
 	if err != nil {
 		return nil, err
 	}
@@ -156,12 +156,20 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	return c, nil
 }
 
-// mountRootfs mounts the image disk read-only, a tmpfs for the writable
-// layer, and the overlay of both as the bundle's rootfs.
-func (c *container) mountRootfs(serial string) (string, error) {
+// mountRootfs mounts the image disk read-only, the scratch disk (or a
+// tmpfs) for the writable layer, and the overlay of both as the bundle's
+// rootfs.
+func (c *container) mountRootfs(serial, scratch string) (string, error) {
 	dev, err := diskBySerial(serial)
 	if err != nil {
 		return "", err
+	}
+	rwDev, rwType, rwOpts := "tmpfs", "tmpfs", "mode=0755"
+	if scratch != "" {
+		if rwDev, err = diskBySerial(scratch); err != nil {
+			return "", err
+		}
+		rwType, rwOpts = "ext4", ""
 	}
 	image, rw := filepath.Join(c.dir, "image"), filepath.Join(c.dir, "rw")
 	rootfs := filepath.Join(c.dir, "bundle", "rootfs")
@@ -173,7 +181,7 @@ func (c *container) mountRootfs(serial string) (string, error) {
 	if err := c.mount(dev, image, "ext4", unix.MS_RDONLY, ""); err != nil {
 		return "", err
 	}
-	if err := c.mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
+	if err := c.mount(rwDev, rw, rwType, 0, rwOpts); err != nil {
 		return "", err
 	}
 	for _, d := range []string{"upper", "work"} {

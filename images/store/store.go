@@ -68,14 +68,24 @@ func (i Image) ShortID() string { return i.ID.Hex[:min(12, len(i.ID.Hex))] }
 // DefaultRoot returns where the store lives: $XDG_DATA_HOME/vessel/images
 // or ~/.local/share/vessel/images.
 func DefaultRoot() (string, error) {
+	d, err := DataDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d, "images"), nil
+}
+
+// DataDir is vessel's directory in the user's data directory:
+// $XDG_DATA_HOME/vessel, or ~/.local/share/vessel.
+func DataDir() (string, error) {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "vessel", "images"), nil
+		return filepath.Join(d, "vessel"), nil
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("store: no home directory for the image store: %w", err)
+		return "", fmt.Errorf("store: no home directory for vessel's data: %w", err)
 	}
-	return filepath.Join(home, ".local", "share", "vessel", "images"), nil
+	return filepath.Join(home, ".local", "share", "vessel"), nil
 }
 
 // Open opens the store at root, creating an empty one if needed.
