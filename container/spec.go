@@ -42,6 +42,9 @@ type Options struct {
 	ConsoleSize *specs.Box
 	// Hostname is the container's host name.
 	Hostname string
+	// PidsLimit, if positive, caps the container's processes (the pids
+	// cgroup, docker's --pids-limit).
+	PidsLimit int64
 }
 
 // Spec returns the OCI runtime configuration for an image with config
@@ -123,6 +126,10 @@ func Spec(cfg v1.Config, o Options) (*specs.Spec, string, error) {
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
 		},
+	}
+	if o.PidsLimit > 0 {
+		limit := o.PidsLimit
+		s.Linux.Resources.Pids = &specs.LinuxPids{Limit: &limit}
 	}
 	return s, user, nil
 }

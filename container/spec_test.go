@@ -101,3 +101,13 @@ func TestOverrideEnv(t *testing.T) {
 		t.Errorf("OverrideEnv = %q, want %q", got, want)
 	}
 }
+
+func TestSpecPidsLimit(t *testing.T) {
+	s, _, _ := Spec(v1.Config{Cmd: []string{"sh"}}, Options{PidsLimit: 64})
+	if p := s.Linux.Resources.Pids; p == nil || p.Limit == nil || *p.Limit != 64 {
+		t.Errorf("pids limit %+v, want 64", p)
+	}
+	if s, _, _ := Spec(v1.Config{Cmd: []string{"sh"}}, Options{}); s.Linux.Resources.Pids != nil {
+		t.Error("a pids limit without --pids-limit")
+	}
+}

@@ -11,23 +11,19 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -195,7 +191,7 @@ func (b *bench) runcBundle(img v1.Image) (string, error) {
 		return "", fmt.Errorf("no runc on the host (make deps installs Debian's): %w", err)
 	}
 	rootfs := filepath.Join(b.work, "rootfs")
-	if err := extract(img, rootfs); err != nil {
+	if err := benchutil.ExtractImage(img, rootfs); err != nil {
 		return "", err
 	}
 	for _, c := range []struct {
@@ -221,41 +217,6 @@ func (b *bench) runcBundle(img v1.Image) (string, error) {
 		}
 	}
 	return filepath.Join(b.work, "bundle"), nil
-}
-
-// extract writes img's file system to dir. The image is the one bbimage
-// built (trusted): directories, files and symlinks.
-func extract(img v1.Image, dir string) error {
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(p, os.FileMode(h.Mode).Perm()|0o700)
-		case tar.TypeSymlink:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			err = os.Symlink(h.Linkname, p)
-		case tar.TypeReg:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			var f *os.File
-			if f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode).Perm()); err == nil {
-				_, err = io.Copy(f, tr)
-				f.Close()
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("extract %s: %w", h.Name, err)
-		}
-	}
 }
 
 // runcMemory runs `sleep` with the host's runc in the foreground and
@@ -291,10 +252,10 @@ func (b *bench) runcMemory(bundleErr error) (ctr, runcRSS float64, err error) {
 		return 0, 0, fmt.Errorf("the runc container did not run (%q): %s", st.Status, firstLine(out.Bytes()))
 	}
 	time.Sleep(time.Second)
-	if ctr, _, err = procMemory(st.Pid); err != nil {
+	if ctr, _, err = benchutil.ProcMemory(st.Pid); err != nil {
 		return 0, 0, err
 	}
-	runcRSS, _, err = procMemory(cmd.Process.Pid)
+	runcRSS, _, err = benchutil.ProcMemory(cmd.Process.Pid)
 	return ctr, runcRSS, err
 }
 
@@ -310,27 +271,5 @@ func (b *bench) vesselMemory() (rss, pss float64, err error) {
 		return 0, 0, err
 	}
 	time.Sleep(2 * time.Second) // let the guest settle
-	return procMemory(st.Pid)
-}
-
-// procMemory returns a process's resident and proportional set sizes.
-func procMemory(pid int) (rss, pss float64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "Rss:":
-			rss = kb / 1024
-		case "Pss:":
-			pss = kb / 1024
-		}
-	}
-	return rss, pss, nil
+	return benchutil.ProcMemory(st.Pid)
 }

@@ -57,6 +57,7 @@ type runFlags struct {
 	cpus             int
 	memory           string
 	diskSize         string
+	pidsLimit        int64
 }
 
 func newRun() *cobra.Command {
@@ -116,6 +117,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
+	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0: no limit but the VM's)")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
@@ -239,7 +241,7 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if err != nil {
 		return nil, runErr("image %s: config: %v", ref, err)
 	}
-	opts := container.Options{Args: args, Env: env, Workdir: f.workdir, User: f.user, Terminal: f.tty, Hostname: p.hostname}
+	opts := container.Options{Args: args, Env: env, Workdir: f.workdir, User: f.user, Terminal: f.tty, Hostname: p.hostname, PidsLimit: f.pidsLimit}
 	if f.entrypointSet {
 		opts.Entrypoint = &f.entrypoint
 	}

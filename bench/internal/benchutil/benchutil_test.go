@@ -73,3 +73,13 @@ func TestKind(t *testing.T) {
 		}
 	}
 }
+
+func TestProcMemory(t *testing.T) {
+	rss, pss, err := ProcMemory(os.Getpid())
+	if err != nil || rss <= 0 || pss <= 0 || pss > rss {
+		t.Errorf("ProcMemory(self) = %v, %v, %v: want 0 < PSS <= RSS", rss, pss, err)
+	}
+	if _, _, err := ProcMemory(-1); err == nil {
+		t.Error("ProcMemory of no process succeeded")
+	}
+}

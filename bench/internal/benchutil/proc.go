@@ -1,0 +1,72 @@
+package benchutil
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+)
+
+// ExtractImage writes img's file system to dir. The image is the one bbimage
+// built (trusted): directories, files and symlinks.
+func ExtractImage(img v1.Image, dir string) error {
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode).Perm()|0o700)
+		case tar.TypeSymlink:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeReg:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			var f *os.File
+			if f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode).Perm()); err == nil {
+				_, err = io.Copy(f, tr)
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("extract %s: %w", h.Name, err)
+		}
+	}
+}
+
+// ProcMemory returns a process's resident and proportional set sizes in
+// MiB.
+func ProcMemory(pid int) (rss, pss float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "Rss:":
+			rss = kb / 1024
+		case "Pss:":
+			pss = kb / 1024
+		}
+	}
+	return rss, pss, nil
+}
