@@ -4,6 +4,7 @@
 //	vessel run [flags] IMAGE [COMMAND [ARG...]]
 //	vessel ps|logs|exec|stop|rm
 //	vessel image load|pull|ls|rm|inspect
+//	vessel bench compare [flags]
 //
 // `vessel image` exits 0 on success, 1 for a missing image or an archive it
 // cannot read, 2 for invalid usage.
@@ -60,11 +61,12 @@ func newRoot() *cobra.Command {
 		Short:         "vessel boots Linux microVMs on KVM",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	vm := &cobra.Command{Use: "vm", Short: "Manage microVMs"}
 	vm.AddCommand(newVMRun())
-	root.AddCommand(vm, newImage(), newRun(), newPs(), newLogs(), newExec(), newStop(), newRm())
+	root.AddCommand(vm, newImage(), newRun(), newPs(), newLogs(), newExec(), newStop(), newRm(), newBench())
 	return root
 }
 

@@ -1,0 +1,404 @@
+package compare
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/internal/bbimage"
+)
+
+// limits are what a confined environment gives a workload.
+type limits struct {
+	CPUs      int
+	MemoryMiB int
+	Pids      int64
+	Disk      int64 // scratch bytes the workload writes (0: none)
+}
+
+// outcome is how one run of the workload binary ended.
+type outcome struct {
+	stdout, stderr []byte
+	code           int // exit status; 128+N when signal N killed it
+}
+
+// instance is an idle workload running in the background.
+type instance struct {
+	memMiB float64
+	stop   func()
+}
+
+// env is one environment the workload runs in.
+type env interface {
+	name() string
+	// dir is where the workload may write, as it sees it.
+	dir() string
+	// run runs the workload binary with args within lim.
+	run(ctx context.Context, args []string, lim limits) (outcome, error)
+	// start starts an idle instance within lim and measures its memory.
+	start(ctx context.Context, lim limits) (*instance, error)
+	// close removes what the environment set up.
+	close()
+}
+
+// Environment names.
+const (
+	EnvHost   = "host"
+	EnvRunc   = "runc"
+	EnvVessel = "vessel"
+)
+
+// EnvNames lists the environments in report order.
+func EnvNames() []string { return []string{EnvHost, EnvRunc, EnvVessel} }
+
+// setup holds what every environment needs.
+type setup struct {
+	work     string // the private working directory
+	workload string // the workload binary on the host
+	vessel   string
+	runc     string
+	marker   string // a host file no confined environment should see
+}
+
+// runCmd runs cmd, killing its process group when ctx ends, and returns
+// its outcome. An error means it could not start.
+func runCmd(ctx context.Context, cmd *exec.Cmd) (outcome, error) {
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return outcome{}, err
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		case <-done:
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	o := outcome{stdout: out.Bytes(), stderr: errb.Bytes()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		o.code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			o.code = 128 + int(ws.Signal())
+		}
+	default:
+		return o, err
+	}
+	if ctx.Err() != nil {
+		return o, ctx.Err()
+	}
+	return o, nil
+}
+
+// hostEnv runs the workload as a plain host process.
+type hostEnv struct {
+	s   *setup
+	wd  string
+	seq atomic.Int64
+}
+
+func newHost(s *setup) (env, error) {
+	wd := filepath.Join(s.work, "host")
+	return &hostEnv{s: s, wd: wd}, os.MkdirAll(wd, 0o755)
+}
+
+func (h *hostEnv) name() string { return EnvHost }
+func (h *hostEnv) dir() string  { return h.wd }
+func (h *hostEnv) close()       {}
+
+func (h *hostEnv) run(ctx context.Context, args []string, _ limits) (outcome, error) {
+	cmd := exec.Command(h.s.workload, args...)
+	cmd.Dir = h.wd
+	return runCmd(ctx, cmd)
+}
+
+func (h *hostEnv) start(ctx context.Context, _ limits) (*instance, error) {
+	cmd := exec.Command(h.s.workload, "pause")
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	time.Sleep(500 * time.Millisecond)
+	rss, _, err := benchutil.ProcMemory(cmd.Process.Pid)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return &instance{memMiB: rss, stop: stop}, nil
+}
+
+// workloadImage is the image of the confined environments: bbimage's
+// busybox with the workload binary at /vessel-workload and an empty
+// /work.
+func workloadImage(bin string) (v1.Image, error) {
+	base, err := bbimage.Build()
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "work/", Typeflag: tar.TypeDir, Mode: 0o777})
+	tw.WriteHeader(&tar.Header{Name: "vessel-workload", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data))})
+	tw.Write(data)
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		return nil, err
+	}
+	return mutate.AppendLayers(base, layer)
+}
+
+// runcEnv runs the workload in a container of the host's runc, with the
+// same OCI configuration vessel gives its containers (container.Spec),
+// the host's network, /work bound to a host directory, and lim as
+// cgroup limits.
+type runcEnv struct {
+	s      *setup
+	rootfs string
+	data   string // the host directory at /work
+	state  string // runc's --root
+	seq    atomic.Int64
+}
+
+func newRunc(s *setup) (env, error) {
+	if _, err := exec.LookPath(s.runc); err != nil {
+		return nil, fmt.Errorf("no runc on the host (make deps installs Debian's): %w", err)
+	}
+	img, err := workloadImage(s.workload)
+	if err != nil {
+		return nil, err
+	}
+	r := &runcEnv{s: s, rootfs: filepath.Join(s.work, "runc-rootfs"), data: filepath.Join(s.work, "runc-work"), state: filepath.Join(s.work, "runc-state")}
+	if err := benchutil.ExtractImage(img, r.rootfs); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(r.data, 0o777); err != nil {
+		return nil, err
+	}
+	// One run proves runc works here.
+	if o, err := r.run(context.Background(), []string{"true"}, limits{}); err != nil || o.code != 0 {
+		return nil, fmt.Errorf("runc run: %s", failure(err, o))
+	}
+	return r, nil
+}
+
+func (r *runcEnv) name() string { return EnvRunc }
+func (r *runcEnv) dir() string  { return "/work" }
+func (r *runcEnv) close()       { os.RemoveAll(r.state) }
+
+// bundle writes a bundle for args within lim and returns its directory.
+func (r *runcEnv) bundle(id string, args []string, lim limits) (string, error) {
+	spec, _, err := container.Spec(bbimage.Config, container.Options{Args: append([]string{"/vessel-workload"}, args...), Workdir: "/work", Hostname: id, PidsLimit: lim.Pids})
+	if err != nil {
+		return "", err
+	}
+	spec.Root = &specs.Root{Path: r.rootfs}
+	// vessel's guest raises RLIMIT_NOFILE; a host process may not be
+	// allowed to: the container keeps the host's.
+	spec.Process.Rlimits = nil
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/work", Type: "bind", Source: r.data, Options: []string{"rbind", "rw"}})
+	res := spec.Linux.Resources
+	if lim.MemoryMiB > 0 {
+		m := int64(lim.MemoryMiB) << 20
+		res.Memory = &specs.LinuxMemory{Limit: &m, Swap: &m}
+	}
+	if lim.CPUs > 0 {
+		q, p := int64(lim.CPUs)*100000, uint64(100000)
+		res.CPU = &specs.LinuxCPU{Quota: &q, Period: &p}
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(r.s.work, "runc-bundles", id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644)
+}
+
+func (r *runcEnv) id() string { return fmt.Sprintf("vb%d-%d", os.Getpid(), r.seq.Add(1)) }
+
+func (r *runcEnv) run(ctx context.Context, args []string, lim limits) (outcome, error) {
+	id := r.id()
+	b, err := r.bundle(id, args, lim)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer os.RemoveAll(b)
+	// A killed `runc run` leaves its container: delete it in any case.
+	defer exec.Command(r.s.runc, "--root", r.state, "delete", "--force", id).Run()
+	return runCmd(ctx, exec.Command(r.s.runc, "--root", r.state, "run", "--bundle", b, id))
+}
+
+func (r *runcEnv) start(ctx context.Context, lim limits) (*instance, error) {
+	id := r.id()
+	b, err := r.bundle(id, []string{"pause"}, lim)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(r.s.runc, "--root", r.state, "run", "--bundle", b, id)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		exec.Command(r.s.runc, "--root", r.state, "delete", "--force", id).Run()
+		cmd.Wait()
+		os.RemoveAll(b)
+	}
+	var st struct {
+		Pid    int    `json:"pid"`
+		Status string `json:"status"`
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
+		js, err := exec.Command(r.s.runc, "--root", r.state, "state", id).Output()
+		if err == nil && json.Unmarshal(js, &st) == nil && st.Status == "running" && st.Pid > 0 {
+			break
+		}
+	}
+	if st.Pid == 0 {
+		stop()
+		return nil, fmt.Errorf("the runc container did not run: %s", firstLine(out.Bytes()))
+	}
+	time.Sleep(500 * time.Millisecond)
+	ctr, _, err1 := benchutil.ProcMemory(st.Pid)
+	rc, _, err2 := benchutil.ProcMemory(cmd.Process.Pid)
+	if err := errors.Join(err1, err2); err != nil {
+		stop()
+		return nil, err
+	}
+	return &instance{memMiB: ctr + rc, stop: stop}, nil
+}
+
+// vesselEnv runs the workload in a vessel microVM container (`vessel
+// run`), with a private image store, no network, and lim as the VM's
+// size (and --pids-limit, --disk-size).
+type vesselEnv struct {
+	s   *setup
+	env []string
+	seq atomic.Int64
+}
+
+// vesselImage is the workload image's name in the private store.
+const vesselImage = "vessel-bench/workload:1"
+
+func newVessel(s *setup) (env, error) {
+	v := &vesselEnv{s: s, env: append(os.Environ(),
+		"XDG_DATA_HOME="+filepath.Join(s.work, "vessel-data"), "XDG_RUNTIME_DIR="+filepath.Join(s.work, "vessel-run"))}
+	img, err := workloadImage(s.workload)
+	if err != nil {
+		return nil, err
+	}
+	archive := filepath.Join(s.work, "workload.tar")
+	tag, _ := name.NewTag(vesselImage)
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		return nil, err
+	}
+	defer os.Remove(archive)
+	if o, err := runCmd(context.Background(), v.cmd("image", "load", archive)); err != nil || o.code != 0 {
+		return nil, fmt.Errorf("vessel image load: %s", failure(err, o))
+	}
+	// The first run builds the image's disk (cached afterwards) and
+	// proves VMs boot here.
+	if o, err := v.run(context.Background(), []string{"true"}, limits{}); err != nil || o.code != 0 {
+		return nil, fmt.Errorf("vessel run: %s", failure(err, o))
+	}
+	return v, nil
+}
+
+func (v *vesselEnv) name() string { return EnvVessel }
+func (v *vesselEnv) dir() string  { return "/work" }
+func (v *vesselEnv) close()       {}
+
+func (v *vesselEnv) cmd(args ...string) *exec.Cmd {
+	c := exec.Command(v.s.vessel, args...)
+	c.Env = v.env
+	return c
+}
+
+// runArgs are `vessel run`'s flags for lim.
+func runArgs(lim limits) []string {
+	a := []string{"--network", "none", "-w", "/work"}
+	if lim.CPUs > 0 {
+		a = append(a, "--cpus", strconv.Itoa(lim.CPUs))
+	}
+	if lim.MemoryMiB > 0 {
+		a = append(a, "-m", strconv.Itoa(lim.MemoryMiB)+"M")
+	}
+	if lim.Pids > 0 {
+		a = append(a, "--pids-limit", strconv.FormatInt(lim.Pids, 10))
+	}
+	if lim.Disk > 0 {
+		a = append(a, "--disk-size", strconv.FormatInt((lim.Disk+1<<20-1)>>20, 10)+"M")
+	}
+	return a
+}
+
+func (v *vesselEnv) run(ctx context.Context, args []string, lim limits) (outcome, error) {
+	a := append(append([]string{"run", "--rm"}, runArgs(lim)...), vesselImage, "/vessel-workload")
+	return runCmd(ctx, v.cmd(append(a, args...)...))
+}
+
+func (v *vesselEnv) start(ctx context.Context, lim limits) (*instance, error) {
+	id := fmt.Sprintf("vb-idle-%d", v.seq.Add(1))
+	a := append(append([]string{"run", "-d", "--name", id}, runArgs(lim)...), vesselImage, "/vessel-workload", "pause")
+	o, err := runCmd(ctx, v.cmd(a...))
+	stop := func() { v.cmd("rm", "-f", id).Run() }
+	if err != nil || o.code != 0 {
+		stop()
+		return nil, fmt.Errorf("vessel run -d: %s", failure(err, o))
+	}
+	st, err := container.Find(filepath.Join(v.s.work, "vessel-run", "vessel", "containers"), id)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	time.Sleep(500 * time.Millisecond)
+	rss, _, err := benchutil.ProcMemory(st.Pid)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return &instance{memMiB: rss, stop: stop}, nil
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
