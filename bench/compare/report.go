@@ -160,7 +160,9 @@ func Markdown(rep *Report, charts []string) string {
 	return b.String()
 }
 
-func mdEscape(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
+func mdEscape(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ")
+}
 
 // envColors tell the environments apart in charts.
 var envColors = []color.Color{

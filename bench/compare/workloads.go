@@ -72,7 +72,9 @@ func mib(b int64) string { return strconv.FormatInt(b>>20, 10) + "M" }
 
 // workloads lists what `vessel bench compare` can run, in report order.
 func workloads() []workload {
-	rate := func(key, label, unit string) metric { return metric{Key: key, Label: label, Unit: unit, HigherBetter: true} }
+	rate := func(key, label, unit string) metric {
+		return metric{Key: key, Label: label, Unit: unit, HigherBetter: true}
+	}
 	return []workload{
 		{Name: "cpu", Title: "CPU: primes by trial division, 1 thread (sysbench cpu)", Metrics: []metric{rate("events_per_s", "events", "events/s")},
 			args: func(s sizes, _ string) []string {
