@@ -17,7 +17,7 @@ FUZZTIME ?= 50000x
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: all deps build guest demo test test-unit test-fuzz test-e2e bench-boot bench-io bench-run clean
+.PHONY: bench-compare all deps build guest demo test test-unit test-fuzz test-e2e bench-boot bench-io bench-run clean
 
 all: build guest
 
@@ -98,6 +98,20 @@ bench-boot: build guest
 	set -o pipefail; bin/testvm --timeout 40m -- bin/benchboot --gokvm build/peers/gokvm \
 		--kernel "$(GUEST_DIR)/bzImage" --initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_FLAGS) 2>&1 | tee build/bench-boot.md
 	bin/benchboot --extract-json build/bench-boot.md --out build/bench-boot.json
+
+## bench-compare: `vessel bench compare` (bench/compare): the same
+## workloads on the host, in runc and in vessel, on the test platform
+## (cmd/testvm) with every environment inside the same test VM, at the
+## small sizes that suit its emulation. The run's log goes to
+## build/bench-compare.log and its report (report.md, results.json,
+## charts/) to build/bench-compare. BENCH_COMPARE_FLAGS replaces the
+## flags (e.g. --sizes full --repeat 5).
+BENCH_COMPARE_FLAGS ?= --sizes small --repeat 3
+bench-compare: deps build guest
+	@mkdir -p build
+	set -o pipefail; bin/testvm --timeout 85m -- bin/vessel bench compare --print-json --out /tmp/vessel-bench-compare \
+		$(BENCH_COMPARE_FLAGS) 2>&1 | tee build/bench-compare.log
+	bin/vessel bench render --out build/bench-compare build/bench-compare.log
 
 ## bench-io: I/O benchmark (bench/io): block sequential and random, TCP
 ## over TAP and the user network, vsock, each inside a vessel guest against

@@ -36,7 +36,7 @@ type Options struct {
 	Workloads []string // of WorkloadNames
 	Repeat    int
 	Out       string // the report's directory
-	Tiny      bool   // small sizes and short times (tests)
+	Sizes     string // the profile: full (default), small (emulated platforms), tiny (tests)
 	// The binaries: the workload, vessel, and the host's runc.
 	Workload, Vessel, Runc string
 	// Progress receives a line per step; Terminal redraws one line.
@@ -75,7 +75,7 @@ type Report struct {
 	Started     time.Time         `json:"started"`
 	Finished    time.Time         `json:"finished"`
 	Repeat      int               `json:"repeat"`
-	Tiny        bool              `json:"tiny,omitempty"`
+	Profile     string            `json:"profile"`
 	Envs        []string          `json:"envs"`
 	Sizes       sizes             `json:"sizes"`
 	Rows        []*Row            `json:"rows"`
@@ -126,13 +126,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := os.WriteFile(s.marker, []byte("host only\n"), 0o644); err != nil {
 		return nil, err
 	}
-	cpus := runtime.NumCPU()
-	sz := defaultSizes(cpus)
-	if o.Tiny {
-		sz = tinySizes(cpus)
+	sz, err := sizesFor(o.Sizes, runtime.NumCPU())
+	if err != nil {
+		return nil, err
+	}
+	if o.Sizes == "" {
+		o.Sizes = "full"
 	}
 	rep := &Report{Platform: benchutil.Describe(), Kernel: kernel(), Versions: versions(o), Started: time.Now().UTC(),
-		Repeat: o.Repeat, Tiny: o.Tiny, Envs: o.Envs, Sizes: sz}
+		Repeat: o.Repeat, Profile: o.Sizes, Envs: o.Envs, Sizes: sz}
 	for _, w := range wls {
 		for _, m := range w.Metrics {
 			rep.Rows = append(rep.Rows, &Row{Workload: w.Name, Title: w.Title, Metric: m, Cells: map[string]*Cell{}})

@@ -129,7 +129,7 @@ func TestWrite(t *testing.T) {
 func TestRunHost(t *testing.T) {
 	out := t.TempDir()
 	var progress bytes.Buffer
-	rep, err := Run(context.Background(), Options{Envs: []string{EnvHost}, Workloads: WorkloadNames(), Repeat: 2, Out: out, Tiny: true,
+	rep, err := Run(context.Background(), Options{Envs: []string{EnvHost}, Workloads: WorkloadNames(), Repeat: 2, Out: out, Sizes: "tiny",
 		Workload: workloadBin, Vessel: "/nonexistent/vessel", Runc: "/nonexistent/runc", Progress: &progress})
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +161,7 @@ func TestRunUnavailableAndInterrupted(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	rep, err := Run(ctx, Options{Envs: []string{EnvHost, EnvRunc}, Workloads: []string{"cpu", "isolation"}, Repeat: 1, Out: out, Tiny: true,
+	rep, err := Run(ctx, Options{Envs: []string{EnvHost, EnvRunc}, Workloads: []string{"cpu", "isolation"}, Repeat: 1, Out: out, Sizes: "tiny",
 		Workload: workloadBin, Vessel: "/nonexistent/vessel", Runc: "/nonexistent/runc"})
 	if err != ErrInterrupted {
 		t.Fatalf("err %v, want ErrInterrupted", err)
@@ -180,6 +180,34 @@ func TestRunUnavailableAndInterrupted(t *testing.T) {
 		bad.Out = t.TempDir()
 		if _, err := Run(context.Background(), bad); err == nil {
 			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	rep := sampleReport()
+	var log bytes.Buffer
+	log.WriteString("progress lines\n")
+	if err := PrintJSON(rep, &log); err != nil {
+		t.Fatal(err)
+	}
+	log.WriteString("trailing output\n")
+	path := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(path, log.Bytes(), 0o644)
+	back, err := ReadJSON(path)
+	if err != nil || len(back.Rows) != len(rep.Rows) || back.Rows[0].Cells[EnvRunc].Summary.Median != 98 {
+		t.Fatalf("ReadJSON: %v %+v", err, back)
+	}
+	os.WriteFile(path, log.Bytes()[:log.Len()/2], 0o644)
+	if _, err := ReadJSON(path); err == nil {
+		t.Error("a cut log read")
+	}
+}
+
+func TestFmtRatio(t *testing.T) {
+	for r, want := range map[float64]string{25.04: "25.0x", 1: "1.00x", 0.849: "0.85x", 0.0049: "0.0049x"} {
+		if got := fmtRatio(r); got != want {
+			t.Errorf("fmtRatio(%v) = %q, want %q", r, got, want)
 		}
 	}
 }

@@ -60,7 +60,11 @@ func (r *runner) isolation(ctx context.Context, name string, e env) {
 			set(p, "probe failed: "+failure(err, o))
 		}
 	} else {
-		set(probeNames[0], res.Info["kernel"])
+		k := res.Info["kernel"]
+		if id := res.Info["boot_id"]; len(id) >= 8 {
+			k += " (boot ID " + id[:8] + ")"
+		}
+		set(probeNames[0], k)
 		set(probeNames[1], fmt.Sprintf("%.0f", res.Metrics["processes"]))
 		set(probeNames[2], map[string]string{"true": "yes", "false": "no"}[res.Info["host_file_visible"]])
 		kvm := map[string]string{"true": ", /dev/kvm", "false": ""}[res.Info["dev_kvm"]]

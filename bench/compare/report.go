@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/color"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -40,6 +41,44 @@ func Write(rep *Report, dir string) error {
 	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(Markdown(rep, charts)), 0o644)
 }
 
+// JSON markers around the results when they travel in a log (the test
+// platform's files do not outlive it: make bench-compare prints them).
+const (
+	jsonBegin = "--- vessel bench compare results.json ---"
+	jsonEnd   = "--- end of results.json ---"
+)
+
+// PrintJSON writes the results to w between markers.
+func PrintJSON(rep *Report, w io.Writer) error {
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n%s\n%s\n", jsonBegin, js, jsonEnd)
+	return err
+}
+
+// ReadJSON reads results from a results.json, or from a log that holds
+// them between PrintJSON's markers.
+func ReadJSON(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, after, ok := strings.Cut(string(b), jsonBegin+"\n"); ok {
+		js, _, ok := strings.Cut(after, jsonEnd)
+		if !ok {
+			return nil, fmt.Errorf("%s: the results end early", path)
+		}
+		b = []byte(js)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
+}
+
 // workloadOrder lists the report's workloads in order.
 func workloadOrder(rep *Report) []string {
 	var ws []string
@@ -72,8 +111,8 @@ func Markdown(rep *Report, charts []string) string {
 			fmt.Fprintf(&b, "- %s: %s\n", k, v)
 		}
 	}
-	fmt.Fprintf(&b, "- Run: %s, %d repeat(s)%s, %s\n", rep.Started.Format("2006-01-02 15:04 MST"), rep.Repeat,
-		map[bool]string{true: ", tiny sizes", false: ""}[rep.Tiny], rep.Finished.Sub(rep.Started).Round(1e9))
+	fmt.Fprintf(&b, "- Run: %s, %d repeat(s), %s sizes, %s\n", rep.Started.Format("2006-01-02 15:04 MST"), rep.Repeat,
+		rep.Profile, rep.Finished.Sub(rep.Started).Round(1e9))
 	for _, e := range rep.Envs {
 		if why, ok := rep.Unavailable[e]; ok {
 			fmt.Fprintf(&b, "- **%s unavailable**: %s\n", e, mdEscape(why))
@@ -118,7 +157,7 @@ func Markdown(rep *Report, charts []string) string {
 						cell += fmt.Sprintf(" (%s-%s)", fmtNum(s.Min), fmtNum(s.Max))
 					}
 					if base != nil && base.Summary.Median != 0 {
-						cell += fmt.Sprintf(" **%.2fx**", s.Median/base.Summary.Median)
+						cell += " **" + fmtRatio(s.Median/base.Summary.Median) + "**"
 					}
 					if c.Unavailable != "" {
 						cell += " (some runs failed: " + mdEscape(c.Unavailable) + ")"
@@ -203,7 +242,7 @@ func chart(rep *Report, w, base string) (bool, error) {
 			label := "n/a"
 			if c != nil && c.Summary.N > 0 && b != nil && b.Summary.Median != 0 {
 				ratio = c.Summary.Median / b.Summary.Median
-				label = fmt.Sprintf("%.2fx", ratio)
+				label = fmtRatio(ratio)
 				any = true
 			}
 			vals[j] = ratio
@@ -248,4 +287,16 @@ func chart(rep *Report, w, base string) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// fmtRatio prints a ratio with two significant digits below 1.
+func fmtRatio(r float64) string {
+	switch {
+	case r >= 10:
+		return fmt.Sprintf("%.1fx", r)
+	case r >= 0.1:
+		return fmt.Sprintf("%.2fx", r)
+	default:
+		return fmt.Sprintf("%.2gx", r)
+	}
 }

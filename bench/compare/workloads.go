@@ -42,7 +42,7 @@ type workload struct {
 	disk func(s sizes) int64
 }
 
-// sizes are the knobs --tiny turns down.
+// sizes are the workloads' sizes and limits, in profiles (--sizes).
 type sizes struct {
 	Time       string // a timed workload's duration
 	MaxPrime   int
@@ -63,6 +63,14 @@ func defaultSizes(cpus int) sizes {
 		Threads: cpus, MemoryMiB: 1024, DensityMiB: 2048, DensityMax: 16, InstanceMB: 128, ProbeMiB: 512, ProbePids: 128}
 }
 
+// smallSizes suit an emulated platform such as cmd/testvm's, 10-50x
+// slower than hardware.
+func smallSizes(cpus int) sizes {
+	return sizes{Time: "2s", MaxPrime: 10000, Compress: 32 << 20, StreamN: 2_000_000, DiskFile: 128 << 20,
+		Threads: cpus, MemoryMiB: 512, DensityMiB: 1024, DensityMax: 6, InstanceMB: 128, ProbeMiB: 256, ProbePids: 64}
+}
+
+// tinySizes are for tests: every workload runs, briefly.
 func tinySizes(cpus int) sizes {
 	return sizes{Time: "200ms", MaxPrime: 2000, Compress: 4 << 20, StreamN: 200_000, DiskFile: 8 << 20,
 		Threads: cpus, MemoryMiB: 256, DensityMiB: 512, DensityMax: 2, InstanceMB: 128, ProbeMiB: 256, ProbePids: 32}
@@ -105,6 +113,22 @@ func workloads() []workload {
 		{Name: "density", Title: "Density: idle instances started within a memory budget", Kind: kindDensity,
 			Metrics: []metric{rate("instances", "instances", "instances"), {Key: "seconds", Label: "time to start them", Unit: "s"}}},
 	}
+}
+
+// SizeProfiles names the --sizes profiles.
+var SizeProfiles = []string{"full", "small", "tiny"}
+
+// sizesFor returns a profile's sizes.
+func sizesFor(profile string, cpus int) (sizes, error) {
+	switch profile {
+	case "full", "":
+		return defaultSizes(cpus), nil
+	case "small":
+		return smallSizes(cpus), nil
+	case "tiny":
+		return tinySizes(cpus), nil
+	}
+	return sizes{}, fmt.Errorf("--sizes %q: want full, small or tiny", profile)
 }
 
 // findWorkload returns the named workload.

@@ -43,6 +43,11 @@ func probe(marker string) *Result {
 	if marker != "" {
 		r.Info["host_file_visible"] = strconv.FormatBool(exists(marker))
 	}
+	// A kernel's boot ID is its own: two environments on one kernel
+	// show the same.
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		r.Info["boot_id"] = strings.TrimSpace(string(b))
+	}
 	return r
 }
 

@@ -2,7 +2,8 @@
 // It is a binary of its own so that its charting libraries stay out of
 // the VMM's.
 //
-//	vessel-bench compare [--envs host,runc,vessel] [--workloads cpu,...] [--repeat N] [--out DIR] [--tiny]
+//	vessel-bench compare [--envs host,runc,vessel] [--workloads cpu,...] [--repeat N] [--out DIR] [--sizes full|small|tiny] [--print-json]
+//	vessel-bench render --out DIR RESULTS
 //
 // Exit statuses: 0 done; 1 the comparison failed; 2 bad usage; 130
 // interrupted (Ctrl-C), with the report of what ran written.
@@ -26,11 +27,14 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "compare" {
-		fmt.Fprintln(os.Stderr, "usage: vessel bench compare [flags] (vessel bench compare --help for the flags)")
-		os.Exit(2)
+	switch {
+	case len(os.Args) >= 2 && os.Args[1] == "compare":
+		os.Exit(compareCmd(os.Args[2:]))
+	case len(os.Args) == 5 && os.Args[1] == "render" && os.Args[2] == "--out":
+		os.Exit(renderCmd(os.Args[4], os.Args[3]))
 	}
-	os.Exit(compareCmd(os.Args[2:]))
+	fmt.Fprintln(os.Stderr, "usage: vessel bench compare [flags] (--help for them), or vessel bench render --out DIR RESULTS (a results.json or a log of compare --print-json)")
+	os.Exit(2)
 }
 
 // nextToSelf is a binary installed beside this one, or name on $PATH.
@@ -66,10 +70,11 @@ Flags:
 	wls := fs.String("workloads", strings.Join(compare.WorkloadNames(), ","), "workloads, comma-separated")
 	repeat := fs.Int("repeat", 3, "runs of each workload in each environment")
 	out := fs.String("out", "bench-compare-"+time.Now().Format("20060102-150405"), "the report's directory")
-	tiny := fs.Bool("tiny", false, "small sizes and short runs (for tests)")
+	profile := fs.String("sizes", "full", "workload sizes: full (hardware), small (emulated platforms such as testvm's), tiny (tests)")
 	workload := fs.String("workload-bin", nextToSelf("vessel-workload"), "the workload binary")
 	vessel := fs.String("vessel", nextToSelf("vessel"), "the vessel binary")
 	runc := fs.String("runc", "runc", "the host's runc")
+	printJSON := fs.Bool("print-json", false, "also print the results to stdout, for vessel bench render (the test platform's files do not outlive it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -83,11 +88,14 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o := compare.Options{
-		Envs: split(*envs), Workloads: split(*wls), Repeat: *repeat, Out: *out, Tiny: *tiny,
+		Envs: split(*envs), Workloads: split(*wls), Repeat: *repeat, Out: *out, Sizes: *profile,
 		Workload: *workload, Vessel: *vessel, Runc: *runc,
 		Progress: os.Stderr, Terminal: term.IsTerminal(int(os.Stderr.Fd())),
 	}
-	_, err := compare.Run(ctx, o)
+	rep, err := compare.Run(ctx, o)
+	if rep != nil && *printJSON {
+		compare.PrintJSON(rep, os.Stdout)
+	}
 	switch {
 	case errors.Is(err, compare.ErrInterrupted):
 		fmt.Fprintf(os.Stderr, "vessel bench compare: interrupted; the report of what ran is in %s\n", *out)
@@ -97,6 +105,20 @@ Flags:
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "vessel bench compare: report in %s\n", filepath.Join(*out, "report.md"))
+	return 0
+}
+
+// renderCmd writes the report of saved results.
+func renderCmd(results, out string) int {
+	rep, err := compare.ReadJSON(results)
+	if err == nil {
+		err = compare.Write(rep, out)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vessel bench render: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "vessel bench render: report in %s\n", filepath.Join(out, "report.md"))
 	return 0
 }
 
