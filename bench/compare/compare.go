@@ -296,36 +296,7 @@ func (r *runner) limits(w workload) limits {
 func (r *runner) measure(ctx context.Context, e env, w workload) {
 	switch w.Kind {
 	case kindRun:
-		o, err := e.run(ctx, w.args(r.sz, e.dir()), r.limits(w))
-		if err == nil && o.code != 0 {
-			err = nil
-		}
-		if err != nil || o.code != 0 {
-			if ctx.Err() == nil {
-				r.fail(w, e.name(), failure(err, o))
-			}
-			return
-		}
-		var res struct {
-			Metrics map[string]float64 `json:"metrics"`
-			Info    map[string]string  `json:"info"`
-		}
-		if err := json.Unmarshal(o.stdout, &res); err != nil {
-			r.fail(w, e.name(), "unreadable result: "+firstLine(o.stdout))
-			return
-		}
-		for _, m := range w.Metrics {
-			c := r.cell(w.Name, m.Key, e.name())
-			v, ok := res.Metrics[m.Key]
-			if !ok {
-				c.Unavailable = "no " + m.Key + " in the result"
-				continue
-			}
-			c.Samples = append(c.Samples, v)
-			if io := res.Info["io"]; io != "" {
-				c.Info = io
-			}
-		}
+		r.record(ctx, e, w, w.args(r.sz, e.dir()), r.limits(w))
 	case kindStartup:
 		start := time.Now()
 		o, err := e.run(ctx, []string{"true"}, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB})
@@ -338,7 +309,7 @@ func (r *runner) measure(ctx context.Context, e env, w workload) {
 		c := r.cell(w.Name, "ms", e.name())
 		c.Samples = append(c.Samples, float64(time.Since(start).Microseconds())/1000)
 	case kindIdle:
-		in, err := e.start(ctx, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB})
+		in, err := e.start(ctx, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB}, nil)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.fail(w, e.name(), err.Error())
@@ -350,6 +321,47 @@ func (r *runner) measure(ctx context.Context, e env, w workload) {
 		c.Samples = append(c.Samples, in.memMiB)
 	case kindDensity:
 		r.density(ctx, e, w)
+	case kindNet:
+		r.network(ctx, e, w)
+	case kindHTTP:
+		r.http(ctx, e, w)
+	}
+}
+
+// record runs the workload binary with args in e and records the
+// metrics of w it reports.
+func (r *runner) record(ctx context.Context, e env, w workload, args []string, lim limits) {
+	o, err := e.run(ctx, args, lim)
+	if err != nil || o.code != 0 {
+		if ctx.Err() == nil {
+			r.fail(w, e.name(), failure(err, o))
+		}
+		return
+	}
+	var res struct {
+		Metrics map[string]float64 `json:"metrics"`
+		Info    map[string]string  `json:"info"`
+	}
+	if err := json.Unmarshal(o.stdout, &res); err != nil {
+		r.fail(w, e.name(), "unreadable result: "+firstLine(o.stdout))
+		return
+	}
+	r.add(w, e.name(), res.Metrics, res.Info["io"])
+}
+
+// add records one sample of each of w's metrics in m.
+func (r *runner) add(w workload, env string, m map[string]float64, info string) {
+	for _, mt := range w.Metrics {
+		c := r.cell(w.Name, mt.Key, env)
+		v, ok := m[mt.Key]
+		if !ok {
+			c.Unavailable = "no " + mt.Key + " in the result"
+			continue
+		}
+		c.Samples = append(c.Samples, v)
+		if info != "" {
+			c.Info = info
+		}
 	}
 }
 
@@ -366,7 +378,7 @@ func (r *runner) density(ctx context.Context, e env, w workload) {
 	used := 0.0
 	stopped := fmt.Sprintf("%d instances (the most asked for)", r.sz.DensityMax)
 	for len(running) < r.sz.DensityMax && ctx.Err() == nil {
-		in, err := e.start(ctx, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB})
+		in, err := e.start(ctx, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB}, nil)
 		if err != nil {
 			stopped = "a start failed: " + err.Error()
 			break

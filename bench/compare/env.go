@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,15 +26,19 @@ import (
 
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
-// limits are what a confined environment gives a workload.
+// limits are what a confined environment gives a workload, and the
+// network it needs.
 type limits struct {
 	CPUs      int
 	MemoryMiB int
 	Pids      int64
 	Disk      int64 // scratch bytes the workload writes (0: none)
+	Network   bool  // it connects to the host
+	Publish   int   // it listens on this port, reached from the host's loopback at the same port
 }
 
 // outcome is how one run of the workload binary ended.
@@ -55,8 +60,11 @@ type env interface {
 	dir() string
 	// run runs the workload binary with args within lim.
 	run(ctx context.Context, args []string, lim limits) (outcome, error)
-	// start starts an idle instance within lim and measures its memory.
-	start(ctx context.Context, lim limits) (*instance, error)
+	// start starts the workload binary with args (an idle instance
+	// when nil) in the background within lim, and measures its memory.
+	start(ctx context.Context, lim limits, args []string) (*instance, error)
+	// hostAddr is how the workload reaches the host's loopback port.
+	hostAddr(port int) string
 	// close removes what the environment set up.
 	close()
 }
@@ -119,9 +127,8 @@ func runCmd(ctx context.Context, cmd *exec.Cmd) (outcome, error) {
 
 // hostEnv runs the workload as a plain host process.
 type hostEnv struct {
-	s   *setup
-	wd  string
-	seq atomic.Int64
+	s  *setup
+	wd string
 }
 
 func newHost(s *setup) (env, error) {
@@ -139,8 +146,18 @@ func (h *hostEnv) run(ctx context.Context, args []string, _ limits) (outcome, er
 	return runCmd(ctx, cmd)
 }
 
-func (h *hostEnv) start(ctx context.Context, _ limits) (*instance, error) {
-	cmd := exec.Command(h.s.workload, "pause")
+func (h *hostEnv) hostAddr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// idleArgs are the workload's arguments for an idle instance.
+func idleArgs(args []string) []string {
+	if args == nil {
+		return []string{"pause"}
+	}
+	return args
+}
+
+func (h *hostEnv) start(ctx context.Context, _ limits, args []string) (*instance, error) {
+	cmd := exec.Command(h.s.workload, idleArgs(args)...)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -265,9 +282,12 @@ func (r *runcEnv) run(ctx context.Context, args []string, lim limits) (outcome, 
 	return runCmd(ctx, exec.Command(r.s.runc, "--root", r.state, "run", "--bundle", b, id))
 }
 
-func (r *runcEnv) start(ctx context.Context, lim limits) (*instance, error) {
+// hostAddr: the container shares the host's network.
+func (r *runcEnv) hostAddr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+func (r *runcEnv) start(ctx context.Context, lim limits, args []string) (*instance, error) {
 	id := r.id()
-	b, err := r.bundle(id, []string{"pause"}, lim)
+	b, err := r.bundle(id, idleArgs(args), lim)
 	if err != nil {
 		return nil, err
 	}
@@ -352,9 +372,21 @@ func (v *vesselEnv) cmd(args ...string) *exec.Cmd {
 	return c
 }
 
+// hostAddr: the user network's name for the host's loopback.
+func (v *vesselEnv) hostAddr(port int) string {
+	return net.JoinHostPort(usernet.HostName, strconv.Itoa(port))
+}
+
 // runArgs are `vessel run`'s flags for lim.
 func runArgs(lim limits) []string {
-	a := []string{"--network", "none", "-w", "/work"}
+	network := "none"
+	if lim.Network || lim.Publish > 0 {
+		network = "user"
+	}
+	a := []string{"--network", network, "-w", "/work"}
+	if lim.Publish > 0 {
+		a = append(a, "-p", fmt.Sprintf("127.0.0.1:%d:%d", lim.Publish, lim.Publish))
+	}
 	if lim.CPUs > 0 {
 		a = append(a, "--cpus", strconv.Itoa(lim.CPUs))
 	}
@@ -375,9 +407,10 @@ func (v *vesselEnv) run(ctx context.Context, args []string, lim limits) (outcome
 	return runCmd(ctx, v.cmd(append(a, args...)...))
 }
 
-func (v *vesselEnv) start(ctx context.Context, lim limits) (*instance, error) {
+func (v *vesselEnv) start(ctx context.Context, lim limits, args []string) (*instance, error) {
 	id := fmt.Sprintf("vb-idle-%d", v.seq.Add(1))
-	a := append(append([]string{"run", "-d", "--name", id}, runArgs(lim)...), vesselImage, "/vessel-workload", "pause")
+	a := append(append([]string{"run", "-d", "--name", id}, runArgs(lim)...), vesselImage, "/vessel-workload")
+	a = append(a, idleArgs(args)...)
 	o, err := runCmd(ctx, v.cmd(a...))
 	stop := func() { v.cmd("rm", "-f", id).Run() }
 	if err != nil || o.code != 0 {

@@ -18,6 +18,10 @@ const (
 	kindIdle
 	// kindDensity starts idle instances until a memory budget is spent.
 	kindDensity
+	// kindNet streams TCP to a socket on the host.
+	kindNet
+	// kindHTTP loads an HTTP server in the environment from the host.
+	kindHTTP
 )
 
 // metric is one number a workload reports.
@@ -56,24 +60,25 @@ type sizes struct {
 	InstanceMB int   // one density instance's memory limit
 	ProbeMiB   int   // the isolation probes' memory limit
 	ProbePids  int64 // and process limit
+	Clients    int   // concurrent HTTP clients
 }
 
 func defaultSizes(cpus int) sizes {
 	return sizes{Time: "5s", MaxPrime: 10000, Compress: 256 << 20, StreamN: 8_000_000, DiskFile: 1 << 30,
-		Threads: cpus, MemoryMiB: 1024, DensityMiB: 2048, DensityMax: 16, InstanceMB: 128, ProbeMiB: 512, ProbePids: 128}
+		Threads: cpus, MemoryMiB: 1024, DensityMiB: 2048, DensityMax: 16, InstanceMB: 128, ProbeMiB: 512, ProbePids: 128, Clients: 16}
 }
 
 // smallSizes suit an emulated platform such as cmd/testvm's, 10-50x
 // slower than hardware.
 func smallSizes(cpus int) sizes {
 	return sizes{Time: "2s", MaxPrime: 10000, Compress: 32 << 20, StreamN: 2_000_000, DiskFile: 128 << 20,
-		Threads: cpus, MemoryMiB: 512, DensityMiB: 1024, DensityMax: 6, InstanceMB: 128, ProbeMiB: 256, ProbePids: 64}
+		Threads: cpus, MemoryMiB: 512, DensityMiB: 1024, DensityMax: 6, InstanceMB: 128, ProbeMiB: 256, ProbePids: 64, Clients: 4}
 }
 
 // tinySizes are for tests: every workload runs, briefly.
 func tinySizes(cpus int) sizes {
 	return sizes{Time: "200ms", MaxPrime: 2000, Compress: 4 << 20, StreamN: 200_000, DiskFile: 8 << 20,
-		Threads: cpus, MemoryMiB: 256, DensityMiB: 512, DensityMax: 2, InstanceMB: 128, ProbeMiB: 256, ProbePids: 32}
+		Threads: cpus, MemoryMiB: 256, DensityMiB: 512, DensityMax: 2, InstanceMB: 128, ProbeMiB: 256, ProbePids: 32, Clients: 2}
 }
 
 func mib(b int64) string { return strconv.FormatInt(b>>20, 10) + "M" }
@@ -106,6 +111,11 @@ func workloads() []workload {
 				return []string{"disk", "-size", mib(s.DiskFile), "-dir", dir, "-time", s.Time}
 			},
 			disk: func(s sizes) int64 { return s.DiskFile + 64<<20 }},
+		{Name: "network", Title: "Network: a TCP stream to a socket on the host", Kind: kindNet,
+			Metrics: []metric{rate("mb_per_s", "TCP send", "MB/s")}},
+		{Name: "http", Title: "HTTP: keep-alive GETs from the host to a server inside", Kind: kindHTTP, Metrics: []metric{
+			rate("requests_per_s", "request rate", "requests/s"),
+			{Key: "p50_ms", Label: "median latency", Unit: "ms"}, {Key: "p99_ms", Label: "99th percentile latency", Unit: "ms"}}},
 		{Name: "startup", Title: "Start-up latency: run `true`, end to end", Kind: kindStartup,
 			Metrics: []metric{{Key: "ms", Label: "start to exit", Unit: "ms"}}},
 		{Name: "idle-memory", Title: "Memory of one idle instance", Kind: kindIdle,

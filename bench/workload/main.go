@@ -11,6 +11,8 @@
 //	vessel-workload forkbomb -max 2000
 //	vessel-workload memhog -max-mb 4096
 //	vessel-workload cpulimit -threads 4 -time 3s
+//	vessel-workload net-send -addr HOST:PORT -time 5s
+//	vessel-workload http-serve -port 8080
 //	vessel-workload true | pause
 //
 // The workloads follow the classic comparison of containers and VMs
@@ -41,7 +43,7 @@ type Result struct {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: vessel-workload WORKLOAD [flags] (cpu, compress, stream, disk, probe, forkbomb, memhog, cpulimit, true, pause)")
+		fmt.Fprintln(os.Stderr, "usage: vessel-workload WORKLOAD [flags] (cpu, compress, stream, disk, probe, forkbomb, memhog, cpulimit, net-send, http-serve, true, pause)")
 		os.Exit(2)
 	}
 	r, err := run(os.Args[1], os.Args[2:])
@@ -66,6 +68,8 @@ func run(name string, args []string) (*Result, error) {
 	marker := fs.String("marker", "", "probe: a host file a confined environment must not see")
 	max := fs.Int("max", 2000, "forkbomb: stop after this many processes")
 	maxMB := fs.Int("max-mb", 4096, "memhog: stop after this many MiB")
+	addr := fs.String("addr", "", "net-send: the receiver, HOST:PORT")
+	port := fs.Int("port", 8080, "http-serve: the port to listen on")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -90,6 +94,10 @@ func run(name string, args []string) (*Result, error) {
 		return memhog(*maxMB), nil
 	case "cpulimit":
 		return cpulimit(*threads, *d), nil
+	case "net-send":
+		return netSend(*addr, *d)
+	case "http-serve":
+		return nil, httpServe(*port)
 	case "true":
 		return nil, nil
 	case "pause":
