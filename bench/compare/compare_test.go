@@ -5,44 +5,27 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/xml"
-	"fmt"
 	"image/png"
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/internal/testbin"
 )
 
 // workloadBin is the workload binary the tests build.
 var workloadBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "compare-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	workloadBin = filepath.Join(dir, "vessel-workload")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	build := exec.Command(goTool, "build", "-o", workloadBin, "github.com/vesselvm/vessel/bench/workload")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the workload: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(func(path string) int {
+		workloadBin = path
+		return m.Run()
+	}, "github.com/vesselvm/vessel/bench/workload", "vessel-workload")
 }
 
 // sampleReport has every kind of cell: measured, partly failed,

@@ -2,15 +2,14 @@ package usernet
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vesselvm/vessel/internal/testbin"
 )
 
 var testMAC = net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
@@ -19,26 +18,10 @@ var testMAC = net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
 var helper string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "usernet-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	helper = filepath.Join(dir, HelperName)
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	build := exec.Command(goTool, "build", "-o", helper, "github.com/vesselvm/vessel/cmd/vessel-usernet")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building %s: %v\n%s", HelperName, err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(func(path string) int {
+		helper = path
+		return m.Run()
+	}, "github.com/vesselvm/vessel/cmd/vessel-usernet", HelperName)
 }
 
 func TestPublishAndClose(t *testing.T) {
