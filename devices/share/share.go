@@ -112,6 +112,10 @@ func (s *Share) acquire() error {
 
 func (s *Share) release() { s.fds.Add(-1) }
 
+// OpenFiles returns how many descriptors the share holds, its root's
+// included.
+func (s *Share) OpenFiles() int { return int(s.fds.Load()) + 1 }
+
 // dup returns a new file for the same inode as fd.
 func (s *Share) dup(fd int, mode uint32) (*file, error) {
 	if err := s.acquire(); err != nil {

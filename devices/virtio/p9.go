@@ -29,8 +29,10 @@ const (
 	p9Queued = 16
 	// p9MaxTagLen is the longest mount tag.
 	p9MaxTagLen = 256
-	// p9Rlerror is the type of an error reply (9P2000.L).
+	// Message types the transport itself reads or writes (9P2000.L).
 	p9Rlerror = 7
+	p9Tflush  = 108
+	p9Rflush  = 109
 )
 
 // P9Server serves one 9P connection: requests arrive on t and replies go
@@ -50,7 +52,8 @@ type P9Server interface {
 //
 // The device only moves messages. The file server, and its confinement,
 // is the P9Server's. Replies come back from the server's goroutines in
-// any order and complete their chains by tag.
+// any order and complete their chains by tag. Tflush is the transport's
+// own (see p9Conn).
 type P9 struct {
 	tag    []byte
 	config []byte
@@ -105,18 +108,9 @@ func (p *P9) Activate(q *Queues) error {
 	if p.run != nil {
 		return errors.New("virtio 9p: activated twice without a reset")
 	}
-	r := &p9Run{
-		q:       q,
-		logf:    p.logf,
-		reqs:    make(chan []byte, p9Queued),
-		done:    make(chan struct{}),
-		waiting: make(map[uint16]*Chain),
-	}
-	r.wg.Add(2)
-	go func() {
-		defer r.wg.Done()
-		p.srv.Handle(&p9Requests{r: r}, &p9Replies{r: r})
-	}()
+	r := &p9Run{q: q, logf: p.logf, done: make(chan struct{})}
+	r.conn = newP9Conn(p.srv, r.log)
+	r.wg.Add(1)
 	go r.serve()
 	p.run = r
 	return nil
@@ -138,14 +132,13 @@ func (p *P9) Reset() {
 type p9Run struct {
 	q    *Queues
 	logf func(string, ...any)
-	reqs chan []byte // T-messages for the server, in queue order
+	conn *p9Conn
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	// mu guards the queue (popped by serve, pushed by the server's
-	// goroutines), the chains waiting for replies, and stopped.
+	// mu guards the queue (popped by serve, pushed from the server's
+	// goroutines) and stopped.
 	mu      sync.Mutex
-	waiting map[uint16]*Chain // by 9P tag
 	stopped bool
 }
 
@@ -163,6 +156,7 @@ func (r *p9Run) stop() {
 	close(r.done)
 	_ = r.q.Notify[0].Signal()
 	r.wg.Wait()
+	r.conn.close()
 }
 
 // serve takes requests off the queue until the run stops.
@@ -202,8 +196,8 @@ func (r *p9Run) serve() {
 	}
 }
 
-// request reads one T-message and passes it to the server. It reports
-// false when the run stopped.
+// request reads one T-message and submits it. It reports false when the
+// run stopped.
 func (r *p9Run) request(c *Chain) bool {
 	var hdr [p9HeaderSize]byte
 	rd := c.Reader()
@@ -213,7 +207,6 @@ func (r *p9Run) request(c *Chain) bool {
 		return true
 	}
 	size := binary.LittleEndian.Uint32(hdr[0:])
-	tag := binary.LittleEndian.Uint16(hdr[5:])
 	if size < p9HeaderSize || size > p9MaxMessage || uint64(size) > c.ReadableLen() {
 		r.log("request of %d bytes in a chain of %d readable bytes", size, c.ReadableLen())
 		r.complete(c, 0)
@@ -225,23 +218,13 @@ func (r *p9Run) request(c *Chain) bool {
 		r.complete(c, 0)
 		return true
 	}
-	r.mu.Lock()
-	_, dup := r.waiting[tag]
-	if !dup {
-		r.waiting[tag] = c
-	}
-	r.mu.Unlock()
-	if dup {
-		r.log("request with tag %d, already in use", tag)
-		r.complete(c, 0)
-		return true
-	}
-	select {
-	case r.reqs <- msg:
-		return true
-	case <-r.done:
+	switch r.conn.submit(msg, func(reply []byte) { r.reply(c, reply) }, r.done) {
+	case submitStopped:
 		return false
+	case submitRefused:
+		r.complete(c, 0)
 	}
+	return true
 }
 
 // complete returns c to the driver with written bytes of reply.
@@ -258,25 +241,13 @@ func (r *p9Run) complete(c *Chain, written uint32) {
 	r.q.UsedBuffers(0)
 }
 
-// reply completes the chain waiting for msg's tag with msg.
-func (r *p9Run) reply(msg []byte) {
-	tag := binary.LittleEndian.Uint16(msg[5:])
-	r.mu.Lock()
-	c, ok := r.waiting[tag]
-	delete(r.waiting, tag)
-	r.mu.Unlock()
-	if !ok {
-		// A reply to a request the server could not parse carries
-		// no usable tag; that request's chain stays with the device
-		// until the driver resets it.
-		r.log("reply with tag %d, for no request", tag)
-		return
-	}
+// reply writes msg into c and completes it.
+func (r *p9Run) reply(c *Chain, msg []byte) {
 	w := c.Writer()
 	if uint64(len(msg)) > w.Remaining() {
 		// The driver left too little room: an error reply instead.
 		r.log("reply of %d bytes for a chain of %d writable bytes", len(msg), w.Remaining())
-		msg = p9Error(tag, uint32(unix.ENOBUFS))
+		msg = p9Error(binary.LittleEndian.Uint16(msg[5:]), uint32(unix.ENOBUFS))
 		if uint64(len(msg)) > w.Remaining() {
 			msg = nil
 		}
@@ -289,18 +260,181 @@ func (r *p9Run) reply(msg []byte) {
 
 // p9Error encodes Rlerror: size[4] type[1] tag[2] ecode[4].
 func p9Error(tag uint16, errno uint32) []byte {
-	b := make([]byte, 11)
-	binary.LittleEndian.PutUint32(b, 11)
-	b[4] = p9Rlerror
+	b := p9Header(11, p9Rlerror, tag)
+	return binary.LittleEndian.AppendUint32(b, errno)
+}
+
+// p9Header starts a message of size bytes.
+func p9Header(size uint32, typ byte, tag uint16) []byte {
+	b := make([]byte, 7, size)
+	binary.LittleEndian.PutUint32(b, size)
+	b[4] = typ
 	binary.LittleEndian.PutUint16(b[5:], tag)
-	binary.LittleEndian.PutUint32(b[7:], errno)
 	return b
 }
 
+// p9Conn is one connection to the server: requests go in with a
+// function that takes their reply, and replies come back by tag.
+//
+// It answers Tflush itself and never passes it on: p9's server waits for
+// the flushed tag inside the request, so a Tflush of its own tag, or two
+// that flush each other, would block the server forever, and with it the
+// device's reset. Here a flush of a tag with no request waiting is
+// answered at once, and one of a waiting request right after that
+// request's reply (9P's rule: Rflush comes after the flushed reply).
+// Flushes only wait on requests that came before them, so they cannot
+// wait on each other in a cycle.
+type p9Conn struct {
+	reqs    chan []byte // T-messages for the server, in queue order
+	done    chan struct{}
+	srvDone chan struct{}
+	logf    func(string, ...any)
+
+	mu      sync.Mutex
+	waiting map[uint16]func([]byte)  // by tag: the reply's taker
+	flushes map[uint16][]flushWaiter // by the tag they flush
+	closed  bool
+}
+
+// flushWaiter is a Tflush waiting for the reply to the tag it flushes.
+type flushWaiter struct {
+	tag   uint16
+	reply func([]byte)
+}
+
+// submit results.
+const (
+	submitted     = iota
+	submitRefused // a tag already waiting: nothing was sent
+	submitStopped // the connection or the device stopped
+)
+
+func newP9Conn(srv P9Server, logf func(string, ...any)) *p9Conn {
+	c := &p9Conn{
+		reqs:    make(chan []byte, p9Queued),
+		done:    make(chan struct{}),
+		srvDone: make(chan struct{}),
+		logf:    logf,
+		waiting: map[uint16]func([]byte){},
+		flushes: map[uint16][]flushWaiter{},
+	}
+	go func() {
+		defer close(c.srvDone)
+		srv.Handle(&p9Requests{c: c}, &p9Replies{c: c})
+	}()
+	return c
+}
+
+func (c *p9Conn) log(format string, a ...any) {
+	if c.logf != nil {
+		c.logf(format, a...)
+	}
+}
+
+// submit sends msg, a whole T-message, whose reply goes to reply. It
+// blocks while p9Queued requests wait for the server, until stop closes.
+func (c *p9Conn) submit(msg []byte, reply func([]byte), stop <-chan struct{}) int {
+	typ, tag := msg[4], binary.LittleEndian.Uint16(msg[5:])
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return submitStopped
+	}
+	if _, dup := c.waiting[tag]; dup {
+		c.mu.Unlock()
+		c.log("request with tag %d, already in use", tag)
+		return submitRefused
+	}
+	if typ == p9Tflush {
+		rflush := p9Header(p9HeaderSize, p9Rflush, tag)
+		if len(msg) < p9HeaderSize+2 {
+			c.mu.Unlock()
+			reply(p9Error(tag, uint32(unix.EINVAL)))
+			return submitted
+		}
+		old := binary.LittleEndian.Uint16(msg[7:])
+		if _, ok := c.waiting[old]; !ok || old == tag {
+			c.mu.Unlock()
+			reply(rflush)
+			return submitted
+		}
+		c.waiting[tag] = reply
+		c.flushes[old] = append(c.flushes[old], flushWaiter{tag: tag, reply: reply})
+		c.mu.Unlock()
+		return submitted
+	}
+	c.waiting[tag] = reply
+	c.mu.Unlock()
+	select {
+	case c.reqs <- msg:
+		return submitted
+	case <-stop:
+		return submitStopped
+	case <-c.done:
+		return submitStopped
+	}
+}
+
+// deliver hands the server's reply msg to its request's taker, then
+// answers the flushes that waited for it.
+func (c *p9Conn) deliver(msg []byte) {
+	tag := binary.LittleEndian.Uint16(msg[5:])
+	c.mu.Lock()
+	take, ok := c.waiting[tag]
+	delete(c.waiting, tag)
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return // the device reset: the reply has nowhere to go
+	}
+	if !ok {
+		// A reply to a request the server could not parse carries
+		// no usable tag; that request's chain stays with the device
+		// until the driver resets it.
+		c.log("reply with tag %d, for no request", tag)
+		return
+	}
+	take(msg)
+	c.flushed(tag)
+}
+
+// flushed answers the flushes waiting for tag, and those waiting for
+// them.
+func (c *p9Conn) flushed(tag uint16) {
+	c.mu.Lock()
+	fs := c.flushes[tag]
+	delete(c.flushes, tag)
+	for _, f := range fs {
+		delete(c.waiting, f.tag)
+	}
+	c.mu.Unlock()
+	for _, f := range fs {
+		f.reply(p9Header(p9HeaderSize, p9Rflush, f.tag))
+		c.flushed(f.tag)
+	}
+}
+
+// close ends the connection: the server reads EOF, finishes the requests
+// it has and closes its files; close waits for that. Replies after it
+// are dropped.
+func (c *p9Conn) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.waiting = map[uint16]func([]byte){}
+	c.flushes = map[uint16][]flushWaiter{}
+	c.mu.Unlock()
+	close(c.done)
+	<-c.srvDone
+}
+
 // p9Requests is the server's side of the requests: a stream of the
-// T-messages the driver queued, until the run stops.
+// T-messages submitted, until the connection closes.
 type p9Requests struct {
-	r   *p9Run
+	c   *p9Conn
 	cur []byte
 }
 
@@ -308,8 +442,8 @@ type p9Requests struct {
 func (t *p9Requests) Read(b []byte) (int, error) {
 	if len(t.cur) == 0 {
 		select {
-		case t.cur = <-t.r.reqs:
-		case <-t.r.done:
+		case t.cur = <-t.c.reqs:
+		case <-t.c.done:
 			return 0, io.EOF
 		}
 	}
@@ -325,7 +459,7 @@ func (t *p9Requests) Close() error { return nil }
 // reply whole (in one or more Writes, none interleaved), so the writer
 // cuts the stream into messages by their size field.
 type p9Replies struct {
-	r   *p9Run
+	c   *p9Conn
 	buf []byte
 }
 
@@ -340,7 +474,7 @@ func (w *p9Replies) Write(b []byte) (int, error) {
 		if uint64(len(w.buf)) < uint64(size) {
 			break
 		}
-		w.r.reply(w.buf[:size])
+		w.c.deliver(w.buf[:size])
 		w.buf = w.buf[size:]
 	}
 	if len(w.buf) == 0 {

@@ -216,3 +216,38 @@ func TestP9Server(t *testing.T) {
 		t.Errorf("Rversion % x, want % x", got, want)
 	}
 }
+
+// TestP9Flush: the transport answers Tflush itself, after the reply of
+// the request it flushes, and at once for a tag with no request waiting
+// (its own tag included, which would block p9's server for good).
+func TestP9Flush(t *testing.T) {
+	srv := &pairServer{ended: make(chan struct{})}
+	m, d, _ := newP9Device(t, srv)
+	send := func(msg []byte) uint16 {
+		head, _ := d.chain(seg{data: msg}, seg{n: 64, write: true})
+		d.offer(head)
+		wr(m, RegQueueNotify, 0)
+		return head
+	}
+	flush := func(tag, old uint16) []byte { return msg9p(p9Tflush, tag, binary.LittleEndian.AppendUint16(nil, old)) }
+	a := send(msg9p(10, 1, []byte("a"))) // held by the server
+	f2 := send(flush(2, 1))              // waits for a's reply
+	f3 := send(flush(3, 3))              // its own tag: at once
+	f4 := send(flush(4, 2))              // waits for the flush f2
+	waitFor(t, "the self-flush", func() bool { return d.usedIdx() == 1 })
+	b := send(msg9p(10, 5, []byte("b"))) // the server answers b, then a
+	waitFor(t, "all replies", func() bool { return d.usedIdx() == 5 })
+	for i, want := range []struct {
+		head uint16
+		n    uint32
+	}{{f3, 7}, {b, 8}, {a, 8}, {f2, 7}, {f4, 7}} {
+		if id, n := d.used(uint16(i)); id != uint32(want.head) || n != want.n {
+			t.Errorf("used %d: head %d, %d bytes; want head %d, %d bytes", i, id, n, want.head, want.n)
+		}
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.handled != 2 {
+		t.Errorf("the server got %d requests, want 2 (no flush)", srv.handled)
+	}
+}
