@@ -140,7 +140,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Rows = append(rep.Rows, &Row{Workload: w.Name, Title: w.Title, Metric: m, Cells: map[string]*Cell{}})
 		}
 	}
-	r := &runner{o: o, s: s, sz: sz, rep: rep, total: len(o.Envs) * (o.Repeat*len(wls) + btoi(probes))}
+	r := &runner{o: o, s: s, sz: sz, rep: rep, total: len(o.Envs) * (o.Repeat*len(wls) + btoi(probes)), stepLimit: sz.StepLimit}
+	r.timedOut = fmt.Errorf("timed out after %v (a hung run: the step's limit)", r.stepLimit)
 	defer func() {
 		rep.Finished = time.Now().UTC()
 	}()
@@ -167,7 +168,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				}
 				r.step(fmt.Sprintf("%s %s, run %d of %d", name, w.Name, rep+1, o.Repeat))
 				if e := envs[name]; e != nil {
-					r.measure(ctx, e, w)
+					sctx, cancel := context.WithTimeoutCause(ctx, r.stepLimit, r.timedOut)
+					r.measure(sctx, e, w)
+					cancel()
 				}
 			}
 		}
@@ -178,7 +181,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				break
 			}
 			r.step(name + " isolation probes")
-			r.isolation(ctx, name, envs[name])
+			sctx, cancel := context.WithTimeoutCause(ctx, 4*r.stepLimit, r.timedOut)
+			r.isolation(sctx, name, envs[name])
+			cancel()
 		}
 	}
 	r.finishCells()
@@ -224,6 +229,16 @@ type runner struct {
 	rep   *Report
 	total int
 	done  int
+	// stepLimit bounds one step, so a hung run (a platform fault) costs
+	// one cell, not the whole comparison; timedOut is its cause.
+	stepLimit time.Duration
+	timedOut  error
+}
+
+// interrupted reports whether ctx ended because the comparison was
+// stopped, rather than because its step ran out of time.
+func (r *runner) interrupted(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), r.timedOut)
 }
 
 func (r *runner) progress(format string, a ...any) {
@@ -301,7 +316,7 @@ func (r *runner) measure(ctx context.Context, e env, w workload) {
 		start := time.Now()
 		o, err := e.run(ctx, []string{"true"}, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB})
 		if err != nil || o.code != 0 {
-			if ctx.Err() == nil {
+			if !r.interrupted(ctx) {
 				r.fail(w, e.name(), failure(err, o))
 			}
 			return
@@ -311,7 +326,7 @@ func (r *runner) measure(ctx context.Context, e env, w workload) {
 	case kindIdle:
 		in, err := e.start(ctx, limits{CPUs: 1, MemoryMiB: r.sz.InstanceMB}, nil)
 		if err != nil {
-			if ctx.Err() == nil {
+			if !r.interrupted(ctx) {
 				r.fail(w, e.name(), err.Error())
 			}
 			return
@@ -333,7 +348,7 @@ func (r *runner) measure(ctx context.Context, e env, w workload) {
 func (r *runner) record(ctx context.Context, e env, w workload, args []string, lim limits) {
 	o, err := e.run(ctx, args, lim)
 	if err != nil || o.code != 0 {
-		if ctx.Err() == nil {
+		if !r.interrupted(ctx) {
 			r.fail(w, e.name(), failure(err, o))
 		}
 		return
@@ -390,7 +405,7 @@ func (r *runner) density(ctx context.Context, e env, w workload) {
 			break
 		}
 	}
-	if ctx.Err() != nil {
+	if r.interrupted(ctx) {
 		return
 	}
 	n := r.cell(w.Name, "instances", e.name())

@@ -120,7 +120,7 @@ func runCmd(ctx context.Context, cmd *exec.Cmd) (outcome, error) {
 		return o, err
 	}
 	if ctx.Err() != nil {
-		return o, ctx.Err()
+		return o, context.Cause(ctx)
 	}
 	return o, nil
 }

@@ -73,7 +73,7 @@ func (r *runner) http(ctx context.Context, e env, w workload) {
 	lim.Publish = port
 	in, err := e.start(ctx, lim, []string{"http-serve", "-port", strconv.Itoa(port)})
 	if err != nil {
-		if ctx.Err() == nil {
+		if !r.interrupted(ctx) {
 			r.fail(w, e.name(), err.Error())
 		}
 		return
@@ -81,7 +81,7 @@ func (r *runner) http(ctx context.Context, e env, w workload) {
 	defer in.stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	if err := waitHTTP(ctx, url, 3*time.Minute); err != nil {
-		if ctx.Err() == nil {
+		if !r.interrupted(ctx) {
 			r.fail(w, e.name(), err.Error())
 		}
 		return
@@ -89,7 +89,7 @@ func (r *runner) http(ctx context.Context, e env, w workload) {
 	d, _ := time.ParseDuration(r.sz.Time)
 	m, err := load(ctx, url, r.sz.Clients, d)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !r.interrupted(ctx) {
 			r.fail(w, e.name(), err.Error())
 		}
 		return

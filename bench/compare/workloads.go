@@ -3,6 +3,7 @@ package compare
 import (
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // kind says how a workload is measured.
@@ -52,33 +53,34 @@ type sizes struct {
 	MaxPrime   int
 	Compress   int64 // bytes
 	StreamN    int
-	DiskFile   int64 // bytes
-	Threads    int   // of the N-thread CPU test
-	MemoryMiB  int   // each confined environment's memory for the workloads
-	DensityMiB int   // the density test's memory budget
-	DensityMax int   // and its most instances
-	InstanceMB int   // one density instance's memory limit
-	ProbeMiB   int   // the isolation probes' memory limit
-	ProbePids  int64 // and process limit
-	Clients    int   // concurrent HTTP clients
+	DiskFile   int64         // bytes
+	Threads    int           // of the N-thread CPU test
+	MemoryMiB  int           // each confined environment's memory for the workloads
+	DensityMiB int           // the density test's memory budget
+	DensityMax int           // and its most instances
+	InstanceMB int           // one density instance's memory limit
+	ProbeMiB   int           // the isolation probes' memory limit
+	ProbePids  int64         // and process limit
+	Clients    int           // concurrent HTTP clients
+	StepLimit  time.Duration // the longest one step may take
 }
 
 func defaultSizes(cpus int) sizes {
 	return sizes{Time: "5s", MaxPrime: 10000, Compress: 256 << 20, StreamN: 8_000_000, DiskFile: 1 << 30,
-		Threads: cpus, MemoryMiB: 1024, DensityMiB: 2048, DensityMax: 16, InstanceMB: 128, ProbeMiB: 512, ProbePids: 128, Clients: 16}
+		Threads: cpus, MemoryMiB: 1024, DensityMiB: 2048, DensityMax: 16, InstanceMB: 128, ProbeMiB: 512, ProbePids: 128, Clients: 16, StepLimit: 15 * time.Minute}
 }
 
 // smallSizes suit an emulated platform such as cmd/testvm's, 10-50x
 // slower than hardware.
 func smallSizes(cpus int) sizes {
 	return sizes{Time: "2s", MaxPrime: 10000, Compress: 32 << 20, StreamN: 2_000_000, DiskFile: 128 << 20,
-		Threads: cpus, MemoryMiB: 512, DensityMiB: 1024, DensityMax: 6, InstanceMB: 128, ProbeMiB: 256, ProbePids: 64, Clients: 4}
+		Threads: cpus, MemoryMiB: 512, DensityMiB: 1024, DensityMax: 6, InstanceMB: 128, ProbeMiB: 256, ProbePids: 64, Clients: 4, StepLimit: 4 * time.Minute}
 }
 
 // tinySizes are for tests: every workload runs, briefly.
 func tinySizes(cpus int) sizes {
 	return sizes{Time: "200ms", MaxPrime: 2000, Compress: 4 << 20, StreamN: 200_000, DiskFile: 8 << 20,
-		Threads: cpus, MemoryMiB: 256, DensityMiB: 512, DensityMax: 2, InstanceMB: 128, ProbeMiB: 256, ProbePids: 32, Clients: 2}
+		Threads: cpus, MemoryMiB: 256, DensityMiB: 512, DensityMax: 2, InstanceMB: 128, ProbeMiB: 256, ProbePids: 32, Clients: 2, StepLimit: 4 * time.Minute}
 }
 
 func mib(b int64) string { return strconv.FormatInt(b>>20, 10) + "M" }
