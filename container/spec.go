@@ -106,6 +106,9 @@ func Spec(cfg v1.Config, o Options) (*specs.Spec, string, error) {
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
 			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1048576, Soft: 1048576}},
+			// Not the agent's -999: under memory pressure the OOM
+			// killer picks the container's processes, as docker's 0.
+			OOMScoreAdj: new(int),
 		},
 		Hostname: o.Hostname,
 		Mounts:   defaultMounts(),

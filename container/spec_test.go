@@ -111,3 +111,11 @@ func TestSpecPidsLimit(t *testing.T) {
 		t.Error("a pids limit without --pids-limit")
 	}
 }
+
+// The container's processes are the OOM killer's to pick, not the agent.
+func TestSpecOOMScore(t *testing.T) {
+	s, _, _ := Spec(v1.Config{Cmd: []string{"sh"}}, Options{})
+	if s.Process.OOMScoreAdj == nil || *s.Process.OOMScoreAdj != 0 {
+		t.Errorf("oom_score_adj %v, want 0", s.Process.OOMScoreAdj)
+	}
+}

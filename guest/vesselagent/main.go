@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os"
 	"os/signal"
 	"sync"
 	"time"
@@ -38,6 +39,13 @@ func main() {
 	log.SetPrefix("vesselagent: ")
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		log.Fatalf("become a subreaper: %v", err)
+	}
+	// A container that fills the VM's memory must not take the agent
+	// with it: the OOM killer passes over it (and runc, which inherits
+	// this), as over docker's daemon and containerd's shims. Containers
+	// set their own score (container.Spec gives 0).
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-999"), 0); err != nil {
+		log.Printf("oom_score_adj: %v", err)
 	}
 	// Terminal signals meant for the containers must not end the agent.
 	signal.Ignore(unix.SIGPIPE, unix.SIGHUP, unix.SIGINT, unix.SIGTTOU, unix.SIGTTIN)
