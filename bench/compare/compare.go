@@ -358,7 +358,7 @@ func (r *runner) record(ctx context.Context, e env, w workload, args []string, l
 		Info    map[string]string  `json:"info"`
 	}
 	if err := json.Unmarshal(o.stdout, &res); err != nil {
-		r.fail(w, e.name(), "unreadable result: "+firstLine(o.stdout))
+		r.fail(w, e.name(), "unreadable result: "+benchutil.FirstLine(o.stdout))
 		return
 	}
 	r.add(w, e.name(), res.Metrics, res.Info["io"])
@@ -420,9 +420,9 @@ func failure(err error, o outcome) string {
 	if err != nil {
 		return err.Error()
 	}
-	msg := runcMessage(firstLine(o.stderr))
+	msg := runcMessage(benchutil.FirstLine(o.stderr))
 	if msg == "" {
-		msg = firstLine(o.stdout)
+		msg = benchutil.FirstLine(o.stdout)
 	}
 	return fmt.Sprintf("exit status %d: %s", o.code, msg)
 }
@@ -471,10 +471,10 @@ func kernel() string {
 func versions(o Options) map[string]string {
 	v := map[string]string{"go": runtime.Version()}
 	if out, err := execOutput(o.Runc, "--version"); err == nil {
-		v["runc"] = firstLine(out)
+		v["runc"] = benchutil.FirstLine(out)
 	}
 	if out, err := execOutput(o.Vessel, "--version"); err == nil {
-		v["vessel"] = firstLine(out)
+		v["vessel"] = benchutil.FirstLine(out)
 	}
 	return v
 }

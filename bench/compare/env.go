@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -302,22 +301,13 @@ func (r *runcEnv) start(ctx context.Context, lim limits, args []string) (*instan
 		cmd.Wait()
 		os.RemoveAll(b)
 	}
-	var st struct {
-		Pid    int    `json:"pid"`
-		Status string `json:"status"`
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
-		js, err := exec.Command(r.s.runc, "--root", r.state, "state", id).Output()
-		if err == nil && json.Unmarshal(js, &st) == nil && st.Status == "running" && st.Pid > 0 {
-			break
-		}
-	}
-	if st.Pid == 0 {
+	pid := benchutil.RuncPid(ctx, r.s.runc, r.state, id, 30*time.Second)
+	if pid == 0 {
 		stop()
-		return nil, fmt.Errorf("the runc container did not run: %s", firstLine(out.Bytes()))
+		return nil, fmt.Errorf("the runc container did not run: %s", benchutil.FirstLine(out.Bytes()))
 	}
 	time.Sleep(500 * time.Millisecond)
-	ctr, _, err1 := benchutil.ProcMemory(st.Pid)
+	ctr, _, err1 := benchutil.ProcMemory(pid)
 	rc, _, err2 := benchutil.ProcMemory(cmd.Process.Pid)
 	if err := errors.Join(err1, err2); err != nil {
 		stop()
@@ -429,9 +419,4 @@ func (v *vesselEnv) start(ctx context.Context, lim limits, args []string) (*inst
 		return nil, err
 	}
 	return &instance{memMiB: rss, stop: stop}, nil
-}
-
-func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return s
 }

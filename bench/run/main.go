@@ -12,6 +12,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -112,7 +113,7 @@ func run(vessel, runc string, runs int) error {
 		start := time.Now()
 		out, err := exec.Command(runc, "--root", filepath.Join(work, "runc"), "run", "--bundle", bundle, fmt.Sprintf("bench%d", i)).CombinedOutput()
 		if err != nil {
-			rows[3].note = fmt.Sprintf("unavailable: runc run: %v: %s", err, firstLine(out))
+			rows[3].note = fmt.Sprintf("unavailable: runc run: %v: %s", err, benchutil.FirstLine(out))
 			bundleErr = errors.New(rows[3].note)
 			continue
 		}
@@ -160,11 +161,6 @@ func ratio(a, b float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.2fx", a/b)
-}
-
-func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return s
 }
 
 // cmd runs vessel with args and returns how long it took.
@@ -238,21 +234,12 @@ func (b *bench) runcMemory(bundleErr error) (ctr, runcRSS float64, err error) {
 		cmd.Wait()
 		exec.Command(b.runc, "--root", root, "delete", "-f", "mem").Run()
 	}()
-	var st struct {
-		Pid    int    `json:"pid"`
-		Status string `json:"status"`
-	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		js, err := exec.Command(b.runc, "--root", root, "state", "mem").Output()
-		if err == nil && json.Unmarshal(js, &st) == nil && st.Status == "running" && st.Pid > 0 {
-			break
-		}
-	}
-	if st.Pid == 0 {
-		return 0, 0, fmt.Errorf("the runc container did not run (%q): %s", st.Status, firstLine(out.Bytes()))
+	pid := benchutil.RuncPid(context.Background(), b.runc, root, "mem", 20*time.Second)
+	if pid == 0 {
+		return 0, 0, fmt.Errorf("the runc container did not run: %s", benchutil.FirstLine(out.Bytes()))
 	}
 	time.Sleep(time.Second)
-	if ctr, _, err = benchutil.ProcMemory(st.Pid); err != nil {
+	if ctr, _, err = benchutil.ProcMemory(pid); err != nil {
 		return 0, 0, err
 	}
 	runcRSS, _, err = benchutil.ProcMemory(cmd.Process.Pid)

@@ -2,12 +2,16 @@ package benchutil
 
 import (
 	"archive/tar"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -69,4 +73,27 @@ func ProcMemory(pid int) (rss, pss float64, err error) {
 		}
 	}
 	return rss, pss, nil
+}
+
+// RuncPid waits up to within for runc (with state directory root) to
+// report container id running, and returns its process ID, or 0 if it
+// never did or ctx ended.
+func RuncPid(ctx context.Context, runc, root, id string, within time.Duration) int {
+	var st struct {
+		Pid    int    `json:"pid"`
+		Status string `json:"status"`
+	}
+	for deadline := time.Now().Add(within); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
+		js, err := exec.Command(runc, "--root", root, "state", id).Output()
+		if err == nil && json.Unmarshal(js, &st) == nil && st.Status == "running" && st.Pid > 0 {
+			return st.Pid
+		}
+	}
+	return 0
+}
+
+// FirstLine is the first line of a command's output, trimmed.
+func FirstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
 }
