@@ -127,9 +127,6 @@ func workloads() []workload {
 	}
 }
 
-// SizeProfiles names the --sizes profiles.
-var SizeProfiles = []string{"full", "small", "tiny"}
-
 // sizesFor returns a profile's sizes.
 func sizesFor(profile string, cpus int) (sizes, error) {
 	switch profile {
