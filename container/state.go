@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/images/store"
 )
 
 // Sentinel errors for container lookups.
@@ -59,18 +62,88 @@ type State struct {
 	dir string
 }
 
-// StateRoot returns where container states live:
-// $XDG_RUNTIME_DIR/vessel/containers, or /run/vessel/containers for root
-// without XDG_RUNTIME_DIR, or a directory under the temporary directory.
-func StateRoot() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "vessel", "containers")
-	}
-	if os.Geteuid() == 0 {
-		return "/run/vessel/containers"
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("vessel-%d", os.Geteuid()), "containers")
+// StateRoot returns where container states live, creating it if need
+// be: $XDG_RUNTIME_DIR/vessel/containers, or /run/vessel/containers for
+// root without XDG_RUNTIME_DIR, or <temporary directory>/vessel-UID/containers.
+// Each directory vessel makes there is made 0700 and, found already
+// there, refused unless it is a directory (not a symlink) of the
+// effective user that no other user can enter: in a shared /tmp another
+// user can make vessel-UID first and plant states in it.
+func StateRoot() (string, error) {
+	return makeStateRoot(stateBase(os.Getenv("XDG_RUNTIME_DIR"), os.Geteuid()))
 }
+
+// makeStateRoot makes (or checks) the directories dirs, each below the
+// one before, below base, and returns the last.
+func makeStateRoot(base string, dirs []string) (string, error) {
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", fmt.Errorf("container state: %w", err)
+	}
+	dir := base
+	for _, d := range dirs {
+		dir = filepath.Join(dir, d)
+		if err := privateDir(dir); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// stateBase is the directory StateRoot trusts as it is (the user's
+// runtime directory, /run, or the temporary directory), given
+// XDG_RUNTIME_DIR and the effective user, and the names of the
+// directories below it that vessel makes and checks.
+func stateBase(runtimeDir string, euid int) (base string, dirs []string) {
+	if runtimeDir != "" {
+		return runtimeDir, []string{"vessel", "containers"}
+	}
+	if euid == 0 {
+		return "/run", []string{"vessel", "containers"}
+	}
+	return os.TempDir(), []string{fmt.Sprintf("vessel-%d", euid), "containers"}
+}
+
+// privateDir makes dir with mode 0700 if it is missing, then checks
+// that it is a directory, not a symlink, owned by the effective user,
+// with no permissions for group or others.
+func privateDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("container state: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("container state: %w", err)
+	}
+	euid := os.Geteuid()
+	switch st, ok := fi.Sys().(*syscall.Stat_t); {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("container state: %s is a symlink, not vessel's directory: refusing it", dir)
+	case !fi.IsDir():
+		return fmt.Errorf("container state: %s is not a directory: refusing it", dir)
+	case !ok || int(st.Uid) != euid:
+		return fmt.Errorf("container state: %s belongs to another user, not to uid %d: refusing it (remove it, or set XDG_RUNTIME_DIR)", dir, euid)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("container state: %s has mode %04o, open to other users: refusing it (want 0700)", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// validID reports whether id has the form of the container IDs vessel
+// makes: 64 lower-case hex digits.
+func validID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ShortID is the 12-digit form of a container ID that ps shows.
+func (s *State) ShortID() string { return s.ID[:12] }
 
 // Dir is the container's state directory.
 func (s *State) Dir() string { return s.dir }
@@ -88,11 +161,12 @@ func (s *State) Running() bool {
 	return syscall.Kill(s.Pid, 0) == nil || errors.Is(syscall.Kill(s.Pid, 0), syscall.EPERM)
 }
 
-// Create makes the state directory of a new container under root and
-// saves s there. A name another container has is ErrNameInUse.
+// Create makes the state directory of a new container under root (see
+// StateRoot) and saves s there. A name another container has is
+// ErrNameInUse.
 func Create(root string, s *State) error {
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return fmt.Errorf("container state: %w", err)
+	if !validID(s.ID) {
+		return fmt.Errorf("container state: invalid container ID %q: want 64 hex digits", s.ID)
 	}
 	all, err := List(root)
 	if err != nil {
@@ -100,7 +174,7 @@ func Create(root string, s *State) error {
 	}
 	for _, o := range all {
 		if o.Name == s.Name {
-			return fmt.Errorf("%w: %q (by %s)", ErrNameInUse, s.Name, o.ID[:12])
+			return fmt.Errorf("%w: %q (by %s)", ErrNameInUse, s.Name, o.ShortID())
 		}
 	}
 	s.dir = filepath.Join(root, s.ID)
@@ -128,9 +202,30 @@ func (s *State) Save() error {
 	return nil
 }
 
-// Delete removes the container's state directory and scratch disk.
+// ScratchPath is where the scratch disk (--disk-size) of the container
+// id lives: under vessel's data directory, not in the state directory,
+// which is usually in memory.
+func ScratchPath(id string) (string, error) {
+	data, err := store.DataDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(data, "scratch", id+".ext4"), nil
+}
+
+// Delete removes the container's state directory and scratch disk. The
+// scratch disk a state names is removed only if it is the one
+// ScratchPath gives for the container: a state file is not trusted to
+// name a file to delete.
 func (s *State) Delete() error {
 	if s.Scratch != "" {
+		want, err := ScratchPath(s.ID)
+		if err != nil {
+			return fmt.Errorf("container %s: %w", s.ID, err)
+		}
+		if s.Scratch != want {
+			return fmt.Errorf("container %s: its state names %q as its scratch disk, not %s: refusing to remove it", s.ShortID(), s.Scratch, want)
+		}
 		if err := os.Remove(s.Scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("container %s: %w", s.ID, err)
 		}
@@ -139,7 +234,8 @@ func (s *State) Delete() error {
 }
 
 // List returns every container under root, newest first. Directories
-// without a readable state (one being created) are skipped.
+// without a readable state (one being created), and states whose ID is
+// not their directory's name or not an ID vessel makes, are skipped.
 func List(root string) ([]*State, error) {
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
@@ -159,7 +255,7 @@ func List(root string) ([]*State, error) {
 			continue
 		}
 		s := &State{}
-		if json.Unmarshal(b, s) != nil || s.ID != e.Name() {
+		if json.Unmarshal(b, s) != nil || s.ID != e.Name() || !validID(s.ID) {
 			continue
 		}
 		s.dir = dir

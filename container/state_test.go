@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,5 +72,169 @@ func TestLog(t *testing.T) {
 	}
 	if o.String() != "one\ntwo\n" || e.String() != "oops\n" {
 		t.Errorf("replayed stdout %q stderr %q", o.String(), e.String())
+	}
+}
+
+func TestStateBase(t *testing.T) {
+	for _, tc := range []struct {
+		runtimeDir string
+		euid       int
+		base       string
+		dirs       []string
+	}{
+		{"/run/user/1000", 1000, "/run/user/1000", []string{"vessel", "containers"}},
+		{"", 0, "/run", []string{"vessel", "containers"}},
+		{"", 1000, os.TempDir(), []string{"vessel-1000", "containers"}},
+	} {
+		base, dirs := stateBase(tc.runtimeDir, tc.euid)
+		if base != tc.base || !slices.Equal(dirs, tc.dirs) {
+			t.Errorf("stateBase(%q, %d) = %s %v, want %s %v", tc.runtimeDir, tc.euid, base, dirs, tc.base, tc.dirs)
+		}
+	}
+}
+
+// TestStateRootRefused: a state root under a shared directory that
+// another user made, or made open to others, or a symlink, is refused;
+// one vessel makes is 0700.
+func TestStateRootRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, dir string) // makes dir, the user's vessel-UID
+		want  string                         // in the error; "" for none
+	}{
+		{"missing", func(*testing.T, string) {}, ""},
+		{"ours and 0700", func(t *testing.T, dir string) { mkdir(t, dir, 0o700) }, ""},
+		{"0777", func(t *testing.T, dir string) { mkdir(t, dir, 0o777) }, "mode 0777"},
+		{"group readable", func(t *testing.T, dir string) { mkdir(t, dir, 0o740) }, "mode 0740"},
+		{"symlink", func(t *testing.T, dir string) {
+			target := t.TempDir()
+			os.Chmod(target, 0o700)
+			if err := os.Symlink(target, dir); err != nil {
+				t.Fatal(err)
+			}
+		}, "symlink"},
+		{"file", func(t *testing.T, dir string) {
+			if err := os.WriteFile(dir, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a directory"},
+		{"another user's", func(t *testing.T, dir string) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to give a directory to another user")
+			}
+			mkdir(t, dir, 0o700)
+			if err := os.Chown(dir, 4242, 4242); err != nil {
+				t.Fatal(err)
+			}
+		}, "belongs to another user"},
+		{"containers is another user's", func(t *testing.T, dir string) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to give a directory to another user")
+			}
+			mkdir(t, dir, 0o700)
+			mkdir(t, filepath.Join(dir, "containers"), 0o700)
+			if err := os.Chown(filepath.Join(dir, "containers"), 4242, 4242); err != nil {
+				t.Fatal(err)
+			}
+		}, "belongs to another user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmp := t.TempDir()
+			dir := filepath.Join(tmp, "vessel-1000")
+			tc.plant(t, dir)
+			root, err := makeStateRoot(tmp, []string{"vessel-1000", "containers"})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, d := range []string{dir, root} {
+					if fi, err := os.Lstat(d); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+						t.Errorf("%s: %v, %v; want a 0700 directory", d, fi, err)
+					}
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("makeStateRoot = %q, %v; want an error saying %q", root, err, tc.want)
+			}
+		})
+	}
+}
+
+func mkdir(t *testing.T, dir string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Mkdir(dir, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, mode); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+}
+
+// TestDeleteScratchConfined: Delete removes the scratch disk vessel
+// made for the container, and refuses any other file a state names.
+func TestDeleteScratchConfined(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	victim := filepath.Join(t.TempDir(), "precious")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Repeat("d", 64)
+	own, err := ScratchPath(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(own), 0o700)
+	for _, tc := range []struct {
+		name, scratch string
+		ok            bool
+	}{
+		{"outside", victim, false},
+		{"climbs out", filepath.Dir(own) + "/../../" + filepath.Base(victim), false},
+		{"another container's", filepath.Join(filepath.Dir(own), strings.Repeat("e", 64)+".ext4"), false},
+		{"its own", own, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.WriteFile(own, nil, 0o600)
+			root := t.TempDir()
+			s := &State{ID: id, Name: "c", Created: time.Now(), Status: StatusExited, Scratch: tc.scratch}
+			if err := Create(root, s); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Find(root, "c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Delete()
+			if _, serr := os.Stat(victim); serr != nil {
+				t.Fatalf("Delete removed %s, which the state named: %v", victim, serr)
+			}
+			_, dirErr := os.Stat(s.Dir())
+			_, ownErr := os.Stat(own)
+			if tc.ok {
+				if err != nil || !errors.Is(dirErr, os.ErrNotExist) || !errors.Is(ownErr, os.ErrNotExist) {
+					t.Errorf("Delete = %v; state dir %v, scratch %v; want both gone", err, dirErr, ownErr)
+				}
+			} else if err == nil || dirErr != nil || ownErr != nil {
+				t.Errorf("Delete = %v (state dir %v, scratch %v); want it refused, removing nothing", err, dirErr, ownErr)
+			}
+		})
+	}
+}
+
+// TestListSkipsForeignIDs: a state whose ID is not one vessel makes
+// (too short for ps's short IDs, say) is not listed.
+func TestListSkipsForeignIDs(t *testing.T) {
+	root := t.TempDir()
+	for _, id := range []string{"abc", strings.Repeat("A", 64), strings.Repeat("a", 63) + "g", strings.Repeat("a", 65)} {
+		if err := Create(root, &State{ID: id, Name: "n" + id}); err == nil {
+			t.Errorf("Create with ID %q succeeded", id)
+		}
+		dir := filepath.Join(root, id)
+		os.Mkdir(dir, 0o700)
+		os.WriteFile(filepath.Join(dir, "state.json"), []byte(`{"id":"`+id+`","name":"x"}`), 0o600)
+	}
+	if l, err := List(root); err != nil || len(l) != 0 {
+		t.Errorf("List = %v, %v; want no containers", l, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -31,7 +32,11 @@ func containerErr(format string, args ...any) error {
 
 // findContainer looks a container up by name or ID prefix.
 func findContainer(ref string) (*container.State, error) {
-	st, err := container.Find(container.StateRoot(), ref)
+	root, err := container.StateRoot()
+	if err != nil {
+		return nil, containerErr("%v", err)
+	}
+	st, err := container.Find(root, ref)
 	if err != nil {
 		return nil, containerErr("%v", err)
 	}
@@ -45,7 +50,11 @@ func newPs() *cobra.Command {
 		Short: "List containers (running ones; -a for all)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			l, err := container.List(container.StateRoot())
+			root, err := container.StateRoot()
+			if err != nil {
+				return containerErr("%v", err)
+			}
+			l, err := container.List(root)
 			if err != nil {
 				return containerErr("%v", err)
 			}
@@ -59,7 +68,7 @@ func newPs() *cobra.Command {
 					continue
 				}
 				if quiet {
-					fmt.Fprintln(w, st.ID[:12])
+					fmt.Fprintln(w, st.ShortID())
 					continue
 				}
 				status := "Up " + ago(st.Created)
@@ -76,7 +85,7 @@ func newPs() *cobra.Command {
 				if len(cmdline) > 30 {
 					cmdline = cmdline[:29] + "…"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%q\t%s ago\t%s\t%s\n", st.ID[:12], st.Image, cmdline, ago(st.Created), status, st.Name)
+				fmt.Fprintf(w, "%s\t%s\t%q\t%s ago\t%s\t%s\n", st.ShortID(), st.Image, cmdline, ago(st.Created), status, st.Name)
 			}
 			return w.Flush()
 		},
@@ -184,7 +193,7 @@ func stopContainer(st *container.State, timeout time.Duration) error {
 	}
 	// The vessel process records the exit and ends the VM.
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		cur, err := container.Find(container.StateRoot(), st.ID)
+		cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
 		if err != nil || !cur.Running() {
 			return nil
 		}
@@ -251,7 +260,11 @@ container's environment (plus -e), working directory (or -w) and user
 }
 
 func containerExec(f execFlags, ref string, argv []string) error {
-	st, err := container.Find(container.StateRoot(), ref)
+	root, err := container.StateRoot()
+	if err != nil {
+		return runErr("%v", err)
+	}
+	st, err := container.Find(root, ref)
 	if err != nil {
 		return runErr("%v", err)
 	}

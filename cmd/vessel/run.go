@@ -299,15 +299,14 @@ func (p *runPlan) scratchSerial() string {
 // directory, records it in st (so that rm removes it even if this
 // process is killed) and attaches it to the VM.
 func makeScratch(st *container.State, p *runPlan) error {
-	data, err := store.DataDir()
+	path, err := container.ScratchPath(p.id)
 	if err != nil {
 		return runErr("%v", err)
 	}
-	dir := filepath.Join(data, "scratch")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return runErr("--disk-size: %v", err)
 	}
-	st.Scratch = filepath.Join(dir, p.id+".ext4")
+	st.Scratch = path
 	if err := st.Save(); err != nil {
 		return runErr("%v", err)
 	}
@@ -390,7 +389,10 @@ func containerRun(f runFlags, ref string, args []string) error {
 	if f.interactive && f.tty && !term.IsTerminal(int(os.Stdin.Fd())) {
 		return runErr("the input device is not a TTY (-t with -i needs a terminal on stdin)")
 	}
-	root := container.StateRoot()
+	root, err := container.StateRoot()
+	if err != nil {
+		return runErr("%v", err)
+	}
 	if !child {
 		st := &container.State{ID: p.id, Name: p.name, Image: ref, Command: p.spec.Process.Args, Created: time.Now().UTC(),
 			Status: container.StatusCreated, Process: p.spec.Process, Remove: f.remove}
