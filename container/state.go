@@ -128,9 +128,9 @@ func privateDir(dir string) error {
 	return nil
 }
 
-// validID reports whether id has the form of the container IDs vessel
+// ValidID reports whether id has the form of the container IDs vessel
 // makes: 64 lower-case hex digits.
-func validID(id string) bool {
+func ValidID(id string) bool {
 	if len(id) != 64 {
 		return false
 	}
@@ -165,7 +165,7 @@ func (s *State) Running() bool {
 // StateRoot) and saves s there. A name another container has is
 // ErrNameInUse.
 func Create(root string, s *State) error {
-	if !validID(s.ID) {
+	if !ValidID(s.ID) {
 		return fmt.Errorf("container state: invalid container ID %q: want 64 hex digits", s.ID)
 	}
 	all, err := List(root)
@@ -255,7 +255,7 @@ func List(root string) ([]*State, error) {
 			continue
 		}
 		s := &State{}
-		if json.Unmarshal(b, s) != nil || s.ID != e.Name() || !validID(s.ID) {
+		if json.Unmarshal(b, s) != nil || s.ID != e.Name() || !ValidID(s.ID) {
 			continue
 		}
 		s.dir = dir

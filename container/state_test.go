@@ -1,7 +1,6 @@
 package container
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -48,30 +47,6 @@ func TestStateLifecycle(t *testing.T) {
 	}
 	if l, _ := List(root); len(l) != 1 {
 		t.Errorf("%d states after Delete, want 1", len(l))
-	}
-}
-
-func TestLog(t *testing.T) {
-	p := t.TempDir() + "/log.json"
-	l, err := OpenLog(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, errw := l.Writer("stdout"), l.Writer("stderr")
-	out.Write([]byte("one\n"))
-	errw.Write([]byte("oops\n"))
-	out.Write([]byte("two\n"))
-	l.Close()
-	// A torn last line, as while the container writes, is skipped.
-	f, _ := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString(`{"log":"tor`)
-	f.Close()
-	var o, e bytes.Buffer
-	if err := CopyLog(p, &o, &e); err != nil {
-		t.Fatal(err)
-	}
-	if o.String() != "one\ntwo\n" || e.String() != "oops\n" {
-		t.Errorf("replayed stdout %q stderr %q", o.String(), e.String())
 	}
 }
 

@@ -58,6 +58,7 @@ type runFlags struct {
 	memory           string
 	diskSize         string
 	pidsLimit        int64
+	logOpts          []string
 }
 
 func newRun() *cobra.Command {
@@ -118,6 +119,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
 	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0: no limit but the VM's)")
+	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
@@ -138,6 +140,7 @@ type runPlan struct {
 	disk     string
 	scratch  uint64 // bytes of scratch disk, 0 for none
 	volumes  []agentproto.Volume
+	logOpts  container.LogOptions
 	cfg      vmm.Config
 }
 
@@ -151,6 +154,9 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		return nil, runErr("--cpus must be at least 1 (got %d)", f.cpus)
 	}
 	p := &runPlan{id: os.Getenv(envRunID)}
+	if p.logOpts, err = container.ParseLogOpts(f.logOpts); err != nil {
+		return nil, runErr("%v", err)
+	}
 	if f.diskSize != "" {
 		if p.scratch, err = parseSize(f.diskSize); err != nil || p.scratch < container.MinScratch {
 			return nil, runErr("--disk-size %q: want a size of at least %dM, such as 10G", f.diskSize, container.MinScratch>>20)
@@ -513,7 +519,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 			st.Save()
 		}
 	}()
-	logf, err := container.OpenLog(st.LogPath())
+	logf, err := container.OpenLog(st.LogPath(), p.logOpts)
 	if err != nil {
 		return runErr("%v", err)
 	}
