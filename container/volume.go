@@ -17,7 +17,8 @@ type Volume struct {
 	ReadOnly    bool
 }
 
-// ParseVolume parses -v HOSTDIR:PATH[:OPTIONS] with OPTIONS ro or rw.
+// ParseVolume parses -v HOSTDIR:PATH[:OPTION] with OPTION ro or rw (one
+// of them: "ro,rw" is refused, as docker refuses it).
 // HOSTDIR is an absolute path or one starting with "." (relative to the
 // working directory, as docker's CLI takes it); a bare name would be a
 // named volume, which vessel does not have. The directory must exist:
@@ -41,15 +42,16 @@ func ParseVolume(s string) (Volume, error) {
 		return Volume{}, errors.New("cannot mount over the container's root")
 	}
 	if len(parts) == 3 {
-		for _, o := range strings.Split(parts[2], ",") {
-			switch o {
-			case "ro":
-				v.ReadOnly = true
-			case "rw":
-				v.ReadOnly = false
-			default:
-				return Volume{}, fmt.Errorf("unknown option %q: want ro or rw", o)
-			}
+		opts := strings.Split(parts[2], ",")
+		if len(opts) > 1 {
+			return Volume{}, fmt.Errorf("options %q: want one of ro or rw", parts[2])
+		}
+		switch opts[0] {
+		case "ro":
+			v.ReadOnly = true
+		case "rw":
+		default:
+			return Volume{}, fmt.Errorf("unknown option %q: want ro or rw", opts[0])
 		}
 	}
 	abs, err := filepath.Abs(src)

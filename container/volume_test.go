@@ -29,6 +29,10 @@ func TestParseVolume(t *testing.T) {
 		{in: dir + ":data", err: "not absolute"},
 		{in: dir + ":/", err: "root"},
 		{in: dir + ":/data:z", err: `unknown option "z"`},
+		{in: dir + ":/data:ro,rw", err: "want one of ro or rw"},
+		{in: dir + ":/data:rw,ro", err: "want one of ro or rw"},
+		{in: dir + ":/data:ro,ro", err: "want one of ro or rw"},
+		{in: dir + ":/data:", err: `unknown option ""`},
 		{in: dir + "/missing:/data", err: "does not exist"},
 		{in: file + ":/data", err: "not a directory"},
 	} {

@@ -351,12 +351,17 @@ dd if=/dev/zero of=/fits bs=1M count=30 2>/dev/null && echo "fits=$(wc -c < /fit
 }
 
 // TestRunBadInput: every bad input to `vessel run` gets one line and
-// docker's status 125, before any VM boots.
+// docker's status 125, before any VM boots and any container state is
+// made.
 func TestRunBadInput(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
 	env := runEnv(t)
+	nulEnv := filepath.Join(t.TempDir(), "env")
+	if err := os.WriteFile(nulEnv, []byte("A=x\x00y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -379,6 +384,13 @@ func TestRunBadInput(t *testing.T) {
 		{"missing volume", []string{"-v", "/nonexistent/dir:/data", runImage, "true"}, "does not exist"},
 		{"volume option", []string{"-v", "/tmp:/data:rx", runImage, "true"}, "unknown option"},
 		{"bad disk size", []string{"--disk-size", "1M", runImage, "true"}, "--disk-size"},
+		{"tiny memory", []string{"--memory", "1K", runImage, "true"}, "--memory"},
+		{"too many cpus", []string{"--cpus", "100000", runImage, "true"}, "--cpus"},
+		{"negative pids limit", []string{"--pids-limit", "-5", runImage, "true"}, "--pids-limit"},
+		{"NUL in env file", []string{"--env-file", nulEnv, runImage, "true"}, "NUL"},
+		{"ro and rw", []string{"-v", "/tmp:/data:ro,rw", runImage, "true"}, "ro or rw"},
+		{"bad log size", []string{"--log-opt", "max-size=lots", runImage, "true"}, "max-size"},
+		{"unknown log option", []string{"--log-opt", "compress=true", runImage, "true"}, "unknown option"},
 	} {
 		cmd := exec.Command(vesselBin, append([]string{"run"}, tc.args...)...)
 		cmd.Env = env
@@ -390,6 +402,15 @@ func TestRunBadInput(t *testing.T) {
 		if code != 125 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) || stdout.Len() != 0 {
 			t.Errorf("%s: exit %d (%v), stderr %q, stdout %q; want 125 and one line with %q", tc.name, code, err, stderr.String(), stdout.String(), tc.want)
 		}
+	}
+	runtimeDir := ""
+	for _, kv := range env { // the last one is runEnv's
+		if v, ok := strings.CutPrefix(kv, "XDG_RUNTIME_DIR="); ok {
+			runtimeDir = v
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(runtimeDir, "vessel", "containers")); len(ents) != 0 {
+		t.Errorf("refused runs left %d container states", len(ents))
 	}
 }
 

@@ -100,20 +100,8 @@ func New(cfg Config) (_ *VM, err error) {
 
 func (v *VM) validate() error {
 	c := &v.cfg
-	if c.CPUs < 1 {
-		return fmt.Errorf("%w: --cpus must be at least 1 (got %d)", ErrInvalidConfig, c.CPUs)
-	}
-	if c.CPUs > boot.MaxCPUs {
-		return fmt.Errorf("%w: --cpus %d is above vessel's limit of %d", ErrInvalidConfig, c.CPUs, boot.MaxCPUs)
-	}
-	if c.Memory < minMemory {
-		return fmt.Errorf("%w: --memory must be at least %d MiB (got %d bytes)", ErrInvalidConfig, minMemory>>20, c.Memory)
-	}
-	if c.Memory%4096 != 0 {
-		return fmt.Errorf("%w: --memory must be a multiple of 4 KiB", ErrInvalidConfig)
-	}
-	if total, err := hostMemory(); err == nil && c.Memory > total {
-		return fmt.Errorf("%w: --memory %d MiB is more than the host's %d MiB", ErrInvalidConfig, c.Memory>>20, total>>20)
+	if err := CheckResources(c.CPUs, c.Memory); err != nil {
+		return err
 	}
 	if c.Kernel == "" {
 		return fmt.Errorf("%w: no kernel given", ErrInvalidConfig)

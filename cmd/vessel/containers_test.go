@@ -2,11 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // plantState writes a state.json for a container id under root, as
@@ -91,6 +96,114 @@ func TestPsShortID(t *testing.T) {
 	for _, args := range [][]string{{"ps", "-a"}, {"ps", "-a", "-q"}} {
 		if code := run(args); code != 0 {
 			t.Errorf("vessel %v: exit %d, want 0", args, code)
+		}
+	}
+}
+
+// runStderr runs vessel with args and returns its exit status and what
+// it wrote to stderr.
+func runStderr(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	saved := os.Stderr
+	os.Stderr = f
+	code := run(args)
+	os.Stderr = saved
+	b, _ := os.ReadFile(f.Name())
+	return code, string(b)
+}
+
+// TestRunBadFlags: every bad flag of vessel run is refused with one line
+// and status 125 before anything is made: no container state, no disk.
+// The image and a guest are there, so nothing else stops the run first.
+func TestRunBadFlags(t *testing.T) {
+	data, runtime, guest := t.TempDir(), t.TempDir(), t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	t.Setenv("XDG_RUNTIME_DIR", runtime)
+	t.Setenv("VESSEL_GUEST_DIR", guest)
+	for _, f := range []string{"bzImage", "initramfs.cpio"} {
+		os.WriteFile(filepath.Join(guest, f), []byte("not a kernel"), 0o644)
+	}
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("busybox:bad")
+	archive := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	if code := run([]string{"image", "load", archive}); code != 0 {
+		t.Fatalf("vessel image load: exit %d", code)
+	}
+	nul := filepath.Join(t.TempDir(), "env")
+	os.WriteFile(nul, []byte("A=1\nB=x\x00y\n"), 0o600)
+	vol := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string // VESSEL_RUN_ID
+		want string
+	}{
+		{"tiny memory", []string{"--memory", "1K"}, "", "--memory must be at least"},
+		{"odd memory", []string{"--memory", "33333K"}, "", "--memory must be a multiple"},
+		{"huge memory", []string{"--memory", "1000000T"}, "", "--memory"},
+		{"too many cpus", []string{"--cpus", "100000"}, "", "--cpus 100000"},
+		{"no cpus", []string{"--cpus", "0"}, "", "--cpus"},
+		{"negative pids limit", []string{"--pids-limit", "-5"}, "", "--pids-limit -5"},
+		{"NUL in env file", []string{"--env-file", nul}, "", "NUL"},
+		{"ro and rw", []string{"-v", vol + ":/data:ro,rw"}, "", "want one of ro or rw"},
+		{"bad log size", []string{"--log-opt", "max-size=lots"}, "", "max-size"},
+		{"zero log files", []string{"--log-opt", "max-file=0"}, "", "max-file"},
+		{"unknown log option", []string{"--log-opt", "compress=true"}, "", "unknown option"},
+		{"log option without value", []string{"--log-opt", "max-size"}, "", "KEY=VALUE"},
+		{"short run ID", nil, "abc", "not a container ID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv(envRunID, tc.env)
+			}
+			code, stderr := runStderr(t, append(append([]string{"run", "--pull", "never"}, tc.args...), "busybox:bad", "true")...)
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if code != exitRun || len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Errorf("exit %d, stderr %q; want %d and one line with %q", code, stderr, exitRun, tc.want)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(runtime, "vessel", "containers")); len(ents) != 0 {
+				t.Errorf("a refused run left %d container states", len(ents))
+				for _, e := range ents {
+					os.RemoveAll(filepath.Join(runtime, "vessel", "containers", e.Name()))
+				}
+			}
+			filepath.WalkDir(data, func(p string, d fs.DirEntry, err error) error {
+				if err == nil && strings.HasSuffix(p, ".ext4") {
+					t.Errorf("a refused run made the disk %s", p)
+					os.Remove(p)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestRunGoodFlags: docker's values for no pids limit, and log options
+// within bounds, pass the flag checks (the run then stops at the
+// missing image).
+func TestRunGoodFlags(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	for _, args := range [][]string{
+		{"--pids-limit", "-1"},
+		{"--pids-limit", "0"},
+		{"--pids-limit", "100"},
+		{"--log-opt", "max-size=10m", "--log-opt", "max-file=3"},
+		{"--memory", "32M", "--cpus", "2"},
+	} {
+		code, stderr := runStderr(t, append(append([]string{"run", "--pull", "never"}, args...), "missing:1", "true")...)
+		if code != exitRun || !strings.Contains(stderr, "unable to find image") {
+			t.Errorf("vessel run %v: exit %d, %q; want the flags to pass and the image to be missing", args, code, stderr)
 		}
 	}
 }

@@ -118,7 +118,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
-	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0: no limit but the VM's)")
+	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0 or -1: no limit but the VM's)")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
@@ -146,14 +146,23 @@ type runPlan struct {
 
 // planRun checks the flags and resolves the image; it boots nothing.
 func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
+	// The flags are checked first, before the image is looked up and
+	// anything (state, disks, processes) is made; those that need the
+	// image's config (-u, -w) when the spec is made, before any disk.
 	mem, err := parseSize(f.memory)
 	if err != nil || mem == 0 {
 		return nil, runErr("--memory %q: want a size such as 512M or 1G", f.memory)
 	}
-	if f.cpus < 1 {
-		return nil, runErr("--cpus must be at least 1 (got %d)", f.cpus)
+	if err := vmm.CheckResources(f.cpus, mem); err != nil {
+		return nil, runErr("%s", strings.TrimPrefix(err.Error(), vmm.ErrInvalidConfig.Error()+": "))
+	}
+	if f.pidsLimit < -1 {
+		return nil, runErr("--pids-limit %d: want a number of processes, or 0 or -1 for no limit", f.pidsLimit)
 	}
 	p := &runPlan{id: os.Getenv(envRunID)}
+	if p.id != "" && !container.ValidID(p.id) {
+		return nil, runErr("%s=%q is not a container ID", envRunID, p.id)
+	}
 	if p.logOpts, err = container.ParseLogOpts(f.logOpts); err != nil {
 		return nil, runErr("%v", err)
 	}
@@ -358,6 +367,10 @@ func readEnvFiles(paths []string) ([]string, error) {
 			l := strings.TrimLeft(sc.Text(), " \t")
 			if l == "" || strings.HasPrefix(l, "#") {
 				continue
+			}
+			if strings.ContainsRune(l, 0) {
+				f.Close()
+				return nil, fmt.Errorf("--env-file %s line %d: a NUL byte, which no environment variable can hold", p, n)
 			}
 			if k, _, _ := strings.Cut(l, "="); k == "" || strings.ContainsAny(k, " \t") {
 				f.Close()
