@@ -341,3 +341,41 @@ func copyLogFile(path string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// DiagLimit is how many bytes of the VMM's reports about one container
+// (a misbehaving guest driver, one line each) vessel writes: a detached
+// container's go to vessel.log in its state directory, usually in
+// memory, and a guest can make them in a loop.
+const DiagLimit = 1 << 20
+
+// LimitWriter returns a writer that passes whole writes on to w while
+// they total at most n bytes, then writes note once and drops the rest,
+// reporting success. It may be used concurrently.
+func LimitWriter(w io.Writer, n int64, note string) io.Writer {
+	return &limitWriter{w: w, left: n, note: note}
+}
+
+type limitWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	left int64
+	note string
+	done bool
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.done:
+	case int64(len(p)) <= l.left:
+		l.left -= int64(len(p))
+		if _, err := l.w.Write(p); err != nil {
+			return 0, err
+		}
+	default:
+		l.done = true
+		io.WriteString(l.w, l.note)
+	}
+	return len(p), nil
+}

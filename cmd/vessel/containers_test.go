@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vesselvm/vessel/container"
 )
 
 // plantState writes a state.json for a container id under root, as
@@ -117,10 +120,10 @@ func runStderr(t *testing.T, args ...string) (int, string) {
 	return code, string(b)
 }
 
-// TestRunBadFlags: every bad flag of vessel run is refused with one line
-// and status 125 before anything is made: no container state, no disk.
-// The image and a guest are there, so nothing else stops the run first.
-func TestRunBadFlags(t *testing.T) {
+// runFixture makes the image busybox:bad and a guest (that cannot
+// boot) for vessel run in temporary data and runtime directories.
+func runFixture(t *testing.T) (data, runtime string) {
+	t.Helper()
 	data, runtime, guest := t.TempDir(), t.TempDir(), t.TempDir()
 	t.Setenv("XDG_DATA_HOME", data)
 	t.Setenv("XDG_RUNTIME_DIR", runtime)
@@ -140,6 +143,14 @@ func TestRunBadFlags(t *testing.T) {
 	if code := run([]string{"image", "load", archive}); code != 0 {
 		t.Fatalf("vessel image load: exit %d", code)
 	}
+	return data, runtime
+}
+
+// TestRunBadFlags: every bad flag of vessel run is refused with one line
+// and status 125 before anything is made: no container state, no disk.
+// The image and a guest are there, so nothing else stops the run first.
+func TestRunBadFlags(t *testing.T) {
+	data, runtime := runFixture(t)
 	nul := filepath.Join(t.TempDir(), "env")
 	os.WriteFile(nul, []byte("A=1\nB=x\x00y\n"), 0o600)
 	vol := t.TempDir()
@@ -205,5 +216,31 @@ func TestRunGoodFlags(t *testing.T) {
 		if code != exitRun || !strings.Contains(stderr, "unable to find image") {
 			t.Errorf("vessel run %v: exit %d, %q; want the flags to pass and the image to be missing", args, code, stderr)
 		}
+	}
+}
+
+// TestRunVMReportsBounded: the VMM's reports about a guest, which a
+// guest can make in a loop, take a bounded part of vessel's stderr
+// (a detached container's vessel.log, in memory).
+func TestRunVMReportsBounded(t *testing.T) {
+	runFixture(t)
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	saved := os.Stderr
+	os.Stderr = f
+	defer func() { os.Stderr = saved }()
+	p, err := planRun(runFlags{memory: "512M", cpus: 1, network: "none", pull: "never"}, "busybox:bad", []string{"true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := "vessel: virtio net: device needs reset: a broken chain\n"
+	for range 2 * container.DiagLimit / len(line) {
+		fmt.Fprint(p.cfg.Log, line)
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() > container.DiagLimit+100 {
+		t.Errorf("%d bytes of the VMM's reports written (%v), want at most about %d", fi.Size(), err, container.DiagLimit)
 	}
 }
