@@ -14,6 +14,10 @@
 //     so device nodes, FIFOs and sockets in the directory are never
 //     opened, and the guest cannot create any (Mknod makes regular files
 //     only);
+//   - an entry the guest makes gets its mode and owner through a
+//     descriptor of that entry, never by its name again, so another
+//     writer of the directory (a second share of it, another VM, a host
+//     user) cannot swap in a symlink for the change to follow;
 //   - set-user-ID and set-group-ID bits never reach the host;
 //   - a read-only share refuses every change with EROFS;
 //   - descriptors are counted, so the guest cannot exhaust the VMM's.
@@ -284,7 +288,7 @@ func (f *file) SetAttr(valid p9.SetAttrMask, attr p9.SetAttr) error {
 		return linux.EOPNOTSUPP
 	}
 	if valid.Permissions {
-		if err := unix.Fchmodat(unix.AT_FDCWD, procPath(f.fd), uint32(attr.Permissions&0o1777), 0); err != nil {
+		if err := chmodFD(f.fd, uint32(attr.Permissions&0o1777)); err != nil {
 			return err
 		}
 	}
@@ -511,28 +515,117 @@ func owner(id uint32) int {
 	return int(id)
 }
 
-// created finishes name, just made below dir: its permissions are set
-// as the guest asked (the guest applied its umask, the host's must not
-// apply again), and it gets the guest's owner when the VMM is root. On
-// failure it is removed (rmFlag is unlinkat's flag for its kind).
-func (f *file) created(dir int, name string, perm p9.FileMode, uid p9.UID, gid p9.GID, rmFlag int) (p9.QID, error) {
-	var st unix.Stat_t
-	err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFLNK {
-		// Fchmodat has no "don't follow", and name is not a symlink.
-		err = unix.Fchmodat(dir, name, uint32(perm&0o1777), 0)
+// chmodFD sets the permissions of fd's inode. fd may be an O_PATH
+// descriptor, which fchmod refuses: /proc/self/fd/N names the inode fd
+// holds, not a path looked up again, so a rename or a symlink put in
+// its place cannot redirect the change. fd must not be a symlink (the
+// magic link would lead to the symlink, which chmod follows).
+func chmodFD(fd int, perm uint32) error {
+	return unix.Fchmodat(unix.AT_FDCWD, procPath(fd), perm, 0)
+}
+
+// finish gives the inode of fd, an entry just made, the permissions the
+// guest asked for (the guest applied its umask, the host's must not
+// apply again; a symlink has none) and, when the VMM is root, the
+// guest's owner. It works through the descriptor only: a name looked up
+// again could by now be a symlink to a host file outside the share,
+// swapped in by another writer of the directory (a second share of it,
+// another VM, a host user).
+func (f *file) finish(fd int, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.GID) error {
+	if kind != unix.S_IFLNK {
+		if err := chmodFD(fd, uint32(perm&0o1777)); err != nil {
+			return err
+		}
 	}
-	if err == nil && f.s.chown {
-		err = unix.Fchownat(dir, name, owner(uint32(uid)), owner(uint32(gid)), unix.AT_SYMLINK_NOFOLLOW)
+	if f.s.chown {
+		return unix.Fchownat(fd, "", owner(uint32(uid)), owner(uint32(gid)), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if err == nil {
-		err = unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	return nil
+}
+
+// removeMade removes name from dir after a failure, if it is still the
+// inode st describes: another writer may have put something else there
+// (which is theirs to keep). rmFlag is unlinkat's flag for its kind.
+func removeMade(dir int, name string, st *unix.Stat_t, rmFlag int) {
+	var now unix.Stat_t
+	if unix.Fstatat(dir, name, &now, unix.AT_SYMLINK_NOFOLLOW) == nil && now.Dev == st.Dev && now.Ino == st.Ino {
+		unix.Unlinkat(dir, name, rmFlag)
+	}
+}
+
+// made opens name, just made below dir as a kind (S_IFDIR or S_IFLNK)
+// entry, without following it, and finishes it (see finish). When
+// another writer of the directory has put something of another kind in
+// its place, it fails with EEXIST and leaves that alone.
+func (f *file) made(dir int, name string, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.QID, error) {
+	if err := f.s.acquire(); err != nil {
+		return p9.QID{}, err
+	}
+	defer f.s.release()
+	flags := unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	if kind == unix.S_IFDIR {
+		flags |= unix.O_DIRECTORY
+	}
+	fd, err := unix.Openat(dir, name, flags, 0)
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+		return p9.QID{}, linux.EEXIST
 	}
 	if err != nil {
-		unix.Unlinkat(dir, name, rmFlag)
+		return p9.QID{}, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return p9.QID{}, err
+	}
+	if st.Mode&unix.S_IFMT != kind {
+		return p9.QID{}, linux.EEXIST
+	}
+	if err := f.finish(fd, kind, perm, uid, gid); err != nil {
+		rmFlag := 0
+		if kind == unix.S_IFDIR {
+			rmFlag = unix.AT_REMOVEDIR
+		}
+		removeMade(dir, name, &st, rmFlag)
+		return p9.QID{}, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
 		return p9.QID{}, err
 	}
 	return f.s.qid(&st), nil
+}
+
+// createFile makes name below dir as a new regular file, opened with
+// flags (besides O_CREAT|O_EXCL|O_NOFOLLOW), and finishes it through
+// the descriptor it returns (see finish), counted against the share's
+// descriptors. On failure nothing is left: the file is removed unless
+// another writer has already put something else in its place.
+func (f *file) createFile(dir int, name string, flags int, perm p9.FileMode, uid p9.UID, gid p9.GID) (int, unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := f.s.acquire(); err != nil {
+		return -1, st, err
+	}
+	fd, err := unix.Openat(dir, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_LARGEFILE, uint32(perm&0o1777))
+	if err != nil {
+		f.s.release()
+		return -1, st, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		f.s.release()
+		return -1, st, err
+	}
+	err = f.finish(fd, unix.S_IFREG, perm, uid, gid)
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	if err != nil {
+		removeMade(dir, name, &st, 0)
+		unix.Close(fd)
+		f.s.release()
+		return -1, st, err
+	}
+	return fd, st, nil
 }
 
 // Create implements p9.File: a new regular file, opened.
@@ -545,35 +638,16 @@ func (f *file) Create(name string, flags p9.OpenFlags, perm p9.FileMode, uid p9.
 	if acc == unix.O_ACCMODE {
 		return nil, p9.QID{}, 0, linux.EINVAL
 	}
-	if err := f.s.acquire(); err != nil {
-		return nil, p9.QID{}, 0, err
-	}
-	fd, err := unix.Openat(dir, name, acc|int(flags)&openFlagsKept|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_LARGEFILE, uint32(perm&0o1777))
+	fd, st, err := f.createFile(dir, name, acc|int(flags)&openFlagsKept, perm, uid, gid)
 	if err != nil {
-		f.s.release()
 		return nil, p9.QID{}, 0, err
-	}
-	fail := func(err error) (p9.File, p9.QID, uint32, error) {
-		unix.Close(fd)
-		unix.Unlinkat(dir, name, 0)
-		f.s.release()
-		return nil, p9.QID{}, 0, err
-	}
-	if err := unix.Fchmod(fd, uint32(perm&0o1777)); err != nil {
-		return fail(err)
-	}
-	if f.s.chown {
-		if err := unix.Fchown(fd, owner(uint32(uid)), owner(uint32(gid))); err != nil {
-			return fail(err)
-		}
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fail(err)
 	}
 	nf, err := f.s.dup(fd, unix.S_IFREG)
 	if err != nil {
-		return fail(err)
+		removeMade(dir, name, &st, 0)
+		unix.Close(fd)
+		f.s.release()
+		return nil, p9.QID{}, 0, err
 	}
 	nf.open = os.NewFile(uintptr(fd), "")
 	return nf, f.s.qid(&st), 0, nil
@@ -588,7 +662,7 @@ func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.
 	if err := unix.Mkdirat(dir, name, uint32(perm&0o1777)); err != nil {
 		return p9.QID{}, err
 	}
-	return f.created(dir, name, perm, uid, gid, unix.AT_REMOVEDIR)
+	return f.made(dir, name, unix.S_IFDIR, perm, uid, gid)
 }
 
 // Symlink implements p9.File: the target is stored as given; only the
@@ -604,7 +678,7 @@ func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, err
 	if err := unix.Symlinkat(target, dir, name); err != nil {
 		return p9.QID{}, err
 	}
-	return f.created(dir, name, 0o777, uid, gid, 0)
+	return f.made(dir, name, unix.S_IFLNK, 0, uid, gid)
 }
 
 // Link implements p9.File: a hard link to a regular file of this share.
@@ -633,10 +707,13 @@ func (f *file) Mknod(name string, mode p9.FileMode, _, _ uint32, uid p9.UID, gid
 	if mode.FileType() != p9.ModeRegular && mode.FileType() != 0 {
 		return p9.QID{}, linux.EPERM
 	}
-	if err := unix.Mknodat(dir, name, unix.S_IFREG|uint32(mode&0o1777), 0); err != nil {
+	fd, st, err := f.createFile(dir, name, unix.O_RDONLY, mode, uid, gid)
+	if err != nil {
 		return p9.QID{}, err
 	}
-	return f.created(dir, name, mode, uid, gid, 0)
+	unix.Close(fd)
+	f.s.release()
+	return f.s.qid(&st), nil
 }
 
 // Rename implements p9.File. Linux's client uses RenameAt and falls back
