@@ -79,21 +79,34 @@ func (v *VM) setupVirtio() error {
 		}
 	}
 	tags := map[string]bool{}
+	fds := shareFDBudget()
 	for _, s := range v.cfg.Shares {
 		if tags[s.Tag] {
 			return fmt.Errorf("%w: share %s: tag %q used twice", ErrInvalidConfig, s.Dir, s.Tag)
 		}
 		tags[s.Tag] = true
-		if err := v.addShare(s); err != nil {
+		if err := v.addShare(s, fds); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// addShare attaches a virtio 9P device serving s.Dir.
-func (v *VM) addShare(s Share) error {
-	sh, err := share.New(s.Dir, s.ReadOnly)
+// shareFDBudget is the one descriptor budget of all the VM's shares,
+// sized against the process's RLIMIT_NOFILE so that the VMM keeps
+// headroom for its own descriptors (share.VMFDs).
+func shareFDBudget() *share.FDBudget {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		lim.Cur = 1024 // Linux's default soft limit
+	}
+	return share.NewFDBudget(share.VMFDs(lim.Cur))
+}
+
+// addShare attaches a virtio 9P device serving s.Dir, its descriptors
+// counted against fds.
+func (v *VM) addShare(s Share, fds *share.FDBudget) error {
+	sh, err := share.New(s.Dir, s.ReadOnly, fds)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}

@@ -68,7 +68,7 @@ func TestCreateRace(t *testing.T) {
 			if err := unix.Stat(secret, &before); err != nil {
 				t.Fatal(err)
 			}
-			a, err := New(dir, false)
+			a, err := New(dir, false, NewFDBudget(1024))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +77,7 @@ func TestCreateRace(t *testing.T) {
 			// descriptor of it. Its guest would swap with a rename, or an
 			// unlink and a symlink; 9P has no exchange, which keeps the
 			// window one system call wide.
-			b, err := New(dir, false)
+			b, err := New(dir, false, NewFDBudget(1024))
 			if err != nil {
 				t.Fatal(err)
 			}

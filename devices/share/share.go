@@ -20,7 +20,9 @@
 //     user) cannot swap in a symlink for the change to follow;
 //   - set-user-ID and set-group-ID bits never reach the host;
 //   - a read-only share refuses every change with EROFS;
-//   - descriptors are counted, so the guest cannot exhaust the VMM's.
+//   - descriptors are counted against a budget that all shares of one VM
+//     draw from (FDBudget), so however many directories a VM shares,
+//     its guest cannot exhaust the VMM's descriptors.
 //
 // Files the guest creates belong to the guest's user and group when the
 // VMM runs as root (as with a docker bind mount), else to the VMM's user.
@@ -48,44 +50,92 @@ type Share struct {
 	readOnly bool
 	chown    bool // the VMM is root: created files get the guest's owner
 
+	budget *FDBudget    // shared with the VM's other shares
 	fds    atomic.Int64 // descriptors held by the share's files
-	maxFDs int64
 	closed atomic.Bool
 }
 
-// Guest-visible limits.
+// maxSymlink is the longest symlink target Readlink returns.
+const maxSymlink = 4096
+
+// FDBudget is how many descriptors the shares of one VM may hold
+// together, their roots included. Every share of a VM draws from the
+// VM's one budget: a share that would go over it fails with ENFILE, as
+// the guest would see on a host out of descriptors.
+type FDBudget struct {
+	used atomic.Int64
+	max  int64
+}
+
+// NewFDBudget returns a budget of max descriptors.
+func NewFDBudget(max int) *FDBudget { return &FDBudget{max: int64(max)} }
+
+// InUse returns how many descriptors the budget's shares hold.
+func (b *FDBudget) InUse() int { return int(b.used.Load()) }
+
+// Max returns the budget's size.
+func (b *FDBudget) Max() int { return int(b.max) }
+
+// take counts one descriptor against the budget, or fails with ENFILE.
+func (b *FDBudget) take() error {
+	if b.used.Add(1) > b.max {
+		b.used.Add(-1)
+		return linux.ENFILE
+	}
+	return nil
+}
+
+func (b *FDBudget) give() { b.used.Add(-1) }
+
+// Sizing of a VM's budget against RLIMIT_NOFILE (Go raises the soft
+// limit to the hard one when the process starts).
 const (
-	// minFDs and fdShare bound the descriptors one share may hold: a
-	// quarter of RLIMIT_NOFILE, at least minFDs.
-	minFDs  = 1024
-	fdShare = 4
-	// maxSymlink is the longest symlink target Readlink returns.
-	maxSymlink = 4096
+	// VMMReserveFDs is what the VMM keeps for its own descriptors:
+	// KVM's, eventfds, disks, the network backend, and the vsock
+	// device's connections (up to 1152 Unix sockets, and as many again
+	// where vessel itself serves the other ends, as `vessel run` does
+	// for the agent's streams), with room to spare.
+	VMMReserveFDs = 4096
+	// MaxVMFDs caps a VM's budget however high the limit: every open
+	// file costs host kernel memory.
+	MaxVMFDs = 65536
 )
 
-// New opens dir to share it. The path itself is the host user's and may
+// VMFDs is the budget for the shares of one VM in a process whose
+// RLIMIT_NOFILE is nofile: what VMMReserveFDs leaves, at most MaxVMFDs,
+// and at least a quarter of nofile where the limit is too low to keep
+// the whole reserve (the VMM keeps the other three quarters).
+func VMFDs(nofile uint64) int {
+	n := int64(min(nofile, 1<<40))
+	fds := max(n-VMMReserveFDs, n/4)
+	return int(min(fds, MaxVMFDs))
+}
+
+// New opens dir to share it, its descriptors counted against fds, the
+// budget of the VM's shares. The path itself is the host user's and may
 // contain symlinks; everything below it is confined.
-func New(dir string, readOnly bool) (*Share, error) {
+func New(dir string, readOnly bool, fds *FDBudget) (*Share, error) {
+	if err := fds.take(); err != nil {
+		return nil, fmt.Errorf("share %s: the VM's shares hold %d descriptors: %w", dir, fds.Max(), err)
+	}
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		fds.give()
 		return nil, fmt.Errorf("share %s: %w", dir, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
+		fds.give()
 		return nil, fmt.Errorf("share %s: %w", dir, err)
 	}
 	// Files are reopened through /proc/self/fd: make sure that works.
 	if _, err := os.Stat(procPath(fd)); err != nil {
 		unix.Close(fd)
+		fds.give()
 		return nil, fmt.Errorf("share %s: /proc/self/fd is needed: %w", dir, err)
 	}
-	max := int64(minFDs)
-	var lim unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && int64(lim.Cur/fdShare) > max {
-		max = int64(lim.Cur / fdShare)
-	}
-	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, maxFDs: max}, nil
+	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, budget: fds}, nil
 }
 
 // Close releases the directory. Files the server still holds keep their
@@ -94,6 +144,7 @@ func (s *Share) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.budget.give()
 	return unix.Close(s.root)
 }
 
@@ -105,16 +156,19 @@ func (s *Share) Attach() (p9.File, error) {
 	return s.dup(s.root, unix.S_IFDIR)
 }
 
-// acquire counts one descriptor against the share's limit.
+// acquire counts one descriptor against the VM's budget.
 func (s *Share) acquire() error {
-	if s.fds.Add(1) > s.maxFDs {
-		s.fds.Add(-1)
-		return linux.ENFILE
+	if err := s.budget.take(); err != nil {
+		return err
 	}
+	s.fds.Add(1)
 	return nil
 }
 
-func (s *Share) release() { s.fds.Add(-1) }
+func (s *Share) release() {
+	s.fds.Add(-1)
+	s.budget.give()
+}
 
 // OpenFiles returns how many descriptors the share holds, its root's
 // included.
@@ -553,15 +607,19 @@ func removeMade(dir int, name string, st *unix.Stat_t, rmFlag int) {
 	}
 }
 
-// made opens name, just made below dir as a kind (S_IFDIR or S_IFLNK)
-// entry, without following it, and finishes it (see finish). When
-// another writer of the directory has put something of another kind in
-// its place, it fails with EEXIST and leaves that alone.
-func (f *file) made(dir int, name string, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.QID, error) {
+// makeEntry calls mk to make name below dir as a kind (S_IFDIR or S_IFLNK)
+// entry, opens it without following it, and finishes it (see finish).
+// When another writer of the directory has put something of another
+// kind in its place, it fails with EEXIST and leaves that alone. The
+// descriptor it needs for a moment is counted before anything is made.
+func (f *file) makeEntry(dir int, name string, kind uint32, mk func() error, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.QID, error) {
 	if err := f.s.acquire(); err != nil {
 		return p9.QID{}, err
 	}
 	defer f.s.release()
+	if err := mk(); err != nil {
+		return p9.QID{}, err
+	}
 	flags := unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	if kind == unix.S_IFDIR {
 		flags |= unix.O_DIRECTORY
@@ -659,10 +717,8 @@ func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.
 	if err != nil {
 		return p9.QID{}, err
 	}
-	if err := unix.Mkdirat(dir, name, uint32(perm&0o1777)); err != nil {
-		return p9.QID{}, err
-	}
-	return f.made(dir, name, unix.S_IFDIR, perm, uid, gid)
+	mk := func() error { return unix.Mkdirat(dir, name, uint32(perm&0o1777)) }
+	return f.makeEntry(dir, name, unix.S_IFDIR, mk, perm, uid, gid)
 }
 
 // Symlink implements p9.File: the target is stored as given; only the
@@ -675,10 +731,8 @@ func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, err
 	if len(target) == 0 || len(target) >= maxSymlink {
 		return p9.QID{}, linux.EINVAL
 	}
-	if err := unix.Symlinkat(target, dir, name); err != nil {
-		return p9.QID{}, err
-	}
-	return f.made(dir, name, unix.S_IFLNK, 0, uid, gid)
+	mk := func() error { return unix.Symlinkat(target, dir, name) }
+	return f.makeEntry(dir, name, unix.S_IFLNK, mk, 0, uid, gid)
 }
 
 // Link implements p9.File: a hard link to a regular file of this share.

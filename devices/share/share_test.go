@@ -17,7 +17,7 @@ import (
 func newShare(t *testing.T, readOnly bool) (*Share, string, p9.File) {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := New(dir, readOnly)
+	s, err := New(dir, readOnly, NewFDBudget(1024))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,27 +271,130 @@ func TestReadOnly(t *testing.T) {
 	}
 }
 
-func TestDescriptorLimit(t *testing.T) {
-	s, dir, root := newShare(t, false)
-	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
-	s.maxFDs = s.fds.Load() + 4
+// TestFDBudget: the shares of one VM together never hold more
+// descriptors than the VM's one budget, whichever of them the guest
+// opens files through, and each gets its descriptors back as files
+// close.
+func TestFDBudget(t *testing.T) {
+	const shares, max = 4, 24
+	fds := NewFDBudget(max)
+	var roots []p9.File
+	var all []*Share
+	for i := 0; i < shares; i++ {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+		s, err := New(dir, false, fds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		root, err := s.Attach()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, roots = append(all, s), append(roots, root)
+	}
+	held := func() int {
+		n := 0
+		for _, s := range all {
+			n += s.OpenFiles()
+		}
+		return n
+	}
+	// Every way a guest holds descriptors, through every share in turn,
+	// until each share is refused.
+	hold := []struct {
+		name string
+		do   func(root p9.File, i int) (p9.File, error)
+	}{
+		{"walk", func(root p9.File, _ int) (p9.File, error) {
+			_, f, err := root.Walk([]string{"f"})
+			return f, err
+		}},
+		{"open", func(root p9.File, _ int) (p9.File, error) {
+			_, f, err := root.Walk([]string{"f"})
+			if err == nil {
+				if _, _, err = f.Open(p9.ReadOnly); err != nil {
+					f.Close()
+				}
+			}
+			return f, err
+		}},
+		{"create", func(root p9.File, i int) (p9.File, error) {
+			f, _, _, err := root.Create(fmt.Sprintf("new%d", i), p9.ReadWrite, 0o644, p9.NoUID, p9.NoGID)
+			return f, err
+		}},
+	}
 	var files []p9.File
-	var err error
-	for i := 0; i < 10 && err == nil; i++ {
-		var f p9.File
-		if _, f, err = root.Walk([]string{"f"}); err == nil {
+	refused := make([]bool, shares)
+	for i := 0; i < 10*max; i++ {
+		k := i % shares
+		f, err := hold[i/shares%len(hold)].do(roots[k], i)
+		switch {
+		case err == nil:
 			files = append(files, f)
+		case errors.Is(err, linux.ENFILE):
+			refused[k] = true
+		default:
+			t.Fatalf("%s through share %d: %v", hold[i/shares%len(hold)].name, k, err)
+		}
+		if n := held(); n > max || n != fds.InUse() {
+			t.Fatalf("the shares hold %d descriptors, the budget counts %d of %d", n, fds.InUse(), max)
 		}
 	}
-	if len(files) != 4 || !errors.Is(err, linux.ENFILE) {
-		t.Fatalf("%d walks before %v, want 4 then ENFILE", len(files), err)
+	for k, r := range refused {
+		if !r {
+			t.Errorf("share %d was never refused", k)
+		}
 	}
+	if fds.InUse() != max {
+		t.Errorf("%d of %d descriptors used when every share is refused", fds.InUse(), max)
+	}
+	// Directories and symlinks made need a descriptor for a moment.
+	_, err := roots[0].Mkdir("d", 0o755, p9.NoUID, p9.NoGID)
+	wantErrno(t, "mkdir with the budget spent", err, linux.ENFILE)
 	for _, f := range files {
 		f.Close()
 	}
-	f := walk(t, root, "f")
-	if _, _, err := f.Open(p9.ReadOnly); err != nil {
-		t.Errorf("after closing: %v", err)
+	// Each share's root and the roots the guest attached are left.
+	if n := fds.InUse(); n != 2*shares {
+		t.Errorf("%d descriptors used after closing, want %d", n, 2*shares)
+	}
+	if _, err := roots[0].Mkdir("d", 0o755, p9.NoUID, p9.NoGID); err != nil {
+		t.Errorf("mkdir after closing: %v", err)
+	}
+	for i, root := range roots {
+		root.Close()
+		all[i].Close()
+	}
+	if n := fds.InUse(); n != 0 {
+		t.Errorf("%d descriptors used after the shares closed", n)
+	}
+	// A share that does not fit is refused.
+	if _, err := New(t.TempDir(), false, NewFDBudget(0)); !errors.Is(err, linux.ENFILE) {
+		t.Errorf("a share over an empty budget: %v", err)
+	}
+}
+
+func TestVMFDs(t *testing.T) {
+	for _, tc := range []struct {
+		nofile uint64
+		want   int
+	}{
+		{0, 0},
+		{1024, 256},    // a quarter: the VMM keeps the rest
+		{5000, 1250},   // still a quarter: 904 would be left after the reserve
+		{20000, 15904}, // the limit minus the VMM's reserve
+		{1 << 20, MaxVMFDs},
+		{unix.RLIM_INFINITY, MaxVMFDs},
+	} {
+		got := VMFDs(tc.nofile)
+		if got != tc.want {
+			t.Errorf("VMFDs(%d) = %d, want %d", tc.nofile, got, tc.want)
+		}
+		if rest := int64(tc.nofile) - int64(got); tc.nofile < 1<<40 && rest < int64(tc.nofile)*3/4 && rest < VMMReserveFDs {
+			t.Errorf("VMFDs(%d) = %d leaves the VMM %d", tc.nofile, got, rest)
+		}
 	}
 }
 

@@ -107,7 +107,7 @@ func FuzzP9Conn(f *testing.F) {
 		os.Mkdir(dir, 0o755)
 		os.WriteFile(filepath.Join(parent, "outside"), []byte("host"), 0o644)
 		os.WriteFile(filepath.Join(dir, "file"), []byte("data"), 0o644)
-		sh, err := share.New(dir, false)
+		sh, err := share.New(dir, false, share.NewFDBudget(1024))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -195,7 +195,7 @@ func TestP9Transport(t *testing.T) {
 // TestP9Server: the transport in front of p9's server and a share,
 // negotiating the protocol version as Linux's client does first.
 func TestP9Server(t *testing.T) {
-	sh, err := share.New(t.TempDir(), true)
+	sh, err := share.New(t.TempDir(), true, share.NewFDBudget(1024))
 	if err != nil {
 		t.Fatal(err)
 	}
