@@ -600,6 +600,9 @@ func (f *file) finish(fd int, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.
 // removeMade removes name from dir after a failure, if it is still the
 // inode st describes: another writer may have put something else there
 // (which is theirs to keep). rmFlag is unlinkat's flag for its kind.
+// A swap between the check and the unlink is still possible, but
+// unlinkat removes an entry of this directory and never follows it:
+// nothing outside the share is at stake.
 func removeMade(dir int, name string, st *unix.Stat_t, rmFlag int) {
 	var now unix.Stat_t
 	if unix.Fstatat(dir, name, &now, unix.AT_SYMLINK_NOFOLLOW) == nil && now.Dev == st.Dev && now.Ino == st.Ino {
