@@ -585,14 +585,16 @@ func chmodFD(fd int, perm uint32) error {
 // again could by now be a symlink to a host file outside the share,
 // swapped in by another writer of the directory (a second share of it,
 // another VM, a host user).
-func (f *file) finish(fd int, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.GID) error {
+func (f *file) finish(fd int, name string, kind uint32, perm p9.FileMode, uid p9.UID, gid p9.GID) error {
 	if kind != unix.S_IFLNK {
 		if err := chmodFD(fd, uint32(perm&0o1777)); err != nil {
-			return err
+			return fmt.Errorf("share: chmod %q: %w", name, err)
 		}
 	}
 	if f.s.chown {
-		return unix.Fchownat(fd, "", owner(uint32(uid)), owner(uint32(gid)), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
+		if err := unix.Fchownat(fd, "", owner(uint32(uid)), owner(uint32(gid)), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("share: chown %q: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -627,22 +629,23 @@ func (f *file) makeEntry(dir int, name string, kind uint32, mk func() error, per
 	if kind == unix.S_IFDIR {
 		flags |= unix.O_DIRECTORY
 	}
+	replaced := func() error { return fmt.Errorf("share: %q was replaced as it was made: %w", name, linux.EEXIST) }
 	fd, err := unix.Openat(dir, name, flags, 0)
 	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
-		return p9.QID{}, linux.EEXIST
+		return p9.QID{}, replaced()
 	}
 	if err != nil {
-		return p9.QID{}, err
+		return p9.QID{}, fmt.Errorf("share: open %q just made: %w", name, err)
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return p9.QID{}, err
+		return p9.QID{}, fmt.Errorf("share: stat %q: %w", name, err)
 	}
 	if st.Mode&unix.S_IFMT != kind {
-		return p9.QID{}, linux.EEXIST
+		return p9.QID{}, replaced()
 	}
-	if err := f.finish(fd, kind, perm, uid, gid); err != nil {
+	if err := f.finish(fd, name, kind, perm, uid, gid); err != nil {
 		rmFlag := 0
 		if kind == unix.S_IFDIR {
 			rmFlag = unix.AT_REMOVEDIR
@@ -651,7 +654,7 @@ func (f *file) makeEntry(dir int, name string, kind uint32, mk func() error, per
 		return p9.QID{}, err
 	}
 	if err := unix.Fstat(fd, &st); err != nil {
-		return p9.QID{}, err
+		return p9.QID{}, fmt.Errorf("share: stat %q: %w", name, err)
 	}
 	return f.s.qid(&st), nil
 }
@@ -669,16 +672,18 @@ func (f *file) createFile(dir int, name string, flags int, perm p9.FileMode, uid
 	fd, err := unix.Openat(dir, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_LARGEFILE, uint32(perm&0o1777))
 	if err != nil {
 		f.s.release()
-		return -1, st, err
+		return -1, st, fmt.Errorf("share: create %q: %w", name, err)
 	}
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
 		f.s.release()
-		return -1, st, err
+		return -1, st, fmt.Errorf("share: stat %q: %w", name, err)
 	}
-	err = f.finish(fd, unix.S_IFREG, perm, uid, gid)
+	err = f.finish(fd, name, unix.S_IFREG, perm, uid, gid)
 	if err == nil {
-		err = unix.Fstat(fd, &st)
+		if err = unix.Fstat(fd, &st); err != nil {
+			err = fmt.Errorf("share: stat %q: %w", name, err)
+		}
 	}
 	if err != nil {
 		removeMade(dir, name, &st, 0)
@@ -720,7 +725,12 @@ func (f *file) Mkdir(name string, perm p9.FileMode, uid p9.UID, gid p9.GID) (p9.
 	if err != nil {
 		return p9.QID{}, err
 	}
-	mk := func() error { return unix.Mkdirat(dir, name, uint32(perm&0o1777)) }
+	mk := func() error {
+		if err := unix.Mkdirat(dir, name, uint32(perm&0o1777)); err != nil {
+			return fmt.Errorf("share: mkdir %q: %w", name, err)
+		}
+		return nil
+	}
 	return f.makeEntry(dir, name, unix.S_IFDIR, mk, perm, uid, gid)
 }
 
@@ -734,7 +744,12 @@ func (f *file) Symlink(target, name string, uid p9.UID, gid p9.GID) (p9.QID, err
 	if len(target) == 0 || len(target) >= maxSymlink {
 		return p9.QID{}, linux.EINVAL
 	}
-	mk := func() error { return unix.Symlinkat(target, dir, name) }
+	mk := func() error {
+		if err := unix.Symlinkat(target, dir, name); err != nil {
+			return fmt.Errorf("share: symlink %q: %w", name, err)
+		}
+		return nil
+	}
 	return f.makeEntry(dir, name, unix.S_IFLNK, mk, 0, uid, gid)
 }
 
