@@ -192,6 +192,16 @@ touch /tmp/w && echo writable`
 	})
 	t.Run("volumes", func(t *testing.T) {
 		rw, ro := t.TempDir(), t.TempDir()
+		// A host directory beside the share, with a file only the host
+		// may read, and host-made symlinks to it in the share: absolute,
+		// relative, to the directory and to the file.
+		outside := t.TempDir()
+		secret := filepath.Join(outside, "secret")
+		const secretText = "host-only secret\n"
+		os.WriteFile(secret, []byte(secretText), 0o600)
+		os.Symlink(outside, filepath.Join(rw, "hostabs"))
+		os.Symlink(filepath.Join("..", filepath.Base(outside)), filepath.Join(rw, "hostrel"))
+		os.Symlink(secret, filepath.Join(rw, "hostfile"))
 		os.WriteFile(filepath.Join(rw, "hello"), []byte("from the host\n"), 0o644)
 		os.WriteFile(filepath.Join(rw, "delete-me"), nil, 0o644)
 		os.WriteFile(filepath.Join(ro, "ro-file"), []byte("read-only content\n"), 0o644)
@@ -202,6 +212,20 @@ touch /tmp/w && echo writable`
 echo from-guest > /rw/new && chown 1000:1000 /rw/new
 mkdir /rw/sub && echo nested > /rw/sub/f
 ln -s / /rw/escape
+ln -s "$OUT/secret" /rw/escape-file
+# Symlinks resolve in the container: the guest-made one to the
+# container's root, the host-made ones to paths the container lacks.
+test -d /rw/escape/rw/sub && echo escape-is-the-container-root
+for p in "/rw/escape$OUT/secret" /rw/escape-file /rw/hostabs/secret /rw/hostrel/secret /rw/hostfile; do
+  cat "$p" 2>/dev/null && echo "read $p"
+done
+ls /rw/hostabs/ /rw/hostrel/ 2>/dev/null
+for p in "/rw/escape$OUT/planted" /rw/hostabs/planted /rw/hostrel/planted /rw/hostfile /rw/escape-file; do
+  echo planted 2>/dev/null > "$p" && echo "wrote $p"
+done
+# Given the host file's path, writing through the symlinks reaches the
+# container's own copy.
+mkdir -p "$OUT" && echo container-side > /rw/escape-file && echo "hostfile=$(cat /rw/hostfile)"
 rm /rw/delete-me
 dd if=/dev/urandom of=/rw/written bs=64k count=40 2>/dev/null
 echo "written=$(md5sum /rw/written | cut -d' ' -f1)"
@@ -209,7 +233,7 @@ echo "big=$(md5sum /ro/big | cut -d' ' -f1)"
 cat /ro/ro-file
 if touch /ro/nope 2>/dev/null; then echo ro-writable; else echo ro-refused; fi
 ls /rw | sort | tr '\n' ' '; echo`
-		r := vesselRun(t, env, "", "-v", rw+":/rw", "-v", ro+":/ro:ro", runImage, "sh", "-c", script)
+		r := vesselRun(t, env, "", "-v", rw+":/rw", "-v", ro+":/ro:ro", "-e", "OUT="+outside, runImage, "sh", "-c", script)
 		if r.code != 0 {
 			t.Fatalf("run failed:\n%v", r)
 		}
@@ -217,10 +241,32 @@ ls /rw | sort | tr '\n' ' '; echo`
 			"from the host\n",
 			fmt.Sprintf("big=%x\n", md5.Sum(big)),
 			"read-only content\nro-refused\n",
-			"escape hello new sub written \n",
+			"escape escape-file hello hostabs hostfile hostrel new sub written \n",
+			"escape-is-the-container-root\n",
+			"hostfile=container-side\n",
 		} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("output lacks %q:\n%v", want, r)
+			}
+		}
+		// Nothing outside the share was read or written.
+		for _, bad := range []string{"secret", "read ", "wrote "} {
+			if strings.Contains(r.stdout, bad) {
+				t.Errorf("output has %q: the container went through a symlink on the host:\n%v", bad, r)
+			}
+		}
+		if entries, _ := os.ReadDir(outside); len(entries) != 1 {
+			t.Errorf("the directory outside the share changed: %v", entries)
+		}
+		if st, err := os.Stat(secret); err != nil || st.Mode() != 0o600 {
+			t.Errorf("the host file outside the share: %v %v", st, err)
+		}
+		if b, err := os.ReadFile(secret); err != nil || string(b) != secretText {
+			t.Errorf("the host file outside the share reads %q %v", b, err)
+		}
+		for name, want := range map[string]string{"hostabs": outside, "hostrel": filepath.Join("..", filepath.Base(outside)), "hostfile": secret} {
+			if target, err := os.Readlink(filepath.Join(rw, name)); err != nil || target != want {
+				t.Errorf("%s: %q %v, want the host's symlink to %q", name, target, err, want)
 			}
 		}
 		// What the container wrote is on the host.
@@ -237,6 +283,9 @@ ls /rw | sort | tr '\n' ' '; echo`
 		}
 		if target, err := os.Readlink(filepath.Join(rw, "escape")); err != nil || target != "/" {
 			t.Errorf("escape: %q %v", target, err)
+		}
+		if target, err := os.Readlink(filepath.Join(rw, "escape-file")); err != nil || target != secret {
+			t.Errorf("escape-file: %q %v", target, err)
 		}
 		if _, err := os.Stat(filepath.Join(rw, "delete-me")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("delete-me is still there: %v", err)
