@@ -155,8 +155,10 @@ func (d *driver) usedIdx() uint16 {
 	return v
 }
 
-func (d *driver) queue(eventIdx bool) *Queue {
-	q, err := NewQueue(d.mem, d.cfg, testMaxQSz, eventIdx)
+// queue returns the device's side of the queue with the given features
+// negotiated.
+func (d *driver) queue(features uint64) *Queue {
+	q, err := NewQueue(d.mem, d.cfg, testMaxQSz, features)
 	if err != nil {
 		d.t.Fatal(err)
 	}

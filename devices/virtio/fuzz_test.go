@@ -10,19 +10,39 @@ import (
 	"github.com/vesselvm/vessel/guestmem"
 )
 
-// fuzzMem returns guest memory of 64 KiB holding data at its start.
+// Fuzzed guest RAM: fuzzRAM bytes (a sparse mapping), the input repeated
+// over the first fuzzTiled of them, so that a short input describes
+// indirect tables far larger than itself and than any queue (4096
+// descriptors fill 64 KiB), and chains of buffers up to 4 GiB in all.
+const (
+	fuzzRAM   = 64 << 20
+	fuzzTiled = 64 << 10
+)
+
+// fuzzMem returns fuzzed guest RAM holding data, repeated, at its start.
 func fuzzMem(t *testing.T, data []byte) *guestmem.Memory {
-	mem, err := guestmem.New([]guestmem.RegionSpec{{GPA: 0, Size: 64 << 10}})
+	mem, err := guestmem.New([]guestmem.RegionSpec{{GPA: 0, Size: fuzzRAM}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	mem.WriteAt(data[:min(len(data), 64<<10)], 0)
+	if len(data) == 0 {
+		return mem
+	}
+	ram, err := mem.Slice(0, fuzzTiled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := copy(ram, data); n < len(ram); n *= 2 {
+		copy(ram[n:], ram[:n])
+	}
 	return mem
 }
 
 // fuzzQueue builds a queue whose rings and descriptors come from the fuzz
-// input: the first bytes choose the configuration, the rest is guest RAM.
+// input: the first bytes choose the configuration (the rings in the first
+// 64 KiB; bit 0 of byte 7 negotiates EVENT_IDX, bit 2 INDIRECT_DESC), the
+// rest is guest RAM.
 func fuzzQueue(t *testing.T, data []byte) (*Queue, bool) {
 	if len(data) < 8 {
 		return nil, false
@@ -34,7 +54,14 @@ func fuzzQueue(t *testing.T, data []byte) (*Queue, bool) {
 		Driver: uint64(binary.LittleEndian.Uint16(data[3:])) &^ 1,
 		Device: uint64(binary.LittleEndian.Uint16(data[5:])) &^ 3,
 	}
-	q, err := NewQueue(mem, cfg, 256, data[7]&1 == 1)
+	var features uint64
+	if data[7]&1 != 0 {
+		features |= FeatureEventIdx
+	}
+	if data[7]&4 != 0 {
+		features |= FeatureIndirectDesc
+	}
+	q, err := NewQueue(mem, cfg, 256, features)
 	if err != nil {
 		return nil, false
 	}
@@ -56,7 +83,8 @@ func fuzzSeed(avail uint16) []byte {
 
 // FuzzQueue walks whatever chains a fuzzed guest offers and reads and
 // writes them through the chain reader and writer: no panic, no hang, no
-// access outside guest RAM.
+// access outside guest RAM, and no chain longer than the queue or than
+// 4 GiB - 1 bytes (what a used element's length can say).
 func FuzzQueue(f *testing.F) {
 	seed := fuzzSeed(2)
 	binary.LittleEndian.PutUint64(seed[0x1000:], 0x100)
@@ -66,6 +94,20 @@ func FuzzQueue(f *testing.F) {
 	binary.LittleEndian.PutUint64(seed[0x1010:], 0x200)
 	binary.LittleEndian.PutUint32(seed[0x1018:], 64)
 	binary.LittleEndian.PutUint16(seed[0x101c:], descFWrite)
+	f.Add(seed)
+	// An indirect table of two zero-length descriptors at 0x1100, the
+	// first chained to the second.
+	seed = fuzzSeed(1)
+	seed[7] = 4 // INDIRECT_DESC
+	binary.LittleEndian.PutUint64(seed[0x1000:], 0x1100)
+	binary.LittleEndian.PutUint32(seed[0x1008:], 32)
+	binary.LittleEndian.PutUint16(seed[0x100c:], descFIndirect)
+	binary.LittleEndian.PutUint16(seed[0x110c:], descFNext)
+	binary.LittleEndian.PutUint16(seed[0x110e:], 1)
+	f.Add(seed)
+	// The same table in a queue of one descriptor: longer than the queue.
+	seed = append([]byte(nil), seed...)
+	seed[0] = 0 // size 1
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		q, ok := fuzzQueue(t, data)
@@ -77,9 +119,17 @@ func FuzzQueue(f *testing.F) {
 			if err != nil || c == nil {
 				return
 			}
+			if len(c.Descs) > int(q.Size()) {
+				t.Fatalf("chain %d of %d descriptors in a queue of %d", c.Head, len(c.Descs), q.Size())
+			}
+			if n := c.ReadableLen() + c.WritableLen(); n >= 1<<32 {
+				t.Fatalf("chain %d of %d bytes", c.Head, n)
+			}
+			// Read the first 64 KiB at most: the chain may describe
+			// gigabytes of (sparse) RAM.
 			buf := make([]byte, 4096)
 			r := c.Reader()
-			for {
+			for range 16 {
 				if _, err := r.Read(buf); err != nil {
 					break
 				}

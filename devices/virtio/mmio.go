@@ -390,13 +390,12 @@ func (t *MMIO) setStatus(v uint32) {
 
 func (t *MMIO) activateLocked() error {
 	q := &Queues{Mem: t.mem, Features: t.drvFeatures, Notify: t.notify, t: t}
-	eventIdx := t.drvFeatures&FeatureEventIdx != 0
 	for i, s := range t.queues {
 		if !s.ready {
 			// Every queue of the devices vessel has is needed.
 			return fmt.Errorf("%w: queue %d not enabled at DRIVER_OK", ErrQueue, i)
 		}
-		vq, err := NewQueue(t.mem, s.cfg, t.maxes[i], eventIdx)
+		vq, err := NewQueue(t.mem, s.cfg, t.maxes[i], t.drvFeatures)
 		if err != nil {
 			return fmt.Errorf("queue %d: %w", i, err)
 		}

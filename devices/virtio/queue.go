@@ -33,9 +33,10 @@ const (
 	// Size is at most 32768).
 	MaxQueueSize = 32768
 
-	// maxChainBytes bounds the bytes one chain may describe. A guest can
-	// describe at most its RAM per direction in one chain anyway; the
-	// bound keeps sums far from overflow.
+	// maxChainBytes bounds the bytes one chain may describe, in both
+	// directions together: a chain must stay below it (virtio 1.2
+	// §2.7.5.2: no chain longer than 2^32 bytes in total), so that what
+	// the device writes always fits the used element's 32-bit length.
 	maxChainBytes = 1 << 32
 )
 
@@ -90,7 +91,8 @@ func (c QueueConfig) Validate(mem *guestmem.Memory, maxSize uint16) error {
 type Queue struct {
 	mem      *guestmem.Memory
 	cfg      QueueConfig
-	eventIdx bool
+	eventIdx bool // VIRTIO_F_EVENT_IDX negotiated
+	indirect bool // VIRTIO_F_INDIRECT_DESC negotiated
 
 	nextAvail uint16 // next available-ring entry to consume
 	nextUsed  uint16 // next used-ring entry to fill
@@ -101,13 +103,19 @@ type Queue struct {
 	signalled     bool
 }
 
-// NewQueue returns a queue over a validated configuration. eventIdx is true
-// when VIRTIO_F_EVENT_IDX was negotiated.
-func NewQueue(mem *guestmem.Memory, cfg QueueConfig, maxSize uint16, eventIdx bool) (*Queue, error) {
+// NewQueue returns a queue over a validated configuration. features are
+// the negotiated feature bits: FeatureEventIdx turns on used_event and
+// avail_event, FeatureIndirectDesc lets chains use indirect tables.
+func NewQueue(mem *guestmem.Memory, cfg QueueConfig, maxSize uint16, features uint64) (*Queue, error) {
 	if err := cfg.Validate(mem, maxSize); err != nil {
 		return nil, err
 	}
-	return &Queue{mem: mem, cfg: cfg, eventIdx: eventIdx}, nil
+	return &Queue{
+		mem:      mem,
+		cfg:      cfg,
+		eventIdx: features&FeatureEventIdx != 0,
+		indirect: features&FeatureIndirectDesc != 0,
+	}, nil
 }
 
 // Size returns the number of descriptors.
@@ -175,14 +183,18 @@ func (q *Queue) desc(table uint64, n, i uint32) (Descriptor, uint16, uint16, err
 }
 
 // walk resolves the chain starting at head (virtio 1.2 §2.7.5, §2.7.5.3).
-// Every descriptor is checked to lie in guest RAM; the walk visits at most
-// as many descriptors as the table has, so a loop ends in an error.
+// Every descriptor is checked to lie in guest RAM. The work is bounded by
+// the queue size, whatever the guest wrote: a direct chain visits at most
+// the table's Size entries (so a loop ends in an error), an indirect table
+// may hold at most Size entries too (§2.7.5.3.1: no chain longer than the
+// queue size), and indirect tables are followed only as the chain's first
+// descriptor, so a chain never has more than Size descriptors.
 func (q *Queue) walk(head uint16) (*Chain, error) {
 	c := &Chain{Head: head, mem: q.mem}
 	table, n := q.cfg.Desc, uint32(q.cfg.Size)
 	i := uint32(head)
 	indirect, sawWrite := false, false
-	var readBytes, writeBytes uint64
+	var total uint64
 	for visited := uint32(0); ; visited++ {
 		if visited >= n {
 			return nil, queueErr("descriptor chain from %d loops or is longer than its table (%d)", head, n)
@@ -193,12 +205,16 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 		}
 		if flags&descFIndirect != 0 {
 			switch {
+			case !q.indirect:
+				return nil, queueErr("indirect descriptor in chain %d without VIRTIO_F_INDIRECT_DESC", head)
 			case indirect:
 				return nil, queueErr("nested indirect descriptor in chain %d", head)
 			case flags&descFNext != 0:
 				return nil, queueErr("indirect descriptor with NEXT in chain %d", head)
 			case d.Len == 0 || d.Len%descSize != 0:
 				return nil, queueErr("indirect table length %d is not a non-zero multiple of 16", d.Len)
+			case d.Len/descSize > uint32(q.cfg.Size):
+				return nil, queueErr("indirect table of %d descriptors in chain %d, more than the queue size %d", d.Len/descSize, head, q.cfg.Size)
 			case len(c.Descs) != 0:
 				// §2.7.5.3.1: the driver must not set INDIRECT
 				// together with other descriptors in the chain;
@@ -218,15 +234,12 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 		}
 		if d.Write {
 			sawWrite = true
-			writeBytes += uint64(d.Len)
-		} else {
-			if sawWrite {
-				return nil, queueErr("device-readable descriptor after a writable one in chain %d", head)
-			}
-			readBytes += uint64(d.Len)
+		} else if sawWrite {
+			return nil, queueErr("device-readable descriptor after a writable one in chain %d", head)
 		}
-		if readBytes > maxChainBytes || writeBytes > maxChainBytes {
-			return nil, queueErr("chain %d describes more than 4 GiB", head)
+		total += uint64(d.Len)
+		if total >= maxChainBytes {
+			return nil, queueErr("chain %d describes 4 GiB or more", head)
 		}
 		c.Descs = append(c.Descs, d)
 		if flags&descFNext == 0 {

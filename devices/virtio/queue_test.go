@@ -6,12 +6,14 @@ import (
 	"io"
 	"math"
 	"testing"
+
+	"github.com/vesselvm/vessel/guestmem"
 )
 
 func TestQueueDirectChain(t *testing.T) {
 	mem := newTestMem(t)
 	d := newDriver(t, mem)
-	q := d.queue(false)
+	q := d.queue(0)
 	head, addrs := d.chain(seg{data: []byte("hello, ")}, seg{data: []byte("device")}, seg{n: 4, write: true}, seg{n: 8, write: true})
 	d.offer(head)
 
@@ -52,7 +54,7 @@ func TestQueueDirectChain(t *testing.T) {
 func TestQueueIndirect(t *testing.T) {
 	mem := newTestMem(t)
 	d := newDriver(t, mem)
-	q := d.queue(true)
+	q := d.queue(FeatureEventIdx | FeatureIndirectDesc)
 	head, _ := d.indirect(seg{data: []byte("abc")}, seg{data: []byte("def")}, seg{n: 5, write: true})
 	d.offer(head)
 	c, err := q.Pop()
@@ -68,7 +70,7 @@ func TestQueueIndirect(t *testing.T) {
 func TestWriterBuffersUnconsume(t *testing.T) {
 	mem := newTestMem(t)
 	d := newDriver(t, mem)
-	q := d.queue(false)
+	q := d.queue(0)
 	head, _ := d.chain(seg{n: 4, write: true}, seg{n: 4, write: true})
 	d.offer(head)
 	c, _ := q.Pop()
@@ -91,84 +93,102 @@ func TestWriterBuffersUnconsume(t *testing.T) {
 // must fail with ErrQueue, never panic or loop.
 func TestQueueMalformed(t *testing.T) {
 	cases := []struct {
-		name  string
-		build func(d *driver) // writes descriptors and offers a head
+		name    string
+		build   func(d *driver) // writes descriptors and offers a head
+		noIndir bool            // FeatureIndirectDesc not negotiated
 	}{
-		{"loop", func(d *driver) {
+		{name: "loop", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, bufBase, 8, descFNext, 1)
 			d.writeDesc(testDesc, 1, bufBase, 8, descFNext, 0)
 			d.offer(0)
 		}},
-		{"self loop", func(d *driver) {
+		{name: "self loop", build: func(d *driver) {
 			d.writeDesc(testDesc, 3, bufBase, 8, descFNext, 3)
 			d.offer(3)
 		}},
-		{"next out of table", func(d *driver) {
+		{name: "next out of table", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, bufBase, 8, descFNext, 999)
 			d.offer(0)
 		}},
-		{"head out of table", func(d *driver) { d.offer(testQSize) }},
-		{"buffer past RAM", func(d *driver) {
+		{name: "head out of table", build: func(d *driver) { d.offer(testQSize) }},
+		{name: "buffer past RAM", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, testRAM-4, 8, 0, 0)
 			d.offer(0)
 		}},
-		{"buffer address overflow", func(d *driver) {
+		{name: "buffer address overflow", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, math.MaxUint64-2, 8, 0, 0)
 			d.offer(0)
 		}},
-		{"readable after writable", func(d *driver) {
+		{name: "readable after writable", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, bufBase, 8, descFWrite|descFNext, 1)
 			d.writeDesc(testDesc, 1, bufBase, 8, 0, 0)
 			d.offer(0)
 		}},
-		{"zero-length writable then readable", func(d *driver) {
+		{name: "zero-length writable then readable", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, bufBase, 0, descFWrite|descFNext, 1)
 			d.writeDesc(testDesc, 1, bufBase, 8, 0, 0)
 			d.offer(0)
 		}},
-		{"indirect length not multiple of 16", func(d *driver) {
+		{name: "indirect length not multiple of 16", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, testIndir, 24, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"indirect empty", func(d *driver) {
+		{name: "indirect empty", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, testIndir, 0, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"indirect table past RAM", func(d *driver) {
+		{name: "indirect table past RAM", build: func(d *driver) {
 			d.writeDesc(testDesc, 0, testRAM-16, 32, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"nested indirect", func(d *driver) {
+		{name: "nested indirect", build: func(d *driver) {
 			d.writeDesc(testIndir, 0, testIndir, 16, descFIndirect, 0)
 			d.writeDesc(testDesc, 0, testIndir, 16, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"indirect loop", func(d *driver) {
+		{name: "indirect loop", build: func(d *driver) {
 			d.writeDesc(testIndir, 0, bufBase, 8, descFNext, 1)
 			d.writeDesc(testIndir, 1, bufBase, 8, descFNext, 0)
 			d.writeDesc(testDesc, 0, testIndir, 32, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"indirect with next", func(d *driver) {
+		{name: "indirect with next", build: func(d *driver) {
 			d.writeDesc(testIndir, 0, bufBase, 8, 0, 0)
 			d.writeDesc(testDesc, 0, testIndir, 16, descFIndirect|descFNext, 1)
 			d.offer(0)
 		}},
-		{"indirect after direct", func(d *driver) {
+		{name: "indirect after direct", build: func(d *driver) {
 			d.writeDesc(testIndir, 0, bufBase, 8, 0, 0)
 			d.writeDesc(testDesc, 0, bufBase, 8, descFNext, 1)
 			d.writeDesc(testDesc, 1, testIndir, 16, descFIndirect, 0)
 			d.offer(0)
 		}},
-		{"available index runs ahead", func(d *driver) {
+		{name: "available index runs ahead", build: func(d *driver) {
 			d.put16(testAvail+2, testQSize+1)
+		}},
+		{name: "indirect not negotiated", noIndir: true, build: func(d *driver) {
+			d.writeDesc(testIndir, 0, bufBase, 8, 0, 0)
+			d.writeDesc(testDesc, 0, testIndir, 16, descFIndirect, 0)
+			d.offer(0)
+		}},
+		{name: "indirect table longer than the queue", build: func(d *driver) {
+			for i := range uint16(testQSize + 1) {
+				d.writeDesc(testIndir, i, bufBase, 8, descFNext, i+1)
+			}
+			d.writeDesc(testIndir, testQSize, bufBase, 8, 0, 0)
+			d.writeDesc(testDesc, 0, testIndir, 16*(testQSize+1), descFIndirect, 0)
+			d.offer(0)
 		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			mem := newTestMem(t)
 			d := newDriver(t, mem)
-			q := d.queue(false)
+			f := uint64(FeatureIndirectDesc)
+			if tc.noIndir {
+				f = 0
+			}
+			q := d.queue(f)
 			tc.build(d)
 			c, err := q.Pop()
 			if !errors.Is(err, ErrQueue) {
@@ -205,7 +225,7 @@ func TestNeedsInterrupt(t *testing.T) {
 	mem := newTestMem(t)
 	d := newDriver(t, mem)
 	// Without EVENT_IDX: the NO_INTERRUPT flag decides.
-	q := d.queue(false)
+	q := d.queue(0)
 	if need, _ := q.NeedsInterrupt(); !need {
 		t.Error("no interrupt without NO_INTERRUPT")
 	}
@@ -216,7 +236,7 @@ func TestNeedsInterrupt(t *testing.T) {
 
 	// With EVENT_IDX: used_event (after the avail ring) decides.
 	d.put16(testAvail, 0)
-	q = d.queue(true)
+	q = d.queue(FeatureEventIdx)
 	usedEvent := uint64(testAvail + 4 + 2*testQSize)
 	push := func(n int) {
 		for i := 0; i < n; i++ {
@@ -248,7 +268,7 @@ func TestNeedsInterrupt(t *testing.T) {
 func TestReaderBuffers(t *testing.T) {
 	mem := newTestMem(t)
 	d := newDriver(t, mem)
-	q := d.queue(false)
+	q := d.queue(0)
 	head, _ := d.chain(seg{data: []byte("abcd")}, seg{data: []byte("efgh")})
 	d.offer(head)
 	c, _ := q.Pop()
@@ -263,5 +283,103 @@ func TestReaderBuffers(t *testing.T) {
 	}
 	if err := r.ReadFull(hdr); !errors.Is(err, ErrShortChain) {
 		t.Errorf("ReadFull past the end: %v", err)
+	}
+}
+
+// newSparseMem returns size bytes of guest RAM at 0; the mapping is sparse,
+// so only the pages a test writes cost host memory.
+func newSparseMem(t testing.TB, size uint64) *guestmem.Memory {
+	t.Helper()
+	m, err := guestmem.New([]guestmem.RegionSpec{{GPA: 0, Size: size}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// TestQueueIndirectBounded offers chains through indirect tables of
+// zero-length descriptors (which never reach the byte limit): a table of
+// the queue's size is walked, a larger one is refused before its entries
+// are, so a hostile table of a quarter million entries (its chain runs
+// through the 65536 a next field can name, four times over) costs the
+// host as little as a good one.
+func TestQueueIndirectBounded(t *testing.T) {
+	const hostile = 1 << 18 // a 4 MiB table
+	mem := newSparseMem(t, 64<<20)
+	d := newDriver(t, mem)
+	for i := range 1 << 16 {
+		d.writeDesc(testIndir, uint16(i), bufBase, 0, descFNext, uint16(i+1))
+	}
+	cases := []struct {
+		name  string
+		n     uint32 // table entries
+		descs int    // descriptors in the popped chain; 0: refused
+	}{
+		{"queue size", testQSize, testQSize},
+		{"one more than the queue size", testQSize + 1, 0},
+		{"hostile", hostile, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.n <= 1<<16 {
+				// The table's last entry ends the chain (until the
+				// next case).
+				last := uint16(tc.n - 1)
+				d.writeDesc(testIndir, last, bufBase, 0, 0, 0)
+				defer d.writeDesc(testIndir, last, bufBase, 0, descFNext, last+1)
+			}
+			d.writeDesc(testDesc, 0, testIndir, 16*tc.n, descFIndirect, 0)
+			q := d.queue(FeatureIndirectDesc)
+			c, err := q.walk(0)
+			descs := 0
+			if c != nil {
+				descs = len(c.Descs)
+			}
+			if tc.descs == 0 && !errors.Is(err, ErrQueue) {
+				t.Fatalf("walk of a %d-entry table: %d descriptors, %v; want ErrQueue", tc.n, descs, err)
+			}
+			if tc.descs != 0 && (err != nil || descs != tc.descs) {
+				t.Fatalf("walk of a %d-entry table: %d descriptors, %v; want %d", tc.n, descs, err, tc.descs)
+			}
+			// A walk allocates the chain, its descriptor slice as it
+			// grows and an error; growing it to a quarter million
+			// entries takes dozens.
+			if allocs := testing.AllocsPerRun(3, func() { q.walk(0) }); allocs > 16 {
+				t.Errorf("walk of a %d-entry table: %v allocations", tc.n, allocs)
+			}
+		})
+	}
+}
+
+// TestQueueChainBytes offers chains of writable descriptors that add up to
+// just under and exactly 4 GiB: the used element's 32-bit length cannot
+// say 4 GiB, so that chain is refused (virtio 1.2 §2.7.5.2).
+func TestQueueChainBytes(t *testing.T) {
+	const each = 256 << 20 // testQSize of them make 4 GiB
+	mem := newSparseMem(t, bufBase+each)
+	for _, tc := range []struct {
+		name string
+		last uint32 // length of the last descriptor
+		ok   bool
+	}{
+		{"4 GiB less one byte", each - 1, true},
+		{"4 GiB", each, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDriver(t, mem)
+			for i := range uint16(testQSize - 1) {
+				d.writeDesc(testDesc, i, bufBase, each, descFWrite|descFNext, i+1)
+			}
+			d.writeDesc(testDesc, testQSize-1, bufBase, tc.last, descFWrite, 0)
+			d.offer(0)
+			c, err := d.queue(0).Pop()
+			switch {
+			case tc.ok && (err != nil || c.WritableLen() != 1<<32-1):
+				t.Errorf("Pop = %v; want a chain of 4 GiB - 1", err)
+			case !tc.ok && !errors.Is(err, ErrQueue):
+				t.Errorf("Pop of a 4 GiB chain = %v; want ErrQueue", err)
+			}
+		})
 	}
 }
