@@ -152,9 +152,17 @@ type MMIO struct {
 	queues      []queueState
 	intStatus   uint32
 	active      *Queues
-	failed      bool // logged a failure since the last reset
-	configGen   uint32
-	raise       bool // an interrupt to trigger once t.mu is released
+	// resetDone is non-nil while a reset waits for the device's Reset
+	// (with t.mu released) and is closed when it has returned. Until
+	// then the transport ignores the driver's writes and status keeps
+	// reading its old, non-zero value (virtio 1.2 §2.4.1: the driver
+	// waits for status to read 0), so a driver on another vCPU cannot
+	// negotiate and activate the device again while it is still
+	// stopping.
+	resetDone chan struct{}
+	failed    bool // logged a failure since the last reset
+	configGen uint32
+	raise     bool // an interrupt to trigger once t.mu is released
 }
 
 // NewMMIO returns the transport for dev. logf receives one line per device
@@ -177,9 +185,16 @@ func NewMMIO(dev Device, mem *guestmem.Memory, irq devices.Interrupt, logf func(
 // ioeventfd registration.
 func (t *MMIO) NotifyEvents() []*Event { return t.notify }
 
-// Close resets the device and releases the events.
+// Close resets the device (after any reset already under way) and
+// releases the events.
 func (t *MMIO) Close() error {
 	t.mu.Lock()
+	for t.resetDone != nil {
+		done := t.resetDone
+		t.mu.Unlock()
+		<-done
+		t.mu.Lock()
+	}
 	t.resetLocked()
 	t.mu.Unlock()
 	for _, e := range t.notify {
@@ -275,7 +290,7 @@ func setHigh(x *uint64, v uint32) { *x = *x&0xffffffff | uint64(v)<<32 }
 func (t *MMIO) Write(off uint64, data []byte) {
 	if off >= regConfig {
 		t.mu.Lock()
-		ok := t.status&StatusFailed == 0
+		ok := t.status&StatusFailed == 0 && t.resetDone == nil
 		t.mu.Unlock()
 		if ok {
 			t.dev.WriteConfig(off-regConfig, data)
@@ -306,6 +321,11 @@ func (t *MMIO) Write(off uint64, data []byte) {
 }
 
 func (t *MMIO) writeLocked(off uint64, v uint32) {
+	if t.resetDone != nil {
+		// A reset is under way: it clears all this state when the
+		// device has stopped, and a second reset would add nothing.
+		return
+	}
 	switch off {
 	case regDeviceFeatSel:
 		t.devFeatSel = v
@@ -409,14 +429,20 @@ func (t *MMIO) activateLocked() error {
 }
 
 // resetLocked returns the device to its initial state (virtio 1.2 §2.4).
+// No other reset may be under way (t.resetDone nil).
 func (t *MMIO) resetLocked() {
 	if t.active != nil {
 		// Reset waits for the device goroutines, which may be blocked in
-		// Fail or UsedBuffers wanting t.mu: release it meanwhile.
+		// Fail or UsedBuffers wanting t.mu: release it meanwhile, with
+		// t.resetDone holding off the driver's writes.
 		t.active = nil
+		done := make(chan struct{})
+		t.resetDone = done
 		t.mu.Unlock()
 		t.dev.Reset()
 		t.mu.Lock()
+		t.resetDone = nil
+		close(done)
 	}
 	t.status, t.intStatus = 0, 0
 	t.drvFeatures, t.devFeatSel, t.drvFeatSel, t.queueSel = 0, 0, 0, 0

@@ -202,3 +202,90 @@ func TestMMIOHostile(t *testing.T) {
 		t.Errorf("log lines %q: want one per failure", lines)
 	}
 }
+
+// gateDev is a device whose Reset waits until the test opens its gate and
+// which counts its activations that have not been reset yet.
+type gateDev struct {
+	entered chan struct{} // one value per Reset called
+	gate    chan struct{} // closed to let Resets return
+
+	mu            sync.Mutex
+	live, maxLive int
+}
+
+func (g *gateDev) Type() uint32                     { return TypeRNG }
+func (g *gateDev) Features() uint64                 { return 0 }
+func (g *gateDev) QueueMaxSizes() []uint16          { return []uint16{testQSize} }
+func (g *gateDev) ReadConfig(off uint64, b []byte)  {}
+func (g *gateDev) WriteConfig(off uint64, b []byte) {}
+func (g *gateDev) Activate(*Queues) error           { g.add(1); return nil }
+func (g *gateDev) Reset()                           { g.entered <- struct{}{}; <-g.gate; g.add(-1) }
+func (g *gateDev) counts() (live, maxLive int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.live, g.maxLive
+}
+func (g *gateDev) add(n int) {
+	g.mu.Lock()
+	g.live += n
+	g.maxLive = max(g.maxLive, g.live)
+	g.mu.Unlock()
+}
+
+// TestMMIOResetRace has one vCPU reset the device while the device's Reset
+// is still stopping it, and another reset and initialise it meanwhile:
+// the transport must ignore the second driver until the reset is done, so
+// that the device is never activated twice at once.
+func TestMMIOResetRace(t *testing.T) {
+	mem := newTestMem(t)
+	dev := &gateDev{entered: make(chan struct{}, 8), gate: make(chan struct{})}
+	m, err := NewMMIO(dev, mem, nil, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	d := newDriver(t, mem)
+	if st := initDevice(t, m, d, FeatureVersion1); st&StatusDriverOK == 0 {
+		t.Fatalf("status %#x after init", st)
+	}
+
+	resetDone := make(chan struct{})
+	go func() {
+		wr(m, regStatus, 0) // vCPU 0: blocks until the gate opens
+		close(resetDone)
+	}()
+	<-dev.entered
+	// vCPU 1 resets and initialises the device while vCPU 0's reset
+	// waits for the device: none of it may take effect.
+	wr(m, regStatus, 0)
+	wr(m, regStatus, StatusAcknowledge)
+	wr(m, regStatus, StatusAcknowledge|StatusDriver)
+	wr(m, regDriverFeatSel, 1)
+	wr(m, regDriverFeatures, uint32(FeatureVersion1>>32))
+	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
+	wr(m, regQueueSel, 0)
+	wr(m, regQueueNum, uint32(d.cfg.Size))
+	wr(m, regQueueDescLow, uint32(d.cfg.Desc))
+	wr(m, regQueueDrvLow, uint32(d.cfg.Driver))
+	wr(m, regQueueDevLow, uint32(d.cfg.Device))
+	wr(m, regQueueReady, 1)
+	wr(m, regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
+	if st := rd(m, regStatus); st == 0 {
+		t.Error("status reads 0 before the reset has finished")
+	}
+	if _, maxLive := dev.counts(); maxLive != 1 {
+		t.Errorf("%d activations live at once during a reset", maxLive)
+	}
+
+	close(dev.gate)
+	<-resetDone
+	if live, _ := dev.counts(); live != 0 || rd(m, regStatus) != 0 {
+		t.Fatalf("after the reset: %d activations live, status %#x", live, rd(m, regStatus))
+	}
+	if st := initDevice(t, m, d, FeatureVersion1); st&StatusDriverOK == 0 {
+		t.Fatalf("status %#x after the reset and a new init", st)
+	}
+	if live, maxLive := dev.counts(); live != 1 || maxLive != 1 {
+		t.Errorf("after a new init: %d activations live, at most %d", live, maxLive)
+	}
+}
