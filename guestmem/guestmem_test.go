@@ -135,6 +135,18 @@ func TestAtomics(t *testing.T) {
 	if err := m.StoreUint16(4096, 0); !errors.Is(err, ErrOutOfRange) {
 		t.Errorf("StoreUint16 past the end = %v", err)
 	}
+	// A 16-bit store writes its two bytes and no others.
+	m.WriteAt([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 16)
+	for _, off := range []uint64{16, 18, 20, 22} {
+		m.StoreUint16(off, 0xA0A0)
+	}
+	m.StoreUint16(18, 0x0B0A)
+	m.StoreUint16(20, 0x0D0C)
+	got := make([]byte, 10)
+	m.ReadAt(got, 15)
+	if want := []byte{0, 0xA0, 0xA0, 0x0A, 0x0B, 0x0C, 0x0D, 0xA0, 0xA0, 0}; !bytes.Equal(got, want) {
+		t.Errorf("bytes around 16-bit stores = % x, want % x", got, want)
+	}
 	// Concurrent stores to the two halves of one word never lose either.
 	var wg sync.WaitGroup
 	for half := uint64(0); half < 2; half++ {
