@@ -68,8 +68,19 @@ func Open(path string) (*System, error) {
 	return s, nil
 }
 
-// Close closes /dev/kvm. VMs created from it stay valid.
-func (s *System) Close() error { return s.f.Close() }
+// Close closes /dev/kvm. VMs created from it stay valid. A second Close
+// does nothing.
+func (s *System) Close() error {
+	if s.f == nil {
+		return nil
+	}
+	f := s.f
+	s.f, s.fd = nil, -1
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("kvm: close: %w", err)
+	}
+	return nil
+}
 
 // CheckExtension returns KVM_CHECK_EXTENSION's answer for cap (0 = absent).
 func (s *System) CheckExtension(c Cap) (int, error) {

@@ -24,13 +24,23 @@ type VCPU struct {
 // ID returns the vCPU index it was created with.
 func (c *VCPU) ID() int { return c.id }
 
-// Close unmaps the run struct and closes the vCPU.
+// Close unmaps the run struct and closes the vCPU. A second Close does
+// nothing: the descriptor number may already belong to another file. It
+// must not run concurrently with the vCPU's other methods.
 func (c *VCPU) Close() error {
 	if c.run != nil {
 		unix.Munmap(c.run)
 		c.run = nil
 	}
-	return unix.Close(c.fd)
+	if c.fd < 0 {
+		return nil
+	}
+	fd := c.fd
+	c.fd = -1
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("kvm: close vcpu %d: %w", c.id, err)
+	}
+	return nil
 }
 
 // Run enters the guest (KVM_RUN) until the next exit to userspace and

@@ -12,8 +12,20 @@ type VM struct {
 	mmapSize int
 }
 
-// Close closes the VM descriptor. vCPUs must be closed first.
-func (v *VM) Close() error { return unix.Close(v.fd) }
+// Close closes the VM descriptor. vCPUs must be closed first. A second
+// Close does nothing: the descriptor number may already belong to another
+// file.
+func (v *VM) Close() error {
+	if v.fd < 0 {
+		return nil
+	}
+	fd := v.fd
+	v.fd = -1
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("kvm: close vm: %w", err)
+	}
+	return nil
+}
 
 // SetTSSAddr places the three-page TSS region Intel VT-x needs in real mode
 // (KVM_SET_TSS_ADDR); it must not overlap guest RAM or devices.
