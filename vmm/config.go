@@ -158,6 +158,9 @@ type Metrics struct {
 	KVMStats map[string]uint64
 	// Devices has one entry per virtio device, in attach order.
 	Devices []DeviceMetrics
+	// ConsoleDropped counts bytes of guest console output dropped because
+	// the host's console writer fell a full buffer behind.
+	ConsoleDropped uint64
 }
 
 // DeviceMetrics are one virtio device's counters over the run.

@@ -6,10 +6,17 @@ import (
 	"time"
 )
 
-// consoleBufferMax bounds console output buffered for the host writer; a
-// guest that prints faster than the host consumes blocks in its UART
-// writes, as on real hardware, instead of growing VMM memory.
+// consoleBufferMax bounds console output buffered for the host writer.
+// A vCPU never waits for the host: output that does not fit while the
+// host side is behind (a stalled terminal, a pipe nobody reads) is
+// dropped and counted, so neither a hostile guest nor a stuck stdout can
+// block a vCPU or grow VMM memory. With the chunk being written, at most
+// twice this is held.
 const consoleBufferMax = 1 << 20
+
+// consoleFlushWait bounds how long the end of a run waits for the host to
+// take the buffered output.
+const consoleFlushWait = 5 * time.Second
 
 // consoleWriter moves guest console output off the vCPU threads: the UART
 // appends to a bounded buffer, and one goroutine writes it to the host.
@@ -19,29 +26,44 @@ type consoleWriter struct {
 	cond    *sync.Cond
 	buf     []byte
 	closed  bool
-	writing bool
+	dropped uint64 // bytes dropped because the buffer was full
 	done    chan struct{}
+	wait    time.Duration // flush's bound, consoleFlushWait
 }
 
 func newConsoleWriter(out io.Writer) *consoleWriter {
-	w := &consoleWriter{out: out, done: make(chan struct{})}
+	w := &consoleWriter{out: out, done: make(chan struct{}), wait: consoleFlushWait}
 	w.cond = sync.NewCond(&w.mu)
 	return w
 }
 
-// Write queues guest output; it blocks only while the buffer is full.
+// Write queues guest output and never blocks on the host: what does not
+// fit in the buffer is dropped and counted. It always reports all of p
+// written, as a UART's transmitter takes every byte.
 func (w *consoleWriter) Write(p []byte) (int, error) {
+	n := len(p)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for len(w.buf)+len(p) > consoleBufferMax && !w.closed {
-		w.cond.Wait()
-	}
 	if w.closed {
-		return len(p), nil // the VM is stopping; drop late output
+		return n, nil // the VM has ended; drop late output
 	}
-	w.buf = append(w.buf, p...)
-	w.cond.Broadcast()
-	return len(p), nil
+	if room := consoleBufferMax - len(w.buf); len(p) > room {
+		w.dropped += uint64(len(p) - room)
+		p = p[:room]
+	}
+	if len(p) > 0 {
+		w.buf = append(w.buf, p...)
+		w.cond.Broadcast()
+	}
+	return n, nil
+}
+
+// Dropped returns how many bytes of output were dropped because the host
+// did not take them in time.
+func (w *consoleWriter) Dropped() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dropped
 }
 
 func (w *consoleWriter) start() { go w.run() }
@@ -59,27 +81,25 @@ func (w *consoleWriter) run() {
 			return
 		}
 		chunk, w.buf = w.buf, chunk[:0]
-		w.writing = true
-		w.cond.Broadcast()
 		w.mu.Unlock()
 		w.out.Write(chunk)
-		w.mu.Lock()
-		w.writing = false
-		w.cond.Broadcast()
-		w.mu.Unlock()
 	}
 }
 
-// flush writes out what is buffered and stops the writer goroutine.
+// flush stops taking output, writes out what is buffered and stops the
+// writer goroutine. It waits at most w.wait: a host writer
+// stuck for good (a pipe nobody reads) is abandoned, its goroutine left
+// blocked in the host's Write.
 func (w *consoleWriter) flush() {
 	w.mu.Lock()
 	w.closed = true
 	w.cond.Broadcast()
 	w.mu.Unlock()
+	t := time.NewTimer(w.wait)
+	defer t.Stop()
 	select {
 	case <-w.done:
-	case <-time.After(5 * time.Second):
-		// The host writer is stuck (e.g. a blocked pipe): give up on it.
+	case <-t.C:
 	}
 }
 

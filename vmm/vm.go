@@ -295,8 +295,11 @@ func (v *VM) Run() Result {
 	for _, c := range v.vcpus {
 		c.kick()
 	}
-	wg.Wait()
+	wg.Wait() // bounded: a vCPU never waits on the host's console
 	v.console.flush()
+	if n := v.console.Dropped(); n > 0 {
+		v.logf("console: dropped %d bytes of guest output the host did not take in time", n)
+	}
 
 	v.resMu.Lock()
 	res := v.result
@@ -314,6 +317,7 @@ func (v *VM) Run() Result {
 	res.Metrics.Exits = v.exits.snapshot()
 	res.Metrics.KVMStats = v.kvmStats()
 	res.Metrics.Devices = v.deviceMetrics()
+	res.Metrics.ConsoleDropped = v.console.Dropped()
 	return res
 }
 
