@@ -298,6 +298,23 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 			return nil, err
 		}
 		if c == nil {
+			if !again && r.mrg && heldDescs(spare) >= int(q.Size()) {
+				// Every descriptor of the queue is in our hands and
+				// still the frame does not fit: the driver can add
+				// nothing more, so waiting would wedge the receive
+				// queue for good. Drop the frame and give the
+				// buffers back unused, so the driver can post
+				// bigger ones.
+				r.n.rxDropped.Add(1)
+				r.log("dropping a %d-byte frame: the driver's %d receive buffers hold only %d bytes", len(frame)-NetHdrSize, len(spare), room)
+				for _, c := range spare {
+					if err := q.Push(c.Head, 0); err != nil {
+						return nil, err
+					}
+				}
+				r.q.UsedBuffers(0)
+				return spare[:0], nil
+			}
 			if !again {
 				if _, err := r.q.Notify[0].Wait(); err != nil || r.stop.Load() {
 					return nil, errNetStopped
@@ -338,6 +355,18 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 	r.n.rxBytes.Add(uint64(len(frame) - NetHdrSize))
 	storeMax(&r.n.rxMax, uint64(len(frame)-NetHdrSize))
 	return append(spare[:0], spare[used:]...), nil
+}
+
+// heldDescs counts the descriptors of the popped chains. It is exact for
+// direct chains; an indirect chain occupies one descriptor of the queue
+// but counts its table's entries, so it errs towards "the driver can add
+// no more".
+func heldDescs(spare []*Chain) int {
+	n := 0
+	for _, c := range spare {
+		n += len(c.Descs)
+	}
+	return n
 }
 
 // errNetStopped ends the receive loop on reset.

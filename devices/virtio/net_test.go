@@ -267,6 +267,52 @@ func TestNetReceiveNotMergeable(t *testing.T) {
 	waitFor(t, "1 dropped, 1 received", func() bool { s := g.dev.Stats(); return s.RxDropped == 1 && s.RxPackets == 1 })
 }
 
+// A driver that fills its whole receive queue with buffers too small to
+// add up to a frame gets the frame dropped and its buffers back unused,
+// and the device keeps receiving; it used to wait for more buffers that
+// could never come.
+func TestNetReceiveBuffersNeverEnough(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		descs int // descriptors per chain
+	}{
+		{"one-descriptor chains", 1},
+		{"two-descriptor chains", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newNetGuest(t, false, NetFMrgRxBuf)
+			chains := testQSize / tc.descs
+			for i := 0; i < chains; i++ {
+				segs := make([]seg, tc.descs)
+				for j := range segs {
+					segs[j] = seg{n: NetHdrSize, write: true}
+				}
+				head, _ := g.rx.chain(segs...)
+				g.rx.offer(head)
+			}
+			wr(g.m, RegQueueNotify, 0)
+			g.be.hostWrite(t, frameOf(1000, 4)) // more than 16*12 bytes
+			for i, b := range g.waitUsed(chains) {
+				if len(b) != 0 {
+					t.Errorf("buffer %d given back with %d bytes, want 0", i, len(b))
+				}
+			}
+			if s := g.dev.Stats(); s.RxDropped != 1 || s.RxPackets != 0 {
+				t.Errorf("stats %+v, want 1 dropped, 0 received", s)
+			}
+			g.offerRX(1, 1526)
+			f := frameOf(60, 5)
+			g.be.hostWrite(t, f)
+			if b := g.waitUsed(1); !bytes.Equal(b[0][NetHdrSize:], f) {
+				t.Errorf("frame after the drop: got %d bytes, want the %d-byte frame", len(b[0])-NetHdrSize, len(f))
+			}
+			if g.needsReset() {
+				t.Error("the drop broke the device")
+			}
+		})
+	}
+}
+
 // A hostile driver breaks the device (NEEDS_RESET), never the VMM.
 func TestNetHostileDriver(t *testing.T) {
 	t.Run("tiny rx buffer", func(t *testing.T) {
