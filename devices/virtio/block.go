@@ -38,6 +38,10 @@ const (
 	blkMaxDiscard  = 1 << 22          // sectors per discard segment (2 GiB)
 	blkDiscardSegs = 1
 	blkHeaderSize  = 16
+
+	// iovMax is Linux's IOV_MAX (UIO_MAXIOV): preadv and pwritev take
+	// at most this many buffers per call.
+	iovMax = 1024
 )
 
 // Block is virtio-blk (virtio 1.2 §5.2) over a raw image file.
@@ -206,8 +210,8 @@ func (b *Block) read(w *Writer, sector, n uint64) byte {
 		return blkSIOErr
 	}
 	bufs, err := w.Buffers(n)
-	if err != nil {
-		return blkSIOErr
+	if err != nil || len(bufs) > blkSegMax {
+		return blkSIOErr // more segments than seg_max allows
 	}
 	return vectored(unix.Preadv, b.fd, bufs, off)
 }
@@ -222,18 +226,18 @@ func (b *Block) write(r *Reader, sector uint64) byte {
 		return blkSIOErr
 	}
 	bufs, err := r.Buffers(n)
-	if err != nil {
-		return blkSIOErr
+	if err != nil || len(bufs) > blkSegMax {
+		return blkSIOErr // more segments than seg_max allows
 	}
 	return vectored(unix.Pwritev, b.fd, bufs, off)
 }
 
-// vectored runs preadv or pwritev until all of bufs is transferred and
-// returns the request status: a short transfer (past the end of the file)
-// or an error is VIRTIO_BLK_S_IOERR.
+// vectored runs preadv or pwritev, at most iovMax buffers per call, until
+// all of bufs is transferred and returns the request status: a short
+// transfer (past the end of the file) or an error is VIRTIO_BLK_S_IOERR.
 func vectored(op func(int, [][]byte, int64) (int, error), fd int, bufs [][]byte, off int64) byte {
 	for len(bufs) > 0 {
-		k, err := op(fd, bufs, off)
+		k, err := op(fd, bufs[:min(len(bufs), iovMax)], off)
 		if err == unix.EINTR {
 			continue
 		}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vesselvm/vessel/devices"
 )
 
@@ -31,6 +33,12 @@ type blockRig struct {
 }
 
 func newBlockRig(t *testing.T, size int64, readOnly bool) *blockRig {
+	t.Helper()
+	return newBlockRigQ(t, size, readOnly, testQSize)
+}
+
+// newBlockRigQ is newBlockRig with a queue of qsize descriptors.
+func newBlockRigQ(t *testing.T, size int64, readOnly bool, qsize uint16) *blockRig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
@@ -59,6 +67,7 @@ func newBlockRig(t *testing.T, size int64, readOnly bool) *blockRig {
 	}
 	t.Cleanup(func() { m.Close() })
 	d := newDriver(t, mem)
+	d.cfg.Size = qsize
 	if st := initDevice(t, m, d, FeatureVersion1|FeatureEventIdx|FeatureIndirectDesc); st&StatusDriverOK == 0 {
 		t.Fatalf("status %#x", st)
 	}
@@ -194,5 +203,79 @@ func TestNewBlockOddSize(t *testing.T) {
 	defer f.Close()
 	if _, err := NewBlock(f, true, ""); !errors.Is(err, ErrDiskSize) {
 		t.Errorf("NewBlock(1000 bytes) = %v, want ErrDiskSize", err)
+	}
+}
+
+// TestBlockSegMax sends requests of seg_max data segments and one more,
+// each in a chain of exactly the queue's size (a header or the status
+// byte sharing a descriptor with data makes room for the extra segment):
+// the longer one must fail with VIRTIO_BLK_S_IOERR and touch nothing.
+func TestBlockSegMax(t *testing.T) {
+	const qsize = blkQueueSize
+	data := func(n int, write bool) []seg {
+		l := make([]seg, n)
+		for i := range l {
+			l[i] = seg{n: sectorSize, write: write}
+			if !write {
+				l[i] = seg{data: bytes.Repeat([]byte{byte(i + 1)}, sectorSize)}
+			}
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name string
+		segs []seg
+		want byte
+	}{
+		{"read seg_max", append(append([]seg{{data: blkHeader(blkTIn, 8)}}, data(blkSegMax, true)...), seg{n: 1, write: true}), blkSOK},
+		{"read seg_max+1", append(append([]seg{{data: blkHeader(blkTIn, 8)}}, data(blkSegMax, true)...), seg{n: sectorSize + 1, write: true}), blkSIOErr},
+		{"write seg_max", append(append([]seg{{data: blkHeader(blkTOut, 8)}}, data(blkSegMax, false)...), seg{n: 1, write: true}), blkSOK},
+		{"write seg_max+1", append(append([]seg{{data: append(blkHeader(blkTOut, 8), make([]byte, sectorSize)...)}}, data(blkSegMax, false)...), seg{n: 1, write: true}), blkSIOErr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if len(tc.segs) != qsize {
+				t.Fatalf("chain of %d descriptors, want %d", len(tc.segs), qsize)
+			}
+			r := newBlockRigQ(t, 1<<20, false, qsize)
+			if st, _, _ := r.do(tc.segs...); st != tc.want {
+				t.Fatalf("status %d, want %d", st, tc.want)
+			}
+			img, err := os.ReadFile(r.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrote := !bytes.Equal(img, make([]byte, len(img)))
+			if want := tc.want == blkSOK && tc.segs[0].data[0] == blkTOut; wrote != want {
+				t.Errorf("image written: %v, want %v", wrote, want)
+			}
+		})
+	}
+}
+
+// TestVectoredManyBuffers transfers more buffers than one preadv or
+// pwritev takes (IOV_MAX).
+func TestVectoredManyBuffers(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const n, size = 2*iovMax + 3, 8
+	out := make([][]byte, n)
+	in := make([][]byte, n)
+	for i := range out {
+		out[i] = bytes.Repeat([]byte{byte(i)}, size)
+		in[i] = make([]byte, size)
+	}
+	if st := vectored(unix.Pwritev, int(f.Fd()), append([][]byte(nil), out...), 512); st != blkSOK {
+		t.Fatalf("pwritev of %d buffers: status %d", n, st)
+	}
+	if st := vectored(unix.Preadv, int(f.Fd()), append([][]byte(nil), in...), 512); st != blkSOK {
+		t.Fatalf("preadv of %d buffers: status %d", n, st)
+	}
+	for i := range in {
+		if !bytes.Equal(in[i], out[i]) {
+			t.Fatalf("buffer %d read back %x, want %x", i, in[i], out[i])
+		}
 	}
 }
