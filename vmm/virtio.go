@@ -246,13 +246,16 @@ func (v *VM) deviceMetrics() []DeviceMetrics {
 }
 
 // closeVirtio resets every device (stopping its goroutines) and releases
-// its events and files.
+// its events and files, waiting a bounded time for each: a device that
+// does not stop marks the VM stuck and is left as it is.
 func (v *VM) closeVirtio() {
-	for _, d := range v.virtio {
-		d.t.Close()
-		if d.closer != nil {
-			d.closer()
-		}
+	for i, d := range v.virtio {
+		v.bounded(fmt.Sprintf("virtio %s device %d", virtio.TypeName(d.t.Device().Type()), i), func() {
+			d.t.Close()
+			if d.closer != nil {
+				d.closer()
+			}
+		})
 	}
 	v.virtio = nil
 }

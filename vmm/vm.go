@@ -59,6 +59,11 @@ type VM struct {
 
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// stuck is set when a wait of the stop path gave up on a vCPU or a
+	// device blocked in host I/O: Close then frees nothing they may
+	// still use.
+	stuck    atomic.Bool
+	stopWait time.Duration // bound of each such wait; 0 means stopWait
 	result   Result
 	resMu    sync.Mutex
 	running  atomic.Bool
@@ -295,7 +300,7 @@ func (v *VM) Run() Result {
 	for _, c := range v.vcpus {
 		c.kick()
 	}
-	wg.Wait() // bounded: a vCPU never waits on the host's console
+	v.bounded("the vCPUs", wg.Wait)
 	v.console.flush()
 	if n := v.console.Dropped(); n > 0 {
 		v.logf("console: dropped %d bytes of guest output the host did not take in time", n)
@@ -369,10 +374,49 @@ func (v *VM) guestStatus(st uint32)     { v.finish(Result{Kind: ExitGuestStatus,
 func (v *VM) fail(err error)            { v.finish(Result{Kind: ExitError, Err: err, Detail: err.Error()}) }
 func (v *VM) tripleFault(detail string) { v.finish(Result{Kind: ExitTripleFault, Detail: detail}) }
 
+// stopWait bounds each wait of the stop path on something that may be
+// blocked in host I/O: a vCPU inside a device reset, a device's reset or
+// its backend's Close (a disk on a stalled file system, say).
+const stopWait = 10 * time.Second
+
+// bounded runs f and waits at most the stop bound for it. When f does not
+// return in time, the VM is marked stuck and f is left running, and the
+// log says so.
+func (v *VM) bounded(what string, f func()) bool {
+	d := v.stopWait
+	if d == 0 {
+		d = stopWait
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		v.stuck.Store(true)
+		v.logf("%s did not stop within %v (blocked in host I/O?); the VM's memory and descriptors are left allocated", what, d)
+		return false
+	}
+}
+
 // Close releases everything the VM holds. Safe to call more than once and
-// on a partially built VM.
+// on a partially built VM. Every wait is bounded: when a vCPU or a device
+// did not stop in time (see bounded), Close returns without releasing
+// guest memory, vCPUs or the VM, which they may still be using; the
+// process's exit frees them.
 func (v *VM) Close() error {
+	if v.stuck.Load() {
+		return nil
+	}
 	v.closeVirtio()
+	if v.stuck.Load() {
+		return nil
+	}
 	for _, c := range v.vcpus {
 		c.close()
 	}
