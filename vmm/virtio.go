@@ -55,7 +55,10 @@ func (v *VM) setupVirtio() error {
 		if err != nil {
 			return err
 		}
-		if err := v.addVirtio(blk, func() { f.Close() }); err != nil {
+		// Requests a reset abandoned (blocked in host I/O) still use
+		// f's descriptor: wait for them before closing it.
+		if err := v.addVirtio(blk, func() { blk.Close(); f.Close() }); err != nil {
+			blk.Close()
 			f.Close()
 			return err
 		}

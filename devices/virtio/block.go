@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,8 +55,35 @@ type Block struct {
 	id       [blkIDBytes]byte
 	config   []byte
 
-	mu sync.Mutex
-	w  *workers
+	// readv and writev are unix.Preadv and unix.Pwritev; tests put in
+	// ones that block, as a stalled host file system does.
+	readv, writev func(int, [][]byte, int64) (int, error)
+	resetWait     time.Duration // blkResetWait
+
+	mu   sync.Mutex
+	run  *blkRun
+	busy sync.WaitGroup // the loops of every activation, abandoned ones included
+}
+
+// blkResetWait bounds how long a reset (a vCPU writing the status
+// register) waits for a request in host I/O: then the request is
+// abandoned; it finishes on its own and its result is thrown away.
+const blkResetWait = 2 * time.Second
+
+// blkRun is one activation of the block device.
+type blkRun struct {
+	q *Queues
+	// mu makes "not stopped, then push the result" one step, so that
+	// nothing touches the queue once Reset has set stopped.
+	mu      sync.Mutex
+	stopped bool
+	done    chan struct{} // closed when the loop returns
+}
+
+func (r *blkRun) isStopped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped
 }
 
 // ErrDiskSize is returned for an image whose size is not a whole number of
@@ -79,7 +107,8 @@ func NewBlock(f *os.File, readOnly bool, serial string) (*Block, error) {
 	if size%sectorSize != 0 {
 		return nil, fmt.Errorf("%w: %s has %d bytes", ErrDiskSize, f.Name(), size)
 	}
-	b := &Block{f: f, fd: int(f.Fd()), readOnly: readOnly, sectors: uint64(size) / sectorSize}
+	b := &Block{f: f, fd: int(f.Fd()), readOnly: readOnly, sectors: uint64(size) / sectorSize,
+		readv: unix.Preadv, writev: unix.Pwritev, resetWait: blkResetWait}
 	copy(b.id[:], serial)
 	if !readOnly {
 		// Punching a hole past the end changes nothing but tells whether
@@ -137,20 +166,120 @@ func (b *Block) WriteConfig(uint64, []byte) {}
 func (b *Block) Activate(q *Queues) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.w = &workers{q: q}
-	b.w.serve(0, b.handle)
+	if b.run != nil {
+		return errors.New("virtio block: activated twice without a reset")
+	}
+	r := &blkRun{q: q, done: make(chan struct{})}
+	b.run = r
+	b.busy.Add(1)
+	go b.loop(r)
 	return nil
 }
 
-// Reset implements Device.
+// Reset implements Device. It waits for a request in flight at most
+// resetWait: a request blocked in host I/O (a stalled file system) must
+// not hold the vCPU that resets the device. An abandoned request
+// finishes on its own, without touching the queue again; Close waits for
+// it.
 func (b *Block) Reset() {
 	b.mu.Lock()
-	w := b.w
-	b.w = nil
+	r := b.run
+	b.run = nil
 	b.mu.Unlock()
-	if w != nil {
-		w.shutdown()
+	if r == nil {
+		return
 	}
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	_ = r.q.Notify[0].Signal()
+	t := time.NewTimer(b.resetWait)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-t.C:
+	}
+}
+
+// Close waits until no request of any activation, an abandoned one
+// included, is left; call it after the transport's Close and before
+// closing the image file, whose descriptor they use. It returns nil.
+func (b *Block) Close() error {
+	b.Reset()
+	b.busy.Wait()
+	return nil
+}
+
+// loop serves the request queue of one activation until Reset.
+func (b *Block) loop(r *blkRun) {
+	defer b.busy.Done()
+	defer close(r.done)
+	for !r.isStopped() {
+		if err := b.drain(r); err != nil {
+			if !r.isStopped() {
+				r.q.Fail(err)
+			}
+			return
+		}
+		if _, err := r.q.Notify[0].Wait(); err != nil {
+			return
+		}
+	}
+}
+
+// drain serves requests until the driver has no more available, with
+// notifications suppressed meanwhile (virtio 1.2 §2.7.10).
+func (b *Block) drain(r *blkRun) error {
+	q := r.q.Queues[0]
+	for !r.isStopped() {
+		if err := q.DisableNotify(); err != nil {
+			return err
+		}
+		pushed := false
+		for {
+			if r.isStopped() {
+				return nil
+			}
+			c, err := q.Pop()
+			if err != nil {
+				return err
+			}
+			if c == nil {
+				break
+			}
+			n, err := b.handle(c)
+			if err != nil {
+				return err
+			}
+			r.mu.Lock()
+			if r.stopped {
+				r.mu.Unlock()
+				return nil // reset meanwhile: the queue is no longer ours
+			}
+			err = q.Push(c.Head, n)
+			r.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			pushed = true
+		}
+		if pushed {
+			r.mu.Lock()
+			if !r.stopped {
+				r.q.UsedBuffers(0)
+			}
+			r.mu.Unlock()
+		}
+		if err := q.EnableNotify(); err != nil {
+			return err
+		}
+		// A request made available before the driver saw
+		// EnableNotify sent no notification: look again.
+		if more, err := q.Pending(); err != nil || !more {
+			return err
+		}
+	}
+	return nil
 }
 
 // handle serves one request: a 16-byte header, data, and a status byte the
@@ -213,7 +342,7 @@ func (b *Block) read(w *Writer, sector, n uint64) byte {
 	if err != nil || len(bufs) > blkSegMax {
 		return blkSIOErr // more segments than seg_max allows
 	}
-	return vectored(unix.Preadv, b.fd, bufs, off)
+	return vectored(b.readv, b.fd, bufs, off)
 }
 
 func (b *Block) write(r *Reader, sector uint64) byte {
@@ -229,7 +358,7 @@ func (b *Block) write(r *Reader, sector uint64) byte {
 	if err != nil || len(bufs) > blkSegMax {
 		return blkSIOErr // more segments than seg_max allows
 	}
-	return vectored(unix.Pwritev, b.fd, bufs, off)
+	return vectored(b.writev, b.fd, bufs, off)
 }
 
 // vectored runs preadv or pwritev, at most iovMax buffers per call, until

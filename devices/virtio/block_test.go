@@ -6,7 +6,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,6 +33,7 @@ type blockRig struct {
 	}
 	path string
 	n    uint16
+	blk  *Block
 }
 
 func newBlockRig(t *testing.T, size int64, readOnly bool) *blockRig {
@@ -37,8 +41,9 @@ func newBlockRig(t *testing.T, size int64, readOnly bool) *blockRig {
 	return newBlockRigQ(t, size, readOnly, testQSize)
 }
 
-// newBlockRigQ is newBlockRig with a queue of qsize descriptors.
-func newBlockRigQ(t *testing.T, size int64, readOnly bool, qsize uint16) *blockRig {
+// newBlockRigQ is newBlockRig with a queue of qsize descriptors; setup
+// functions adjust the device before the driver starts it.
+func newBlockRigQ(t *testing.T, size int64, readOnly bool, qsize uint16, setup ...func(*Block)) *blockRig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
@@ -60,6 +65,9 @@ func newBlockRigQ(t *testing.T, size int64, readOnly bool, qsize uint16) *blockR
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, f := range setup {
+		f(blk)
+	}
 	mem := newTestMem(t)
 	m, err := NewMMIO(blk, mem, &devices.CountingInterrupt{}, t.Logf)
 	if err != nil {
@@ -71,7 +79,7 @@ func newBlockRigQ(t *testing.T, size int64, readOnly bool, qsize uint16) *blockR
 	if st := initDevice(t, m, d, FeatureVersion1|FeatureEventIdx|FeatureIndirectDesc); st&StatusDriverOK == 0 {
 		t.Fatalf("status %#x", st)
 	}
-	return &blockRig{t: t, m: m, d: d, mem: mem, path: path}
+	return &blockRig{t: t, m: m, d: d, mem: mem, path: path, blk: blk}
 }
 
 // do submits a request and returns the status byte, the used length and
@@ -277,5 +285,41 @@ func TestVectoredManyBuffers(t *testing.T) {
 		if !bytes.Equal(in[i], out[i]) {
 			t.Fatalf("buffer %d read back %x, want %x", i, in[i], out[i])
 		}
+	}
+}
+
+// TestBlockResetDuringStalledIO resets the device (a vCPU writing 0 to
+// the status register) while a request is blocked in host I/O, as on a
+// stalled file system: the reset must return without it, the request
+// must not reach the used ring afterwards, and Close must wait for it.
+// Before the fix the reset, and with it the vCPU, waited for the I/O.
+func TestBlockResetDuringStalledIO(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var returned atomic.Bool
+	r := newBlockRigQ(t, 1<<20, false, testQSize, func(b *Block) {
+		b.resetWait = time.Millisecond // the read never ends before release
+		b.readv = func(fd int, bufs [][]byte, off int64) (int, error) {
+			defer returned.Store(true)
+			once.Do(func() { close(entered) })
+			<-release
+			return unix.Preadv(fd, bufs, off)
+		}
+	})
+	head, _ := r.d.chain(seg{data: blkHeader(blkTIn, 0)}, seg{n: sectorSize, write: true}, seg{n: 1, write: true})
+	r.d.offer(head)
+	wr(r.m, RegQueueNotify, 0)
+	<-entered
+	wr(r.m, regStatus, 0)
+	if st := r.m.Status(); st != 0 {
+		t.Errorf("status %#x after reset, want 0", st)
+	}
+	close(release)
+	r.blk.Close()
+	if !returned.Load() {
+		t.Error("Close returned while the abandoned request was still in host I/O")
+	}
+	if n := r.d.usedIdx(); n != 0 {
+		t.Errorf("used index %d: the abandoned request was completed after the reset", n)
 	}
 }
