@@ -71,8 +71,8 @@ type Net struct {
 	// CAP_NET_ADMIN, and then gone when the VM ends).
 	Tap string
 	// User, if set, gives the guest a userspace NAT network (package
-	// devices/usernet): DHCP, DNS, the host's loopback at
-	// usernet.HostIP, and published ports. No privileges needed.
+	// devices/usernet): DHCP, DNS, published ports, and the host's
+	// loopback at usernet.HostIP if asked. No privileges needed.
 	User *UserNet
 }
 
@@ -80,6 +80,9 @@ type Net struct {
 type UserNet struct {
 	// Publish forwards host TCP ports to guest ports.
 	Publish []usernet.Publish
+	// HostLoopback makes the host's 127.0.0.1 reachable at
+	// usernet.HostIP (see usernet.Config).
+	HostLoopback bool
 }
 
 // Vsock configures the vsock device: the guest's context ID, and the Unix

@@ -22,21 +22,23 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/usernet/gvnet"
 )
 
 func main() {
 	mac := flag.String("mac", "", "the guest interface's MAC address")
 	ports := flag.String("ports", "", "comma-separated guest ports of the published host sockets (descriptors 5 onwards)")
+	hostLoopback := flag.Bool("host-loopback", false, "make the host's 127.0.0.1 reachable at "+usernet.HostIP)
 	flag.Parse()
 	ready := os.NewFile(4, "ready")
-	if err := run(*mac, *ports, ready); err != nil {
+	if err := run(*mac, *ports, *hostLoopback, ready); err != nil {
 		fmt.Fprintf(ready, "%v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(macArg, portsArg string, ready *os.File) error {
+func run(macArg, portsArg string, hostLoopback bool, ready *os.File) error {
 	// The terminal's signals are for vessel, which decides what to do
 	// with the VM; this process ends with the VM.
 	signal.Ignore(syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGTSTP)
@@ -66,7 +68,7 @@ func run(macArg, portsArg string, ready *os.File) error {
 	if !ok {
 		return fmt.Errorf("switch socket: descriptor 3 is a %T, not a Unix socket", fc)
 	}
-	sw, err := gvnet.New(mac)
+	sw, err := gvnet.New(gvnet.Options{MAC: mac, HostLoopback: hostLoopback})
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,9 @@
 //
 // The network is 192.168.127.0/24: the gateway (DHCP, DNS) is .1, the
 // guest gets .2 by DHCP, and .254 (host.vessel.internal) is the host's
-// loopback, so a guest reaches a host service on 127.0.0.1:P at
-// host.vessel.internal:P. Frames travel between the device and the
+// loopback if Config.HostLoopback asks for it, so a guest reaches a host
+// service on 127.0.0.1:P at host.vessel.internal:P; otherwise no host
+// loopback address is reachable, as from a docker container. Frames travel between the device and the
 // virtual switch over a SOCK_SEQPACKET socket pair, one frame per
 // message (gvisor-tap-vsock's "bess" protocol), whose other end is the
 // helper's.
@@ -41,7 +42,8 @@ const (
 	Subnet    = "192.168.127.0/24"
 	GatewayIP = "192.168.127.1"
 	GuestIP   = "192.168.127.2"
-	// HostIP is the host's loopback as the guest sees it.
+	// HostIP is the host's loopback as the guest sees it, with
+	// Config.HostLoopback.
 	HostIP = "192.168.127.254"
 	// HostName resolves to HostIP in the guest.
 	HostName = "host.vessel.internal"
@@ -69,6 +71,11 @@ type Config struct {
 	MAC net.HardwareAddr
 	// Publish lists the ports forwarded from the host to the guest.
 	Publish []Publish
+	// HostLoopback makes the host's 127.0.0.1 reachable at HostIP,
+	// TCP and UDP: every loopback-only service of the host, those of
+	// other users and VMs included. Off, the guest reaches no host
+	// loopback address.
+	HostLoopback bool
 	// Helper is the vessel-usernet executable; empty means HelperName
 	// next to the running executable, else on $PATH.
 	Helper string
@@ -144,7 +151,8 @@ func New(cfg Config) (_ *Network, err error) {
 		ports = append(ports, strconv.Itoa(int(p.GuestPort)))
 	}
 
-	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","))
+	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
+		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback))
 	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports)
 	cmd.Stderr = os.Stderr
 	// Its own process group: the terminal's SIGINT is for vessel.
