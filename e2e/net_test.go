@@ -137,8 +137,8 @@ func hostStream(addr string, n int) error {
 
 // TestNetUser: the userspace network. The guest gets its address by DHCP,
 // resolves the host's name through the network's DNS, reaches a server on
-// the host's loopback, and a published host port reaches a server in the
-// guest.
+// the host's loopback (host-loopback), and a published host port reaches
+// a server in the guest.
 func TestNetUser(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
@@ -151,7 +151,7 @@ func TestNetUser(t *testing.T) {
 	hostPort := ln.Addr().(*net.TCPAddr).Port
 	pub := freePort(t)
 	metrics := filepath.Join(t.TempDir(), "metrics.json")
-	netRun(t, ln, []string{"--metrics", metrics, "--net", fmt.Sprintf("user,publish=127.0.0.1:%d:%d", pub, netGuestPort)},
+	netRun(t, ln, []string{"--metrics", metrics, "--net", fmt.Sprintf("user,host-loopback,publish=127.0.0.1:%d:%d", pub, netGuestPort)},
 		fmt.Sprintf("host.vessel.internal:%d", hostPort), "192.168.127.2/24",
 		fmt.Sprintf("127.0.0.1:%d", pub), false, 4<<20)
 	checkNetMetrics(t, metrics, false)

@@ -370,7 +370,11 @@ func (v *vesselEnv) hostAddr(port int) string {
 // runArgs are `vessel run`'s flags for lim.
 func runArgs(lim limits) []string {
 	network := "none"
-	if lim.Network || lim.Publish > 0 {
+	switch {
+	case lim.Network:
+		// The network workload's sink is on the host's loopback.
+		network = "user,host-loopback"
+	case lim.Publish > 0:
 		network = "user"
 	}
 	a := []string{"--network", network, "-w", "/work"}

@@ -16,10 +16,11 @@ import (
 
 // netHelp documents --net.
 const netHelp = `attach a network interface (repeatable; eth0 onwards):
-  user[,publish=[HOSTIP:]HOSTPORT:GUESTPORT]...[,mac=MAC]
+  user[,publish=[HOSTIP:]HOSTPORT:GUESTPORT]...[,host-loopback][,mac=MAC]
       userspace NAT network, no privileges needed: DHCP gives the guest
-      ` + usernet.GuestIP + `, the host's 127.0.0.1 is ` + usernet.HostName + `
-      (` + usernet.HostIP + `); publish forwards a host TCP port to the guest
+      ` + usernet.GuestIP + `; publish forwards a host TCP port to the guest;
+      host-loopback makes the host's 127.0.0.1 reachable at ` + usernet.HostName + `
+      (` + usernet.HostIP + `), which is refused without it
   tap=NAME[,ip=ADDR/PREFIX][,gw=IP][,dns=IP]...[,mac=MAC]
       host TAP device with checksum and TSO offloads; the guest takes
       ip/gw/dns as a static configuration, or asks DHCP without ip=`
@@ -46,6 +47,10 @@ func parseNet(s string) (vmm.Net, cmdline.Net, error) {
 		return n, g, fmt.Errorf("unknown network %q (want user or tap=NAME)", parts[0])
 	}
 	for _, opt := range parts[1:] {
+		if opt == hostLoopback && n.User != nil {
+			n.User.HostLoopback = true
+			continue
+		}
 		k, val, ok := strings.Cut(opt, "=")
 		if !ok || val == "" {
 			return n, g, fmt.Errorf("option %q: want KEY=VALUE", opt)
@@ -96,6 +101,30 @@ func parseNet(s string) (vmm.Net, cmdline.Net, error) {
 	}
 	g.MAC = n.MAC.String()
 	return n, g, nil
+}
+
+// hostLoopback is the user network's option that opens the host's
+// loopback to the guest.
+const hostLoopback = "host-loopback"
+
+// parseUserNetwork parses `vessel run --network`: user[,host-loopback]
+// or none (nil).
+func parseUserNetwork(s string) (*vmm.UserNet, error) {
+	if s == "none" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if parts[0] != "user" {
+		return nil, fmt.Errorf("--network %q: want user[,%s] or none", s, hostLoopback)
+	}
+	un := &vmm.UserNet{}
+	for _, opt := range parts[1:] {
+		if opt != hostLoopback {
+			return nil, fmt.Errorf("--network %q: unknown option %q (want user[,%s] or none)", s, opt, hostLoopback)
+		}
+		un.HostLoopback = true
+	}
+	return un, nil
 }
 
 // parsePublish parses [HOSTIP:]HOSTPORT:GUESTPORT[/tcp], like docker's -p.

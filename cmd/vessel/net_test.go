@@ -16,9 +16,13 @@ func TestParseNet(t *testing.T) {
 		mac, addr, gw string
 		dns           []string
 		publish       []usernet.Publish
+		hostLoopback  bool
 		wantErr       string
 	}{
 		{in: "user", user: true},
+		{in: "user,host-loopback", user: true, hostLoopback: true},
+		{in: "user,publish=8080:80,host-loopback,mac=52:54:00:00:00:07", user: true, hostLoopback: true,
+			mac: "52:54:00:00:00:07", publish: []usernet.Publish{{Host: ":8080", GuestPort: 80}}},
 		{in: "user,mac=52:54:00:00:00:07", user: true, mac: "52:54:00:00:00:07"},
 		{in: "user,publish=8080:80,publish=127.0.0.1:2222:22", user: true,
 			publish: []usernet.Publish{{Host: ":8080", GuestPort: 80}, {Host: "127.0.0.1:2222", GuestPort: 22}}},
@@ -45,6 +49,8 @@ func TestParseNet(t *testing.T) {
 		{in: "tap=t,gw=1.2.3.4", wantErr: "need ip="},
 		{in: "tap=t,ip=10.0.0.2/24,gw=x", wantErr: "not an IP address"},
 		{in: "tap=t,mtu", wantErr: "KEY=VALUE"},
+		{in: "tap=t,host-loopback", wantErr: "KEY=VALUE"},
+		{in: "user,host-loopback=1", wantErr: "unknown option"},
 	} {
 		n, g, err := parseNet(tc.in)
 		if tc.wantErr != "" {
@@ -68,6 +74,42 @@ func TestParseNet(t *testing.T) {
 		}
 		if tc.user && !slices.Equal(n.User.Publish, tc.publish) {
 			t.Errorf("parseNet(%q): publish %+v, want %+v", tc.in, n.User.Publish, tc.publish)
+		}
+		if tc.user && n.User.HostLoopback != tc.hostLoopback {
+			t.Errorf("parseNet(%q): host loopback %v, want %v", tc.in, n.User.HostLoopback, tc.hostLoopback)
+		}
+	}
+}
+
+func TestParseUserNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		in           string
+		user         bool
+		hostLoopback bool
+		wantErr      string
+	}{
+		{in: "user", user: true},
+		{in: "user,host-loopback", user: true, hostLoopback: true},
+		{in: "none"},
+		{in: "bridge", wantErr: "want user"},
+		{in: "host", wantErr: "want user"},
+		{in: "none,host-loopback", wantErr: "want user"},
+		{in: "user,publish=80:80", wantErr: "unknown option"},
+		{in: "user,", wantErr: "unknown option"},
+	} {
+		un, err := parseUserNetwork(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseUserNetwork(%q) error %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseUserNetwork(%q): %v", tc.in, err)
+			continue
+		}
+		if (un != nil) != tc.user || un != nil && un.HostLoopback != tc.hostLoopback {
+			t.Errorf("parseUserNetwork(%q) = %+v, want user %v, host loopback %v", tc.in, un, tc.user, tc.hostLoopback)
 		}
 	}
 }

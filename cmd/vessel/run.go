@@ -78,7 +78,9 @@ Signals vessel gets go to the container's first process, as docker's
 signals it handles, so a third SIGINT, SIGTERM or SIGHUP stops the VM.
 
 The container shares the VM's network: by default a userspace network
-(NAT to the host's network; -p publishes a host port), or none.
+(NAT to the host's network; -p publishes a host port), or none. The
+host's loopback (127.0.0.1) is out of the container's reach unless
+--network user,host-loopback maps it to host.vessel.internal.
 
 -v shares a host directory with the VM over virtio-9p, confined to that
 directory whatever the guest does, and binds it into the container. As
@@ -114,7 +116,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.BoolVar(&f.remove, "rm", false, "remove the container when it exits")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a container port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp] (repeatable)")
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "bind a host directory into the container: HOSTDIR:PATH[:ro] (repeatable)")
-	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default) or none")
+	fl.StringVar(&f.network, "network", "user", "the VM's network: user (NAT, the default), user,host-loopback (also the host's 127.0.0.1 at host.vessel.internal) or none")
 	fl.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, or never")
 	fl.IntVar(&f.cpus, "cpus", 1, "vCPUs of the container's VM")
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
@@ -187,9 +189,11 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	}
 	var nets []vmm.Net
 	var guestNets []cmdline.Net
-	switch f.network {
-	case "user":
-		un := &vmm.UserNet{}
+	un, err := parseUserNetwork(f.network)
+	if err != nil {
+		return nil, runErr("%v", err)
+	}
+	if un != nil {
 		for _, s := range f.publish {
 			pub, err := parsePublish(s)
 			if err != nil {
@@ -200,12 +204,8 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		mac := randomMAC()
 		nets = append(nets, vmm.Net{MAC: mac, User: un})
 		guestNets = append(guestNets, cmdline.Net{MAC: mac.String()})
-	case "none":
-		if len(f.publish) > 0 {
-			return nil, runErr("-p needs a network: not with --network none")
-		}
-	default:
-		return nil, runErr("--network %q: want user or none", f.network)
+	} else if len(f.publish) > 0 {
+		return nil, runErr("-p needs a network: not with --network none")
 	}
 	env, err := readEnvFiles(f.envFiles)
 	if err != nil {
