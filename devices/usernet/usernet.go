@@ -52,7 +52,10 @@ const (
 
 	// maxFrame bounds one frame from the switch (an MTU-sized Ethernet
 	// frame, with room for a VLAN tag).
-	maxFrame = MTU + 14 + 4
+	maxFrame = MTU + ethHeader + 4
+	// ethHeader is the size of an Ethernet header: destination and
+	// source addresses, type.
+	ethHeader = 14
 )
 
 // Publish makes a guest TCP port reachable on the host, as `docker run -p`
@@ -91,6 +94,7 @@ const helperStart = time.Minute
 // virtio.NetBackend.
 type Network struct {
 	conn   *net.UnixConn // the device's end of the socket pair
+	mac    net.HardwareAddr
 	addrs  []net.Addr
 	helper *exec.Cmd
 	exited chan struct{} // closed when the helper was waited for
@@ -115,7 +119,7 @@ func New(cfg Config) (_ *Network, err error) {
 			f.Close()
 		}
 	}()
-	n := &Network{exited: make(chan struct{}), wbuf: make([]byte, 0, maxFrame)}
+	n := &Network{mac: cfg.MAC, exited: make(chan struct{}), wbuf: make([]byte, 0, maxFrame)}
 	defer func() {
 		if err != nil && n.conn != nil {
 			n.conn.Close()
@@ -237,7 +241,8 @@ func (n *Network) SetOffloads(uint64) error { return nil }
 func (n *Network) ReadFrame(b []byte) (int, error) { return n.conn.Read(b) }
 
 // WriteFrame implements virtio.NetBackend. A frame larger than the
-// network's MTU is dropped (the guest learns the MTU by DHCP).
+// network's MTU is dropped (the guest learns the MTU by DHCP), and so is
+// one the switch must not see (checkFrame).
 func (n *Network) WriteFrame(bufs [][]byte) error {
 	b := n.wbuf[:0]
 	for _, p := range bufs {
@@ -246,8 +251,27 @@ func (n *Network) WriteFrame(bufs [][]byte) error {
 		}
 		b = append(b, p...)
 	}
+	if err := checkFrame(b, n.mac); err != nil {
+		return err
+	}
 	_, err := n.conn.Write(b)
 	return err
+}
+
+// checkFrame refuses a guest's frame that gvisor-tap-vsock's switch
+// must not see: one shorter than an Ethernet header (the switch reads
+// its addresses unchecked and its process panics; an empty message
+// reads as the end of the stream) or one whose source address is not
+// the guest's mac (the switch remembers every source address it sees,
+// without bound).
+func checkFrame(b []byte, mac net.HardwareAddr) error {
+	if len(b) < ethHeader {
+		return fmt.Errorf("usernet: a %d-byte frame, shorter than an Ethernet header", len(b))
+	}
+	if !bytes.Equal(b[6:12], mac) {
+		return fmt.Errorf("usernet: a frame from %s, not the guest's address %s", net.HardwareAddr(b[6:12]), mac)
+	}
+	return nil
 }
 
 // SetDeadline implements virtio.NetBackend.

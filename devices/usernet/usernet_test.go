@@ -1,6 +1,7 @@
 package usernet
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -121,4 +122,76 @@ func TestHelperFailure(t *testing.T) {
 	if _, err := New(Config{MAC: testMAC, Helper: crash}); err == nil || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("crashing helper: %v", err)
 	}
+}
+
+// arpRequest is a broadcast ARP request from src for the gateway.
+func arpRequest(src net.HardwareAddr) []byte {
+	frame := make([]byte, 42)
+	copy(frame[0:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(frame[6:], src)
+	frame[12], frame[13] = 0x08, 0x06 // ARP
+	copy(frame[14:], []byte{0, 1, 8, 0, 6, 4, 0, 1})
+	copy(frame[22:], src)
+	copy(frame[28:], net.ParseIP(GuestIP).To4())
+	copy(frame[38:], net.ParseIP(GatewayIP).To4())
+	return frame
+}
+
+// TestHostileFrames: frames the switch must not see are refused by the
+// device's end: shorter than an Ethernet header (gvisor-tap-vsock's
+// switch reads the source address out of range and its process
+// panics; an empty message reads as the end of the stream), or from
+// another source address than the guest's (the switch learns every
+// source address it sees, a map a guest could grow without bound). The
+// network still answers the guest afterwards.
+func TestHostileFrames(t *testing.T) {
+	n, err := New(Config{MAC: testMAC, Helper: helper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	other := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 10}
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"empty", nil},
+		{"5 bytes", []byte{1, 2, 3, 4, 5}},
+		{"13 bytes", arpRequest(testMAC)[:13]},
+		{"another source address", arpRequest(other)},
+	} {
+		if err := n.WriteFrame([][]byte{tc.frame}); err == nil {
+			t.Errorf("%s: frame sent to the switch", tc.name)
+		}
+	}
+	if err := n.WriteFrame([][]byte{arpRequest(testMAC)}); err != nil {
+		t.Fatal(err)
+	}
+	n.SetDeadline(time.Now().Add(time.Minute))
+	buf := make([]byte, 2048)
+	k, err := n.ReadFrame(buf)
+	if err != nil {
+		t.Fatalf("no ARP reply after the hostile frames: %v", err)
+	}
+	if k < 42 || buf[12] != 0x08 || buf[13] != 0x06 || buf[21] != 2 {
+		t.Fatalf("not an ARP reply: % x", buf[:k])
+	}
+}
+
+// FuzzCheckFrame: checkFrame takes any guest frame without panicking and
+// passes exactly those with a whole Ethernet header from the guest's
+// address.
+func FuzzCheckFrame(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{1, 2, 3, 4, 5})
+	f.Add(arpRequest(testMAC))
+	f.Add(arpRequest(testMAC)[:13])
+	f.Add(arpRequest(net.HardwareAddr{0x52, 0x54, 0, 0, 0, 10}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		err := checkFrame(b, testMAC)
+		ok := len(b) >= 14 && bytes.Equal(b[6:12], testMAC)
+		if (err == nil) != ok {
+			t.Fatalf("checkFrame(% x) = %v", b, err)
+		}
+	})
 }
