@@ -7,11 +7,10 @@ import (
 )
 
 // consoleBufferMax bounds console output buffered for the host writer.
-// A vCPU never waits for the host: output that does not fit while the
-// host side is behind (a stalled terminal, a pipe nobody reads) is
-// dropped and counted, so neither a hostile guest nor a stuck stdout can
-// block a vCPU or grow VMM memory. With the chunk being written, at most
-// twice this is held.
+// While the VM runs, a guest that prints faster than the host takes its
+// output waits in its UART writes, as on real hardware, so a slow reader
+// of vessel's stdout loses nothing and VMM memory stays bounded. With the
+// chunk being written, at most twice this is held.
 const consoleBufferMax = 1 << 20
 
 // consoleFlushWait bounds how long the end of a run waits for the host to
@@ -21,14 +20,15 @@ const consoleFlushWait = 5 * time.Second
 // consoleWriter moves guest console output off the vCPU threads: the UART
 // appends to a bounded buffer, and one goroutine writes it to the host.
 type consoleWriter struct {
-	out     io.Writer
-	mu      sync.Mutex
-	cond    *sync.Cond
-	buf     []byte
-	closed  bool
-	dropped uint64 // bytes dropped because the buffer was full
-	done    chan struct{}
-	wait    time.Duration // flush's bound, consoleFlushWait
+	out      io.Writer
+	mu       sync.Mutex
+	cond     *sync.Cond
+	buf      []byte
+	stopping bool // the VM is ending: writers no longer wait for room
+	closed   bool // flushed: later output is dropped uncounted
+	dropped  uint64
+	done     chan struct{}
+	wait     time.Duration // flush's bound, consoleFlushWait
 }
 
 func newConsoleWriter(out io.Writer) *consoleWriter {
@@ -37,13 +37,18 @@ func newConsoleWriter(out io.Writer) *consoleWriter {
 	return w
 }
 
-// Write queues guest output and never blocks on the host: what does not
-// fit in the buffer is dropped and counted. It always reports all of p
-// written, as a UART's transmitter takes every byte.
+// Write queues guest output. While the VM runs it waits for room in the
+// buffer; once the VM is ending (release) it never waits, and output that
+// does not fit is dropped and counted, so a host stdout that never drains
+// cannot keep a vCPU, and so Stop, from returning. It always reports all
+// of p written, as a UART's transmitter takes every byte.
 func (w *consoleWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for len(w.buf)+len(p) > consoleBufferMax && !w.stopping {
+		w.cond.Wait()
+	}
 	if w.closed {
 		return n, nil // the VM has ended; drop late output
 	}
@@ -58,8 +63,17 @@ func (w *consoleWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// release lets every writer waiting for room go on without it: the VM is
+// ending, and its vCPUs must return whatever the host's stdout does.
+func (w *consoleWriter) release() {
+	w.mu.Lock()
+	w.stopping = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
 // Dropped returns how many bytes of output were dropped because the host
-// did not take them in time.
+// had not taken the buffer when the VM ended.
 func (w *consoleWriter) Dropped() uint64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -81,6 +95,7 @@ func (w *consoleWriter) run() {
 			return
 		}
 		chunk, w.buf = w.buf, chunk[:0]
+		w.cond.Broadcast() // room for waiting writers
 		w.mu.Unlock()
 		w.out.Write(chunk)
 	}
@@ -92,7 +107,7 @@ func (w *consoleWriter) run() {
 // blocked in the host's Write.
 func (w *consoleWriter) flush() {
 	w.mu.Lock()
-	w.closed = true
+	w.stopping, w.closed = true, true
 	w.cond.Broadcast()
 	w.mu.Unlock()
 	t := time.NewTimer(w.wait)

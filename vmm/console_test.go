@@ -3,15 +3,18 @@ package vmm
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestConsoleStalledHost is the stop path with a host stdout that never
 // drains (a pipe nobody reads): a vCPU writing more than the buffer holds
-// must get through its writes, so that Run's wait for the vCPUs and then
-// the flush both return. Before the fix the vCPU's Write blocked on the
-// full buffer for good and Stop never returned.
+// waits for room while the VM runs, and Run's release on stop must let it
+// return, so that the wait for the vCPUs and the flush both end. Before
+// the fix the vCPU's Write blocked on the full buffer for good and Stop
+// never returned.
 func TestConsoleStalledHost(t *testing.T) {
 	r, wp, err := os.Pipe()
 	if err != nil {
@@ -25,21 +28,77 @@ func TestConsoleStalledHost(t *testing.T) {
 
 	const total = 4 * consoleBufferMax
 	line := bytes.Repeat([]byte("x"), 4096)
-	var vcpus sync.WaitGroup
-	vcpus.Add(1)
+	wrote := make(chan int, 1)
 	go func() { // a vCPU printing on the serial console
-		defer vcpus.Done()
-		for n := 0; n < total; n += len(line) {
+		n := 0
+		for ; n < total; n += len(line) {
 			if k, err := w.Write(line); k != len(line) || err != nil {
 				t.Errorf("Write = %d, %v; want %d, nil", k, err, len(line))
-				return
+				break
 			}
 		}
+		wrote <- n
 	}()
-	vcpus.Wait() // as Run waits for its vCPUs after Stop
+	// The vCPU fills the buffer and the pipe, then waits for room.
+	for {
+		w.mu.Lock()
+		full := len(w.buf)+len(line) > consoleBufferMax
+		w.mu.Unlock()
+		if full {
+			break
+		}
+		runtime.Gosched()
+	}
+	w.release() // as Run does once the VM is stopping
+	if n := <-wrote; n != total {
+		t.Errorf("vCPU wrote %d bytes, want %d", n, total)
+	}
 	w.flush()
 	if d := w.Dropped(); d == 0 || d > total {
 		t.Errorf("Dropped = %d, want between 1 and %d", d, total)
+	}
+}
+
+// TestConsoleSlowHost is a host that takes output slower than the guest
+// writes it (a slow pipe reader): while the VM runs the writer waits for
+// room, so every byte arrives, in order, and none is dropped.
+func TestConsoleSlowHost(t *testing.T) {
+	r, wp, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w := newConsoleWriter(wp)
+	w.wait = time.Minute // however loaded the machine, the reader drains
+	w.start()
+	want := make([]byte, 3*consoleBufferMax)
+	for i := range want {
+		want[i] = byte(i % 251)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		var b bytes.Buffer
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				got <- b.Bytes()
+				return
+			}
+			runtime.Gosched() // a slow reader
+		}
+	}()
+	for p := want; len(p) > 0; p = p[min(len(p), 1000):] {
+		w.Write(p[:min(len(p), 1000)])
+	}
+	w.flush()
+	wp.Close()
+	if g := <-got; !bytes.Equal(g, want) {
+		t.Errorf("host got %d bytes, want the %d written, in order", len(g), len(want))
+	}
+	if d := w.Dropped(); d != 0 {
+		t.Errorf("Dropped = %d, want 0", d)
 	}
 }
 

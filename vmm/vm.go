@@ -297,13 +297,14 @@ func (v *VM) Run() Result {
 		}()
 	}
 	<-v.stopped
+	v.console.release() // a vCPU waiting on a stalled stdout returns
 	for _, c := range v.vcpus {
 		c.kick()
 	}
 	v.bounded("the vCPUs", wg.Wait)
 	v.console.flush()
 	if n := v.console.Dropped(); n > 0 {
-		v.logf("console: dropped %d bytes of guest output the host did not take in time", n)
+		v.logf("console: dropped %d bytes of guest output the host had not taken when the VM ended", n)
 	}
 
 	v.resMu.Lock()
