@@ -301,6 +301,9 @@ type metricsFile struct {
 	Exits        map[string]uint64 `json:"exits"`
 	KVMStats     map[string]uint64 `json:"kvm_vcpu_stats,omitempty"`
 	Devices      []deviceMetrics   `json:"devices"`
+	// ConsoleDropped counts guest console bytes the host had not taken
+	// when the VM ended.
+	ConsoleDropped uint64 `json:"console_dropped,omitempty"`
 }
 
 // deviceMetrics is one virtio device's counters in --metrics.
@@ -320,6 +323,8 @@ func writeMetrics(path string, res vmm.Result) error {
 		TotalMS:      float64(res.Metrics.Total.Microseconds()) / 1000,
 		Exits:        res.Metrics.Exits,
 		KVMStats:     res.Metrics.KVMStats,
+
+		ConsoleDropped: res.Metrics.ConsoleDropped,
 	}
 	for _, d := range res.Metrics.Devices {
 		m.Devices = append(m.Devices, deviceMetrics{Type: d.Type, Interrupts: d.Interrupts, Notifies: d.Notifies, ExitNotifies: d.ExitNotifies, Net: d.Net})
