@@ -26,29 +26,49 @@ import (
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sys/unix"
 )
 
-// ErrUnsafeEntry is returned for an image entry whose path climbs out of
-// the root ("..").
-var ErrUnsafeEntry = errors.New("rootfs: unsafe path in image")
+// ErrUnsafeEntry is returned for an image entry that vessel refuses to
+// build into a disk: a path that climbs out of the root (".."), an entry
+// below a symlink, and the others Layers lists.
+var ErrUnsafeEntry = errors.New("rootfs: unsafe entry in image")
+
+// ErrNoSpace is returned when the disk's directory has less free space
+// than the disk may take; it wraps ENOSPC.
+var ErrNoSpace = errors.New("rootfs: not enough free space for the image's disk")
 
 // Progress reports how many bytes of the image's flattened file system
 // (as a tar stream) a build has converted so far.
 type Progress func(done int64)
 
+// defaultMaxDisk is tar2ext4's own bound on a disk's size, which an
+// image within larger limits needs raised.
+const defaultMaxDisk = 16 << 30
+
 // Build writes img's file system (its layers applied in order, whiteouts
 // honoured) as an ext4 image at dst, through a temporary file in the same
-// directory that is renamed into place only when complete. progress, if
-// not nil, is called as the conversion advances.
-func Build(img v1.Image, dst string, progress Progress) error {
+// directory that is renamed into place only when complete. The layers
+// are checked first (Layers, within lim), and the directory must have
+// room for the disk. Blocks of zeros, such as a sparse file's holes, stay
+// holes in the disk file. progress, if not nil, is called as the
+// conversion advances.
+func Build(img v1.Image, dst string, lim Limits, progress Progress) error {
+	lim = lim.withDefaults()
 	// go-containerregistry's flattening skips unsafe entries without
 	// saying so (and ends the stream cleanly): check every layer first,
 	// so that such an image fails with a clear error instead of becoming
 	// a different file system.
-	if err := checkLayers(img); err != nil {
+	st, err := Check(img, lim)
+	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".rootfs-")
+	need := diskEstimate(st)
+	dir := filepath.Dir(dst)
+	if err := checkSpace(dir, need); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".rootfs-")
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
@@ -62,9 +82,17 @@ func Build(img v1.Image, dst string, progress Progress) error {
 	if progress != nil {
 		src = &progressReader{r: flat, f: progress}
 	}
-	go func() { pw.CloseWithError(checked(src, pw)) }()
-	if err := tar2ext4.ConvertTarToExt4(pr, tmp, tar2ext4.InlineData); err != nil {
+	go func() { pw.CloseWithError(checked(src, pw, lim)) }()
+	out := &sparseFile{f: tmp}
+	if err := tar2ext4.ConvertTarToExt4(pr, out, tar2ext4.InlineData, tar2ext4.MaximumDiskSize(max(need, defaultMaxDisk))); err != nil {
 		pr.CloseWithError(err)
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	if err := out.finish(); err != nil {
+		return err
+	}
+	// Durable before it is named: a cached disk is never rebuilt.
+	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -72,6 +100,26 @@ func Build(img v1.Image, dst string, progress Progress) error {
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
+	}
+	return nil
+}
+
+// diskEstimate bounds the size of the disk of layers holding st: their
+// bytes, a block, an inode and a directory entry per entry, and room for
+// the metadata.
+func diskEstimate(st Stats) int64 {
+	return st.Size + st.Entries*(blockSize+256+264) + st.Size/1024 + 16<<20
+}
+
+// checkSpace fails with ErrNoSpace unless dir's file system has need
+// bytes free for an unprivileged user.
+func checkSpace(dir string, need int64) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return fmt.Errorf("rootfs: statfs %s: %w", dir, err)
+	}
+	if free := int64(fs.Bavail) * fs.Bsize; free < need {
+		return fmt.Errorf("%w: it may take %s, %s has %s free: %w", ErrNoSpace, human(need), dir, human(free), unix.ENOSPC)
 	}
 	return nil
 }
@@ -93,9 +141,9 @@ func (p *progressReader) Read(b []byte) (int, error) {
 }
 
 // Cached returns the ext4 image of img in dir, named by the image ID,
-// building it first (reporting to progress, if not nil) if it is not
-// there yet.
-func Cached(dir string, id v1.Hash, img v1.Image, progress Progress) (string, error) {
+// building it first (within lim, reporting to progress, if not nil) if
+// it is not there yet.
+func Cached(dir string, id v1.Hash, img v1.Image, lim Limits, progress Progress) (string, error) {
 	if id.Algorithm != "sha256" || len(id.Hex) != 64 {
 		return "", fmt.Errorf("rootfs: unexpected image ID %q", id)
 	}
@@ -106,67 +154,17 @@ func Cached(dir string, id v1.Hash, img v1.Image, progress Progress) (string, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("rootfs: %w", err)
 	}
-	return dst, Build(img, dst, progress)
-}
-
-// checkLayers reads every layer and refuses entries whose path, or whose
-// link target, climbs out of the root.
-func checkLayers(img v1.Image) error {
-	layers, err := img.Layers()
-	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
-	}
-	for i, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return fmt.Errorf("rootfs: layer %d: %w", i, err)
-		}
-		err = checkLayer(rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-	}
-	return nil
-}
-
-func checkLayer(r io.Reader) error {
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("rootfs: reading the image: %w", err)
-		}
-		if _, err := clean(h.Name); err != nil {
-			return err
-		}
-		switch h.Typeflag {
-		case tar.TypeLink:
-			if _, err := clean(h.Linkname); err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			// A relative target resolves against the link's directory;
-			// an absolute one against the root, wherever it points.
-			if name, _ := clean(h.Name); !path.IsAbs(h.Linkname) {
-				t := path.Join(path.Dir(name), h.Linkname)
-				if t == ".." || strings.HasPrefix(t, "../") {
-					return fmt.Errorf("%w: symlink %q -> %q leaves the root", ErrUnsafeEntry, h.Name, h.Linkname)
-				}
-			}
-		}
-	}
+	return dst, Build(img, dst, lim, progress)
 }
 
 // checked copies the tar stream r to w, entry by entry, refusing names
-// and hard-link targets that climb out of the root. Absolute names are
-// taken relative to the root, as docker does.
-func checked(r io.Reader, w io.Writer) error {
+// and hard-link targets that climb out of the root, and a stream that
+// holds more than lim allows. Absolute names are taken relative to the
+// root, as docker does.
+func checked(r io.Reader, w io.Writer, lim Limits) error {
 	tr := tar.NewReader(r)
 	tw := tar.NewWriter(w)
+	var st Stats
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -174,6 +172,9 @@ func checked(r io.Reader, w io.Writer) error {
 		}
 		if err != nil {
 			return fmt.Errorf("rootfs: reading the image: %w", err)
+		}
+		if err := st.add(h.Size, lim); err != nil {
+			return err
 		}
 		name, err := clean(h.Name)
 		if err != nil {

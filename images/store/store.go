@@ -257,7 +257,7 @@ func (s *Store) RootfsProgress(i Image, progress rootfs.Progress) (string, error
 	if err != nil {
 		return "", err
 	}
-	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img, progress)
+	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img, rootfs.Limits{}, progress)
 }
 
 // rootfsDir holds the images' ext4 disks, named <id hex>.ext4.
