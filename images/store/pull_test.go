@@ -1,6 +1,7 @@
 package store
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/vesselvm/vessel/images/rootfs"
 )
 
 // TestPull pulls from go-containerregistry's in-process registry: the
@@ -57,6 +60,18 @@ func TestPull(t *testing.T) {
 		if _, err := empty.Pull(context.Background(), bad, nil); !errors.Is(err, ErrPull) {
 			t.Errorf("pull %s: %v, want ErrPull", bad, err)
 		}
+	}
+	// An image vessel would not build a disk from is refused as it is
+	// pulled, before it is named.
+	bad, _ := name.NewTag(u.Host + "/test/bad:1")
+	if err := remote.Write(bad, imageOf(t, tar.Header{Name: "../x", Typeflag: tar.TypeReg, Size: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := empty.Pull(context.Background(), bad.String(), nil); !errors.Is(err, rootfs.ErrUnsafeEntry) {
+		t.Errorf("pulled %+v, %v; want ErrUnsafeEntry", got, err)
+	}
+	if imgs, _ := empty.List(); len(imgs) != 0 {
+		t.Errorf("store holds %+v", imgs)
 	}
 	blobs, _ := os.ReadDir(filepath.Join(empty.root, "blobs", "sha256"))
 	if len(blobs) != 0 {

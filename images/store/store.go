@@ -11,6 +11,7 @@ package store
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,9 +23,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/images/rootfs"
@@ -47,9 +48,10 @@ var (
 // Store is an open image store. Its methods are safe for concurrent use
 // within a process; an flock on the store serializes processes.
 type Store struct {
-	root string
-	path layout.Path
-	mu   sync.Mutex
+	root   string
+	path   layout.Path
+	mu     sync.Mutex
+	limits rootfs.Limits
 }
 
 // Image is one stored image.
@@ -93,13 +95,117 @@ func Open(root string) (*Store, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	p, err := layout.FromPath(root)
+	s := &Store{root: root, path: layout.Path(root)}
+	unlock, err := s.lock()
 	if err != nil {
-		if p, err = layout.Write(root, empty.Index); err != nil {
-			return nil, fmt.Errorf("store: create layout in %s: %w", root, err)
+		return nil, err
+	}
+	defer unlock()
+	if _, err := os.Stat(filepath.Join(root, "index.json")); errors.Is(err, os.ErrNotExist) {
+		if err := writeFileAtomic(filepath.Join(root, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+			return nil, err
+		}
+		if err := s.writeIndex(&v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return s, nil
+}
+
+// SetLimits sets what an image may expand to (rootfs.Limits), checked
+// when an image is loaded or pulled and when its disk is built; the zero
+// value is rootfs's default.
+func (s *Store) SetLimits(l rootfs.Limits) {
+	s.mu.Lock()
+	s.limits = l
+	s.mu.Unlock()
+}
+
+// readIndex reads index.json.
+func (s *Store) readIndex() (*v1.IndexManifest, error) {
+	f, err := os.Open(filepath.Join(s.root, "index.json"))
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer f.Close()
+	im, err := v1.ParseIndexManifest(f)
+	if err != nil {
+		return nil, fmt.Errorf("store: index.json: %w", err)
+	}
+	return im, nil
+}
+
+// writeIndex replaces index.json with im, atomically and durably.
+func (s *Store) writeIndex(im *v1.IndexManifest) error {
+	b, err := json.Marshal(im)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(s.root, "index.json"), b)
+}
+
+// updateIndex rewrites index.json with the descriptors keep accepts and
+// then add (if not nil) appended.
+func (s *Store) updateIndex(keep func(v1.Descriptor) bool, add *v1.Descriptor) error {
+	im, err := s.readIndex()
+	if err != nil {
+		return err
+	}
+	var out []v1.Descriptor
+	for _, d := range im.Manifests {
+		if keep(d) {
+			out = append(out, d)
 		}
 	}
-	return &Store{root: root, path: p}, nil
+	if add != nil {
+		out = append(out, *add)
+	}
+	im.Manifests = out
+	return s.writeIndex(im)
+}
+
+// writeFileAtomic replaces name with b: a temporary file in the same
+// directory, synced, renamed over name, and the directory synced, so
+// that a reader or a crash sees the old file or the new one whole.
+func writeFileAtomic(name string, b []byte) error {
+	dir := filepath.Dir(name)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+"-")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if _, err := tmp.Write(b); err != nil {
+		return fmt.Errorf("store: write %s: %w", name, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("store: chmod %s: %w", name, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("store: sync %s: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("store: write %s: %w", name, err)
+	}
+	if err := os.Rename(tmp.Name(), name); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes the names in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("store: sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // lock takes the store's process lock (and the in-process mutex).
@@ -257,7 +363,7 @@ func (s *Store) RootfsProgress(i Image, progress rootfs.Progress) (string, error
 	if err != nil {
 		return "", err
 	}
-	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img, rootfs.Limits{}, progress)
+	return rootfs.Cached(filepath.Join(s.root, rootfsDir), i.ID, img, s.limits, progress)
 }
 
 // rootfsDir holds the images' ext4 disks, named <id hex>.ext4.
@@ -276,12 +382,9 @@ func (s *Store) Remove(ref string) (Image, error) {
 		return Image{}, err
 	}
 	byName := img.Ref != "" && img.Ref == mustNormalize(ref)
-	err = s.path.RemoveDescriptors(func(d v1.Descriptor) bool {
-		if d.Digest != img.ID {
-			return false
-		}
-		return !byName || d.Annotations[refAnnotation] == img.Ref
-	})
+	err = s.updateIndex(func(d v1.Descriptor) bool {
+		return d.Digest != img.ID || byName && d.Annotations[refAnnotation] != img.Ref
+	}, nil)
 	if err != nil {
 		return Image{}, fmt.Errorf("store: %w", err)
 	}
@@ -360,6 +463,7 @@ func (s *Store) addCounted(img v1.Image, ref string, count func(int64)) (Image, 
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: layers: %w", ErrBadArchive, err)
 	}
+	stored := make([]v1.Layer, len(layers))
 	for i, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -375,6 +479,14 @@ func (s *Store) addCounted(img v1.Image, ref string, count func(int64)) (Image, 
 		if err := s.putBlob(d, rc); err != nil {
 			return Image{}, fmt.Errorf("layer %d: %w", i, err)
 		}
+		if stored[i], err = tarball.LayerFromFile(s.blobPath(d)); err != nil {
+			return Image{}, fmt.Errorf("store: layer %d: %w", i, err)
+		}
+	}
+	// Refuse, before the image is named, what its disk could not be
+	// built from: unsafe entries, more than the limits allow.
+	if _, err := rootfs.Layers(stored, s.limits); err != nil {
+		return Image{}, err
 	}
 	raw, err := img.RawManifest()
 	if err != nil {
@@ -394,16 +506,18 @@ func (s *Store) addCounted(img v1.Image, ref string, count func(int64)) (Image, 
 	desc := v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: id}
 	if ref != "" {
 		desc.Annotations = map[string]string{refAnnotation: ref}
-		if err := s.path.RemoveDescriptors(match.Annotation(refAnnotation, ref)); err != nil {
-			return Image{}, fmt.Errorf("store: %w", err)
-		}
-	} else if err := s.path.RemoveDescriptors(func(d v1.Descriptor) bool {
-		return d.Digest == id && d.Annotations[refAnnotation] == ""
-	}); err != nil {
-		return Image{}, fmt.Errorf("store: %w", err)
 	}
-	if err := s.path.AppendDescriptor(desc); err != nil {
-		return Image{}, fmt.Errorf("store: %w", err)
+	if err := syncDir(filepath.Dir(s.blobPath(id))); err != nil {
+		return Image{}, err
+	}
+	// What ref named before, or the same image untagged, gives way.
+	if err := s.updateIndex(func(d v1.Descriptor) bool {
+		if ref != "" {
+			return d.Annotations[refAnnotation] != ref
+		}
+		return d.Digest != id || d.Annotations[refAnnotation] != ""
+	}, &desc); err != nil {
+		return Image{}, err
 	}
 	size := desc.Size + m.Config.Size
 	for _, l := range m.Layers {
@@ -419,8 +533,8 @@ func (s *Store) putBlob(d v1.Hash, rc io.ReadCloser) error {
 	if d.Algorithm != "sha256" || len(d.Hex) != 64 || !isHex(d.Hex) {
 		return fmt.Errorf("%w: unsupported digest %q", ErrBadArchive, d)
 	}
-	dir := filepath.Join(s.root, "blobs", "sha256")
-	final := filepath.Join(dir, d.Hex)
+	final := s.blobPath(d)
+	dir := filepath.Dir(final)
 	if _, err := os.Stat(final); err == nil {
 		return nil // content-addressed: already there
 	}
@@ -440,6 +554,11 @@ func (s *Store) putBlob(d v1.Hash, rc io.ReadCloser) error {
 	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
 		return fmt.Errorf("%w: blob %s has digest sha256:%s", ErrBadArchive, d, got)
 	}
+	// Durable before it is named (its directory is synced before
+	// index.json names the image).
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("store: sync blob %s: %w", d, err)
+	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -447,6 +566,11 @@ func (s *Store) putBlob(d v1.Hash, rc io.ReadCloser) error {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil
+}
+
+// blobPath is where the blob of digest d (SHA-256) is stored.
+func (s *Store) blobPath(d v1.Hash) string {
+	return filepath.Join(s.root, "blobs", "sha256", d.Hex)
 }
 
 // countingReader reports every read's size.

@@ -2,19 +2,26 @@ package store
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vesselvm/vessel/images/rootfs"
 )
 
 func newStore(t *testing.T) *Store {
@@ -236,27 +243,155 @@ func TestLoadRejects(t *testing.T) {
 	garbage := filepath.Join(dir, "garbage.tar")
 	os.WriteFile(garbage, []byte(strings.Repeat("not a tar file ", 100)), 0o644)
 	layoutDir := ociLayout(t, img, "example.com/x:1")
+	// An OCI archive is unpacked in a directory under $TMPDIR: an entry
+	// that climbed out of it would land in tmp (or above, in base).
+	base := t.TempDir()
+	tmp := filepath.Join(base, "tmp")
 	for _, tc := range []struct{ name, src string }{
 		{"truncated docker archive", truncated},
 		{"not a tar", garbage},
 		{"dot-dot entry", tarDir(t, layoutDir, tar.Header{Name: "blobs/../../escape", Typeflag: tar.TypeReg})},
-		{"absolute entry", tarDir(t, layoutDir, tar.Header{Name: "/etc/escape", Typeflag: tar.TypeReg})},
+		{"dot-dot entry, two levels", tarDir(t, layoutDir, tar.Header{Name: "blobs/sha256/../../../escape", Typeflag: tar.TypeReg})},
+		{"absolute entry", tarDir(t, layoutDir, tar.Header{Name: filepath.Join(base, "escape"), Typeflag: tar.TypeReg})},
 		{"symlink", tarDir(t, layoutDir, tar.Header{Name: "blobs/sha256/link", Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"})},
 		{"stray file", tarDir(t, layoutDir, tar.Header{Name: "evil.sh", Typeflag: tar.TypeReg})},
 		{"empty dir", t.TempDir()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
+			if err := os.MkdirAll(tmp, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("TMPDIR", tmp)
 			if got, err := s.Load(tc.src); err == nil {
 				t.Fatalf("loaded %+v", got)
 			}
 			if imgs, _ := s.List(); len(imgs) != 0 {
 				t.Errorf("store holds %+v after a failed load", imgs)
 			}
-			if _, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(tc.src)), "escape")); err == nil {
-				t.Error("an entry was written outside the store")
+			if left, _ := os.ReadDir(tmp); len(left) != 0 {
+				t.Errorf("%s holds %s after a failed load", tmp, left[0].Name())
+			}
+			if left, _ := os.ReadDir(base); len(left) != 1 {
+				t.Errorf("an entry was written outside the store: %s holds %d entries", base, len(left))
 			}
 		})
+	}
+}
+
+// imageOf is an image of one layer holding entries.
+func imageOf(t *testing.T, entries ...tar.Header) v1.Image {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, h := range entries {
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(make([]byte, h.Size))
+	}
+	tw.Close()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestLoadRefusesLayers: an image whose disk vessel would refuse to
+// build is refused when it is loaded, and nothing of it stays.
+func TestLoadRefusesLayers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		img  v1.Image
+		want error
+	}{
+		{"dot-dot", imageOf(t, tar.Header{Name: "../x", Typeflag: tar.TypeReg, Size: 1}), rootfs.ErrUnsafeEntry},
+		{"absolute hard link out of the image", imageOf(t, tar.Header{Name: "shadow", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}), rootfs.ErrUnsafeEntry},
+		{"entry below a symlink", imageOf(t,
+			tar.Header{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "b"},
+			tar.Header{Name: "b", Typeflag: tar.TypeSymlink, Linkname: "/"},
+			tar.Header{Name: "a/etc/passwd", Typeflag: tar.TypeReg, Size: 1}), rootfs.ErrUnsafeEntry},
+		{"over the size limit", imageOf(t, tar.Header{Name: "big", Typeflag: tar.TypeReg, Size: 2 << 20}), rootfs.ErrTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			s.SetLimits(rootfs.LimitsFor(1 << 20))
+			if got, err := s.Load(dockerArchive(t, tc.img, "bad:1")); !errors.Is(err, tc.want) {
+				t.Fatalf("loaded %+v, %v; want %v", got, err, tc.want)
+			}
+			if imgs, _ := s.List(); len(imgs) != 0 {
+				t.Errorf("store holds %+v", imgs)
+			}
+			if blobs, _ := os.ReadDir(filepath.Join(s.root, "blobs", "sha256")); len(blobs) != 0 {
+				t.Errorf("%d blobs left", len(blobs))
+			}
+		})
+	}
+}
+
+// TestIndexReplaced: index.json is replaced whole, never rewritten in
+// place: a reader that opened it before a load still reads the index as
+// it was.
+func TestIndexReplaced(t *testing.T) {
+	s := newStore(t)
+	f, err := os.Open(filepath.Join(s.root, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before, _ := io.ReadAll(f)
+	if _, err := s.Load(dockerArchive(t, randomImage(t), "x:1")); err != nil {
+		t.Fatal(err)
+	}
+	after, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
+	if err != nil || !bytes.Equal(after, before) {
+		t.Errorf("index.json was rewritten in place: %q, was %q (%v)", after, before, err)
+	}
+	if imgs, err := s.List(); err != nil || len(imgs) != 1 {
+		t.Errorf("List = %+v, %v", imgs, err)
+	}
+}
+
+// TestConcurrentLoads: loads of different images by stores opened
+// separately (as separate vessel processes do) all end up in index.json.
+func TestConcurrentLoads(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "store")
+	const n = 6
+	archives := make([]string, n)
+	for i := range archives {
+		archives[i] = dockerArchive(t, randomImage(t), fmt.Sprintf("img%d:1", i))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range archives {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := Open(root)
+			if err == nil {
+				_, err = s.Load(archives[i])
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("load %d: %v", i, err)
+		}
+	}
+	s, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := s.List()
+	if err != nil || len(imgs) != n {
+		t.Fatalf("%d images in the store, want %d (%v)", len(imgs), n, err)
 	}
 }
 
