@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -32,10 +33,14 @@ func newImage() *cobra.Command {
 default ~/.local/share/vessel/images): a content-addressed OCI image
 layout, every blob checked against its digest.
 
+An image whose layers hold entries that climb out of its root, or that
+expand to more than --max-image-size (8G by default), is refused when it
+is loaded or pulled.
+
 Exit statuses: 0 success; 1 no such image, an archive vessel cannot
-read, or a pull that failed; 2 invalid usage.`,
+read or refuses, or a pull that failed; 2 invalid usage.`,
 	}
-	var input string
+	var input, maxLoad, maxPull string
 	load := &cobra.Command{
 		Use:   "load [-i] FILE|DIR",
 		Short: "Load images from a docker save tarball, an OCI archive or an OCI layout directory",
@@ -51,10 +56,11 @@ read, or a pull that failed; 2 invalid usage.`,
 			if src == "" {
 				return usageErr("vessel image load: which archive? (FILE or DIR)")
 			}
-			return imageLoad(src)
+			return imageLoad(src, maxLoad)
 		},
 	}
 	load.Flags().StringVarP(&input, "input", "i", "", "archive to load (as docker load -i)")
+	load.Flags().StringVar(&maxLoad, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	ls := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -80,9 +86,10 @@ read, or a pull that failed; 2 invalid usage.`,
 		Short: "Pull an image from a registry (Docker Hub unless REF names another)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return imagePull(cmd.Context(), args[0])
+			return imagePull(cmd.Context(), args[0], maxPull)
 		},
 	}
+	pull.Flags().StringVar(&maxPull, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	img.AddCommand(load, pull, ls, rm, inspect)
 	return img
 }
@@ -99,17 +106,56 @@ func openStore() (*store.Store, error) {
 	return s, nil
 }
 
+// defaultMaxImageSize is --max-image-size's default (rootfs.DefaultMaxSize).
+const defaultMaxImageSize = "8G"
+
+// maxImageSizeUsage is --max-image-size's help.
+const maxImageSizeUsage = "refuse an image whose layers' files add up to more than this, e.g. 8G or 20G (and more than one entry per 8K of it)"
+
+// imageLimits parses --max-image-size.
+func imageLimits(size string) (rootfs.Limits, error) {
+	n, err := parseSize(size)
+	if err != nil || n == 0 || n > math.MaxInt64 {
+		return rootfs.Limits{}, fmt.Errorf("--max-image-size %q: want a size such as 8G", size)
+	}
+	return rootfs.LimitsFor(int64(n)), nil
+}
+
+// openStoreLimited opens the store with --max-image-size's limits.
+func openStoreLimited(maxSize string) (*store.Store, error) {
+	lim, err := imageLimits(maxSize)
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	s, err := openStore()
+	if err != nil {
+		return nil, err
+	}
+	s.SetLimits(lim)
+	return s, nil
+}
+
+// imageErrText is err's message, with a hint for an image over the size
+// limit.
+func imageErrText(err error) string {
+	if errors.Is(err, rootfs.ErrTooLarge) {
+		return err.Error() + " (--max-image-size raises the limit)"
+	}
+	return err.Error()
+}
+
 // imageErr maps store errors to exit statuses.
 func imageErr(err error) error {
 	switch {
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBadArchive), errors.Is(err, store.ErrAmbiguous), errors.Is(err, os.ErrNotExist):
-		return &exitError{code: exitImage, msg: err.Error()}
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBadArchive), errors.Is(err, store.ErrAmbiguous), errors.Is(err, os.ErrNotExist),
+		errors.Is(err, rootfs.ErrUnsafeEntry), errors.Is(err, rootfs.ErrTooLarge):
+		return &exitError{code: exitImage, msg: imageErrText(err)}
 	}
 	return &exitError{code: exitInternal, msg: err.Error()}
 }
 
-func imageLoad(src string) error {
-	s, err := openStore()
+func imageLoad(src, maxSize string) error {
+	s, err := openStoreLimited(maxSize)
 	if err != nil {
 		return err
 	}
@@ -127,8 +173,8 @@ func imageLoad(src string) error {
 	return nil
 }
 
-func imagePull(ctx context.Context, ref string) error {
-	s, err := openStore()
+func imagePull(ctx context.Context, ref, maxSize string) error {
+	s, err := openStoreLimited(maxSize)
 	if err != nil {
 		return err
 	}

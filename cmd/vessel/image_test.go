@@ -1,6 +1,8 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -11,6 +13,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -59,6 +64,66 @@ func TestImageCommands(t *testing.T) {
 	blobs, _ := os.ReadDir(filepath.Join(root, "blobs", "sha256"))
 	if len(blobs) != 0 {
 		t.Errorf("%d blobs left after removing the only image", len(blobs))
+	}
+}
+
+// layerImage is an image of one layer holding entries (of zeros).
+func layerImage(t *testing.T, entries ...tar.Header) v1.Image {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, h := range entries {
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(make([]byte, h.Size))
+	}
+	tw.Close()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestImageLoadRefuses: `vessel image load` refuses an image with an
+// entry that climbs out of its root, or over --max-image-size, with exit
+// status 1 and nothing left in the store.
+func TestImageLoadRefuses(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	archive := func(img v1.Image) string {
+		p := filepath.Join(t.TempDir(), "img.tar")
+		tag, _ := name.NewTag("bad:1")
+		if err := tarball.WriteToFile(p, tag, img); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	escape := archive(layerImage(t, tar.Header{Name: "../x", Typeflag: tar.TypeReg, Size: 1}))
+	big := archive(layerImage(t, tar.Header{Name: "big", Typeflag: tar.TypeReg, Size: 2 << 20}))
+	root, _ := store.DefaultRoot()
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"image", "load", escape}, exitImage},
+		{[]string{"image", "load", "--max-image-size", "1M", big}, exitImage},
+		{[]string{"image", "load", "--max-image-size", "none", big}, exitUsage},
+		{[]string{"image", "pull", "--max-image-size", "0", "busybox"}, exitUsage},
+	} {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("vessel %v: exit %d, want %d", tc.args, got, tc.want)
+		}
+		if blobs, _ := os.ReadDir(filepath.Join(root, "blobs", "sha256")); len(blobs) != 0 {
+			t.Errorf("vessel %v: %d blobs left", tc.args, len(blobs))
+		}
+	}
+	if got := run([]string{"image", "load", "--max-image-size", "4M", big}); got != 0 {
+		t.Errorf("loading within --max-image-size: exit %d", got)
 	}
 }
 

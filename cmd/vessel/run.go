@@ -59,6 +59,7 @@ type runFlags struct {
 	diskSize         string
 	pidsLimit        int64
 	logOpts          []string
+	maxImageSize     string
 }
 
 func newRun() *cobra.Command {
@@ -122,6 +123,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringVarP(&f.memory, "memory", "m", "512M", "RAM of the container's VM, e.g. 512M or 1G; the writable layer lives in it unless --disk-size")
 	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0 or -1: no limit but the VM's)")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
+	fl.StringVar(&f.maxImageSize, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
@@ -225,6 +227,11 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if err != nil {
 		return nil, runErr("%v", err)
 	}
+	lim, err := imageLimits(f.maxImageSize)
+	if err != nil {
+		return nil, runErr("%v", err)
+	}
+	st.SetLimits(lim)
 	pull := f.pull
 	if os.Getenv(envRunID) != "" {
 		// The vessel process of a detached container: the command that
@@ -239,9 +246,9 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		local := err == nil
 		if img, err = pullImage(context.Background(), st, ref); err != nil {
 			if !local {
-				return nil, runErr("unable to find image %q locally, and the %v", ref, err)
+				return nil, runErr("unable to find image %q locally, and the %s", ref, imageErrText(err))
 			}
-			return nil, runErr("%v", err)
+			return nil, runErr("%s", imageErrText(err))
 		}
 	case errors.Is(err, store.ErrNotFound):
 		return nil, runErr("unable to find image %q locally (and --pull never)", ref)
@@ -272,7 +279,7 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	p.disk, err = st.RootfsProgress(img, progress)
 	finish()
 	if err != nil {
-		return nil, runErr("image %s: root file system: %v", ref, err)
+		return nil, runErr("image %s: root file system: %s", ref, imageErrText(err))
 	}
 
 	kernel, initrd, missing := builtGuest()
