@@ -110,19 +110,57 @@ func Check(img v1.Image, lim Limits) (Stats, error) {
 // (ErrTooLarge). It returns what the layers hold.
 func Layers(layers []v1.Layer, lim Limits) (Stats, error) {
 	c := checker{lim: lim.withDefaults(), root: &node{typ: tar.TypeDir}}
+	// The layers' uncompressed streams, their tar headers, padding and
+	// whatever follows the end of the archive included, are bounded too:
+	// the build reads them to the end to verify their digests, and a
+	// compressed layer can expand without bound past its last entry.
+	budget := &budgetReader{left: c.lim.Size + c.lim.Entries*streamPerEntry + streamSlack}
 	for i, l := range layers {
 		rc, err := l.Uncompressed()
 		if err != nil {
 			return c.st, fmt.Errorf("rootfs: layer %d: %w", i, err)
 		}
 		c.layer = int32(i)
-		err = c.check(rc)
+		budget.r = rc
+		err = c.check(budget)
+		if err == nil {
+			if _, err = io.Copy(io.Discard, budget); err != nil {
+				err = fmt.Errorf("rootfs: reading the image: %w", err)
+			}
+		}
 		rc.Close()
 		if err != nil {
 			return c.st, fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
 	return c.st, nil
+}
+
+// streamPerEntry and streamSlack bound a layer stream's bytes beyond its
+// entries' contents: headers (PAX ones with long names and extended
+// attributes included) and padding per entry, and the end of the archive.
+const (
+	streamPerEntry = 4 << 10
+	streamSlack    = 1 << 20
+)
+
+// budgetReader reads from r until left bytes are used up, then fails
+// with ErrTooLarge.
+type budgetReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("%w: its layers' tar streams are longer than their entries account for", ErrTooLarge)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 // node is one path of the file system the layers make so far.

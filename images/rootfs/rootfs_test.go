@@ -302,6 +302,7 @@ func TestBuildLimits(t *testing.T) {
 		{"2G sparse file over a 1G limit", LimitsFor(1 << 30), func(t *testing.T) v1.Layer { return sparseLayer(t, "big", 2<<30, 1<<30, "x") }},
 		{"9G sparse file over the default limit", Limits{}, func(t *testing.T) v1.Layer { return sparseLayer(t, "big", 9<<30, 0, "x") }},
 		{"entries", Limits{Size: 1 << 30, Entries: 4}, func(t *testing.T) v1.Layer { return layer(t, many...) }},
+		{"data past the end of the archive", Limits{Size: 1 << 20, Entries: 16}, func(t *testing.T) v1.Layer { return trailing(t, 4<<20) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -314,6 +315,24 @@ func TestBuildLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// trailing is a layer of one small file whose tar stream goes on with n
+// bytes of zeros after the end of the archive, as a compressed layer can
+// expand to for a few bytes.
+func trailing(t *testing.T, n int) v1.Layer {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	tw.WriteHeader(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
+	tw.Write([]byte("x"))
+	tw.Close()
+	b.Write(make([]byte, n))
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // TestBuildNoSpace: a disk that may not fit in its directory's free
