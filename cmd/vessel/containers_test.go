@@ -232,7 +232,7 @@ func TestRunVMReportsBounded(t *testing.T) {
 	saved := os.Stderr
 	os.Stderr = f
 	defer func() { os.Stderr = saved }()
-	p, err := planRun(runFlags{memory: "512M", cpus: 1, network: "none", pull: "never"}, "busybox:bad", []string{"true"})
+	p, err := planRun(runFlags{memory: "512M", cpus: 1, network: "none", pull: "never", maxImageSize: defaultMaxImageSize}, "busybox:bad", []string{"true"})
 	if err != nil {
 		t.Fatal(err)
 	}
