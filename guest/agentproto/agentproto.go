@@ -11,7 +11,7 @@
 // On the control connection the host sends Requests and the agent sends
 // Replies: one per request (same ID), and unsolicited events (ID 0), such
 // as a process's exit. A frame is a 4-byte big-endian length and that
-// many bytes of JSON, at most MaxFrame.
+// many bytes of JSON, at most MaxFrame (MaxHello for a Hello).
 //
 // The operations follow the OCI runtime's lifecycle (create, start,
 // kill, delete, and exec for extra processes), so that the OCI runtime
@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -187,23 +188,54 @@ func Write(w io.Writer, v any) error {
 	return err
 }
 
-// Read reads one frame into v. It returns io.EOF at a clean end between
-// frames and an error wrapping ErrFrame for a malformed one.
+// MaxHello bounds a Hello frame: a connection's first frame is read
+// before anything is known of the peer, so it gets a small budget.
+const MaxHello = 4 << 10
+
+// readChunk is how much of a frame's body Read reads at a time: memory
+// grows with the bytes that arrived, not with the length the peer
+// declared.
+const readChunk = 64 << 10
+
+// Read reads one frame of at most MaxFrame bytes into v. It returns
+// io.EOF at a clean end between frames and an error wrapping ErrFrame
+// for a malformed one.
 func Read(r io.Reader, v any) error {
+	return ReadLimit(r, v, MaxFrame)
+}
+
+// ReadHello reads a connection's opening Hello, of at most MaxHello
+// bytes.
+func ReadHello(r io.Reader, h *Hello) error {
+	return ReadLimit(r, h, MaxHello)
+}
+
+// ReadLimit reads one frame of at most max bytes (and never more than
+// MaxFrame) into v, as Read. Its buffer grows as the frame's bytes
+// arrive, so a peer that declares a large frame and stalls costs little.
+func ReadLimit(r io.Reader, v any, max int) error {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrame {
-		return fmt.Errorf("%w: length %d, more than %d", ErrFrame, n, MaxFrame)
+	if n > uint32(min(max, MaxFrame)) {
+		return fmt.Errorf("%w: length %d, more than %d", ErrFrame, n, min(max, MaxFrame))
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	b := make([]byte, 0, min(int(n), readChunk))
+	for len(b) < int(n) {
+		if len(b) == cap(b) {
+			// Double what arrived, up to the declared length.
+			b = slices.Grow(b, min(cap(b), int(n)-len(b)))
 		}
-		return err
+		m, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < int(n) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrFrame, err)

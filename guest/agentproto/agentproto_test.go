@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -55,11 +56,86 @@ func TestReadMalformed(t *testing.T) {
 		{"not JSON", frame(3, "{x}"), ErrFrame},
 		{"cut short", frame(10, "{}"), io.ErrUnexpectedEOF},
 		{"cut header", []byte{0, 0}, io.ErrUnexpectedEOF},
+		{"empty", frame(0, ""), ErrFrame},
 	} {
 		var r Reply
 		if err := Read(bytes.NewReader(tc.in), &r); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestReadLarge: frames of every size up to MaxFrame arrive whole
+// through a reader that hands out a few bytes at a time, as the buffer
+// grows.
+func TestReadLarge(t *testing.T) {
+	for _, size := range []int{10, readChunk - 1, readChunk, readChunk + 1, 3*readChunk + 7, MaxFrame - 100} {
+		in := Reply{Error: string(bytes.Repeat([]byte{'x'}, size))}
+		var b bytes.Buffer
+		if err := Write(&b, in); err != nil {
+			t.Fatalf("%d: %v", size, err)
+		}
+		var out Reply
+		if err := Read(iotestHalf{&b}, &out); err != nil {
+			t.Fatalf("%d: %v", size, err)
+		}
+		if out.Error != in.Error {
+			t.Errorf("%d: got %d bytes back", size, len(out.Error))
+		}
+	}
+}
+
+// iotestHalf reads at most half of what is asked for, 1 byte at least.
+type iotestHalf struct{ r io.Reader }
+
+func (h iotestHalf) Read(p []byte) (int, error) { return h.r.Read(p[:max(1, len(p)/2)]) }
+
+// TestReadHello: a Hello is bounded by MaxHello, however long the
+// frame it declares; one that fits reads as any frame.
+func TestReadHello(t *testing.T) {
+	frame := func(n uint32, body string) []byte {
+		return append(binary.BigEndian.AppendUint32(nil, n), body...)
+	}
+	ok := `{"version":1,"role":"stream","stream":{"container":"c","name":"stdout"}}`
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"fits", frame(uint32(len(ok)), ok), nil},
+		{"MaxHello", frame(MaxHello, ok+string(bytes.Repeat([]byte{' '}, MaxHello-len(ok)))), nil},
+		{"one byte more", frame(MaxHello+1, ok), ErrFrame},
+		{"MaxFrame", frame(MaxFrame, ok), ErrFrame},
+	} {
+		var h Hello
+		err := ReadHello(bytes.NewReader(tc.in), &h)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if err == nil && (h.Role != RoleStream || h.Stream == nil || h.Stream.Name != Stdout) {
+			t.Errorf("%s: read %+v", tc.name, h)
+		}
+	}
+}
+
+// TestReadAllocatesWhatArrives: a frame that declares MaxFrame and ends
+// after a few bytes costs memory for those bytes, not for MaxFrame (a
+// hostile guest could otherwise make the host hold MaxFrame per
+// connection by sending a header and stalling).
+func TestReadAllocatesWhatArrives(t *testing.T) {
+	in := append(binary.BigEndian.AppendUint32(nil, MaxFrame), bytes.Repeat([]byte{'x'}, 1000)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var r Reply
+	err := Read(bytes.NewReader(in), &r)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Read: %v, want io.ErrUnexpectedEOF", err)
+	}
+	// Generous: the first chunk, and whatever else the runtime allocated
+	// meanwhile, but far below the declared MaxFrame.
+	if d := after.TotalAlloc - before.TotalAlloc; d > MaxFrame/8 {
+		t.Errorf("reading 1000 bytes of a frame declaring %d allocated %d bytes", MaxFrame, d)
 	}
 }
 
@@ -75,9 +151,13 @@ func FuzzRead(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
-		for {
+		for i := 0; ; i++ {
 			var h Hello
-			if err := Read(r, &h); err != nil {
+			read := Read
+			if i%2 == 0 {
+				read = func(r io.Reader, v any) error { return ReadHello(r, v.(*Hello)) }
+			}
+			if err := read(r, &h); err != nil {
 				return
 			}
 		}
