@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
 )
@@ -24,6 +27,61 @@ type StartError struct {
 }
 
 func (e *StartError) Error() string { return e.Msg }
+
+// startError is the error of a reply that carries one: its text made
+// safe to print, and its code kept only if it is one of docker's.
+func startError(r agentproto.Reply) *StartError {
+	e := &StartError{Msg: CleanText(r.Error)}
+	if r.Code == 126 || r.Code == 127 {
+		e.Code = r.Code
+	}
+	return e
+}
+
+// ErrBadStatus is returned for an exit status outside 0-255 from the
+// guest.
+var ErrBadStatus = errors.New("the guest reported an impossible exit status")
+
+// exitStatus checks the status of a process's exit, as the guest
+// reported it: an exit status is 0-255, anything else would turn into
+// another status (256 into 0) on the way out of vessel.
+func exitStatus(r agentproto.Reply) (int, error) {
+	if r.Status < 0 || r.Status > 255 {
+		return 0, fmt.Errorf("%w: %d", ErrBadStatus, r.Status)
+	}
+	return r.Status, nil
+}
+
+// maxText bounds guest-supplied text in vessel's messages.
+const maxText = 1024
+
+// CleanText makes guest-supplied text safe to print in one line of
+// vessel's own messages: line breaks and tabs become spaces, other
+// control characters (terminal escapes included), bidirectional
+// overrides and bytes that are not UTF-8 are shown escaped, and it is
+// cut to maxText bytes.
+func CleanText(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		if b.Len() >= maxText {
+			b.WriteString("…")
+			break
+		}
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[0])
+		case r == '\n', r == '\r', r == '\t':
+			b.WriteByte(' ')
+		case unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r):
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	return b.String()
+}
 
 // Agent is the host's side of the guest agent: it accepts the agent's
 // connections on the host end of the vsock device (the Unix socket
@@ -43,10 +101,19 @@ type Agent struct {
 
 	smu     sync.Mutex
 	streams map[agentproto.StreamID]chan net.Conn
+	held    int  // connections counted against maxConns
+	closed  bool // no more streams are filed
 }
 
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
+
+// maxConns bounds the guest's connections the host holds that nobody
+// has taken yet: those whose hello has not arrived and the streams not
+// yet claimed. A connection past it is closed at once, so a hostile guest
+// cannot make the host hold descriptors, goroutines or buffers without
+// bound; it can only starve its own streams.
+const maxConns = 128
 
 // Accept serves ln (the agent's port) and waits until the agent's control
 // connection arrives, or ctx ends (for instance because the VM stopped
@@ -55,49 +122,110 @@ func Accept(ctx context.Context, ln net.Listener) (*Agent, error) {
 	a := &Agent{ln: ln, calls: map[uint64]chan agentproto.Reply{}, done: make(chan struct{}),
 		exits: map[procKey]chan agentproto.Reply{}, streams: map[agentproto.StreamID]chan net.Conn{}}
 	ctlc := make(chan net.Conn, 1)
-	go a.acceptLoop(ctlc)
+	go serve(ln, func(c net.Conn) {
+		if !a.hold() {
+			c.Close()
+			return
+		}
+		go a.hello(c, ctlc)
+	})
 	select {
 	case c := <-ctlc:
 		a.ctl = c
 		go a.readLoop()
 		return a, nil
 	case <-ctx.Done():
+		a.closeStreams()
 		ln.Close()
 		return nil, ctx.Err()
 	}
 }
 
-// acceptLoop reads each connection's hello: the first control
-// connection goes to ctlc, streams to whoever expects them.
-func (a *Agent) acceptLoop(ctlc chan net.Conn) {
+// Accept back-off after an error: from acceptMinDelay, doubling up to
+// acceptMaxDelay, as net/http's Server does.
+const (
+	acceptMinDelay = 5 * time.Millisecond
+	acceptMaxDelay = time.Second
+)
+
+// serve accepts connections on ln and hands each to handle until ln is
+// closed. Any other error (EMFILE and ENFILE when descriptors run out,
+// ECONNABORTED) is taken as passing: it backs off and accepts again.
+func serve(ln net.Listener, handle func(net.Conn)) {
+	var delay time.Duration
 	for {
-		c, err := a.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
-			return
-		}
-		go func() {
-			var h agentproto.Hello
-			c.SetReadDeadline(time.Now().Add(helloTimeout))
-			err := agentproto.Read(c, &h)
-			c.SetReadDeadline(time.Time{})
-			switch {
-			case err != nil, h.Version != agentproto.Version:
-				c.Close()
-			case h.Role == agentproto.RoleControl:
-				select {
-				case ctlc <- c:
-				default:
-					c.Close() // one control connection only
-				}
-			case h.Role == agentproto.RoleStream && h.Stream != nil:
-				if !offer(&a.smu, a.streams, *h.Stream, c) {
-					c.Close() // a duplicate, or too many unclaimed streams
-				}
-			default:
-				c.Close()
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-		}()
+			delay = min(max(2*delay, acceptMinDelay), acceptMaxDelay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		handle(c)
 	}
+}
+
+// hold counts a new connection against maxConns; false means there is
+// no room (or the Agent is closed) and the connection must go.
+func (a *Agent) hold() bool {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	if a.closed || a.held >= maxConns {
+		return false
+	}
+	a.held++
+	return true
+}
+
+// release gives a held connection's room back.
+func (a *Agent) release() {
+	a.smu.Lock()
+	a.held--
+	a.smu.Unlock()
+}
+
+// hello reads a new connection's hello: the first control connection
+// goes to ctlc, streams to whoever expects them, anything else is
+// closed.
+func (a *Agent) hello(c net.Conn, ctlc chan net.Conn) {
+	var h agentproto.Hello
+	c.SetReadDeadline(time.Now().Add(helloTimeout))
+	err := agentproto.ReadHello(c, &h)
+	c.SetReadDeadline(time.Time{})
+	kept := false
+	switch {
+	case err != nil, h.Version != agentproto.Version:
+	case h.Role == agentproto.RoleControl:
+		a.release() // taken, or closed: not held either way
+		select {
+		case ctlc <- c:
+		default:
+			c.Close() // one control connection only
+		}
+		return
+	case h.Role == agentproto.RoleStream && h.Stream != nil:
+		// A duplicate, or too many unclaimed streams, is dropped.
+		kept = a.offerStream(*h.Stream, c)
+	}
+	if !kept {
+		a.release() // before the close, which the guest sees
+		c.Close()
+	}
+}
+
+// offerStream files a stream's connection for Stream to take, unless
+// the Agent is closed, the stream already has one, or maxPending streams
+// are waiting; it reports whether c was filed (and stays held).
+func (a *Agent) offerStream(id agentproto.StreamID, c net.Conn) bool {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	if a.closed {
+		return false
+	}
+	return offerLocked(a.streams, id, c)
 }
 
 // stream returns the channel for a stream's connection.
@@ -115,18 +243,23 @@ const maxPending = 256
 // was taken.
 func offer[K comparable, V any](mu *sync.Mutex, m map[K]chan V, k K, v V) bool {
 	mu.Lock()
+	defer mu.Unlock()
+	return offerLocked(m, k, v)
+}
+
+// offerLocked is offer with its lock held: the bound is checked, the
+// entry made and the value sent under one lock, so concurrent offers
+// cannot pass the bound together and a value cannot land in a channel
+// its taker has given up on.
+func offerLocked[K comparable, V any](m map[K]chan V, k K, v V) bool {
 	ch, ok := m[k]
 	if !ok {
-		// Checked and made under one lock: concurrent offers cannot
-		// pass the bound together.
 		if len(m) >= maxPending {
-			mu.Unlock()
 			return false
 		}
 		ch = make(chan V, 1)
 		m[k] = ch
 	}
-	mu.Unlock()
 	select {
 	case ch <- v:
 		return true
@@ -151,14 +284,37 @@ func rendezvous[K comparable, V any](mu *sync.Mutex, m map[K]chan V, k K) chan V
 
 // Stream waits for the agent's connection for one stream.
 func (a *Agent) Stream(ctx context.Context, id agentproto.StreamID) (net.Conn, error) {
+	ch := a.stream(id)
 	select {
-	case c := <-a.stream(id):
+	case c := <-ch:
 		a.smu.Lock()
 		delete(a.streams, id)
+		a.held--
 		a.smu.Unlock()
 		return c, nil
 	case <-ctx.Done():
+		a.smu.Lock()
+		if a.streams[id] == ch && len(ch) == 0 {
+			delete(a.streams, id) // nobody waits for it any more
+		}
+		a.smu.Unlock()
 		return nil, fmt.Errorf("%s stream of %s: %w", id.Name, id.Container, ctx.Err())
+	}
+}
+
+// closeStreams closes the streams nobody took and refuses new ones.
+func (a *Agent) closeStreams() {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	a.closed = true
+	for id, ch := range a.streams {
+		select {
+		case c := <-ch:
+			c.Close()
+			a.held--
+		default:
+		}
+		delete(a.streams, id)
 	}
 }
 
@@ -203,7 +359,8 @@ func (a *Agent) exit(k procKey) chan agentproto.Reply {
 
 // Wait waits for a process's exit (exec "" is the container's own
 // process) and returns its status: its exit code, or 128+N when signal N
-// killed it. The agent reports an exit once the process's output has all
+// killed it; a status outside 0-255 is an error wrapping ErrBadStatus.
+// The agent reports an exit once the process's output has all
 // been sent.
 func (a *Agent) Wait(ctx context.Context, container, exec string) (int, error) {
 	k := procKey{container, exec}
@@ -212,11 +369,11 @@ func (a *Agent) Wait(ctx context.Context, container, exec string) (int, error) {
 		a.mu.Lock()
 		delete(a.exits, k)
 		a.mu.Unlock()
-		return r.Status, nil
+		return exitStatus(r)
 	case <-a.done:
 		select {
 		case r := <-a.exit(k): // the exit came just before the end
-			return r.Status, nil
+			return exitStatus(r)
 		default:
 		}
 		return 0, fmt.Errorf("wait for %s: %w", container, ErrAgentGone)
@@ -250,7 +407,7 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 			return r, fmt.Errorf("%s: %w", req.Op, ErrAgentGone)
 		}
 		if r.Error != "" {
-			return r, &StartError{Code: r.Code, Msg: r.Error}
+			return r, startError(r)
 		}
 		return r, nil
 	case <-ctx.Done():
@@ -258,8 +415,10 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 	}
 }
 
-// Close closes the listener and the control connection.
+// Close closes the listener, the control connection and the streams
+// nobody took.
 func (a *Agent) Close() error {
 	a.ln.Close()
+	a.closeStreams()
 	return a.ctl.Close()
 }

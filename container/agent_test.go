@@ -109,16 +109,16 @@ func TestAgentAndRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.Call(agentproto.Request{Op: agentproto.OpExec, Container: "c", Exec: "e2"}); err != nil || r.Pid != 42 {
+	if r, err := c.Call(ctx, agentproto.Request{Op: agentproto.OpExec, Container: "c", Exec: "e2"}); err != nil || r.Pid != 42 {
 		t.Fatalf("relayed exec: %+v, %v", r, err)
 	}
 	if b, _ := io.ReadAll(out); string(b) != "hi" {
 		t.Errorf("relayed stream carried %q", b)
 	}
-	if r, err := c.Call(agentproto.Request{Op: agentproto.OpWait, Container: "c", Exec: "e2"}); err != nil || r.Status != 4 {
+	if r, err := c.Call(ctx, agentproto.Request{Op: agentproto.OpWait, Container: "c", Exec: "e2"}); err != nil || r.Status != 4 {
 		t.Errorf("relayed wait: %+v, %v", r, err)
 	}
-	if _, err := c.Call(agentproto.Request{Op: agentproto.OpShutdown}); err == nil {
+	if _, err := c.Call(ctx, agentproto.Request{Op: agentproto.OpShutdown}); err == nil {
 		t.Error("shutdown passed the relay")
 	}
 }

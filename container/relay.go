@@ -24,49 +24,75 @@ var relayOps = map[string]bool{
 // the client's IDs; a stream connection is joined to the agent's stream
 // of the same ID, both ways, half-closes included.
 func (a *Agent) ServeControl(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
+	serve(ln, func(c net.Conn) { go a.serveClient(c) })
+}
+
+// streamTimeout bounds how long a client's stream connection waits for
+// the agent's end of it.
+const streamTimeout = time.Minute
+
+// serveClient serves one connection to the control socket.
+func (a *Agent) serveClient(c net.Conn) {
+	defer c.Close()
+	var h agentproto.Hello
+	c.SetReadDeadline(time.Now().Add(helloTimeout))
+	if agentproto.ReadHello(c, &h) != nil || h.Version != agentproto.Version {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	switch {
+	case h.Role == agentproto.RoleControl:
+		a.relayControl(c)
+	case h.Role == agentproto.RoleStream && h.Stream != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
+		g, err := a.Stream(ctx, *h.Stream)
+		cancel()
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			var h agentproto.Hello
-			c.SetReadDeadline(time.Now().Add(helloTimeout))
-			if agentproto.Read(c, &h) != nil || h.Version != agentproto.Version {
-				return
-			}
-			c.SetReadDeadline(time.Time{})
-			switch {
-			case h.Role == agentproto.RoleControl:
-				a.relayControl(c)
-			case h.Role == agentproto.RoleStream && h.Stream != nil:
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				g, err := a.Stream(ctx, *h.Stream)
-				cancel()
-				if err != nil {
-					return
-				}
-				defer g.Close()
-				splice(c, g)
-			}
-		}()
+		defer g.Close()
+		splice(c, g)
 	}
 }
 
-// relayControl passes one client's requests on, one at a time.
+// RequestTimeout bounds the agent's answer to a request other than a
+// wait (which lasts as long as the process): generous, for the slowest
+// emulated platforms, where a create takes seconds.
+const RequestTimeout = 2 * time.Minute
+
+// relayControl passes one client's requests on, one at a time, until
+// the client goes; a request of a client that went is abandoned.
 func (a *Agent) relayControl(c net.Conn) {
-	for {
-		var req agentproto.Request
-		if err := agentproto.Read(c, &req); err != nil {
-			return
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reqs := make(chan agentproto.Request)
+	go func() {
+		defer close(reqs)
+		defer cancel()
+		for {
+			var req agentproto.Request
+			if err := agentproto.Read(c, &req); err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
 		}
+	}()
+	for req := range reqs {
 		id := req.ID
 		var rep agentproto.Reply
 		if !relayOps[req.Op] {
 			rep = agentproto.Reply{Error: fmt.Sprintf("%s: not allowed through the control socket", req.Op)}
 		} else {
-			r, err := a.Call(context.Background(), req)
+			cctx, ccancel := ctx, context.CancelFunc(func() {})
+			if req.Op != agentproto.OpWait {
+				cctx, ccancel = context.WithTimeout(ctx, RequestTimeout)
+			}
+			r, err := a.Call(cctx, req)
+			ccancel()
 			rep = r
 			if err != nil {
 				rep.Error = err.Error()
@@ -130,26 +156,55 @@ func dialHello(sock string, h agentproto.Hello) (net.Conn, error) {
 	return c, nil
 }
 
-// Call sends req and waits for its reply; a reply with an error comes
-// back as a *StartError. Calls on one Client are sequential: use another
-// Client for a concurrent one (such as a Wait).
-func (c *Client) Call(req agentproto.Request) (agentproto.Reply, error) {
+// Call sends req and waits for its reply, or until ctx ends (which
+// closes the Client: a late reply could not be told from the next one);
+// a reply with an error comes back as a *StartError. Calls on one
+// Client are sequential: use another Client for a concurrent one (such
+// as a Wait).
+func (c *Client) Call(ctx context.Context, req agentproto.Request) (agentproto.Reply, error) {
+	stop := context.AfterFunc(ctx, func() { c.ctl.SetDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			c.ctl.Close()
+		}
+	}()
 	c.next++
 	req.ID = c.next
 	if err := agentproto.Write(c.ctl, req); err != nil {
-		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, err)
+		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, callErr(ctx, err))
 	}
 	var r agentproto.Reply
 	if err := agentproto.Read(c.ctl, &r); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = ErrAgentGone
-		}
-		return r, fmt.Errorf("%s: %w", req.Op, err)
+		return r, fmt.Errorf("%s: %w", req.Op, callErr(ctx, err))
+	}
+	if r.ID != req.ID {
+		return r, fmt.Errorf("%s: %w: reply %d to request %d", req.Op, agentproto.ErrFrame, r.ID, req.ID)
 	}
 	if r.Error != "" {
-		return r, &StartError{Code: r.Code, Msg: r.Error}
+		return r, startError(r)
 	}
 	return r, nil
+}
+
+// callErr is the error of a call whose connection failed with err.
+func callErr(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ErrAgentGone
+	}
+	return err
+}
+
+// Wait waits until a process of the container (exec "" for its own) has
+// exited, or ctx ends, and returns its exit status (0-255).
+func (c *Client) Wait(ctx context.Context, container, exec string) (int, error) {
+	r, err := c.Call(ctx, agentproto.Request{Op: agentproto.OpWait, Container: container, Exec: exec})
+	if err != nil {
+		return 0, err
+	}
+	return exitStatus(r)
 }
 
 // Stream opens one stdio stream of a process; open them before asking

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -181,14 +182,14 @@ func stopContainer(st *container.State, timeout time.Duration) error {
 	defer waiter.Close()
 	exited := make(chan struct{})
 	go func() {
-		waiter.Call(agentproto.Request{Op: agentproto.OpWait, Container: st.ID})
+		waiter.Call(context.Background(), agentproto.Request{Op: agentproto.OpWait, Container: st.ID})
 		close(exited)
 	}()
-	c.Call(agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGTERM)})
+	c.Call(context.Background(), agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGTERM)})
 	select {
 	case <-exited:
 	case <-time.After(timeout):
-		c.Call(agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGKILL)})
+		c.Call(context.Background(), agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGKILL)})
 		<-exited
 	}
 	// The vessel process records the exit and ends the VM.
@@ -312,7 +313,7 @@ func containerExec(f execFlags, ref string, argv []string) error {
 		return runErr("%v", err)
 	}
 	defer at.close()
-	if _, err := c.Call(agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
+	if _, err := c.Call(context.Background(), agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
 		User: f.user, IO: &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}}); err != nil {
 		var se *container.StartError
 		if errors.As(err, &se) && se.Code != 0 {
@@ -331,14 +332,14 @@ func containerExec(f execFlags, ref string, argv []string) error {
 	defer waiter.Close()
 	result := make(chan agentproto.Reply, 1)
 	go func() {
-		r, _ := waiter.Call(agentproto.Request{Op: agentproto.OpWait, Container: st.ID, Exec: execID})
+		r, _ := waiter.Call(context.Background(), agentproto.Request{Op: agentproto.OpWait, Container: st.ID, Exec: execID})
 		result <- r
 	}()
 	for {
 		select {
 		case s := <-sigs:
 			if req, ok := signalRequest(s, st.ID, execID, f.tty); ok {
-				c.Call(req)
+				c.Call(context.Background(), req)
 			}
 		case r := <-result:
 			at.wait()

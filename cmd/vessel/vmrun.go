@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/vmm"
@@ -274,14 +275,14 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 }
 
 // writeConsoleTail appends the guest console's last lines to a failure
-// report.
+// report, each cleaned of control characters: the guest wrote them.
 func writeConsoleTail(b *strings.Builder, tail []string) {
 	if len(tail) == 0 {
 		return
 	}
 	b.WriteString("; last console lines:\n")
 	for _, l := range lastN(tail, 15) {
-		b.WriteString("  | " + l + "\n")
+		b.WriteString("  | " + container.CleanText(l) + "\n")
 	}
 }
 
