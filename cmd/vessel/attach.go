@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/term"
 
@@ -78,9 +81,27 @@ func attach(open func(name string) (net.Conn, error), tty, interactive bool, std
 	return a, nil
 }
 
-// wait waits until the process's output has all been copied (its
-// streams ended).
-func (a *attached) wait() { a.out.Wait() }
+// drain waits until the process's output has all been copied (its
+// streams ended), which the agent promises by the time it reports the
+// process's exit: for at most d, or until ctx ends. A guest that keeps
+// the streams open makes it fail; close then ends the copies.
+func (a *attached) drain(ctx context.Context, d time.Duration) error {
+	done := make(chan struct{})
+	go func() {
+		a.out.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("the guest kept the process's output open %v after its exit", d)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // close closes the streams and restores the host terminal.
 func (a *attached) close() {

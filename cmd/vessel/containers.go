@@ -153,7 +153,12 @@ func newStop() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "stop [-t SECONDS] CONTAINER...",
 		Short: "Stop running containers: SIGTERM, then SIGKILL after the timeout",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Stop running containers: SIGTERM to the container's process, then SIGKILL
+after the timeout. A container whose guest does not report the exit a
+minute after SIGKILL, or whose VM does not end a minute after the exit,
+has its vessel process killed (the VM goes with it; the exit is recorded
+as 137).`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return eachContainer(args, func(st *container.State) error {
 				return stopContainer(st, time.Duration(timeout)*time.Second)
@@ -166,15 +171,45 @@ func newStop() *cobra.Command {
 
 // stopContainer sends SIGTERM to a running container's process, SIGKILL
 // after timeout, and waits until its vessel process recorded the exit.
+// A guest that does not answer in time, or a vessel process that does
+// not end the VM, gets its vessel process killed.
 func stopContainer(st *container.State, timeout time.Duration) error {
+	return stopBounded(st, timeout, defaultStopBounds)
+}
+
+// stopBounds bound stop's waits after SIGKILL: for the guest to report
+// the exit (kill), then for the vessel process to record it and end the
+// VM (end).
+type stopBounds struct{ kill, end time.Duration }
+
+// defaultStopBounds are generous, for the slowest emulated platforms.
+var defaultStopBounds = stopBounds{kill: time.Minute, end: time.Minute}
+
+// stopBounded is stopContainer with the bounds b.
+func stopBounded(st *container.State, timeout time.Duration, b stopBounds) error {
 	if !st.Running() {
 		return nil
 	}
-	c, err := container.Dial(st.Socket)
-	if err != nil {
-		return err
+	if err := signalStop(st, timeout, b.kill); err != nil {
+		return killVessel(st, err.Error())
 	}
-	defer c.Close()
+	// The vessel process records the exit and ends the VM.
+	for deadline := time.Now().Add(b.end); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
+		if err != nil || !cur.Running() {
+			return nil
+		}
+	}
+	return killVessel(st, "the container exited but its VM did not end")
+}
+
+// signalStop sends SIGTERM to the container's process and SIGKILL after
+// timeout, each on a connection of its own (the guest may never answer
+// the first), and returns once the guest reported the process's exit, or
+// an error when it did not within kill after SIGKILL.
+func signalStop(st *container.State, timeout, kill time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	waiter, err := container.Dial(st.Socket)
 	if err != nil {
 		return err
@@ -182,24 +217,69 @@ func stopContainer(st *container.State, timeout time.Duration) error {
 	defer waiter.Close()
 	exited := make(chan struct{})
 	go func() {
-		waiter.Call(context.Background(), agentproto.Request{Op: agentproto.OpWait, Container: st.ID})
+		waiter.Wait(ctx, st.ID, "") // an error too means there is nothing left to wait for
 		close(exited)
 	}()
-	c.Call(context.Background(), agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGTERM)})
+	send := func(sig syscall.Signal) {
+		c, err := container.Dial(st.Socket)
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(sig)})
+		}()
+	}
+	send(syscall.SIGTERM)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
 	select {
 	case <-exited:
-	case <-time.After(timeout):
-		c.Call(context.Background(), agentproto.Request{Op: agentproto.OpSignal, Container: st.ID, Signal: int(syscall.SIGKILL)})
-		<-exited
+		return nil
+	case <-t.C:
 	}
-	// The vessel process records the exit and ends the VM.
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
-		if err != nil || !cur.Running() {
-			return nil
-		}
+	send(syscall.SIGKILL)
+	t.Reset(kill)
+	select {
+	case <-exited:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("the guest did not report the container's exit %v after SIGKILL", kill)
 	}
-	return fmt.Errorf("%s: the container exited but its VM did not end", st.Name)
+}
+
+// killVessel ends a container whose guest or vessel process does not
+// answer (why says how): SIGKILL to the vessel process that runs its VM
+// (the VM goes with it), then what that process would have done at its
+// end: the exit recorded (137), its private directory removed, and the
+// container removed if it was run with --rm.
+func killVessel(st *container.State, why string) error {
+	cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
+	if err != nil || !cur.Running() {
+		return nil // it ended meanwhile
+	}
+	// The PID is the vessel process's only while that runs this
+	// program: a PID reused by another process is not killed.
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w", st.Name, why, err)
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cur.Pid))
+	if err != nil || strings.TrimSuffix(exe, " (deleted)") != self {
+		return fmt.Errorf("%s: %s, and its process %d is not a vessel process to kill (%s)", st.Name, why, cur.Pid, exe)
+	}
+	fmt.Fprintf(os.Stderr, "vessel: %s: %s: killing its vessel process %d\n", st.Name, why, cur.Pid)
+	if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
+	}
+	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), "vessel-run-") {
+		os.RemoveAll(dir)
+	}
+	if cur.Remove {
+		return cur.Delete()
+	}
+	cur.Status, cur.ExitCode, cur.Finished = container.StatusExited, 128+int(syscall.SIGKILL), time.Now().UTC()
+	return cur.Save()
 }
 
 func newRm() *cobra.Command {
@@ -295,6 +375,12 @@ func containerExec(f execFlags, ref string, argv []string) error {
 			proc.ConsoleSize = &specs.Box{Width: uint(w), Height: uint(h)}
 		}
 	}
+	// Signals: before the process runs, a terminating one ends vessel
+	// exec; then they go to the process, and the forceSignals-th
+	// terminating one ends vessel exec without waiting for the guest.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
 	c, err := container.Dial(st.Socket)
 	if err != nil {
 		return runErr("%v", err)
@@ -313,41 +399,106 @@ func containerExec(f execFlags, ref string, argv []string) error {
 		return runErr("%v", err)
 	}
 	defer at.close()
-	if _, err := c.Call(context.Background(), agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
-		User: f.user, IO: &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}}); err != nil {
-		var se *container.StartError
-		if errors.As(err, &se) && se.Code != 0 {
-			return &exitError{code: se.Code, msg: se.Msg}
+	execd := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), container.RequestTimeout)
+		defer cancel()
+		_, err := c.Call(ctx, agentproto.Request{Op: agentproto.OpExec, Container: st.ID, Exec: execID, Process: &proc,
+			User: f.user, IO: &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}})
+		execd <- err
+	}()
+	for running := false; !running; {
+		select {
+		case s := <-sigs:
+			if s != syscall.SIGWINCH {
+				return &exitError{code: 128 + int(s.(syscall.Signal))}
+			}
+		case err := <-execd:
+			if err != nil {
+				var se *container.StartError
+				if errors.As(err, &se) && se.Code != 0 {
+					return &exitError{code: se.Code, msg: se.Msg}
+				}
+				if errors.Is(err, context.DeadlineExceeded) {
+					return runErr("exec: the guest did not answer within %v", container.RequestTimeout)
+				}
+				return runErr("%v", err)
+			}
+			running = true
 		}
-		return runErr("%v", err)
 	}
-	// Signals go to the exec'd process; window changes to its terminal.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
 	waiter, err := container.Dial(st.Socket)
 	if err != nil {
 		return runErr("%v", err)
 	}
 	defer waiter.Close()
-	result := make(chan agentproto.Reply, 1)
+	type exit struct {
+		status int
+		err    error
+	}
+	result := make(chan exit, 1)
 	go func() {
-		r, _ := waiter.Call(context.Background(), agentproto.Request{Op: agentproto.OpWait, Container: st.ID, Exec: execID})
-		result <- r
+		status, err := waiter.Wait(context.Background(), st.ID, execID)
+		result <- exit{status, err}
 	}()
+	// Requests go one at a time on c, each bounded; one that finds the
+	// queue full is dropped.
+	fwd := make(chan agentproto.Request, 8)
+	defer close(fwd)
+	go func() {
+		for req := range fwd {
+			ctx, cancel := context.WithTimeout(context.Background(), container.RequestTimeout)
+			c.Call(ctx, req)
+			cancel()
+		}
+	}()
+	terminating := 0
 	for {
 		select {
 		case s := <-sigs:
+			switch s {
+			case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP:
+				if terminating++; terminating == forceSignals {
+					return &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%s %d times: leaving the process", s, forceSignals)}
+				}
+			}
 			if req, ok := signalRequest(s, st.ID, execID, f.tty); ok {
-				c.Call(context.Background(), req)
+				select {
+				case fwd <- req:
+				default:
+				}
 			}
 		case r := <-result:
-			at.wait()
-			if r.Error != "" {
-				return runErr("%s", r.Error)
+			if r.err != nil {
+				return runErr("%v", r.err)
 			}
-			if r.Status != 0 {
-				return &exitError{code: r.Status}
+			if err := drainExec(at, sigs); err != nil {
+				return err
+			}
+			if r.status != 0 {
+				return &exitError{code: r.status}
+			}
+			return nil
+		}
+	}
+}
+
+// drainExec waits for an exec'd process's output after its exit, for at
+// most drainTimeout; a terminating signal meanwhile ends the wait.
+func drainExec(at *attached, sigs <-chan os.Signal) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- at.drain(ctx, drainTimeout) }()
+	for {
+		select {
+		case s := <-sigs:
+			if s != syscall.SIGWINCH {
+				return &exitError{code: 128 + int(s.(syscall.Signal))}
+			}
+		case err := <-errc:
+			if err != nil {
+				return runErr("%v", err)
 			}
 			return nil
 		}

@@ -77,6 +77,9 @@ gone when it ends.
 Signals vessel gets go to the container's first process, as docker's
 --sig-proxy; that process is PID 1 of its namespace and gets only the
 signals it handles, so a third SIGINT, SIGTERM or SIGHUP stops the VM.
+Before the container runs and after it exited, while vessel waits on the
+guest, a signal stops the VM at once. Every wait on the guest is bounded:
+on expiry the VM is stopped.
 
 The container shares the VM's network: by default a userspace network
 (NAT to the host's network; -p publishes a host port), or none. The
@@ -520,6 +523,32 @@ func readyPipe() func(error) {
 	}
 }
 
+// Bounds of vessel run's waits on the guest: generous, as the emulated
+// test platform is 10-50x slower than hardware (a boot to the agent
+// takes 30 s and more there). Requests are bounded by
+// container.RequestTimeout.
+const (
+	// agentTimeout bounds the boot, up to the agent's control
+	// connection.
+	agentTimeout = 3 * time.Minute
+	// drainTimeout bounds how long the container's output streams may
+	// stay open after the agent reported its exit, when they should
+	// have ended.
+	drainTimeout = time.Minute
+	// shutdownTimeout bounds the container's removal and the VM's end
+	// after the container exited.
+	shutdownTimeout = 30 * time.Second
+)
+
+// runBounds are the bounds of vessel run's waits on the guest; on
+// expiry the VM is stopped.
+type runBounds struct {
+	agent, request, drain, shutdown time.Duration
+}
+
+// defaultBounds are the bounds vessel run uses.
+var defaultBounds = runBounds{agent: agentTimeout, request: container.RequestTimeout, drain: drainTimeout, shutdown: shutdownTimeout}
+
 // superviseContainer boots the VM, runs the container in it, records
 // its state in st while it runs (serving its control socket for exec and
 // stop) and after it exited, and returns its exit status as an error.
@@ -527,6 +556,7 @@ func readyPipe() func(error) {
 // vessel's stdout and stderr. ready is told once the container runs, or
 // why it could not.
 func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(error)) (err error) {
+	b := defaultBounds
 	defer func() {
 		ready(err)
 		if st.Status != container.StatusExited {
@@ -597,22 +627,41 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		<-ended
 		cancel()
 	}()
-	// Host signals before the container runs stop the VM.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
-
-	ag, err := acceptAgent(ctx, ln, sigs, vm)
-	if err != nil {
-		vm.Stop()
-		return guestFailure("the guest agent did not come up", err, vmResult())
-	}
-	defer ag.Close()
 	var forced atomic.Value // the signal that forced the VM to stop
 	force := func(s os.Signal) {
 		forced.Store(s)
 		vm.Stop()
 	}
+	// forcedExit is the exit of a run a signal stopped, once the VM
+	// ended; nil if none did.
+	forcedExit := func() error {
+		if s, ok := forced.Load().(syscall.Signal); ok {
+			vmResult()
+			return &exitError{code: 128 + int(s)}
+		}
+		return nil
+	}
+	var rs runSignals
+	go rs.loop(ctx, sigs, p.id, f.tty, b.request, force)
+
+	actx, acancel := context.WithTimeout(ctx, b.agent)
+	ag, err := container.Accept(actx, ln)
+	acancel()
+	if err != nil {
+		vm.Stop()
+		res := vmResult()
+		if err := forcedExit(); err != nil {
+			return err
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("not within %v", b.agent)
+		}
+		return guestFailure("the guest agent did not come up", err, res)
+	}
+	defer ag.Close()
 	started := func() error {
 		ctl, err := net.Listen("unix", filepath.Join(dir, "ctl.sock"))
 		if err != nil {
@@ -627,10 +676,9 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		ready(nil)
 		return nil
 	}
-	status, err := runContainer(ctx, ag, p, f, sigs, force, stdout, stderr, started)
-	if s, ok := forced.Load().(syscall.Signal); ok {
-		vmResult()
-		return &exitError{code: 128 + int(s)}
+	status, err := runContainer(ctx, ag, p, f, &rs, b, stdout, stderr, started)
+	if err := forcedExit(); err != nil {
+		return err
 	}
 	if err != nil {
 		vm.Stop()
@@ -652,9 +700,9 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	st.Status, st.ExitCode, st.Finished = container.StatusExited, status, time.Now().UTC()
 	st.Save()
 	// The container is gone: remove it cleanly, then let the VM end.
-	stopCtx, stop := context.WithTimeout(ctx, 30*time.Second)
+	stopCtx, stop := context.WithTimeout(ctx, b.shutdown)
 	defer stop()
-	if _, err := ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil {
+	if _, err := ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil && ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "vessel: remove the container: %v\n", err)
 	}
 	ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpShutdown})
@@ -663,30 +711,13 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	case <-stopCtx.Done():
 		vm.Stop()
 	}
+	if err := forcedExit(); err != nil { // a signal while the VM ended
+		return err
+	}
 	if status != 0 {
 		return &exitError{code: status}
 	}
 	return nil
-}
-
-// acceptAgent waits for the agent while the VM boots; a host signal
-// meanwhile stops the VM.
-func acceptAgent(ctx context.Context, ln net.Listener, sigs chan os.Signal, vm *vmm.VM) (*container.Agent, error) {
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				if s != syscall.SIGWINCH {
-					vm.Stop()
-				}
-			case <-actx.Done():
-				return
-			}
-		}
-	}()
-	return container.Accept(actx, ln)
 }
 
 // guestFailure reports a VM that ended or failed around the container.
@@ -711,25 +742,36 @@ func guestFailure(what string, err error, res vmm.Result) error {
 const forceSignals = 3
 
 // runContainer creates and starts the container, connects its stdio
-// (output to stdout and stderr), calls started once it runs, passes
-// signals and terminal sizes on (calling force on the forceSignals-th
-// terminating one), and returns its exit status.
-func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFlags, sigs chan os.Signal, force func(os.Signal),
+// (output to stdout and stderr), calls started once it runs, has rs
+// pass signals on while it runs, and returns its exit status. Each wait
+// on the guest is bounded by b, or ends with ctx (the VM ended).
+func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFlags, rs *runSignals, b runBounds,
 	stdout, stderr io.Writer, started func() error) (int, error) {
+	call := func(req agentproto.Request) error {
+		cctx, cancel := context.WithTimeout(ctx, b.request)
+		defer cancel()
+		_, err := ag.Call(cctx, req)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%s: the guest did not answer within %v", req.Op, b.request)
+		}
+		return err
+	}
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
-	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
+	if err := call(agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
 		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial()}}); err != nil {
 		return 0, err
 	}
 	stream := func(name string) (net.Conn, error) {
-		return ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: name})
+		cctx, cancel := context.WithTimeout(ctx, b.request)
+		defer cancel()
+		return ag.Stream(cctx, agentproto.StreamID{Container: p.id, Name: name})
 	}
 	at, err := attach(stream, f.tty, f.interactive, stdout, stderr)
 	if err != nil {
 		return 0, err
 	}
 	defer at.close()
-	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
+	if err := call(agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
 		return 0, err
 	}
 	if err := started(); err != nil {
@@ -737,14 +779,15 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	}
 	// Signals reach the container's process, as docker's --sig-proxy;
 	// window size changes reach its terminal.
-	fwdCtx, stopFwd := context.WithCancel(ctx)
-	defer stopFwd()
-	go forwardSignals(fwdCtx, ag, p.id, f.tty, sigs, force)
+	rs.forward(ag)
 	status, err := ag.Wait(ctx, p.id, "")
+	rs.forward(nil)
 	if err != nil {
 		return 0, err
 	}
-	at.wait()
+	if err := at.drain(ctx, b.drain); err != nil {
+		return 0, err
+	}
 	return status, nil
 }
 
@@ -766,15 +809,35 @@ func signalRequest(s os.Signal, container, exec string, tty bool) (req agentprot
 	return agentproto.Request{Op: agentproto.OpResize, Container: container, Exec: exec, Size: &specs.Box{Width: uint(w), Height: uint(h)}}, true
 }
 
-// forwardSignals passes vessel's signals on to the container's process
-// until ctx ends: terminal size changes as resizes (with a terminal),
-// the rest as signals, and the forceSignals-th terminating signal to
-// force instead.
-func forwardSignals(ctx context.Context, ag *container.Agent, id string, tty bool, sigs chan os.Signal, force func(os.Signal)) {
+// runSignals acts on the signals vessel gets while it runs a
+// container. While the container runs they go to its process, as
+// docker's --sig-proxy (terminal size changes as resizes, with a
+// terminal), and the forceSignals-th terminating one stops the VM
+// instead; before it runs and after it exited, while vessel waits on the
+// guest, any but SIGWINCH stops the VM at once.
+type runSignals struct {
+	ag atomic.Pointer[container.Agent] // set while the container runs
+}
+
+// forward has signals go to the container's process through ag from
+// now on; nil ends that.
+func (r *runSignals) forward(ag *container.Agent) { r.ag.Store(ag) }
+
+// loop acts on sigs until ctx ends or it called force, which stops the
+// VM; each request it passes on is bounded by request.
+func (r *runSignals) loop(ctx context.Context, sigs <-chan os.Signal, id string, tty bool, request time.Duration, force func(os.Signal)) {
 	terminating := 0
 	for {
 		select {
 		case s := <-sigs:
+			ag := r.ag.Load()
+			if ag == nil {
+				if s != syscall.SIGWINCH {
+					force(s)
+					return
+				}
+				continue
+			}
 			switch s {
 			case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP:
 				if terminating++; terminating == forceSignals {
@@ -784,7 +847,11 @@ func forwardSignals(ctx context.Context, ag *container.Agent, id string, tty boo
 				}
 			}
 			if req, ok := signalRequest(s, id, "", tty); ok {
-				go ag.Call(ctx, req)
+				go func() {
+					cctx, cancel := context.WithTimeout(ctx, request)
+					defer cancel()
+					ag.Call(cctx, req)
+				}()
 			}
 		case <-ctx.Done():
 			return
