@@ -139,6 +139,13 @@ type Create struct {
 	// an empty ext4 file system that holds the container's writable
 	// layer; without it, the layer is a tmpfs.
 	ScratchDisk string `json:"scratch_disk,omitempty"`
+	// RootShare, if set, is the mount tag of a virtio 9P device that
+	// holds the container's root file system (an OCI bundle's rootfs on
+	// the host, see cmd/vessel-runtime), used instead of ImageDisk and
+	// ScratchDisk: it is mounted read-only when Spec.Root.Readonly, and
+	// Spec is then taken as it is (its process user; no User resolved,
+	// no /etc files added), as runc takes a bundle's config.
+	RootShare string `json:"root_share,omitempty"`
 }
 
 // Volume is a host directory the VM has as a virtio 9P device with mount

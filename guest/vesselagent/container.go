@@ -103,18 +103,29 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}()
 	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
 
-	rootfs, err := c.mountRootfs(cr.ImageDisk, cr.ScratchDisk)
-	if err != nil {
-		return nil, err
-	}
 	spec := *cr.Spec
-	spec.Root = &specs.Root{Path: rootfs}
-	if err := resolveUser(spec.Process, rootfs, cr.User); err != nil {
-		return nil, &startError{code: 126, err: err}
-	}
-	c.rootfs, c.user = rootfs, spec.Process.User
-	if err := c.etcFiles(&spec); err != nil {
-		return nil, err
+	if cr.RootShare != "" {
+		// An OCI bundle's config: its root, user and mounts as given.
+		readOnly := spec.Root != nil && spec.Root.Readonly
+		rootfs, err := c.mountRootShare(cr.RootShare, readOnly)
+		if err != nil {
+			return nil, err
+		}
+		spec.Root = &specs.Root{Path: rootfs, Readonly: readOnly}
+		c.rootfs, c.user = rootfs, spec.Process.User
+	} else {
+		rootfs, err := c.mountRootfs(cr.ImageDisk, cr.ScratchDisk)
+		if err != nil {
+			return nil, err
+		}
+		spec.Root = &specs.Root{Path: rootfs}
+		if err := resolveUser(spec.Process, rootfs, cr.User); err != nil {
+			return nil, &startError{code: 126, err: err}
+		}
+		c.rootfs, c.user = rootfs, spec.Process.User
+		if err := c.etcFiles(&spec); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.mountVolumes(&spec, cr.Volumes); err != nil {
 		return nil, err
@@ -191,6 +202,23 @@ func (c *container) mountRootfs(serial, scratch string) (string, error) {
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", image, rw, rw)
 	if err := c.mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return "", err
+	}
+	return rootfs, nil
+}
+
+// mountRootShare mounts the 9P share tag (an OCI bundle's rootfs on the
+// host) as the bundle's rootfs, read-only if asked.
+func (c *container) mountRootShare(tag string, readOnly bool) (string, error) {
+	rootfs := filepath.Join(c.dir, "bundle", "rootfs")
+	if err := os.MkdirAll(rootfs, 0o700); err != nil {
+		return "", err
+	}
+	var flags uintptr
+	if readOnly {
+		flags = unix.MS_RDONLY
+	}
+	if err := c.mount(tag, rootfs, "9p", flags, volumeOptions); err != nil {
 		return "", err
 	}
 	return rootfs, nil
