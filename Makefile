@@ -35,6 +35,7 @@ deps:
 build:
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.gitVersion=$$(git describe --always --dirty 2>/dev/null)" -o bin/vessel ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.gitVersion=$$(git describe --always --dirty 2>/dev/null)" -o bin/vessel-runtime ./cmd/vessel-runtime
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-usernet ./cmd/vessel-usernet
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-bench ./cmd/vessel-bench
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-workload ./bench/workload

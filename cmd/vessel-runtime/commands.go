@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// createFlags are create's and run's.
+type createFlags struct {
+	bundle, pidFile, consoleSocket string
+	noPivot, noNewKeyring          bool
+	preserveFDs                    int
+}
+
+func addCreateFlags(c *cobra.Command, f *createFlags) {
+	fl := c.Flags()
+	fl.StringVarP(&f.bundle, "bundle", "b", ".", "the bundle: the directory of config.json")
+	fl.StringVar(&f.pidFile, "pid-file", "", "write the PID of the container's VMM process to this file")
+	fl.StringVar(&f.consoleSocket, "console-socket", "", "a terminal's socket (not supported yet)")
+	fl.BoolVar(&f.noPivot, "no-pivot", false, "accepted for runc compatibility")
+	fl.BoolVar(&f.noNewKeyring, "no-new-keyring", false, "accepted for runc compatibility")
+	fl.IntVar(&f.preserveFDs, "preserve-fds", 0, "extra file descriptors to pass (not supported yet: 0 only)")
+}
+
+func newCreate(g *globals) *cobra.Command {
+	var f createFlags
+	c := &cobra.Command{
+		Use:   "create [flags] ID",
+		Short: "create a container in a new microVM, without starting its process",
+		Args:  exactID,
+		RunE: func(_ *cobra.Command, args []string) error {
+			cmd, err := g.create(args[0], f)
+			if err != nil {
+				return err
+			}
+			cmd.Process.Release()
+			return nil
+		},
+	}
+	addCreateFlags(c, &f)
+	return c
+}
+
+func newRun(g *globals) *cobra.Command {
+	var f createFlags
+	c := &cobra.Command{
+		Use:   "run [flags] ID",
+		Short: "create and start a container, wait for it and delete it; exit with its status",
+		Args:  exactID,
+		RunE: func(_ *cobra.Command, args []string) error {
+			id := args[0]
+			cmd, err := g.create(id, f)
+			if err != nil {
+				return err
+			}
+			dir := filepath.Join(g.root, id)
+			if _, err := call(dir, ctlRequest{Op: opStart}); err != nil {
+				call(dir, ctlRequest{Op: opDelete})
+				cmd.Wait()
+				os.RemoveAll(dir)
+				return err
+			}
+			cmd.Wait()
+			os.RemoveAll(dir)
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				return exitCode(128 + int(ws.Signal()))
+			}
+			return exitCode(cmd.ProcessState.ExitCode())
+		},
+	}
+	addCreateFlags(c, &f)
+	return c
+}
+
+// exactID checks a command's one argument, the container ID.
+func exactID(_ *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return errorf("want exactly one argument, the container ID (got %d)", len(args))
+	}
+	return nil
+}
+
+// create checks the bundle, makes the state directory, starts the VMM
+// process and waits until it has created the container in the guest.
+// Any failure leaves no state directory and no process.
+func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
+	dir, err := g.containerDir(id)
+	if err != nil {
+		return nil, err
+	}
+	if f.consoleSocket != "" {
+		return nil, errorf("--console-socket: a terminal is not supported by vessel-runtime yet")
+	}
+	if f.preserveFDs != 0 {
+		return nil, errorf("--preserve-fds %d: passing extra file descriptors is not supported by vessel-runtime yet", f.preserveFDs)
+	}
+	b, err := loadBundle(f.bundle)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []string{g.kernel, g.initramfs} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, errorf("no guest artifact at %s: build it with `make`, or pass --kernel and --initramfs", p)
+		}
+	}
+	pidFile := f.pidFile
+	if pidFile != "" {
+		if pidFile, err = filepath.Abs(pidFile); err != nil {
+			return nil, errorf("--pid-file: %v", err)
+		}
+	}
+	if err := os.MkdirAll(g.root, 0o700); err != nil {
+		return nil, errorf("state directory: %v", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, errorf("container with id %q already exists", id)
+		}
+		return nil, errorf("state directory: %v", err)
+	}
+	var cmd *exec.Cmd
+	defer func() {
+		if err != nil {
+			if cmd != nil && cmd.Process != nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+			os.RemoveAll(dir)
+		}
+	}()
+	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations}
+	if err := rec.save(dir); err != nil {
+		return nil, errorf("%v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, errorf("%v", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, errorf("%v", err)
+	}
+	defer r.Close()
+	cmd = exec.Command(self, append(g.args(), "vmm", id)...)
+	// The caller's stdio is the container's: the VMM process keeps it.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{w} // readyFD
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return nil, errorf("start the VMM process: %v", err)
+	}
+	rec.Pid = cmd.Process.Pid
+	rec.StartTime, _ = procStartTime(rec.Pid)
+	if err := rec.save(dir); err != nil {
+		return nil, errorf("%v", err)
+	}
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line != "ok" {
+		if line == "" {
+			line = "the VMM process ended before the container was created"
+		}
+		return nil, errorf("%s", line)
+	}
+	if pidFile != "" {
+		if err := writePidFile(pidFile, rec.Pid); err != nil {
+			call(dir, ctlRequest{Op: opDelete})
+			return nil, errorf("--pid-file: %v", err)
+		}
+	}
+	return cmd, nil
+}
+
+// args are the global flags again, for the VMM process.
+func (g *globals) args() []string {
+	return []string{"--root", g.root, "--log", g.log, "--log-format", g.logFormat,
+		"--kernel", g.kernel, "--initramfs", g.initramfs,
+		"--vm-memory", strconv.Itoa(g.memoryMiB), "--vm-cpus", strconv.Itoa(g.cpus)}
+}
+
+// writePidFile writes the PID atomically, as runc does: the caller may
+// read the file as soon as it exists.
+func writePidFile(path string, pid int) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func newStart(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "start ID",
+		Short: "start a created container's process",
+		Args:  exactID,
+		RunE: func(_ *cobra.Command, args []string) error {
+			dir, rec, err := g.load(args[0])
+			if err != nil {
+				return err
+			}
+			if st := rec.status(dir); st != statusCreated {
+				return errorf("cannot start a container that is %s", st)
+			}
+			_, err = call(dir, ctlRequest{Op: opStart})
+			return err
+		},
+	}
+}
+
+func newState(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "state ID",
+		Short: "print a container's state as runtime-spec's JSON",
+		Args:  exactID,
+		RunE: func(c *cobra.Command, args []string) error {
+			dir, rec, err := g.load(args[0])
+			if err != nil {
+				return err
+			}
+			st := ociState{OCIVersion: ociVersion, ID: rec.ID, Status: rec.status(dir), Bundle: rec.Bundle,
+				Annotations: rec.Annotations, Created: rec.Created}
+			if st.Status != statusStopped {
+				st.Pid = rec.Pid
+			}
+			b, _ := json.MarshalIndent(st, "", "  ")
+			fmt.Fprintf(c.OutOrStdout(), "%s\n", b)
+			return nil
+		},
+	}
+}
+
+func newKill(g *globals) *cobra.Command {
+	var all bool
+	c := &cobra.Command{
+		Use:   "kill [--all] ID [SIGNAL]",
+		Short: "send a signal (default SIGTERM; a number or a name) to the container's process",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) < 1 || len(args) > 2 {
+				return errorf("want the container ID and an optional signal (got %d arguments)", len(args))
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			sig := unix.SIGTERM
+			if len(args) == 2 {
+				s, err := parseSignal(args[1])
+				if err != nil {
+					return err
+				}
+				sig = s
+			}
+			dir, rec, err := g.load(args[0])
+			if err != nil {
+				return err
+			}
+			if st := rec.status(dir); st != statusCreated && st != statusRunning {
+				return errorf("container not running")
+			}
+			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig)})
+			return err
+		},
+	}
+	// The container's first process is its PID namespace's init: a
+	// signal that kills it kills every other process of the container.
+	c.Flags().BoolVarP(&all, "all", "a", false, "accepted: the signal goes to the container's first process")
+	return c
+}
+
+// parseSignal reads a signal as runc does: a number, or a name with or
+// without SIG.
+func parseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, errorf("invalid signal %q", s)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, errorf("invalid signal %q", s)
+}
+
+func newDelete(g *globals) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "delete [--force] ID",
+		Short: "delete a stopped or created container (--force: any), its VM and its state",
+		Args:  exactID,
+		RunE: func(_ *cobra.Command, args []string) error {
+			dir, rec, err := g.load(args[0])
+			if err != nil {
+				if force && validID(args[0]) {
+					return nil // runc: nothing to delete is no failure with --force
+				}
+				return err
+			}
+			if rec.vmmAlive() {
+				if st := rec.status(dir); st == statusRunning && !force {
+					return errorf("cannot delete container %s that is not stopped: %s", rec.ID, st)
+				}
+				call(dir, ctlRequest{Op: opDelete})
+				if !rec.waitGone(teardownTimeout + 5*time.Second) {
+					rec.kill(syscall.SIGKILL)
+					rec.waitGone(5 * time.Second)
+				}
+			}
+			if err := os.RemoveAll(dir); err != nil {
+				return errorf("delete %s: %v", rec.ID, err)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "kill the container first if it runs")
+	return c
+}

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// defaultCmdline is the guest kernel's command line, cmd/vessel's
+// DefaultCmdline (see there for each parameter).
+const defaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+
+// rootTag is the mount tag of the bundle's rootfs share.
+const rootTag = "vessel-root"
+
+// readyFD is the VMM process's pipe to create (fd 3): "ok" once the
+// container is created in the guest, or one line saying why not.
+const readyFD = 3
+
+// Timeouts of the VMM process. bootTimeout bounds the boot up to the
+// agent's control connection (generous: the emulated test platform
+// boots in 10-20 s); teardownTimeout the clean removal at the end.
+const (
+	bootTimeout     = 5 * time.Minute
+	teardownTimeout = 30 * time.Second
+)
+
+// Control operations, between the other commands and the VMM process.
+const (
+	opState  = "state"
+	opStart  = "start"
+	opKill   = "kill"
+	opDelete = "delete"
+)
+
+// ctlRequest is one request on the VMM's control socket (one per
+// connection).
+type ctlRequest struct {
+	Op     string `json:"op"`
+	Signal int    `json:"signal,omitempty"`
+}
+
+// ctlReply answers it.
+type ctlReply struct {
+	Status string `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// maxCtl bounds a control message.
+const maxCtl = 64 << 10
+
+// ctlTimeout bounds a control call: start and kill are one request to
+// the agent each.
+const ctlTimeout = 2 * time.Minute
+
+// call sends req to the VMM of the container in dir and returns its
+// reply; a reply with an error is returned as a *runtimeError.
+func call(dir string, req ctlRequest) (ctlReply, error) {
+	c, err := net.DialTimeout("unix", filepath.Join(dir, ctlSock), ctlTimeout)
+	if err != nil {
+		return ctlReply{}, fmt.Errorf("the container's VMM: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(ctlTimeout))
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return ctlReply{}, fmt.Errorf("the container's VMM: %w", err)
+	}
+	var rep ctlReply
+	if err := json.NewDecoder(io.LimitReader(c, maxCtl)).Decode(&rep); err != nil {
+		return ctlReply{}, fmt.Errorf("the container's VMM: %w", err)
+	}
+	if rep.Error != "" {
+		return rep, errorf("%s", rep.Error)
+	}
+	return rep, nil
+}
+
+func newVMM(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "vmm ID",
+		Short:  "the VMM process of a container (started by create)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return serveVMM(g, args[0])
+		},
+	}
+}
+
+// vmmProc is the state of the VMM process.
+type vmmProc struct {
+	g      *globals
+	id     string
+	dir    string
+	ag     *container.Agent
+	vm     *vmm.VM
+	ended  chan struct{} // the VM has ended
+	result vmm.Result    // set before ended closes
+
+	mu       sync.Mutex
+	status   string
+	deleting chan struct{} // closed by a delete request
+}
+
+// serveVMM is the VMM process: it boots the VM, has the agent create
+// the container, tells create (readyFD), serves the control socket, and
+// returns the container's exit status as an exitCode.
+func serveVMM(g *globals, id string) error {
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	readyW := os.NewFile(readyFD, "ready")
+	p := &vmmProc{g: g, id: id, status: statusCreating, deleting: make(chan struct{}), ended: make(chan struct{})}
+	defer p.close()
+	if err := p.create(); err != nil {
+		fmt.Fprintln(readyW, strings.ReplaceAll(err.Error(), "\n", " "))
+		readyW.Close()
+		return exitCode(1)
+	}
+	fmt.Fprintln(readyW, "ok")
+	readyW.Close()
+	return p.wait()
+}
+
+// logf writes one line to --log (stderr is the container's).
+func (p *vmmProc) logf(format string, args ...any) {
+	logError(p.g.log, p.g.logFormat, fmt.Sprintf(format, args...), time.Now())
+}
+
+// create boots the VM and creates the container in it.
+func (p *vmmProc) create() error {
+	dir, rec, err := p.g.load(p.id)
+	if err != nil {
+		return err
+	}
+	p.dir = dir
+	b, err := loadBundle(rec.Bundle)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", filepath.Join(dir, vsockBase), agentproto.Port))
+	if err != nil {
+		return fmt.Errorf("agent socket: %w", err)
+	}
+	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	go p.serveControl(ctl)
+
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	var diag io.Writer = io.Discard
+	if p.g.log != "" {
+		diag = container.LimitWriter(logWriter{p}, container.DiagLimit, "vessel-runtime: further reports about the VM suppressed")
+	}
+	cfg := vmm.Config{
+		Kernel:  p.g.kernel,
+		Initrd:  p.g.initramfs,
+		Cmdline: defaultCmdline + " " + extra,
+		CPUs:    p.g.cpus,
+		Memory:  uint64(p.g.memoryMiB) << 20,
+		Console: io.Discard, // the result keeps the last lines for errors
+		Shares:  []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}},
+		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(dir, vsockBase)},
+		Log:     diag,
+	}
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("start the VM: %w", err)
+	}
+	p.vm = vm
+	go func() {
+		p.result = vm.Run()
+		close(p.ended)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.ended:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	ag, err := container.Accept(ctx, ln)
+	if err != nil {
+		vm.Stop()
+		<-p.ended
+		return p.guestFailure("the guest agent did not come up", err)
+	}
+	p.ag = ag
+	spec := b.guestSpec()
+	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id,
+		IO:     &agentproto.ProcessIO{Stdin: true},
+		Create: &agentproto.Create{Spec: spec, RootShare: rootTag}}); err != nil {
+		var se *container.StartError
+		if errors.As(err, &se) {
+			return fmt.Errorf("create in the guest: %s", se.Msg)
+		}
+		return p.guestFailure("create in the guest", err)
+	}
+	if err := p.attach(ctx); err != nil {
+		return err
+	}
+	p.setStatus(statusCreated)
+	return nil
+}
+
+// logWriter passes the VMM's reports on to --log, a line each.
+type logWriter struct{ p *vmmProc }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.p.logf("%s", strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// outputs counts the output streams still being copied.
+var outputs sync.WaitGroup
+
+// attach connects the container's stdio to the VMM process's fds 0, 1
+// and 2, which create's caller gave it: stdin's end reaches the
+// container as EOF.
+func (p *vmmProc) attach(ctx context.Context) error {
+	conns := map[string]net.Conn{}
+	for _, n := range []string{agentproto.Stdin, agentproto.Stdout, agentproto.Stderr} {
+		c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: n})
+		if err != nil {
+			return p.guestFailure("the container's stdio", err)
+		}
+		conns[n] = c
+	}
+	go func() {
+		io.Copy(conns[agentproto.Stdin], os.Stdin)
+		if h, ok := conns[agentproto.Stdin].(interface{ CloseWrite() error }); ok {
+			h.CloseWrite()
+		}
+	}()
+	for n, w := range map[string]io.Writer{agentproto.Stdout: os.Stdout, agentproto.Stderr: os.Stderr} {
+		c := conns[n]
+		outputs.Add(1)
+		go func() {
+			defer outputs.Done()
+			io.Copy(w, c)
+		}()
+	}
+	return nil
+}
+
+// guestFailure describes a failure around the VM, with how it ended.
+func (p *vmmProc) guestFailure(what string, err error) error {
+	select {
+	case <-p.ended:
+	default:
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %v", what, err)
+	switch p.result.Kind {
+	case vmm.ExitPanic, vmm.ExitTripleFault, vmm.ExitError:
+		fmt.Fprintf(&b, " (the VM ended: %s)", p.result.Detail)
+	case vmm.ExitGuestStatus:
+		fmt.Fprintf(&b, " (the agent exited with status %d)", p.result.Status)
+	}
+	if n := len(p.result.ConsoleTail); n > 0 {
+		fmt.Fprintf(&b, "; console: %s", p.result.ConsoleTail[n-1])
+	}
+	return errors.New(b.String())
+}
+
+func (p *vmmProc) setStatus(s string) {
+	p.mu.Lock()
+	p.status = s
+	p.mu.Unlock()
+}
+
+func (p *vmmProc) getStatus() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.status
+}
+
+// wait waits until the container exits (or a delete request comes, or
+// the VM ends), tears the VM down and returns the exit status.
+func (p *vmmProc) wait() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type exit struct {
+		status int
+		err    error
+	}
+	exited := make(chan exit, 1)
+	go func() {
+		s, err := p.ag.Wait(ctx, p.id, "")
+		exited <- exit{s, err}
+	}()
+	code := 128 + int(syscall.SIGKILL)
+	select {
+	case e := <-exited:
+		if e.err != nil {
+			p.logf("%v", p.guestFailure("the container", e.err))
+			code = 255
+		} else {
+			outputs.Wait()
+			code = e.status
+		}
+	case <-p.deleting:
+	}
+	p.setStatus(statusStopped)
+	p.teardown()
+	return exitCode(code)
+}
+
+// teardown removes the container in the guest, shuts the agent down and
+// waits for the VM to end, stopping it if it does not.
+func (p *vmmProc) teardown() {
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil && !errors.Is(err, container.ErrAgentGone) {
+		p.logf("remove the container in the guest: %v", err)
+	}
+	p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpShutdown})
+	select {
+	case <-p.ended:
+	case <-ctx.Done():
+		p.vm.Stop()
+		<-p.ended
+	}
+}
+
+// close releases what the VMM process holds.
+func (p *vmmProc) close() {
+	if p.ag != nil {
+		p.ag.Close()
+	}
+	if p.vm != nil {
+		select {
+		case <-p.ended:
+		default:
+			p.vm.Stop()
+			<-p.ended
+		}
+		p.vm.Close()
+	}
+}
+
+// serveControl answers the other commands until the process ends.
+func (p *vmmProc) serveControl(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(ctlTimeout))
+			var req ctlRequest
+			if err := json.NewDecoder(bufio.NewReader(io.LimitReader(c, maxCtl))).Decode(&req); err != nil {
+				return
+			}
+			rep := p.handle(req)
+			json.NewEncoder(c).Encode(rep)
+		}()
+	}
+}
+
+// handle carries out one control request.
+func (p *vmmProc) handle(req ctlRequest) ctlReply {
+	st := p.getStatus()
+	fail := func(format string, args ...any) ctlReply {
+		return ctlReply{Status: st, Error: fmt.Sprintf(format, args...)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	switch req.Op {
+	case opState:
+		return ctlReply{Status: st}
+	case opStart:
+		if st != statusCreated {
+			return fail("cannot start a container that is %s", st)
+		}
+		p.setStatus(statusRunning)
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
+			return fail("start: %v", err)
+		}
+		return ctlReply{Status: statusRunning}
+	case opKill:
+		if st != statusCreated && st != statusRunning {
+			return fail("container not running")
+		}
+		if req.Signal <= 0 || req.Signal > 64 {
+			return fail("invalid signal %d", req.Signal)
+		}
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: req.Signal}); err != nil {
+			return fail("kill: %v", err)
+		}
+		return ctlReply{Status: st}
+	case opDelete:
+		p.mu.Lock()
+		select {
+		case <-p.deleting:
+		default:
+			close(p.deleting)
+		}
+		p.mu.Unlock()
+		return ctlReply{Status: st}
+	}
+	return fail("unknown operation %q", req.Op)
+}
