@@ -1,0 +1,436 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/bbimage"
+)
+
+// runtimeBin is bin/vessel-runtime, next to the vessel binary.
+func runtimeBin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(vesselBin), "vessel-runtime")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("vessel-runtime binary: %v (run `make build`)", err)
+	}
+	return bin
+}
+
+// makeBundle makes an OCI bundle whose rootfs is the busybox image
+// (package bbimage) and whose config runs args, as `runc spec` would
+// make it but without a terminal.
+func makeBundle(t *testing.T, args ...string) (string, *specs.Spec) {
+	t.Helper()
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	img, err := bbimage.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := extractTar(mutate.Extract(img), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{
+		Version:  specs.Version,
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: "vessel-runtime-e2e",
+		Process: &specs.Process{
+			Args: args,
+			Env:  []string{"PATH=/bin"},
+			Cwd:  "/",
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding:  []string{"CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"},
+				Effective: []string{"CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"},
+				Permitted: []string{"CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"},
+			},
+			NoNewPrivileges: true,
+		},
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+			},
+			MaskedPaths:   []string{"/proc/kcore", "/sys/firmware"},
+			ReadonlyPaths: []string{"/proc/sys", "/proc/sysrq-trigger"},
+		},
+	}
+	writeSpec(t, dir, spec)
+	return dir, spec
+}
+
+func writeSpec(t *testing.T, dir string, spec *specs.Spec) {
+	t.Helper()
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// extractTar unpacks an image's flattened file system (directories,
+// regular files, symlinks) into dir, owners and modes kept.
+func extractTar(r io.Reader, dir string) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(f, tr)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		case tar.TypeSymlink:
+			if err := os.Symlink(h.Linkname, p); err != nil {
+				return err
+			}
+		default:
+			continue
+		}
+		if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+			return err
+		}
+		if h.Typeflag != tar.TypeSymlink {
+			if err := os.Chmod(p, os.FileMode(h.Mode).Perm()|modeBits(h.Mode)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func modeBits(m int64) os.FileMode {
+	var fm os.FileMode
+	if m&0o1000 != 0 {
+		fm |= os.ModeSticky
+	}
+	return fm
+}
+
+// vmmProcesses lists the PIDs of vessel-runtime VMM processes.
+func vmmProcesses(t *testing.T) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if strings.HasSuffix(args[0], "vessel-runtime") && slicesContains(args, "vmm") {
+			stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+			if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
+				continue // exited, not yet reaped
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// becomeSubreaper makes this test process the reaper of the VMM
+// processes that vessel-runtime create leaves, as containerd's shim is.
+var subreaperOnce sync.Once
+
+func becomeSubreaper(t *testing.T) {
+	t.Helper()
+	subreaperOnce.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			t.Fatalf("become a subreaper: %v", err)
+		}
+	})
+}
+
+// waitPid waits for the (adopted) process pid and returns its exit
+// status, 128+N for signal N, as the shim reports it.
+func waitPid(t *testing.T, pid int) int {
+	t.Helper()
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("wait for the VMM process %d: %v", pid, err)
+		}
+		break
+	}
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// runtimeClient is vessel-runtime as containerd's shim drives it.
+func runtimeClient(t *testing.T) (*runc.Runc, string) {
+	t.Helper()
+	state := filepath.Join(t.TempDir(), "state")
+	logf := filepath.Join(t.TempDir(), "log.json")
+	return &runc.Runc{Command: runtimeBin(t), Root: state, Log: logf, LogFormat: runc.JSON}, state
+}
+
+// createContainer creates id from bundle through go-runc, with pipes as
+// its stdio, and returns the pipes and the VMM's PID.
+func createContainer(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle string) (runc.IO, int) {
+	t.Helper()
+	pio, err := runc.NewPipeIO(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pio.Close() })
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	start := time.Now()
+	if err := r.Create(ctx, id, bundle, &runc.CreateOpts{PidFile: pidFile, IO: pio}); err != nil {
+		t.Fatalf("create %s: %v (log: %s)", id, err, readFile(r.Log))
+	}
+	t.Logf("create %s: %v", id, time.Since(start).Round(time.Millisecond))
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pio, pid
+}
+
+func wantStatus(t *testing.T, ctx context.Context, r *runc.Runc, id, want string) *runc.Container {
+	t.Helper()
+	c, err := r.State(ctx, id)
+	if err != nil {
+		t.Fatalf("state %s: %v", id, err)
+	}
+	if c.Status != want || c.ID != id {
+		t.Fatalf("state %s: %+v, want status %s", id, c, want)
+	}
+	return c
+}
+
+// TestRuntime drives bin/vessel-runtime through go-runc, as
+// containerd's runc shim does.
+func TestRuntime(t *testing.T) {
+	becomeSubreaper(t)
+	ctx := context.Background()
+
+	t.Run("lifecycle", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, _ := makeBundle(t, "sh", "-c", "cat; echo to-stderr >&2; echo boot=$(cat /proc/sys/kernel/random/boot_id) host=$(hostname); exit 3")
+		const id = "lifecycle"
+		pio, pid := createContainer(t, ctx, r, id, bundle)
+		c := wantStatus(t, ctx, r, id, "created")
+		if c.Pid != pid || c.Bundle != bundle {
+			t.Errorf("state: pid %d bundle %s, want %d %s", c.Pid, c.Bundle, pid, bundle)
+		}
+
+		// A second create with the same ID fails, and leaves the first.
+		dup := exec.Command(r.Command, "--root", state, "create", "--bundle", bundle, id)
+		out, err := dup.CombinedOutput()
+		checkRuntimeFailure(t, "create of a duplicate ID", out, err)
+		wantStatus(t, ctx, r, id, "created")
+		if n := len(vmmProcesses(t)); n != 1 {
+			t.Errorf("%d VMM processes after the duplicate create, want 1", n)
+		}
+
+		var stdout, stderr []byte
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); stdout, _ = io.ReadAll(pio.Stdout()) }()
+		go func() { defer wg.Done(); stderr, _ = io.ReadAll(pio.Stderr()) }()
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		wantStatus(t, ctx, r, id, "running")
+		io.WriteString(pio.Stdin(), "from-stdin\n")
+		pio.Stdin().Close()
+
+		if status := waitPid(t, pid); status != 3 {
+			t.Errorf("the VMM process exited %d, want the container's 3", status)
+		}
+		wg.Wait()
+		// The container runs on the guest's kernel: its boot ID is not
+		// the host's.
+		hostBoot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "from-stdin\nboot="
+		if got := string(stdout); !strings.HasPrefix(got, want) || !strings.HasSuffix(got, " host=vessel-runtime-e2e\n") ||
+			strings.Contains(got, strings.TrimSpace(string(hostBoot))) || len(got) < len(want)+36 {
+			t.Errorf("stdout %q, want %q, a boot ID other than the host's %s, host=vessel-runtime-e2e", got, want, hostBoot)
+		}
+		if string(stderr) != "to-stderr\n" {
+			t.Errorf("stderr %q, want %q", stderr, "to-stderr\n")
+		}
+		wantStatus(t, ctx, r, id, "stopped")
+		if err := r.Delete(ctx, id, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
+	t.Run("kill", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sleep", "1000")
+		// Without a PID namespace of its own the process is not an
+		// init, which would ignore SIGTERM without a handler.
+		spec.Linux.Namespaces = spec.Linux.Namespaces[1:]
+		writeSpec(t, bundle, spec)
+		const id = "kill"
+		_, pid := createContainer(t, ctx, r, id, bundle)
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		if err := r.Kill(ctx, id, int(unix.SIGTERM), nil); err != nil {
+			t.Fatalf("kill: %v (log: %s)", err, readFile(r.Log))
+		}
+		if status := waitPid(t, pid); status != 143 {
+			t.Errorf("the VMM process exited %d, want 143 (SIGTERM)", status)
+		}
+		wantStatus(t, ctx, r, id, "stopped")
+		if err := r.Kill(ctx, id, int(unix.SIGTERM), nil); err == nil {
+			t.Errorf("kill of a stopped container succeeded")
+		}
+		if err := r.Delete(ctx, id, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
+	t.Run("delete-created", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, _ := makeBundle(t, "true")
+		const id = "created"
+		_, pid := createContainer(t, ctx, r, id, bundle)
+		if err := r.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil {
+			t.Fatalf("delete --force: %v", err)
+		}
+		waitPid(t, pid)
+		checkNothingLeft(t, state)
+	})
+
+	t.Run("bad-input", func(t *testing.T) {
+		bin := runtimeBin(t)
+		state := filepath.Join(t.TempDir(), "state")
+		noConfig := t.TempDir()
+		badJSON := t.TempDir()
+		os.WriteFile(filepath.Join(badJSON, "config.json"), []byte("{"), 0o644)
+		for _, tc := range []struct {
+			name string
+			args []string
+		}{
+			{"missing config.json", []string{"create", "--bundle", noConfig, "x"}},
+			{"invalid config.json", []string{"create", "--bundle", badJSON, "x"}},
+			{"no bundle", []string{"create", "--bundle", filepath.Join(noConfig, "absent"), "x"}},
+			{"state of an unknown ID", []string{"state", "unknown"}},
+			{"start of an unknown ID", []string{"start", "unknown"}},
+			{"kill of an unknown ID", []string{"kill", "unknown", "KILL"}},
+			{"delete of an unknown ID", []string{"delete", "unknown"}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				logf := filepath.Join(t.TempDir(), "log.json")
+				cmd := exec.Command(bin, append([]string{"--root", state, "--log", logf, "--log-format", "json"}, tc.args...)...)
+				out, err := cmd.CombinedOutput()
+				checkRuntimeFailure(t, tc.name, out, err)
+				var l struct{ Level, Msg string }
+				sc := bufio.NewScanner(strings.NewReader(readFile(logf)))
+				for sc.Scan() {
+					json.Unmarshal(sc.Bytes(), &l)
+				}
+				if l.Level != "error" || l.Msg == "" {
+					t.Errorf("log %q: want a last {\"level\":\"error\",\"msg\":...} line", readFile(logf))
+				}
+				checkNothingLeft(t, state)
+			})
+		}
+	})
+}
+
+// checkRuntimeFailure checks a failed command: exit status 1 and one line.
+func checkRuntimeFailure(t *testing.T, what string, out []byte, err error) {
+	t.Helper()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("%s: %v, want exit status 1; output %q", what, err, out)
+	}
+	if s := string(out); strings.Count(s, "\n") != 1 || !strings.HasSuffix(s, "\n") {
+		t.Errorf("%s: output %q, want one line", what, out)
+	}
+	t.Logf("%s: %s", what, strings.TrimSpace(string(out)))
+}
+
+// checkNothingLeft checks that no VMM process and no container's state
+// directory remain.
+func checkNothingLeft(t *testing.T, state string) {
+	t.Helper()
+	if pids := vmmProcesses(t); len(pids) > 0 {
+		t.Errorf("VMM processes left: %v", pids)
+	}
+	ents, err := os.ReadDir(state)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		t.Errorf("state left: %s", filepath.Join(state, e.Name()))
+	}
+}
