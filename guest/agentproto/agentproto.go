@@ -155,6 +155,10 @@ type Volume struct {
 	Tag         string `json:"tag"`
 	Destination string `json:"destination"`
 	ReadOnly    bool   `json:"read_only,omitempty"`
+	// Options, if set, are the bind mount's options as an OCI bundle
+	// gives them (rbind, ro, propagation...), used instead of vessel
+	// run's rbind and ro or rw.
+	Options []string `json:"options,omitempty"`
 }
 
 // Reply is the agent's answer to a request (ID != 0) or an event (ID 0).

@@ -248,6 +248,9 @@ func (c *container) mountVolumes(spec *specs.Spec, vols []agentproto.Volume) err
 		if v.ReadOnly {
 			flags, opts[1] = unix.MS_RDONLY, "ro"
 		}
+		if len(v.Options) > 0 {
+			opts = v.Options
+		}
 		if err := c.mount(v.Tag, dir, "9p", flags, volumeOptions); err != nil {
 			return err
 		}
