@@ -19,10 +19,13 @@
 // runsc's sandbox process does, once the container has exited and the
 // VM has ended. The bundle's rootfs reaches the guest over vessel's
 // confined 9P share (read-only when root.readonly) and becomes the
-// container's root there; config.json goes to the guest's runc as it is
-// but for root.path and linux.cgroupsPath (a host's cgroup path means
-// nothing in the VM). The container gets a new network namespace with
-// loopback only.
+// container's root there; each bind mount of a host directory is a 9P
+// share of its own, bound at its destination with its options, after
+// the other mounts.
+// config.json goes to the guest's runc as it is but for root.path, the
+// bind mounts' sources and linux.cgroupsPath (a host's cgroup path
+// means nothing in the VM). The container gets a new network namespace
+// with loopback only.
 //
 // Every failure exits 1 with one line on stderr and, with --log, a
 // line in that file in --log-format (text, or json as
@@ -30,7 +33,9 @@
 // and leaves no state directory or process behind.
 //
 // Not done yet (issue 10): a terminal (process.terminal, --console-socket),
-// bind mounts of host paths (refused with an error), hooks (refused),
+// bind mounts of single files (refused with an error: the guest's 9P
+// client cannot mount a share whose root is a file, so they need another
+// way that keeps the file's siblings out of reach), hooks (refused),
 // a network namespace path (refused) and with it docker's, podman's and
 // CNI's networks, exec, ps, list, pause/resume, update, features, pods
 // (CRI sandboxes sharing a VM), linux.resources sizing the VM, and

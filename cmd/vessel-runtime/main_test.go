@@ -3,14 +3,18 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/guest/agentproto"
 )
 
 func TestFormatLog(t *testing.T) {
@@ -93,12 +97,27 @@ func TestErrors(t *testing.T) {
 		{"hooks", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/true"}}}
 		}), "x"}, "hooks are not supported"},
-		{"bind mount", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
-			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Source: "/etc/hosts", Options: []string{"rbind", "ro"}})
-		}), "x"}, `mount of "/etc/hosts" at "/etc/hosts": bind mounts`},
-		{"bind mount type", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
-			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/srv"})
-		}), "x"}, "bind mounts of host paths are not supported"},
+		{"bind mount of nothing", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Source: "/nonexistent/hosts", Options: []string{"rbind", "ro"}})
+		}), "x"}, `bind mount of "/nonexistent/hosts" at "/etc/hosts": stat /nonexistent/hosts: no such file`},
+		{"bind mount of a device", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/dev/null", Type: "bind", Source: "/dev/null"})
+		}), "x"}, "only directories can be bound"},
+		{"bind mount of a file", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: "/etc/hosts", Options: []string{"rbind", "ro"}})
+		}), "x"}, "bind mounts of single files are not supported"},
+		{"bind mount before a mount below it", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/"},
+				specs.Mount{Destination: "/data/tmp", Type: "tmpfs", Source: "tmpfs"})
+		}), "x"}, `mount at "/data/tmp": it follows the bind mount at "/data"`},
+		{"bind mount to /", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/", Type: "bind", Source: "/"})
+		}), "x"}, `bind mount at "/"`},
+		{"too many bind mounts", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			for i := 0; i <= maxBinds; i++ {
+				s.Mounts = append(s.Mounts, specs.Mount{Destination: fmt.Sprintf("/d%d", i), Type: "bind", Source: "/"})
+			}
+		}), "x"}, "at most 15 bind mounts"},
 		{"namespace path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Linux.Namespaces[1].Path = "/var/run/netns/x"
 		}), "x"}, `network namespace path "/var/run/netns/x"`},
@@ -317,4 +336,32 @@ func TestGuestSpec(t *testing.T) {
 func strconvQuote(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+func TestPlanBinds(t *testing.T) {
+	bundleDir := testBundle(t, nil)
+	os.Mkdir(filepath.Join(bundleDir, "etc"), 0o755)
+	host := t.TempDir()
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/data", Type: "bind", Source: host, Options: []string{"rbind", "rw"}},
+		{Destination: "/etc/x", Type: "none", Source: "etc", Options: []string{"bind", "ro", "rprivate"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"},
+	}
+	binds, err := planBinds(bundleDir, mounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bind{
+		{source: host, vol: agentproto.Volume{Tag: "vessel-bind-1", Destination: "/data", Options: []string{"rbind", "rw"}}},
+		{source: filepath.Join(bundleDir, "etc"), vol: agentproto.Volume{Tag: "vessel-bind-2", Destination: "/etc/x", ReadOnly: true, Options: []string{"bind", "ro", "rprivate"}}},
+	}
+	if !reflect.DeepEqual(binds, want) {
+		t.Errorf("binds %+v, want %+v", binds, want)
+	}
+	b := &bundle{spec: &specs.Spec{Root: &specs.Root{Path: "r"}, Linux: &specs.Linux{}, Mounts: mounts}, binds: binds}
+	g := b.guestSpec()
+	if len(g.Mounts) != 2 || g.Mounts[0].Destination != "/proc" || g.Mounts[1].Destination != "/dev/shm" || len(b.spec.Mounts) != 4 {
+		t.Errorf("guest mounts %+v (bundle's %d)", g.Mounts, len(b.spec.Mounts))
+	}
 }

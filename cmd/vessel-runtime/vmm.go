@@ -174,6 +174,12 @@ func (p *vmmProc) create() error {
 	if p.g.log != "" {
 		diag = container.LimitWriter(logWriter{p}, container.DiagLimit, "vessel-runtime: further reports about the VM suppressed")
 	}
+	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
+	var vols []agentproto.Volume
+	for _, bd := range b.binds {
+		shares = append(shares, vmm.Share{Tag: bd.vol.Tag, Dir: bd.source, ReadOnly: bd.vol.ReadOnly})
+		vols = append(vols, bd.vol)
+	}
 	cfg := vmm.Config{
 		Kernel:  p.g.kernel,
 		Initrd:  p.g.initramfs,
@@ -181,7 +187,7 @@ func (p *vmmProc) create() error {
 		CPUs:    p.g.cpus,
 		Memory:  uint64(p.g.memoryMiB) << 20,
 		Console: io.Discard, // the result keeps the last lines for errors
-		Shares:  []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}},
+		Shares:  shares,
 		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(dir, vsockBase)},
 		Log:     diag,
 	}
@@ -214,7 +220,7 @@ func (p *vmmProc) create() error {
 	spec := b.guestSpec()
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id,
 		IO:     &agentproto.ProcessIO{Stdin: true},
-		Create: &agentproto.Create{Spec: spec, RootShare: rootTag}}); err != nil {
+		Create: &agentproto.Create{Spec: spec, RootShare: rootTag, Volumes: vols}}); err != nil {
 		var se *container.StartError
 		if errors.As(err, &se) {
 			return fmt.Errorf("create in the guest: %s", se.Msg)
