@@ -369,6 +369,48 @@ func TestRuntime(t *testing.T) {
 		checkNothingLeft(t, state)
 	})
 
+	t.Run("binds", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sh", "-c",
+			"cat /ro/file /data/in; echo written >/data/out; echo x >>/ro/file && echo wrote-ro; ls /data; exit 5")
+		data, ro := t.TempDir(), t.TempDir()
+		os.WriteFile(filepath.Join(data, "in"), []byte("from-dir\n"), 0o644)
+		os.WriteFile(filepath.Join(ro, "file"), []byte("from-file\n"), 0o644)
+		spec.Mounts = append(spec.Mounts,
+			specs.Mount{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "rw"}},
+			specs.Mount{Destination: "/ro", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}})
+		writeSpec(t, bundle, spec)
+		pio, err := runc.NewPipeIO(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pio.Close()
+		var stdout []byte
+		done := make(chan struct{})
+		go func() { stdout, _ = io.ReadAll(pio.Stdout()); close(done) }()
+		go io.Copy(io.Discard, pio.Stderr())
+		pio.Stdin().Close()
+		// vessel-runtime run: create, start, wait, delete.
+		status, err := r.Run(ctx, "binds", bundle, &runc.CreateOpts{IO: pio})
+		if status != 5 {
+			t.Errorf("run: status %d (%v), want 5 (log: %s)", status, err, readFile(r.Log))
+		}
+		// go-runc's Run, unlike Create, leaves the pipes' child ends
+		// open in this process: close them, as the shim does.
+		pio.(runc.StartCloser).CloseAfterStart()
+		<-done
+		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\n"; got != want {
+			t.Errorf("stdout %q, want %q", got, want)
+		}
+		if b, _ := os.ReadFile(filepath.Join(data, "out")); string(b) != "written\n" {
+			t.Errorf("the host directory's new file: %q", b)
+		}
+		if b, _ := os.ReadFile(filepath.Join(ro, "file")); string(b) != "from-file\n" {
+			t.Errorf("the read-only file changed: %q", b)
+		}
+		checkNothingLeft(t, state)
+	})
+
 	t.Run("bad-input", func(t *testing.T) {
 		bin := runtimeBin(t)
 		state := filepath.Join(t.TempDir(), "state")
