@@ -126,6 +126,14 @@ func (g *globals) check() error {
 		return errorf("--root %q: %v", g.root, err)
 	}
 	g.root = root
+	// The VMM process works from /: its paths must not be relative.
+	for _, p := range []*string{&g.log, &g.kernel, &g.initramfs} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return errorf("%v", err)
+			}
+		}
+	}
 	if g.memoryMiB < 64 {
 		return errorf("--vm-memory %d: want at least 64 (MiB)", g.memoryMiB)
 	}

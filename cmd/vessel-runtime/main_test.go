@@ -365,3 +365,15 @@ func TestPlanBinds(t *testing.T) {
 		t.Errorf("guest mounts %+v (bundle's %d)", g.Mounts, len(b.spec.Mounts))
 	}
 }
+
+// TestExitStatus: a hostile guest's exit status cannot turn into
+// another after os.Exit's truncation to 8 bits.
+func TestExitStatus(t *testing.T) {
+	for _, tc := range []struct{ in, want int }{
+		{0, 0}, {3, 3}, {143, 143}, {255, 255}, {256, 255}, {512, 255}, {-1, 255}, {1 << 40, 255},
+	} {
+		if got := exitStatus(tc.in); got != tc.want {
+			t.Errorf("exitStatus(%d) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}

@@ -125,6 +125,11 @@ type vmmProc struct {
 // returns the container's exit status as an exitCode.
 func serveVMM(g *globals, id string) error {
 	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	// The VMM process outlives create: it must not keep the caller's
+	// working directory (often the bundle, on a mount) busy.
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
 	readyW := os.NewFile(readyFD, "ready")
 	p := &vmmProc{g: g, id: id, status: statusCreating, deleting: make(chan struct{}), ended: make(chan struct{})}
 	defer p.close()
@@ -329,13 +334,26 @@ func (p *vmmProc) wait() error {
 			code = 255
 		} else {
 			outputs.Wait()
-			code = e.status
+			code = exitStatus(e.status)
+			if code != e.status {
+				p.logf("the guest reported exit status %d, not one of 0-255", e.status)
+			}
 		}
 	case <-p.deleting:
 	}
 	p.setStatus(statusStopped)
 	p.teardown()
 	return exitCode(code)
+}
+
+// exitStatus is the status the VMM process exits with for the status
+// the guest reported: the guest is not trusted, and os.Exit keeps only
+// the low 8 bits, so a reported 256 would read as success.
+func exitStatus(s int) int {
+	if s < 0 || s > 255 {
+		return 255
+	}
+	return s
 }
 
 // teardown removes the container in the guest, shuts the agent down and
