@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -14,13 +13,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/vesselvm/vessel/images/store"
+	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
 // TestImageCommands drives `vessel image` end to end on a store in a
@@ -70,20 +68,7 @@ func TestImageCommands(t *testing.T) {
 // layerImage is an image of one layer holding entries (of zeros).
 func layerImage(t *testing.T, entries ...tar.Header) v1.Image {
 	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, h := range entries {
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(make([]byte, h.Size))
-	}
-	tw.Close()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
+	img, err := bbimage.OneLayer(entries...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,11 +17,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/vesselvm/vessel/images/rootfs"
+	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
 func newStore(t *testing.T) *Store {
@@ -282,20 +282,7 @@ func TestLoadRejects(t *testing.T) {
 // imageOf is an image of one layer holding entries.
 func imageOf(t *testing.T, entries ...tar.Header) v1.Image {
 	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, h := range entries {
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(make([]byte, h.Size))
-	}
-	tw.Close()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
+	img, err := bbimage.OneLayer(entries...)
 	if err != nil {
 		t.Fatal(err)
 	}

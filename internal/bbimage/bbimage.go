@@ -88,3 +88,27 @@ func Build() (v1.Image, error) {
 	}
 	return mutate.Config(img, Config)
 }
+
+// OneLayer returns an image of a single layer holding entries, each
+// followed by Size zero bytes: the hostile or oversized images that the
+// image store's and the CLI's tests feed to vessel.
+func OneLayer(entries ...tar.Header) (v1.Image, error) {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, h := range entries {
+		if err := tw.WriteHeader(&h); err != nil {
+			return nil, fmt.Errorf("bbimage: %s: %w", h.Name, err)
+		}
+		if _, err := tw.Write(make([]byte, h.Size)); err != nil {
+			return nil, fmt.Errorf("bbimage: %s: %w", h.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.Bytes())), nil })
+	if err != nil {
+		return nil, err
+	}
+	return mutate.AppendLayers(empty.Image, l)
+}
