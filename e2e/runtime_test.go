@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -372,13 +373,38 @@ func TestRuntime(t *testing.T) {
 	t.Run("binds", func(t *testing.T) {
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c",
-			"cat /ro/file /data/in; echo written >/data/out; echo x >>/ro/file && echo wrote-ro; ls /data; exit 5")
-		data, ro := t.TempDir(), t.TempDir()
+			"cat /ro/file /data/in; echo written >/data/out; echo x >>/ro/file && echo wrote-ro; ls /data; "+
+				// Single files, read-only and read-write (their siblings'
+				// absence from the share: TestBindFiles).
+				"cat /etc/one; echo x >>/etc/one && echo wrote-ro-file; echo appended >>/rw-one; exit 5")
+		data, ro, files := t.TempDir(), t.TempDir(), t.TempDir()
 		os.WriteFile(filepath.Join(data, "in"), []byte("from-dir\n"), 0o644)
 		os.WriteFile(filepath.Join(ro, "file"), []byte("from-file\n"), 0o644)
+		os.WriteFile(filepath.Join(files, "one"), []byte("single-file\n"), 0o644)
+		os.WriteFile(filepath.Join(files, "two"), []byte("rw-file\n"), 0o644)
 		spec.Mounts = append(spec.Mounts,
 			specs.Mount{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "rw"}},
-			specs.Mount{Destination: "/ro", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}})
+			specs.Mount{Destination: "/ro", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/etc/one", Type: "bind", Source: filepath.Join(files, "one"), Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/rw-one", Type: "bind", Source: filepath.Join(files, "two"), Options: []string{"rbind", "rw"}})
+		// Hooks run on the host at runtime-spec's moments, with the
+		// state on stdin: prestart while the container is being created,
+		// with the VMM process's PID (whose network namespace docker's
+		// prestart hook configures), then poststart and poststop.
+		hookLog := filepath.Join(t.TempDir(), "hooks")
+		hook := func(name string) specs.Hook {
+			return specs.Hook{Path: "/bin/sh", Args: []string{"sh", "-c",
+				`st=$(cat); pid=$(echo "$st" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p'); ` +
+					`status=$(echo "$st" | sed -n 's/.*"status":"\([a-z]*\)".*/\1/p'); ` +
+					`alive=no; [ -n "$pid" ] && [ -d /proc/$pid ] && alive=yes; ` +
+					`echo "` + name + ` $status $alive $PWD" >>` + hookLog}}
+		}
+		spec.Hooks = &specs.Hooks{
+			CreateRuntime: []specs.Hook{hook("createRuntime")},
+			Prestart:      []specs.Hook{hook("prestart")},
+			Poststart:     []specs.Hook{hook("poststart")},
+			Poststop:      []specs.Hook{hook("poststop")},
+		}
 		writeSpec(t, bundle, spec)
 		pio, err := runc.NewPipeIO(0, 0)
 		if err != nil {
@@ -399,8 +425,18 @@ func TestRuntime(t *testing.T) {
 		// open in this process: close them, as the shim does.
 		pio.(runc.StartCloser).CloseAfterStart()
 		<-done
-		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\n"; got != want {
+		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\nsingle-file\n"; got != want {
 			t.Errorf("stdout %q, want %q", got, want)
+		}
+		if b, _ := os.ReadFile(filepath.Join(files, "one")); string(b) != "single-file\n" {
+			t.Errorf("the read-only single file changed: %q", b)
+		}
+		if b, _ := os.ReadFile(filepath.Join(files, "two")); string(b) != "rw-file\nappended\n" {
+			t.Errorf("the read-write single file: %q, want %q", b, "rw-file\nappended\n")
+		}
+		want := fmt.Sprintf("createRuntime creating yes %[1]s\nprestart creating yes %[1]s\npoststart running yes %[1]s\npoststop stopped no %[1]s\n", bundle)
+		if got := readFile(hookLog); got != want {
+			t.Errorf("hooks ran as\n%s\nwant\n%s", got, want)
 		}
 		if b, _ := os.ReadFile(filepath.Join(data, "out")); string(b) != "written\n" {
 			t.Errorf("the host directory's new file: %q", b)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,13 +68,20 @@ func newRun(g *globals) *cobra.Command {
 				return err
 			}
 			dir := filepath.Join(g.root, id)
+			rec := &record{ID: id, Bundle: f.bundle, Pid: cmd.Process.Pid}
+			if _, rec2, err := g.load(id); err == nil {
+				rec = rec2
+			}
 			if _, err := call(dir, ctlRequest{Op: opStart}); err != nil {
 				call(dir, ctlRequest{Op: opDelete})
 				cmd.Wait()
+				g.postHooks(rec, hookPoststop, statusStopped)
 				os.RemoveAll(dir)
 				return err
 			}
+			g.postHooks(rec, hookPoststart, statusRunning)
 			cmd.Wait()
+			g.postHooks(rec, hookPoststop, statusStopped)
 			os.RemoveAll(dir)
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 				return exitCode(128 + int(ws.Signal()))
@@ -141,7 +149,7 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations}
+	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations, Hooks: b.spec.Hooks}
 	if err := rec.save(dir); err != nil {
 		return nil, errorf("%v", err)
 	}
@@ -154,13 +162,23 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 		return nil, errorf("%v", err)
 	}
 	defer r.Close()
+	goR, goW, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		return nil, errorf("%v", err)
+	}
+	defer goW.Close()
 	cmd = exec.Command(self, append(g.args(), "vmm", id)...)
 	// The caller's stdio is the container's: the VMM process keeps it.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{w} // readyFD
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.ExtraFiles = []*os.File{w, goR} // readyFD, goFD
+	// A mount namespace of its own: the VMM process binds single files
+	// for the VM there (see mounts.go), seen by nobody else and gone
+	// with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
 	err = cmd.Start()
 	w.Close()
+	goR.Close()
 	if err != nil {
 		return nil, errorf("start the VMM process: %v", err)
 	}
@@ -169,6 +187,22 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	if err := rec.save(dir); err != nil {
 		return nil, errorf("%v", err)
 	}
+	// runtime-spec: createRuntime and then prestart hooks run once the
+	// container's namespaces exist (the VMM process's network namespace
+	// is the container's: docker's libnetwork-setkey hook finds it
+	// through the state's pid) and before the user process starts; the
+	// VMM process reads the network they set up after goFD says go.
+	st := ociState{OCIVersion: ociVersion, ID: id, Status: statusCreating, Pid: rec.Pid,
+		Bundle: b.dir, Annotations: b.spec.Annotations, Created: rec.Created}
+	for _, kind := range []string{hookCreateRuntime, hookPrestart} {
+		if err := runHooks(context.Background(), b.spec.Hooks, kind, b.dir, st); err != nil {
+			return nil, errorf("%v", err)
+		}
+	}
+	if _, err := goW.Write([]byte("go\n")); err != nil {
+		return nil, errorf("the VMM process ended before the container was created")
+	}
+	goW.Close()
 	line, _ := bufio.NewReader(r).ReadString('\n')
 	line = strings.TrimSpace(line)
 	if line != "ok" {
@@ -220,8 +254,11 @@ func newStart(g *globals) *cobra.Command {
 			if st := rec.status(dir); st != statusCreated {
 				return errorf("cannot start a container that is %s", st)
 			}
-			_, err = call(dir, ctlRequest{Op: opStart})
-			return err
+			if _, err := call(dir, ctlRequest{Op: opStart}); err != nil {
+				return err
+			}
+			g.postHooks(rec, hookPoststart, statusRunning)
+			return nil
 		},
 	}
 }
@@ -328,6 +365,7 @@ func newDelete(g *globals) *cobra.Command {
 					rec.waitGone(5 * time.Second)
 				}
 			}
+			g.postHooks(rec, hookPoststop, statusStopped)
 			if err := os.RemoveAll(dir); err != nil {
 				return errorf("delete %s: %v", rec.ID, err)
 			}
@@ -336,4 +374,17 @@ func newDelete(g *globals) *cobra.Command {
 	}
 	c.Flags().BoolVarP(&force, "force", "f", false, "kill the container first if it runs")
 	return c
+}
+
+// postHooks runs the poststart or poststop hooks: runtime-spec says a
+// failure of either is logged as a warning and the lifecycle goes on.
+func (g *globals) postHooks(rec *record, kind, status string) {
+	st := ociState{OCIVersion: ociVersion, ID: rec.ID, Status: status, Bundle: rec.Bundle,
+		Annotations: rec.Annotations, Created: rec.Created}
+	if status != statusStopped {
+		st.Pid = rec.Pid
+	}
+	if err := runHooks(context.Background(), rec.Hooks, kind, rec.Bundle, st); err != nil {
+		logLine(g.log, g.logFormat, "warning", err.Error(), time.Now())
+	}
 }

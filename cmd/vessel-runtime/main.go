@@ -21,7 +21,13 @@
 // confined 9P share (read-only when root.readonly) and becomes the
 // container's root there; each bind mount of a host directory is a 9P
 // share of its own, bound at its destination with its options, after
-// the other mounts.
+// the other mounts; bind mounts of single files (docker's
+// /etc/resolv.conf, /etc/hosts, /etc/hostname) share one 9P device that
+// holds just those files (mounts.go). The VMM process has a mount
+// namespace of its own. createRuntime, prestart, poststart and poststop
+// hooks run on the host at runtime-spec's moments (hooks.go);
+// createContainer and startContainer hooks, which would run inside the
+// VM, are refused.
 // config.json goes to the guest's runc as it is but for root.path, the
 // bind mounts' sources and linux.cgroupsPath (a host's cgroup path
 // means nothing in the VM). The container gets a new network namespace
@@ -33,9 +39,6 @@
 // and leaves no state directory or process behind.
 //
 // Not done yet (issue 10): a terminal (process.terminal, --console-socket),
-// bind mounts of single files (refused with an error: the guest's 9P
-// client cannot mount a share whose root is a file, so they need another
-// way that keeps the file's siblings out of reach), hooks (refused),
 // a network namespace path (refused) and with it docker's, podman's and
 // CNI's networks, exec, ps, list, pause/resume, update, features, pods
 // (CRI sandboxes sharing a VM), linux.resources sizing the VM, and
@@ -218,6 +221,11 @@ func oneLine(s string) string {
 // logError appends msg to the log file in runc's format: logrus's text
 // line, or the JSON object containerd reads back.
 func logError(path, format, msg string, now time.Time) {
+	logLine(path, format, "error", msg, now)
+}
+
+// logLine appends one line of the given level to the log file.
+func logLine(path, format, level, msg string, now time.Time) {
 	if path == "" {
 		return
 	}
@@ -226,7 +234,7 @@ func logError(path, format, msg string, now time.Time) {
 		return
 	}
 	defer f.Close()
-	f.Write(formatLog(format, "error", msg, now))
+	f.Write(formatLog(format, level, msg, now))
 }
 
 // formatLog makes one log line.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -94,18 +95,21 @@ func TestErrors(t *testing.T) {
 		{"terminal", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Terminal = true }), "x"}, "a terminal is not supported"},
 		{"console socket", []string{"create", "--console-socket", "/tmp/s", "--bundle", testBundle(t, nil), "x"}, "--console-socket"},
 		{"preserve fds", []string{"create", "--preserve-fds", "2", "--bundle", testBundle(t, nil), "x"}, "--preserve-fds 2"},
-		{"hooks", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
-			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/true"}}}
-		}), "x"}, "hooks are not supported"},
+		{"failing prestart hook", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/true"}, {Path: "/bin/sh", Args: []string{"sh", "-c", "echo no network >&2; exit 7"}}}}
+		}), "x"}, "prestart hook #1 (/bin/sh): exit status 7: no network"},
+		{"createContainer hook", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{CreateContainer: []specs.Hook{{Path: "/bin/true"}}}
+		}), "x"}, "createContainer and startContainer hooks run in the container's namespaces"},
+		{"hook without path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Args: []string{"x"}}}}
+		}), "x"}, "a hook has no path"},
 		{"bind mount of nothing", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Source: "/nonexistent/hosts", Options: []string{"rbind", "ro"}})
 		}), "x"}, `bind mount of "/nonexistent/hosts" at "/etc/hosts": stat /nonexistent/hosts: no such file`},
 		{"bind mount of a device", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/dev/null", Type: "bind", Source: "/dev/null"})
-		}), "x"}, "only directories can be bound"},
-		{"bind mount of a file", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
-			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: "/etc/hosts", Options: []string{"rbind", "ro"}})
-		}), "x"}, "bind mounts of single files are not supported"},
+		}), "x"}, "only directories and regular files can be bound"},
 		{"bind mount before a mount below it", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/"},
 				specs.Mount{Destination: "/data/tmp", Type: "tmpfs", Source: "tmpfs"})
@@ -117,7 +121,7 @@ func TestErrors(t *testing.T) {
 			for i := 0; i <= maxBinds; i++ {
 				s.Mounts = append(s.Mounts, specs.Mount{Destination: fmt.Sprintf("/d%d", i), Type: "bind", Source: "/"})
 			}
-		}), "x"}, "at most 15 bind mounts"},
+		}), "x"}, "at most 14 bind mounts of directories"},
 		{"namespace path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Linux.Namespaces[1].Path = "/var/run/netns/x"
 		}), "x"}, `network namespace path "/var/run/netns/x"`},
@@ -375,5 +379,43 @@ func TestExitStatus(t *testing.T) {
 		if got := exitStatus(tc.in); got != tc.want {
 			t.Errorf("exitStatus(%d) = %d, want %d", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestRunHooks: hooks run in order with runc's argv, exactly their env,
+// the state on stdin and the bundle as working directory; a failure
+// stops the list and names the hook; a timeout kills it.
+func TestRunHooks(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	script := `echo "$(head -c 5 /proc/$$/cmdline | tr '\0' _) $0 env=$(env | sort | tr '\n' ,) cwd=$(pwd)" >>` + out + `; cat >>` + out + `; echo >>` + out
+	two := 2
+	h := &specs.Hooks{
+		Prestart: []specs.Hook{
+			{Path: "/bin/sh", Args: []string{"first", "-c", script, "a1"}, Env: []string{"A=1"}},
+			{Path: "/bin/sh", Args: []string{"second", "-c", script, "a2"}, Timeout: &two},
+		},
+		Poststop: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "sleep 10"}, Timeout: &two}},
+	}
+	st := ociState{OCIVersion: ociVersion, ID: "c1", Status: statusCreating, Pid: 42, Bundle: dir}
+	if err := runHooks(context.Background(), h, hookPrestart, dir, st); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	state, _ := json.Marshal(st)
+	want := fmt.Sprintf("first a1 env=A=1,PWD=%[1]s, cwd=%[1]s\n%[2]s\nsecon a2 env=PWD=%[1]s, cwd=%[1]s\n%[2]s\n", dir, state)
+	if string(b) != want {
+		t.Errorf("hooks saw\n%s\nwant\n%s", b, want)
+	}
+	start := time.Now()
+	err := runHooks(context.Background(), h, hookPoststop, dir, st)
+	if err == nil || !strings.Contains(err.Error(), "poststop hook #0 (/bin/sh): timed out after 2 s") {
+		t.Errorf("slow hook: %v", err)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("slow hook ran %v, past its timeout", d)
+	}
+	if err := runHooks(context.Background(), h, hookPoststart, dir, st); err != nil {
+		t.Errorf("no poststart hooks: %v", err)
 	}
 }

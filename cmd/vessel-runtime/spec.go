@@ -28,17 +28,27 @@ type bundle struct {
 	binds  []bind      // the spec's bind mounts, in order
 }
 
-// bind is a bind mount of a host directory: a 9P share of its own that
-// the agent mounts and binds at the destination.
+// bind is a bind mount of a host directory (a 9P share of its own that
+// the agent mounts and binds at the destination) or of a single file
+// (file set: the VMM process binds it into the files share, see
+// mounts.go, and the agent binds it from there).
 type bind struct {
 	source string // absolute, on the host
+	file   bool
 	vol    agentproto.Volume
 }
 
-// maxBinds is how many bind mounts a VM can take: one virtio device
-// each, besides the entropy and vsock devices and the rootfs share,
-// out of vmm's 18.
-const maxBinds = 18 - 3
+// maxBinds is how many directory bind mounts a VM can take: one virtio
+// device each, besides the entropy and vsock devices, the rootfs share
+// and the files share, out of vmm's 18.
+const maxBinds = 18 - 4
+
+// maxFileBinds bounds the bind mounts of single files, which share one
+// device.
+const maxFileBinds = 64
+
+// filesTag is the mount tag of the share of single-file bind mounts.
+const filesTag = "vessel-files"
 
 // isBind reports whether m is a bind mount.
 func isBind(m specs.Mount) bool {
@@ -51,6 +61,7 @@ func isBind(m specs.Mount) bool {
 // would change.
 func planBinds(bundleDir string, mounts []specs.Mount) ([]bind, error) {
 	var binds []bind
+	dirs, files := 0, 0
 	for i, m := range mounts {
 		if !isBind(m) {
 			for _, b := range binds {
@@ -71,21 +82,29 @@ func planBinds(bundleDir string, mounts []specs.Mount) ([]bind, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bind mount of %q at %q: %w", m.Source, m.Destination, err)
 		}
-		if fi.Mode().IsRegular() {
-			return nil, fmt.Errorf("bind mount of %q at %q: bind mounts of single files are not supported by vessel-runtime yet", m.Source, m.Destination)
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("bind mount of %q at %q: only directories can be bound into a VM", m.Source, m.Destination)
-		}
-		if len(binds) == maxBinds {
-			return nil, fmt.Errorf("bind mount of %q at %q: a VM takes at most %d bind mounts", m.Source, m.Destination, maxBinds)
-		}
-		binds = append(binds, bind{source: src, vol: agentproto.Volume{
+		vol := agentproto.Volume{
 			Tag:         fmt.Sprintf("vessel-bind-%d", i),
 			Destination: filepath.Clean(m.Destination),
 			ReadOnly:    slices.Contains(m.Options, "ro"),
 			Options:     m.Options,
-		}})
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			if files == maxFileBinds {
+				return nil, fmt.Errorf("bind mount of %q at %q: a VM takes at most %d bind mounts of single files", m.Source, m.Destination, maxFileBinds)
+			}
+			vol.Tag, vol.Path = filesTag, fmt.Sprintf("f%d", files)
+			binds = append(binds, bind{source: src, file: true, vol: vol})
+			files++
+		case fi.IsDir():
+			if dirs == maxBinds {
+				return nil, fmt.Errorf("bind mount of %q at %q: a VM takes at most %d bind mounts of directories", m.Source, m.Destination, maxBinds)
+			}
+			binds = append(binds, bind{source: src, vol: vol})
+			dirs++
+		default:
+			return nil, fmt.Errorf("bind mount of %q at %q: only directories and regular files can be bound into a VM", m.Source, m.Destination)
+		}
 	}
 	return binds, nil
 }
@@ -154,9 +173,8 @@ func checkSpec(s *specs.Spec) error {
 	if s.Process.Terminal {
 		return errors.New("process.terminal: a terminal is not supported by vessel-runtime yet")
 	}
-	if s.Hooks != nil && (len(s.Hooks.Prestart)+len(s.Hooks.CreateRuntime)+len(s.Hooks.CreateContainer)+
-		len(s.Hooks.StartContainer)+len(s.Hooks.Poststart)+len(s.Hooks.Poststop) > 0) {
-		return errors.New("hooks are not supported by vessel-runtime yet")
+	if err := checkHooks(s.Hooks); err != nil {
+		return err
 	}
 	if s.Linux == nil {
 		return errors.New("config.json: no linux section")
@@ -193,6 +211,8 @@ func (b *bundle) guestSpec() *specs.Spec {
 	root := *s.Root
 	root.Path = "rootfs"
 	s.Root = &root
+	// The hooks are host programs, run by vessel-runtime on the host.
+	s.Hooks = nil
 	linux := *s.Linux
 	linux.CgroupsPath = ""
 	s.Linux = &linux

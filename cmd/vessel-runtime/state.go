@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Container statuses, runtime-spec's (podman refuses any other).
@@ -32,6 +34,9 @@ type record struct {
 	Annotations map[string]string `json:"annotations,omitempty"`
 	Pid         int               `json:"pid,omitempty"`
 	StartTime   uint64            `json:"start_time,omitempty"`
+	// Hooks are the bundle's, kept for start (poststart) and delete
+	// (poststop): the bundle may be gone by then.
+	Hooks *specs.Hooks `json:"hooks,omitempty"`
 }
 
 // ociState is runtime-spec's state, with runc's extra created field.

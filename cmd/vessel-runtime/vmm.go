@@ -35,6 +35,11 @@ const rootTag = "vessel-root"
 // container is created in the guest, or one line saying why not.
 const readyFD = 3
 
+// goFD is create's pipe to the VMM process (fd 4): "go" once the
+// createRuntime and prestart hooks have run; its end without it means
+// create failed and the VMM process leaves at once.
+const goFD = 4
+
 // Timeouts of the VMM process. bootTimeout bounds the boot up to the
 // agent's control connection (generous: the emulated test platform
 // boots in 10-20 s); teardownTimeout the clean removal at the end.
@@ -131,9 +136,19 @@ func serveVMM(g *globals, id string) error {
 		return err
 	}
 	readyW := os.NewFile(readyFD, "ready")
+	goR := os.NewFile(goFD, "go")
+	line, _ := bufio.NewReader(goR).ReadString('\n')
+	goR.Close()
+	if line != "go\n" {
+		return exitCode(1)
+	}
 	p := &vmmProc{g: g, id: id, status: statusCreating, deleting: make(chan struct{}), ended: make(chan struct{})}
 	defer p.close()
-	if err := p.create(); err != nil {
+	err := privateMounts()
+	if err == nil {
+		err = p.create()
+	}
+	if err != nil {
 		fmt.Fprintln(readyW, strings.ReplaceAll(err.Error(), "\n", " "))
 		readyW.Close()
 		return exitCode(1)
@@ -181,8 +196,20 @@ func (p *vmmProc) create() error {
 	}
 	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
 	var vols []agentproto.Volume
+	files, err := bindFiles(dir, b.binds)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if files != "" {
+		// Read-write: the tmpfs is read-only itself, each file's bind
+		// mount says whether it may be written.
+		shares = append(shares, vmm.Share{Tag: filesTag, Dir: files})
+	}
 	for _, bd := range b.binds {
-		shares = append(shares, vmm.Share{Tag: bd.vol.Tag, Dir: bd.source, ReadOnly: bd.vol.ReadOnly})
+		if !bd.file {
+			shares = append(shares, vmm.Share{Tag: bd.vol.Tag, Dir: bd.source, ReadOnly: bd.vol.ReadOnly})
+		}
 		vols = append(vols, bd.vol)
 	}
 	cfg := vmm.Config{

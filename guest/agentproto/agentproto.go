@@ -159,6 +159,12 @@ type Volume struct {
 	// gives them (rbind, ro, propagation...), used instead of vessel
 	// run's rbind and ro or rw.
 	Options []string `json:"options,omitempty"`
+	// Path, if set, names a file at the root of the share to bind at
+	// Destination instead of the share itself: a bind mount of a single
+	// file (docker's /etc/resolv.conf, say). It is one path element.
+	// Several volumes may then have the same Tag: the share is mounted
+	// once.
+	Path string `json:"path,omitempty"`
 }
 
 // Reply is the agent's answer to a request (ID != 0) or an event (ID 0).

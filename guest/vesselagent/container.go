@@ -235,26 +235,47 @@ const volumeOptions = "trans=virtio,version=9p2000.L,access=client,msize=512000,
 // container after the other mounts.
 func (c *container) mountVolumes(spec *specs.Spec, vols []agentproto.Volume) error {
 	mounts := slices.Clip(spec.Mounts)
+	// A share holding single files is mounted once, for all of them;
+	// read-write if any of them is.
+	shareDirs := map[string]string{}
+	writable := map[string]bool{}
+	for _, v := range vols {
+		writable[v.Tag] = writable[v.Tag] || !v.ReadOnly
+	}
 	for i, v := range vols {
 		if !filepath.IsAbs(v.Destination) || filepath.Clean(v.Destination) == "/" {
 			return fmt.Errorf("create: volume destination %q: want an absolute path other than /", v.Destination)
 		}
-		dir := filepath.Join(c.dir, "volumes", strconv.Itoa(i))
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
+		if v.Path != "" && (strings.Contains(v.Path, "/") || v.Path == "." || v.Path == "..") {
+			return fmt.Errorf("create: volume path %q: want one file name", v.Path)
 		}
-		var flags uintptr
 		opts := []string{"rbind", "rw"}
 		if v.ReadOnly {
-			flags, opts[1] = unix.MS_RDONLY, "ro"
+			opts[1] = "ro"
 		}
 		if len(v.Options) > 0 {
 			opts = v.Options
 		}
-		if err := c.mount(v.Tag, dir, "9p", flags, volumeOptions); err != nil {
-			return err
+		dir, ok := shareDirs[v.Tag]
+		if !ok {
+			dir = filepath.Join(c.dir, "volumes", strconv.Itoa(i))
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			var flags uintptr
+			if !writable[v.Tag] {
+				flags = unix.MS_RDONLY
+			}
+			if err := c.mount(v.Tag, dir, "9p", flags, volumeOptions); err != nil {
+				return err
+			}
+			shareDirs[v.Tag] = dir
 		}
-		mounts = append(mounts, specs.Mount{Destination: v.Destination, Type: "bind", Source: dir, Options: opts})
+		src := dir
+		if v.Path != "" {
+			src = filepath.Join(dir, v.Path)
+		}
+		mounts = append(mounts, specs.Mount{Destination: v.Destination, Type: "bind", Source: src, Options: opts})
 	}
 	spec.Mounts = mounts
 	return nil
