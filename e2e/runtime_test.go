@@ -172,7 +172,7 @@ func vmmProcesses(t *testing.T) []int {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if strings.HasSuffix(args[0], "vessel-runtime") && slicesContains(args, "vmm") {
+		if strings.HasSuffix(args[0], "vessel-runtime") && (slicesContains(args, "vmm") || slicesContains(args, "member")) {
 			stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
 			if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
 				continue // exited, not yet reaped
@@ -444,6 +444,83 @@ func TestRuntime(t *testing.T) {
 		if b, _ := os.ReadFile(filepath.Join(ro, "file")); string(b) != "from-file\n" {
 			t.Errorf("the read-only file changed: %q", b)
 		}
+		checkNothingLeft(t, state)
+	})
+
+	t.Run("pod", func(t *testing.T) {
+		// containerd's CRI: a sandbox, then containers marked with its
+		// ID that join its namespaces through its PID; vessel-runtime
+		// runs them all in the sandbox's VM.
+		r, state := runtimeClient(t)
+		sbBundle, sbSpec := makeBundle(t, "sh", "-c", "cat /proc/sys/kernel/random/boot_id; exec sleep 1000")
+		sbSpec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
+		writeSpec(t, sbBundle, sbSpec)
+		sbIO, sbPid := createContainer(t, ctx, r, "sb", sbBundle)
+		if err := r.Start(ctx, "sb"); err != nil {
+			t.Fatalf("start sb: %v (log: %s)", err, readFile(r.Log))
+		}
+		sbBoot, err := bufio.NewReader(sbIO.Stdout()).ReadString('\n')
+		if err != nil {
+			t.Fatalf("the sandbox's boot ID: %v", err)
+		}
+		member := func(id string, args ...string) (runc.IO, int) {
+			bundle, spec := makeBundle(t, args...)
+			spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+			ns := func(typ specs.LinuxNamespaceType, file string) specs.LinuxNamespace {
+				return specs.LinuxNamespace{Type: typ, Path: fmt.Sprintf("/proc/%d/ns/%s", sbPid, file)}
+			}
+			spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
+				ns(specs.NetworkNamespace, "net"), ns(specs.IPCNamespace, "ipc"), ns(specs.UTSNamespace, "uts")}
+			writeSpec(t, bundle, spec)
+			pio, pid := createContainer(t, ctx, r, id, bundle)
+			wantStatus(t, ctx, r, id, "created")
+			if err := r.Start(ctx, id); err != nil {
+				t.Fatalf("start %s: %v (log: %s)", id, err, readFile(r.Log))
+			}
+			return pio, pid
+		}
+		server, serverPid := member("server", "sh", "-c", "nc -l -p 9000; exit 6")
+		client, clientPid := member("client", "sh", "-c",
+			"cat /proc/sys/kernel/random/boot_id; hostname; "+
+				"for i in 1 2 3 4 5 6 7 8 9 10; do echo hello-pod | nc 127.0.0.1 9000 && break; sleep 1; done; exit 4")
+		var serverOut, clientOut []byte
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); serverOut, _ = io.ReadAll(server.Stdout()) }()
+		go func() { defer wg.Done(); clientOut, _ = io.ReadAll(client.Stdout()) }()
+		server.Stdin().Close()
+		client.Stdin().Close()
+		if status := waitPid(t, clientPid); status != 4 {
+			t.Errorf("the client's process exited %d, want the container's 4 (log: %s)", status, readFile(r.Log))
+		}
+		if status := waitPid(t, serverPid); status != 6 {
+			t.Errorf("the server's process exited %d, want the container's 6", status)
+		}
+		wg.Wait()
+		// One kernel (the sandbox's boot ID), its UTS namespace (the
+		// hostname), its network (localhost).
+		if got, want := string(clientOut), sbBoot+"vessel-runtime-e2e\n"; got != want {
+			t.Errorf("the client saw %q, want %q (the sandbox's boot ID and hostname)", got, want)
+		}
+		if got := string(serverOut); got != "hello-pod\n" {
+			t.Errorf("the server got %q over localhost, want %q", got, "hello-pod\n")
+		}
+		wantStatus(t, ctx, r, "client", "stopped")
+		for _, id := range []string{"client", "server"} {
+			if err := r.Delete(ctx, id, nil); err != nil {
+				t.Errorf("delete %s: %v", id, err)
+			}
+		}
+		// A container whose sandbox does not exist is refused.
+		bundle, spec := makeBundle(t, "true")
+		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "nosuch"}
+		writeSpec(t, bundle, spec)
+		out, err := exec.Command(r.Command, "--root", state, "create", "--bundle", bundle, "orphan").CombinedOutput()
+		checkRuntimeFailure(t, "create in a missing sandbox", out, err)
+		if err := r.Delete(ctx, "sb", &runc.DeleteOpts{Force: true}); err != nil {
+			t.Fatalf("delete --force sb: %v", err)
+		}
+		waitPid(t, sbPid)
 		checkNothingLeft(t, state)
 	})
 

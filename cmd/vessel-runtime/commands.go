@@ -130,6 +130,9 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 			return nil, errorf("--pid-file: %v", err)
 		}
 	}
+	if sb := sandboxOf(b.spec); sb != "" {
+		return g.createMember(id, sb, b, pidFile, dir)
+	}
 	if err := os.MkdirAll(g.root, 0o700); err != nil {
 		return nil, errorf("state directory: %v", err)
 	}
@@ -149,7 +152,8 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations, Hooks: b.spec.Hooks}
+	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations, Hooks: b.spec.Hooks,
+		Netns: netnsPath(b.spec)}
 	if err := rec.save(dir); err != nil {
 		return nil, errorf("%v", err)
 	}

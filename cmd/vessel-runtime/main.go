@@ -109,7 +109,7 @@ func newRoot(g *globals) *cobra.Command {
 	fl.StringVar(&g.initramfs, "initramfs", initrd, "the guest initramfs (with vessel's init and agent)")
 	fl.IntVar(&g.memoryMiB, "vm-memory", 512, "RAM of each container's VM in MiB")
 	fl.IntVar(&g.cpus, "vm-cpus", 1, "vCPUs of each container's VM")
-	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g))
+	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errorf("%v", err) })
 	}

@@ -181,11 +181,14 @@ func checkSpec(s *specs.Spec) error {
 	}
 	hasNet := false
 	for _, ns := range s.Linux.Namespaces {
-		if ns.Path != "" {
-			return fmt.Errorf("%s namespace path %q: joining an existing namespace is not supported by vessel-runtime yet", ns.Type, ns.Path)
-		}
 		if ns.Type == specs.NetworkNamespace {
 			hasNet = true
+		}
+		if ns.Path != "" && sandboxOf(s) != "" {
+			continue // checked against the sandbox (checkMemberNamespaces)
+		}
+		if ns.Path != "" {
+			return fmt.Errorf("%s namespace path %q: joining an existing namespace is not supported by vessel-runtime yet", ns.Type, ns.Path)
 		}
 	}
 	if !hasNet {
@@ -217,4 +220,17 @@ func (b *bundle) guestSpec() *specs.Spec {
 	linux.CgroupsPath = ""
 	s.Linux = &linux
 	return &s
+}
+
+// netnsPath is the spec's network namespace path, or "".
+func netnsPath(s *specs.Spec) string {
+	if s.Linux == nil {
+		return ""
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path
+		}
+	}
+	return ""
 }

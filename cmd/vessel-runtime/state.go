@@ -37,6 +37,12 @@ type record struct {
 	// Hooks are the bundle's, kept for start (poststart) and delete
 	// (poststop): the bundle may be gone by then.
 	Hooks *specs.Hooks `json:"hooks,omitempty"`
+	// Sandbox, for a pod's container, is its sandbox's ID: Pid is then
+	// the container's member process (see pod.go).
+	Sandbox string `json:"sandbox,omitempty"`
+	// Netns is the network namespace path the spec gave, if any (a pod's
+	// containers name their sandbox's).
+	Netns string `json:"netns,omitempty"`
 }
 
 // ociState is runtime-spec's state, with runc's extra created field.

@@ -61,12 +61,19 @@ const (
 type ctlRequest struct {
 	Op     string `json:"op"`
 	Signal int    `json:"signal,omitempty"`
+	// Container, if set, is a pod container of the sandbox whose VMM
+	// process gets the request; Member is opMember's request.
+	Container string         `json:"container,omitempty"`
+	Member    *memberRequest `json:"member,omitempty"`
 }
 
 // ctlReply answers it.
 type ctlReply struct {
 	Status string `json:"status,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Exit is a pod container's exit status, sent on its member
+	// connection when it has stopped.
+	Exit *int `json:"exit,omitempty"`
 }
 
 // maxCtl bounds a control message.
@@ -123,6 +130,8 @@ type vmmProc struct {
 	mu       sync.Mutex
 	status   string
 	deleting chan struct{} // closed by a delete request
+
+	pod *podState // a pod sandbox's
 }
 
 // serveVMM is the VMM process: it boots the VM, has the agent create
@@ -196,6 +205,15 @@ func (p *vmmProc) create() error {
 	}
 	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
 	var vols []agentproto.Volume
+	if isSandbox(b.spec) {
+		share, err := podShare(dir)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		p.pod = &podState{share: share, members: map[string]*member{}}
+		shares = append(shares, vmm.Share{Tag: podTag, Dir: share})
+	}
 	files, err := bindFiles(dir, b.binds)
 	if err != nil {
 		ln.Close()
@@ -281,25 +299,34 @@ var outputs sync.WaitGroup
 // and 2, which create's caller gave it: stdin's end reaches the
 // container as EOF.
 func (p *vmmProc) attach(ctx context.Context) error {
+	return p.attachStdio(ctx, p.id, os.Stdin, os.Stdout, os.Stderr, &outputs)
+}
+
+// attachStdio connects container id's stdio streams to the files given,
+// and counts the output copies in wg.
+func (p *vmmProc) attachStdio(ctx context.Context, id string, stdin, stdout, stderr *os.File, wg *sync.WaitGroup) error {
 	conns := map[string]net.Conn{}
 	for _, n := range []string{agentproto.Stdin, agentproto.Stdout, agentproto.Stderr} {
-		c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: n})
+		c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: id, Name: n})
 		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
 			return p.guestFailure("the container's stdio", err)
 		}
 		conns[n] = c
 	}
 	go func() {
-		io.Copy(conns[agentproto.Stdin], os.Stdin)
+		io.Copy(conns[agentproto.Stdin], stdin)
 		if h, ok := conns[agentproto.Stdin].(interface{ CloseWrite() error }); ok {
 			h.CloseWrite()
 		}
 	}()
-	for n, w := range map[string]io.Writer{agentproto.Stdout: os.Stdout, agentproto.Stderr: os.Stderr} {
+	for n, w := range map[string]io.Writer{agentproto.Stdout: stdout, agentproto.Stderr: stderr} {
 		c := conns[n]
-		outputs.Add(1)
+		wg.Add(1)
 		go func() {
-			defer outputs.Done()
+			defer wg.Done()
 			io.Copy(w, c)
 		}()
 	}
@@ -424,13 +451,26 @@ func (p *vmmProc) serveControl(ln net.Listener) {
 			return
 		}
 		go func() {
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(ctlTimeout))
-			var req ctlRequest
-			if err := json.NewDecoder(bufio.NewReader(io.LimitReader(c, maxCtl))).Decode(&req); err != nil {
+			uc := c.(*net.UnixConn)
+			req, fds, err := readCtl(uc)
+			if err != nil {
+				c.Close()
 				return
 			}
-			rep := p.handle(req)
+			if req.Op == opMember && req.Member != nil {
+				// The connection stays for the pod container's life.
+				p.memberCreate(uc, req.Container, req.Member, fds)
+				return
+			}
+			defer c.Close()
+			closeFiles(fds)
+			c.SetDeadline(time.Now().Add(ctlTimeout))
+			var rep ctlReply
+			if req.Container != "" && req.Container != p.id {
+				rep = p.handleMember(req)
+			} else {
+				rep = p.handle(req)
+			}
 			json.NewEncoder(c).Encode(rep)
 		}()
 	}

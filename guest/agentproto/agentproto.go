@@ -146,6 +146,17 @@ type Create struct {
 	// Spec is then taken as it is (its process user; no User resolved,
 	// no /etc files added), as runc takes a bundle's config.
 	RootShare string `json:"root_share,omitempty"`
+	// RootPath, if set, is the root file system's directory inside
+	// RootShare (a relative path without ".."), for a share that holds
+	// several containers' roots: a pod's share. Such a share is mounted
+	// once and stays for the VM's life.
+	RootPath string `json:"root_path,omitempty"`
+	// Sandbox, if set, is the container of this VM whose namespaces the
+	// spec's namespace entries with a path name (a Kubernetes pod's
+	// sandbox, whose ipc, uts and pid namespaces the pod's containers
+	// join): the agent points them at that container's process. The
+	// network namespace is the VM's own for every container of a pod.
+	Sandbox string `json:"sandbox,omitempty"`
 }
 
 // Volume is a host directory the VM has as a virtio 9P device with mount
@@ -159,11 +170,11 @@ type Volume struct {
 	// gives them (rbind, ro, propagation...), used instead of vessel
 	// run's rbind and ro or rw.
 	Options []string `json:"options,omitempty"`
-	// Path, if set, names a file at the root of the share to bind at
-	// Destination instead of the share itself: a bind mount of a single
-	// file (docker's /etc/resolv.conf, say). It is one path element.
-	// Several volumes may then have the same Tag: the share is mounted
-	// once.
+	// Path, if set, names a file or directory in the share (a relative
+	// path without "..") to bind at Destination instead of the share
+	// itself: a bind mount of a single file (docker's /etc/resolv.conf,
+	// say), or one of a pod's bind mounts. Several volumes may then have
+	// the same Tag: the share is mounted once.
 	Path string `json:"path,omitempty"`
 }
 

@@ -107,9 +107,21 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	if cr.RootShare != "" {
 		// An OCI bundle's config: its root, user and mounts as given.
 		readOnly := spec.Root != nil && spec.Root.Readonly
-		rootfs, err := c.mountRootShare(cr.RootShare, readOnly)
+		var rootfs string
+		if cr.RootPath != "" {
+			if err = os.MkdirAll(filepath.Join(c.dir, "bundle"), 0o700); err == nil {
+				rootfs, err = a.sharePath(cr.RootShare, cr.RootPath)
+			}
+		} else {
+			rootfs, err = c.mountRootShare(cr.RootShare, readOnly)
+		}
 		if err != nil {
 			return nil, err
+		}
+		if cr.Sandbox != "" {
+			if err := a.joinSandbox(&spec, cr.Sandbox); err != nil {
+				return nil, err
+			}
 		}
 		spec.Root = &specs.Root{Path: rootfs, Readonly: readOnly}
 		c.rootfs, c.user = rootfs, spec.Process.User
@@ -235,19 +247,9 @@ const volumeOptions = "trans=virtio,version=9p2000.L,access=client,msize=512000,
 // container after the other mounts.
 func (c *container) mountVolumes(spec *specs.Spec, vols []agentproto.Volume) error {
 	mounts := slices.Clip(spec.Mounts)
-	// A share holding single files is mounted once, for all of them;
-	// read-write if any of them is.
-	shareDirs := map[string]string{}
-	writable := map[string]bool{}
-	for _, v := range vols {
-		writable[v.Tag] = writable[v.Tag] || !v.ReadOnly
-	}
 	for i, v := range vols {
 		if !filepath.IsAbs(v.Destination) || filepath.Clean(v.Destination) == "/" {
 			return fmt.Errorf("create: volume destination %q: want an absolute path other than /", v.Destination)
-		}
-		if v.Path != "" && (strings.Contains(v.Path, "/") || v.Path == "." || v.Path == "..") {
-			return fmt.Errorf("create: volume path %q: want one file name", v.Path)
 		}
 		opts := []string{"rbind", "rw"}
 		if v.ReadOnly {
@@ -256,24 +258,27 @@ func (c *container) mountVolumes(spec *specs.Spec, vols []agentproto.Volume) err
 		if len(v.Options) > 0 {
 			opts = v.Options
 		}
-		dir, ok := shareDirs[v.Tag]
-		if !ok {
-			dir = filepath.Join(c.dir, "volumes", strconv.Itoa(i))
-			if err := os.MkdirAll(dir, 0o700); err != nil {
+		var src string
+		if v.Path != "" {
+			// A file or directory in a share that holds several (single
+			// files, a pod's): the share is mounted once, read-write;
+			// the host says what may be written.
+			var err error
+			if src, err = c.a.sharePath(v.Tag, v.Path); err != nil {
+				return err
+			}
+		} else {
+			src = filepath.Join(c.dir, "volumes", strconv.Itoa(i))
+			if err := os.MkdirAll(src, 0o700); err != nil {
 				return err
 			}
 			var flags uintptr
-			if !writable[v.Tag] {
+			if v.ReadOnly {
 				flags = unix.MS_RDONLY
 			}
-			if err := c.mount(v.Tag, dir, "9p", flags, volumeOptions); err != nil {
+			if err := c.mount(v.Tag, src, "9p", flags, volumeOptions); err != nil {
 				return err
 			}
-			shareDirs[v.Tag] = dir
-		}
-		src := dir
-		if v.Path != "" {
-			src = filepath.Join(dir, v.Path)
 		}
 		mounts = append(mounts, specs.Mount{Destination: v.Destination, Type: "bind", Source: src, Options: opts})
 	}
@@ -617,4 +622,64 @@ func (p *process) resize(b specs.Box) error {
 		return errors.New("resize: the process has no terminal")
 	}
 	return p.console.Resize(console.WinSize{Height: uint16(b.Height), Width: uint16(b.Width)})
+}
+
+// sharePath mounts the share tag for the VM's life if it is not yet, and
+// returns path's place in it.
+func (a *agent) sharePath(tag, path string) (string, error) {
+	if !filepath.IsLocal(path) {
+		return "", fmt.Errorf("create: path %q in share %q: want a relative path without ..", path, tag)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	dir, ok := a.shares[tag]
+	if !ok {
+		dir = filepath.Join(stateDir, "shares", strconv.Itoa(len(a.shares)))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", err
+		}
+		if err := unix.Mount(tag, dir, "9p", 0, volumeOptions); err != nil {
+			return "", fmt.Errorf("mount %s on %s: %w", tag, dir, err)
+		}
+		if a.shares == nil {
+			a.shares = map[string]string{}
+		}
+		a.shares[tag] = dir
+	}
+	return filepath.Join(dir, path), nil
+}
+
+// joinSandbox points the spec's namespace entries that have a path at
+// the sandbox container's namespaces (the host's paths mean nothing in
+// the VM), and drops the network namespace: a pod's containers share
+// the VM's network, as the sandbox does.
+func (a *agent) joinSandbox(spec *specs.Spec, sandbox string) error {
+	a.mu.Lock()
+	sb := a.containers[sandbox]
+	a.mu.Unlock()
+	if sb == nil || sb.init == nil {
+		return fmt.Errorf("create: no sandbox container %q in this VM", sandbox)
+	}
+	if spec.Linux == nil {
+		return nil
+	}
+	var nss []specs.LinuxNamespace
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Path != "" {
+			switch ns.Type {
+			case specs.NetworkNamespace:
+				continue
+			case specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
+				names := map[specs.LinuxNamespaceType]string{specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts", specs.PIDNamespace: "pid"}
+				ns.Path = fmt.Sprintf("/proc/%d/ns/%s", sb.init.pid, names[ns.Type])
+			default:
+				return fmt.Errorf("create: joining the sandbox's %s namespace is not supported", ns.Type)
+			}
+		}
+		nss = append(nss, ns)
+	}
+	l := *spec.Linux
+	l.Namespaces = nss
+	spec.Linux = &l
+	return nil
 }

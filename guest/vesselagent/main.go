@@ -87,6 +87,9 @@ type agent struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+	// shares are the 9P shares mounted for the VM's life (a pod's), by
+	// mount tag.
+	shares map[string]string
 }
 
 // send writes one reply or event on the control connection.

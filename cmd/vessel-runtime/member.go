@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// opMember is the control request that creates a pod container in its
+// sandbox's VM (see pod.go); its connection stays open for the
+// container's life.
+const opMember = "member"
+
+// createMember creates a pod's container in its sandbox's VM: it starts
+// the container's member process, runs the createRuntime and prestart
+// hooks, and waits until the container exists in the VM.
+func (g *globals) createMember(id, sandbox string, b *bundle, pidFile, dir string) (_ *exec.Cmd, err error) {
+	sbDir, sb, err := g.load(sandbox)
+	if err != nil {
+		return nil, errorf("sandbox %q of container %q does not exist", sandbox, id)
+	}
+	if sb.Sandbox != "" {
+		return nil, errorf("container %q is not a pod sandbox", sandbox)
+	}
+	if st := sb.status(sbDir); st != statusCreated && st != statusRunning {
+		return nil, errorf("sandbox %q is %s", sandbox, st)
+	}
+	if err := checkMemberNamespaces(b.spec, sb.Pid, sb.Netns); err != nil {
+		return nil, errorf("%v", err)
+	}
+	req, trees, err := memberTrees(b)
+	if err != nil {
+		return nil, err
+	}
+	defer closeFiles(trees)
+	if err := os.MkdirAll(g.root, 0o700); err != nil {
+		return nil, errorf("state directory: %v", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, errorf("container with id %q already exists", id)
+		}
+		return nil, errorf("state directory: %v", err)
+	}
+	var cmd *exec.Cmd
+	defer func() {
+		if err != nil {
+			if cmd != nil && cmd.Process != nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+			os.RemoveAll(dir)
+		}
+	}()
+	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations,
+		Hooks: b.spec.Hooks, Sandbox: sandbox}
+	if err := rec.save(dir); err != nil {
+		return nil, errorf("%v", err)
+	}
+	reqJSON, err := json.Marshal(ctlRequest{Op: opMember, Container: id, Member: &req})
+	if err != nil {
+		return nil, errorf("%v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, memberFile), reqJSON, 0o600); err != nil {
+		return nil, errorf("%v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, errorf("%v", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, errorf("%v", err)
+	}
+	defer r.Close()
+	goR, goW, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		return nil, errorf("%v", err)
+	}
+	defer goW.Close()
+	cmd = exec.Command(self, append(g.args(), "member", id, sandbox)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = append([]*os.File{w, goR}, trees...) // readyFD, goFD, the trees
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	goR.Close()
+	if err != nil {
+		return nil, errorf("start the container's process: %v", err)
+	}
+	rec.Pid = cmd.Process.Pid
+	rec.StartTime, _ = procStartTime(rec.Pid)
+	if err := rec.save(dir); err != nil {
+		return nil, errorf("%v", err)
+	}
+	st := ociState{OCIVersion: ociVersion, ID: id, Status: statusCreating, Pid: rec.Pid,
+		Bundle: b.dir, Annotations: b.spec.Annotations, Created: rec.Created}
+	for _, kind := range []string{hookCreateRuntime, hookPrestart} {
+		if err := runHooks(context.Background(), b.spec.Hooks, kind, b.dir, st); err != nil {
+			return nil, errorf("%v", err)
+		}
+	}
+	if _, err := goW.Write([]byte("go\n")); err != nil {
+		return nil, errorf("the container's process ended before the container was created")
+	}
+	goW.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line != "ok" {
+		if line == "" {
+			line = "the container's process ended before the container was created"
+		}
+		return nil, errorf("%s", line)
+	}
+	if pidFile != "" {
+		if err := writePidFile(pidFile, rec.Pid); err != nil {
+			call(dir, ctlRequest{Op: opDelete})
+			return nil, errorf("--pid-file: %v", err)
+		}
+	}
+	return cmd, nil
+}
+
+// memberFile holds a member process's request, written by create.
+const memberFile = "member.json"
+
+func newMember(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "member ID SANDBOX",
+		Short:  "the process of a pod's container (started by create)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return serveMember(g, args[0], args[1])
+		},
+	}
+}
+
+// serveMember is a pod container's member process: it has the sandbox's
+// VMM process create the container (passing its stdio and the trees
+// create detached), tells create, forwards the container's control
+// requests to the sandbox's VMM process, and exits with the container's
+// exit status.
+func serveMember(g *globals, id, sandbox string) error {
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	readyW := os.NewFile(readyFD, "ready")
+	goR := os.NewFile(goFD, "go")
+	line, _ := bufio.NewReader(goR).ReadString('\n')
+	goR.Close()
+	if line != "go\n" {
+		return exitCode(1)
+	}
+	fail := func(err error) error {
+		fmt.Fprintln(readyW, strings.ReplaceAll(err.Error(), "\n", " "))
+		readyW.Close()
+		return exitCode(1)
+	}
+	dir, err := g.containerDir(id)
+	if err != nil {
+		return fail(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, memberFile))
+	if err != nil {
+		return fail(err)
+	}
+	var req ctlRequest
+	if err := json.Unmarshal(b, &req); err != nil || req.Member == nil {
+		return fail(fmt.Errorf("%s: damaged", memberFile))
+	}
+	fds := []int{0, 1, 2}
+	for i := range req.Member.Trees {
+		fds = append(fds, goFD+1+i)
+	}
+	sbDir, err := g.containerDir(sandbox)
+	if err != nil {
+		return fail(err)
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(sbDir, ctlSock), Net: "unix"})
+	if err != nil {
+		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
+	}
+	defer conn.Close()
+	if _, _, err := conn.WriteMsgUnix(b, unix.UnixRights(fds...), nil); err != nil {
+		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
+	}
+	for _, fd := range fds[3:] {
+		unix.Close(fd)
+	}
+	// Our stdio is the container's now, copied by the sandbox's VMM
+	// process; ours must not hold the caller's pipes open.
+	if devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
+		for _, fd := range []int{0, 1, 2} {
+			unix.Dup2(int(devNull.Fd()), fd)
+		}
+		devNull.Close()
+	}
+	dec := json.NewDecoder(io.LimitReader(conn, maxCtl))
+	conn.SetReadDeadline(time.Now().Add(ctlTimeout))
+	var rep ctlReply
+	if err := dec.Decode(&rep); err != nil {
+		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
+	}
+	if rep.Error != "" {
+		return fail(errors.New(rep.Error))
+	}
+	conn.SetReadDeadline(time.Time{})
+	os.Remove(filepath.Join(dir, memberFile))
+	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
+	if err != nil {
+		return fail(fmt.Errorf("control socket: %w", err))
+	}
+	defer ctl.Close()
+	go forwardControl(ctl, sbDir, id)
+	fmt.Fprintln(readyW, "ok")
+	readyW.Close()
+	// The exit status, or the connection's end: the VM ended (or the
+	// container was deleted before it ran), which killed the container.
+	rep = ctlReply{}
+	if err := dec.Decode(&rep); err != nil || rep.Exit == nil {
+		return exitCode(128 + int(unix.SIGKILL))
+	}
+	return exitCode(*rep.Exit)
+}
+
+// forwardControl serves a pod container's control socket: each request
+// goes on to the sandbox's VMM process, for this container.
+func forwardControl(ln net.Listener, sbDir, id string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(ctlTimeout))
+			var req ctlRequest
+			if err := json.NewDecoder(io.LimitReader(c, maxCtl)).Decode(&req); err != nil {
+				return
+			}
+			if req.Op == opMember {
+				json.NewEncoder(c).Encode(ctlReply{Error: "not a sandbox"})
+				return
+			}
+			req.Container = id
+			rep, err := call(sbDir, req)
+			if err != nil && rep.Error == "" {
+				rep.Error = err.Error()
+			}
+			json.NewEncoder(c).Encode(rep)
+		}()
+	}
+}

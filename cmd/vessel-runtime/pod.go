@@ -1,0 +1,524 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/guest/agentproto"
+)
+
+// Pods. containerd's CRI marks a Kubernetes pod's containers with
+// annotations: the sandbox (the pod's infrastructure container) has
+// container-type "sandbox"; each later container of the pod has
+// container-type "container" and the sandbox's ID. vessel-runtime boots
+// one VM for the sandbox, and creates every other container of the pod
+// in that VM, as runsc does: the pod shares one kernel, network and
+// IPC, as its containers share them under runc.
+//
+// A pod container's files reach the running VM through the pod share:
+// a 9P share, made when the sandbox's VM boots, whose root is a small
+// tmpfs in the sandbox VMM process's mount namespace. Its create
+// detaches a copy of the container's rootfs and bind sources with
+// open_tree(2) and passes them to that VMM process, which attaches them
+// below the share (move_mount(2)): they are seen by the guest, in that
+// namespace alone, and gone with the process.
+//
+// A pod container has a process of its own on the host, its member
+// process (`vessel-runtime member ID`): the PID create reports, holding
+// the container's stdio (passed to the sandbox's VMM process), serving
+// the container's control socket by forwarding to that VMM process, and
+// exiting with the container's exit status, as a VMM process does for a
+// container with a VM of its own.
+const (
+	annotationContainerType = "io.kubernetes.cri.container-type"
+	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
+	containerTypeSandbox    = "sandbox"
+	containerTypeContainer  = "container"
+)
+
+// podTag is the mount tag of a sandbox VM's pod share.
+const podTag = "vessel-pod"
+
+// podDir is the pod share's directory in the sandbox's state directory.
+const podDir = "pod"
+
+// isSandbox reports whether the spec is a pod's sandbox.
+func isSandbox(s *specs.Spec) bool {
+	return s.Annotations[annotationContainerType] == containerTypeSandbox
+}
+
+// sandboxOf returns the sandbox ID of a pod's (non-sandbox) container,
+// or "".
+func sandboxOf(s *specs.Spec) string {
+	if s.Annotations[annotationContainerType] != containerTypeContainer {
+		return ""
+	}
+	return s.Annotations[annotationSandboxID]
+}
+
+// memberRequest asks a sandbox's VMM process to create a container in
+// its VM. It comes with file descriptors (SCM_RIGHTS): the container's
+// stdin, stdout and stderr, then one detached mount tree per entry of
+// Trees, in order.
+type memberRequest struct {
+	Spec *specs.Spec `json:"spec"`
+	// Trees name the trees: "root" for the rootfs, then one per bind
+	// mount, in Volumes' order.
+	Trees []memberTree `json:"trees"`
+	// Volumes are the bind mounts, their Tag and Path set by the VMM.
+	Volumes []agentproto.Volume `json:"volumes,omitempty"`
+}
+
+// memberTree is one detached mount tree of a member request.
+type memberTree struct {
+	Name string `json:"name"` // root, b0, b1...
+	File bool   `json:"file,omitempty"`
+}
+
+// maxMemberTrees bounds the trees of one request (the rootfs and bind
+// mounts): SCM_RIGHTS carries at most 253 descriptors.
+const maxMemberTrees = 128
+
+// openTree detaches a copy of the mount tree at path (open_tree(2) with
+// OPEN_TREE_CLONE|AT_RECURSIVE), read-only if asked, without set-ID
+// bits or devices.
+func openTree(path string, readOnly bool) (*os.File, error) {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return nil, fmt.Errorf("open_tree %s: %w", path, err)
+	}
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if readOnly {
+		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mount_setattr %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// memberTrees detaches the bundle's rootfs and bind sources, for a
+// member request.
+func memberTrees(b *bundle) (req memberRequest, files []*os.File, err error) {
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			files = nil
+		}
+	}()
+	if len(b.binds)+1 > maxMemberTrees {
+		return req, nil, errorf("a pod's container takes at most %d bind mounts", maxMemberTrees-1)
+	}
+	f, err := openTree(b.rootfs, b.spec.Root.Readonly)
+	if err != nil {
+		return req, nil, errorf("rootfs: %v", err)
+	}
+	files = append(files, f)
+	req.Trees = append(req.Trees, memberTree{Name: "root"})
+	for i, bd := range b.binds {
+		f, err := openTree(bd.source, bd.vol.ReadOnly)
+		if err != nil {
+			return req, files, errorf("bind mount at %s: %v", bd.vol.Destination, err)
+		}
+		files = append(files, f)
+		req.Trees = append(req.Trees, memberTree{Name: fmt.Sprintf("b%d", i), File: bd.file})
+		vol := bd.vol
+		vol.Tag, vol.Path = "", ""
+		req.Volumes = append(req.Volumes, vol)
+	}
+	req.Spec = b.guestSpec()
+	return req, files, nil
+}
+
+// checkMemberNamespaces accepts the namespace paths a pod's container
+// has under containerd's CRI: the sandbox's network (its netns path or
+// /proc/PID/ns/net), ipc, uts and pid namespaces through the sandbox's
+// PID. Any other path cannot be joined from a VM.
+func checkMemberNamespaces(s *specs.Spec, sandboxPid int, sandboxNetns string) error {
+	if s.Linux == nil {
+		return nil
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Path == "" {
+			continue
+		}
+		want := fmt.Sprintf("/proc/%d/ns/%s", sandboxPid, nsFile(ns.Type))
+		if ns.Path == want || ns.Type == specs.NetworkNamespace && ns.Path == sandboxNetns {
+			switch ns.Type {
+			case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
+				continue
+			}
+		}
+		return fmt.Errorf("%s namespace path %q: a pod's container can join only its sandbox's network, ipc, uts and pid namespaces", ns.Type, ns.Path)
+	}
+	return nil
+}
+
+// nsFile is a namespace type's name in /proc/PID/ns.
+func nsFile(t specs.LinuxNamespaceType) string {
+	switch t {
+	case specs.NetworkNamespace:
+		return "net"
+	case specs.MountNamespace:
+		return "mnt"
+	}
+	return string(t)
+}
+
+// podShare makes the sandbox's pod share: an empty read-only tmpfs.
+func podShare(dir string) (string, error) {
+	share := filepath.Join(dir, podDir)
+	if err := os.Mkdir(share, 0o700); err != nil {
+		return "", fmt.Errorf("pod share: %w", err)
+	}
+	if err := unix.Mount("tmpfs", share, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, "mode=0755,size=64k,nr_inodes=4096"); err != nil {
+		return "", fmt.Errorf("pod share: mount tmpfs on %s: %w", share, err)
+	}
+	return share, nil
+}
+
+// member is a pod container the sandbox's VMM process runs.
+type member struct {
+	id     string
+	conn   *net.UnixConn // the member process's connection
+	files  []*os.File    // its stdio
+	mounts []string      // attached below the pod share, last first to undo
+	mu     sync.Mutex
+	status string
+	code   int // exit status, once stopped
+	gone   chan struct{}
+}
+
+// podState is a sandbox VMM process's pod.
+type podState struct {
+	mu      sync.Mutex // serializes changes to the share
+	share   string
+	members map[string]*member
+}
+
+// attach attaches the trees below share/id.
+func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mounts []string, err error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("", ps.share, "", unix.MS_REMOUNT|flags, ""); err != nil {
+		return nil, fmt.Errorf("pod share: remount read-write: %w", err)
+	}
+	defer unix.Mount("", ps.share, "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
+	dir := filepath.Join(ps.share, id)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("pod share: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			detach(mounts)
+			os.RemoveAll(dir)
+		}
+	}()
+	for i, t := range trees {
+		target := filepath.Join(dir, t.Name)
+		if t.File {
+			err = os.WriteFile(target, nil, 0o644)
+		} else {
+			err = os.Mkdir(target, 0o755)
+		}
+		if err != nil {
+			return mounts, fmt.Errorf("pod share: %w", err)
+		}
+		if err := unix.MoveMount(int(fds[i].Fd()), "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return mounts, fmt.Errorf("pod share: move_mount to %s: %w", target, err)
+		}
+		mounts = append(mounts, target)
+	}
+	return mounts, nil
+}
+
+// detach undoes attach's mounts.
+func detach(mounts []string) {
+	for i := len(mounts) - 1; i >= 0; i-- {
+		unix.Unmount(mounts[i], unix.MNT_DETACH)
+	}
+}
+
+// removeDir removes share/id once its mounts are gone.
+func (ps *podState) removeDir(id string) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if unix.Mount("", ps.share, "", unix.MS_REMOUNT|flags, "") == nil {
+		os.RemoveAll(filepath.Join(ps.share, id))
+		unix.Mount("", ps.share, "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
+	}
+}
+
+// memberCreate creates a pod container in the sandbox's VM, on the
+// member process's connection c, which stays open: the container's exit
+// status is written to it when the container has stopped.
+func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, fds []*os.File) {
+	reply := func(r ctlReply) { json.NewEncoder(c).Encode(r) }
+	closeAll := func() {
+		for _, f := range fds {
+			f.Close()
+		}
+	}
+	if p.pod == nil {
+		closeAll()
+		reply(ctlReply{Error: fmt.Sprintf("container %s is not a pod sandbox", p.id)})
+		return
+	}
+	if !validID(id) || req.Spec == nil || req.Spec.Process == nil || len(req.Trees) == 0 ||
+		len(req.Trees) != len(req.Volumes)+1 || len(fds) != 3+len(req.Trees) {
+		closeAll()
+		reply(ctlReply{Error: "malformed pod container request"})
+		return
+	}
+	p.pod.mu.Lock()
+	if p.pod.members[id] != nil || id == p.id {
+		p.pod.mu.Unlock()
+		closeAll()
+		reply(ctlReply{Error: fmt.Sprintf("container with id %q already exists in the pod", id)})
+		return
+	}
+	m := &member{id: id, conn: c, files: fds[:3], status: statusCreating, gone: make(chan struct{})}
+	p.pod.members[id] = m
+	p.pod.mu.Unlock()
+
+	fail := func(err error) {
+		p.pod.mu.Lock()
+		delete(p.pod.members, id)
+		p.pod.mu.Unlock()
+		detach(m.mounts)
+		p.pod.removeDir(id)
+		closeAll()
+		reply(ctlReply{Error: err.Error()})
+	}
+	mounts, err := p.pod.attach(id, req.Trees, fds[3:])
+	for _, f := range fds[3:] {
+		f.Close()
+	}
+	m.mounts = mounts
+	if err != nil {
+		fail(err)
+		return
+	}
+	vols := req.Volumes
+	for i := range vols {
+		vols[i].Tag, vols[i].Path = podTag, id+"/"+req.Trees[i+1].Name
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: id,
+		IO: &agentproto.ProcessIO{Stdin: true},
+		Create: &agentproto.Create{Spec: req.Spec, RootShare: podTag, RootPath: id + "/root",
+			Volumes: vols, Sandbox: p.id}}); err != nil {
+		var se *container.StartError
+		if errors.As(err, &se) {
+			err = fmt.Errorf("create in the guest: %s", se.Msg)
+		}
+		fail(err)
+		return
+	}
+	var outputs sync.WaitGroup
+	if err := p.attachStdio(ctx, id, m.files[0], m.files[1], m.files[2], &outputs); err != nil {
+		p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpDelete, Container: id})
+		fail(err)
+		return
+	}
+	m.setStatus(statusCreated)
+	reply(ctlReply{Status: statusCreated})
+
+	// The container's end, or its member process's: whichever first.
+	exited := make(chan int, 1)
+	go func() {
+		s, err := p.ag.Wait(context.Background(), id, "")
+		if err != nil {
+			s = 128 + int(unix.SIGKILL)
+		} else {
+			outputs.Wait()
+		}
+		exited <- exitStatus(s)
+	}()
+	hangup := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, c)
+		close(hangup)
+	}()
+	select {
+	case code := <-exited:
+		m.mu.Lock()
+		m.status, m.code = statusStopped, code
+		m.mu.Unlock()
+		json.NewEncoder(c).Encode(ctlReply{Status: statusStopped, Exit: &code})
+		select {
+		case <-hangup:
+		case <-p.ended:
+		}
+	case <-hangup:
+	case <-p.ended:
+	}
+	// The member process is gone or the container was deleted: remove
+	// it from the VM.
+	dctx, dcancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer dcancel()
+	p.ag.Call(dctx, agentproto.Request{Op: agentproto.OpDelete, Container: id})
+	p.pod.mu.Lock()
+	delete(p.pod.members, id)
+	p.pod.mu.Unlock()
+	detach(m.mounts)
+	p.pod.removeDir(id)
+	for _, f := range m.files {
+		f.Close()
+	}
+	close(m.gone)
+	c.Close()
+}
+
+func (m *member) setStatus(s string) {
+	m.mu.Lock()
+	m.status = s
+	m.mu.Unlock()
+}
+
+func (m *member) getStatus() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status
+}
+
+// handleMember carries out a control request for a pod container.
+func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
+	if p.pod == nil {
+		return ctlReply{Error: fmt.Sprintf("container %s is not a pod sandbox", p.id)}
+	}
+	p.pod.mu.Lock()
+	m := p.pod.members[req.Container]
+	p.pod.mu.Unlock()
+	if m == nil {
+		return ctlReply{Status: statusStopped, Error: fmt.Sprintf("container %q is not in the pod", req.Container)}
+	}
+	st := m.getStatus()
+	fail := func(format string, args ...any) ctlReply {
+		return ctlReply{Status: st, Error: fmt.Sprintf(format, args...)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	switch req.Op {
+	case opState:
+		return ctlReply{Status: st}
+	case opStart:
+		if st != statusCreated {
+			return fail("cannot start a container that is %s", st)
+		}
+		m.setStatus(statusRunning)
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: m.id}); err != nil {
+			return fail("start: %v", err)
+		}
+		return ctlReply{Status: statusRunning}
+	case opKill:
+		if st != statusCreated && st != statusRunning {
+			return fail("container not running")
+		}
+		if req.Signal <= 0 || req.Signal > 64 {
+			return fail("invalid signal %d", req.Signal)
+		}
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: m.id, Signal: req.Signal}); err != nil {
+			return fail("kill: %v", err)
+		}
+		return ctlReply{Status: st}
+	case opDelete:
+		// Closing the member's connection ends it (see memberCreate).
+		m.conn.CloseRead()
+		m.conn.Close()
+		select {
+		case <-m.gone:
+		case <-ctx.Done():
+			return fail("delete: the container did not go")
+		}
+		return ctlReply{Status: statusStopped}
+	}
+	return fail("unknown operation %q", req.Op)
+}
+
+// readCtl reads one control request and the descriptors that came with
+// it.
+func readCtl(c *net.UnixConn) (ctlRequest, []*os.File, error) {
+	var req ctlRequest
+	buf := make([]byte, 0, 4096)
+	oob := make([]byte, unix.CmsgSpace(4*(3+maxMemberTrees)))
+	var files []*os.File
+	c.SetReadDeadline(time.Now().Add(ctlTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= maxCtl {
+				closeFiles(files)
+				return req, nil, errors.New("control request too large")
+			}
+			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
+		}
+		n, oobn, _, _, err := c.ReadMsgUnix(buf[len(buf):cap(buf)], oob)
+		buf = buf[:len(buf)+n]
+		if oobn > 0 {
+			fs, perr := parseRights(oob[:oobn])
+			files = append(files, fs...)
+			if perr != nil {
+				closeFiles(files)
+				return req, nil, perr
+			}
+		}
+		if err != nil {
+			closeFiles(files)
+			return req, nil, err
+		}
+		dec := json.NewDecoder(strings.NewReader(string(buf)))
+		if dec.Decode(&req) == nil {
+			return req, files, nil
+		}
+		if n == 0 {
+			closeFiles(files)
+			return req, nil, io.ErrUnexpectedEOF
+		}
+	}
+}
+
+// parseRights takes the descriptors out of control messages.
+func parseRights(oob []byte) ([]*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "passed"))
+		}
+	}
+	return files, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
