@@ -376,7 +376,9 @@ func TestRuntime(t *testing.T) {
 			"cat /ro/file /data/in; echo written >/data/out; echo x >>/ro/file && echo wrote-ro; ls /data; "+
 				// Single files, read-only and read-write (their siblings'
 				// absence from the share: TestBindFiles).
-				"cat /etc/one; echo x >>/etc/one && echo wrote-ro-file; echo appended >>/rw-one; exit 5")
+				"cat /etc/one; echo x >>/etc/one && echo wrote-ro-file; echo appended >>/rw-one; "+
+				// The bundle's seccomp profile holds in the guest.
+				"mkdir /tmp/denied 2>/dev/null || echo mkdir-denied; exit 5")
 		data, ro, files := t.TempDir(), t.TempDir(), t.TempDir()
 		os.WriteFile(filepath.Join(data, "in"), []byte("from-dir\n"), 0o644)
 		os.WriteFile(filepath.Join(ro, "file"), []byte("from-file\n"), 0o644)
@@ -405,6 +407,9 @@ func TestRuntime(t *testing.T) {
 			Poststart:     []specs.Hook{hook("poststart")},
 			Poststop:      []specs.Hook{hook("poststop")},
 		}
+		errno := uint(1)
+		spec.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Architectures: []specs.Arch{specs.ArchX86_64},
+			Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &errno}}}
 		writeSpec(t, bundle, spec)
 		pio, err := runc.NewPipeIO(0, 0)
 		if err != nil {
@@ -425,7 +430,7 @@ func TestRuntime(t *testing.T) {
 		// open in this process: close them, as the shim does.
 		pio.(runc.StartCloser).CloseAfterStart()
 		<-done
-		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\nsingle-file\n"; got != want {
+		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\nsingle-file\nmkdir-denied\n"; got != want {
 			t.Errorf("stdout %q, want %q", got, want)
 		}
 		if b, _ := os.ReadFile(filepath.Join(files, "one")); string(b) != "single-file\n" {

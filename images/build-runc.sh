@@ -4,10 +4,11 @@
 # keyed by runc's version, the Go version and this script. Prints the
 # binary's path.
 #
-# cgo is needed (runc's nsenter is C); -static links glibc in. The seccomp
-# and libpathrs build tags are left out: they need C libraries Debian has
-# no static builds of here. vessel's spec has no seccomp profile: the VM
-# is the boundary.
+# cgo is needed (runc's nsenter is C); -static links glibc in, and with
+# the seccomp build tag Debian's static libseccomp (libseccomp-dev): the
+# specs docker, podman and containerd give carry a seccomp profile, which
+# runc applies in the guest as on a host. The libpathrs tag is left out:
+# Debian has no build of that library.
 #
 #   images/build-runc.sh
 #
@@ -31,7 +32,11 @@ mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "build-runc: building runc $version (static, about a minute)" >&2
-if ! log=$(GOBIN=$tmp CGO_ENABLED=1 go install -trimpath -tags "netgo osusergo" \
+if ! pkg-config --exists libseccomp; then
+	echo "build-runc: libseccomp is missing: install libseccomp-dev and pkg-config (make deps)" >&2
+	exit 2
+fi
+if ! log=$(GOBIN=$tmp CGO_ENABLED=1 go install -trimpath -tags "seccomp netgo osusergo" \
 	-ldflags "-s -w -extldflags -static" "github.com/opencontainers/runc@$version" 2>&1); then
 	echo "$log" >&2
 	echo "build-runc: go install failed" >&2
