@@ -324,16 +324,23 @@ func TestGuestSpec(t *testing.T) {
 	b, err := loadBundle(testBundle(t, func(s *specs.Spec) {
 		s.Root = &specs.Root{Path: "rootfs", Readonly: true}
 		s.Linux.CgroupsPath = "system.slice:docker:abc"
+		s.Linux.MountLabel = "system_u:object_r:container_file_t:s0"
+		s.Process.ApparmorProfile = "docker-default"
+		s.Process.SelinuxLabel = "system_u:system_r:container_t:s0"
+		s.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/bin/true"}}}
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := b.guestSpec()
-	if g.Root.Path != "rootfs" || !g.Root.Readonly || g.Linux.CgroupsPath != "" {
-		t.Errorf("guest spec root %+v cgroups %q", g.Root, g.Linux.CgroupsPath)
+	if g.Root.Path != "rootfs" || !g.Root.Readonly || g.Linux.CgroupsPath != "" || g.Linux.MountLabel != "" {
+		t.Errorf("guest spec root %+v cgroups %q mount label %q", g.Root, g.Linux.CgroupsPath, g.Linux.MountLabel)
 	}
-	if b.spec.Linux.CgroupsPath != "system.slice:docker:abc" || !filepath.IsAbs(b.rootfs) {
-		t.Errorf("the bundle's spec changed: %q, rootfs %q", b.spec.Linux.CgroupsPath, b.rootfs)
+	if g.Process.ApparmorProfile != "" || g.Process.SelinuxLabel != "" || g.Hooks != nil {
+		t.Errorf("guest spec keeps host policies: apparmor %q selinux %q hooks %v", g.Process.ApparmorProfile, g.Process.SelinuxLabel, g.Hooks)
+	}
+	if b.spec.Linux.CgroupsPath != "system.slice:docker:abc" || b.spec.Process.ApparmorProfile != "docker-default" || b.spec.Hooks == nil || !filepath.IsAbs(b.rootfs) {
+		t.Errorf("the bundle's spec changed: %q %q, rootfs %q", b.spec.Linux.CgroupsPath, b.spec.Process.ApparmorProfile, b.rootfs)
 	}
 }
 

@@ -216,8 +216,18 @@ func (b *bundle) guestSpec() *specs.Spec {
 	s.Root = &root
 	// The hooks are host programs, run by vessel-runtime on the host.
 	s.Hooks = nil
+	// AppArmor profiles and SELinux labels name the host's policies,
+	// which the guest's kernel has not loaded (it has no LSM): they
+	// apply to nothing in the VM, as under Kata Containers, and the
+	// guest's runc would refuse them. The VM is the boundary.
+	if s.Process != nil && (s.Process.ApparmorProfile != "" || s.Process.SelinuxLabel != "") {
+		proc := *s.Process
+		proc.ApparmorProfile, proc.SelinuxLabel = "", ""
+		s.Process = &proc
+	}
 	linux := *s.Linux
 	linux.CgroupsPath = ""
+	linux.MountLabel = ""
 	s.Linux = &linux
 	return &s
 }
