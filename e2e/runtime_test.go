@@ -593,4 +593,19 @@ func checkNothingLeft(t *testing.T, state string) {
 	for _, e := range ents {
 		t.Errorf("state left: %s", filepath.Join(state, e.Name()))
 	}
+	// No mount of vessel-runtime's reached this namespace, and no TAP
+	// device is left in it.
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, state) {
+			t.Errorf("mount left: %s", l)
+		}
+	}
+	taps, _ := filepath.Glob("/sys/class/net/*/tun_flags")
+	for _, tf := range taps {
+		t.Errorf("TAP device left: %s", filepath.Base(filepath.Dir(tf)))
+	}
 }
