@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -424,5 +426,49 @@ func TestRunHooks(t *testing.T) {
 	}
 	if err := runHooks(context.Background(), h, hookPoststart, dir, st); err != nil {
 		t.Errorf("no poststart hooks: %v", err)
+	}
+}
+
+// TestSockPathLong: a state directory too deep for a socket's address
+// (a --root in a temporary directory with a 64-character ID) still gets
+// working sockets, through a descriptor of the directory.
+func TestSockPathLong(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("r", 40), strings.Repeat("0123456789abcdef", 4))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if len(filepath.Join(dir, ctlSock)) <= maxSockPath {
+		t.Fatalf("test directory %q is not long enough", dir)
+	}
+	path, err := sockPath(dir, ctlSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", path, err)
+	}
+	defer ln.Close()
+	if _, err := os.Stat(filepath.Join(dir, ctlSock)); err != nil {
+		t.Errorf("the socket is not in the state directory: %v", err)
+	}
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dial %s: %v", path, err)
+	}
+	defer c.Close()
+	b, _ := io.ReadAll(c)
+	if string(b) != "hi" {
+		t.Errorf("read %q", b)
+	}
+	short := t.TempDir()
+	if p, _ := sockPath(short, ctlSock); p != filepath.Join(short, ctlSock) {
+		t.Errorf("a short directory's socket: %s", p)
 	}
 }

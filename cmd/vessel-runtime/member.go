@@ -194,7 +194,11 @@ func serveMember(g *globals, id, sandbox string) error {
 	if err != nil {
 		return fail(err)
 	}
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(sbDir, ctlSock), Net: "unix"})
+	sbSock, err := sockPath(sbDir, ctlSock)
+	if err != nil {
+		return fail(err)
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sbSock, Net: "unix"})
 	if err != nil {
 		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
 	}
@@ -224,7 +228,11 @@ func serveMember(g *globals, id, sandbox string) error {
 	}
 	conn.SetReadDeadline(time.Time{})
 	os.Remove(filepath.Join(dir, memberFile))
-	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
+	ctlPath, err := sockPath(dir, ctlSock)
+	if err != nil {
+		return fail(err)
+	}
+	ctl, err := net.Listen("unix", ctlPath)
 	if err != nil {
 		return fail(fmt.Errorf("control socket: %w", err))
 	}

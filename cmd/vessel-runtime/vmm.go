@@ -86,7 +86,11 @@ const ctlTimeout = 2 * time.Minute
 // call sends req to the VMM of the container in dir and returns its
 // reply; a reply with an error is returned as a *runtimeError.
 func call(dir string, req ctlRequest) (ctlReply, error) {
-	c, err := net.DialTimeout("unix", filepath.Join(dir, ctlSock), ctlTimeout)
+	path, err := sockPath(dir, ctlSock)
+	if err != nil {
+		return ctlReply{}, fmt.Errorf("the container's VMM: %w", err)
+	}
+	c, err := net.DialTimeout("unix", path, ctlTimeout)
 	if err != nil {
 		return ctlReply{}, fmt.Errorf("the container's VMM: %w", err)
 	}
@@ -183,11 +187,15 @@ func (p *vmmProc) create() error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", filepath.Join(dir, vsockBase), agentproto.Port))
+	sdir, err := sockDir(dir)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", filepath.Join(sdir, vsockBase), agentproto.Port))
 	if err != nil {
 		return fmt.Errorf("agent socket: %w", err)
 	}
-	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
+	ctl, err := net.Listen("unix", filepath.Join(sdir, ctlSock))
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("control socket: %w", err)
@@ -238,7 +246,7 @@ func (p *vmmProc) create() error {
 		Memory:  uint64(p.g.memoryMiB) << 20,
 		Console: io.Discard, // the result keeps the last lines for errors
 		Shares:  shares,
-		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(dir, vsockBase)},
+		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(sdir, vsockBase)},
 		Log:     diag,
 	}
 	vm, err := vmm.New(cfg)
