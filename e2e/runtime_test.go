@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -527,6 +528,106 @@ func TestRuntime(t *testing.T) {
 		}
 		waitPid(t, sbPid)
 		checkNothingLeft(t, state)
+	})
+
+	t.Run("netns", func(t *testing.T) {
+		// A network namespace made as CNI makes one (a path, a veth
+		// pair to the host, an address): the container serves on its
+		// address and reaches the host's.
+		const ns = "vessel-e2e"
+		ip := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+		ip("netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run(); exec.Command("ip", "link", "del", "vesselh0").Run() })
+		ip("link", "add", "vesselh0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+		ip("addr", "add", "10.77.0.1/24", "dev", "vesselh0")
+		ip("link", "set", "vesselh0", "up")
+		ip("-n", ns, "addr", "add", "10.77.0.2/24", "dev", "eth0")
+		ip("-n", ns, "link", "set", "eth0", "up")
+		ip("-n", ns, "route", "add", "default", "via", "10.77.0.1")
+		hostLn, err := net.Listen("tcp", "10.77.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hostLn.Close()
+		got := make(chan string, 1)
+		go func() {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got <- string(b)
+		}()
+		port := hostLn.Addr().(*net.TCPAddr).Port
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sh", "-c", fmt.Sprintf(
+			"ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; "+
+				"echo from-container | nc 10.77.0.1 %d; echo served | nc -l -p 8080; exit 7", port))
+		for i, n := range spec.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				spec.Linux.Namespaces[i].Path = "/run/netns/" + ns
+			}
+		}
+		writeSpec(t, bundle, spec)
+		pio, pid := createContainer(t, ctx, r, "netns", bundle)
+		var stdout []byte
+		done := make(chan struct{})
+		go func() { stdout, _ = io.ReadAll(pio.Stdout()); close(done) }()
+		go io.Copy(io.Discard, pio.Stderr())
+		pio.Stdin().Close()
+		if err := r.Start(ctx, "netns"); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		select {
+		case s := <-got:
+			if s != "from-container\n" {
+				t.Errorf("the host got %q", s)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the container did not reach the host (log: %s)", readFile(r.Log))
+		}
+		// The container's address is served by the guest, through the
+		// namespace's interface.
+		var answer []byte
+		for i := 0; i < 60; i++ {
+			c, err := net.DialTimeout("tcp", "10.77.0.2:8080", 5*time.Second)
+			if err == nil {
+				answer, _ = io.ReadAll(c)
+				c.Close()
+				if len(answer) > 0 {
+					break
+				}
+			}
+			time.Sleep(time.Second)
+		}
+		if string(answer) != "served\n" {
+			t.Errorf("10.77.0.2:8080 answered %q, want %q", answer, "served\n")
+		}
+		if status := waitPid(t, pid); status != 7 {
+			t.Errorf("the VMM process exited %d, want 7", status)
+		}
+		<-done
+		if got, want := string(stdout), "inet 10.77.0.2/24\ndefault via 10.77.0.1 dev eth0 \n"; !strings.HasPrefix(got, "inet 10.77.0.2/24\n") || !strings.Contains(got, "default via 10.77.0.1") {
+			t.Errorf("the container's network: %q, want %q", got, want)
+		}
+		if err := r.Delete(ctx, "netns", nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+		// What vessel-runtime made in the namespace is gone with the VM.
+		out, _ := exec.Command("ip", "-n", ns, "-o", "link").CombinedOutput()
+		if strings.Contains(string(out), "vtap") {
+			t.Errorf("TAP left in the namespace:\n%s", out)
+		}
+		if out, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(out), "ingress") {
+			t.Errorf("ingress qdisc left on the namespace's eth0:\n%s", out)
+		}
 	})
 
 	t.Run("bad-input", func(t *testing.T) {

@@ -180,7 +180,14 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	// for the VM there (see mounts.go), seen by nobody else and gone
 	// with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
-	err = cmd.Start()
+	// ... and the container's network namespace (see net.go): a new one,
+	// or the one at the spec's path.
+	if ns, _ := netnsOf(b.spec); ns.Path == "" {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+		err = cmd.Start()
+	} else {
+		err = startInNetns(cmd, ns.Path)
+	}
 	w.Close()
 	goR.Close()
 	if err != nil {

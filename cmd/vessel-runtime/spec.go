@@ -187,8 +187,13 @@ func checkSpec(s *specs.Spec) error {
 		if ns.Path != "" && sandboxOf(s) != "" {
 			continue // checked against the sandbox (checkMemberNamespaces)
 		}
+		if ns.Path != "" && ns.Type != specs.NetworkNamespace {
+			return fmt.Errorf("%s namespace path %q: a container in a VM of its own cannot join a namespace of the host", ns.Type, ns.Path)
+		}
 		if ns.Path != "" {
-			return fmt.Errorf("%s namespace path %q: joining an existing namespace is not supported by vessel-runtime yet", ns.Type, ns.Path)
+			if fi, err := os.Stat(ns.Path); err != nil || fi.IsDir() {
+				return fmt.Errorf("network namespace path %q: not a namespace", ns.Path)
+			}
 		}
 	}
 	if !hasNet {
@@ -226,6 +231,14 @@ func (b *bundle) guestSpec() *specs.Spec {
 		s.Process = &proc
 	}
 	linux := *s.Linux
+	// The container's network is the VM's own (see net.go): it stays
+	// in the guest's network namespace, where the init configured it.
+	linux.Namespaces = nil
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type != specs.NetworkNamespace {
+			linux.Namespaces = append(linux.Namespaces, ns)
+		}
+	}
 	linux.CgroupsPath = ""
 	linux.MountLabel = ""
 	s.Linux = &linux

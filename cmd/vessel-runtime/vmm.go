@@ -136,6 +136,8 @@ type vmmProc struct {
 	deleting chan struct{} // closed by a delete request
 
 	pod *podState // a pod sandbox's
+
+	netUndo func() // removes what redirect added to the namespace's interfaces
 }
 
 // serveVMM is the VMM process: it boots the VM, has the agent create
@@ -202,7 +204,12 @@ func (p *vmmProc) create() error {
 	}
 	go p.serveControl(ctl)
 
-	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true})
+	ifs, err := findInterfaces()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true, Net: guestNets(ifs)})
 	if err != nil {
 		ln.Close()
 		return err
@@ -246,6 +253,7 @@ func (p *vmmProc) create() error {
 		Memory:  uint64(p.g.memoryMiB) << 20,
 		Console: io.Discard, // the result keeps the last lines for errors
 		Shares:  shares,
+		Nets:    vmNets(ifs),
 		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(sdir, vsockBase)},
 		Log:     diag,
 	}
@@ -253,6 +261,13 @@ func (p *vmmProc) create() error {
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("start the VM: %w", err)
+	}
+	undo, err := redirect(ifs)
+	p.netUndo = undo
+	if err != nil {
+		vm.Close()
+		ln.Close()
+		return err
 	}
 	p.vm = vm
 	go func() {
@@ -437,6 +452,9 @@ func (p *vmmProc) teardown() {
 
 // close releases what the VMM process holds.
 func (p *vmmProc) close() {
+	if p.netUndo != nil {
+		defer p.netUndo()
+	}
 	if p.ag != nil {
 		p.ag.Close()
 	}

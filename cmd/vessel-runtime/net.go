@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sort"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// The container's network. The VMM process lives in the container's
+// network namespace: a new one, or the one at the spec's path (docker
+// and CNI set it up: docker in a prestart hook that finds it through the
+// state's PID, CNI before create). Once the hooks have run, every
+// interface there but lo is handed to the VM as Kata Containers'
+// tcfilter mode does: a TAP device per interface, and tc redirects
+// between the two in both directions, so that what reaches the
+// interface reaches the guest and the other way round; the guest's
+// interface gets the interface's MAC address, IPv4 address, default
+// route and MTU. Then docker's published ports, podman's port mappings
+// and Kubernetes pod IPs work unchanged.
+
+// maxNets bounds the interfaces handed to a VM (virtio devices).
+const maxNets = 4
+
+// ifaceLink is one interface of the namespace and its guest settings.
+type ifaceLink struct {
+	link  netlink.Link
+	tap   string
+	guest cmdline.Net
+}
+
+// startInNetns starts cmd in the network namespace at path: fork takes
+// the calling thread's namespaces, so it runs on a thread of its own
+// that joins the namespace and is never given back to the runtime.
+func startInNetns(cmd interface{ Start() error }, path string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread ends with this goroutine.
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("network namespace %s: %w", path, err)
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			errc <- fmt.Errorf("network namespace %s: setns: %w", path, err)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
+}
+
+// netnsOf returns the spec's network namespace entry; ok is false when
+// there is none (the host's network, which a VM cannot share).
+func netnsOf(s *specs.Spec) (ns specs.LinuxNamespace, ok bool) {
+	if s.Linux == nil {
+		return ns, false
+	}
+	for _, n := range s.Linux.Namespaces {
+		if n.Type == specs.NetworkNamespace {
+			return n, true
+		}
+	}
+	return ns, false
+}
+
+// findInterfaces reads the interfaces of the VMM process's network
+// namespace that the VM takes over: every one but loopback that has an
+// IPv4 address, in index order.
+func findInterfaces() ([]*ifaceLink, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("network: list interfaces: %w", err)
+	}
+	sort.Slice(links, func(i, j int) bool { return links[i].Attrs().Index < links[j].Attrs().Index })
+	var out []*ifaceLink
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("network: addresses of %s: %w", a.Name, err)
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		if len(out) == maxNets {
+			return nil, fmt.Errorf("network: more than %d interfaces in the container's network namespace", maxNets)
+		}
+		g := cmdline.Net{MAC: a.HardwareAddr.String(), Addr: addrs[0].IPNet.String(), MTU: a.MTU}
+		routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("network: routes of %s: %w", a.Name, err)
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.Gw != nil {
+				g.Gateway = r.Gw.String()
+				break
+			}
+		}
+		if err := g.Validate(); err != nil {
+			return nil, fmt.Errorf("network: %s: %w", a.Name, err)
+		}
+		out = append(out, &ifaceLink{link: l, tap: fmt.Sprintf("vtap%d", len(out)), guest: g})
+	}
+	return out, nil
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
+// vmNets are the VM's network devices for the interfaces: a TAP each,
+// with the interface's MAC.
+func vmNets(ifs []*ifaceLink) []vmm.Net {
+	var nets []vmm.Net
+	for _, i := range ifs {
+		nets = append(nets, vmm.Net{MAC: i.link.Attrs().HardwareAddr, Tap: i.tap})
+	}
+	return nets
+}
+
+// guestNets are the guest init's settings for the interfaces.
+func guestNets(ifs []*ifaceLink) []cmdline.Net {
+	var g []cmdline.Net
+	for _, i := range ifs {
+		g = append(g, i.guest)
+	}
+	return g
+}
+
+// ingressHandle is the ingress qdisc's handle (ffff:).
+var ingressHandle = netlink.MakeHandle(0xffff, 0)
+
+// redirect joins each interface and its TAP (which the VM has opened by
+// now): both up, an ingress qdisc on each, and a filter on each that
+// sends every frame out of the other. It returns an undo for what it
+// added to the interfaces (the TAPs go with the VM).
+func redirect(ifs []*ifaceLink) (undo func(), err error) {
+	var added []netlink.Link
+	undo = func() {
+		for _, l := range added {
+			netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
+		}
+	}
+	defer func() {
+		if err != nil {
+			undo()
+		}
+	}()
+	for _, i := range ifs {
+		tap, err := netlink.LinkByName(i.tap)
+		if err != nil {
+			return undo, fmt.Errorf("network: %s: %w", i.tap, err)
+		}
+		for _, l := range []netlink.Link{tap, i.link} {
+			if err := netlink.LinkSetUp(l); err != nil {
+				return undo, fmt.Errorf("network: set %s up: %w", l.Attrs().Name, err)
+			}
+			q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}}
+			if err := netlink.QdiscAdd(q); err != nil {
+				if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
+					return undo, fmt.Errorf("network: ingress qdisc on %s: %w (the host kernel needs CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_U32 and CONFIG_NET_ACT_MIRRED)", l.Attrs().Name, err)
+				}
+				return undo, fmt.Errorf("network: ingress qdisc on %s: %w", l.Attrs().Name, err)
+			}
+			added = append(added, l)
+		}
+		for _, pair := range [][2]netlink.Link{{i.link, tap}, {tap, i.link}} {
+			f := &netlink.U32{
+				FilterAttrs: netlink.FilterAttrs{LinkIndex: pair[0].Attrs().Index, Parent: ingressHandle, Priority: 1, Protocol: unix.ETH_P_ALL},
+				Actions: []netlink.Action{&netlink.MirredAction{
+					ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
+					MirredAction: netlink.TCA_EGRESS_REDIR,
+					Ifindex:      pair[1].Attrs().Index,
+				}},
+			}
+			if err := netlink.FilterAdd(f); err != nil {
+				return undo, fmt.Errorf("network: redirect %s to %s: %w", pair[0].Attrs().Name, pair[1].Attrs().Name, err)
+			}
+		}
+	}
+	return undo, nil
+}
