@@ -542,7 +542,10 @@ func TestRuntime(t *testing.T) {
 			}
 		}
 		ip("netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run(); exec.Command("ip", "link", "del", "vesselh0").Run() })
+		t.Cleanup(func() {
+			exec.Command("ip", "netns", "del", ns).Run()
+			exec.Command("ip", "link", "del", "vesselh0").Run()
+		})
 		ip("link", "add", "vesselh0", "type", "veth", "peer", "name", "eth0", "netns", ns)
 		ip("addr", "add", "10.77.0.1/24", "dev", "vesselh0")
 		ip("link", "set", "vesselh0", "up")

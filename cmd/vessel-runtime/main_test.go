@@ -3,10 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
-	"net"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
