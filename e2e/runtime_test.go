@@ -571,12 +571,20 @@ func TestRuntime(t *testing.T) {
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c", fmt.Sprintf(
 			"ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; "+
+				// linux.resources sized the VM and limits the container.
+				"echo cpus=$(nproc) memory.max=$(cat /sys/fs/cgroup/memory.max) ram=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo); "+
 				"echo from-container | nc 10.77.0.1 %d; echo served | nc -l -p 8080; exit 7", port))
 		for i, n := range spec.Linux.Namespaces {
 			if n.Type == specs.NetworkNamespace {
 				spec.Linux.Namespaces[i].Path = "/run/netns/" + ns
 			}
 		}
+		// docker run --memory 256m --cpus 2
+		limit, quota, period := int64(256<<20), int64(200000), uint64(100000)
+		spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit},
+			CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}}
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}})
 		writeSpec(t, bundle, spec)
 		pio, pid := createContainer(t, ctx, r, "netns", bundle)
 		var stdout []byte
@@ -616,8 +624,21 @@ func TestRuntime(t *testing.T) {
 			t.Errorf("the VMM process exited %d, want 7", status)
 		}
 		<-done
-		if got, want := string(stdout), "inet 10.77.0.2/24\ndefault via 10.77.0.1 dev eth0 \n"; !strings.HasPrefix(got, "inet 10.77.0.2/24\n") || !strings.Contains(got, "default via 10.77.0.1") {
-			t.Errorf("the container's network: %q, want %q", got, want)
+		printed := string(stdout)
+		if !strings.HasPrefix(printed, "inet 10.77.0.2/24\n") || !strings.Contains(printed, "default via 10.77.0.1") {
+			t.Errorf("the container's network: %q, want inet 10.77.0.2/24 and default via 10.77.0.1", printed)
+		}
+		var cpus, ram int
+		var memMax string
+		if i := strings.Index(printed, "cpus="); i < 0 {
+			t.Errorf("no resources line in %q", printed)
+		} else if _, err := fmt.Sscanf(printed[i:], "cpus=%d memory.max=%s ram=%d", &cpus, &memMax, &ram); err != nil {
+			t.Errorf("resources line in %q: %v", printed, err)
+		}
+		// The VM: 2 vCPUs and the limit plus the guest's own share; the
+		// container's cgroup: the limit.
+		if cpus != 2 || memMax != "268435456" || ram < 256 || ram > 256+200 {
+			t.Errorf("cpus=%d memory.max=%s ram=%d MiB, want 2, 268435456 and 256-456 MiB", cpus, memMax, ram)
 		}
 		if err := r.Delete(ctx, "netns", nil); err != nil {
 			t.Fatalf("delete: %v", err)

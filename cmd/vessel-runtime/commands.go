@@ -133,6 +133,9 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	if sb := sandboxOf(b.spec); sb != "" {
 		return g.createMember(id, sb, b, pidFile, dir)
 	}
+	if _, _, err := g.vmSize(b.spec); err != nil {
+		return nil, errorf("%v", err)
+	}
 	if err := os.MkdirAll(g.root, 0o700); err != nil {
 		return nil, errorf("state directory: %v", err)
 	}

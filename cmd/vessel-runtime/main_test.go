@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -470,5 +471,47 @@ func TestSockPathLong(t *testing.T) {
 	short := t.TempDir()
 	if p, _ := sockPath(short, ctlSock); p != filepath.Join(short, ctlSock) {
 		t.Errorf("a short directory's socket: %s", p)
+	}
+}
+
+func TestVMSize(t *testing.T) {
+	g := &globals{cpus: 1, memoryMiB: 512}
+	i64 := func(v int64) *int64 { return &v }
+	u64 := func(v uint64) *uint64 { return &v }
+	host := runtime.NumCPU()
+	for _, tc := range []struct {
+		name    string
+		r       *specs.LinuxResources
+		cpus    int
+		memMiB  uint64
+		wantErr string
+	}{
+		{"defaults", nil, 1, 512, ""},
+		{"memory limit", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(256 << 20)}}, 1, 256 + guestOverhead>>20, ""},
+		{"unlimited", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(-1)}}, 1, 512, ""},
+		{"quota", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(150000), Period: u64(100000)}}, min(2, host), 512, ""},
+		{"quota default period", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(50000)}}, 1, 512, ""},
+		{"cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0,1"}}, min(2, host), 512, ""},
+		{"many cpus", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0-1000"}}, host, 512, ""},
+		{"bad cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "3-1"}}, 0, 0, "linux.resources.cpu.cpus"},
+		{"huge memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 50)}}, 0, 0, "more than a VM can have"},
+		{"more than the host", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 45)}}, 0, 0, "more than the host's"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cpus, mem, err := g.vmSize(&specs.Spec{Linux: &specs.Linux{Resources: tc.r}})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || cpus != tc.cpus || mem != tc.memMiB<<20 {
+				t.Errorf("%d vCPUs, %d MiB, %v; want %d, %d", cpus, mem>>20, err, tc.cpus, tc.memMiB)
+			}
+		})
+	}
+	r := guestResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "2-3", Mems: "0", Shares: u64(512)}})
+	if r.CPU.Cpus != "" || r.CPU.Mems != "" || *r.CPU.Shares != 512 {
+		t.Errorf("guest resources %+v", r.CPU)
 	}
 }

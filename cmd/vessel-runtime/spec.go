@@ -241,6 +241,7 @@ func (b *bundle) guestSpec() *specs.Spec {
 	}
 	linux.CgroupsPath = ""
 	linux.MountLabel = ""
+	linux.Resources = guestResources(linux.Resources)
 	s.Linux = &linux
 	return &s
 }

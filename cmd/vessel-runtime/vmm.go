@@ -245,12 +245,17 @@ func (p *vmmProc) create() error {
 		}
 		vols = append(vols, bd.vol)
 	}
+	cpus, memory, err := p.g.vmSize(b.spec)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	cfg := vmm.Config{
 		Kernel:  p.g.kernel,
 		Initrd:  p.g.initramfs,
 		Cmdline: defaultCmdline + " " + extra,
-		CPUs:    p.g.cpus,
-		Memory:  uint64(p.g.memoryMiB) << 20,
+		CPUs:    cpus,
+		Memory:  memory,
 		Console: io.Discard, // the result keeps the last lines for errors
 		Shares:  shares,
 		Nets:    vmNets(ifs),

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// guestOverhead is the RAM a container's VM needs besides the container:
+// the guest kernel, the initramfs unpacked in RAM (init, agent, runc),
+// and their processes. Measured in the guest at boot: about 90 MiB in
+// use before the container starts; the rest is headroom for the page
+// cache of the container's files and runc's work.
+const guestOverhead = 160 << 20
+
+// vmSize is the VM for a container: linux.resources sizes it as docker's
+// --memory and --cpus (or --cpuset-cpus) mean it, and the global
+// --vm-memory and --vm-cpus are the defaults. The memory limit stays
+// the container's cgroup limit in the guest; the VM gets it plus
+// guestOverhead. vCPUs: the CPU quota over its period, rounded up, else
+// the number of CPUs in the cpuset, at most the host's.
+func (g *globals) vmSize(s *specs.Spec) (cpus int, memory uint64, err error) {
+	cpus, memory = g.cpus, uint64(g.memoryMiB)<<20
+	var r *specs.LinuxResources
+	if s.Linux != nil {
+		r = s.Linux.Resources
+	}
+	if r != nil && r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+		limit := uint64(*r.Memory.Limit)
+		if limit > 1<<46 {
+			return 0, 0, fmt.Errorf("linux.resources.memory.limit %d: more than a VM can have", limit)
+		}
+		memory = (limit + guestOverhead + 4095) &^ 4095
+	}
+	if r != nil && r.CPU != nil {
+		switch {
+		case r.CPU.Quota != nil && *r.CPU.Quota > 0:
+			period := uint64(100000)
+			if r.CPU.Period != nil && *r.CPU.Period > 0 {
+				period = *r.CPU.Period
+			}
+			cpus = int((uint64(*r.CPU.Quota) + period - 1) / period)
+		case r.CPU.Cpus != "":
+			n, err := countCPUs(r.CPU.Cpus)
+			if err != nil {
+				return 0, 0, fmt.Errorf("linux.resources.cpu.cpus %q: %v", r.CPU.Cpus, err)
+			}
+			cpus = n
+		}
+	}
+	cpus = max(1, min(cpus, runtime.NumCPU()))
+	if err := vmm.CheckResources(cpus, memory); err != nil {
+		return 0, 0, fmt.Errorf("the container's VM (%d vCPUs, %d MiB): %v", cpus, memory>>20, err)
+	}
+	return cpus, memory, nil
+}
+
+// countCPUs counts the CPUs of a cpuset list ("0-3,5").
+func countCPUs(list string) (int, error) {
+	n := 0
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return 0, fmt.Errorf("bad CPU %q", part)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return 0, fmt.Errorf("bad CPU range %q", part)
+			}
+		}
+		if b-a >= 4096 {
+			return 0, fmt.Errorf("CPU range %q too large", part)
+		}
+		n += b - a + 1
+	}
+	return n, nil
+}
+
+// guestResources is linux.resources as the guest's runc applies it: the
+// cpuset names the host's CPUs and memory nodes, which the VM does not
+// have (its vCPUs are the set); the rest applies as given.
+func guestResources(r *specs.LinuxResources) *specs.LinuxResources {
+	if r == nil || r.CPU == nil || (r.CPU.Cpus == "" && r.CPU.Mems == "") {
+		return r
+	}
+	rr := *r
+	cpu := *r.CPU
+	cpu.Cpus, cpu.Mems = "", ""
+	rr.CPU = &cpu
+	return &rr
+}
