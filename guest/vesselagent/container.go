@@ -139,6 +139,9 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 			return nil, err
 		}
 	}
+	if err := netSysctls(&spec); err != nil {
+		return nil, err
+	}
 	if err := c.mountVolumes(&spec, cr.Volumes); err != nil {
 		return nil, err
 	}
@@ -682,4 +685,55 @@ func (a *agent) joinSandbox(spec *specs.Spec, sandbox string) error {
 	l.Namespaces = nss
 	spec.Linux = &l
 	return nil
+}
+
+// netSysctls applies the spec's net.* sysctls to the VM's own network
+// namespace when the container shares it (it has no network namespace
+// entry: the VM is the container's network, see cmd/vessel-runtime), and
+// takes them out of the spec: runc refuses network sysctls for a
+// container in its host's network namespace, as it must on a real host.
+// docker sets two on every container (ip_unprivileged_port_start,
+// ping_group_range).
+func netSysctls(spec *specs.Spec) error {
+	if spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
+		return nil
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return nil
+		}
+	}
+	rest := map[string]string{}
+	for k, v := range spec.Linux.Sysctl {
+		if !strings.HasPrefix(k, "net.") {
+			rest[k] = v
+			continue
+		}
+		path, err := sysctlPath(k)
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		if err := os.WriteFile(path, []byte(v), 0); err != nil {
+			return fmt.Errorf("create: sysctl %s=%q: %w", k, v, err)
+		}
+	}
+	l := *spec.Linux
+	l.Sysctl = rest
+	spec.Linux = &l
+	return nil
+}
+
+// sysctlPath is a sysctl's file under /proc/sys, as runc names them:
+// dots separate the levels, and a slash stands for a dot inside one (an
+// interface name such as eth0.100).
+func sysctlPath(key string) (string, error) {
+	parts := strings.Split(key, ".")
+	for i, p := range parts {
+		p = strings.ReplaceAll(p, "/", ".")
+		if p == "" || p == "." || p == ".." {
+			return "", fmt.Errorf("sysctl %q: bad name", key)
+		}
+		parts[i] = p
+	}
+	return filepath.Join(append([]string{"/proc/sys"}, parts...)...), nil
 }
