@@ -654,6 +654,8 @@ func TestRuntime(t *testing.T) {
 		}
 	})
 
+	t.Run("pause-update", func(t *testing.T) { testPauseUpdate(t, ctx) })
+
 	t.Run("bad-input", func(t *testing.T) {
 		bin := runtimeBin(t)
 		state := filepath.Join(t.TempDir(), "state")

@@ -45,8 +45,9 @@ const (
 
 // vcpu is one guest CPU and the state of its run loop.
 type vcpu struct {
-	kc  *kvm.VCPU
-	tid atomic.Int32 // OS thread running the loop, 0 until it starts
+	kc     *kvm.VCPU
+	tid    atomic.Int32 // OS thread running the loop, 0 until it starts
+	parked atomic.Bool  // held outside KVM_RUN by a pause
 }
 
 func (v *VM) setupVCPUs() error {
@@ -158,6 +159,10 @@ func (c *vcpu) loop(v *VM) {
 		case <-v.stopped:
 			return
 		default:
+		}
+		if v.park(c) {
+			c.kc.SetImmediateExit(false)
+			continue
 		}
 		reason, err := c.kc.Run()
 		if err != nil {

@@ -68,6 +68,9 @@ type VM struct {
 	resMu    sync.Mutex
 	running  atomic.Bool
 	exits    exitCounters
+
+	pauseMu sync.Mutex
+	resume  chan struct{} // non-nil while paused; Resume closes it
 }
 
 // New validates cfg, creates the VM, loads the kernel and attaches the

@@ -323,7 +323,7 @@ func newKill(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if st := rec.status(dir); st != statusCreated && st != statusRunning {
+			if st := rec.status(dir); st != statusCreated && st != statusRunning && st != statusPaused {
 				return errorf("container not running")
 			}
 			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig)})
@@ -370,7 +370,7 @@ func newDelete(g *globals) *cobra.Command {
 				return err
 			}
 			if rec.vmmAlive() {
-				if st := rec.status(dir); st == statusRunning && !force {
+				if st := rec.status(dir); (st == statusRunning || st == statusPaused) && !force {
 					return errorf("cannot delete container %s that is not stopped: %s", rec.ID, st)
 				}
 				call(dir, ctlRequest{Op: opDelete})

@@ -8,6 +8,8 @@
 //	vessel-runtime [global flags] kill [--all] ID [SIGNAL]
 //	vessel-runtime [global flags] delete [--force] ID
 //	vessel-runtime [global flags] run --bundle B [--pid-file P] ID
+//	vessel-runtime [global flags] pause|resume ID
+//	vessel-runtime [global flags] update [--resources FILE|-] [--memory M] [--cpu-quota Q] [--cpu-period P] [--cpuset-cpus L] [--pids-limit N] ID
 //
 // create boots the VM and has the guest's runc create the container
 // (user process not started), then returns. The PID it writes to the
@@ -40,9 +42,13 @@
 //
 // Not done yet (issue 10): a terminal (process.terminal, --console-socket),
 // a network namespace path (refused) and with it docker's, podman's and
-// CNI's networks, exec, ps, list, pause/resume, update, features, pods
+// CNI's networks, exec, ps, list, features, pods
 // (CRI sandboxes sharing a VM), linux.resources sizing the VM, and
 // checkpoint/restore (to answer "not supported").
+//
+// pause stops the VM's vCPUs (state "paused"; a kill meanwhile is
+// delivered at resume, delete resumes first); update has the guest's
+// runc update the container's cgroup, within the VM's size (control.go).
 package main
 
 import (
@@ -109,7 +115,8 @@ func newRoot(g *globals) *cobra.Command {
 	fl.StringVar(&g.initramfs, "initramfs", initrd, "the guest initramfs (with vessel's init and agent)")
 	fl.IntVar(&g.memoryMiB, "vm-memory", 512, "RAM of each container's VM in MiB")
 	fl.IntVar(&g.cpus, "vm-cpus", 1, "vCPUs of each container's VM")
-	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g))
+	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g),
+		newPause(g), newResume(g), newUpdate(g))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errorf("%v", err) })
 	}

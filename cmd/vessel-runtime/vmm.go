@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselvm/vessel/container"
@@ -65,6 +66,8 @@ type ctlRequest struct {
 	// process gets the request; Member is opMember's request.
 	Container string         `json:"container,omitempty"`
 	Member    *memberRequest `json:"member,omitempty"`
+	// Resources are opUpdate's.
+	Resources *specs.LinuxResources `json:"resources,omitempty"`
 }
 
 // ctlReply answers it.
@@ -134,6 +137,11 @@ type vmmProc struct {
 	mu       sync.Mutex
 	status   string
 	deleting chan struct{} // closed by a delete request
+	unpaused string        // the status before pause
+	held     []int         // signals of kills while paused, for resume
+
+	vmCPUs   int // the VM's size, for update
+	vmMemory uint64
 
 	pod *podState // a pod sandbox's
 
@@ -250,6 +258,7 @@ func (p *vmmProc) create() error {
 		ln.Close()
 		return err
 	}
+	p.vmCPUs, p.vmMemory = cpus, memory
 	cfg := vmm.Config{
 		Kernel:  p.g.kernel,
 		Initrd:  p.g.initramfs,
@@ -528,17 +537,21 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		}
 		return ctlReply{Status: statusRunning}
 	case opKill:
-		if st != statusCreated && st != statusRunning {
-			return fail("container not running")
-		}
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
+		}
+		if p.holdSignal(req.Signal) {
+			return ctlReply{Status: statusPaused}
+		}
+		if st != statusCreated && st != statusRunning {
+			return fail("container not running")
 		}
 		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: req.Signal}); err != nil {
 			return fail("kill: %v", err)
 		}
 		return ctlReply{Status: st}
 	case opDelete:
+		p.unpause()
 		p.mu.Lock()
 		select {
 		case <-p.deleting:
@@ -547,6 +560,9 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		}
 		p.mu.Unlock()
 		return ctlReply{Status: st}
+	}
+	if rep, ok := p.handleControl(ctx, req, st); ok {
+		return rep
 	}
 	return fail("unknown operation %q", req.Op)
 }

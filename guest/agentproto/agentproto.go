@@ -96,6 +96,9 @@ const (
 	OpWait = "wait"
 	// OpShutdown ends the agent, and so the VM.
 	OpShutdown = "shutdown"
+	// OpUpdate applies Resources to a container's cgroup (runc update).
+	// An agent older than it answers "unknown operation".
+	OpUpdate = "update"
 )
 
 // Request is what the host asks of the agent.
@@ -112,6 +115,8 @@ type Request struct {
 	// resolved in the image; empty means the container's user.
 	User string     `json:"user,omitempty"`
 	Size *specs.Box `json:"size,omitempty"` // for OpResize
+	// Resources, for OpUpdate, are the container's new cgroup limits.
+	Resources *specs.LinuxResources `json:"resources,omitempty"`
 }
 
 // ProcessIO says which streams a process has. With Terminal, one TTY

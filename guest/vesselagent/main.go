@@ -177,6 +177,8 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 			return fail(fmt.Errorf("resize: no process %q in %s", req.Exec, c.id))
 		}
 		return fail(p.resize(*req.Size))
+	case agentproto.OpUpdate:
+		return fail(c.update(ctx, req.Resources))
 	case agentproto.OpDelete:
 		err := c.delete(ctx)
 		a.mu.Lock()
