@@ -151,9 +151,6 @@ func checkSpec(s *specs.Spec) error {
 	if s.Root == nil || s.Root.Path == "" {
 		return errors.New("config.json: no root.path")
 	}
-	if s.Process.Terminal {
-		return errors.New("process.terminal: a terminal is not supported by vessel-runtime yet")
-	}
 	if s.Hooks != nil && (len(s.Hooks.Prestart)+len(s.Hooks.CreateRuntime)+len(s.Hooks.CreateContainer)+
 		len(s.Hooks.StartContainer)+len(s.Hooks.Poststart)+len(s.Hooks.Poststop) > 0) {
 		return errors.New("hooks are not supported by vessel-runtime yet")

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselvm/vessel/container"
@@ -56,12 +57,18 @@ const (
 type ctlRequest struct {
 	Op     string `json:"op"`
 	Signal int    `json:"signal,omitempty"`
+	// Exec names an exec'd process for kill and resize; Process is
+	// exec's process, Size resize's.
+	Exec    string         `json:"exec,omitempty"`
+	Process *specs.Process `json:"process,omitempty"`
+	Size    *specs.Box     `json:"size,omitempty"`
 }
 
 // ctlReply answers it.
 type ctlReply struct {
 	Status string `json:"status,omitempty"`
 	Error  string `json:"error,omitempty"`
+	Pids   []int  `json:"pids,omitempty"` // ps
 }
 
 // maxCtl bounds a control message.
@@ -223,8 +230,12 @@ func (p *vmmProc) create() error {
 	}
 	p.ag = ag
 	spec := b.guestSpec()
+	pio := &agentproto.ProcessIO{Stdin: true}
+	if spec.Process.Terminal {
+		pio = &agentproto.ProcessIO{Terminal: true}
+	}
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id,
-		IO:     &agentproto.ProcessIO{Stdin: true},
+		IO:     pio,
 		Create: &agentproto.Create{Spec: spec, RootShare: rootTag, Volumes: vols}}); err != nil {
 		var se *container.StartError
 		if errors.As(err, &se) {
@@ -232,7 +243,11 @@ func (p *vmmProc) create() error {
 		}
 		return p.guestFailure("create in the guest", err)
 	}
-	if err := p.attach(ctx); err != nil {
+	attach := p.attach
+	if spec.Process.Terminal {
+		attach = p.attachTTY
+	}
+	if err := attach(ctx); err != nil {
 		return err
 	}
 	p.setStatus(statusCreated)
@@ -403,6 +418,10 @@ func (p *vmmProc) serveControl(ln net.Listener) {
 			if err := json.NewDecoder(bufio.NewReader(io.LimitReader(c, maxCtl))).Decode(&req); err != nil {
 				return
 			}
+			if req.Op == opExec {
+				p.serveExec(c.(*net.UnixConn), req) // the connection lasts as long as the process
+				return
+			}
 			rep := p.handle(req)
 			json.NewEncoder(c).Encode(rep)
 		}()
@@ -436,10 +455,12 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
 		}
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: req.Signal}); err != nil {
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Exec: req.Exec, Signal: req.Signal}); err != nil {
 			return fail("kill: %v", err)
 		}
 		return ctlReply{Status: st}
+	case opResize, opPs:
+		return p.handleIO(ctx, req, st)
 	case opDelete:
 		p.mu.Lock()
 		select {

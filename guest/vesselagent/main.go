@@ -174,6 +174,15 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 			return fail(fmt.Errorf("resize: no process %q in %s", req.Exec, c.id))
 		}
 		return fail(p.resize(*req.Size))
+	case agentproto.OpPs:
+		pids, err := c.runc.Ps(ctx, c.id)
+		if err != nil {
+			return fail(c.runcError("ps", err))
+		}
+		if len(pids) > agentproto.MaxPids {
+			pids = pids[:agentproto.MaxPids]
+		}
+		return agentproto.Reply{Pids: pids}
 	case agentproto.OpDelete:
 		err := c.delete(ctx)
 		a.mu.Lock()
