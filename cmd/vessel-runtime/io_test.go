@@ -402,12 +402,16 @@ func TestUnsupportedCommands(t *testing.T) {
 		{"restore", "--detach", "--bundle", "/b", "--image-path", "/x", "--pid-file", "p", "ctr"},
 	} {
 		var stderr bytes.Buffer
-		if code := run(append([]string{"--root", t.TempDir()}, args...), &stderr); code != 1 {
+		logf := filepath.Join(t.TempDir(), "log")
+		if code := run(append([]string{"--root", t.TempDir(), "--log", logf}, args...), &stderr); code != 1 {
 			t.Errorf("%v: exit %d, want 1", args, code)
 		}
 		want := "vessel-runtime: " + args[0] + " is not supported by vessel-runtime\n"
 		if stderr.String() != want {
 			t.Errorf("%v: %q, want %q", args, stderr.String(), want)
+		}
+		if b, _ := os.ReadFile(logf); !strings.Contains(string(b), args[0]+" is not supported") {
+			t.Errorf("%v: log %q", args, b)
 		}
 	}
 }

@@ -254,9 +254,11 @@ func newFeatures() *cobra.Command {
 // any of runc's flags and fails with one line.
 func newUnsupported(name, short string) *cobra.Command {
 	return &cobra.Command{
-		Use:                name + " [flags] ID",
-		Short:              short + " (not supported: exits 1)",
-		DisableFlagParsing: true,
+		Use:   name + " [flags] ID",
+		Short: short + " (not supported: exits 1)",
+		// runc's flags (and their values) are taken and ignored; the
+		// global ones still count (--log).
+		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 		RunE: func(*cobra.Command, []string) error {
 			return errorf("%s is not supported by vessel-runtime", name)
 		},
