@@ -656,6 +656,8 @@ func TestRuntime(t *testing.T) {
 
 	t.Run("pause-update", func(t *testing.T) { testPauseUpdate(t, ctx) })
 
+	runtimeIO(t, ctx)
+
 	t.Run("bad-input", func(t *testing.T) {
 		bin := runtimeBin(t)
 		state := filepath.Join(t.TempDir(), "state")
@@ -673,6 +675,8 @@ func TestRuntime(t *testing.T) {
 			{"start of an unknown ID", []string{"start", "unknown"}},
 			{"kill of an unknown ID", []string{"kill", "unknown", "KILL"}},
 			{"delete of an unknown ID", []string{"delete", "unknown"}},
+			{"checkpoint", []string{"checkpoint", "--image-path", "/tmp/x", "--leave-running", "unknown"}},
+			{"restore", []string{"restore", "--bundle", noConfig, "--image-path", "/tmp/x", "unknown"}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				logf := filepath.Join(t.TempDir(), "log.json")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,13 +25,15 @@ type createFlags struct {
 	bundle, pidFile, consoleSocket string
 	noPivot, noNewKeyring          bool
 	preserveFDs                    int
+	// detach: vessel-runtime does not stay (create; run -d).
+	detach bool
 }
 
 func addCreateFlags(c *cobra.Command, f *createFlags) {
 	fl := c.Flags()
 	fl.StringVarP(&f.bundle, "bundle", "b", ".", "the bundle: the directory of config.json")
 	fl.StringVar(&f.pidFile, "pid-file", "", "write the PID of the container's VMM process to this file")
-	fl.StringVar(&f.consoleSocket, "console-socket", "", "a terminal's socket (not supported yet)")
+	fl.StringVar(&f.consoleSocket, "console-socket", "", "a Unix socket to send the terminal's master to (with process.terminal)")
 	fl.BoolVar(&f.noPivot, "no-pivot", false, "accepted for runc compatibility")
 	fl.BoolVar(&f.noNewKeyring, "no-new-keyring", false, "accepted for runc compatibility")
 	fl.IntVar(&f.preserveFDs, "preserve-fds", 0, "extra file descriptors to pass (not supported yet: 0 only)")
@@ -43,7 +46,8 @@ func newCreate(g *globals) *cobra.Command {
 		Short: "create a container in a new microVM, without starting its process",
 		Args:  exactID,
 		RunE: func(_ *cobra.Command, args []string) error {
-			cmd, err := g.create(args[0], f)
+			f.detach = true
+			cmd, _, err := g.create(args[0], f)
 			if err != nil {
 				return err
 			}
@@ -63,7 +67,7 @@ func newRun(g *globals) *cobra.Command {
 		Args:  exactID,
 		RunE: func(_ *cobra.Command, args []string) error {
 			id := args[0]
-			cmd, err := g.create(id, f)
+			cmd, pty, err := g.create(id, f)
 			if err != nil {
 				return err
 			}
@@ -73,6 +77,7 @@ func newRun(g *globals) *cobra.Command {
 				rec = rec2
 			}
 			if _, err := call(dir, ctlRequest{Op: opStart}); err != nil {
+				pty.close()
 				call(dir, ctlRequest{Op: opDelete})
 				cmd.Wait()
 				g.postHooks(rec, hookPoststop, statusStopped)
@@ -80,7 +85,17 @@ func newRun(g *globals) *cobra.Command {
 				return err
 			}
 			g.postHooks(rec, hookPoststart, statusRunning)
+			if f.detach {
+				cmd.Process.Release()
+				return nil
+			}
+			finish := func() {}
+			if pty != nil {
+				finish = foregroundTTY(pty)
+			}
 			cmd.Wait()
+			finish()
+			pty.close()
 			g.postHooks(rec, hookPoststop, statusStopped)
 			os.RemoveAll(dir)
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -90,6 +105,7 @@ func newRun(g *globals) *cobra.Command {
 		},
 	}
 	addCreateFlags(c, &f)
+	c.Flags().BoolVarP(&f.detach, "detach", "d", false, "return once the container has started (the VMM process keeps running)")
 	return c
 }
 
@@ -104,50 +120,64 @@ func exactID(_ *cobra.Command, args []string) error {
 // create checks the bundle, makes the state directory, starts the VMM
 // process and waits until it has created the container in the guest.
 // Any failure leaves no state directory and no process.
-func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
+func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err error) {
 	dir, err := g.containerDir(id)
 	if err != nil {
-		return nil, err
-	}
-	if f.consoleSocket != "" {
-		return nil, errorf("--console-socket: a terminal is not supported by vessel-runtime yet")
+		return nil, nil, err
 	}
 	if f.preserveFDs != 0 {
-		return nil, errorf("--preserve-fds %d: passing extra file descriptors is not supported by vessel-runtime yet", f.preserveFDs)
+		return nil, nil, errorf("--preserve-fds %d: passing extra file descriptors is not supported by vessel-runtime yet", f.preserveFDs)
 	}
 	b, err := loadBundle(f.bundle)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	terminal := b.spec.Process.Terminal
+	if err := checkTerminal(terminal, f.detach, f.consoleSocket); err != nil {
+		return nil, nil, err
 	}
 	for _, p := range []string{g.kernel, g.initramfs} {
 		if _, err := os.Stat(p); err != nil {
-			return nil, errorf("no guest artifact at %s: build it with `make`, or pass --kernel and --initramfs", p)
+			return nil, nil, errorf("no guest artifact at %s: build it with `make`, or pass --kernel and --initramfs", p)
 		}
 	}
 	pidFile := f.pidFile
 	if pidFile != "" {
 		if pidFile, err = filepath.Abs(pidFile); err != nil {
-			return nil, errorf("--pid-file: %v", err)
+			return nil, nil, errorf("--pid-file: %v", err)
 		}
 	}
 	if sb := sandboxOf(b.spec); sb != "" {
-		return g.createMember(id, sb, b, pidFile, dir)
+		if terminal {
+			return nil, nil, errorf("process.terminal: a terminal for a pod's container is not supported by vessel-runtime yet")
+		}
+		cmd, err := g.createMember(id, sb, b, pidFile, dir)
+		return cmd, nil, err
+	}
+	var sock *net.UnixConn
+	if f.consoleSocket != "" {
+		if sock, err = dialConsole(f.consoleSocket); err != nil {
+			return nil, nil, err
+		}
+		defer sock.Close()
 	}
 	if _, _, err := g.vmSize(b.spec); err != nil {
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	if err := os.MkdirAll(g.root, 0o700); err != nil {
-		return nil, errorf("state directory: %v", err)
+		return nil, nil, errorf("state directory: %v", err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil, errorf("container with id %q already exists", id)
+			return nil, nil, errorf("container with id %q already exists", id)
 		}
-		return nil, errorf("state directory: %v", err)
+		return nil, nil, errorf("state directory: %v", err)
 	}
 	var cmd *exec.Cmd
+	var pty *hostPty
 	defer func() {
 		if err != nil {
+			pty.close()
 			if cmd != nil && cmd.Process != nil {
 				cmd.Process.Kill()
 				cmd.Wait()
@@ -158,21 +188,21 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations, Hooks: b.spec.Hooks,
 		Netns: netnsPath(b.spec)}
 	if err := rec.save(dir); err != nil {
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	defer r.Close()
 	goR, goW, err := os.Pipe()
 	if err != nil {
 		w.Close()
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	defer goW.Close()
 	cmd = exec.Command(self, append(g.args(), "vmm", id)...)
@@ -183,6 +213,17 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	// for the VM there (see mounts.go), seen by nobody else and gone
 	// with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
+	if terminal {
+		// The slave is the VMM process's stdio and controlling
+		// terminal: a size set on the master sends it SIGWINCH.
+		if pty, err = newHostPty(b.spec.Process.ConsoleSize); err != nil {
+			w.Close()
+			goR.Close()
+			return nil, nil, errorf("%v", err)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = pty.slave, pty.slave, pty.slave
+		cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, 0
+	}
 	// ... and the container's network namespace (see net.go): a new one,
 	// or the one at the spec's path.
 	if ns, _ := netnsOf(b.spec); ns.Path == "" {
@@ -193,13 +234,17 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 	}
 	w.Close()
 	goR.Close()
+	if pty != nil {
+		pty.slave.Close()
+		pty.slave = nil
+	}
 	if err != nil {
-		return nil, errorf("start the VMM process: %v", err)
+		return nil, nil, errorf("start the VMM process: %v", err)
 	}
 	rec.Pid = cmd.Process.Pid
 	rec.StartTime, _ = procStartTime(rec.Pid)
 	if err := rec.save(dir); err != nil {
-		return nil, errorf("%v", err)
+		return nil, nil, errorf("%v", err)
 	}
 	// runtime-spec: createRuntime and then prestart hooks run once the
 	// container's namespaces exist (the VMM process's network namespace
@@ -210,11 +255,11 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 		Bundle: b.dir, Annotations: b.spec.Annotations, Created: rec.Created}
 	for _, kind := range []string{hookCreateRuntime, hookPrestart} {
 		if err := runHooks(context.Background(), b.spec.Hooks, kind, b.dir, st); err != nil {
-			return nil, errorf("%v", err)
+			return nil, nil, errorf("%v", err)
 		}
 	}
 	if _, err := goW.Write([]byte("go\n")); err != nil {
-		return nil, errorf("the VMM process ended before the container was created")
+		return nil, nil, errorf("the VMM process ended before the container was created")
 	}
 	goW.Close()
 	line, _ := bufio.NewReader(r).ReadString('\n')
@@ -223,15 +268,24 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, err error) {
 		if line == "" {
 			line = "the VMM process ended before the container was created"
 		}
-		return nil, errorf("%s", line)
+		return nil, nil, errorf("%s", line)
 	}
 	if pidFile != "" {
 		if err := writePidFile(pidFile, rec.Pid); err != nil {
 			call(dir, ctlRequest{Op: opDelete})
-			return nil, errorf("--pid-file: %v", err)
+			return nil, nil, errorf("--pid-file: %v", err)
 		}
 	}
-	return cmd, nil
+	if sock != nil {
+		err = sendConsole(sock, pty)
+		pty.close()
+		pty = nil
+		if err != nil {
+			call(dir, ctlRequest{Op: opDelete})
+			return nil, nil, err
+		}
+	}
+	return cmd, pty, nil
 }
 
 // args are the global flags again, for the VMM process.

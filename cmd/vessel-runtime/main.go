@@ -7,9 +7,14 @@
 //	vessel-runtime [global flags] start|state ID
 //	vessel-runtime [global flags] kill [--all] ID [SIGNAL]
 //	vessel-runtime [global flags] delete [--force] ID
-//	vessel-runtime [global flags] run --bundle B [--pid-file P] ID
+//	vessel-runtime [global flags] run --bundle B [--pid-file P] [-d] [--console-socket S] ID
 //	vessel-runtime [global flags] pause|resume ID
 //	vessel-runtime [global flags] update [--resources FILE|-] [--memory M] [--cpu-quota Q] [--cpu-period P] [--cpuset-cpus L] [--pids-limit N] ID
+//	vessel-runtime [global flags] exec [--process F | ARGS...] [-d] [--pid-file P] [--console-socket S] [-t] ... ID
+//	vessel-runtime [global flags] ps [--format table|json] ID
+//	vessel-runtime [global flags] list [--format table|json] [-q]
+//	vessel-runtime [global flags] features
+//	vessel-runtime [global flags] checkpoint|restore ...   (not supported: exit 1)
 //
 // create boots the VM and has the guest's runc create the container
 // (user process not started), then returns. The PID it writes to the
@@ -35,16 +40,18 @@
 // means nothing in the VM). The container gets a new network namespace
 // with loopback only.
 //
+// With process.terminal, the VMM process holds a host pty's slave as its
+// stdio and controlling terminal and the master goes to --console-socket
+// (terminal.go); exec runs more processes, held by vessel-runtime itself
+// or, with --detach, by an exec helper process (exec.go).
+//
 // Every failure exits 1 with one line on stderr and, with --log, a
 // line in that file in --log-format (text, or json as
 // {"level":"error","msg":...,"time":...}, which containerd reads back),
 // and leaves no state directory or process behind.
 //
-// Not done yet (issue 10): a terminal (process.terminal, --console-socket),
-// a network namespace path (refused) and with it docker's, podman's and
-// CNI's networks, exec, ps, list, features, pods
-// (CRI sandboxes sharing a VM), linux.resources sizing the VM, and
-// checkpoint/restore (to answer "not supported").
+// Not done yet (issue 10): --preserve-fds, a terminal for a pod's
+// container, pause, resume and update of a pod's container.
 //
 // pause stops the VM's vCPUs (state "paused"; a kill meanwhile is
 // delivered at resume, delete resumes first); update has the guest's
@@ -117,6 +124,8 @@ func newRoot(g *globals) *cobra.Command {
 	fl.IntVar(&g.cpus, "vm-cpus", 1, "vCPUs of each container's VM")
 	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g),
 		newPause(g), newResume(g), newUpdate(g))
+	root.AddCommand(newExec(g), newExecHelper(g), newPs(g), newList(g), newFeatures(),
+		newUnsupported("checkpoint", "checkpoint a running container"), newUnsupported("restore", "restore a container from a checkpoint"))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errorf("%v", err) })
 	}
@@ -205,15 +214,19 @@ func run(args []string, stderr io.Writer) int {
 	if errors.As(err, &ec) {
 		return int(ec)
 	}
-	msg := err.Error()
+	msg, code := err.Error(), 1
+	var ce *codedError
+	if errors.As(err, &ce) {
+		code = ce.code
+	}
 	var re *runtimeError
-	if !errors.As(err, &re) {
+	if !errors.As(err, &re) && ce == nil {
 		// cobra's own errors (unknown command, wrong arguments).
 		msg = oneLine(msg)
 	}
 	fmt.Fprintf(stderr, "vessel-runtime: %s\n", msg)
 	logError(g.log, g.logFormat, msg, time.Now())
-	return 1
+	return code
 }
 
 func oneLine(s string) string {

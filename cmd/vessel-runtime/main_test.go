@@ -95,8 +95,13 @@ func TestErrors(t *testing.T) {
 		{"huge config.json", []string{"create", "--bundle", huge, "x"}, "larger than"},
 		{"no rootfs", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) { s.Root.Path = "absent" }), "x"}, `root.path "absent" is not a directory`},
 		{"no args", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Args = nil }), "x"}, "no process.args"},
-		{"terminal", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Terminal = true }), "x"}, "a terminal is not supported"},
-		{"console socket", []string{"create", "--console-socket", "/tmp/s", "--bundle", testBundle(t, nil), "x"}, "--console-socket"},
+		{"terminal without a console socket", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Terminal = true }), "x"}, "cannot allocate tty if runc will detach without setting console socket"},
+		{"console socket without a terminal", []string{"create", "--console-socket", "/tmp/s", "--bundle", testBundle(t, nil), "x"}, "cannot use console socket if runc will not detach or allocate tty"},
+		{"console socket that is not there", []string{"create", "--console-socket", "/nonexistent/s", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Terminal = true }), "x"}, "--console-socket: "},
+		{"run with a console socket, not detached", []string{"run", "--console-socket", "/tmp/s", "--bundle", testBundle(t, func(s *specs.Spec) { s.Process.Terminal = true }), "x"}, "cannot use console socket if runc will not detach or allocate tty"},
+		{"exec without a command", []string{"exec", "x"}, "want the container ID and a command"},
+		{"ps of an unknown container", []string{"ps", "x"}, `container "x" does not exist`},
+		{"list in an unknown format", []string{"list", "--format", "yaml"}, "invalid format option"},
 		{"preserve fds", []string{"create", "--preserve-fds", "2", "--bundle", testBundle(t, nil), "x"}, "--preserve-fds 2"},
 		{"failing prestart hook", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/true"}, {Path: "/bin/sh", Args: []string{"sh", "-c", "echo no network >&2; exit 7"}}}}

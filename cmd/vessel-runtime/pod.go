@@ -441,6 +441,8 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 			return fail("kill: %v", err)
 		}
 		return ctlReply{Status: st}
+	case opResize, opPs:
+		return p.handleIO(ctx, req, st, m.id)
 	case opDelete:
 		// Closing the member's connection ends it (see memberCreate).
 		m.conn.CloseRead()
@@ -515,10 +517,4 @@ func parseRights(oob []byte) ([]*os.File, error) {
 		}
 	}
 	return files, nil
-}
-
-func closeFiles(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
 }

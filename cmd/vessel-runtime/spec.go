@@ -170,9 +170,6 @@ func checkSpec(s *specs.Spec) error {
 	if s.Root == nil || s.Root.Path == "" {
 		return errors.New("config.json: no root.path")
 	}
-	if s.Process.Terminal {
-		return errors.New("process.terminal: a terminal is not supported by vessel-runtime yet")
-	}
 	if err := checkHooks(s.Hooks); err != nil {
 		return err
 	}

@@ -68,6 +68,11 @@ type ctlRequest struct {
 	Member    *memberRequest `json:"member,omitempty"`
 	// Resources are opUpdate's.
 	Resources *specs.LinuxResources `json:"resources,omitempty"`
+	// Exec names an exec'd process for kill and resize; Process is
+	// exec's process, Size resize's.
+	Exec    string         `json:"exec,omitempty"`
+	Process *specs.Process `json:"process,omitempty"`
+	Size    *specs.Box     `json:"size,omitempty"`
 }
 
 // ctlReply answers it.
@@ -77,6 +82,7 @@ type ctlReply struct {
 	// Exit is a pod container's exit status, sent on its member
 	// connection when it has stopped.
 	Exit *int `json:"exit,omitempty"`
+	Pids   []int  `json:"pids,omitempty"` // ps
 }
 
 // maxCtl bounds a control message.
@@ -305,8 +311,12 @@ func (p *vmmProc) create() error {
 	}
 	p.ag = ag
 	spec := b.guestSpec()
+	pio := &agentproto.ProcessIO{Stdin: true}
+	if spec.Process.Terminal {
+		pio = &agentproto.ProcessIO{Terminal: true}
+	}
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id,
-		IO:     &agentproto.ProcessIO{Stdin: true},
+		IO:     pio,
 		Create: &agentproto.Create{Spec: spec, RootShare: rootTag, Volumes: vols}}); err != nil {
 		var se *container.StartError
 		if errors.As(err, &se) {
@@ -314,7 +324,11 @@ func (p *vmmProc) create() error {
 		}
 		return p.guestFailure("create in the guest", err)
 	}
-	if err := p.attach(ctx); err != nil {
+	attach := p.attach
+	if spec.Process.Terminal {
+		attach = p.attachTTY
+	}
+	if err := attach(ctx); err != nil {
 		return err
 	}
 	p.setStatus(statusCreated)
@@ -502,6 +516,11 @@ func (p *vmmProc) serveControl(ln net.Listener) {
 				p.memberCreate(uc, req.Container, req.Member, fds)
 				return
 			}
+			if req.Op == opExec {
+				closeFiles(fds)
+				p.serveExec(uc, req) // the connection lasts as long as the process
+				return
+			}
 			defer c.Close()
 			closeFiles(fds)
 			c.SetDeadline(time.Now().Add(ctlTimeout))
@@ -546,10 +565,12 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		if st != statusCreated && st != statusRunning {
 			return fail("container not running")
 		}
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: req.Signal}); err != nil {
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Exec: req.Exec, Signal: req.Signal}); err != nil {
 			return fail("kill: %v", err)
 		}
 		return ctlReply{Status: st}
+	case opResize, opPs:
+		return p.handleIO(ctx, req, st, p.id)
 	case opDelete:
 		p.unpause()
 		p.mu.Lock()
