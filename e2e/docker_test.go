@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +29,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -66,7 +69,8 @@ type dockerRuntime struct {
 // dockerDaemon is a dockerd (with the containerd it manages) that a test
 // started, all its state in a directory of its own.
 type dockerDaemon struct {
-	dir      string        // data and exec roots, socket, daemon.json, log
+	dir      string        // data root, socket, daemon.json, log
+	execRoot string        // exec root: a short path, as docker's default
 	sock     string        // the API socket
 	cmd      *exec.Cmd     // dockerd
 	exited   chan struct{} // closed when dockerd has exited
@@ -129,6 +133,7 @@ func startDockerd(t *testing.T, runtimes map[string]dockerRuntime) *dockerDaemon
 	for pid := range dockerProcesses() {
 		d.before[pid] = true
 	}
+	d.execRoot = shortDir(t)
 	d.sock = filepath.Join(d.dir, "docker.sock")
 	d.logPath = filepath.Join(d.dir, "dockerd.log")
 	if *dockerTrace {
@@ -137,7 +142,7 @@ func startDockerd(t *testing.T, runtimes map[string]dockerRuntime) *dockerDaemon
 	}
 	cfg := map[string]any{
 		"data-root":      filepath.Join(d.dir, "data"),
-		"exec-root":      filepath.Join(d.dir, "exec"),
+		"exec-root":      d.execRoot,
 		"pidfile":        filepath.Join(d.dir, "dockerd.pid"),
 		"hosts":          []string{"unix://" + d.sock},
 		"storage-driver": "vfs",
@@ -195,7 +200,7 @@ func startDockerd(t *testing.T, runtimes map[string]dockerRuntime) *dockerDaemon
 	if d.traceDir != "" {
 		// dockerd wraps a runtime that has runtimeArgs in a script of
 		// its own: keep it with the records.
-		scripts, _ := filepath.Glob(filepath.Join(d.dir, "exec", "runtimes", "*"))
+		scripts, _ := filepath.Glob(filepath.Join(d.dir, "data", "runtimes", "*"))
 		for _, s := range scripts {
 			if b, err := os.ReadFile(s); err == nil {
 				os.WriteFile(filepath.Join(d.traceDir, "dockerd-runtime-script-"+filepath.Base(s)), b, 0o644)
@@ -216,6 +221,7 @@ T=@TRACE@
 REAL=@REAL@
 n=$(date +%s.%N)-$$
 rec="$T/calls/$n"
+fds=$(for f in /proc/$$/fd/*; do echo "  ${f##*/} -> $(readlink "$f")"; done)
 {
 	echo "time: $(date +%s.%N)"
 	echo "runtime: $REAL"
@@ -223,8 +229,8 @@ rec="$T/calls/$n"
 	echo "cwd: $(pwd)"
 	echo "argv:"
 	for a in "$@"; do echo "  $a"; done
-	echo "fds:"
-	for f in /proc/$$/fd/*; do echo "  ${f##*/} -> $(readlink "$f")"; done
+	echo "fds (the shell's own: 10 and up are its script and saved copies):"
+	echo "$fds"
 	echo "env (selected):"
 	env | grep -E '^(PATH|NOTIFY_SOCKET|XDG_RUNTIME_DIR|HOME|GOMAXPROCS|LISTEN_FDS|_LIBCONTAINER_[A-Z_]*)=' | sed 's/^/  /'
 } >"$rec.txt" 2>&1
@@ -321,6 +327,16 @@ func (d *dockerDaemon) loadImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Name the platform, or each docker run warns that it is unknown.
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
 	tag, err := name.NewTag(dockerImage)
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +392,7 @@ func (d *dockerDaemon) stop(t *testing.T) {
 		t.Errorf("process left after dockerd stopped: %d %s; killing it", pid, cmdline)
 		unix.Kill(pid, unix.SIGKILL)
 	}
-	for _, mp := range mountsUnder(d.dir) {
+	for _, mp := range append(mountsUnder(d.dir), mountsUnder(d.execRoot)...) {
 		t.Errorf("mount left after dockerd stopped: %s; unmounting it", mp)
 		unix.Unmount(mp, unix.MNT_DETACH)
 	}
@@ -394,6 +410,32 @@ func (d *dockerDaemon) stop(t *testing.T) {
 	if t.Failed() {
 		t.Logf("dockerd's log (last lines):\n%s", tail(readFile(d.logPath), 60))
 	}
+}
+
+// shortDir makes a directory /run/vdNNNN, removed when the test ends.
+// dockerd's exec root must be as short as its default /var/run/docker:
+// the runtime gets --root EXECROOT/runtime-runc/moby and a 64-character
+// container ID, and a runtime's Unix sockets below that must stay within
+// the 108 bytes of sun_path.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		var b [2]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		dir := fmt.Sprintf("/run/vd%x", b)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		return dir
+	}
+	t.Fatal("no free /run/vdNNNN directory")
+	return ""
 }
 
 // mountsUnder lists the mount points at or below dir, deepest first.
@@ -504,6 +546,7 @@ func TestDocker(t *testing.T) {
 		t.Run(rt.label, func(t *testing.T) {
 			dt := &dockerTest{d: d, runtime: rt.name, vm: rt.vm, hostBoot: hostBoot}
 			t.Run("exit-status", dt.exitStatus)
+			t.Run("network-none", dt.networkNone)
 			t.Run("env-workdir-user", dt.envWorkdirUser)
 			t.Run("detached", dt.detached)
 			t.Run("publish", dt.publish)
@@ -578,6 +621,20 @@ func (dt *dockerTest) exitStatus(t *testing.T) {
 	dt.checkBoot(t, r.stdout)
 }
 
+// networkNone: --network none gives the container loopback only (and,
+// in docker 20.10, still a libnetwork prestart hook).
+func (dt *dockerTest) networkNone(t *testing.T) {
+	n := dt.container(t)
+	r := dt.run(t, "--rm", "--name", n, "--network", "none", dockerImage, "sh", "-c",
+		"echo boot=$(cat /proc/sys/kernel/random/boot_id); echo net=$(ls /sys/class/net); exit 3")
+	// Kernels with sit or other tunnels built in add their fallback
+	// devices (sit0, ...) to every namespace: only "no eth" is portable.
+	if r.code != 3 || !strings.Contains(r.stdout, "\nnet=lo") || strings.Contains(r.stdout, "eth") {
+		t.Fatalf("docker run --network none: %v\nwant exit status 3 and loopback, no ethN", r)
+	}
+	dt.checkBoot(t, r.stdout)
+}
+
 // envWorkdirUser: -e, -w and -u reach the process; the image's
 // environment is kept.
 func (dt *dockerTest) envWorkdirUser(t *testing.T) {
@@ -591,8 +648,9 @@ func (dt *dockerTest) envWorkdirUser(t *testing.T) {
 
 // detached: run -d, then logs, exec (plain and on a terminal), stop
 // (SIGTERM reaches the container, within the grace period), inspect's
-// exit code, and rm; each a step of its own, stopping at the first that
-// fails.
+// exit code, and rm; each a step of its own. A failed logs or stop step
+// ends the sequence (the later steps need a running, then a stopped
+// container).
 func (dt *dockerTest) detached(t *testing.T) {
 	n := dt.container(t)
 	const script = `trap 'echo got-TERM; exit 7' TERM; echo started boot=$(cat /proc/sys/kernel/random/boot_id); while :; do sleep 1 & wait; done`
@@ -603,14 +661,15 @@ func (dt *dockerTest) detached(t *testing.T) {
 	t.Logf("docker run -d: %v", r.elapsed.Round(time.Millisecond))
 	var boot string
 	steps := []struct {
-		name string
-		f    func(t *testing.T)
+		name     string
+		required bool
+		f        func(t *testing.T)
 	}{
-		{"logs", func(t *testing.T) {
+		{"logs", true, func(t *testing.T) {
 			logs := dt.waitLogs(t, n, "started boot=")
 			boot = dt.checkBoot(t, logs)
 		}},
-		{"exec", func(t *testing.T) {
+		{"exec", false, func(t *testing.T) {
 			r := dt.d.docker(t, 2*time.Minute, "exec", "-e", "EXEC_VAR=from-exec", "-w", "/tmp", "-u", "1000", n,
 				"sh", "-c", `echo "boot=$(cat /proc/sys/kernel/random/boot_id) $EXEC_VAR $(pwd) $(id -u)"; exit 4`)
 			t.Logf("docker exec: %v", r.elapsed.Round(time.Millisecond))
@@ -618,17 +677,20 @@ func (dt *dockerTest) detached(t *testing.T) {
 				t.Fatalf("docker exec: %v\nwant exit status 4 and stdout %q (the container's boot ID)", r, want)
 			}
 		}},
-		{"exec-tty", func(t *testing.T) {
+		{"exec-tty", false, func(t *testing.T) {
 			m, s := openPTY(t)
 			cmd := dt.d.command(context.Background(), "exec", "-it", n, "sh", "-c", "tty; echo exec-tty-$((6*7)); exit 5")
 			p := startOnPTY(t, cmd, m, s)
-			p.waitFor("exec-tty-42")
 			wantExit(t, p, 5)
-			if !strings.Contains(p.out.String(), "/dev/pts/") {
-				t.Errorf("docker exec -it: no terminal in the container: %q", p.out.String())
+			// The output may still be on its way from the pty.
+			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(p.out.String(), "exec-tty-42") && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if out := p.out.String(); !strings.Contains(out, "exec-tty-42") || !strings.Contains(out, "/dev/pts/") {
+				t.Errorf("docker exec -it: output %q, want a /dev/pts/ terminal and exec-tty-42", out)
 			}
 		}},
-		{"stop", func(t *testing.T) {
+		{"stop", true, func(t *testing.T) {
 			const grace = 60
 			r := dt.d.docker(t, 3*time.Minute, "stop", "-t", strconv.Itoa(grace), n)
 			t.Logf("docker stop: %v", r.elapsed.Round(time.Millisecond))
@@ -642,13 +704,13 @@ func (dt *dockerTest) detached(t *testing.T) {
 				t.Errorf("the container did not see SIGTERM: docker logs: %v", logs)
 			}
 		}},
-		{"inspect", func(t *testing.T) {
+		{"inspect", false, func(t *testing.T) {
 			r := dt.d.docker(t, time.Minute, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", n)
 			if want := "exited 7\n"; r.code != 0 || r.stdout != want {
 				t.Fatalf("docker inspect: %v\nwant %q (the trap's exit status)", r, want)
 			}
 		}},
-		{"rm", func(t *testing.T) {
+		{"rm", false, func(t *testing.T) {
 			if r := dt.d.docker(t, 2*time.Minute, "rm", n); r.code != 0 {
 				t.Fatalf("docker rm: %v", r)
 			}
@@ -665,7 +727,7 @@ func (dt *dockerTest) detached(t *testing.T) {
 		}},
 	}
 	for _, s := range steps {
-		if !t.Run(s.name, s.f) {
+		if !t.Run(s.name, s.f) && s.required {
 			return
 		}
 	}
@@ -777,6 +839,13 @@ grep MemTotal /proc/meminfo`
 	}
 }
 
+// interactiveScript prints the terminal's size once it is set (docker
+// 20.10's run -it sends it after the start: at first it is 0x0, for
+// which busybox's stty size prints an error and exits 0), then reads a
+// line.
+const interactiveScript = `for i in $(seq 100); do s=$(stty size 2>/dev/null); case "$s" in [1-9]*) break ;; esac; sleep 0.1; done
+echo size=$s; echo ready-$((2*3)); read x; echo got-$x; exit 6`
+
 // interactive: docker run -it through a pty: the terminal's size, typed
 // input and the exit status.
 func (dt *dockerTest) interactive(t *testing.T) {
@@ -786,13 +855,13 @@ func (dt *dockerTest) interactive(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := dt.d.command(context.Background(), "run", "--runtime", dt.runtime, "-it", "--rm", "--name", n, dockerImage,
-		"sh", "-c", "stty size; echo ready-$((2*3)); read x; echo got-$x; exit 6")
+		"sh", "-c", interactiveScript)
 	p := startOnPTY(t, cmd, m, s)
 	p.waitFor("ready-6")
 	m.Write([]byte("typed-line\r"))
 	p.waitFor("got-typed-line")
 	wantExit(t, p, 6)
-	if !strings.Contains(p.out.String(), "33 101") {
+	if !strings.Contains(p.out.String(), "size=33 101") {
 		t.Errorf("the container's terminal is not 33x101: %q", p.out.String())
 	}
 }
