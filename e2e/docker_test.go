@@ -41,6 +41,9 @@ var dockerTrace = flag.Bool("e2e.docker-trace", false,
 	"TestDocker: put a recorder in front of each OCI runtime docker calls (argv, stdio, bundle config.json, exit status) "+
 		"and print the records at the end as a base64 tar.gz between "+dockerTraceBegin+" and "+dockerTraceEnd+" lines")
 
+var dockerNoNetwork = flag.Bool("e2e.docker-no-network", false,
+	"TestDocker: also run vessel's subtests that need no network with --network none (tells network failures from others)")
+
 const (
 	// dockerBin is Debian's docker CLI (docker.io); /usr/local/bin/docker
 	// may be another program.
@@ -539,17 +542,22 @@ func TestDocker(t *testing.T) {
 	if !bootIDPattern.MatchString(hostBoot) {
 		t.Fatalf("this kernel's boot ID: %q", hostBoot)
 	}
-	for _, rt := range []struct {
-		label, name string
-		vm          bool
-	}{{"runc", runcName, false}, {"vessel", "vessel", true}} {
-		t.Run(rt.label, func(t *testing.T) {
-			dt := &dockerTest{d: d, runtime: rt.name, vm: rt.vm, hostBoot: hostBoot}
+	groups := []dockerGroup{{"runc", runcName, false, nil}, {"vessel", "vessel", true, nil}}
+	if *dockerNoNetwork {
+		groups = append(groups, dockerGroup{"vessel-network-none", "vessel", true, []string{"--network", "none"}})
+	}
+	for _, g := range groups {
+		t.Run(g.label, func(t *testing.T) {
+			dt := &dockerTest{d: d, runtime: g.name, vm: g.vm, hostBoot: hostBoot, extra: g.extra}
 			t.Run("exit-status", dt.exitStatus)
-			t.Run("network-none", dt.networkNone)
+			if dt.extra == nil {
+				t.Run("network-none", dt.networkNone)
+			}
 			t.Run("env-workdir-user", dt.envWorkdirUser)
 			t.Run("detached", dt.detached)
-			t.Run("publish", dt.publish)
+			if dt.extra == nil {
+				t.Run("publish", dt.publish)
+			}
 			t.Run("volume", dt.volume)
 			t.Run("resources", dt.resources)
 			t.Run("interactive", dt.interactive)
@@ -557,12 +565,21 @@ func TestDocker(t *testing.T) {
 	}
 }
 
+// dockerGroup is one group of TestDocker's subtests: a runtime and the
+// docker run flags its containers get.
+type dockerGroup struct {
+	label, name string // the subtest's name, docker's name of the runtime
+	vm          bool   // whether containers run in a VM (vessel-runtime)
+	extra       []string
+}
+
 // dockerTest runs TestDocker's feature subtests under one runtime.
 type dockerTest struct {
 	d        *dockerDaemon
-	runtime  string // docker's name for it
-	vm       bool   // whether containers run in a VM (vessel-runtime)
-	hostBoot string // this (outer) kernel's boot ID
+	runtime  string   // docker's name for it
+	vm       bool     // whether containers run in a VM (vessel-runtime)
+	hostBoot string   // this (outer) kernel's boot ID
+	extra    []string // docker run flags for every container
 }
 
 // container returns a container name for the subtest and removes that
@@ -604,9 +621,14 @@ func (dt *dockerTest) checkBoot(t *testing.T, out string) string {
 	return boot
 }
 
+// runArgs starts a docker run command line for dt's runtime.
+func (dt *dockerTest) runArgs() []string {
+	return append([]string{"run", "--runtime", dt.runtime}, dt.extra...)
+}
+
 func (dt *dockerTest) run(t *testing.T, args ...string) result {
 	t.Helper()
-	return dt.d.docker(t, dockerRunTimeout, append([]string{"run", "--runtime", dt.runtime}, args...)...)
+	return dt.d.docker(t, dockerRunTimeout, append(dt.runArgs(), args...)...)
 }
 
 // exitStatus: docker run --rm returns the container's exit status, and
@@ -854,8 +876,8 @@ func (dt *dockerTest) interactive(t *testing.T) {
 	if err := unix.IoctlSetWinsize(int(s.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 33, Col: 101}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := dt.d.command(context.Background(), "run", "--runtime", dt.runtime, "-it", "--rm", "--name", n, dockerImage,
-		"sh", "-c", interactiveScript)
+	cmd := dt.d.command(context.Background(), append(dt.runArgs(), "-it", "--rm", "--name", n, dockerImage,
+		"sh", "-c", interactiveScript)...)
 	p := startOnPTY(t, cmd, m, s)
 	p.waitFor("ready-6")
 	m.Write([]byte("typed-line\r"))
