@@ -261,7 +261,7 @@ fi
 [ -n "$process" ] && cp "$process" "$rec.process.json" 2>>"$rec.txt"
 "$REAL" "$@"
 rc=$?
-echo "exit: $rc" >>"$rec.txt"
+echo "exit: $rc at $(date +%s.%N)" >>"$rec.txt"
 echo "$n exit $rc" >>"$T/argv.log"
 if [ -n "$log" ] && [ "$rc" != 0 ]; then tail -n 5 "$log" >"$rec.log" 2>&1; fi
 exit $rc
