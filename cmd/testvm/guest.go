@@ -133,7 +133,19 @@ func (g *guest) run() (status int, outN, errN int64, err error) {
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	if err := unix.Chroot("/newroot"); err != nil {
+	// Move the new root over the initramfs's / and chroot into it, as
+	// switch_root does. After a plain chroot the initramfs would stay the
+	// root of the mount namespace, and setns(2) into a mount namespace
+	// copied from it lands there: runc exec (docker exec) failed with
+	// "open /proc/self/fd: no such file or directory", nsenter -m found
+	// no /bin/sh.
+	if err := os.Chdir("/newroot"); err != nil {
+		return 0, 0, 0, fmt.Errorf("new root: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return 0, 0, 0, fmt.Errorf("move the new root to /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
 		return 0, 0, 0, fmt.Errorf("chroot: %w", err)
 	}
 	if err := os.Chdir(g.sp.Dir); err != nil {
