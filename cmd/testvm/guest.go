@@ -133,7 +133,19 @@ func (g *guest) run() (status int, outN, errN int64, err error) {
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	if err := unix.Chroot("/newroot"); err != nil {
+	// Move the new root onto / before entering it, as switch_root does.
+	// After a bare chroot the mount namespace's root would stay the
+	// initramfs, and a process that enters a container's mount
+	// namespace with setns (runc exec, nsenter) lands at that root, not
+	// at the container's: runc exec then failed with "error closing
+	// exec fds: open /proc/self/fd: no such file or directory".
+	if err := os.Chdir("/newroot"); err != nil {
+		return 0, 0, 0, fmt.Errorf("new root: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return 0, 0, 0, fmt.Errorf("move the new root onto /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
 		return 0, 0, 0, fmt.Errorf("chroot: %w", err)
 	}
 	if err := os.Chdir(g.sp.Dir); err != nil {
