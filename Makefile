@@ -9,7 +9,7 @@
 SHELL := /bin/bash
 GO ?= go
 GUEST_DIR ?= $(or $(VESSEL_GUEST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vessel/guest)
-APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static e2fsprogs gcc libc6-dev libseccomp-dev pkg-config runc docker.io
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio lz4 dpkg-dev busybox-static e2fsprogs gcc libc6-dev libseccomp-dev pkg-config runc docker.io containerd podman conmon containernetworking-plugins iptables
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" when the time runs
 # out mid-execution (golang/go#75804, fixed in Go 1.27).

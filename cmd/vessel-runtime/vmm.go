@@ -81,8 +81,8 @@ type ctlReply struct {
 	Error  string `json:"error,omitempty"`
 	// Exit is a pod container's exit status, sent on its member
 	// connection when it has stopped.
-	Exit *int `json:"exit,omitempty"`
-	Pids   []int  `json:"pids,omitempty"` // ps
+	Exit *int  `json:"exit,omitempty"`
+	Pids []int `json:"pids,omitempty"` // ps
 }
 
 // maxCtl bounds a control message.
