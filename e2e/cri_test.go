@@ -145,12 +145,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "@DIR@/runtime-runc"
-        Root = "@DIR@/runc-root"
+        Root = "@RUNCROOT@"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel.options]
         BinaryName = "@DIR@/runtime-vessel"
-        Root = "@DIR@/vessel-root"
+        Root = "@VESSELROOT@"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "@DIR@/cni"
@@ -220,7 +220,16 @@ func startContainerd(t *testing.T) *criDaemon {
 	d.sock = filepath.Join(d.dir, "containerd.sock")
 	d.logPath = filepath.Join(d.dir, "containerd.log")
 	d.trace = filepath.Join(d.dir, "trace")
-	d.roots = map[string]string{"runc": filepath.Join(d.dir, "runc-root"), "vessel": filepath.Join(d.dir, "vessel-root")}
+	// The runtimes' state goes in a short directory: vessel-runtime's
+	// sockets are below --root (the shim's Root plus /k8s.io) and a
+	// container's 64-character ID, and a socket's path has at most 107
+	// bytes (containerd's default, /run/containerd/runc, leaves 9 spare).
+	short, err := os.MkdirTemp("/run", "vcri")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(short) })
+	d.roots = map[string]string{"runc": filepath.Join(short, "runc"), "vessel": filepath.Join(short, "vessel")}
 	if strings.ContainsAny(d.dir, "'\"\n ") {
 		t.Fatalf("temporary directory %q cannot be quoted", d.dir)
 	}
@@ -229,7 +238,7 @@ func startContainerd(t *testing.T) *criDaemon {
 		snapshotter = "overlayfs"
 	}
 	t.Logf("containerd: %s snapshotter, state in %s", snapshotter, d.dir)
-	repl := strings.NewReplacer("@DIR@", d.dir, "@SNAPSHOTTER@", snapshotter, "@TRACE@", d.trace)
+	repl := strings.NewReplacer("@DIR@", d.dir, "@SNAPSHOTTER@", snapshotter, "@RUNCROOT@", d.roots["runc"], "@VESSELROOT@", d.roots["vessel"])
 	for n, real := range map[string]string{"runc": "/usr/sbin/runc", "vessel": runtimeBin(t)} {
 		script := strings.NewReplacer("@TRACE@", d.trace, "@REAL@", real).Replace(criRuntimeScript)
 		if err := os.WriteFile(filepath.Join(d.dir, "runtime-"+n), []byte(script), 0o755); err != nil {
