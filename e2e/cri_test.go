@@ -599,19 +599,21 @@ func criPod(t *testing.T, d *criDaemon, rt, hostBoot string) {
 		"log_directory": filepath.Join(d.dir, "logs", rt),
 		"linux":         map[string]any{},
 	})
-	container := func(n string, script string) string {
+	container := func(n string, readOnly bool, script string) string {
 		return writeJSON(t, dir, n+".json", map[string]any{
 			"metadata": map[string]any{"name": n},
 			"image":    map[string]any{"image": criImage},
 			"command":  []string{"sh", "-c", script},
 			"log_path": n + ".log",
-			"linux":    map[string]any{},
+			"linux":    map[string]any{"security_context": map[string]any{"readonly_rootfs": readOnly}},
 		})
 	}
-	// c1 serves the image's web root on port 80; c2 fetches it over the
-	// pod's localhost.
-	c1 := container("c1", "cat /proc/sys/kernel/random/boot_id; echo c1-serving; exec httpd -f -p 80 -h /www")
-	c2 := container("c2", "cat /proc/sys/kernel/random/boot_id; "+
+	// c1 serves the image's web root on port 80; c2, whose root is
+	// read-only (as the sandbox's is: the image lacks the mount points
+	// of /etc/hosts and the like), fetches it over the pod's localhost.
+	c1 := container("c1", false, "cat /proc/sys/kernel/random/boot_id; echo c1-serving; exec httpd -f -p 80 -h /www")
+	c2 := container("c2", true, "cat /proc/sys/kernel/random/boot_id; "+
+		"if touch /probe 2>/dev/null; then echo root-writable; else echo root-read-only; fi; "+
 		"for i in $(seq 1 60); do if wget -q -O - http://127.0.0.1:80/; then echo c2-fetched; break; fi; sleep 1; done; "+
 		"exec sleep 2147483647")
 
@@ -651,6 +653,9 @@ func criPod(t *testing.T, d *criDaemon, rt, hostBoot string) {
 	if rt == "runc" && boot1 != hostBoot || rt != "runc" && boot1 == hostBoot {
 		t.Errorf("the pod's boot ID %q, the outer VM's %q: want them %s", boot1, hostBoot,
 			map[bool]string{true: "equal (runc)", false: "different (a VM)"}[rt == "runc"])
+	}
+	if !strings.Contains(log2, "root-read-only\n") {
+		t.Errorf("c2's log %q: want its read-only root refusing a new file", log2)
 	}
 	if !strings.Contains(log2, strings.TrimSpace(bbimage.Index)) {
 		t.Errorf("c2's log %q: want c1's page %q", log2, bbimage.Index)
