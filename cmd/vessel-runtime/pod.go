@@ -125,6 +125,11 @@ func memberTrees(b *bundle) (req memberRequest, files []*os.File, err error) {
 	if len(b.binds)+1 > maxMemberTrees {
 		return req, nil, errorf("a pod's container takes at most %d bind mounts", maxMemberTrees-1)
 	}
+	if b.spec.Root.Readonly {
+		if err := b.makeMountpoints(); err != nil {
+			return req, nil, errorf("%v", err)
+		}
+	}
 	f, err := openTree(b.rootfs, b.spec.Root.Readonly)
 	if err != nil {
 		return req, nil, errorf("rootfs: %v", err)

@@ -232,6 +232,12 @@ func (p *vmmProc) create() error {
 	if p.g.log != "" {
 		diag = container.LimitWriter(logWriter{p}, container.DiagLimit, "vessel-runtime: further reports about the VM suppressed")
 	}
+	if b.spec.Root.Readonly {
+		if err := b.makeMountpoints(); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
 	var vols []agentproto.Volume
 	if isSandbox(b.spec) {
