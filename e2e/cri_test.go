@@ -201,7 +201,7 @@ func overlayWorks(dir string) bool {
 // startContainerd starts containerd with the CRI plugin and the runc
 // and vessel runtime handlers, waits until crictl reaches it, and stops
 // it and cleans up when the test ends.
-func startContainerd(t *testing.T) *criDaemon {
+func startCRIContainerd(t *testing.T) *criDaemon {
 	t.Helper()
 	for _, p := range []string{"/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"} {
 		if _, err := os.Stat(p); err != nil {
@@ -479,7 +479,7 @@ func (d *criDaemon) stop(t *testing.T) {
 	}
 	// Shims of this containerd (their -address is its socket) outlive
 	// it while they have containers.
-	for pid, args := range processesWith(d.sock) {
+	for pid, args := range criProcessesWith(d.sock) {
 		t.Errorf("process left: %d %s; killing it", pid, args)
 		unix.Kill(pid, unix.SIGKILL)
 	}
@@ -493,7 +493,7 @@ func (d *criDaemon) stop(t *testing.T) {
 }
 
 // processesWith lists the running processes whose command line has s.
-func processesWith(s string) map[int]string {
+func criProcessesWith(s string) map[int]string {
 	procs := map[int]string{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -576,7 +576,7 @@ func writeJSON(t *testing.T, dir, name string, v any) string {
 // networking, first with runc (proving the harness), then with
 // vessel-runtime, where the pod is one VM.
 func TestCRI(t *testing.T) {
-	d := startContainerd(t)
+	d := startCRIContainerd(t)
 	d.importImages(t)
 	hostBoot := strings.TrimSpace(readFile("/proc/sys/kernel/random/boot_id"))
 	for _, rt := range []string{"runc", "vessel"} {
