@@ -29,9 +29,10 @@
 // createContainer and startContainer hooks, which would run inside the
 // VM, are refused.
 // config.json goes to the guest's runc as it is but for root.path, the
-// bind mounts' sources and linux.cgroupsPath (a host's cgroup path
-// means nothing in the VM). The container gets a new network namespace
-// with loopback only.
+// bind mounts' sources, linux.cgroupsPath (a host's cgroup path
+// means nothing in the VM) and the network namespace: the container
+// shares the VM's, whose NICs stand for the interfaces of the
+// container's network namespace, where the VMM process lives (net.go).
 //
 // Every failure exits 1 with one line on stderr and, with --log, a
 // line in that file in --log-format (text, or json as
@@ -39,8 +40,7 @@
 // and leaves no state directory or process behind.
 //
 // Not done yet (issue 10): a terminal (process.terminal, --console-socket),
-// a network namespace path (refused) and with it docker's, podman's and
-// CNI's networks, exec, ps, list, pause/resume, update, features, pods
+// exec, ps, list, pause/resume, update, features, pods
 // (CRI sandboxes sharing a VM), linux.resources sizing the VM, and
 // checkpoint/restore (to answer "not supported").
 package main

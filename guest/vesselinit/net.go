@@ -29,7 +29,7 @@ const (
 const resolvConf = "/etc/resolv.conf"
 
 // configureNet sets up the interfaces the host listed, one after another:
-// static address, default route and name servers, or DHCP. A failure is
+// static addresses, routes and name servers, or DHCP. A failure is
 // one line on stderr; the command runs anyway.
 func configureNet(nets []cmdline.Net) {
 	if len(nets) == 0 {
