@@ -552,6 +552,10 @@ func TestRuntime(t *testing.T) {
 		ip("-n", ns, "addr", "add", "10.77.0.2/24", "dev", "eth0")
 		ip("-n", ns, "link", "set", "eth0", "up")
 		ip("-n", ns, "route", "add", "default", "via", "10.77.0.1")
+		// What CNI plugins add besides: an IPv6 address and a route.
+		ip("addr", "add", "fd77::1/64", "dev", "vesselh0", "nodad")
+		ip("-n", ns, "addr", "add", "fd77::2/64", "dev", "eth0", "nodad")
+		ip("-n", ns, "route", "add", "10.78.0.0/16", "via", "10.77.0.1")
 		hostLn, err := net.Listen("tcp", "10.77.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -568,12 +572,30 @@ func TestRuntime(t *testing.T) {
 			got <- string(b)
 		}()
 		port := hostLn.Addr().(*net.TCPAddr).Port
+		hostLn6, err := net.Listen("tcp", "[fd77::1]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hostLn6.Close()
+		got6 := make(chan string, 1)
+		go func() {
+			c, err := hostLn6.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(time.Minute))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got6 <- string(b)
+		}()
+		port6 := hostLn6.Addr().(*net.TCPAddr).Port
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c", fmt.Sprintf(
 			"ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; "+
+				"ip -6 addr show eth0 | grep -o 'inet6 fd77[0-9a-f:/]*'; ip route | grep 10.78; echo from-container6 | nc -w 20 fd77::1 %d; "+
 				// linux.resources sized the VM and limits the container.
 				"echo cpus=$(nproc) memory.max=$(cat /sys/fs/cgroup/memory.max) ram=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo); "+
-				"echo from-container | nc 10.77.0.1 %d; echo served | nc -l -p 8080; exit 7", port))
+				"echo from-container | nc 10.77.0.1 %d; echo served | nc -l -p 8080; exit 7", port6, port))
 		for i, n := range spec.Linux.Namespaces {
 			if n.Type == specs.NetworkNamespace {
 				spec.Linux.Namespaces[i].Path = "/run/netns/" + ns
@@ -603,6 +625,14 @@ func TestRuntime(t *testing.T) {
 		case <-time.After(2 * time.Minute):
 			t.Fatalf("the container did not reach the host (log: %s)", readFile(r.Log))
 		}
+		select {
+		case s := <-got6:
+			if s != "from-container6\n" {
+				t.Errorf("the host got %q over IPv6", s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("the container did not reach the host over IPv6 (it tries before IPv4)")
+		}
 		// The container's address is served by the guest, through the
 		// namespace's interface.
 		var answer []byte
@@ -627,6 +657,11 @@ func TestRuntime(t *testing.T) {
 		printed := string(stdout)
 		if !strings.HasPrefix(printed, "inet 10.77.0.2/24\n") || !strings.Contains(printed, "default via 10.77.0.1") {
 			t.Errorf("the container's network: %q, want inet 10.77.0.2/24 and default via 10.77.0.1", printed)
+		}
+		for _, want := range []string{"inet6 fd77::2/64\n", "10.78.0.0/16 via 10.77.0.1 dev eth0"} {
+			if !strings.Contains(printed, want) {
+				t.Errorf("the container's network: %q, want %q in it (an IPv6 address, a route)", printed, want)
+			}
 		}
 		var cpus, ram int
 		var memMax string
@@ -657,6 +692,8 @@ func TestRuntime(t *testing.T) {
 	t.Run("pause-update", func(t *testing.T) { testPauseUpdate(t, ctx) })
 
 	runtimeIO(t, ctx)
+
+	t.Run("netns-new", func(t *testing.T) { testRuntimeNetnsNew(t, ctx) })
 
 	t.Run("bad-input", func(t *testing.T) {
 		bin := runtimeBin(t)

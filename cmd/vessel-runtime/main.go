@@ -36,9 +36,10 @@
 // createContainer and startContainer hooks, which would run inside the
 // VM, are refused.
 // config.json goes to the guest's runc as it is but for root.path, the
-// bind mounts' sources and linux.cgroupsPath (a host's cgroup path
-// means nothing in the VM). The container gets a new network namespace
-// with loopback only.
+// bind mounts' sources, linux.cgroupsPath (a host's cgroup path
+// means nothing in the VM) and the network namespace: the container
+// shares the VM's, whose NICs stand for the interfaces of the
+// container's network namespace, where the VMM process lives (net.go).
 //
 // With process.terminal, the VMM process holds a host pty's slave as its
 // stdio and controlling terminal and the master goes to --console-socket

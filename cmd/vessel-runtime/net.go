@@ -23,8 +23,8 @@ import (
 // tcfilter mode does: a TAP device per interface, and tc redirects
 // between the two in both directions, so that what reaches the
 // interface reaches the guest and the other way round; the guest's
-// interface gets the interface's MAC address, IPv4 address, default
-// route and MTU. Then docker's published ports, podman's port mappings
+// interface gets the interface's MAC address, addresses (IPv4 and
+// IPv6), routes and MTU. Then docker's published ports, podman's port mappings
 // and Kubernetes pod IPs work unchanged.
 
 // maxNets bounds the interfaces handed to a VM (virtio devices).
@@ -76,8 +76,9 @@ func netnsOf(s *specs.Spec) (ns specs.LinuxNamespace, ok bool) {
 }
 
 // findInterfaces reads the interfaces of the VMM process's network
-// namespace that the VM takes over: every one but loopback that has an
-// IPv4 address, in index order.
+// namespace that the VM takes over: every one but loopback (and TAP
+// devices, and those without an Ethernet address) that has an address
+// the guest can take over, in index order.
 func findInterfaces() ([]*ifaceLink, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -87,36 +88,82 @@ func findInterfaces() ([]*ifaceLink, error) {
 	var out []*ifaceLink
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 {
+		if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 || l.Type() == "tuntap" {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		g, err := guestNet(l)
 		if err != nil {
-			return nil, fmt.Errorf("network: addresses of %s: %w", a.Name, err)
+			return nil, err
 		}
-		if len(addrs) == 0 {
+		if g.Addr == "" && len(g.Addrs) == 0 {
 			continue
 		}
 		if len(out) == maxNets {
 			return nil, fmt.Errorf("network: more than %d interfaces in the container's network namespace", maxNets)
 		}
-		g := cmdline.Net{MAC: a.HardwareAddr.String(), Addr: addrs[0].IPNet.String(), MTU: a.MTU}
-		routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
-		if err != nil {
-			return nil, fmt.Errorf("network: routes of %s: %w", a.Name, err)
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.Gw != nil {
-				g.Gateway = r.Gw.String()
-				break
-			}
-		}
-		if err := g.Validate(); err != nil {
-			return nil, fmt.Errorf("network: %s: %w", a.Name, err)
-		}
 		out = append(out, &ifaceLink{link: l, tap: fmt.Sprintf("vtap%d", len(out)), guest: g})
 	}
 	return out, nil
+}
+
+// guestNet reads what the guest init is to configure for l: its MAC,
+// MTU, addresses (the first IPv4 one as Addr; link-local ones left out,
+// the guest derives them from the same MAC) and the routes through it
+// (but those the kernel made for the addresses): the first IPv4
+// default route as Gateway, the others, link routes such as Calico's
+// to 169.254.1.1 and IPv6 ones included, as Routes. It is static: no
+// DHCP in the guest.
+func guestNet(l netlink.Link) (cmdline.Net, error) {
+	a := l.Attrs()
+	g := cmdline.Net{MAC: a.HardwareAddr.String(), MTU: a.MTU, Static: true}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return g, fmt.Errorf("network: addresses of %s: %w", a.Name, err)
+	}
+	for _, ad := range addrs {
+		if ad.IP.IsLinkLocalUnicast() || ad.Scope == unix.RT_SCOPE_LINK || ad.Scope == unix.RT_SCOPE_HOST {
+			continue
+		}
+		if g.Addr == "" && ad.IP.To4() != nil {
+			g.Addr = ad.IPNet.String()
+		} else {
+			g.Addrs = append(g.Addrs, ad.IPNet.String())
+		}
+	}
+	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return g, fmt.Errorf("network: routes of %s: %w", a.Name, err)
+	}
+	for _, r := range routes {
+		if r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST || len(r.MultiPath) > 0 {
+			continue
+		}
+		gw := ""
+		if r.Gw != nil {
+			gw = r.Gw.String()
+		}
+		if r.Dst != nil && !isZeroMask(r.Dst.Mask) {
+			g.Routes = append(g.Routes, cmdline.Route{Dst: r.Dst.String(), Gateway: gw})
+			continue
+		}
+		if r.Gw != nil && r.Gw.To4() != nil && g.Gateway == "" {
+			g.Gateway = gw
+			continue
+		}
+		dst := "0.0.0.0/0"
+		if r.Family == unix.AF_INET6 {
+			dst = "::/0"
+		}
+		g.Routes = append(g.Routes, cmdline.Route{Dst: dst, Gateway: gw})
+	}
+	if len(g.Addrs) > cmdline.MaxAddrs || len(g.Routes) > cmdline.MaxRoutes {
+		return g, fmt.Errorf("network: %s has %d addresses and %d routes, more than a VM takes (%d, %d)",
+			a.Name, len(g.Addrs)+1, len(g.Routes), cmdline.MaxAddrs+1, cmdline.MaxRoutes)
+	}
+	if err := g.Validate(); err != nil {
+		return g, fmt.Errorf("network: %s: %w", a.Name, err)
+	}
+	return g, nil
 }
 
 func isZeroMask(m net.IPMask) bool {

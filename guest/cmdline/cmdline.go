@@ -47,18 +47,45 @@ var ErrBadCmd = errors.New("cmdline: malformed vessel.cmd")
 // invalid setting.
 var ErrBadNet = errors.New("cmdline: malformed vessel.net")
 
-// Net is one network interface the guest init configures.
+// Net is one network interface the guest init configures. An interface
+// with neither Addr nor Addrs and without Static gets its address by
+// DHCP; the other fields other than MAC and MTU are for static ones.
 type Net struct {
-	MAC     string   `json:"mac"`            // which interface, by hardware address (lower-case, colon form)
-	Addr    string   `json:"addr,omitempty"` // static address in CIDR form (10.0.0.2/24); empty means DHCP
-	Gateway string   `json:"gw,omitempty"`   // default route (static only)
-	DNS     []string `json:"dns,omitempty"`  // name servers (static only; DHCP brings its own)
-	MTU     int      `json:"mtu,omitempty"`  // 0: leave the driver's
+	MAC     string   `json:"mac"`              // which interface, by hardware address (lower-case, colon form)
+	Addr    string   `json:"addr,omitempty"`   // static address in CIDR form (10.0.0.2/24)
+	Addrs   []string `json:"addrs,omitempty"`  // further static addresses in CIDR form, IPv4 or IPv6
+	Static  bool     `json:"static,omitempty"` // no DHCP, even without an address
+	Gateway string   `json:"gw,omitempty"`     // default route
+	Routes  []Route  `json:"routes,omitempty"` // further routes through this interface
+	DNS     []string `json:"dns,omitempty"`    // name servers (DHCP brings its own)
+	MTU     int      `json:"mtu,omitempty"`    // 0: leave the driver's
 }
 
-// Validate checks every field: MAC as net.ParseMAC reads it, Addr as a
-// prefix (netip.ParsePrefix), Gateway and DNS as addresses
-// (netip.ParseAddr), MTU 0 or 68..65535. Errors wrap ErrBadNet.
+// Route is a route through an interface: to Dst (a prefix in CIDR form;
+// 0.0.0.0/0 or ::/0 for a default route) via Gateway, or directly on
+// the link when Gateway is empty.
+type Route struct {
+	Dst     string `json:"dst"`
+	Gateway string `json:"gw,omitempty"`
+}
+
+// Bounds of a Net: the kernel command line is short (2 KiB on x86), so
+// these are far more than fits; they only cap what Decode accepts.
+const (
+	MaxAddrs  = 32
+	MaxRoutes = 64
+)
+
+// DHCP reports whether the interface gets its address by DHCP.
+func (n Net) DHCP() bool {
+	return n.Addr == "" && len(n.Addrs) == 0 && !n.Static
+}
+
+// Validate checks every field: MAC as net.ParseMAC reads it, Addr and
+// Addrs as prefixes (netip.ParsePrefix), Gateway and DNS as addresses
+// (netip.ParseAddr), each route's Dst as a prefix and its Gateway as an
+// address of the same family, at most MaxAddrs further addresses and
+// MaxRoutes routes, MTU 0 or 68..65535. Errors wrap ErrBadNet.
 func (n Net) Validate() error {
 	if _, err := net.ParseMAC(n.MAC); err != nil {
 		return fmt.Errorf("%w: mac %q", ErrBadNet, n.MAC)
@@ -68,9 +95,32 @@ func (n Net) Validate() error {
 			return fmt.Errorf("%w: addr %q", ErrBadNet, n.Addr)
 		}
 	}
+	if len(n.Addrs) > MaxAddrs {
+		return fmt.Errorf("%w: %d addresses, at most %d", ErrBadNet, len(n.Addrs), MaxAddrs)
+	}
+	for _, a := range n.Addrs {
+		if _, err := netip.ParsePrefix(a); err != nil {
+			return fmt.Errorf("%w: addrs %q", ErrBadNet, a)
+		}
+	}
 	if n.Gateway != "" {
 		if _, err := netip.ParseAddr(n.Gateway); err != nil {
 			return fmt.Errorf("%w: gw %q", ErrBadNet, n.Gateway)
+		}
+	}
+	if len(n.Routes) > MaxRoutes {
+		return fmt.Errorf("%w: %d routes, at most %d", ErrBadNet, len(n.Routes), MaxRoutes)
+	}
+	for _, r := range n.Routes {
+		dst, err := netip.ParsePrefix(r.Dst)
+		if err != nil {
+			return fmt.Errorf("%w: route dst %q", ErrBadNet, r.Dst)
+		}
+		if r.Gateway != "" {
+			gw, err := netip.ParseAddr(r.Gateway)
+			if err != nil || gw.Is4() != dst.Addr().Is4() {
+				return fmt.Errorf("%w: route to %s: gw %q", ErrBadNet, r.Dst, r.Gateway)
+			}
 		}
 	}
 	for _, d := range n.DNS {
@@ -170,8 +220,15 @@ func Decode(procCmdline string) (Spec, error) {
 				if err := nets[i].Validate(); err != nil {
 					return Spec{}, err
 				}
+				// as Encode leaves them out
 				if len(nets[i].DNS) == 0 {
-					nets[i].DNS = nil // as Encode leaves it out
+					nets[i].DNS = nil
+				}
+				if len(nets[i].Addrs) == 0 {
+					nets[i].Addrs = nil
+				}
+				if len(nets[i].Routes) == 0 {
+					nets[i].Routes = nil
 				}
 			}
 			s.Net = nil

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -27,6 +28,9 @@ func TestRoundTrip(t *testing.T) {
 		}},
 		{Net: []Net{{MAC: "52:54:00:12:34:56", Addr: "2001:db8::2/64", Gateway: "fe80::1", DNS: []string{"2001:db8::53"}}}},
 		{Argv: []string{"ping", "-c", "1", "10.0.0.1"}, Net: []Net{{MAC: "52:54:00:ab:cd:ef", Addr: "10.0.0.2/32", Gateway: "10.0.0.1"}}},
+		{Net: []Net{{MAC: "52:54:00:12:34:56", Addr: "10.88.0.5/16", Addrs: []string{"10.89.0.5/16", "2001:db8::5/64"},
+			Gateway: "10.88.0.1", Routes: []Route{{Dst: "169.254.1.1/32"}, {Dst: "::/0", Gateway: "2001:db8::1"}, {Dst: "192.168.0.0/16", Gateway: "169.254.1.1"}}, MTU: 1450}}},
+		{Net: []Net{{MAC: "52:54:00:12:34:56", Static: true}}},
 	} {
 		enc, err := Encode(s)
 		if err != nil {
@@ -92,6 +96,7 @@ func TestDecodeEmpty(t *testing.T) {
 		{"vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","dns":[]}]`), Spec{Net: []Net{{MAC: "52:54:00:12:34:56"}}}},
 		// Unknown fields are ignored (a newer host, an older init).
 		{"vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","future":true}]`), Spec{Net: []Net{{MAC: "52:54:00:12:34:56"}}}},
+		{"vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addrs":[],"routes":[]}]`), Spec{Net: []Net{{MAC: "52:54:00:12:34:56"}}}},
 		// The last vessel.net wins.
 		{"vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56"}]`) + " vessel.net=" + b64(`[{"mac":"52:54:00:12:34:57"}]`), Spec{Net: []Net{{MAC: "52:54:00:12:34:57"}}}},
 	} {
@@ -140,6 +145,14 @@ func TestDecodeMalformed(t *testing.T) {
 		{"mtu 65536", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","mtu":65536}]`), ErrBadNet},
 		{"mtu negative", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","mtu":-1}]`), ErrBadNet},
 		{"mtu not a number", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","mtu":"1500"}]`), ErrBadNet},
+		{"addrs not a prefix", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addrs":["10.0.0.2"]}]`), ErrBadNet},
+		{"addrs not a list", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addrs":"10.0.0.2/24"}]`), ErrBadNet},
+		{"route dst missing", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","routes":[{"gw":"10.0.0.1"}]}]`), ErrBadNet},
+		{"route dst an address", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","routes":[{"dst":"10.1.0.0"}]}]`), ErrBadNet},
+		{"route gw a name", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","routes":[{"dst":"10.1.0.0/16","gw":"router"}]}]`), ErrBadNet},
+		{"route gw of the other family", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","routes":[{"dst":"::/0","gw":"10.0.0.1"}]}]`), ErrBadNet},
+		{"too many addrs", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addrs":[`+strings.Repeat(`"10.0.0.2/24",`, MaxAddrs)+`"10.0.0.3/24"]}]`), ErrBadNet},
+		{"too many routes", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","routes":[`+strings.Repeat(`{"dst":"10.1.0.0/16"},`, MaxRoutes)+`{"dst":"10.2.0.0/16"}]}]`), ErrBadNet},
 		{"second interface bad", "vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56"},{"mac":"52:54:00:12:34:57","addr":"10.0.0.2"}]`), ErrBadNet},
 	} {
 		spec, err := Decode("console=ttyS0 " + tc.in + " vessel.tty=1")
@@ -161,6 +174,8 @@ func TestEncodeInvalid(t *testing.T) {
 		{"gw a name", Net{MAC: mac, Addr: "10.0.0.2/24", Gateway: "gw"}},
 		{"dns short", Net{MAC: mac, DNS: []string{"1.1.1.1", "1.1.1"}}},
 		{"mtu 67", Net{MAC: mac, MTU: 67}},
+		{"addrs without prefix", Net{MAC: mac, Addrs: []string{"10.0.0.2/24", "10.0.0.3"}}},
+		{"route gw of the other family", Net{MAC: mac, Routes: []Route{{Dst: "10.1.0.0/16", Gateway: "2001:db8::1"}}}},
 		{"mtu 65536", Net{MAC: mac, MTU: 65536}},
 	} {
 		if _, err := Encode(Spec{Net: []Net{{MAC: "52:54:00:00:00:01"}, tc.net}}); !errors.Is(err, ErrBadNet) {
@@ -177,6 +192,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add("vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addr":"10.0.0.2/24","gw":"10.0.0.1","dns":["10.0.0.1","2001:db8::1"],"mtu":1400},{"mac":"52:54:00:12:34:57"}]`))
 	f.Add("vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","dns":[]}]`))
 	f.Add("vessel.net=" + b64(`[null]`))
+	f.Add("vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","addrs":["2001:db8::2/64"],"static":true,"routes":[{"dst":"::/0","gw":"2001:db8::1"},{"dst":"169.254.1.1/32"}]}]`))
 	f.Add("vessel.net=" + b64(`[{"mac":"52:54:00:12:34:56","mtu":65536}]`))
 	f.Fuzz(func(t *testing.T, s string) {
 		spec, err := Decode(s)

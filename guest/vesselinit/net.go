@@ -12,6 +12,7 @@ import (
 
 	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/guest/cmdline"
 )
@@ -28,7 +29,7 @@ const (
 const resolvConf = "/etc/resolv.conf"
 
 // configureNet sets up the interfaces the host listed, one after another:
-// static address, default route and name servers, or DHCP. A failure is
+// static addresses, routes and name servers, or DHCP. A failure is
 // one line on stderr; the command runs anyway.
 func configureNet(nets []cmdline.Net) {
 	if len(nets) == 0 {
@@ -60,23 +61,38 @@ func configureLink(n cmdline.Net) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("%s: set up: %w", name, err)
 	}
-	if n.Addr == "" {
+	if n.DHCP() {
 		if err := dhcp(link); err != nil {
 			return fmt.Errorf("%s: dhcp: %w", name, err)
 		}
 		return nil
 	}
-	addr, err := netlink.ParseAddr(n.Addr)
+	var addrs []string
+	if n.Addr != "" {
+		addrs = append(addrs, n.Addr)
+	}
+	for _, a := range append(addrs, n.Addrs...) {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("%s: address %q: %w", name, a, err)
+		}
+		if addr.IP.To4() == nil {
+			// The host checked the address in its own namespace: no
+			// duplicate address detection (it holds the address
+			// tentative, unusable, for a second or more).
+			addr.Flags |= unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return fmt.Errorf("%s: add address %s: %w", name, a, err)
+		}
+	}
+	routes, err := linkRoutes(link.Attrs().Index, n)
 	if err != nil {
-		return fmt.Errorf("%s: address %q: %w", name, n.Addr, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	if err := netlink.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("%s: add address %s: %w", name, n.Addr, err)
-	}
-	if n.Gateway != "" {
-		gw := net.ParseIP(n.Gateway)
-		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
-			return fmt.Errorf("%s: default route via %s: %w", name, n.Gateway, err)
+	for _, r := range routes {
+		if err := netlink.RouteReplace(&r); err != nil {
+			return fmt.Errorf("%s: route to %s: %w", name, r.Dst, err)
 		}
 	}
 	if len(n.DNS) > 0 {
@@ -85,6 +101,38 @@ func configureLink(n cmdline.Net) error {
 		}
 	}
 	return nil
+}
+
+// linkRoutes returns n's routes in the order they can be added: those
+// on the link (a gateway may be reachable only through one, as with
+// Calico's 169.254.1.1) before those via a gateway, the default route
+// (Gateway) last.
+func linkRoutes(index int, n cmdline.Net) ([]netlink.Route, error) {
+	var direct, via []netlink.Route
+	for _, r := range n.Routes {
+		_, dst, err := net.ParseCIDR(r.Dst)
+		if err != nil {
+			return nil, fmt.Errorf("route to %q: %w", r.Dst, err)
+		}
+		if r.Gateway == "" {
+			direct = append(direct, netlink.Route{LinkIndex: index, Dst: dst, Scope: netlink.SCOPE_LINK})
+			continue
+		}
+		gw := net.ParseIP(r.Gateway)
+		if gw == nil {
+			return nil, fmt.Errorf("route to %s: gateway %q", r.Dst, r.Gateway)
+		}
+		via = append(via, netlink.Route{LinkIndex: index, Dst: dst, Gw: gw})
+	}
+	routes := append(direct, via...)
+	if n.Gateway != "" {
+		gw := net.ParseIP(n.Gateway)
+		if gw == nil {
+			return nil, fmt.Errorf("default route: gateway %q", n.Gateway)
+		}
+		routes = append(routes, netlink.Route{LinkIndex: index, Gw: gw})
+	}
+	return routes, nil
 }
 
 // linkByMAC finds the interface with hardware address mac, waiting up to
