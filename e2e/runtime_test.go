@@ -250,6 +250,8 @@ func createContainer(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle
 		t.Fatalf("create %s: %v (log: %s)", id, err, readFile(r.Log))
 	}
 	t.Logf("create %s: %v", id, time.Since(start).Round(time.Millisecond))
+	// A failed test must not leave its VM to the next ones.
+	t.Cleanup(func() { r.Delete(context.Background(), id, &runc.DeleteOpts{Force: true}) })
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
