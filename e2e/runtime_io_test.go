@@ -7,9 +7,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,6 +117,41 @@ func runtimeIO(t *testing.T, ctx context.Context) {
 		if err := r.Delete(ctx, id, nil); err != nil {
 			t.Fatalf("delete: %v", err)
 		}
+		checkNothingLeft(t, state)
+	})
+
+	t.Run("run-terminal", func(t *testing.T) {
+		// run with a terminal and no console socket: vessel-runtime's own
+		// stdio is the terminal, as runc's.
+		_, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sh", "-c", `tty; read l; echo got=$l; exit 5`)
+		spec.Process.Terminal = true
+		writeSpec(t, bundle, spec)
+		master, slaveName, err := console.NewPty()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer master.Close()
+		slave, err := os.OpenFile(slaveName, os.O_RDWR|unix.O_NOCTTY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(runtimeBin(t), "--root", state, "run", "--bundle", bundle, "run-terminal")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		slave.Close()
+		out := readTTY(master)
+		out.waitFor(t, "/dev/pts/0", time.Minute)
+		master.Write([]byte("line\r"))
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+			t.Errorf("run: %v, want exit status 5; output %q", err, out.String())
+		}
+		out.waitFor(t, "got=line", 10*time.Second)
 		checkNothingLeft(t, state)
 	})
 
