@@ -30,6 +30,8 @@ func testPauseUpdate(t *testing.T, ctx context.Context) {
 	data := t.TempDir()
 	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "rw"}},
 		specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}})
+	// A cgroup namespace: the container sees its own cgroup at /sys/fs/cgroup.
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 	limit, quota, period := int64(256<<20), int64(200000), uint64(100000)
 	spec.Linux.Resources = &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &limit},
