@@ -440,7 +440,7 @@ func TestFeatures(t *testing.T) {
 	if err := json.Unmarshal(b, &f); err != nil {
 		t.Fatalf("features: %v: %s", err, b)
 	}
-	if f.OCIVersionMax != ociVersion || len(f.Linux.Namespaces) == 0 || f.Linux.Seccomp.Enabled == nil || *f.Linux.Seccomp.Enabled {
+	if f.OCIVersionMax != ociVersion || len(f.Linux.Namespaces) == 0 || f.Linux.Seccomp.Enabled == nil || !*f.Linux.Seccomp.Enabled {
 		t.Errorf("features: %s", b)
 	}
 }

@@ -198,23 +198,24 @@ func writeList(w io.Writer, format string, quiet bool, entries []listEntry) erro
 }
 
 // vesselFeatures is what vessel-runtime supports, as runtime-spec's
-// features document: the guest's runc (static, without seccomp) on
-// vessel's guest kernel (cgroup v2; no cgroup or time namespace; no
-// AppArmor or SELinux), behind what vessel-runtime refuses (hooks, joining
-// namespaces by path, single-file bind mounts).
+// features document: the guest's runc (static, with libseccomp) on
+// vessel's guest kernel (cgroup v2; no time namespace; no AppArmor or
+// SELinux), behind what vessel-runtime refuses (createContainer and
+// startContainer hooks, joining namespaces by path but the network's
+// and a pod sandbox's).
 func vesselFeatures() features.Features {
 	yes, no := true, false
 	return features.Features{
 		OCIVersionMin: "1.0.0",
 		OCIVersionMax: ociVersion,
-		Hooks:         []string{},
+		Hooks:         []string{"prestart", "createRuntime", "poststart", "poststop"},
 		MountOptions: []string{"async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
 			"iversion", "lazytime", "loud", "mand", "noatime", "nodev", "nodiratime", "noexec", "noiversion",
 			"nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind", "relatime",
 			"remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "silent", "slave",
 			"strictatime", "sync", "unbindable"},
 		Linux: &features.Linux{
-			Namespaces: []string{"ipc", "mount", "network", "pid", "user", "uts"},
+			Namespaces: []string{"cgroup", "ipc", "mount", "network", "pid", "user", "uts"},
 			Capabilities: []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
 				"CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
 				"CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
@@ -223,7 +224,7 @@ func vesselFeatures() features.Features {
 				"CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
 				"CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"},
 			Cgroup:          &features.Cgroup{V1: &no, V2: &yes, Systemd: &no, SystemdUser: &no, Rdma: &no},
-			Seccomp:         &features.Seccomp{Enabled: &no},
+			Seccomp:         &features.Seccomp{Enabled: &yes},
 			Apparmor:        &features.Apparmor{Enabled: &no},
 			Selinux:         &features.Selinux{Enabled: &no},
 			IntelRdt:        &features.IntelRdt{Enabled: &no},
