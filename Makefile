@@ -4,7 +4,7 @@
 #   make test     all tests: unit, fuzz (short), end to end (real boots)
 #   make bench-boot  boot-time benchmark against gokvm and QEMU microvm
 #   make bench-io    block, TCP and vsock throughput and exits per MiB
-#   make bench-run   vessel run end to end against runc and vessel vm run
+#   make bench-run   vessel run and docker run --runtime vessel against runc
 
 SHELL := /bin/bash
 GO ?= go
@@ -155,11 +155,12 @@ bench-io: build guest
 ## bench-run: container start-up benchmark (bench/run): `vessel run IMAGE
 ## true` end to end (no network, and the default user network) against
 ## `vessel vm run -- true` and the host's runc running the same root file
-## system, plus the memory of one running container. Not a test: no
+## system; `docker run --runtime vessel` against `--runtime runc` on one
+## dockerd; plus the memory of one running container under each. Not a test: no
 ## thresholds. The report goes to stdout and build/bench-run.md.
 ## BENCH_RUN_FLAGS adds benchrun flags (e.g. -runs 9).
 BENCH_RUN_FLAGS ?=
 bench-run: deps build guest
 	CGO_ENABLED=0 $(GO) build -o bin/benchrun ./bench/run
 	@mkdir -p build
-	set -o pipefail; bin/testvm --timeout 40m -- bin/benchrun -vessel bin/vessel $(BENCH_RUN_FLAGS) 2>&1 | tee build/bench-run.md
+	set -o pipefail; bin/testvm --timeout 40m -- bin/benchrun -vessel bin/vessel -runtime bin/vessel-runtime -guest "$(GUEST_DIR)" $(BENCH_RUN_FLAGS) 2>&1 | tee build/bench-run.md

@@ -38,9 +38,14 @@ const image = "vessel-bench/busybox:1"
 func main() {
 	vessel := flag.String("vessel", "bin/vessel", "the vessel binary")
 	runc := flag.String("runc", "runc", "the host's runc, for the baseline")
+	runtime := flag.String("runtime", "bin/vessel-runtime", "vessel-runtime, for docker run --runtime vessel")
+	guestDir := flag.String("guest", "", "the guest kernel and initramfs directory, for vessel-runtime (default: $VESSEL_GUEST_DIR)")
 	runs := flag.Int("runs", 5, "runs of each measurement")
 	flag.Parse()
-	if err := run(*vessel, *runc, *runs); err != nil {
+	if *guestDir == "" {
+		*guestDir = os.Getenv("VESSEL_GUEST_DIR")
+	}
+	if err := run(*vessel, *runc, *runtime, *guestDir, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "benchrun: %v\n", err)
 		os.Exit(1)
 	}
@@ -53,13 +58,16 @@ type bench struct {
 	work         string
 }
 
-func run(vessel, runc string, runs int) error {
+func run(vessel, runc, runtime, guestDir string, runs int) error {
 	work, err := os.MkdirTemp("", "benchrun-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
 	if vessel, err = filepath.Abs(vessel); err != nil {
+		return err
+	}
+	if runtime, err = filepath.Abs(runtime); err != nil {
 		return err
 	}
 	b := &bench{vessel: vessel, runc: runc, work: work,
@@ -120,6 +128,7 @@ func run(vessel, runc string, runs int) error {
 		rows[3].times = append(rows[3].times, ms(time.Since(start)))
 	}
 
+	dockerTimes, dockerPSS, dockerErr := dockerBench(work, runtime, guestDir, archive, runs)
 	vmRSS, vmPSS, memErr := b.vesselMemory()
 	ctrRSS, runcRSS, runcErr := b.runcMemory(bundleErr)
 
@@ -135,6 +144,26 @@ func run(vessel, runc string, runs int) error {
 		s := benchutil.Summarize(r.times)
 		fmt.Printf("| %s | %.0f ms | %.0f-%.0f ms | %s | %s |\n", r.what, s.Median, s.Min, s.Max,
 			ratio(s.Median, med(rows[3])), ratio(s.Median, med(rows[2])))
+	}
+	fmt.Print("\n## docker run: vessel-runtime against runc, one dockerd\n\n")
+	if dockerErr != nil {
+		fmt.Printf("unavailable: %v\n", dockerErr)
+	} else {
+		fmt.Println("| what | median | range | vs docker --runtime runc | vs vessel run --network none |")
+		fmt.Println("|---|---|---|---|---|")
+		for _, rt := range []string{"vessel", "runc"} {
+			s := benchutil.Summarize(dockerTimes[rt])
+			fmt.Printf("| docker run --rm --network none --runtime %s IMAGE true | %.0f ms | %.0f-%.0f ms | %s | %s |\n", rt, s.Median, s.Min, s.Max,
+				ratio(s.Median, benchutil.Summarize(dockerTimes["runc"]).Median), ratio(s.Median, med(rows[0])))
+		}
+		fmt.Print("\nMemory of one idle container (`sleep`), PSS of every host process that serves it (the containerd shim, and the VMM process with guest RAM or runc's container process):\n\n")
+		fmt.Println("| what | PSS | vs runc |")
+		fmt.Println("|---|---|---|")
+		fmt.Printf("| docker --runtime vessel: shim + VMM process | %.1f MiB | %s |\n", dockerPSS["vessel"], ratio(dockerPSS["vessel"], dockerPSS["runc"]))
+		fmt.Printf("| docker --runtime runc: shim + container process | %.1f MiB | 1.00x |\n", dockerPSS["runc"])
+		if memErr == nil {
+			fmt.Printf("| vessel run -d (its vessel process) | %.1f MiB | %s |\n", vmPSS, ratio(vmPSS, dockerPSS["runc"]))
+		}
 	}
 	fmt.Println("\n## Memory of one running container (`sleep`)")
 	fmt.Println()
