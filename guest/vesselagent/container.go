@@ -35,6 +35,9 @@ type container struct {
 	// resolved user, which exec'd processes get unless told otherwise.
 	rootfs string
 	user   specs.User
+	// bundle: made from an OCI bundle's spec (Create.RootShare), whose
+	// exec'd processes come with their own user, as runc exec's do.
+	bundle bool
 
 	mu     sync.Mutex
 	execs  map[string]*process
@@ -104,6 +107,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
 
 	spec := *cr.Spec
+	c.bundle = cr.RootShare != ""
 	if cr.RootShare != "" {
 		// An OCI bundle's config: its root, user and mounts as given.
 		readOnly := spec.Root != nil && spec.Root.Readonly
@@ -429,7 +433,7 @@ func (c *container) exec(ctx context.Context, id string, ps *specs.Process, user
 		if err := resolveUser(ps, c.rootfs, userSpec); err != nil {
 			return nil, &startError{code: 126, err: err}
 		}
-	} else {
+	} else if !c.bundle {
 		ps.User = c.user
 	}
 	c.mu.Lock()
