@@ -10,14 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/vesselvm/vessel/internal/bbimage"
@@ -32,17 +30,8 @@ const clientImage = "localhost/vessel-e2e/busybox:1"
 // platform set in its config (ctr imports only images for its platform).
 func clientImageArchive(t *testing.T, path string) {
 	t.Helper()
-	img, err := bbimage.Build()
+	img, err := bbimage.BuildForHost()
 	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
 	tag, err := name.NewTag(clientImage)

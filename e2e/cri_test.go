@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -354,18 +353,12 @@ func runCmd(t *testing.T, timeout time.Duration, bin string, args ...string) cri
 // CRI plugin finds its images.
 func (d *criDaemon) importImages(t *testing.T) {
 	t.Helper()
-	img, err := bbimage.Build()
+	img, err := bbimage.BuildForHost()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// ctr imports only images of its platform: bbimage's has none.
 	cf, err := img.ConfigFile()
 	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
 	pcf := cf.DeepCopy()

@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,7 +28,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -326,18 +324,8 @@ func (d *dockerDaemon) command(ctx context.Context, args ...string) *exec.Cmd {
 // loads it with `docker load`.
 func (d *dockerDaemon) loadImage(t *testing.T) {
 	t.Helper()
-	img, err := bbimage.Build()
+	img, err := bbimage.BuildForHost()
 	if err != nil {
-		t.Fatal(err)
-	}
-	// Name the platform, or each docker run warns that it is unknown.
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
 	tag, err := name.NewTag(dockerImage)

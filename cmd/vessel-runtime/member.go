@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -158,16 +157,9 @@ func newMember(g *globals) *cobra.Command {
 // requests to the sandbox's VMM process, and exits with the container's
 // exit status.
 func serveMember(g *globals, id, sandbox string) error {
-	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
-	if err := os.Chdir("/"); err != nil {
+	readyW, err := startDetached()
+	if err != nil {
 		return err
-	}
-	readyW := os.NewFile(readyFD, "ready")
-	goR := os.NewFile(goFD, "go")
-	line, _ := bufio.NewReader(goR).ReadString('\n')
-	goR.Close()
-	if line != "go\n" {
-		return exitCode(1)
 	}
 	fail := func(err error) error {
 		fmt.Fprintln(readyW, strings.ReplaceAll(err.Error(), "\n", " "))

@@ -427,25 +427,12 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 	case opState:
 		return ctlReply{Status: st}
 	case opStart:
-		if st != statusCreated {
-			return fail("cannot start a container that is %s", st)
-		}
-		m.setStatus(statusRunning)
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: m.id}); err != nil {
-			return fail("start: %v", err)
-		}
-		return ctlReply{Status: statusRunning}
+		return p.startIn(ctx, m.id, m)
 	case opKill:
-		if st != statusCreated && st != statusRunning {
-			return fail("container not running")
-		}
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
 		}
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: m.id, Signal: req.Signal}); err != nil {
-			return fail("kill: %v", err)
-		}
-		return ctlReply{Status: st}
+		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
 	case opResize, opPs:
 		return p.handleIO(ctx, req, st, m.id)
 	case opDelete:

@@ -158,22 +158,13 @@ type vmmProc struct {
 // the container, tells create (readyFD), serves the control socket, and
 // returns the container's exit status as an exitCode.
 func serveVMM(g *globals, id string) error {
-	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
-	// The VMM process outlives create: it must not keep the caller's
-	// working directory (often the bundle, on a mount) busy.
-	if err := os.Chdir("/"); err != nil {
+	readyW, err := startDetached()
+	if err != nil {
 		return err
-	}
-	readyW := os.NewFile(readyFD, "ready")
-	goR := os.NewFile(goFD, "go")
-	line, _ := bufio.NewReader(goR).ReadString('\n')
-	goR.Close()
-	if line != "go\n" {
-		return exitCode(1)
 	}
 	p := &vmmProc{g: g, id: id, status: statusCreating, deleting: make(chan struct{}), ended: make(chan struct{})}
 	defer p.close()
-	err := privateMounts()
+	err = privateMounts()
 	if err == nil {
 		err = p.create()
 	}
@@ -553,14 +544,7 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 	case opState:
 		return ctlReply{Status: st}
 	case opStart:
-		if st != statusCreated {
-			return fail("cannot start a container that is %s", st)
-		}
-		p.setStatus(statusRunning)
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
-			return fail("start: %v", err)
-		}
-		return ctlReply{Status: statusRunning}
+		return p.startIn(ctx, p.id, p)
 	case opKill:
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
@@ -568,13 +552,7 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		if p.holdSignal(req.Signal) {
 			return ctlReply{Status: statusPaused}
 		}
-		if st != statusCreated && st != statusRunning {
-			return fail("container not running")
-		}
-		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Exec: req.Exec, Signal: req.Signal}); err != nil {
-			return fail("kill: %v", err)
-		}
-		return ctlReply{Status: st}
+		return p.signalIn(ctx, p.id, req.Exec, st, req.Signal)
 	case opResize, opPs:
 		return p.handleIO(ctx, req, st, p.id)
 	case opDelete:
@@ -592,4 +570,58 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		return rep
 	}
 	return fail("unknown operation %q", req.Op)
+}
+
+// statusHolder is where a container's status is kept: the VMM process's
+// own container, or a pod's container (member).
+type statusHolder interface {
+	getStatus() string
+	setStatus(string)
+}
+
+// startIn starts container id's process, created and not yet started.
+func (p *vmmProc) startIn(ctx context.Context, id string, h statusHolder) ctlReply {
+	st := h.getStatus()
+	if st != statusCreated {
+		return ctlReply{Status: st, Error: fmt.Sprintf("cannot start a container that is %s", st)}
+	}
+	h.setStatus(statusRunning)
+	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: id}); err != nil {
+		return ctlReply{Status: st, Error: fmt.Sprintf("start: %v", err)}
+	}
+	return ctlReply{Status: statusRunning}
+}
+
+// signalIn sends sig to container id's process (exec "") or an exec'd
+// one; st is the container's status.
+func (p *vmmProc) signalIn(ctx context.Context, id, exec, st string, sig int) ctlReply {
+	if st != statusCreated && st != statusRunning {
+		return ctlReply{Status: st, Error: "container not running"}
+	}
+	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: id, Exec: exec, Signal: sig}); err != nil {
+		return ctlReply{Status: st, Error: fmt.Sprintf("kill: %v", err)}
+	}
+	return ctlReply{Status: st}
+}
+
+// startDetached begins a process create started (the VMM process, a
+// member process): it outlives create, so it ignores SIGPIPE and
+// SIGHUP and keeps no directory busy (the caller's is often the
+// bundle, on a mount); then it waits for create's "go" on goFD, sent
+// once the createRuntime and prestart hooks have run. It returns the
+// pipe to answer create on (readyFD), or an exitCode(1) error when
+// create failed before that.
+func startDetached() (*os.File, error) {
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	if err := os.Chdir("/"); err != nil {
+		return nil, err
+	}
+	readyW := os.NewFile(readyFD, "ready")
+	goR := os.NewFile(goFD, "go")
+	line, _ := bufio.NewReader(goR).ReadString('\n')
+	goR.Close()
+	if line != "go\n" {
+		return nil, exitCode(1)
+	}
+	return readyW, nil
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -111,4 +112,21 @@ func OneLayer(entries ...tar.Header) (v1.Image, error) {
 		return nil, err
 	}
 	return mutate.AppendLayers(empty.Image, l)
+}
+
+// BuildForHost returns the image as Build does, with its platform named
+// (linux and this machine's architecture): ctr imports only images of
+// its own platform, and docker warns about an image without one.
+func BuildForHost() (v1.Image, error) {
+	img, err := Build()
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	return mutate.ConfigFile(img, cf)
 }
