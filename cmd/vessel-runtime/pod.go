@@ -222,13 +222,23 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	// The share's root is this process's mount point: the guest cannot
+	// swap it. While it is writable, the guest may rename or replace
+	// what is below it, so everything below is made and reached through
+	// descriptors (no path is resolved twice, no symlink followed): a
+	// swap moves things around inside the tmpfs and no further.
+	root, err := unix.Open(ps.share, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pod share: %w", err)
+	}
+	defer unix.Close(root)
 	if err := unix.Mount("", ps.share, "", unix.MS_REMOUNT|flags, ""); err != nil {
 		return nil, fmt.Errorf("pod share: remount read-write: %w", err)
 	}
 	defer unix.Mount("", ps.share, "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
 	dir := filepath.Join(ps.share, id)
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("pod share: %w", err)
+	if err := unix.Mkdirat(root, id, 0o755); err != nil {
+		return nil, fmt.Errorf("pod share: mkdir %s: %w", id, err)
 	}
 	defer func() {
 		if err != nil {
@@ -236,20 +246,33 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 			os.RemoveAll(dir)
 		}
 	}()
+	dfd, err := unix.Openat(root, id, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pod share: %s: %w", id, err)
+	}
+	defer unix.Close(dfd)
 	for i, t := range trees {
-		target := filepath.Join(dir, t.Name)
 		if t.File {
-			err = os.WriteFile(target, nil, 0o644)
+			var fd int
+			if fd, err = unix.Openat(dfd, t.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644); err == nil {
+				unix.Close(fd)
+			}
 		} else {
-			err = os.Mkdir(target, 0o755)
+			err = unix.Mkdirat(dfd, t.Name, 0o755)
 		}
 		if err != nil {
-			return mounts, fmt.Errorf("pod share: %w", err)
+			return mounts, fmt.Errorf("pod share: make %s/%s: %w", id, t.Name, err)
 		}
-		if err := unix.MoveMount(int(fds[i].Fd()), "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-			return mounts, fmt.Errorf("pod share: move_mount to %s: %w", target, err)
+		tfd, err := unix.Openat(dfd, t.Name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return mounts, fmt.Errorf("pod share: %s/%s: %w", id, t.Name, err)
 		}
-		mounts = append(mounts, target)
+		err = unix.MoveMount(int(fds[i].Fd()), "", tfd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		unix.Close(tfd)
+		if err != nil {
+			return mounts, fmt.Errorf("pod share: move_mount to %s/%s: %w", id, t.Name, err)
+		}
+		mounts = append(mounts, filepath.Join(dir, t.Name))
 	}
 	return mounts, nil
 }
@@ -257,7 +280,7 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 // detach undoes attach's mounts.
 func detach(mounts []string) {
 	for i := len(mounts) - 1; i >= 0; i-- {
-		unix.Unmount(mounts[i], unix.MNT_DETACH)
+		unix.Unmount(mounts[i], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	}
 }
 
