@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
 )
@@ -192,9 +191,6 @@ func checkSpec(s *specs.Spec) error {
 			if fi, err := os.Stat(ns.Path); err != nil || fi.IsDir() {
 				return fmt.Errorf("network namespace path %q: not a namespace", ns.Path)
 			}
-			if hostNetns(ns.Path) {
-				return fmt.Errorf("network namespace path %q is the host's: a container in a VM cannot share the host's network (its interfaces would be handed to the VM)", ns.Path)
-			}
 		}
 	}
 	if !hasNet {
@@ -258,20 +254,4 @@ func netnsPath(s *specs.Spec) string {
 		}
 	}
 	return ""
-}
-
-// hostNetns reports whether the namespace at path is the host's network
-// namespace: init's, or the one vessel-runtime runs in.
-func hostNetns(path string) bool {
-	var st unix.Stat_t
-	if unix.Stat(path, &st) != nil {
-		return false
-	}
-	for _, host := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
-		var h unix.Stat_t
-		if unix.Stat(host, &h) == nil && h.Dev == st.Dev && h.Ino == st.Ino {
-			return true
-		}
-	}
-	return false
 }
