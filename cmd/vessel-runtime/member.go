@@ -195,11 +195,14 @@ func serveMember(g *globals, id, sandbox string) error {
 		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
 	}
 	defer conn.Close()
-	if _, _, err := conn.WriteMsgUnix(b, unix.UnixRights(fds...), nil); err != nil {
-		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
-	}
+	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
 	for _, fd := range fds[3:] {
-		unix.Close(fd)
+		files = append(files, os.NewFile(uintptr(fd), "tree"))
+	}
+	err = sendFds(conn, b, files)
+	closeFiles(files[3:])
+	if err != nil {
+		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
 	}
 	// Our stdio is the container's now, copied by the sandbox's VMM
 	// process; ours must not hold the caller's pipes open.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -473,63 +473,22 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 }
 
 // readCtl reads one control request and the descriptors that came with
-// it.
+// it (a member request's stdio and trees, at most 3+maxMemberTrees): its
+// first message carries them (recvFds), the rest of the JSON may follow,
+// at most maxCtl bytes in all. A peer that stops sending meets the
+// control deadline.
 func readCtl(c *net.UnixConn) (ctlRequest, []*os.File, error) {
 	var req ctlRequest
-	buf := make([]byte, 0, 4096)
-	oob := make([]byte, unix.CmsgSpace(4*(3+maxMemberTrees)))
-	var files []*os.File
 	c.SetReadDeadline(time.Now().Add(ctlTimeout))
 	defer c.SetReadDeadline(time.Time{})
-	for {
-		if len(buf) == cap(buf) {
-			if len(buf) >= maxCtl {
-				closeFiles(files)
-				return req, nil, errors.New("control request too large")
-			}
-			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
-		}
-		n, oobn, _, _, err := c.ReadMsgUnix(buf[len(buf):cap(buf)], oob)
-		buf = buf[:len(buf)+n]
-		if oobn > 0 {
-			fs, perr := parseRights(oob[:oobn])
-			files = append(files, fs...)
-			if perr != nil {
-				closeFiles(files)
-				return req, nil, perr
-			}
-		}
-		if err != nil {
-			closeFiles(files)
-			return req, nil, err
-		}
-		dec := json.NewDecoder(strings.NewReader(string(buf)))
-		if dec.Decode(&req) == nil {
-			return req, files, nil
-		}
-		if n == 0 {
-			closeFiles(files)
-			return req, nil, io.ErrUnexpectedEOF
-		}
-	}
-}
-
-// parseRights takes the descriptors out of control messages.
-func parseRights(oob []byte) ([]*os.File, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
+	first, files, err := recvFds(c, 3+maxMemberTrees)
 	if err != nil {
-		return nil, err
+		return req, nil, err
 	}
-	var files []*os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			unix.CloseOnExec(fd)
-			files = append(files, os.NewFile(uintptr(fd), "passed"))
-		}
+	rest := io.LimitReader(c, int64(maxCtl-len(first)))
+	if err := json.NewDecoder(io.MultiReader(bytes.NewReader(first), rest)).Decode(&req); err != nil {
+		closeFiles(files)
+		return req, nil, fmt.Errorf("control request: %w", err)
 	}
-	return files, nil
+	return req, files, nil
 }
