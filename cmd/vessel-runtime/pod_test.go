@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/vesselvm/vessel/vmm"
 )
 
 // TestReadCtl: a control request with its descriptors, split over
@@ -59,5 +62,21 @@ func TestReadCtl(t *testing.T) {
 			}
 			closeFiles(fds)
 		})
+	}
+}
+
+// TestGuestFailureClean: what the guest wrote on its console reaches
+// create's error line without control characters or escape sequences.
+func TestGuestFailureClean(t *testing.T) {
+	p := &vmmProc{ended: make(chan struct{})}
+	close(p.ended)
+	p.result = vmm.Result{Kind: vmm.ExitPanic, Detail: "Kernel panic\x1b]0;pwned\x07",
+		ConsoleTail: []string{"\x1b[2J\x1b[Hlast line\r\x00"}}
+	msg := p.guestFailure("boot", errors.New("agent gone")).Error()
+	if strings.ContainsAny(msg, "\x1b\x07\r\x00") {
+		t.Errorf("error line %q carries the guest's control characters", msg)
+	}
+	if !strings.Contains(msg, "last line") || !strings.Contains(msg, "Kernel panic") {
+		t.Errorf("error line %q lost the guest's words", msg)
 	}
 }

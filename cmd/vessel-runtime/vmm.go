@@ -392,12 +392,14 @@ func (p *vmmProc) guestFailure(what string, err error) error {
 	fmt.Fprintf(&b, "%s: %v", what, err)
 	switch p.result.Kind {
 	case vmm.ExitPanic, vmm.ExitTripleFault, vmm.ExitError:
-		fmt.Fprintf(&b, " (the VM ended: %s)", p.result.Detail)
+		fmt.Fprintf(&b, " (the VM ended: %s)", container.CleanText(p.result.Detail))
 	case vmm.ExitGuestStatus:
 		fmt.Fprintf(&b, " (the agent exited with status %d)", p.result.Status)
 	}
 	if n := len(p.result.ConsoleTail); n > 0 {
-		fmt.Fprintf(&b, "; console: %s", p.result.ConsoleTail[n-1])
+		// The guest wrote it: no escape sequences reach the caller's
+		// terminal or log.
+		fmt.Fprintf(&b, "; console: %s", container.CleanText(p.result.ConsoleTail[n-1]))
 	}
 	return errors.New(b.String())
 }
