@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,6 +41,11 @@ func checkHooks(h *specs.Hooks) error {
 		for _, hk := range list {
 			if hk.Path == "" {
 				return errors.New("hooks: a hook has no path")
+			}
+			// runtime-spec: the path MUST be absolute; it is not looked
+			// up in the runtime's PATH.
+			if !filepath.IsAbs(hk.Path) {
+				return fmt.Errorf("hooks: path %q: want an absolute path", hk.Path)
 			}
 			if hk.Timeout != nil && *hk.Timeout <= 0 {
 				return fmt.Errorf("hooks: %s: timeout %d: want more than 0 seconds", hk.Path, *hk.Timeout)
@@ -98,6 +104,7 @@ func runHook(ctx context.Context, hk specs.Hook, dir string, state []byte) error
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(*hk.Timeout)*time.Second)
 		defer cancel()
 	}
+	// An absolute path (checkHooks): exec does not search PATH for it.
 	cmd := exec.CommandContext(ctx, hk.Path)
 	if len(hk.Args) > 0 {
 		cmd.Args = hk.Args

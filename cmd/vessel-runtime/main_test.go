@@ -109,6 +109,9 @@ func TestErrors(t *testing.T) {
 		{"createContainer hook", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Hooks = &specs.Hooks{CreateContainer: []specs.Hook{{Path: "/bin/true"}}}
 		}), "x"}, "createContainer and startContainer hooks run in the container's namespaces"},
+		{"hook with a relative path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "true"}}}
+		}), "x"}, `hooks: path "true": want an absolute path`},
 		{"hook without path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Args: []string{"x"}}}}
 		}), "x"}, "a hook has no path"},

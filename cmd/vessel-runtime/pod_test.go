@@ -80,3 +80,4 @@ func TestGuestFailureClean(t *testing.T) {
 		t.Errorf("error line %q lost the guest's words", msg)
 	}
 }
+

@@ -60,6 +60,14 @@ func newHostPty(box *specs.Box) (*hostPty, error) {
 		m.Close()
 		return nil, fmt.Errorf("pty slave %s: %w", name, err)
 	}
+	// The slave lives on the host's /dev/pts (runc's is in the
+	// container's): only its owner may open it, not the tty group,
+	// whose members could write into the client's terminal.
+	if err := s.Chmod(0o600); err != nil {
+		m.Close()
+		s.Close()
+		return nil, fmt.Errorf("pty slave %s: %w", name, err)
+	}
 	if _, err := term.MakeRaw(int(s.Fd())); err != nil {
 		m.Close()
 		s.Close()
