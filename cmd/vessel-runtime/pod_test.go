@@ -80,4 +80,3 @@ func TestGuestFailureClean(t *testing.T) {
 		t.Errorf("error line %q lost the guest's words", msg)
 	}
 }
-
