@@ -296,23 +296,11 @@ func (d *containerdDaemon) checkShimsGone(t *testing.T) {
 // whose arguments include arg, as "PID argv".
 func processesWith(t *testing.T, cmd, arg string) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var found []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue // gone, or a zombie
-		}
-		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-		if strings.HasSuffix(args[0], cmd) && slicesContains(args[1:], arg) {
-			found = append(found, e.Name()+" "+strings.Join(args, " "))
-		}
+	for pid, line := range liveProcesses(func(args []string) bool {
+		return strings.HasSuffix(args[0], cmd) && slicesContains(args[1:], arg)
+	}) {
+		found = append(found, strconv.Itoa(pid)+" "+line)
 	}
 	return found
 }

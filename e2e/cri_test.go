@@ -487,24 +487,7 @@ func (d *criDaemon) stop(t *testing.T) {
 
 // processesWith lists the running processes whose command line has s.
 func criProcessesWith(s string) map[int]string {
-	procs := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte(s)) {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && bytes.HasPrefix(stat[i:], []byte(") Z")) {
-			continue
-		}
-		procs[pid] = strings.Join(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"), " ")
-	}
-	return procs
+	return liveProcesses(func(args []string) bool { return strings.Contains(strings.Join(args, "\x00"), s) })
 }
 
 // mountsBelow lists the mount points at or below dir, deepest last.

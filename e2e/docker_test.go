@@ -91,28 +91,7 @@ var dockerProcessNames = []string{"dockerd", "containerd", "containerd-shim", "c
 // dockerProcesses lists the running (not zombie) processes of
 // dockerProcessNames, PID to command line.
 func dockerProcesses() map[int]string {
-	procs := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if !slicesContains(dockerProcessNames, filepath.Base(args[0])) {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && bytes.HasPrefix(stat[i:], []byte(") Z")) {
-			continue
-		}
-		procs[pid] = strings.Join(args, " ")
-	}
-	return procs
+	return liveProcesses(func(args []string) bool { return slicesContains(dockerProcessNames, filepath.Base(args[0])) })
 }
 
 // startDockerd starts dockerd with runtimes added to runc, as PLATFORM.md

@@ -158,30 +158,40 @@ func modeBits(m int64) os.FileMode {
 // vmmProcesses lists the PIDs of vessel-runtime VMM processes.
 func vmmProcesses(t *testing.T) []int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var pids []int
+	for pid := range liveProcesses(func(args []string) bool {
+		return strings.HasSuffix(args[0], "vessel-runtime") && (slicesContains(args, "vmm") || slicesContains(args, "member"))
+	}) {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// liveProcesses lists the running processes (not zombies, not this one)
+// whose argument vector match accepts: PID to command line.
+func liveProcesses(match func(args []string) bool) map[int]string {
+	procs := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
+		if err != nil || len(b) == 0 {
+			continue // gone, or a kernel thread
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if !match(args) {
 			continue
 		}
-		args := strings.Split(string(b), "\x00")
-		if strings.HasSuffix(args[0], "vessel-runtime") && (slicesContains(args, "vmm") || slicesContains(args, "member")) {
-			stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-			if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
-				continue // exited, not yet reaped
-			}
-			pids = append(pids, pid)
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
+			continue // exited, not yet reaped
 		}
+		procs[pid] = strings.Join(args, " ")
 	}
-	return pids
+	return procs
 }
 
 func slicesContains(s []string, v string) bool {
