@@ -82,7 +82,7 @@ func makeStateRoot(base string, dirs []string) (string, error) {
 	dir := base
 	for _, d := range dirs {
 		dir = filepath.Join(dir, d)
-		if err := privateDir(dir); err != nil {
+		if err := PrivateDir(dir); err != nil {
 			return "", err
 		}
 	}
@@ -103,10 +103,10 @@ func stateBase(runtimeDir string, euid int) (base string, dirs []string) {
 	return os.TempDir(), []string{fmt.Sprintf("vessel-%d", euid), "containers"}
 }
 
-// privateDir makes dir with mode 0700 if it is missing, then checks
+// PrivateDir makes dir with mode 0700 if it is missing, then checks
 // that it is a directory, not a symlink, owned by the effective user,
 // with no permissions for group or others.
-func privateDir(dir string) error {
+func PrivateDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("container state: %w", err)
 	}

@@ -535,6 +535,17 @@ func TestRuntime(t *testing.T) {
 		writeSpec(t, bundle, spec)
 		out, err := exec.Command(r.Command, "--root", state, "create", "--bundle", bundle, "orphan").CombinedOutput()
 		checkRuntimeFailure(t, "create in a missing sandbox", out, err)
+		// Annotations alone (podman copies an image's into the spec) do
+		// not put a container in a pod's VM: it must be in the pod's
+		// network namespace.
+		bundle, spec = makeBundle(t, "true")
+		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+		writeSpec(t, bundle, spec)
+		out, err = exec.Command(r.Command, "--root", state, "create", "--bundle", bundle, "intruder").CombinedOutput()
+		checkRuntimeFailure(t, "create in a pod by annotations alone", out, err)
+		if !strings.Contains(string(out), "must join its sandbox's network namespace") {
+			t.Errorf("create in a pod by annotations alone: %q, want it refused for its network namespace", out)
+		}
 		if err := r.Delete(ctx, "sb", &runc.DeleteOpts{Force: true}); err != nil {
 			t.Fatalf("delete --force sb: %v", err)
 		}
@@ -619,8 +630,53 @@ func TestRuntime(t *testing.T) {
 			CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}}
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}})
+		// The host cgroup docker's cgroupfs driver names: the VMM process
+		// runs in it, bounded as the whole VM.
+		spec.Linux.CgroupsPath = "/vessel-e2e/netns"
 		writeSpec(t, bundle, spec)
+		// A create that fails in the guest (a hostile image can make it
+		// fail at will: here the working directory is a file) leaves the
+		// namespace's interface as it was, and the next create in the
+		// same namespace works.
+		badBundle, badSpec := makeBundle(t, "true")
+		badSpec.Linux.Namespaces = spec.Linux.Namespaces
+		badSpec.Process.Cwd = "/bin/busybox"
+		writeSpec(t, badBundle, badSpec)
+		out, err := exec.Command(r.Command, "--root", state, "create", "--bundle", badBundle, "netns-bad").CombinedOutput()
+		checkRuntimeFailure(t, "create failing in the guest", out, err)
+		if out, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth0").CombinedOutput(); strings.Contains(string(out), "ingress") {
+			t.Errorf("a failed create left an ingress qdisc on the namespace's eth0:\n%s", out)
+		}
+		checkNothingLeft(t, state)
+		// The host's own namespace is refused (the VM would take over its
+		// interfaces).
+		hostBundle, hostSpec := makeBundle(t, "true")
+		for i, n := range hostSpec.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				hostSpec.Linux.Namespaces[i].Path = "/proc/1/ns/net"
+			}
+		}
+		writeSpec(t, hostBundle, hostSpec)
+		out, err = exec.Command(r.Command, "--root", state, "create", "--bundle", hostBundle, "netns-host").CombinedOutput()
+		checkRuntimeFailure(t, "create in the host's network namespace", out, err)
+		if !strings.Contains(string(out), "is the host's") {
+			t.Errorf("create in the host's network namespace: %q, want it refused as the host's", out)
+		}
+		checkNothingLeft(t, state)
 		pio, pid := createContainer(t, ctx, r, "netns", bundle)
+		const cgDir = "/sys/fs/cgroup/vessel-e2e/netns"
+		t.Cleanup(func() { os.Remove(cgDir); os.Remove(filepath.Dir(cgDir)) })
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err != nil || string(b) != "0::/vessel-e2e/netns\n" {
+			t.Errorf("the VMM process's cgroup: %q, %v; want 0::/vessel-e2e/netns", b, err)
+		}
+		for file, want := range map[string]string{
+			"cpu.max":    "200000 100000\n",
+			"memory.max": fmt.Sprintf("%d\n", (256+160+64)<<20), // the VM and the VMM's own
+		} {
+			if b, err := os.ReadFile(filepath.Join(cgDir, file)); err != nil || string(b) != want {
+				t.Errorf("host cgroup %s: %q, %v; want %q", file, b, err, want)
+			}
+		}
 		var stdout []byte
 		done := make(chan struct{})
 		go func() { stdout, _ = io.ReadAll(pio.Stdout()); close(done) }()
@@ -691,8 +747,11 @@ func TestRuntime(t *testing.T) {
 			t.Fatalf("delete: %v", err)
 		}
 		checkNothingLeft(t, state)
+		if _, err := os.Stat(cgDir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("host cgroup %s left after delete (%v)", cgDir, err)
+		}
 		// What vessel-runtime made in the namespace is gone with the VM.
-		out, _ := exec.Command("ip", "-n", ns, "-o", "link").CombinedOutput()
+		out, _ = exec.Command("ip", "-n", ns, "-o", "link").CombinedOutput()
 		if strings.Contains(string(out), "vtap") {
 			t.Errorf("TAP left in the namespace:\n%s", out)
 		}

@@ -132,6 +132,9 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 	if err != nil {
 		return nil, nil, err
 	}
+	if p := netnsPath(b.spec); p != "" && hostNetns(p) {
+		return nil, nil, errorf("network namespace path %q is the host's: a container in a VM cannot share the host's network (its interfaces would be handed to the VM)", p)
+	}
 	terminal := b.spec.Process.Terminal
 	if err := checkTerminal(terminal, f.detach, f.consoleSocket); err != nil {
 		return nil, nil, err
@@ -161,7 +164,8 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 		}
 		defer sock.Close()
 	}
-	if _, _, err := g.vmSize(b.spec); err != nil {
+	_, vmMemory, err := g.vmSize(b.spec)
+	if err != nil {
 		return nil, nil, errorf("%v", err)
 	}
 	if err := os.MkdirAll(g.root, 0o700); err != nil {
@@ -175,6 +179,7 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 	}
 	var cmd *exec.Cmd
 	var pty *hostPty
+	var cg *hostCgroup
 	defer func() {
 		if err != nil {
 			pty.close()
@@ -182,11 +187,15 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 				cmd.Process.Kill()
 				cmd.Wait()
 			}
+			cg.remove()
 			os.RemoveAll(dir)
 		}
 	}()
+	if cg, err = makeHostCgroup(b.spec, g.systemdCgroup, vmMemory); err != nil {
+		return nil, nil, errorf("%v", err)
+	}
 	rec := &record{ID: id, Bundle: b.dir, Created: time.Now().UTC(), Annotations: b.spec.Annotations, Hooks: b.spec.Hooks,
-		Netns: netnsPath(b.spec)}
+		Netns: netnsPath(b.spec), Cgroup: cg}
 	if err := rec.save(dir); err != nil {
 		return nil, nil, errorf("%v", err)
 	}
@@ -213,6 +222,18 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 	// for the VM there (see mounts.go), seen by nobody else and gone
 	// with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
+	if cg != nil {
+		// Born in its host cgroup: the guest's RAM is charged there
+		// from its first page.
+		cgf, err := cg.open()
+		if err != nil {
+			w.Close()
+			goR.Close()
+			return nil, nil, errorf("%v", err)
+		}
+		defer cgf.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgf.Fd())
+	}
 	if terminal {
 		// The slave is the VMM process's stdio and controlling
 		// terminal: a size set on the master sends it SIGWINCH.
@@ -433,6 +454,7 @@ func newDelete(g *globals) *cobra.Command {
 					rec.waitGone(5 * time.Second)
 				}
 			}
+			rec.Cgroup.remove()
 			g.postHooks(rec, hookPoststop, statusStopped)
 			if err := os.RemoveAll(dir); err != nil {
 				return errorf("delete %s: %v", rec.ID, err)

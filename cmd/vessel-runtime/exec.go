@@ -49,7 +49,6 @@ import (
 const (
 	opExec   = "exec"
 	opResize = "resize"
-	opPs     = "ps"
 )
 
 // execReply is the VMM's answer on an exec connection: first the
@@ -863,38 +862,8 @@ func (p *vmmProc) handleIO(ctx context.Context, req ctlRequest, st, target strin
 			return fail("resize: %v", err)
 		}
 		return ctlReply{Status: st}
-	case opPs:
-		rep, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpPs, Container: target})
-		if err != nil {
-			var se *container.StartError
-			if errors.As(err, &se) {
-				return fail("ps: %s", container.CleanText(se.Msg))
-			}
-			return fail("ps: %v", err)
-		}
-		pids, err := checkPids(rep.Pids)
-		if err != nil {
-			return fail("ps: %v", err)
-		}
-		return ctlReply{Status: st, Pids: pids}
 	}
 	return fail("unknown operation %q", req.Op)
-}
-
-// checkPids validates the guest's list of PIDs.
-func checkPids(pids []int) ([]int, error) {
-	if len(pids) > agentproto.MaxPids {
-		return nil, fmt.Errorf("the guest reported %d processes, more than %d", len(pids), agentproto.MaxPids)
-	}
-	for _, pid := range pids {
-		if pid <= 0 || pid > maxPid {
-			return nil, fmt.Errorf("the guest reported PID %d", pid)
-		}
-	}
-	if pids == nil {
-		pids = []int{}
-	}
-	return pids, nil
 }
 
 // execTarget is where an exec into container id goes: the VMM process

@@ -335,28 +335,6 @@ func TestWritePs(t *testing.T) {
 	}
 }
 
-func TestCheckPids(t *testing.T) {
-	for _, tc := range []struct {
-		pids []int
-		ok   bool
-	}{
-		{nil, true},
-		{[]int{1, 2}, true},
-		{[]int{0}, false},
-		{[]int{-1}, false},
-		{[]int{maxPid + 1}, false},
-		{make([]int, 1<<16+1), false},
-	} {
-		got, err := checkPids(tc.pids)
-		if (err == nil) != tc.ok {
-			t.Errorf("checkPids(%d PIDs): %v, want ok %v", len(tc.pids), err, tc.ok)
-		}
-		if err == nil && got == nil {
-			t.Errorf("checkPids: nil, want an empty list (JSON [])")
-		}
-	}
-}
-
 func TestWriteList(t *testing.T) {
 	created := time.Date(2026, 12, 4, 20, 0, 0, 5, time.UTC)
 	entries := []listEntry{

@@ -69,6 +69,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vesselvm/vessel/container"
 )
 
 // gitVersion is set by the build (make build) to `git describe`.
@@ -146,6 +148,15 @@ func (g *globals) check() error {
 		return errorf("--root %q: %v", g.root, err)
 	}
 	g.root = root
+	// In a shared temporary directory (the unprivileged default without
+	// XDG_RUNTIME_DIR) another user could make the root first and plant
+	// states whose hooks start and delete would run: it must be ours
+	// and closed to others, as vessel's own state root.
+	if tmp := filepath.Clean(os.TempDir()); filepath.Dir(root) == tmp {
+		if err := container.PrivateDir(root); err != nil {
+			return errorf("--root: %v", err)
+		}
+	}
 	// The VMM process works from /: its paths must not be relative.
 	for _, p := range []*string{&g.log, &g.kernel, &g.initramfs} {
 		if *p != "" {

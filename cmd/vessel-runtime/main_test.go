@@ -136,6 +136,9 @@ func TestErrors(t *testing.T) {
 		{"namespace path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Linux.Namespaces[1].Path = "/var/run/netns/x"
 		}), "x"}, `network namespace path "/var/run/netns/x"`},
+		{"host network namespace path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
+			s.Linux.Namespaces[1].Path = "/proc/self/ns/net"
+		}), "x"}, `network namespace path "/proc/self/ns/net" is the host's`},
 		{"host network", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Linux.Namespaces = s.Linux.Namespaces[:1]
 		}), "x"}, "cannot share the host's network"},
@@ -521,5 +524,38 @@ func TestVMSize(t *testing.T) {
 	r := guestResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "2-3", Mems: "0", Shares: u64(512)}})
 	if r.CPU.Cpus != "" || r.CPU.Mems != "" || *r.CPU.Shares != 512 {
 		t.Errorf("guest resources %+v", r.CPU)
+	}
+}
+
+// TestSharedTmpRoot: a state root in the shared temporary directory (the
+// unprivileged default without XDG_RUNTIME_DIR) is made 0700, and one
+// that another user made first, or left open to others, is refused
+// before any state in it is read.
+func TestSharedTmpRoot(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	root := filepath.Join(tmp, fmt.Sprintf("vessel-runtime-%d", os.Geteuid()))
+	for _, tc := range []struct {
+		name  string
+		setup func()
+		want  string
+	}{
+		{"fresh", func() {}, `container "x" does not exist`},
+		{"open to others", func() { os.Chmod(root, 0o777) }, "open to other users"},
+		{"another user's", func() { os.Chmod(root, 0o700); os.Chown(root, 1234, 1234) }, "belongs to another user"},
+		{"a symlink", func() { os.RemoveAll(root); os.Symlink(t.TempDir(), root) }, "is a symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup()
+			var stderr bytes.Buffer
+			if code := run([]string{"--root", root, "state", "x"}, &stderr); code != 1 || !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("exit %d, %q; want 1 and %q", code, stderr.String(), tc.want)
+			}
+			if tc.name == "fresh" {
+				if fi, err := os.Lstat(root); err != nil || fi.Mode().Perm() != 0o700 {
+					t.Errorf("the root: %v, %v; want mode 0700", fi.Mode(), err)
+				}
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sort"
 
@@ -242,4 +243,29 @@ func redirect(ifs []*ifaceLink) (undo func(), err error) {
 		}
 	}
 	return undo, nil
+}
+
+// hostNetns reports whether the network namespace at path is the host's:
+// init's, or the one create runs in (the caller's). Only create asks:
+// the VMM process runs in the container's namespace by then. The VM
+// would take over every interface of the namespace it is given, so a
+// spec naming the host's (/proc/1/ns/net, docker's --network
+// container: of a host-network container) is refused, as Kata does.
+func hostNetns(path string) bool {
+	ns, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer ns.Close()
+	var st unix.Stat_t
+	if unix.Fstat(int(ns.Fd()), &st) != nil {
+		return false
+	}
+	for _, host := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
+		var h unix.Stat_t
+		if unix.Stat(host, &h) == nil && h.Dev == st.Dev && h.Ino == st.Ino {
+			return true
+		}
+	}
+	return false
 }

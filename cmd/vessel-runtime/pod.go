@@ -154,23 +154,33 @@ func memberTrees(b *bundle) (req memberRequest, files []*os.File, err error) {
 // checkMemberNamespaces accepts the namespace paths a pod's container
 // has under containerd's CRI: the sandbox's network (its netns path or
 // /proc/PID/ns/net), ipc, uts and pid namespaces through the sandbox's
-// PID. Any other path cannot be joined from a VM.
+// PID. Any other path cannot be joined from a VM. The network namespace
+// must be the sandbox's, named by path, as the CRI always names it: the
+// annotations that make a container a pod's member are the caller's
+// word (podman copies an image's annotations into the spec), the
+// namespace is proof that the caller put it in that pod.
 func checkMemberNamespaces(s *specs.Spec, sandboxPid int, sandboxNetns string) error {
-	if s.Linux == nil {
-		return nil
-	}
-	for _, ns := range s.Linux.Namespaces {
-		if ns.Path == "" {
-			continue
-		}
-		want := fmt.Sprintf("/proc/%d/ns/%s", sandboxPid, nsFile(ns.Type))
-		if ns.Path == want || ns.Type == specs.NetworkNamespace && ns.Path == sandboxNetns {
-			switch ns.Type {
-			case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
+	joined := false
+	if s.Linux != nil {
+		for _, ns := range s.Linux.Namespaces {
+			if ns.Path == "" {
 				continue
 			}
+			want := fmt.Sprintf("/proc/%d/ns/%s", sandboxPid, nsFile(ns.Type))
+			if ns.Path == want || ns.Type == specs.NetworkNamespace && sandboxNetns != "" && ns.Path == sandboxNetns {
+				switch ns.Type {
+				case specs.NetworkNamespace:
+					joined = true
+					continue
+				case specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace:
+					continue
+				}
+			}
+			return fmt.Errorf("%s namespace path %q: a pod's container can join only its sandbox's network, ipc, uts and pid namespaces", ns.Type, ns.Path)
 		}
-		return fmt.Errorf("%s namespace path %q: a pod's container can join only its sandbox's network, ipc, uts and pid namespaces", ns.Type, ns.Path)
+	}
+	if !joined {
+		return fmt.Errorf("a pod's container must join its sandbox's network namespace (by path), as the CRI has it do")
 	}
 	return nil
 }
@@ -240,17 +250,24 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 	if err := unix.Mkdirat(root, id, 0o755); err != nil {
 		return nil, fmt.Errorf("pod share: mkdir %s: %w", id, err)
 	}
-	defer func() {
-		if err != nil {
-			detach(mounts)
-			os.RemoveAll(dir)
-		}
-	}()
 	dfd, err := unix.Openat(root, id, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
+		unix.Unlinkat(root, id, unix.AT_REMOVEDIR)
 		return nil, fmt.Errorf("pod share: %s: %w", id, err)
 	}
 	defer unix.Close(dfd)
+	var attached []string // below dfd
+	defer func() {
+		if err != nil {
+			// Still writable by the guest: unmount through dfd, not
+			// by path (dir may be a symlink by now).
+			for i := len(attached) - 1; i >= 0; i-- {
+				unmountAt(dfd, attached[i])
+			}
+			mounts = nil
+			os.RemoveAll(dir) // removes a symlink, never follows it
+		}
+	}()
 	for i, t := range trees {
 		if t.File {
 			var fd int
@@ -272,9 +289,21 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 		if err != nil {
 			return mounts, fmt.Errorf("pod share: move_mount to %s/%s: %w", id, t.Name, err)
 		}
+		attached = append(attached, t.Name)
 		mounts = append(mounts, filepath.Join(dir, t.Name))
 	}
 	return mounts, nil
+}
+
+// unmountAt detaches the mount at name below the directory dfd, reached
+// without following a symlink.
+func unmountAt(dfd int, name string) {
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	unix.Unmount(fmt.Sprintf("/proc/self/fd/%d", fd), unix.MNT_DETACH)
 }
 
 // detach undoes attach's mounts.
@@ -456,7 +485,7 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 			return fail("invalid signal %d", req.Signal)
 		}
 		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
-	case opResize, opPs:
+	case opResize:
 		return p.handleIO(ctx, req, st, m.id)
 	case opDelete:
 		// Closing the member's connection ends it (see memberCreate).

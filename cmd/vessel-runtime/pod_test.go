@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -78,5 +80,46 @@ func TestGuestFailureClean(t *testing.T) {
 	}
 	if !strings.Contains(msg, "last line") || !strings.Contains(msg, "Kernel panic") {
 		t.Errorf("error line %q lost the guest's words", msg)
+	}
+}
+
+// TestCheckMemberNamespaces: a pod's container joins its sandbox's
+// network namespace by path (the netns file or the sandbox PID's), and
+// may join its ipc, uts and pid namespaces; annotations with no joined
+// network namespace, or any other path, are refused.
+func TestCheckMemberNamespaces(t *testing.T) {
+	const pid, netns = 42, "/run/netns/cni-1"
+	ns := func(typ specs.LinuxNamespaceType, path string) specs.LinuxNamespace {
+		return specs.LinuxNamespace{Type: typ, Path: path}
+	}
+	for _, tc := range []struct {
+		name    string
+		sbNetns string
+		nss     []specs.LinuxNamespace
+		want    string // "" for accepted
+	}{
+		{"cri", netns, []specs.LinuxNamespace{ns(specs.PIDNamespace, ""), ns(specs.MountNamespace, ""),
+			ns(specs.NetworkNamespace, netns), ns(specs.IPCNamespace, "/proc/42/ns/ipc"), ns(specs.UTSNamespace, "/proc/42/ns/uts")}, ""},
+		{"sandbox pid's netns", "", []specs.LinuxNamespace{ns(specs.NetworkNamespace, "/proc/42/ns/net")}, ""},
+		{"annotations alone", netns, []specs.LinuxNamespace{ns(specs.PIDNamespace, ""), ns(specs.NetworkNamespace, "")}, "must join its sandbox's network namespace"},
+		{"no namespaces", netns, nil, "must join its sandbox's network namespace"},
+		{"other netns", netns, []specs.LinuxNamespace{ns(specs.NetworkNamespace, "/run/netns/other")}, `network namespace path "/run/netns/other"`},
+		{"empty sandbox netns is no match", "", []specs.LinuxNamespace{ns(specs.NetworkNamespace, "")}, "must join"},
+		{"other pid's ipc", netns, []specs.LinuxNamespace{ns(specs.NetworkNamespace, netns), ns(specs.IPCNamespace, "/proc/43/ns/ipc")}, `ipc namespace path`},
+		{"sandbox's mount namespace", netns, []specs.LinuxNamespace{ns(specs.NetworkNamespace, netns), ns(specs.MountNamespace, "/proc/42/ns/mnt")}, `mount namespace path`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &specs.Spec{Linux: &specs.Linux{Namespaces: tc.nss}}
+			if tc.nss == nil {
+				s.Linux = nil
+			}
+			err := checkMemberNamespaces(s, pid, tc.sbNetns)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("got %v, want an error with %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -43,6 +43,8 @@ type record struct {
 	// Netns is the network namespace path the spec gave, if any (a pod's
 	// containers name their sandbox's).
 	Netns string `json:"netns,omitempty"`
+	// Cgroup is the VMM process's host cgroup (cgroup.go), if any.
+	Cgroup *hostCgroup `json:"cgroup,omitempty"`
 }
 
 // ociState is runtime-spec's state, with runc's extra created field.

@@ -81,8 +81,7 @@ type ctlReply struct {
 	Error  string `json:"error,omitempty"`
 	// Exit is a pod container's exit status, sent on its member
 	// connection when it has stopped.
-	Exit *int  `json:"exit,omitempty"`
-	Pids []int `json:"pids,omitempty"` // ps
+	Exit *int `json:"exit,omitempty"`
 }
 
 // maxCtl bounds a control message.
@@ -152,6 +151,8 @@ type vmmProc struct {
 	pod *podState // a pod sandbox's
 
 	netUndo func() // removes what redirect added to the namespace's interfaces
+
+	closeOnce sync.Once
 }
 
 // serveVMM is the VMM process: it boots the VM, has the agent create
@@ -169,6 +170,10 @@ func serveVMM(g *globals, id string) error {
 		err = p.create()
 	}
 	if err != nil {
+		// Undo first: create kills this process once it has read the
+		// line, and the namespace's interfaces (a CNI namespace, a
+		// container's joined by another) outlive the attempt.
+		p.close()
 		fmt.Fprintln(readyW, strings.ReplaceAll(err.Error(), "\n", " "))
 		readyW.Close()
 		return exitCode(1)
@@ -478,7 +483,9 @@ func (p *vmmProc) teardown() {
 }
 
 // close releases what the VMM process holds.
-func (p *vmmProc) close() {
+func (p *vmmProc) close() { p.closeOnce.Do(p.doClose) }
+
+func (p *vmmProc) doClose() {
 	if p.netUndo != nil {
 		defer p.netUndo()
 	}
@@ -555,7 +562,7 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 			return ctlReply{Status: statusPaused}
 		}
 		return p.signalIn(ctx, p.id, req.Exec, st, req.Signal)
-	case opResize, opPs:
+	case opResize:
 		return p.handleIO(ctx, req, st, p.id)
 	case opDelete:
 		p.unpause()

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// cgroupRoot is where the host's cgroup v2 hierarchy is mounted.
+var cgroupRoot = "/sys/fs/cgroup"
+
+// vmmOverhead is the host memory a VMM process uses besides its guest's
+// RAM (Go runtime, device buffers, the 9P servers): its cgroup's
+// memory.max is the VM's size plus this.
+const vmmOverhead = 64 << 20
+
+// hostCgroup is the host cgroup a container's VMM process is born in
+// (clone3's CLONE_INTO_CGROUP): the spec's linux.cgroupsPath, as runc
+// would make it, with limits for the whole VM from linux.resources. The
+// container's own cgroup, with the spec's limits as given, is in the
+// guest; this one bounds what the VM costs the host (its vCPU and
+// device threads, its guest RAM), so that the manager's limits and
+// accounting (docker stats, the kubelet's eviction, a pod's memory.max)
+// see the VM. pids is left to the guest's cgroup: the VMM's threads
+// are not the container's processes.
+type hostCgroup struct {
+	Dir  string `json:"dir"`
+	Made bool   `json:"made,omitempty"` // created by create, removed by delete
+}
+
+// cgroupDir is the host directory for a spec's cgroupsPath: with
+// --systemd-cgroup, runc's "slice:prefix:name" (the directory systemd
+// gives the scope prefix-name.scope in that slice); else a path, from
+// the hierarchy's root when absolute, from the runtime's own cgroup's
+// parent when relative. "" when the spec names none.
+func cgroupDir(path string, systemd bool) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	if systemd {
+		parts := strings.Split(path, ":")
+		if len(parts) != 3 || parts[2] == "" {
+			return "", fmt.Errorf("linux.cgroupsPath %q: with --systemd-cgroup it is slice:prefix:name", path)
+		}
+		slice, err := expandSlice(parts[0])
+		if err != nil {
+			return "", fmt.Errorf("linux.cgroupsPath %q: %v", path, err)
+		}
+		unit := parts[2]
+		if !strings.HasSuffix(unit, ".slice") {
+			if parts[1] != "" {
+				unit = parts[1] + "-" + unit
+			}
+			unit += ".scope"
+		}
+		if strings.ContainsAny(unit, "/\x00") || unit == "." || unit == ".." {
+			return "", fmt.Errorf("linux.cgroupsPath %q: bad unit name %q", path, unit)
+		}
+		return filepath.Join(cgroupRoot, slice, unit), nil
+	}
+	if strings.ContainsRune(path, 0) {
+		return "", fmt.Errorf("linux.cgroupsPath %q: NUL byte", path)
+	}
+	if !filepath.IsAbs(path) {
+		own, err := ownCgroup()
+		if err != nil {
+			return "", fmt.Errorf("linux.cgroupsPath %q: relative to the runtime's cgroup: %v", path, err)
+		}
+		path = filepath.Join(filepath.Dir(own), path)
+	}
+	// Cleaned from "/", no ".." climbs out of the hierarchy.
+	rel := filepath.Clean("/" + path)
+	if rel == "/" {
+		return "", fmt.Errorf("linux.cgroupsPath %q: the hierarchy's root", path)
+	}
+	return filepath.Join(cgroupRoot, rel), nil
+}
+
+// expandSlice turns a systemd slice name into its cgroup path, as systemd
+// nests them: "a-b-c.slice" is a.slice/a-b.slice/a-b-c.slice; "" is
+// system.slice (runc's default); "-.slice" is the root.
+func expandSlice(slice string) (string, error) {
+	if slice == "" {
+		return "system.slice", nil
+	}
+	if slice == "-.slice" {
+		return "", nil
+	}
+	name, ok := strings.CutSuffix(slice, ".slice")
+	if !ok || name == "" || strings.ContainsAny(name, "/\x00") || strings.HasPrefix(name, "-") ||
+		strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
+		return "", fmt.Errorf("bad slice name %q", slice)
+	}
+	var dirs []string
+	prefix := ""
+	for _, part := range strings.Split(name, "-") {
+		prefix += part
+		dirs = append(dirs, prefix+".slice")
+		prefix += "-"
+	}
+	return filepath.Join(dirs...), nil
+}
+
+// ownCgroup is this process's cgroup v2 path ("0::/path" in
+// /proc/self/cgroup).
+func ownCgroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// cgroupLimits are the cgroup v2 files written for a VM of that size
+// under the spec's resources: the whole VM's memory (when the spec
+// limits memory), the CPU quota and weight as asked, the cpuset.
+func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) map[string]string {
+	files := map[string]string{}
+	if r == nil {
+		return files
+	}
+	if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+		files["memory.max"] = strconv.FormatUint(vmMemory+vmmOverhead, 10)
+	}
+	if c := r.CPU; c != nil {
+		if c.Quota != nil && *c.Quota > 0 {
+			period := uint64(100000)
+			if c.Period != nil && *c.Period > 0 {
+				period = *c.Period
+			}
+			files["cpu.max"] = fmt.Sprintf("%d %d", *c.Quota, period)
+		}
+		if c.Shares != nil && *c.Shares > 0 {
+			// runc's conversion of cgroup v1 shares [2, 262144] to v2
+			// weights [1, 10000].
+			s := min(max(*c.Shares, 2), 262144)
+			files["cpu.weight"] = strconv.FormatUint(1+((s-2)*9999)/262142, 10)
+		}
+		if c.Cpus != "" {
+			files["cpuset.cpus"] = c.Cpus
+		}
+		if c.Mems != "" {
+			files["cpuset.mems"] = c.Mems
+		}
+	}
+	return files
+}
+
+// makeHostCgroup makes (or takes, when it exists) the VMM's host cgroup
+// for the spec and writes its limits. It returns nil when there is
+// nothing to do: no cgroupsPath, or no cgroup v2 hierarchy this process
+// may change (a rootless runtime, as runc's rootless mode ignores it).
+func makeHostCgroup(s *specs.Spec, systemd bool, vmMemory uint64) (*hostCgroup, error) {
+	if s.Linux == nil || s.Linux.CgroupsPath == "" || !cgroupWritable() {
+		return nil, nil
+	}
+	dir, err := cgroupDir(s.Linux.CgroupsPath, systemd)
+	if err != nil || dir == "" {
+		return nil, err
+	}
+	limits := cgroupLimits(s.Linux.Resources, vmMemory)
+	if err := enableControllers(dir, limits); err != nil {
+		return nil, err
+	}
+	cg := &hostCgroup{Dir: dir}
+	if err := os.Mkdir(dir, 0o755); err == nil {
+		cg.Made = true
+	} else if !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("host cgroup %s: %w", dir, err)
+	}
+	for _, name := range []string{"cpuset.cpus", "cpuset.mems", "memory.max", "cpu.max", "cpu.weight"} {
+		v, ok := limits[name]
+		if !ok {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0); err != nil {
+			cg.remove()
+			return nil, fmt.Errorf("host cgroup %s: %s %q: %w", dir, name, v, err)
+		}
+	}
+	return cg, nil
+}
+
+// cgroupWritable reports whether cgroupRoot is a cgroup v2 hierarchy
+// this process may make cgroups in.
+func cgroupWritable() bool {
+	var st unix.Statfs_t
+	if unix.Statfs(cgroupRoot, &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return false
+	}
+	return unix.Access(cgroupRoot, unix.W_OK) == nil
+}
+
+// enableControllers makes dir's ancestors (from the root down) and
+// enables in each the controllers the limits need, as runc does: a
+// cgroup v2 file exists only where its parent delegates the controller.
+func enableControllers(dir string, limits map[string]string) error {
+	need := map[string]bool{}
+	for name := range limits {
+		ctl, _, _ := strings.Cut(name, ".")
+		need[ctl] = true
+	}
+	rel, err := filepath.Rel(cgroupRoot, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("host cgroup %s: not below %s", dir, cgroupRoot)
+	}
+	parent := cgroupRoot
+	parts := strings.Split(rel, string(filepath.Separator))
+	for i, part := range parts {
+		if len(need) > 0 {
+			for _, ctl := range []string{"cpuset", "cpu", "memory"} {
+				if !need[ctl] {
+					continue
+				}
+				if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+ctl), 0); err != nil {
+					return fmt.Errorf("host cgroup %s: enable the %s controller in %s: %w", dir, ctl, parent, err)
+				}
+			}
+		}
+		if i == len(parts)-1 {
+			break
+		}
+		parent = filepath.Join(parent, part)
+		if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("host cgroup %s: %w", parent, err)
+		}
+	}
+	return nil
+}
+
+// open opens the cgroup's directory for clone3's CLONE_INTO_CGROUP.
+func (cg *hostCgroup) open() (*os.File, error) {
+	f, err := os.OpenFile(cg.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("host cgroup: %w", err)
+	}
+	return f, nil
+}
+
+// remove removes the cgroup if create made it (its processes are gone
+// by then: rmdir fails on a cgroup still in use, and it stays).
+func (cg *hostCgroup) remove() {
+	if cg != nil && cg.Made {
+		unix.Rmdir(cg.Dir)
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// TestCgroupDir: runc's two forms of linux.cgroupsPath map to the
+// directories runc (or systemd for it) would use, and none climbs out of
+// the hierarchy.
+func TestCgroupDir(t *testing.T) {
+	own, err := ownCgroup()
+	for _, tc := range []struct {
+		path    string
+		systemd bool
+		want    string // "" with wantErr "" means no cgroup
+		wantErr string
+	}{
+		{"", false, "", ""},
+		{"/docker/abc", false, "/sys/fs/cgroup/docker/abc", ""},
+		{"/kubepods/besteffort/pod1/c1", false, "/sys/fs/cgroup/kubepods/besteffort/pod1/c1", ""},
+		{"/../../etc", false, "/sys/fs/cgroup/etc", ""},
+		{"/", false, "", "the hierarchy's root"},
+		{"/a\x00b", false, "", "NUL"},
+		{"system.slice:docker:abc", true, "/sys/fs/cgroup/system.slice/docker-abc.scope", ""},
+		{":docker:abc", true, "/sys/fs/cgroup/system.slice/docker-abc.scope", ""},
+		{"kubepods-besteffort-pod1.slice:cri-containerd:c1", true, "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope", ""},
+		{"-.slice::c1", true, "/sys/fs/cgroup/c1.scope", ""},
+		{"machine.slice::x.slice", true, "/sys/fs/cgroup/machine.slice/x.slice", ""},
+		{"/docker/abc", true, "", "slice:prefix:name"},
+		{"system.slice:docker:", true, "", "slice:prefix:name"},
+		{"a--b.slice:p:n", true, "", "bad slice name"},
+		{"../x.slice:p:n", true, "", "bad slice name"},
+		{"system.slice:p:..", true, "", ""}, // p-...scope: a name, no climb
+		{"system.slice::..", true, "/sys/fs/cgroup/system.slice/...scope", ""},
+		{"system.slice::a/b", true, "", "bad unit name"},
+	} {
+		got, err := cgroupDir(tc.path, tc.systemd)
+		switch {
+		case tc.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("cgroupDir(%q, %v) = %q, %v; want an error with %q", tc.path, tc.systemd, got, err, tc.wantErr)
+			}
+		case err != nil:
+			t.Errorf("cgroupDir(%q, %v): %v", tc.path, tc.systemd, err)
+		case tc.want != "" && got != tc.want:
+			t.Errorf("cgroupDir(%q, %v) = %q, want %q", tc.path, tc.systemd, got, tc.want)
+		case tc.path != "" && !strings.HasPrefix(got, cgroupRoot+"/"):
+			t.Errorf("cgroupDir(%q, %v) = %q: not below %s", tc.path, tc.systemd, got, cgroupRoot)
+		}
+	}
+	if err == nil && own != "" {
+		// A relative path is below the runtime's own cgroup's parent.
+		got, err := cgroupDir("c1", false)
+		if err != nil || !strings.HasPrefix(got, cgroupRoot) || !strings.HasSuffix(got, "/c1") {
+			t.Errorf("cgroupDir(c1) = %q, %v", got, err)
+		}
+	}
+}
+
+// TestCgroupLimits: the host cgroup bounds the whole VM: memory.max is
+// the VM's size plus the VMM's overhead when the spec limits memory, the
+// CPU quota and cpuset are the spec's, shares become a weight as runc
+// converts them, and pids stays in the guest.
+func TestCgroupLimits(t *testing.T) {
+	i64 := func(v int64) *int64 { return &v }
+	u64 := func(v uint64) *uint64 { return &v }
+	for _, tc := range []struct {
+		name string
+		r    *specs.LinuxResources
+		want map[string]string
+	}{
+		{"none", nil, map[string]string{}},
+		{"docker --memory 256m --cpus 0.1", &specs.LinuxResources{
+			Memory: &specs.LinuxMemory{Limit: i64(256 << 20)},
+			CPU:    &specs.LinuxCPU{Quota: i64(10000), Period: u64(100000)},
+			Pids:   &specs.LinuxPids{Limit: i64(10)}},
+			map[string]string{"memory.max": "503316480", "cpu.max": "10000 100000"}},
+		{"quota without period", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(50000)}},
+			map[string]string{"cpu.max": "50000 100000"}},
+		{"shares and cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: u64(1024), Cpus: "0-1", Mems: "0"}},
+			map[string]string{"cpu.weight": "39", "cpuset.cpus": "0-1", "cpuset.mems": "0"}},
+		{"unlimited memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(-1)}}, map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const vm = (256 << 20) + guestOverhead
+			if got := cgroupLimits(tc.r, vm); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
