@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -528,6 +529,57 @@ func TestRuntime(t *testing.T) {
 			if err := r.Delete(ctx, id, nil); err != nil {
 				t.Errorf("delete %s: %v", id, err)
 			}
+		}
+		// A pod's container with a terminal (kubectl run -it): the
+		// master comes over the console socket, input and output and
+		// the window size reach the container's pty in the VM.
+		ttyBundle, ttySpec := makeBundle(t, "sh", "-c",
+			`tty; read l; echo got=$l; for i in $(seq 150); do s=$(stty size); [ "$s" = "37 91" ] && break; sleep 0.2; done; echo size=$s; exit 7`)
+		ttySpec.Process.Terminal = true
+		ttySpec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+		ttySpec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
+			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
+			{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
+		writeSpec(t, ttyBundle, ttySpec)
+		sock, err := runc.NewTempConsoleSocket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sock.Close()
+		ttyPidFile := filepath.Join(t.TempDir(), "pid")
+		if err := r.Create(ctx, "shell", ttyBundle, &runc.CreateOpts{PidFile: ttyPidFile, ConsoleSocket: sock}); err != nil {
+			t.Fatalf("create shell: %v (log: %s)", err, readFile(r.Log))
+		}
+		ttyPid, err := runc.ReadPidFile(ttyPidFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		master, err := sock.ReceiveMaster()
+		if err != nil {
+			t.Fatalf("the console socket: %v", err)
+		}
+		defer master.Close()
+		ttyOut := readTTY(master)
+		if err := r.Start(ctx, "shell"); err != nil {
+			t.Fatalf("start shell: %v (log: %s)", err, readFile(r.Log))
+		}
+		ttyOut.waitFor(t, "/dev/pts/0", time.Minute)
+		if _, err := master.Write([]byte("hello\r")); err != nil {
+			t.Fatal(err)
+		}
+		ttyOut.waitFor(t, "got=hello", time.Minute)
+		if err := master.Resize(console.WinSize{Height: 37, Width: 91}); err != nil {
+			t.Fatal(err)
+		}
+		ttyOut.waitFor(t, "size=", time.Minute)
+		if status := waitPid(t, ttyPid); status != 7 {
+			t.Errorf("the shell's member process exited %d, want the container's 7", status)
+		}
+		if got := ttyOut.String(); !strings.Contains(got, "size=37 91") || strings.Count(got, "hello") != 2 {
+			t.Errorf("the shell's terminal output %q: want size=37 91, and hello echoed once (then got=hello)", got)
+		}
+		if err := r.Delete(ctx, "shell", nil); err != nil {
+			t.Errorf("delete shell: %v", err)
 		}
 		// A container whose sandbox does not exist is refused.
 		bundle, spec := makeBundle(t, "true")

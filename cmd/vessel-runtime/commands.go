@@ -150,19 +150,15 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 			return nil, nil, errorf("--pid-file: %v", err)
 		}
 	}
-	if sb := sandboxOf(b.spec); sb != "" {
-		if terminal {
-			return nil, nil, errorf("process.terminal: a terminal for a pod's container is not supported by vessel-runtime yet")
-		}
-		cmd, err := g.createMember(id, sb, b, pidFile, dir)
-		return cmd, nil, err
-	}
 	var sock *net.UnixConn
 	if f.consoleSocket != "" {
 		if sock, err = dialConsole(f.consoleSocket); err != nil {
 			return nil, nil, err
 		}
 		defer sock.Close()
+	}
+	if sb := sandboxOf(b.spec); sb != "" {
+		return g.createMember(id, sb, b, pidFile, dir, sock)
 	}
 	_, vmMemory, err := g.vmSize(b.spec)
 	if err != nil {

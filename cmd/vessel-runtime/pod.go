@@ -380,8 +380,13 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 	defer cancel()
+	terminal := req.Spec.Process.Terminal
+	pio := &agentproto.ProcessIO{Stdin: true}
+	if terminal {
+		pio = &agentproto.ProcessIO{Terminal: true}
+	}
 	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: id,
-		IO: &agentproto.ProcessIO{Stdin: true},
+		IO: pio,
 		Create: &agentproto.Create{Spec: req.Spec, RootShare: podTag, RootPath: id + "/root",
 			Volumes: vols, Sandbox: p.id}}); err != nil {
 		var se *container.StartError
@@ -392,7 +397,21 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		return
 	}
 	var outputs sync.WaitGroup
-	if err := p.attachStdio(ctx, id, m.files[0], m.files[1], m.files[2], &outputs); err != nil {
+	attach := func() error { return p.attachStdio(ctx, id, m.files[0], m.files[1], m.files[2], &outputs) }
+	if terminal {
+		// m.files are the host pty's slave; the member process sends
+		// later sizes (SIGWINCH), this is the one the client set.
+		attach = func() error {
+			if err := p.joinTTY(ctx, id, m.files[0], m.files[1], &outputs); err != nil {
+				return err
+			}
+			if box, ok := winSize(int(m.files[0].Fd())); ok {
+				p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpResize, Container: id, Size: box})
+			}
+			return nil
+		}
+	}
+	if err := attach(); err != nil {
 		p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpDelete, Container: id})
 		fail(err)
 		return

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/console"
@@ -142,16 +143,9 @@ func winSize(fd int) (*specs.Box, bool) {
 // raw), which it joins to the guest's TTY stream, and each SIGWINCH
 // passes the slave's size on to the guest.
 func (p *vmmProc) attachTTY(ctx context.Context) error {
-	c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: p.id, Name: agentproto.TTY})
-	if err != nil {
-		return p.guestFailure("the container's terminal", err)
+	if err := p.joinTTY(ctx, p.id, os.Stdin, os.Stdout, &outputs); err != nil {
+		return err
 	}
-	go io.Copy(c, os.Stdin) // ends with EIO when the client closes the master
-	outputs.Add(1)
-	go func() {
-		defer outputs.Done()
-		io.Copy(os.Stdout, c) // ends when the guest closes the stream: the process exited
-	}()
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	winch <- syscall.SIGWINCH // the size the client may have set already
@@ -168,6 +162,22 @@ func (p *vmmProc) attachTTY(ctx context.Context) error {
 				p.logf("resize the container's terminal: %v", err)
 			}
 		}
+	}()
+	return nil
+}
+
+// joinTTY copies between a host pty's slave (in and out) and container
+// id's TTY stream; wg counts the output's copy.
+func (p *vmmProc) joinTTY(ctx context.Context, id string, in io.Reader, out io.Writer, wg *sync.WaitGroup) error {
+	c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: id, Name: agentproto.TTY})
+	if err != nil {
+		return p.guestFailure("the container's terminal", err)
+	}
+	go io.Copy(c, in) // ends with EIO when the client closes the master
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		io.Copy(out, c) // ends when the guest closes the stream: the process exited
 	}()
 	return nil
 }
