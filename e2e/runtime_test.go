@@ -489,7 +489,9 @@ func TestRuntime(t *testing.T) {
 				return specs.LinuxNamespace{Type: typ, Path: fmt.Sprintf("/proc/%d/ns/%s", sbPid, file)}
 			}
 			spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
-				ns(specs.NetworkNamespace, "net"), ns(specs.IPCNamespace, "ipc"), ns(specs.UTSNamespace, "uts")}
+				ns(specs.NetworkNamespace, "net"), ns(specs.IPCNamespace, "ipc"), ns(specs.UTSNamespace, "uts"),
+				{Type: specs.CgroupNamespace}}
+			spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}})
 			writeSpec(t, bundle, spec)
 			pio, pid := createContainer(t, ctx, r, id, bundle)
 			wantStatus(t, ctx, r, id, "created")
@@ -498,7 +500,18 @@ func TestRuntime(t *testing.T) {
 			}
 			return pio, pid
 		}
-		server, serverPid := member("server", "sh", "-c", "nc -l -p 9000; exit 6")
+		// The server's update (as the kubelet resizes a container)
+		// reaches its cgroup in the VM.
+		server, serverPid := member("server", "sh", "-c", "nc -l -p 9000; "+
+			"for i in $(seq 300); do [ $(cat /sys/fs/cgroup/pids.max) = 40 ] && break; sleep 0.2; done; echo pids=$(cat /sys/fs/cgroup/pids.max); exit 6")
+		pidsLimit := int64(40)
+		if err := r.Update(ctx, "server", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pidsLimit}}); err != nil {
+			t.Errorf("update of a pod's container: %v (log: %s)", err, readFile(r.Log))
+		}
+		tooMuch := int64(64 << 30)
+		if err := r.Update(ctx, "server", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &tooMuch}}); err == nil {
+			t.Errorf("update of a pod's container beyond its VM succeeded")
+		}
 		client, clientPid := member("client", "sh", "-c",
 			"cat /proc/sys/kernel/random/boot_id; hostname; "+
 				"for i in 1 2 3 4 5 6 7 8 9 10; do echo hello-pod | nc 127.0.0.1 9000 && break; sleep 1; done; exit 4")
@@ -521,8 +534,8 @@ func TestRuntime(t *testing.T) {
 		if got, want := string(clientOut), sbBoot+"vessel-runtime-e2e\n"; got != want {
 			t.Errorf("the client saw %q, want %q (the sandbox's boot ID and hostname)", got, want)
 		}
-		if got := string(serverOut); got != "hello-pod\n" {
-			t.Errorf("the server got %q over localhost, want %q", got, "hello-pod\n")
+		if got := string(serverOut); got != "hello-pod\npids=40\n" {
+			t.Errorf("the server got %q over localhost, want %q (then its updated pids limit)", got, "hello-pod\npids=40\n")
 		}
 		wantStatus(t, ctx, r, "client", "stopped")
 		for _, id := range []string{"client", "server"} {

@@ -238,7 +238,7 @@ func (g *globals) ctl(id string, req ctlRequest) error {
 	if err != nil {
 		return err
 	}
-	if rec.Sandbox != "" {
+	if rec.Sandbox != "" && req.Op != opUpdate {
 		return errorf("%s of a pod's container: not supported by vessel-runtime (its VM is its sandbox's)", req.Op)
 	}
 	if !rec.vmmAlive() {

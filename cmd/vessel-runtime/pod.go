@@ -506,6 +506,19 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, m.id)
+	case opUpdate:
+		// The container's cgroup in the VM, within the VM's size (the
+		// sandbox's, which the pod's containers share).
+		if st != statusCreated && st != statusRunning {
+			return fail("cannot update a container that is %s", st)
+		}
+		if err := checkUpdate(req.Resources, p.vmCPUs, p.vmMemory); err != nil {
+			return fail("update: %v", err)
+		}
+		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpUpdate, Container: m.id, Resources: req.Resources}); err != nil {
+			return fail("update: %v", err)
+		}
+		return ctlReply{Status: st}
 	case opDelete:
 		// Closing the member's connection ends it (see memberCreate).
 		m.conn.CloseRead()
