@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -55,10 +56,11 @@ type Options struct {
 // The container gets its own PID, mount, IPC, UTS and cgroup namespaces
 // but shares the VM's network namespace: the VM, with its own kernel, is
 // the sandbox, and its network is the container's (as in Kata
-// Containers). Mounts, capabilities and masked paths follow docker's
-// defaults (moby's oci/defaults.go). There is no seccomp profile: the
-// guest's runc is built without libseccomp, and a guest kernel, not the
-// host's, answers the container's system calls.
+// Containers). Mounts, capabilities, masked paths and the seccomp
+// profile follow docker's defaults (moby's oci/defaults.go and
+// moby/profiles' default profile): the VM is the boundary, and the guest
+// keeps the container as docker would, a defense layer of its own in
+// front of the guest kernel.
 func Spec(cfg v1.Config, o Options) (*specs.Spec, string, error) {
 	var argv []string
 	switch {
@@ -133,6 +135,10 @@ func Spec(cfg v1.Config, o Options) (*specs.Spec, string, error) {
 	if o.PidsLimit > 0 {
 		limit := o.PidsLimit
 		s.Linux.Resources.Pids = &specs.LinuxPids{Limit: &limit}
+	}
+	// The profile's conditional rules follow the capabilities above.
+	if s.Linux.Seccomp, err = seccomp.GetDefaultProfile(s); err != nil {
+		return nil, "", fmt.Errorf("docker's default seccomp profile: %w", err)
 	}
 	return s, user, nil
 }

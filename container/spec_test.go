@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func strp(s string) *string { return &s }
@@ -117,5 +118,36 @@ func TestSpecOOMScore(t *testing.T) {
 	s, _, _ := Spec(v1.Config{Cmd: []string{"sh"}}, Options{})
 	if s.Process.OOMScoreAdj == nil || *s.Process.OOMScoreAdj != 0 {
 		t.Errorf("oom_score_adj %v, want 0", s.Process.OOMScoreAdj)
+	}
+}
+
+// The container runs under docker's default seccomp profile: system
+// calls outside its allow list fail with EPERM, and those it allows only
+// with a capability the container lacks (reboot: CAP_SYS_BOOT) are not
+// allowed.
+func TestSpecSeccomp(t *testing.T) {
+	s, _, err := Spec(v1.Config{Cmd: []string{"sh"}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := s.Linux.Seccomp
+	if sc == nil {
+		t.Fatal("no seccomp profile")
+	}
+	if sc.DefaultAction != specs.ActErrno {
+		t.Errorf("default action %s, want %s", sc.DefaultAction, specs.ActErrno)
+	}
+	allowed := map[string]bool{}
+	for _, rule := range sc.Syscalls {
+		if rule.Action == specs.ActAllow && len(rule.Args) == 0 {
+			for _, name := range rule.Names {
+				allowed[name] = true
+			}
+		}
+	}
+	for name, want := range map[string]bool{"read": true, "clone3": false, "reboot": false, "kexec_load": false, "mount": false, "bpf": false} {
+		if allowed[name] != want {
+			t.Errorf("%s allowed without conditions: %v, want %v", name, allowed[name], want)
+		}
 	}
 }

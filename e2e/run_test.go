@@ -151,6 +151,7 @@ echo "kernel=$(uname -r) host=$(hostname) cmdline=$(cat /proc/cmdline)"
 echo "procs=$(ls -d /proc/[0-9]* | wc -l)"
 echo "cpus=$(nproc) memkb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 echo "stdin=$(cat)"
+echo "$(grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\t' ' ' | tr '\n' ' ')"
 touch /tmp/w && echo writable`
 		r := vesselRun(t, env, "piped in\n", "-i", "--cpus", "2", "-m", "384M", "-e", "FROM_FLAG=flag", "--env-file", envFile, "-w", "/home/app", "-u", "app",
 			"--hostname", "ctr-1", runImage, "sh", "-c", script)
@@ -161,6 +162,11 @@ touch /tmp/w && echo writable`
 			"env=overridden,flag,file cwd=/home/app id=1000:1000:1000 2000 home=/home/app",
 			"host=ctr-1",
 			"stdin=piped in",
+			// The guest is a layer of its own: runc there applies
+			// docker's default seccomp profile (filter mode) and
+			// capabilities (a user's effective set is empty).
+			"Seccomp: 2 ",
+			"CapEff: 0000000000000000 ",
 			"writable",
 		} {
 			if !strings.Contains(r.stdout, want) {
