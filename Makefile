@@ -90,6 +90,9 @@ test-fuzz:
 ## subtests.
 test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
+	@mkdir -p build/seccomptest
+	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-usernet ./cmd/vessel-usernet
 	bin/testvm --timeout 25m -- build/e2e.test -test.v -test.timeout 24m -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI)$$'
 	bin/testvm --timeout 10m -- build/e2e.test -test.v -test.timeout 9m -test.run '^TestVsock$$'
 	bin/testvm --timeout 30m -- build/e2e.test -test.v -test.timeout 29m -test.run '^TestDocker$$'

@@ -203,3 +203,18 @@ func itoa(v uint64) string {
 	}
 	return string(b[i:])
 }
+
+// RunningIoctls are the ioctl requests vessel makes on KVM's descriptors
+// once a VM runs: KVM_RUN, interrupts, the ioeventfds and irqfds devices
+// register when the driver activates them, the register and state reads
+// of a crash report, the TSC frequency and statistics. Creating VMs,
+// vCPUs, memory slots or CPUID is not among them: a seccomp allow-list
+// (internal/seccomp) built from this list refuses them to a running VMM.
+func RunningIoctls() []uintptr {
+	return []uintptr{
+		kvmRun, kvmIRQLine, kvmIRQFD, kvmIOEventFD,
+		kvmGetRegs, kvmSetRegs, kvmGetSregs, kvmSetSregs, kvmGetMSRs, kvmSetMSRs,
+		kvmGetFPU, kvmSetFPU, kvmGetLAPIC, kvmSetLAPIC, kvmGetMPState,
+		kvmGetTSCKHz, kvmGetStatsFD, kvmCheckExtension,
+	}
+}

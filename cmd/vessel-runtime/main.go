@@ -71,6 +71,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
 // gitVersion is set by the build (make build) to `git describe`.
@@ -207,6 +208,7 @@ type exitCode int
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func main() {
+	seccomp.RelayMain()
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/internal/seccomp"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -292,6 +293,14 @@ func (p *vmmProc) create() error {
 		return err
 	}
 	p.vm = vm
+	// The VM is built and the namespace's interfaces joined: from here
+	// on, the calls a running VM and its pod need (internal/seccomp).
+	if err := seccomp.StartRelay(seccomp.RuntimeVMM, p.g.log, p.g.logFormat == "json"); err != nil {
+		return err
+	}
+	if err := seccomp.Install(seccomp.RuntimeVMM); err != nil {
+		return err
+	}
 	go func() {
 		p.result = vm.Run()
 		close(p.ended)

@@ -24,9 +24,11 @@ import (
 
 	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/usernet/gvnet"
+	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
 func main() {
+	seccomp.RelayMain()
 	mac := flag.String("mac", "", "the guest interface's MAC address")
 	ports := flag.String("ports", "", "comma-separated guest ports of the published host sockets (descriptors 5 onwards)")
 	hostLoopback := flag.Bool("host-loopback", false, "make the host's 127.0.0.1 reachable at "+usernet.HostIP)
@@ -70,6 +72,13 @@ func run(macArg, portsArg string, hostLoopback bool, ready *os.File) error {
 	}
 	sw, err := gvnet.New(gvnet.Options{MAC: mac, HostLoopback: hostLoopback})
 	if err != nil {
+		return err
+	}
+	// Everything is open: from here on, the network stack's calls only.
+	if err := seccomp.StartRelay(seccomp.Usernet, "", false); err != nil {
+		return err
+	}
+	if err := seccomp.Install(seccomp.Usernet); err != nil {
 		return err
 	}
 	if _, err := ready.WriteString("ok\n"); err != nil {

@@ -33,6 +33,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
 // Exit statuses (see the package documentation).
@@ -71,6 +73,7 @@ func newRoot() *cobra.Command {
 }
 
 func main() {
+	seccomp.RelayMain()
 	os.Exit(run(os.Args[1:]))
 }
 

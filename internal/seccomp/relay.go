@@ -1,0 +1,180 @@
+package seccomp
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/elastic/go-seccomp-bpf/arch"
+	"golang.org/x/sys/unix"
+)
+
+// A filtered process's call outside its list ends it with Go's crash
+// report for the SIGSYS on its fd 2: "SIGSYS: bad system call", the
+// goroutines, then the registers, where rax holds the call's number (the
+// kernel rolls it back for a seccomp trap). The relay, a child started by
+// StartRelay, holds the process's real standard error, passes everything
+// through, and replaces such a report with one line.
+
+const (
+	relayEnv     = "VESSEL_SECCOMP_RELAY"      // set in the relay: the profile's name
+	relayLogEnv  = "VESSEL_SECCOMP_LOG"        // a log file the relay also writes the line to
+	relayJSONEnv = "VESSEL_SECCOMP_LOG_FORMAT" // "json": the log's lines are runc's JSON
+)
+
+// maxReport bounds what the relay holds back while it reads a report.
+const maxReport = 1 << 20
+
+// StartRelay makes this process's fd 2 a pipe to a relay process whose
+// standard error is the real one (and which also appends its report to
+// logPath, in runc's JSON form when json is set). Call it before Install.
+func StartRelay(p Profile, logPath string, json bool) error {
+	if disabled() {
+		return nil
+	}
+	// This executable again, by /proc/self/exe: in a jail (internal/jail)
+	// its path is not there.
+	const self = "/proc/self/exe"
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("seccomp: relay: %w", err)
+	}
+	defer r.Close()
+	defer w.Close()
+	// A dup: os.Stderr is fd 2, which is about to become the pipe.
+	realErr, err := unix.FcntlInt(2, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return fmt.Errorf("seccomp: relay: %w", err)
+	}
+	realErrF := os.NewFile(uintptr(realErr), "stderr")
+	defer realErrF.Close()
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), relayEnv+"="+p.String(), relayLogEnv+"="+logPath)
+	if json {
+		cmd.Env = append(cmd.Env, relayJSONEnv+"=json")
+	}
+	cmd.Stdin, cmd.Stderr = r, realErrF
+	// Its own process group: the terminal's ^C is for the VMM, and the
+	// relay must outlive it to report its end.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("seccomp: relay: %w", err)
+	}
+	go cmd.Wait() // reaped if it ends first; it ends at our end
+	if err := unix.Dup3(int(w.Fd()), 2, 0); err != nil {
+		cmd.Process.Kill()
+		return fmt.Errorf("seccomp: relay: %w", err)
+	}
+	return nil
+}
+
+// RelayMain runs the relay and exits if this process is one (StartRelay
+// started it); it returns at once otherwise. Each binary that installs a
+// filter calls it first thing in main.
+func RelayMain() {
+	name := os.Getenv(relayEnv)
+	if name == "" {
+		return
+	}
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
+	line := relay(os.Stdin, os.Stderr, name)
+	if line != "" {
+		fmt.Fprintln(os.Stderr, line)
+		if path := os.Getenv(relayLogEnv); path != "" {
+			if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+				if os.Getenv(relayJSONEnv) == "json" {
+					b, _ := json.Marshal(map[string]string{"level": "error", "msg": line, "time": time.Now().UTC().Format(time.RFC3339Nano)})
+					fmt.Fprintf(f, "%s\n", b)
+				} else {
+					fmt.Fprintln(f, line)
+				}
+				f.Close()
+			}
+		}
+	}
+	os.Exit(0)
+}
+
+var (
+	sigsysMark = []byte("SIGSYS: bad system call\nPC=")
+	raxLine    = regexp.MustCompile(`(?m)^rax +0x([0-9a-f]+)$`)
+	lastReg    = regexp.MustCompile(`(?m)^gs +0x[0-9a-f]+\n`)
+)
+
+// relay copies in to out until in ends, holding back a seccomp crash
+// report (from its mark to the end of its register dump) and returning
+// the one line that replaces it. Output that only looks like a report
+// (text after the register dump, no rax, or too long) is passed on as it
+// was.
+func relay(in io.Reader, out io.Writer, who string) string {
+	var held []byte // from the mark on
+	var carry []byte
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			if held != nil {
+				held = append(held, buf[:n]...)
+				if len(held) > maxReport || afterDump(held) {
+					out.Write(held)
+					held = nil
+				}
+			} else {
+				data := append(carry, buf[:n]...)
+				if i := bytes.Index(data, sigsysMark); i >= 0 {
+					out.Write(data[:i])
+					held = append([]byte(nil), data[i:]...)
+					carry = nil
+				} else {
+					// Keep what could be the start of a mark.
+					keep := min(len(data), len(sigsysMark)-1)
+					out.Write(data[:len(data)-keep])
+					carry = append(carry[:0:0], data[len(data)-keep:]...)
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	out.Write(carry)
+	if held == nil {
+		return ""
+	}
+	m := raxLine.FindSubmatch(held)
+	if m == nil || !lastReg.Match(held) {
+		out.Write(held)
+		return ""
+	}
+	nr, err := strconv.ParseUint(string(m[1]), 16, 32)
+	if err != nil {
+		out.Write(held)
+		return ""
+	}
+	return fmt.Sprintf("vessel: seccomp: the %s made a system call outside its filter, %s (%d), and was stopped", who, syscallName(int(nr)), nr)
+}
+
+// afterDump reports whether text follows the register dump's last line:
+// a crash report ends there, with the process.
+func afterDump(held []byte) bool {
+	loc := lastReg.FindIndex(held)
+	return loc != nil && loc[1] < len(held)
+}
+
+// syscallName is x86-64's name for the call number nr.
+func syscallName(nr int) string {
+	if info, err := arch.GetInfo(""); err == nil {
+		if name, ok := info.SyscallNumbers[nr]; ok {
+			return name
+		}
+	}
+	return "syscall"
+}

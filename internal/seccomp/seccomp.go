@@ -1,0 +1,203 @@
+// Package seccomp confines vessel's host processes with seccomp-bpf
+// allow-lists, as Firecracker's filters do: a VMM process, once its VM is
+// built and about to run, may make only the system calls a running VM
+// needs, and the user network's helper only those of a network stack.
+// A call outside the list stops the process (SECCOMP_RET_TRAP: Go's
+// runtime dies of the SIGSYS with exit status 2), and a relay process
+// that holds its standard error turns the runtime's crash report into one
+// line naming the call (see relay.go).
+//
+// The filters are installed with SECCOMP_FILTER_FLAG_TSYNC on every
+// thread of the process and no_new_privs, through
+// github.com/elastic/go-seccomp-bpf. VESSEL_SECCOMP=off skips them (for
+// debugging a filter; documented in the README).
+package seccomp
+
+import (
+	"fmt"
+	"os"
+
+	bpf "github.com/elastic/go-seccomp-bpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/kvm"
+)
+
+// Profile names an allow-list.
+type Profile int
+
+const (
+	// VMM is a running VM's process: vessel vm run's and vessel run's.
+	VMM Profile = iota
+	// RuntimeVMM is vessel-runtime's VMM process: VMM, plus the pod
+	// share's mounts (a pod's containers are attached while it runs)
+	// and the netlink socket that takes the namespace's tc redirects
+	// down at the end.
+	RuntimeVMM
+	// Usernet is the vessel-usernet helper: a user-space network stack
+	// on its socketpair and the host's TCP and UDP sockets.
+	Usernet
+)
+
+// String names the profile as its reports do.
+func (p Profile) String() string {
+	switch p {
+	case VMM:
+		return "VMM"
+	case RuntimeVMM:
+		return "VMM"
+	case Usernet:
+		return "user network helper"
+	}
+	return fmt.Sprintf("profile %d", int(p))
+}
+
+// disabled reports whether VESSEL_SECCOMP=off asks for no filter.
+func disabled() bool { return os.Getenv("VESSEL_SECCOMP") == "off" }
+
+// Install installs p's filter on every thread of this process. Call it
+// when everything the process opens, binds or starts before it runs is
+// done.
+func Install(p Profile) error {
+	if disabled() {
+		return nil
+	}
+	policy, err := p.policy()
+	if err != nil {
+		return err
+	}
+	f := bpf.Filter{NoNewPrivs: true, Flag: bpf.FilterFlagTSync, Policy: policy}
+	if err := bpf.LoadFilter(f); err != nil {
+		return fmt.Errorf("seccomp: install the %s filter: %w", p, err)
+	}
+	afterInstall(p)
+	return nil
+}
+
+// policy is p's allow-list; anything else traps.
+func (p Profile) policy() (bpf.Policy, error) {
+	var names []string
+	var conds []bpf.NameWithConditions
+	switch p {
+	case VMM, RuntimeVMM:
+		names = append(append(names, goRuntime...), vmmCalls...)
+		conds = append(conds, ioctls(vmmIoctls())...)
+		conds = append(conds, socketFamilies(unix.AF_UNIX)...)
+		if p == RuntimeVMM {
+			names = append(names, runtimeVMMCalls...)
+			conds = append(conds, socketFamilies(unix.AF_NETLINK)...)
+		}
+	case Usernet:
+		names = append(append(names, goRuntime...), usernetCalls...)
+		conds = append(conds, socketFamilies(unix.AF_INET, unix.AF_INET6, unix.AF_UNIX)...)
+		// Reads only (resolv.conf, hosts): no file is made or changed.
+		conds = append(conds, bpf.NameWithConditions{Name: "openat", Conditions: bpf.ArgumentConditions{
+			{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.O_WRONLY | unix.O_RDWR | unix.O_CREAT | unix.O_TRUNC}}})
+		conds = append(conds, ioctls([]uintptr{unix.TIOCINQ})...)
+	default:
+		return bpf.Policy{}, fmt.Errorf("seccomp: unknown profile %d", int(p))
+	}
+	// Threads only: a new process (fork, vfork, clone without
+	// CLONE_THREAD) is refused; so is clone3, which Go's runtime does not
+	// use for threads.
+	conds = append(conds, bpf.NameWithConditions{Name: "clone", Conditions: bpf.ArgumentConditions{
+		{Argument: 0, Operation: bpf.BitsSet, Value: unix.CLONE_THREAD}}})
+	// Go's runtime names its anonymous mappings (PR_SET_VMA); no other
+	// prctl (no_new_privs stays, the filter cannot be changed).
+	conds = append(conds, bpf.NameWithConditions{Name: "prctl", Conditions: bpf.ArgumentConditions{
+		{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_VMA}}})
+	// No new executable mappings.
+	for _, name := range []string{"mmap", "mprotect"} {
+		conds = append(conds, bpf.NameWithConditions{Name: name, Conditions: bpf.ArgumentConditions{
+			{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.PROT_EXEC}}})
+	}
+	policy := bpf.Policy{
+		DefaultAction: bpf.ActionTrap,
+		Syscalls: []bpf.SyscallGroup{
+			{Action: bpf.ActionAllow, Names: names},
+			{Action: bpf.ActionAllow, NamesWithCondtions: conds},
+		},
+	}
+	if _, err := policy.Assemble(); err != nil {
+		return bpf.Policy{}, fmt.Errorf("seccomp: the %s filter: %w", p, err)
+	}
+	return policy, nil
+}
+
+// ioctls allows ioctl with each of the requests.
+func ioctls(reqs []uintptr) []bpf.NameWithConditions {
+	var out []bpf.NameWithConditions
+	for _, r := range reqs {
+		out = append(out, bpf.NameWithConditions{Name: "ioctl", Conditions: bpf.ArgumentConditions{
+			{Argument: 1, Operation: bpf.Equal, Value: uint64(r)}}})
+	}
+	return out
+}
+
+// socketFamilies allows socket for each of the address families.
+func socketFamilies(families ...int) []bpf.NameWithConditions {
+	var out []bpf.NameWithConditions
+	for _, f := range families {
+		out = append(out, bpf.NameWithConditions{Name: "socket", Conditions: bpf.ArgumentConditions{
+			{Argument: 0, Operation: bpf.Equal, Value: uint64(f)}}})
+	}
+	return out
+}
+
+// vmmIoctls are a running VMM's ioctl requests: KVM's (kvm.RunningIoctls),
+// the TAP device's offloads (set when the guest's driver negotiates
+// them), and the console's terminal (raw mode, restored at the end; the
+// window size of a container's terminal).
+func vmmIoctls() []uintptr {
+	return append(kvm.RunningIoctls(),
+		unix.TUNSETOFFLOAD,
+		unix.TCGETS, unix.TCSETS, unix.TCSETSW, unix.TCSETSF,
+		unix.TIOCGWINSZ, unix.TIOCSWINSZ, unix.TIOCINQ)
+}
+
+// goRuntime are the calls of Go's runtime and standard library in a
+// process that runs goroutines, timers, the network poller and signals,
+// and reads and writes descriptors it has.
+var goRuntime = []string{
+	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
+	"sendfile", "splice", "copy_file_range", // io.Copy between files and sockets
+	"close", "close_range", "lseek", "fstat", "newfstatat", "statx", "fcntl", "dup", "dup3", "pipe2",
+	"munmap", "madvise", "mremap", "mlock", "munlock", "brk",
+	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "rt_sigtimedwait", "restart_syscall",
+	"futex", "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday",
+	"sched_yield", "sched_getaffinity", "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+	"tgkill", "tkill", "exit", "exit_group",
+	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2", "poll", "ppoll",
+	"getrandom", "prlimit64", "getrlimit", "uname", "getrusage",
+	"timer_create", "timer_settime", "timer_delete", "setitimer",
+}
+
+// vmmCalls are what a running VMM does besides: the devices' I/O on
+// their files (block requests, discard, flush), the 9P shares' file
+// system calls (confined by descriptor in devices/share), vsock's and
+// the control sockets' connections, the container's state and logs, and
+// waiting for or stopping its user network helper at the end.
+var vmmCalls = []string{
+	"fsync", "fdatasync", "fallocate", "ftruncate",
+	"openat", "openat2", "getdents64", "readlinkat", "fchmod", "fchmodat", "fchown", "fchownat",
+	"mkdirat", "mknodat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
+	"fgetxattr", "flistxattr", "fsetxattr", "fremovexattr", "fstatfs", "statfs", "faccessat", "faccessat2",
+	"getcwd", "flock",
+	"connect", "accept4", "bind", "listen", "getsockopt", "setsockopt", "getsockname", "getpeername",
+	"recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "socketpair",
+	"wait4", "waitid", "kill", "pidfd_open", "pidfd_send_signal",
+}
+
+// runtimeVMMCalls are vessel-runtime's VMM's besides: attaching and
+// detaching a pod's containers below its pod share (pod.go).
+var runtimeVMMCalls = []string{
+	"mount", "umount2", "move_mount",
+}
+
+// usernetCalls are the user network helper's besides the runtime's: its
+// socketpair with the VMM, the NAT's TCP and UDP sockets and the
+// published ports' listeners it was given.
+var usernetCalls = []string{
+	"connect", "accept4", "bind", "listen", "getsockopt", "setsockopt", "getsockname", "getpeername",
+	"recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg", "sendmmsg", "shutdown",
+}

@@ -1,0 +1,225 @@
+package seccomp
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	bpf "github.com/elastic/go-seccomp-bpf"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	RelayMain()
+	if os.Getenv("SECCOMP_TEST_CHILD") != "" {
+		child()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// listed reports whether p allows name without conditions, and whether
+// with some.
+func listed(t *testing.T, p Profile, name string) (plain, cond bool) {
+	t.Helper()
+	policy, err := p.policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range policy.Syscalls {
+		if g.Action != bpf.ActionAllow {
+			continue
+		}
+		for _, n := range g.Names {
+			plain = plain || n == name
+		}
+		for _, n := range g.NamesWithCondtions {
+			cond = cond || n.Name == name
+		}
+	}
+	return plain, cond
+}
+
+// TestProfiles: what each allow-list lets through, and what it keeps
+// from a compromised process.
+func TestProfiles(t *testing.T) {
+	const (
+		no    = 0
+		plain = 1
+		cond  = 2
+	)
+	for _, tc := range []struct {
+		p     Profile
+		calls map[string]int
+	}{
+		{VMM, map[string]int{
+			"read": plain, "futex": plain, "openat": plain, "pwritev": plain, "accept4": plain,
+			"ioctl": cond, "socket": cond, "clone": cond, "mmap": cond, "mprotect": cond,
+			"execve": no, "execveat": no, "fork": no, "vfork": no, "clone3": no, "ptrace": no,
+			"mount": no, "umount2": no, "pivot_root": no, "chroot": no, "setns": no, "unshare": no,
+			"setuid": no, "bpf": no, "init_module": no, "kexec_load": no, "keyctl": no,
+			"process_vm_writev": no, "reboot": no, "perf_event_open": no, "userfaultfd": no,
+		}},
+		{RuntimeVMM, map[string]int{
+			"mount": plain, "move_mount": plain, "umount2": plain, "socket": cond,
+			"execve": no, "open_tree": no, "setns": no, "unshare": no, "pivot_root": no,
+		}},
+		{Usernet, map[string]int{
+			"sendmsg": plain, "connect": plain, "socket": cond, "openat": cond,
+			"ioctl": cond, "execve": no, "unlinkat": no, "renameat": no, "mount": no,
+			"fchown": no, "mkdirat": no,
+		}},
+	} {
+		for name, want := range tc.calls {
+			p, c := listed(t, tc.p, name)
+			got := no
+			if p {
+				got = plain
+			} else if c {
+				got = cond
+			}
+			if got != want {
+				t.Errorf("%s profile, %s: %d, want %d (0 refused, 1 allowed, 2 allowed on conditions)", tc.p, name, got, want)
+			}
+		}
+	}
+}
+
+// TestRelay: a crash report for a seccomp trap becomes one line naming
+// the call; other output passes through unchanged, reports that are not
+// whole or are followed by more output included.
+func TestRelay(t *testing.T) {
+	report, err := os.ReadFile(filepath.Join("testdata", "getppid-report.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, in, out, line string
+	}{
+		{"plain output", "hello\nworld", "hello\nworld", ""},
+		{"report", "before\n" + string(report), "before\n", "vessel: seccomp: the VMM made a system call outside its filter, getppid (110), and was stopped"},
+		{"text after the report", string(report) + "more\n", string(report) + "more\n", ""},
+		{"no registers", "SIGSYS: bad system call\nPC=0x1 m=0 sigcode=1\n", "SIGSYS: bad system call\nPC=0x1 m=0 sigcode=1\n", ""},
+		{"mark split over reads", "x" + string(report), "x", "vessel: seccomp: the VMM made a system call outside its filter, getppid (110), and was stopped"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			line := relay(&chunked{data: []byte(tc.in), n: 7}, &out, "VMM")
+			if out.String() != tc.out || line != tc.line {
+				t.Errorf("out %q line %q, want %q %q", out.String(), line, tc.out, tc.line)
+			}
+		})
+	}
+}
+
+// chunked reads n bytes at a time.
+type chunked struct {
+	data []byte
+	n    int
+}
+
+func (c *chunked) Read(b []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, os.ErrClosed
+	}
+	k := min(c.n, len(b), len(c.data))
+	copy(b, c.data[:k])
+	c.data = c.data[k:]
+	return k, nil
+}
+
+// child is TestEnforced's process: it installs the VMM filter with its
+// relay, reports the seccomp mode of each of its threads, and makes the
+// system call it was asked to.
+func child() {
+	if err := StartRelay(VMM, "", false); err != nil {
+		os.Stdout.WriteString("relay: " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	if err := Install(VMM); err != nil {
+		os.Stdout.WriteString("install: " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		b, _ := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "status"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "Seccomp:") {
+				os.Stdout.WriteString(strings.Join(strings.Fields(l), " ") + "\n")
+			}
+		}
+	}
+	// The heap grows (new mappings, which Go's runtime names) and
+	// threads start, under the filter.
+	var sink [][]byte
+	done := make(chan bool)
+	for i := 0; i < 8; i++ {
+		go func() {
+			b := make([]byte, 8<<20)
+			b[0] = 1
+			done <- b[0] == 1
+		}()
+		sink = append(sink, make([]byte, 4<<20))
+	}
+	for i := 0; i < 8; i++ {
+		<-done
+	}
+	_ = sink
+	os.Stdout.WriteString("ok\n")
+	switch os.Getenv("SECCOMP_TEST_CHILD") {
+	case "ptrace":
+		syscall.RawSyscall(unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0)
+	case "socket-inet":
+		syscall.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+	}
+	os.Exit(0)
+}
+
+// TestEnforced: in a process of its own, the VMM filter is on every
+// thread (Seccomp: 2), allowed calls work, and a call outside the list
+// (ptrace; a socket of a family other than AF_UNIX) stops the process
+// with Go's exit status 2 and one line on standard error.
+func TestEnforced(t *testing.T) {
+	if !bpf.Supported() {
+		t.Fatal("seccomp filters are not supported by this kernel")
+	}
+	for _, tc := range []struct {
+		call, name string
+		nr         int
+	}{
+		{"none", "", 0},
+		{"ptrace", "ptrace", unix.SYS_PTRACE},
+		{"socket-inet", "socket", unix.SYS_SOCKET},
+	} {
+		t.Run(tc.call, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "SECCOMP_TEST_CHILD="+tc.call)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			out := stdout.String()
+			if !strings.HasSuffix(out, "ok\n") || strings.Count(out, "Seccomp: 2\n") < 2 || strings.Contains(out, "Seccomp: 0") {
+				t.Errorf("the child's threads: %q, want Seccomp: 2 on each", out)
+			}
+			if tc.name == "" {
+				if err != nil || stderr.Len() > 0 {
+					t.Errorf("an allowed run: %v, stderr %q", err, stderr.String())
+				}
+				return
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Errorf("%s: %v, want exit status 2", tc.call, err)
+			}
+			want := "vessel: seccomp: the VMM made a system call outside its filter, " + tc.name
+			if s := stderr.String(); !strings.HasPrefix(s, want) || strings.Count(s, "\n") != 1 {
+				t.Errorf("stderr %q, want one line starting %q", s, want)
+			}
+		})
+	}
+}
