@@ -584,7 +584,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	// The agent's port (the vsock device's host side) and the control
 	// socket live in a private directory removed at the end: Unix
 	// socket paths are short.
-	dir, err := os.MkdirTemp("", "vessel-run-")
+	dir, err := os.MkdirTemp("", container.RunDirPrefix)
 	if err != nil {
 		return runErr("%v", err)
 	}
