@@ -576,6 +576,9 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return runErr("%v", err)
 	}
 	defer logf.Close()
+	logf.OnError(func(err error) {
+		fmt.Fprintf(os.Stderr, "vessel: %v: the container's output is no longer logged\n", err)
+	})
 	stdout, stderr := logf.Writer("stdout"), logf.Writer("stderr")
 	if !f.detach {
 		stdout, stderr = io.MultiWriter(os.Stdout, stdout), io.MultiWriter(os.Stderr, stderr)
