@@ -33,7 +33,7 @@ func newStore(t *testing.T) *Store {
 	return s
 }
 
-func randomImage(t *testing.T) v1.Image {
+func randomImage(t testing.TB) v1.Image {
 	t.Helper()
 	img, err := random.Image(1024, 2)
 	if err != nil {
@@ -43,7 +43,7 @@ func randomImage(t *testing.T) v1.Image {
 }
 
 // dockerArchive writes img as `docker save` would, tagged with tags.
-func dockerArchive(t *testing.T, img v1.Image, tags ...string) string {
+func dockerArchive(t testing.TB, img v1.Image, tags ...string) string {
 	t.Helper()
 	refs := map[name.Reference]v1.Image{}
 	for _, tg := range tags {
@@ -66,7 +66,7 @@ func dockerArchive(t *testing.T, img v1.Image, tags ...string) string {
 }
 
 // ociLayout writes img into an OCI layout directory under ref.
-func ociLayout(t *testing.T, img v1.Image, ref string) string {
+func ociLayout(t testing.TB, img v1.Image, ref string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "layout")
 	p, err := layout.Write(dir, empty.Index)
@@ -80,7 +80,7 @@ func ociLayout(t *testing.T, img v1.Image, ref string) string {
 }
 
 // tarDir packs dir into a tar file, with extra entries appended.
-func tarDir(t *testing.T, dir string, extra ...tar.Header) string {
+func tarDir(t testing.TB, dir string, extra ...tar.Header) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "oci.tar")
 	f, err := os.Create(path)
