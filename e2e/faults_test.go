@@ -399,6 +399,22 @@ func TestFaultDiskFull(t *testing.T) {
 		oneLine(t, "run with a scratch disk on a full file system", cli(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage, "true"), 125, "space")
 		checkRunLeftovers(t, env, tmpBefore)
 	})
+	t.Run("scratch writes", func(t *testing.T) {
+		env := privateEnv(t)
+		if r := cli(t, env, "", "image", "load", small); r.code != 0 {
+			t.Fatalf("image load:\n%v", r)
+		}
+		// Room for the scratch disk's file system, not for what the
+		// container writes to it: the guest gets I/O errors, and vessel
+		// says once why.
+		mountTmpfs(t, filepath.Join(envValue(env, "XDG_DATA_HOME"), "vessel", "scratch"), 4<<20)
+		r := cli(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage,
+			"sh", "-c", "yes 0123456789abcdef | head -c 16000000 > /fill; sync; echo done")
+		if n := strings.Count(r.stderr, "no space left on device"); n != 1 || !strings.Contains(r.stderr, `vessel: virtio block "vessel-scratch"`) || !strings.Contains(r.stdout, "done") {
+			t.Errorf("a container filling its scratch disk's host file system: want it to finish and one line from vessel about the host's error, got %d:\n%v", n, r)
+		}
+		checkRunLeftovers(t, env, tmpBefore)
+	})
 	t.Run("log", func(t *testing.T) {
 		env := privateEnv(t)
 		if r := cli(t, env, "", "image", "load", small); r.code != 0 {
