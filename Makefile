@@ -2,6 +2,7 @@
 #
 #   make demo     install dependencies, build everything, boot a microVM
 #   make test     all tests: unit, fuzz (short), end to end (real boots)
+#   make fuzz     every fuzz target for a while (FUZZTIME=30s each; 1m by default)
 #   make bench-boot  boot-time benchmark against gokvm and QEMU microvm
 #   make bench-io    block, TCP and vsock throughput and exits per MiB
 #   make bench-run   vessel run and docker run --runtime vessel against runc
@@ -17,7 +18,7 @@ FUZZTIME ?= 50000x
 
 export VESSEL_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: bench-compare all deps build guest demo test test-unit test-fuzz test-e2e crictl bench-boot bench-io bench-run clean
+.PHONY: bench-compare all deps build guest demo test test-unit test-fuzz fuzz test-e2e crictl bench-boot bench-io bench-run clean
 
 all: build guest
 
@@ -72,6 +73,31 @@ test-fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg >build/fuzz.log 2>&1 || { echo "fuzz $$t failed:"; tail -40 build/fuzz.log; exit 1; }; \
 		done; \
 	done
+
+## fuzz: every fuzz target for FUZZTIME each, a duration given on the
+## command line (make fuzz FUZZTIME=30s; 1m when not given: test-fuzz's
+## count is not used). All targets run; a failing input is written to the
+## package's testdata/fuzz/<target>, and the failures are listed at the end.
+## A duration can make Go 1.26's coordinator fail a target with a bare
+## "context deadline exceeded" at the end of its budget (golang/go#75804,
+## fixed in Go 1.27): such a run, with no failing input written, counts as
+## passed, and says so.
+fuzz:
+	@mkdir -p build; fuzztime=$(if $(filter command line environment,$(origin FUZZTIME)),$(FUZZTIME),1m); failed=; \
+	for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			log=build/fuzz-$$(basename $$pkg)-$$t.log; \
+			echo "fuzz $$pkg $$t ($$fuzztime)"; \
+			if ! $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $$fuzztime -fuzzminimizetime 10s $$pkg >$$log 2>&1; then \
+				if grep -q 'context deadline exceeded' $$log && ! grep -q 'Failing input written' $$log; then \
+					echo "fuzz $$t: passed (the run ended on golang/go#75804's spurious deadline error; no failing input)"; \
+				else \
+					echo "fuzz $$t failed:"; tail -40 $$log; failed="$$failed $$t"; \
+				fi; \
+			fi; \
+		done; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz: failed:$$failed (logs in build/fuzz-*.log)"; exit 1; }
 
 ## test-e2e: real boots. The test binary is compiled on the host and run
 ## inside the test platform (cmd/testvm): directly on a VT-x/AMD-V host,

@@ -130,6 +130,19 @@ type Log struct {
 	f       *os.File
 	size    int64 // of f
 	rotated int   // rotated files there are: path.1 .. path.<rotated>
+	onErr   func(error)
+	failed  error // the write that failed, once onErr was told
+}
+
+// OnError makes a write that fails (a full file system, say) no longer
+// the writers' error: f is called once, with it, and from then on the
+// writers discard what they get, so that the container's output still
+// flows (to a terminal, and out of the guest) with its log cut short.
+// Without it, the writers return the error.
+func (l *Log) OnError(f func(error)) {
+	l.mu.Lock()
+	l.onErr = f
+	l.mu.Unlock()
 }
 
 // OpenLog opens (creating) the log at path for appending, bounded by o
@@ -182,11 +195,29 @@ func (s logStream) Write(p []byte) (int, error) {
 			return done, err
 		}
 		if err := s.l.append(append(b, '\n')); err != nil {
+			if s.l.fail(err) {
+				return len(p), nil
+			}
 			return done, err
 		}
 		done += n
 	}
 	return len(p), nil
+}
+
+// fail reports err to the OnError function, the first time, and
+// whether there is one (the error is then not the writer's).
+func (l *Log) fail(err error) bool {
+	l.mu.Lock()
+	f, first := l.onErr, l.failed == nil
+	if f != nil && first {
+		l.failed = err
+	}
+	l.mu.Unlock()
+	if f != nil && first {
+		f(err)
+	}
+	return f != nil
 }
 
 // entryLen is how much of p the next log line takes: all of it up to
@@ -213,16 +244,24 @@ func (l *Log) append(line []byte) error {
 	if l.f == nil {
 		return errors.New("container log: closed")
 	}
+	if l.failed != nil {
+		return l.failed // cut short: no line after the gap
+	}
 	if l.size > 0 && l.size+int64(len(line)) > l.opts.MaxSize {
 		if err := l.rotate(); err != nil {
 			return err
 		}
 	}
 	n, err := l.f.Write(line)
-	l.size += int64(n)
 	if err != nil {
+		// A line written in part (the file system filled up) is taken
+		// back: the log holds whole lines.
+		if n > 0 && l.f.Truncate(l.size) != nil {
+			l.size += int64(n)
+		}
 		return fmt.Errorf("container log: %w", err)
 	}
+	l.size += int64(n)
 	return nil
 }
 

@@ -2,10 +2,12 @@ package container
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"unicode/utf8"
 )
@@ -229,5 +231,42 @@ func TestLimitWriter(t *testing.T) {
 		if b.String() != tc.want {
 			t.Errorf("%q: wrote %q, want %q", tc.writes, b.String(), tc.want)
 		}
+	}
+}
+
+// TestLogFull: with OnError set, a log whose writes fail (here on
+// /dev/full, as on a full file system) reports the error once and
+// swallows the output from then on, so that the container's output keeps
+// flowing; without it, the writer returns the error.
+func TestLogFull(t *testing.T) {
+	for _, report := range []bool{false, true} {
+		t.Run(fmt.Sprintf("OnError=%v", report), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "log.json")
+			if err := os.Symlink("/dev/full", path); err != nil {
+				t.Fatal(err)
+			}
+			l, err := OpenLog(path, LogOptions{MaxSize: 1 << 20, MaxFiles: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			var errs []error
+			if report {
+				l.OnError(func(err error) { errs = append(errs, err) })
+			}
+			w := l.Writer("stdout")
+			for i := 0; i < 3; i++ {
+				n, err := w.Write([]byte("output\n"))
+				if report && (n != 7 || err != nil) {
+					t.Errorf("write %d: %d, %v; want it swallowed", i, n, err)
+				}
+				if !report && !errors.Is(err, syscall.ENOSPC) {
+					t.Errorf("write %d: %d, %v; want ENOSPC", i, n, err)
+				}
+			}
+			if report && (len(errs) != 1 || !errors.Is(errs[0], syscall.ENOSPC)) {
+				t.Errorf("OnError got %v, want one ENOSPC", errs)
+			}
+		})
 	}
 }

@@ -152,6 +152,13 @@ func mergeEnv(image, flags []string, hostname string, terminal bool) ([]string, 
 	if err != nil {
 		return nil, err
 	}
+	for _, kv := range image {
+		// The guest's runc refuses such an entry when the container
+		// starts: say which, and before the VM boots.
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsRune(kv, 0) {
+			return nil, fmt.Errorf("the image's environment entry %q is not KEY=VALUE", kv)
+		}
+	}
 	env := OverrideEnv(OverrideEnv(nil, image), flags)
 	defaults := []string{DefaultPath}
 	if hostname != "" {

@@ -3,6 +3,7 @@ package container
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -60,6 +61,13 @@ func TestSpecEnv(t *testing.T) {
 	}
 	if _, _, err := Spec(img, Options{Env: []string{"=x"}}); err == nil {
 		t.Error("an empty variable name was accepted")
+	}
+	// An image's entries that are not KEY=VALUE (which the guest's runc
+	// would refuse at start) are an error before the VM boots.
+	for _, bad := range []string{"BARE", "=x", "A=b\x00c"} {
+		if _, _, err := Spec(v1.Config{Env: []string{"A=1", bad}, Cmd: []string{"sh"}}, Options{}); err == nil || !strings.Contains(err.Error(), "KEY=VALUE") {
+			t.Errorf("image environment entry %q: %v, want an error", bad, err)
+		}
 	}
 }
 

@@ -230,7 +230,43 @@ func (s *State) Delete() error {
 			return fmt.Errorf("container %s: %w", s.ID, err)
 		}
 	}
+	if err := s.removeRunDir(); err != nil {
+		return err
+	}
 	return os.RemoveAll(s.dir)
+}
+
+// RunDirPrefix names the private directory (in the temporary directory)
+// where the vessel process of a container keeps its sockets: the
+// control socket the state names, and the guest agent's port.
+const RunDirPrefix = "vessel-run-"
+
+// removeRunDir removes the private socket directory of a container whose
+// vessel process did not remove it (it was killed). Only a directory
+// that is what vessel makes is removed: one named RunDirPrefix* directly
+// in the temporary directory, not a symbolic link, the effective user's.
+func (s *State) removeRunDir() error {
+	if s.Socket == "" || s.Running() {
+		return nil
+	}
+	dir := filepath.Dir(s.Socket)
+	if filepath.Dir(dir) != filepath.Clean(os.TempDir()) || !strings.HasPrefix(filepath.Base(dir), RunDirPrefix) {
+		return nil
+	}
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("container %s: %w", s.ShortID(), err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !fi.IsDir() || int(st.Uid) != os.Geteuid() {
+		return nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("container %s: %w", s.ShortID(), err)
+	}
+	return nil
 }
 
 // List returns every container under root, newest first. Directories

@@ -3,6 +3,7 @@ package container
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -211,5 +212,49 @@ func TestListSkipsForeignIDs(t *testing.T) {
 	}
 	if l, err := List(root); err != nil || len(l) != 0 {
 		t.Errorf("List = %v, %v; want no containers", l, err)
+	}
+}
+
+// TestDeleteRunDir: deleting a container whose vessel process was killed
+// removes the private socket directory it left, and only a directory
+// vessel makes: not one elsewhere, not one of a container still running.
+func TestDeleteRunDir(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), RunDirPrefix+"x") // not in the temporary directory
+	for _, tc := range []struct {
+		name    string
+		dir     string
+		pid     int
+		removed bool
+	}{
+		{"killed", filepath.Join(tmp, RunDirPrefix+"1"), dead.Process.Pid, true},
+		{"running", filepath.Join(tmp, RunDirPrefix+"2"), os.Getpid(), false},
+		{"not vessel's name", filepath.Join(tmp, "precious"), dead.Process.Pid, false},
+		{"elsewhere", other, dead.Process.Pid, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.MkdirAll(tc.dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(tc.dir, "ctl.sock"), nil, 0o600)
+			root := t.TempDir()
+			s := &State{ID: strings.Repeat("f", 64), Name: "c", Created: time.Now(), Status: StatusRunning,
+				Pid: tc.pid, Socket: filepath.Join(tc.dir, "ctl.sock")}
+			if err := Create(root, s); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Delete(); err != nil {
+				t.Fatal(err)
+			}
+			_, err := os.Stat(tc.dir)
+			if gone := errors.Is(err, os.ErrNotExist); gone != tc.removed {
+				t.Errorf("%s removed: %v, want %v (%v)", tc.dir, gone, tc.removed, err)
+			}
+		})
 	}
 }

@@ -55,6 +55,7 @@ func (v *VM) setupVirtio() error {
 		if err != nil {
 			return err
 		}
+		blk.SetLog(v.logf) // a full host file system, say: once
 		// Requests a reset abandoned (blocked in host I/O) still use
 		// f's descriptor: wait for them before closing it.
 		if err := v.addVirtio(blk, func() { blk.Close(); f.Close() }); err != nil {

@@ -272,7 +272,7 @@ func killVessel(st *container.State, why string) error {
 	if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
 	}
-	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), "vessel-run-") {
+	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), container.RunDirPrefix) {
 		os.RemoveAll(dir)
 	}
 	if cur.Remove {

@@ -576,6 +576,9 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return runErr("%v", err)
 	}
 	defer logf.Close()
+	logf.OnError(func(err error) {
+		fmt.Fprintf(os.Stderr, "vessel: %v: the container's output is no longer logged\n", err)
+	})
 	stdout, stderr := logf.Writer("stdout"), logf.Writer("stderr")
 	if !f.detach {
 		stdout, stderr = io.MultiWriter(os.Stdout, stdout), io.MultiWriter(os.Stderr, stderr)
@@ -584,7 +587,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	// The agent's port (the vsock device's host side) and the control
 	// socket live in a private directory removed at the end: Unix
 	// socket paths are short.
-	dir, err := os.MkdirTemp("", "vessel-run-")
+	dir, err := os.MkdirTemp("", container.RunDirPrefix)
 	if err != nil {
 		return runErr("%v", err)
 	}

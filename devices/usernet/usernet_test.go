@@ -195,3 +195,29 @@ func FuzzCheckFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestHelperEndsWithSocket: the helper ends on its own when the VMM's
+// end of the socket pair closes, as the kernel closes it when the VMM is
+// killed (SIGKILL): no signal is involved (the helper gets no
+// parent-death signal, and is in a process group of its own), it exits
+// with status 0 once it reads the end of the socket.
+func TestHelperEndsWithSocket(t *testing.T) {
+	n, err := New(Config{MAC: testMAC, Helper: helper, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sa := n.helper.SysProcAttr; sa != nil && sa.Pdeathsig != 0 {
+		t.Fatalf("the helper has a parent-death signal (%v): this test would not show what ends it", sa.Pdeathsig)
+	}
+	n.conn.Close() // only that: as the VMM's death does
+	select {
+	case <-n.exited:
+	case <-time.After(helperStop):
+		n.helper.Process.Kill()
+		<-n.exited
+		t.Fatalf("the helper still ran %v after its socket closed", helperStop)
+	}
+	if ps := n.helper.ProcessState; !ps.Exited() || ps.ExitCode() != 0 {
+		t.Errorf("the helper ended with %v, want exit status 0", ps)
+	}
+}

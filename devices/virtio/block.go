@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,6 +61,10 @@ type Block struct {
 	readv, writev func(int, [][]byte, int64) (int, error)
 	resetWait     time.Duration // blkResetWait
 
+	serial   string
+	logf     func(string, ...any)
+	reported atomic.Bool // a host I/O error was reported
+
 	mu   sync.Mutex
 	run  *blkRun
 	busy sync.WaitGroup // the loops of every activation, abandoned ones included
@@ -110,6 +115,7 @@ func NewBlock(f *os.File, readOnly bool, serial string) (*Block, error) {
 	b := &Block{f: f, fd: int(f.Fd()), readOnly: readOnly, sectors: uint64(size) / sectorSize,
 		readv: unix.Preadv, writev: unix.Pwritev, resetWait: blkResetWait}
 	copy(b.id[:], serial)
+	b.serial = serial
 	if !readOnly {
 		// Punching a hole past the end changes nothing but tells whether
 		// the file system supports it.
@@ -342,7 +348,7 @@ func (b *Block) read(w *Writer, sector, n uint64) byte {
 	if err != nil || len(bufs) > blkSegMax {
 		return blkSIOErr // more segments than seg_max allows
 	}
-	return vectored(b.readv, b.fd, bufs, off)
+	return b.hostIO("read", b.readv, bufs, off)
 }
 
 func (b *Block) write(r *Reader, sector uint64) byte {
@@ -358,25 +364,42 @@ func (b *Block) write(r *Reader, sector uint64) byte {
 	if err != nil || len(bufs) > blkSegMax {
 		return blkSIOErr // more segments than seg_max allows
 	}
-	return vectored(b.writev, b.fd, bufs, off)
+	return b.hostIO("write", b.writev, bufs, off)
+}
+
+// SetLog makes the first failure of the host file (a full file system,
+// a failing disk: errors the guest cannot cause and only sees as
+// VIRTIO_BLK_S_IOERR) a line to logf, naming the disk and the error.
+// Call it before the device is activated.
+func (b *Block) SetLog(logf func(string, ...any)) { b.logf = logf }
+
+// hostIO transfers bufs at off with op and returns the request status,
+// reporting the first host error.
+func (b *Block) hostIO(what string, op func(int, [][]byte, int64) (int, error), bufs [][]byte, off int64) byte {
+	status, err := vectored(op, b.fd, bufs, off)
+	if err != nil && b.logf != nil && !b.reported.Swap(true) {
+		b.logf("virtio block %q: %s at byte %d of the host file: %v: the guest gets I/O errors (further errors not reported)", b.serial, what, off, err)
+	}
+	return status
 }
 
 // vectored runs preadv or pwritev, at most iovMax buffers per call, until
 // all of bufs is transferred and returns the request status: a short
 // transfer (past the end of the file) or an error is VIRTIO_BLK_S_IOERR.
-func vectored(op func(int, [][]byte, int64) (int, error), fd int, bufs [][]byte, off int64) byte {
+// The error is the host's (nil for a short transfer).
+func vectored(op func(int, [][]byte, int64) (int, error), fd int, bufs [][]byte, off int64) (byte, error) {
 	for len(bufs) > 0 {
 		k, err := op(fd, bufs[:min(len(bufs), iovMax)], off)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil || k == 0 {
-			return blkSIOErr
+			return blkSIOErr, err
 		}
 		off += int64(k)
 		bufs = advance(bufs, k)
 	}
-	return blkSOK
+	return blkSOK, nil
 }
 
 // discardRanges punches holes for struct virtio_blk_discard_write_zeroes

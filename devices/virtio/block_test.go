@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -275,10 +277,10 @@ func TestVectoredManyBuffers(t *testing.T) {
 		out[i] = bytes.Repeat([]byte{byte(i)}, size)
 		in[i] = make([]byte, size)
 	}
-	if st := vectored(unix.Pwritev, int(f.Fd()), append([][]byte(nil), out...), 512); st != blkSOK {
+	if st, _ := vectored(unix.Pwritev, int(f.Fd()), append([][]byte(nil), out...), 512); st != blkSOK {
 		t.Fatalf("pwritev of %d buffers: status %d", n, st)
 	}
-	if st := vectored(unix.Preadv, int(f.Fd()), append([][]byte(nil), in...), 512); st != blkSOK {
+	if st, _ := vectored(unix.Preadv, int(f.Fd()), append([][]byte(nil), in...), 512); st != blkSOK {
 		t.Fatalf("preadv of %d buffers: status %d", n, st)
 	}
 	for i := range in {
@@ -321,5 +323,34 @@ func TestBlockResetDuringStalledIO(t *testing.T) {
 	}
 	if n := r.d.usedIdx(); n != 0 {
 		t.Errorf("used index %d: the abandoned request was completed after the reset", n)
+	}
+}
+
+// TestBlockHostError: a write the host file system refuses (full) is an
+// I/O error to the guest, and the first one, only, is reported with the
+// disk's serial and the host's error.
+func TestBlockHostError(t *testing.T) {
+	var lines []string
+	var mu sync.Mutex
+	r := newBlockRigQ(t, 1<<20, false, 16, func(b *Block) {
+		b.writev = func(int, [][]byte, int64) (int, error) { return 0, unix.ENOSPC }
+		b.SetLog(func(format string, a ...any) {
+			mu.Lock()
+			lines = append(lines, fmt.Sprintf(format, a...))
+			mu.Unlock()
+		})
+	})
+	for i := 0; i < 3; i++ {
+		if st, _, _ := r.do(seg{data: blkHeader(blkTOut, 2)}, seg{data: make([]byte, 512)}, seg{n: 1, write: true}); st != blkSIOErr {
+			t.Fatalf("write %d on a full host file system: status %d, want IOERR", i, st)
+		}
+	}
+	if st, _, _ := r.do(seg{data: blkHeader(blkTIn, 2)}, seg{n: 512, write: true}, seg{n: 1, write: true}); st != blkSOK {
+		t.Errorf("read: status %d", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lines) != 1 || !strings.Contains(lines[0], "no space left on device") || !strings.Contains(lines[0], "vessel-test-serial") {
+		t.Errorf("reports: %q, want one naming the disk and ENOSPC", lines)
 	}
 }

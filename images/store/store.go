@@ -111,7 +111,41 @@ func Open(root string) (*Store, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	if err := s.sweep(); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// sweep removes what an operation killed half-way (SIGKILL, a crash, a
+// power cut) left in the store: the temporary files it was writing (a
+// blob, an image's disk, index.json) and the blobs of an image it had not
+// yet named in index.json. Every writer holds the store's lock, which
+// the caller holds: nothing swept is in use.
+func (s *Store) sweep() error {
+	ents, err := os.ReadDir(s.root)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	for _, e := range ents {
+		if isTemp(e.Name()) {
+			if err := os.Remove(filepath.Join(s.root, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("store: %w", err)
+			}
+		}
+	}
+	return s.gc()
+}
+
+// isTemp reports whether name, in the store's top directory, is one of
+// writeFileAtomic's temporary files.
+func isTemp(name string) bool {
+	for _, f := range []string{"index.json", "oci-layout"} {
+		if strings.HasPrefix(name, "."+f+"-") {
+			return true
+		}
+	}
+	return false
 }
 
 // SetLimits sets what an image may expand to (rootfs.Limits), checked

@@ -33,7 +33,7 @@ func newStore(t *testing.T) *Store {
 	return s
 }
 
-func randomImage(t *testing.T) v1.Image {
+func randomImage(t testing.TB) v1.Image {
 	t.Helper()
 	img, err := random.Image(1024, 2)
 	if err != nil {
@@ -43,7 +43,7 @@ func randomImage(t *testing.T) v1.Image {
 }
 
 // dockerArchive writes img as `docker save` would, tagged with tags.
-func dockerArchive(t *testing.T, img v1.Image, tags ...string) string {
+func dockerArchive(t testing.TB, img v1.Image, tags ...string) string {
 	t.Helper()
 	refs := map[name.Reference]v1.Image{}
 	for _, tg := range tags {
@@ -66,7 +66,7 @@ func dockerArchive(t *testing.T, img v1.Image, tags ...string) string {
 }
 
 // ociLayout writes img into an OCI layout directory under ref.
-func ociLayout(t *testing.T, img v1.Image, ref string) string {
+func ociLayout(t testing.TB, img v1.Image, ref string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "layout")
 	p, err := layout.Write(dir, empty.Index)
@@ -80,7 +80,7 @@ func ociLayout(t *testing.T, img v1.Image, ref string) string {
 }
 
 // tarDir packs dir into a tar file, with extra entries appended.
-func tarDir(t *testing.T, dir string, extra ...tar.Header) string {
+func tarDir(t testing.TB, dir string, extra ...tar.Header) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "oci.tar")
 	f, err := os.Create(path)
@@ -398,5 +398,60 @@ func TestCorruptBlob(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(s.root, "blobs", "sha256", d.Hex)); err == nil {
 		t.Error("the corrupt blob was stored")
+	}
+}
+
+// TestOpenSweeps: what a killed load or disk build left (temporary files
+// of blobs, disks and index.json, and the blobs of an image not yet in
+// index.json) is removed when the store is next opened; the stored
+// images and their disks stay.
+func TestOpenSweeps(t *testing.T) {
+	s := newStore(t)
+	if _, err := s.Load(dockerArchive(t, randomImage(t), "kept:1")); err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Resolve("kept:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, err := s.Rootfs(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := func() []string {
+		var l []string
+		filepath.WalkDir(s.root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && d.Name() != ".lock" {
+				l = append(l, strings.TrimPrefix(p, s.root+"/"))
+			}
+			return nil
+		})
+		return l
+	}
+	want := files()
+	leftovers := []string{
+		"blobs/sha256/.incoming-1234",
+		"blobs/sha256/" + strings.Repeat("ab", 32), // a blob of an image the killed load never named
+		"rootfs/.rootfs-5678",
+		".index.json-9",
+		".oci-layout-10",
+	}
+	for _, l := range leftovers {
+		if err := os.WriteFile(filepath.Join(s.root, l), []byte("half"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s2, err := Open(s.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := files(); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("files after Open: %v, want %v", got, want)
+	}
+	if again, err := s2.Rootfs(img); err != nil || again != disk {
+		t.Errorf("the image's disk after Open: %s, %v", again, err)
+	}
+	if imgs, err := s2.List(); err != nil || len(imgs) != 1 {
+		t.Errorf("List after Open: %v, %v", imgs, err)
 	}
 }
