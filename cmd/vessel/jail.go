@@ -84,6 +84,10 @@ type vmOptions struct {
 	// directory where guest vsock connections are dialled and the
 	// sockets in it.
 	own []string
+	// name names the jail (a container's ID), so that a later vessel
+	// command can remove what a killed vessel process left; "" for a
+	// random name.
+	name string
 }
 
 // startVM builds the VM of cfg, in this process or, with o.jail, in a
@@ -247,7 +251,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	if err != nil {
 		return nil, &exitError{code: exitInternal, msg: err.Error()}
 	}
-	host, err := jail.Prepare(base, cfg.CPUs, cfg.Memory)
+	host, err := jail.Prepare(base, o.name, cfg.CPUs, cfg.Memory)
 	if err != nil {
 		return nil, &exitError{code: exitInternal, msg: err.Error()}
 	}
@@ -326,6 +330,16 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}()
 	ok = true
 	return j, nil
+}
+
+// removeJail removes the jail of container id that its killed vessel
+// process left, if any.
+func removeJail(id string) {
+	if base, err := jailBase(); err == nil {
+		if err := jail.Remove(base, id); err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+		}
+	}
 }
 
 // Run waits until the VM ended.

@@ -609,7 +609,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	}
 
 	// A jailed VMM dials the agent's port in dir as the jail's user.
-	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, own: []string{dir, ln.Addr().String()}})
+	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, own: []string{dir, ln.Addr().String()}, name: p.id})
 	if err != nil {
 		e := classify(err)
 		var ee *exitError

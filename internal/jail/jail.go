@@ -65,12 +65,21 @@ type Host struct {
 }
 
 // Prepare makes a jail for a VM of cpus vCPUs and mem bytes of RAM: a
-// private directory under base and, if it can, a cgroup.
-func Prepare(base string, cpus int, mem uint64) (*Host, error) {
+// private directory under base and, if it can, a cgroup. name (letters
+// and digits), if not empty, names the jail so that Remove finds it;
+// otherwise the name is random.
+func Prepare(base, name string, cpus int, mem uint64) (*Host, error) {
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return nil, fmt.Errorf("jail: %w", err)
 	}
-	dir, err := os.MkdirTemp(base, "jail-")
+	var dir string
+	var err error
+	if name == "" {
+		dir, err = os.MkdirTemp(base, "jail-")
+	} else {
+		dir = filepath.Join(base, "jail-"+name)
+		err = os.Mkdir(dir, 0o700)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("jail: %w", err)
 	}
@@ -83,8 +92,27 @@ func Prepare(base string, cpus int, mem uint64) (*Host, error) {
 	}
 	if err := h.makeCgroup(filepath.Base(dir), cpus, mem); err != nil {
 		h.Note = fmt.Sprintf("no cgroup v2 limits for the VMM (%v)", err)
+	} else if err := os.WriteFile(filepath.Join(dir, cgroupFile), []byte(h.Cgroup), 0o600); err != nil {
+		h.Cleanup()
+		return nil, fmt.Errorf("jail: %w", err)
 	}
 	return h, nil
+}
+
+// cgroupFile, in a jail's directory, names its cgroup for Remove.
+const cgroupFile = "cgroup"
+
+// Remove removes the jail name under base, left by a vessel process that
+// was killed: what is left in its cgroup is killed first. Nothing to
+// remove is no error.
+func Remove(base, name string) error {
+	dir := filepath.Join(base, "jail-"+name)
+	h := &Host{Dir: dir}
+	if b, err := os.ReadFile(filepath.Join(dir, cgroupFile)); err == nil && strings.HasPrefix(string(b), cgroupRoot+"/") {
+		h.Cgroup = filepath.Clean(string(b))
+		os.WriteFile(filepath.Join(h.Cgroup, "cgroup.kill"), []byte("1"), 0)
+	}
+	return h.Cleanup()
 }
 
 func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
@@ -184,6 +212,8 @@ func (h *Host) Cleanup() error {
 	var errs []error
 	if h.cgfd != nil {
 		h.cgfd.Close()
+	}
+	if h.Cgroup != "" {
 		// The namespace's last processes may still be on their way out.
 		var err error
 		for i := 0; i < 100; i++ {
