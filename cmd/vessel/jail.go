@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -80,10 +81,6 @@ type vmOptions struct {
 	// input is the guest console's input: "" none, "stdin", or "escape"
 	// (stdin on a raw terminal, Ctrl-A X stops the VM).
 	input string
-	// own are paths (made by vessel) that the jail's user must own: the
-	// directory where guest vsock connections are dialled and the
-	// sockets in it.
-	own []string
 	// name names the jail (a container's ID), so that a later vessel
 	// command can remove what a killed vessel process left; "" for a
 	// random name.
@@ -198,6 +195,15 @@ func jailedVMM(in, out *os.File) error {
 	if w.Console {
 		cfg.Console = os.Stdout
 	}
+	if cfg.Vsock != nil {
+		// Guest connections to the host dial PATH_<port>, a name the
+		// jail hides: vessel dials them.
+		b, err := newVsockBroker(os.NewFile(5, "vsock dials"))
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Vsock.Dial = b.dial
+	}
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		return fail(err)
@@ -205,10 +211,6 @@ func jailedVMM(in, out *os.File) error {
 	defer vm.Close()
 	setInput(vm, w.Input)
 	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
-	if w.Vsock != nil {
-		// Guest connections to the host dial PATH_<port> by name.
-		spec.Binds = append(spec.Binds, filepath.Dir(w.Vsock.Path))
-	}
 	if err := jail.Enter(spec); err != nil {
 		return fail(err)
 	}
@@ -231,6 +233,10 @@ type jailedVM struct {
 	done chan struct{} // closed once the process is gone
 	res  vmm.Result
 	once sync.Once
+	// dials is vessel's end of the VMM's vsock dials (see jaildial.go),
+	// to uds_<port>.
+	dials *net.UnixConn
+	uds   string
 }
 
 // jailBase is where jails are made: beside the container state.
@@ -265,11 +271,6 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 			host.Cleanup()
 		}
 	}()
-	for _, p := range o.own {
-		if err := os.Lchown(p, uid, gid); err != nil {
-			return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: %v", err)}
-		}
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, &exitError{code: exitInternal, msg: err.Error()}
@@ -290,7 +291,21 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	if o.input != "" {
 		j.cmd.Stdin = os.Stdin
 	}
-	j.cmd.ExtraFiles = []*os.File{cfgR, msgW}
+	j.cmd.ExtraFiles = []*os.File{cfgR, msgW, nil}
+	if cfg.Vsock != nil {
+		ours, theirs, err := dialPair()
+		if err != nil {
+			return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: %v", err)}
+		}
+		defer theirs.Close()
+		j.dials, j.uds = ours, cfg.Vsock.Path
+		j.cmd.ExtraFiles[2] = theirs
+		defer func() {
+			if !ok {
+				ours.Close()
+			}
+		}()
+	}
 	j.cmd.SysProcAttr = host.SysProcAttr()
 	if err := j.cmd.Start(); err != nil {
 		msgR.Close()
@@ -328,6 +343,9 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 			j.res.Err = errors.New(j.res.Detail)
 		}
 	}()
+	if j.dials != nil {
+		go serveVsockDials(j.dials, j.uds)
+	}
 	ok = true
 	return j, nil
 }
@@ -373,6 +391,12 @@ func (j *jailedVM) Close() error {
 			<-j.done
 		}
 		err = j.host.Cleanup()
+		if j.uds != "" {
+			// The VMM's listener, which it could not unlink in the jail.
+			if fi, e := os.Lstat(j.uds); e == nil && fi.Mode()&os.ModeSocket != 0 {
+				os.Remove(j.uds)
+			}
+		}
 	})
 	return err
 }

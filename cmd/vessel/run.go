@@ -608,8 +608,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		defer os.Remove(st.Scratch)
 	}
 
-	// A jailed VMM dials the agent's port in dir as the jail's user.
-	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, own: []string{dir, ln.Addr().String()}, name: p.id})
+	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, name: p.id})
 	if err != nil {
 		e := classify(err)
 		var ee *exitError
