@@ -91,6 +91,9 @@ type UserNet struct {
 type Vsock struct {
 	CID  uint64 // 3 or more
 	Path string
+	// Dial, if set, connects guest connections to host port P instead
+	// of a connect to Path_P (see virtio.Vsock.SetDialer).
+	Dial virtio.VsockDialer `json:"-"`
 }
 
 // Share is a host directory served to the guest (package devices/share:

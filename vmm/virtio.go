@@ -77,6 +77,9 @@ func (v *VM) setupVirtio() error {
 		if err != nil {
 			return fmt.Errorf("%w: vsock %s: %w", ErrInvalidConfig, vs.Path, err)
 		}
+		if vs.Dial != nil {
+			dev.SetDialer(vs.Dial)
+		}
 		if err := v.addVirtio(dev, func() { dev.Close() }); err != nil {
 			dev.Close()
 			return err

@@ -275,6 +275,7 @@ func killVessel(st *container.State, why string) error {
 	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), container.RunDirPrefix) {
 		os.RemoveAll(dir)
 	}
+	removeJail(cur.ID)
 	if cur.Remove {
 		return cur.Delete()
 	}
@@ -297,6 +298,8 @@ func newRm() *cobra.Command {
 					if err := stopContainer(st, 0); err != nil {
 						return err
 					}
+				} else {
+					removeJail(st.ID) // left if its vessel process was killed
 				}
 				return st.Delete()
 			})

@@ -60,6 +60,7 @@ type runFlags struct {
 	pidsLimit        int64
 	logOpts          []string
 	maxImageSize     string
+	jail             jailFlags
 }
 
 func newRun() *cobra.Command {
@@ -127,6 +128,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "the most processes the container may have (0 or -1: no limit but the VM's)")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.maxImageSize, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
+	addJailFlags(fl, &f.jail)
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
@@ -162,6 +164,9 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	}
 	if err := vmm.CheckResources(f.cpus, mem); err != nil {
 		return nil, runErr("%s", strings.TrimPrefix(err.Error(), vmm.ErrInvalidConfig.Error()+": "))
+	}
+	if err := f.jail.check(); err != nil {
+		return nil, runErr("%v", err)
 	}
 	if f.pidsLimit < -1 {
 		return nil, runErr("--pids-limit %d: want a number of processes, or 0 or -1 for no limit", f.pidsLimit)
@@ -606,7 +611,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		defer os.Remove(st.Scratch)
 	}
 
-	vm, err := vmm.New(p.cfg)
+	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, name: p.id})
 	if err != nil {
 		e := classify(err)
 		var ee *exitError

@@ -63,6 +63,7 @@ type vmRunFlags struct {
 	cpus                                     int
 	disks, nets                              []string
 	vsock                                    string
+	jail                                     jailFlags
 }
 
 func newVMRun() *cobra.Command {
@@ -95,6 +96,7 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
 	fl.StringArrayVar(&f.nets, "net", nil, netHelp)
+	addJailFlags(fl, &f.jail)
 	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default)")
 	return cmd
 }
@@ -109,6 +111,9 @@ func vmRun(f vmRunFlags, argv []string) error {
 	}
 	if f.cpus < 1 {
 		return usageErr("--cpus must be at least 1 (got %d)", f.cpus)
+	}
+	if err := f.jail.check(); err != nil {
+		return usageErr("%v", err)
 	}
 	kernel, initrd := f.kernel, f.initrd
 	if kernel == "" {
@@ -192,18 +197,15 @@ func vmRun(f vmRunFlags, argv []string) error {
 		}
 	}
 
-	vm, err := vmm.New(cfg)
+	input := "stdin"
+	if interactive {
+		input = "escape"
+	}
+	vm, err := startVM(cfg, vmOptions{jail: f.jail, console: true, input: input})
 	if err != nil {
 		return classify(err)
 	}
 	defer vm.Close()
-
-	if interactive {
-		cfg.Input = &escapeReader{r: os.Stdin, quit: vm.Stop}
-	} else {
-		cfg.Input = os.Stdin
-	}
-	vm.SetInput(cfg.Input)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -233,7 +235,10 @@ func vmRun(f vmRunFlags, argv []string) error {
 
 // classify turns a setup error into an exit status and one line.
 func classify(err error) error {
+	var ee *exitError
 	switch {
+	case errors.As(err, &ee):
+		return ee
 	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrHostKVM):
 		msg := err.Error()
 		for _, p := range []string{vmm.ErrInvalidConfig.Error() + ": ", vmm.ErrHostKVM.Error() + ": "} {

@@ -49,6 +49,10 @@ type Share struct {
 	rootDev  uint64
 	readOnly bool
 	chown    bool // the VMM is root: created files get the guest's owner
+	// uid and gid own what the guest creates without naming an owner,
+	// with chown: the VMM's when the share was made (root's, also after
+	// a jailed VMM dropped to another user).
+	uid, gid int
 
 	budget *FDBudget    // shared with the VM's other shares
 	fds    atomic.Int64 // descriptors held by the share's files
@@ -135,7 +139,7 @@ func New(dir string, readOnly bool, fds *FDBudget) (*Share, error) {
 		fds.give()
 		return nil, fmt.Errorf("share %s: /proc/self/fd is needed: %w", dir, err)
 	}
-	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, budget: fds}, nil
+	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, uid: os.Geteuid(), gid: os.Getegid(), budget: fds}, nil
 }
 
 // Close releases the directory. Files the server still holds keep their
@@ -581,7 +585,7 @@ func chmodFD(fd int, perm uint32) error {
 // finish gives the inode of fd, an entry just made, the permissions the
 // guest asked for (the guest applied its umask, the host's must not
 // apply again; a symlink has none) and, when the VMM is root, the
-// guest's owner. It works through the descriptor only: a name looked up
+// guest's owner (the VMM's first user where the guest names none). It works through the descriptor only: a name looked up
 // again could by now be a symlink to a host file outside the share,
 // swapped in by another writer of the directory (a second share of it,
 // another VM, a host user).
@@ -592,7 +596,14 @@ func (f *file) finish(fd int, name string, kind uint32, perm p9.FileMode, uid p9
 		}
 	}
 	if f.s.chown {
-		if err := unix.Fchownat(fd, "", owner(uint32(uid)), owner(uint32(gid)), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		u, g := owner(uint32(uid)), owner(uint32(gid))
+		if u == -1 {
+			u = f.s.uid
+		}
+		if g == -1 {
+			g = f.s.gid
+		}
+		if err := unix.Fchownat(fd, "", u, g, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("share: chown %q: %w", name, err)
 		}
 	}

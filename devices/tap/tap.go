@@ -46,6 +46,9 @@ func Open(name string) (*Tap, error) {
 		return nil, fmt.Errorf("tap: bad interface name %q (1 to %d bytes)", name, unix.IFNAMSIZ-1)
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.EACCES) {
+		return nil, fmt.Errorf("tap %s: open /dev/net/tun: not permitted (a TAP device needs CAP_NET_ADMIN, or read-write access to /dev/net/tun and a device made for this user with `ip tuntap add %s mode tap user USER`): %w", name, name, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)
 	}

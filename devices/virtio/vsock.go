@@ -135,6 +135,7 @@ func (h *vsockHdr) encode(b []byte) {
 type Vsock struct {
 	cid    uint64
 	uds    string
+	dial   VsockDialer
 	logf   func(string, ...any)
 	config [8]byte
 	ln     *net.UnixListener
@@ -190,6 +191,15 @@ func NewVsock(guestCID uint64, uds string, logf func(string, ...any)) (*Vsock, e
 	go v.acceptLoop()
 	return v, nil
 }
+
+// VsockDialer connects a guest connection to host port port. It must
+// not block for long: a Unix connect succeeds or fails at once.
+type VsockDialer func(port uint32) (*net.UnixConn, error)
+
+// SetDialer replaces how guest connections reach the host (by default a
+// connect to "<uds>_<port>"), for a VMM that cannot reach those names
+// itself (a jailed one asks its parent). Call it before the guest runs.
+func (v *Vsock) SetDialer(d VsockDialer) { v.dial = d }
 
 // listenUnix listens on path, replacing a stale socket left by a VMM that
 // died without removing it, but never a live one or another kind of file.
@@ -270,6 +280,7 @@ func (v *Vsock) Activate(q *Queues) error {
 		return errors.New("virtio vsock: activated twice without a reset")
 	}
 	r := newVsockRun(v.cid, v.uds, q, v.logf)
+	r.dial = v.dial
 	r.start()
 	for _, h := range v.waiting {
 		r.hostConnect(h.sock, h.port)

@@ -30,6 +30,7 @@ import (
 type vsockRun struct {
 	cid  uint64
 	uds  string
+	dial VsockDialer // nil: connect to uds_<port>
 	logf func(string, ...any)
 	q    *Queues
 	w    *workers
@@ -413,8 +414,14 @@ func (r *vsockRun) guestConnect(h *vsockHdr) {
 		r.queueRST(h)
 		return
 	}
-	path := r.uds + "_" + strconv.FormatUint(uint64(h.dstPort), 10)
-	sock, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	var sock *net.UnixConn
+	var err error
+	if r.dial != nil {
+		sock, err = r.dial(h.dstPort)
+	} else {
+		path := r.uds + "_" + strconv.FormatUint(uint64(h.dstPort), 10)
+		sock, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	}
 	if err != nil {
 		r.queueRST(h)
 		return

@@ -1,0 +1,402 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/internal/jail"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// jailFlags are --jail and --jail-user, shared by vm run and run.
+type jailFlags struct {
+	jail bool
+	user string
+}
+
+const jailHelp = "run the VMM in a jail: its own mount, PID, IPC and UTS namespaces, a root holding only what the VM still uses, an unprivileged user, no_new_privs, rlimits and a cgroup v2 with the VM's memory and CPU limits (needs root; the default as root, --jail=false opts out)"
+
+func addJailFlags(fl *pflag.FlagSet, j *jailFlags) {
+	fl.BoolVar(&j.jail, "jail", os.Geteuid() == 0, jailHelp)
+	fl.StringVar(&j.user, "jail-user", "65534:65534", "with --jail, the UID[:GID] the VMM runs as")
+}
+
+// ids parses --jail-user.
+func (j jailFlags) ids() (uid, gid int, err error) {
+	u, g, hasGID := strings.Cut(j.user, ":")
+	uid, err = strconv.Atoi(u)
+	if err == nil && hasGID {
+		gid, err = strconv.Atoi(g)
+	} else {
+		gid = uid
+	}
+	if err != nil || uid <= 0 || gid <= 0 || uid > 1<<31-2 || gid > 1<<31-2 {
+		return 0, 0, fmt.Errorf("--jail-user %q: want UID[:GID], numbers above 0", j.user)
+	}
+	return uid, gid, nil
+}
+
+// check refuses --jail where it cannot work.
+func (j jailFlags) check() error {
+	if !j.jail {
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("--jail needs root (as an ordinary user the VMM runs unjailed, with that user's rights)")
+	}
+	_, _, err := j.ids()
+	return err
+}
+
+// runningVM is a VM as vm run and run drive it: built in this process
+// (*vmm.VM) or in a jailed VMM process (*jailedVM).
+type runningVM interface {
+	Run() vmm.Result
+	Stop()
+	Close() error
+}
+
+// vmOptions say how startVM runs a VM.
+type vmOptions struct {
+	jail jailFlags
+	// console: the guest console goes to stdout, else it is discarded
+	// (the result still holds its last lines).
+	console bool
+	// input is the guest console's input: "" none, "stdin", or "escape"
+	// (stdin on a raw terminal, Ctrl-A X stops the VM).
+	input string
+	// name names the jail (a container's ID), so that a later vessel
+	// command can remove what a killed vessel process left; "" for a
+	// random name.
+	name string
+}
+
+// startVM builds the VM of cfg, in this process or, with o.jail, in a
+// jailed VMM process; in the latter case errors are *exitError already.
+func startVM(cfg vmm.Config, o vmOptions) (runningVM, error) {
+	if o.jail.jail {
+		return startJailed(cfg, o)
+	}
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	setInput(vm, o.input)
+	return vm, nil
+}
+
+func setInput(vm *vmm.VM, input string) {
+	switch input {
+	case "escape":
+		vm.SetInput(&escapeReader{r: os.Stdin, quit: vm.Stop})
+	case "stdin":
+		vm.SetInput(os.Stdin)
+	}
+}
+
+// wireConfig is the part of a vmm.Config the jailed VMM process gets
+// (on its fd 3, as JSON), with how to run it.
+type wireConfig struct {
+	Kernel, Initrd, Cmdline string
+	CPUs                    int
+	Memory                  uint64
+	Disks                   []vmm.Disk
+	Nets                    []vmm.Net
+	Vsock                   *vmm.Vsock
+	Shares                  []vmm.Share
+	AllowPVM                bool
+	Console                 bool
+	Input                   string
+	UID, GID                int
+	Root                    string
+}
+
+// wireMsg is one message from the jailed VMM process (on its fd 4):
+// an error before the guest ran, ready, or the result.
+type wireMsg struct {
+	Error  *wireError  `json:",omitempty"`
+	Ready  bool        `json:",omitempty"`
+	Result *wireResult `json:",omitempty"`
+}
+
+type wireError struct {
+	Code int
+	Msg  string
+}
+
+// wireResult is a vmm.Result without its Err.
+type wireResult struct {
+	Kind        vmm.ExitKind
+	Status      int
+	Detail      string
+	ConsoleTail []string
+	Metrics     vmm.Metrics
+}
+
+// jailedVMMCommand is the hidden command the jailed VMM process runs.
+const jailedVMMCommand = "jailed-vmm"
+
+func newJailedVMM() *cobra.Command {
+	return &cobra.Command{
+		Use:    jailedVMMCommand,
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return jailedVMM(os.NewFile(3, "config"), os.NewFile(4, "messages"))
+		},
+	}
+}
+
+// jailedVMM is the jailed VMM process: it builds the VM as vessel sent
+// it, enters the jail, runs the guest and sends back how it ended.
+func jailedVMM(in, out *os.File) error {
+	if in == nil || out == nil {
+		return usageErr("%s is vessel's own VMM process, not a command", jailedVMMCommand)
+	}
+	send := func(m wireMsg) { json.NewEncoder(out).Encode(m) }
+	fail := func(err error) error {
+		var ee *exitError
+		if !errors.As(classify(err), &ee) {
+			ee = &exitError{code: exitInternal, msg: err.Error()}
+		}
+		send(wireMsg{Error: &wireError{Code: ee.code, Msg: ee.msg}})
+		return &exitError{code: ee.code}
+	}
+	var w wireConfig
+	err := json.NewDecoder(io.LimitReader(in, 1<<20)).Decode(&w)
+	in.Close()
+	if err != nil {
+		return fail(fmt.Errorf("read the VM's configuration: %w", err))
+	}
+	// A jailed VMM needs few descriptors (the 9P shares' budget follows
+	// this) and threads: a vCPU each and the Go runtime's.
+	if err := jail.Limits(4096, 4096); err != nil {
+		return fail(err)
+	}
+	cfg := vmm.Config{Kernel: w.Kernel, Initrd: w.Initrd, Cmdline: w.Cmdline, CPUs: w.CPUs, Memory: w.Memory,
+		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Shares: w.Shares, AllowPVM: w.AllowPVM,
+		Console: io.Discard, Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n")}
+	if w.Console {
+		cfg.Console = os.Stdout
+	}
+	if cfg.Vsock != nil {
+		// Guest connections to the host dial PATH_<port>, a name the
+		// jail hides: vessel dials them.
+		b, err := newVsockBroker(os.NewFile(5, "vsock dials"))
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Vsock.Dial = b.dial
+	}
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer vm.Close()
+	setInput(vm, w.Input)
+	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
+	if err := jail.Enter(spec); err != nil {
+		return fail(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		<-sigs
+		vm.Stop()
+	}()
+	send(wireMsg{Ready: true})
+	res := vm.Run()
+	send(wireMsg{Result: &wireResult{Kind: res.Kind, Status: res.Status, Detail: res.Detail, ConsoleTail: res.ConsoleTail, Metrics: res.Metrics}})
+	return nil
+}
+
+// jailedVM is a VM run by a jailed VMM process.
+type jailedVM struct {
+	cmd  *exec.Cmd
+	host *jail.Host
+	done chan struct{} // closed once the process is gone
+	res  vmm.Result
+	once sync.Once
+	// dials is vessel's end of the VMM's vsock dials (see jaildial.go),
+	// to uds_<port>.
+	dials *net.UnixConn
+	uds   string
+}
+
+// jailBase is where jails are made: beside the container state.
+func jailBase() (string, error) {
+	root, err := container.StateRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(root), "jails"), nil
+}
+
+func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
+	uid, gid, err := o.jail.ids()
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	base, err := jailBase()
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	host, err := jail.Prepare(base, o.name, cfg.CPUs, cfg.Memory)
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	if host.Note != "" {
+		fmt.Fprintf(os.Stderr, "vessel: --jail: %s\n", host.Note)
+	}
+	j := &jailedVM{host: host, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			host.Cleanup()
+		}
+	}()
+	self, err := os.Executable()
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	defer cfgR.Close()
+	defer cfgW.Close()
+	msgR, msgW, err := os.Pipe()
+	if err != nil {
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	defer msgW.Close()
+	j.cmd = exec.Command(self, jailedVMMCommand)
+	j.cmd.Stdout, j.cmd.Stderr = os.Stdout, os.Stderr
+	if o.input != "" {
+		j.cmd.Stdin = os.Stdin
+	}
+	j.cmd.ExtraFiles = []*os.File{cfgR, msgW, nil}
+	if cfg.Vsock != nil {
+		ours, theirs, err := dialPair()
+		if err != nil {
+			return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: %v", err)}
+		}
+		defer theirs.Close()
+		j.dials, j.uds = ours, cfg.Vsock.Path
+		j.cmd.ExtraFiles[2] = theirs
+		defer func() {
+			if !ok {
+				ours.Close()
+			}
+		}()
+	}
+	j.cmd.SysProcAttr = host.SysProcAttr()
+	if err := j.cmd.Start(); err != nil {
+		msgR.Close()
+		return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: start the VMM process: %v", err)}
+	}
+	cfgR.Close()
+	msgW.Close()
+	w := wireConfig{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
+		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
+		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root}
+	json.NewEncoder(cfgW).Encode(w)
+	cfgW.Close()
+	dec := json.NewDecoder(msgR)
+	var m wireMsg
+	if err := dec.Decode(&m); err != nil || !m.Ready {
+		msgR.Close()
+		werr := j.cmd.Wait()
+		if m.Error != nil {
+			return nil, &exitError{code: m.Error.Code, msg: m.Error.Msg}
+		}
+		return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: the VMM process ended before the guest ran (%v)", werr)}
+	}
+	go func() {
+		defer close(j.done)
+		var m wireMsg
+		err := dec.Decode(&m)
+		msgR.Close()
+		werr := j.cmd.Wait()
+		switch {
+		case err == nil && m.Result != nil:
+			r := m.Result
+			j.res = vmm.Result{Kind: r.Kind, Status: r.Status, Detail: r.Detail, ConsoleTail: r.ConsoleTail, Metrics: r.Metrics}
+		default:
+			j.res = vmm.Result{Kind: vmm.ExitError, Detail: fmt.Sprintf("the jailed VMM process died (%v)", werr)}
+			j.res.Err = errors.New(j.res.Detail)
+		}
+	}()
+	if j.dials != nil {
+		go serveVsockDials(j.dials, j.uds)
+	}
+	ok = true
+	return j, nil
+}
+
+// removeJail removes the jail of container id that its killed vessel
+// process left, if any.
+func removeJail(id string) {
+	if base, err := jailBase(); err == nil {
+		if err := jail.Remove(base, id); err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+		}
+	}
+}
+
+// Run waits until the VM ended.
+func (j *jailedVM) Run() vmm.Result {
+	<-j.done
+	return j.res
+}
+
+// Stop asks the VMM process to stop the VM.
+func (j *jailedVM) Stop() {
+	select {
+	case <-j.done:
+	default:
+		j.cmd.Process.Signal(syscall.SIGTERM)
+	}
+}
+
+// jailStopTimeout bounds how long Close waits for the VMM process after
+// asking it to stop, before it kills it.
+const jailStopTimeout = 30 * time.Second
+
+// Close ends the VMM process if it still runs and removes the jail.
+func (j *jailedVM) Close() error {
+	var err error
+	j.once.Do(func() {
+		j.Stop()
+		select {
+		case <-j.done:
+		case <-time.After(jailStopTimeout):
+			j.cmd.Process.Kill()
+			<-j.done
+		}
+		err = j.host.Cleanup()
+		if j.uds != "" {
+			// The VMM's listener, which it could not unlink in the jail.
+			if fi, e := os.Lstat(j.uds); e == nil && fi.Mode()&os.ModeSocket != 0 {
+				os.Remove(j.uds)
+			}
+		}
+	})
+	return err
+}

@@ -1,0 +1,421 @@
+//go:build linux
+
+// Package jail confines a VMM process the way Firecracker's jailer does,
+// in two halves.
+//
+// The host half (Prepare, run by vessel as root) makes an empty per-VM
+// directory and, where cgroup v2 is writable, a cgroup with the VM's
+// memory and CPU limits, and gives the SysProcAttr that starts the VMM
+// process in new mount, PID, IPC and UTS namespaces, born in that cgroup.
+// Cleanup removes both once the VMM process is gone.
+//
+// The VMM half runs in that process: Limits before it builds the VM (the
+// rlimits), Enter once the VM is built, before the guest runs. Enter
+// mounts a small tmpfs on the directory holding only the paths the VM
+// still opens by name (bound at the same paths) and a /proc of the new
+// PID namespace, pivot_roots into it and detaches the old root, drops
+// to an unprivileged uid and gid with no supplementary groups, keeps
+// only the capabilities a 9P share server needs (none without shares),
+// and sets no_new_privs. Everything the VM needs that is not a name
+// (/dev/kvm, the VM's and vCPUs' descriptors, disk images, the kernel
+// already loaded, TAP descriptors, the user network's helper) was opened
+// before.
+package jail
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Nobody is the uid and gid a jailed VMM runs as unless told otherwise.
+const Nobody = 65534
+
+// Cloneflags are the namespaces a jailed VMM process is created in.
+const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+
+// MemoryOverhead is what the jail's cgroup allows beyond the guest's RAM:
+// the VMM's own heap and the user network helper.
+const MemoryOverhead = 256 << 20
+
+// cgroupRoot is where cgroup v2 is mounted; vessel's jails live in
+// cgroupRoot/cgroupParent/<name>.
+const (
+	cgroupRoot   = "/sys/fs/cgroup"
+	cgroupParent = "vessel"
+)
+
+// Host is the host's side of one jail.
+type Host struct {
+	// Dir is the jail's private directory (0700) and Root the directory
+	// in it that becomes the VMM's root.
+	Dir, Root string
+	// Cgroup is the jail's cgroup directory, "" when cgroup v2 was not
+	// writable (Note says why).
+	Cgroup string
+	Note   string
+	cgfd   *os.File
+}
+
+// Prepare makes a jail for a VM of cpus vCPUs and mem bytes of RAM: a
+// private directory under base and, if it can, a cgroup. name (letters
+// and digits), if not empty, names the jail so that Remove finds it;
+// otherwise the name is random.
+func Prepare(base, name string, cpus int, mem uint64) (*Host, error) {
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	var dir string
+	var err error
+	if name == "" {
+		dir, err = os.MkdirTemp(base, "jail-")
+	} else {
+		dir = filepath.Join(base, "jail-"+name)
+		err = os.Mkdir(dir, 0o700)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	h := &Host{Dir: dir, Root: filepath.Join(dir, "root")}
+	// The root is reachable only through Dir (0700); once it is the
+	// VMM's /, the unprivileged VMM must be able to walk it.
+	if err := os.Mkdir(h.Root, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	if err := h.makeCgroup(filepath.Base(dir), cpus, mem); err != nil {
+		h.Note = fmt.Sprintf("no cgroup v2 limits for the VMM (%v)", err)
+	} else if err := os.WriteFile(filepath.Join(dir, cgroupFile), []byte(h.Cgroup), 0o600); err != nil {
+		h.Cleanup()
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	return h, nil
+}
+
+// cgroupFile, in a jail's directory, names its cgroup for Remove.
+const cgroupFile = "cgroup"
+
+// Remove removes the jail name under base, left by a vessel process that
+// was killed: what is left in its cgroup is killed first. Nothing to
+// remove is no error.
+func Remove(base, name string) error {
+	dir := filepath.Join(base, "jail-"+name)
+	h := &Host{Dir: dir}
+	if b, err := os.ReadFile(filepath.Join(dir, cgroupFile)); err == nil && strings.HasPrefix(string(b), cgroupRoot+"/") {
+		h.Cgroup = filepath.Clean(string(b))
+		os.WriteFile(filepath.Join(h.Cgroup, "cgroup.kill"), []byte("1"), 0)
+	}
+	return h.Cleanup()
+}
+
+func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroupRoot, &st); err != nil {
+		return fmt.Errorf("%s: %w", cgroupRoot, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not cgroup v2", cgroupRoot)
+	}
+	// Nest under the cgroup vessel itself runs in, so that limits set
+	// above it still hold.
+	self, err := ownCgroup()
+	if err != nil {
+		return err
+	}
+	parentDir := filepath.Join(cgroupRoot, self)
+	if err := enable(parentDir); err != nil {
+		return err
+	}
+	parent := filepath.Join(parentDir, cgroupParent)
+	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	if err := enable(parent); err != nil {
+		return err
+	}
+	cg := filepath.Join(parent, name)
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		return err
+	}
+	limits := []struct{ file, value string }{
+		{"memory.max", strconv.FormatUint(mem+MemoryOverhead, 10)},
+		{"memory.swap.max", "0"},
+		{"cpu.max", fmt.Sprintf("%d 100000", cpus*100000)},
+	}
+	for _, l := range limits {
+		if err := os.WriteFile(filepath.Join(cg, l.file), []byte(l.value), 0); err != nil && !(l.file == "memory.swap.max" && errors.Is(err, os.ErrNotExist)) {
+			os.Remove(cg)
+			return fmt.Errorf("%s: %w", l.file, err)
+		}
+	}
+	fd, err := os.Open(cg)
+	if err != nil {
+		os.Remove(cg)
+		return err
+	}
+	h.Cgroup, h.cgfd = cg, fd
+	return nil
+}
+
+// ownCgroup is this process's cgroup v2 path.
+func ownCgroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("/proc/self/cgroup has no cgroup v2 entry")
+}
+
+// enable turns on the memory and cpu controllers for dir's children.
+func enable(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
+	if err != nil {
+		return err
+	}
+	have := " " + strings.TrimSpace(string(b)) + " "
+	if strings.Contains(have, " memory ") && strings.Contains(have, " cpu ") {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +cpu"), 0); err != nil {
+		return fmt.Errorf("enable the memory and cpu controllers in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// SysProcAttr is how the VMM process is started: in new mount, PID, IPC
+// and UTS namespaces, in the jail's cgroup if it has one, killed if
+// vessel dies.
+func (h *Host) SysProcAttr() *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Cloneflags: Cloneflags, Pdeathsig: syscall.SIGKILL}
+	if h.cgfd != nil {
+		a.UseCgroupFD, a.CgroupFD = true, int(h.cgfd.Fd())
+	}
+	return a
+}
+
+// Cleanup removes the jail's directory and cgroup; the VMM process must
+// be gone (its PID namespace, and so the user network helper in it, ends
+// with it).
+func (h *Host) Cleanup() error {
+	var errs []error
+	if h.cgfd != nil {
+		h.cgfd.Close()
+	}
+	if h.Cgroup != "" {
+		// The namespace's last processes may still be on their way out.
+		var err error
+		for i := 0; i < 100; i++ {
+			if err = os.Remove(h.Cgroup); err == nil || !errors.Is(err, syscall.EBUSY) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("jail: remove cgroup: %w", err))
+		}
+	}
+	// The mounts were made in the VMM's own mount namespace and are gone
+	// with it; the directories are empty.
+	if err := os.RemoveAll(h.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("jail: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Spec is what the VMM half needs to know.
+type Spec struct {
+	// Root is Host.Root.
+	Root string
+	// Binds are host paths the VMM still opens by name after Enter,
+	// bound read-write at the same paths inside the jail: directories
+	// (with their contents) or files.
+	Binds []string
+	// UID and GID the VMM runs as.
+	UID, GID int
+	// FileCaps keeps CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER and
+	// CAP_FSETID, which a 9P share server needs to give files the
+	// guest's owners and reach files of any owner in the shared
+	// directory; without it the VMM keeps no capability.
+	FileCaps bool
+}
+
+// Limits sets the VMM process's rlimits: no core dumps (guest memory),
+// at most nofile descriptors and nproc threads for its uid. Call it
+// before building the VM, whose descriptor budgets follow RLIMIT_NOFILE.
+func Limits(nofile, nproc uint64) error {
+	for _, l := range []struct {
+		res int
+		max uint64
+	}{{unix.RLIMIT_CORE, 0}, {unix.RLIMIT_NOFILE, nofile}, {unix.RLIMIT_NPROC, nproc}} {
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(l.res, &cur); err != nil {
+			return fmt.Errorf("jail: getrlimit %d: %w", l.res, err)
+		}
+		if cur.Max < l.max {
+			l.max = cur.Max
+		}
+		if err := unix.Setrlimit(l.res, &unix.Rlimit{Cur: l.max, Max: l.max}); err != nil {
+			return fmt.Errorf("jail: setrlimit %d: %w", l.res, err)
+		}
+	}
+	return nil
+}
+
+// Enter confines the calling process (the VMM, created with Cloneflags)
+// to s.Root. On error the process must exit: it may be half confined.
+func Enter(s Spec) error {
+	if os.Getpid() != 1 {
+		return errors.New("jail: not in a new PID namespace")
+	}
+	// Nothing made from here on may reach the host's mount namespace.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("jail: make mounts private: %w", err)
+	}
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("vessel-jail", s.Root, "tmpfs", flags, "mode=0755,size=64k,nr_inodes=256"); err != nil {
+		return fmt.Errorf("jail: tmpfs on %s: %w", s.Root, err)
+	}
+	for _, p := range s.Binds {
+		if err := bind(s.Root, p); err != nil {
+			return err
+		}
+	}
+	proc := filepath.Join(s.Root, "proc")
+	if err := os.Mkdir(proc, 0o555); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	// A /proc of the new PID namespace: the 9P server reopens files
+	// through /proc/self/fd.
+	if err := unix.Mount("proc", proc, "proc", flags, ""); err != nil {
+		return fmt.Errorf("jail: mount proc: %w", err)
+	}
+	if err := os.Chdir(s.Root); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	// pivot_root(".", ".") stacks the old root under the new one, at
+	// the same place; detaching "." then takes the old root away (runc
+	// does the same, without a directory for the old root).
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("jail: pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("jail: detach the old root: %w", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, ""); err != nil {
+		return fmt.Errorf("jail: make / read-only: %w", err)
+	}
+	if err := unix.Sethostname([]byte("vessel-jail")); err != nil {
+		return fmt.Errorf("jail: sethostname: %w", err)
+	}
+	return dropPrivileges(s.UID, s.GID, s.FileCaps)
+}
+
+// bind makes host path p visible at the same path under root.
+func bind(root, p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("jail: %s: not an absolute path", p)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	dst := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	if fi.IsDir() {
+		err = os.Mkdir(dst, 0o755)
+	} else {
+		var f *os.File
+		if f, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("jail: %w", err)
+	}
+	if err := unix.Mount(p, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("jail: bind %s: %w", p, err)
+	}
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+		return fmt.Errorf("jail: remount %s: %w", p, err)
+	}
+	return nil
+}
+
+// fileCaps are the capabilities FileCaps keeps.
+var fileCaps = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID}
+
+// dropPrivileges empties the bounding set but for what keep says, drops
+// to uid and gid, keeps those capabilities as permitted and effective
+// only, and sets no_new_privs, on every thread of the process (Go's
+// runtime has many: credentials and these flags are per thread in the
+// kernel, so each change goes through syscall.AllThreadsSyscall).
+func dropPrivileges(uid, gid int, keep bool) error {
+	kept := map[uintptr]bool{}
+	if keep {
+		for _, c := range fileCaps {
+			kept[c] = true
+		}
+	}
+	last := uintptr(unix.CAP_LAST_CAP)
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = uintptr(n)
+		}
+	}
+	for c := uintptr(0); c <= last; c++ {
+		if kept[c] {
+			continue
+		}
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, c, 0); e != 0 {
+			return fmt.Errorf("jail: drop capability %d from the bounding set: %w", c, e)
+		}
+	}
+	if keep {
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1, 0); e != 0 {
+			return fmt.Errorf("jail: PR_SET_KEEPCAPS: %w", e)
+		}
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("jail: setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("jail: setresgid %d: %w", gid, err)
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("jail: setresuid %d: %w", uid, err)
+	}
+	if keep {
+		var set uint32
+		for c := range kept {
+			set |= 1 << c
+		}
+		if err := capsetAllThreads(set); err != nil {
+			return err
+		}
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0, 0); e != 0 {
+			return fmt.Errorf("jail: PR_SET_KEEPCAPS: %w", e)
+		}
+	}
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
+		return fmt.Errorf("jail: PR_SET_NO_NEW_PRIVS: %w", e)
+	}
+	return nil
+}
