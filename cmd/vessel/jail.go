@@ -214,6 +214,9 @@ func jailedVMM(in, out *os.File) error {
 	if err := jail.Enter(spec); err != nil {
 		return fail(err)
 	}
+	if err := sandboxVMM(); err != nil {
+		return fail(err)
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {

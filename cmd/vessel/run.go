@@ -621,8 +621,11 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return e
 	}
 	defer vm.Close()
-	if err := sandboxVMM(); err != nil {
-		return err
+	// A jailed VMM process filters itself (jailedVMM).
+	if !f.jail.jail {
+		if err := sandboxVMM(); err != nil {
+			return err
+		}
 	}
 	results := make(chan vmm.Result, 1)
 	ended := make(chan struct{})

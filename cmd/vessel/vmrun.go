@@ -218,8 +218,11 @@ func vmRun(f vmRunFlags, argv []string) error {
 		}
 	}()
 
-	if err := sandboxVMM(); err != nil {
-		return err
+	// A jailed VMM process filters itself (jailedVMM).
+	if !f.jail.jail {
+		if err := sandboxVMM(); err != nil {
+			return err
+		}
 	}
 	res := vm.Run()
 	if restore != nil {
