@@ -113,6 +113,7 @@ func TestSeccomp(t *testing.T) {
 	})
 
 	t.Run("runtime", func(t *testing.T) {
+		becomeSubreaper(t)
 		ctx := context.Background()
 		r, state := runtimeClient(t)
 		bundle, _ := makeBundle(t, "sleep", "600")
