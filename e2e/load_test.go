@@ -123,11 +123,12 @@ func cli(t *testing.T, env []string, stdin string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vesselBin, args...)
-	// SIGQUIT first: Go's runtime prints every goroutine's stack, which
-	// shows where it hung.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	// SIGABRT first: Go's runtime (GOTRACEBACK=all) prints every
+	// goroutine's stack, which shows where it hung. (vessel run takes
+	// SIGQUIT for the container.)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGABRT) }
 	cmd.WaitDelay = 10 * time.Second
-	cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+	cmd.Env, cmd.Stdin = append(env[:len(env):len(env)], "GOTRACEBACK=all"), strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
