@@ -4,12 +4,14 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,17 +112,32 @@ func TestLoadConcurrent(t *testing.T) {
 	}
 }
 
-// cli runs the vessel binary with env and stdin, without retries.
+// cliTimeout bounds one vessel command of cli: a hang (such as vessel run
+// stuck behind a full log) fails the test instead of stalling the suite.
+const cliTimeout = 5 * time.Minute
+
+// cli runs the vessel binary with env and stdin, without retries, and
+// kills it after cliTimeout.
 func cli(t *testing.T, env []string, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(vesselBin, args...)
-	cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vesselBin, args...)
+	// SIGABRT first: Go's runtime (GOTRACEBACK=all) prints every
+	// goroutine's stack, which shows where it hung. (vessel run takes
+	// SIGQUIT for the container.)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGABRT) }
+	cmd.WaitDelay = 10 * time.Second
+	cmd.Env, cmd.Stdin = append(env[:len(env):len(env)], "GOTRACEBACK=all"), strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	cmd.Run()
 	r := result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode(), elapsed: time.Since(start)}
 	t.Logf("vessel %s: exit %d in %v", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond))
+	if ctx.Err() != nil {
+		t.Errorf("vessel %s: killed after %v", strings.Join(args, " "), cliTimeout)
+	}
 	return r
 }
 
