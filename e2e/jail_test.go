@@ -324,7 +324,11 @@ func (c *coreEnv) imageAndRun(t *testing.T, wantOwner int) {
 	if r.code != 0 {
 		t.Fatalf("vessel run -d:\n%v", r)
 	}
-	defer c.run(t, "rm", "-f", "core")
+	defer func() {
+		if t.Failed() {
+			c.run(t, "rm", "-f", "core")
+		}
+	}()
 	client := &http.Client{Timeout: 10 * time.Second}
 	var body string
 	for deadline := time.Now().Add(bootTimeout); time.Now().Before(deadline) && body == ""; time.Sleep(time.Second) {
