@@ -68,7 +68,8 @@ func StartRelay(p Profile, logPath string, json bool) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("seccomp: relay: %w", err)
 	}
-	go cmd.Wait() // reaped if it ends first; it ends at our end
+	// Not waited for: it ends after this process (at the end of its
+	// input), and a wait would be a call the filter may not allow.
 	if err := unix.Dup3(int(w.Fd()), 2, 0); err != nil {
 		cmd.Process.Kill()
 		return fmt.Errorf("seccomp: relay: %w", err)
