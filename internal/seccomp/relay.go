@@ -56,6 +56,17 @@ func StartRelay(p Profile, logPath string, json bool) error {
 	}
 	realErrF := os.NewFile(uintptr(realErr), "stderr")
 	defer realErrF.Close()
+	// The relay gets its stdin and stderr only: descriptors this process
+	// was given without close-on-exec (a published port's listener, in
+	// the user network's helper) must not live on in it.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fds, _ := os.ReadDir("/proc/self/fd")
+		for _, fd := range fds {
+			if n, err := strconv.Atoi(fd.Name()); err == nil && n > 2 {
+				unix.FcntlInt(uintptr(n), unix.F_SETFD, unix.FD_CLOEXEC)
+			}
+		}
+	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), relayEnv+"="+p.String(), relayLogEnv+"="+logPath)
 	if json {
