@@ -72,7 +72,9 @@ func StartRelay(p Profile, logPath string, json bool) error {
 	if json {
 		cmd.Env = append(cmd.Env, relayJSONEnv+"=json")
 	}
-	cmd.Stdin, cmd.Stderr = r, realErrF
+	// Its stdout too: os/exec would open /dev/null, which a jail
+	// (internal/jail) does not have.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = r, realErrF, realErrF
 	// Its own process group: the terminal's ^C is for the VMM, and the
 	// relay must outlive it to report its end.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
