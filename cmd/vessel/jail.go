@@ -21,6 +21,7 @@ import (
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/internal/jail"
+	"github.com/vesselvm/vessel/internal/seccomp"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -310,10 +311,28 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		}()
 	}
 	j.cmd.SysProcAttr = host.SysProcAttr()
-	if err := j.cmd.Start(); err != nil {
+	// Its stderr comes through us: a call outside its seccomp filter
+	// ends it with Go's crash report, which Relay turns into one line
+	// (its own relay would die with it, PID 1 of its namespace).
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		msgR.Close()
+		return nil, &exitError{code: exitInternal, msg: err.Error()}
+	}
+	j.cmd.Stderr = errW
+	j.cmd.Env = append(os.Environ(), seccomp.RelayedEnv+"=1")
+	err = j.cmd.Start()
+	errW.Close()
+	if err != nil {
+		errR.Close()
 		msgR.Close()
 		return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: start the VMM process: %v", err)}
 	}
+	relayed := make(chan string, 1)
+	go func() {
+		relayed <- strings.TrimPrefix(seccomp.Relay(errR, os.Stderr, "VMM"), "vessel: ")
+		errR.Close()
+	}()
 	cfgR.Close()
 	msgW.Close()
 	w := wireConfig{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
@@ -326,8 +345,12 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	if err := dec.Decode(&m); err != nil || !m.Ready {
 		msgR.Close()
 		werr := j.cmd.Wait()
+		line := <-relayed
 		if m.Error != nil {
 			return nil, &exitError{code: m.Error.Code, msg: m.Error.Msg}
+		}
+		if line != "" {
+			return nil, &exitError{code: exitInternal, msg: line}
 		}
 		return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: the VMM process ended before the guest ran (%v)", werr)}
 	}
@@ -342,7 +365,11 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 			r := m.Result
 			j.res = vmm.Result{Kind: r.Kind, Status: r.Status, Detail: r.Detail, ConsoleTail: r.ConsoleTail, Metrics: r.Metrics}
 		default:
-			j.res = vmm.Result{Kind: vmm.ExitError, Detail: fmt.Sprintf("the jailed VMM process died (%v)", werr)}
+			detail := fmt.Sprintf("the jailed VMM process died (%v)", werr)
+			if line := <-relayed; line != "" {
+				detail = line
+			}
+			j.res = vmm.Result{Kind: vmm.ExitError, Detail: detail}
 			j.res.Err = errors.New(j.res.Detail)
 		}
 	}()

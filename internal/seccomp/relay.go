@@ -24,6 +24,12 @@ import (
 // StartRelay, holds the process's real standard error, passes everything
 // through, and replaces such a report with one line.
 
+// RelayedEnv, set in a process's environment, says that its parent
+// relays its standard error (Relay) and StartRelay need not: a jailed
+// VMM is PID 1 of its PID namespace, and a relay of its own would die with
+// it before it could report.
+const RelayedEnv = "VESSEL_SECCOMP_RELAYED"
+
 const (
 	relayEnv     = "VESSEL_SECCOMP_RELAY"      // set in the relay: the profile's name
 	relayLogEnv  = "VESSEL_SECCOMP_LOG"        // a log file the relay also writes the line to
@@ -37,7 +43,7 @@ const maxReport = 1 << 20
 // standard error is the real one (and which also appends its report to
 // logPath, in runc's JSON form when json is set). Call it before Install.
 func StartRelay(p Profile, logPath string, json bool) error {
-	if disabled() {
+	if disabled() || os.Getenv(RelayedEnv) != "" {
 		return nil
 	}
 	// This executable again, by /proc/self/exe: in a jail (internal/jail)
@@ -99,7 +105,7 @@ func RelayMain() {
 		return
 	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
-	line := relay(os.Stdin, os.Stderr, name)
+	line := Relay(os.Stdin, os.Stderr, name)
 	if line != "" {
 		fmt.Fprintln(os.Stderr, line)
 		if path := os.Getenv(relayLogEnv); path != "" {
@@ -123,12 +129,12 @@ var (
 	lastReg    = regexp.MustCompile(`(?m)^gs +0x[0-9a-f]+\n`)
 )
 
-// relay copies in to out until in ends, holding back a seccomp crash
+// Relay copies in to out until in ends, holding back a seccomp crash
 // report (from its mark to the end of its register dump) and returning
 // the one line that replaces it. Output that only looks like a report
 // (text after the register dump, no rax, or too long) is passed on as it
 // was.
-func relay(in io.Reader, out io.Writer, who string) string {
+func Relay(in io.Reader, out io.Writer, who string) string {
 	var held []byte // from the mark on
 	var carry []byte
 	buf := make([]byte, 32<<10)

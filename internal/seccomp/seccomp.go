@@ -178,7 +178,7 @@ var goRuntime = []string{
 // the control sockets' connections, the container's state and logs, and
 // waiting for or stopping its user network helper at the end.
 var vmmCalls = []string{
-	"fsync", "fdatasync", "fallocate", "ftruncate",
+	"fsync", "fdatasync", "fallocate", "ftruncate", "truncate", // a share's setattr truncates /proc/self/fd/N
 	"openat", "openat2", "getdents64", "readlinkat", "fchmod", "fchmodat", "fchown", "fchownat",
 	"mkdirat", "mknodat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
 	"fgetxattr", "flistxattr", "fsetxattr", "fremovexattr", "fstatfs", "statfs", "faccessat", "faccessat2",

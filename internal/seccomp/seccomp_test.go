@@ -109,7 +109,7 @@ func TestRelay(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			line := relay(&chunked{data: []byte(tc.in), n: 7}, &out, "VMM")
+			line := Relay(&chunked{data: []byte(tc.in), n: 7}, &out, "VMM")
 			if out.String() != tc.out || line != tc.line {
 				t.Errorf("out %q line %q, want %q %q", out.String(), line, tc.out, tc.line)
 			}
