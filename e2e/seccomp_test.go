@@ -74,7 +74,7 @@ func TestSeccomp(t *testing.T) {
 		t.Skip("host half only")
 	}
 	t.Run("vm-run", func(t *testing.T) {
-		cmd := exec.Command(vesselBin, "vm", "run", "--net", "user", "--", "sh", "-c", "echo up; sleep 600")
+		cmd := exec.Command(vesselBin, "vm", "run", "--jail=false", "--net", "user", "--", "sh", "-c", "echo up; sleep 600")
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -95,9 +95,30 @@ func TestSeccomp(t *testing.T) {
 		cmd.Wait()
 	})
 
+	t.Run("vm-run-jailed", func(t *testing.T) {
+		// The jailed VMM process (the default as root) filters itself.
+		cmd := exec.Command(vesselBin, "vm", "run", "--jail", "--", "sh", "-c", "echo up; sleep 600")
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		waitLine(t, stdout, "up", 3*time.Minute)
+		checkFiltered(t, onlyProcess(t, "the jailed VMM process", func(args []string) bool {
+			return slicesContains(args, "jailed-vmm")
+		}), "the jailed VMM process")
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+
 	t.Run("run-detached", func(t *testing.T) {
 		env := runEnv(t)
-		r := vesselRun(t, env, "", "-d", "--name", "filtered", runImage, "sleep", "600")
+		r := vesselRun(t, env, "", "-d", "--jail=false", "--name", "filtered", runImage, "sleep", "600")
 		if r.code != 0 {
 			t.Fatalf("vessel run -d:\n%v", r)
 		}
@@ -135,12 +156,21 @@ func TestSeccomp(t *testing.T) {
 	if _, err := os.Stat(testBin); err != nil {
 		t.Fatalf("the test build %s: %v (make test-e2e builds it: go build -tags seccomptest)", testBin, err)
 	}
-	for _, tc := range []struct{ who, line string }{
-		{"VMM", "vessel: seccomp: the VMM made a system call outside its filter, ptrace (101), and was stopped\n"},
-		{"user network helper", "vessel: seccomp: the user network helper made a system call outside its filter, ptrace (101), and was stopped\n"},
+	for _, tc := range []struct {
+		who, line string
+		jail      bool
+	}{
+		{"VMM", "vessel: seccomp: the VMM made a system call outside its filter, ptrace (101), and was stopped\n", false},
+		{"user network helper", "vessel: seccomp: the user network helper made a system call outside its filter, ptrace (101), and was stopped\n", false},
+		// Jailed, vessel reports the VM's end with the line's words.
+		{"VMM", "seccomp: the VMM made a system call outside its filter, ptrace (101), and was stopped", true},
 	} {
-		t.Run("enforced/"+strings.ReplaceAll(tc.who, " ", "-"), func(t *testing.T) {
-			cmd := exec.Command(testBin, "vm", "run", "--net", "user", "--", "sh", "-c", "echo up; sleep 600")
+		name := "enforced/" + strings.ReplaceAll(tc.who, " ", "-")
+		if tc.jail {
+			name += "-jailed"
+		}
+		t.Run(name, func(t *testing.T) {
+			cmd := exec.Command(testBin, "vm", "run", fmt.Sprintf("--jail=%v", tc.jail), "--net", "user", "--", "sh", "-c", "echo up; sleep 600")
 			cmd.Env = append(os.Environ(), "VESSEL_SECCOMP_TEST_SYSCALL=101", "VESSEL_SECCOMP_TEST_WHO="+tc.who)
 			var stderr syncBuffer
 			cmd.Stdout, cmd.Stderr = io.Discard, &stderr
@@ -156,10 +186,14 @@ func TestSeccomp(t *testing.T) {
 				t.Fatalf("stderr %q: no %q", stderr.String(), tc.line)
 			}
 			if tc.who == "VMM" {
+				want := 2 // the VMM's own status
+				if tc.jail {
+					want = 125 // vessel's: its jailed VMM process failed
+				}
 				err := cmd.Wait()
 				var ee *exec.ExitError
-				if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-					t.Errorf("vessel vm run: %v, want exit status 2", err)
+				if !errors.As(err, &ee) || ee.ExitCode() != want {
+					t.Errorf("vessel vm run: %v, want exit status %d", err, want)
 				}
 			} else {
 				cmd.Process.Signal(os.Interrupt)

@@ -171,6 +171,7 @@ func jailedVMM(in, out *os.File) error {
 		return usageErr("%s is vessel's own VMM process, not a command", jailedVMMCommand)
 	}
 	send := func(m wireMsg) { json.NewEncoder(out).Encode(m) }
+	seccomp.ParentRelays() // startJailed's Relay, outside our PID namespace
 	fail := func(err error) error {
 		var ee *exitError
 		if !errors.As(classify(err), &ee) {
@@ -320,7 +321,6 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		return nil, &exitError{code: exitInternal, msg: err.Error()}
 	}
 	j.cmd.Stderr = errW
-	j.cmd.Env = append(os.Environ(), seccomp.RelayedEnv+"=1")
 	err = j.cmd.Start()
 	errW.Close()
 	if err != nil {

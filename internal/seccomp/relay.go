@@ -24,11 +24,14 @@ import (
 // StartRelay, holds the process's real standard error, passes everything
 // through, and replaces such a report with one line.
 
-// RelayedEnv, set in a process's environment, says that its parent
-// relays its standard error (Relay) and StartRelay need not: a jailed
-// VMM is PID 1 of its PID namespace, and a relay of its own would die with
-// it before it could report.
-const RelayedEnv = "VESSEL_SECCOMP_RELAYED"
+// parentRelays is set by ParentRelays.
+var parentRelays bool
+
+// ParentRelays says that this process's parent relays its standard error
+// (Relay), so that StartRelay need not: a jailed VMM is PID 1 of its PID
+// namespace, and a relay of its own would die with it before it could
+// report. Its children (the user network's helper) still start theirs.
+func ParentRelays() { parentRelays = true }
 
 const (
 	relayEnv     = "VESSEL_SECCOMP_RELAY"      // set in the relay: the profile's name
@@ -43,7 +46,7 @@ const maxReport = 1 << 20
 // standard error is the real one (and which also appends its report to
 // logPath, in runc's JSON form when json is set). Call it before Install.
 func StartRelay(p Profile, logPath string, json bool) error {
-	if disabled() || os.Getenv(RelayedEnv) != "" {
+	if disabled() || parentRelays {
 		return nil
 	}
 	// This executable again, by /proc/self/exe: in a jail (internal/jail)
