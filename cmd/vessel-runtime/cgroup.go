@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,10 +9,12 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/cgroup"
 )
 
 // cgroupRoot is where the host's cgroup v2 hierarchy is mounted.
-var cgroupRoot = "/sys/fs/cgroup"
+const cgroupRoot = cgroup.Root
 
 // vmmOverhead is the host memory a VMM process uses besides its guest's
 // RAM (Go runtime, device buffers, the 9P servers): its cgroup's
@@ -69,7 +69,7 @@ func cgroupDir(path string, systemd bool) (string, error) {
 		return "", fmt.Errorf("linux.cgroupsPath %q: NUL byte", path)
 	}
 	if !filepath.IsAbs(path) {
-		own, err := ownCgroup()
+		own, err := cgroup.Own()
 		if err != nil {
 			return "", fmt.Errorf("linux.cgroupsPath %q: relative to the runtime's cgroup: %v", path, err)
 		}
@@ -108,31 +108,25 @@ func expandSlice(slice string) (string, error) {
 	return filepath.Join(dirs...), nil
 }
 
-// ownCgroup is this process's cgroup v2 path ("0::/path" in
-// /proc/self/cgroup).
-func ownCgroup() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "", err
+// cgroupLimits are the cgroup v2 files written for a VM of that size
+// under the spec's resources, in the order they are written (the cpuset
+// before the rest, as runc does): the whole VM's memory (when the spec
+// limits memory), the CPU quota and weight as asked, the cpuset.
+func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) []cgroup.Limit {
+	var out []cgroup.Limit
+	if r == nil {
+		return out
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			return p, nil
+	if c := r.CPU; c != nil {
+		if c.Cpus != "" {
+			out = append(out, cgroup.Limit{File: "cpuset.cpus", Value: c.Cpus})
+		}
+		if c.Mems != "" {
+			out = append(out, cgroup.Limit{File: "cpuset.mems", Value: c.Mems})
 		}
 	}
-	return "", errors.New("no cgroup v2 entry in /proc/self/cgroup")
-}
-
-// cgroupLimits are the cgroup v2 files written for a VM of that size
-// under the spec's resources: the whole VM's memory (when the spec
-// limits memory), the CPU quota and weight as asked, the cpuset.
-func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) map[string]string {
-	files := map[string]string{}
-	if r == nil {
-		return files
-	}
 	if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
-		files["memory.max"] = strconv.FormatUint(vmMemory+vmmOverhead, 10)
+		out = append(out, cgroup.Limit{File: "memory.max", Value: strconv.FormatUint(vmMemory+vmmOverhead, 10)})
 	}
 	if c := r.CPU; c != nil {
 		if c.Quota != nil && *c.Quota > 0 {
@@ -140,22 +134,16 @@ func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) map[string]string {
 			if c.Period != nil && *c.Period > 0 {
 				period = *c.Period
 			}
-			files["cpu.max"] = fmt.Sprintf("%d %d", *c.Quota, period)
+			out = append(out, cgroup.Limit{File: "cpu.max", Value: fmt.Sprintf("%d %d", *c.Quota, period)})
 		}
 		if c.Shares != nil && *c.Shares > 0 {
 			// runc's conversion of cgroup v1 shares [2, 262144] to v2
 			// weights [1, 10000].
 			s := min(max(*c.Shares, 2), 262144)
-			files["cpu.weight"] = strconv.FormatUint(1+((s-2)*9999)/262142, 10)
-		}
-		if c.Cpus != "" {
-			files["cpuset.cpus"] = c.Cpus
-		}
-		if c.Mems != "" {
-			files["cpuset.mems"] = c.Mems
+			out = append(out, cgroup.Limit{File: "cpu.weight", Value: strconv.FormatUint(1+((s-2)*9999)/262142, 10)})
 		}
 	}
-	return files
+	return out
 }
 
 // makeHostCgroup makes (or takes, when it exists) the VMM's host cgroup
@@ -163,81 +151,18 @@ func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) map[string]string {
 // nothing to do: no cgroupsPath, or no cgroup v2 hierarchy this process
 // may change (a rootless runtime, as runc's rootless mode ignores it).
 func makeHostCgroup(s *specs.Spec, systemd bool, vmMemory uint64) (*hostCgroup, error) {
-	if s.Linux == nil || s.Linux.CgroupsPath == "" || !cgroupWritable() {
+	if s.Linux == nil || s.Linux.CgroupsPath == "" || cgroup.Writable(cgroupRoot) != nil {
 		return nil, nil
 	}
 	dir, err := cgroupDir(s.Linux.CgroupsPath, systemd)
 	if err != nil || dir == "" {
 		return nil, err
 	}
-	limits := cgroupLimits(s.Linux.Resources, vmMemory)
-	if err := enableControllers(dir, limits); err != nil {
-		return nil, err
+	made, err := cgroup.Make(cgroupRoot, dir, cgroupLimits(s.Linux.Resources, vmMemory))
+	if err != nil {
+		return nil, fmt.Errorf("host %w", err)
 	}
-	cg := &hostCgroup{Dir: dir}
-	if err := os.Mkdir(dir, 0o755); err == nil {
-		cg.Made = true
-	} else if !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("host cgroup %s: %w", dir, err)
-	}
-	for _, name := range []string{"cpuset.cpus", "cpuset.mems", "memory.max", "cpu.max", "cpu.weight"} {
-		v, ok := limits[name]
-		if !ok {
-			continue
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0); err != nil {
-			cg.remove()
-			return nil, fmt.Errorf("host cgroup %s: %s %q: %w", dir, name, v, err)
-		}
-	}
-	return cg, nil
-}
-
-// cgroupWritable reports whether cgroupRoot is a cgroup v2 hierarchy
-// this process may make cgroups in.
-func cgroupWritable() bool {
-	var st unix.Statfs_t
-	if unix.Statfs(cgroupRoot, &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return false
-	}
-	return unix.Access(cgroupRoot, unix.W_OK) == nil
-}
-
-// enableControllers makes dir's ancestors (from the root down) and
-// enables in each the controllers the limits need, as runc does: a
-// cgroup v2 file exists only where its parent delegates the controller.
-func enableControllers(dir string, limits map[string]string) error {
-	need := map[string]bool{}
-	for name := range limits {
-		ctl, _, _ := strings.Cut(name, ".")
-		need[ctl] = true
-	}
-	rel, err := filepath.Rel(cgroupRoot, dir)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-		return fmt.Errorf("host cgroup %s: not below %s", dir, cgroupRoot)
-	}
-	parent := cgroupRoot
-	parts := strings.Split(rel, string(filepath.Separator))
-	for i, part := range parts {
-		if len(need) > 0 {
-			for _, ctl := range []string{"cpuset", "cpu", "memory"} {
-				if !need[ctl] {
-					continue
-				}
-				if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+ctl), 0); err != nil {
-					return fmt.Errorf("host cgroup %s: enable the %s controller in %s: %w", dir, ctl, parent, err)
-				}
-			}
-		}
-		if i == len(parts)-1 {
-			break
-		}
-		parent = filepath.Join(parent, part)
-		if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("host cgroup %s: %w", parent, err)
-		}
-	}
-	return nil
+	return &hostCgroup{Dir: dir, Made: made}, nil
 }
 
 // open opens the cgroup's directory for clone3's CLONE_INTO_CGROUP.

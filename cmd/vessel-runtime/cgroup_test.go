@@ -6,13 +6,15 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/internal/cgroup"
 )
 
 // TestCgroupDir: runc's two forms of linux.cgroupsPath map to the
 // directories runc (or systemd for it) would use, and none climbs out of
 // the hierarchy.
 func TestCgroupDir(t *testing.T) {
-	own, err := ownCgroup()
+	own, err := cgroup.Own()
 	for _, tc := range []struct {
 		path    string
 		systemd bool
@@ -87,7 +89,11 @@ func TestCgroupLimits(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const vm = (256 << 20) + guestOverhead
-			if got := cgroupLimits(tc.r, vm); !reflect.DeepEqual(got, tc.want) {
+			got := map[string]string{}
+			for _, l := range cgroupLimits(tc.r, vm) {
+				got[l.File] = l.Value
+			}
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})

@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/cgroup"
 )
 
 // Nobody is the uid and gid a jailed VMM runs as unless told otherwise.
@@ -45,10 +47,9 @@ const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NE
 // the VMM's own heap and the user network helper.
 const MemoryOverhead = 256 << 20
 
-// cgroupRoot is where cgroup v2 is mounted; vessel's jails live in
-// cgroupRoot/cgroupParent/<name>.
+// vessel's jails' cgroups live in <vessel's own cgroup>/cgroupParent/<name>.
 const (
-	cgroupRoot   = "/sys/fs/cgroup"
+	cgroupRoot   = cgroup.Root
 	cgroupParent = "vessel"
 )
 
@@ -115,45 +116,31 @@ func Remove(base, name string) error {
 	return h.Cleanup()
 }
 
+// makeCgroup makes the jail's cgroup, name below vessel's own cgroup's
+// cgroupParent group (so that limits set above vessel still hold), with
+// the VM's memory and CPU limits, and opens it for CLONE_INTO_CGROUP.
 func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(cgroupRoot, &st); err != nil {
-		return fmt.Errorf("%s: %w", cgroupRoot, err)
+	if err := cgroup.Writable(cgroup.Root); err != nil {
+		return err
 	}
-	if st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return fmt.Errorf("%s is not cgroup v2", cgroupRoot)
-	}
-	// Nest under the cgroup vessel itself runs in, so that limits set
-	// above it still hold.
-	self, err := ownCgroup()
+	self, err := cgroup.Own()
 	if err != nil {
 		return err
 	}
-	parentDir := filepath.Join(cgroupRoot, self)
-	if err := enable(parentDir); err != nil {
+	cg := filepath.Join(cgroup.Root, self, cgroupParent, name)
+	if _, err := os.Lstat(cg); err == nil {
+		return fmt.Errorf("jail: cgroup %s exists", cg)
+	}
+	made, err := cgroup.Make(cgroup.Root, cg, []cgroup.Limit{
+		{File: "memory.max", Value: strconv.FormatUint(mem+MemoryOverhead, 10)},
+		{File: "memory.swap.max", Value: "0", Optional: true},
+		{File: "cpu.max", Value: fmt.Sprintf("%d 100000", cpus*100000)},
+	})
+	if err != nil {
 		return err
 	}
-	parent := filepath.Join(parentDir, cgroupParent)
-	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	if err := enable(parent); err != nil {
-		return err
-	}
-	cg := filepath.Join(parent, name)
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		return err
-	}
-	limits := []struct{ file, value string }{
-		{"memory.max", strconv.FormatUint(mem+MemoryOverhead, 10)},
-		{"memory.swap.max", "0"},
-		{"cpu.max", fmt.Sprintf("%d 100000", cpus*100000)},
-	}
-	for _, l := range limits {
-		if err := os.WriteFile(filepath.Join(cg, l.file), []byte(l.value), 0); err != nil && !(l.file == "memory.swap.max" && errors.Is(err, os.ErrNotExist)) {
-			os.Remove(cg)
-			return fmt.Errorf("%s: %w", l.file, err)
-		}
+	if !made {
+		return fmt.Errorf("jail: cgroup %s exists", cg)
 	}
 	fd, err := os.Open(cg)
 	if err != nil {
@@ -161,36 +148,6 @@ func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 		return err
 	}
 	h.Cgroup, h.cgfd = cg, fd
-	return nil
-}
-
-// ownCgroup is this process's cgroup v2 path.
-func ownCgroup() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "", err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			return p, nil
-		}
-	}
-	return "", errors.New("/proc/self/cgroup has no cgroup v2 entry")
-}
-
-// enable turns on the memory and cpu controllers for dir's children.
-func enable(dir string) error {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
-	if err != nil {
-		return err
-	}
-	have := " " + strings.TrimSpace(string(b)) + " "
-	if strings.Contains(have, " memory ") && strings.Contains(have, " cpu ") {
-		return nil
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +cpu"), 0); err != nil {
-		return fmt.Errorf("enable the memory and cpu controllers in %s: %w", dir, err)
-	}
 	return nil
 }
 
