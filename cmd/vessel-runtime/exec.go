@@ -23,11 +23,11 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
 // exec runs another process in a container, to runc's contract: without
@@ -504,18 +504,18 @@ func execClient(dir, target string, proc *specs.Process, sio execIO, started fun
 	if err := json.NewEncoder(c).Encode(ctlRequest{Op: opExec, Container: target, Process: proc}); err != nil {
 		return 0, fmt.Errorf("the container's VMM: %w", err)
 	}
-	first, files, err := recvFds(c, 3)
+	first, files, err := fdpass.Recv(c, maxCtl, 3)
 	if err != nil {
 		return 0, fmt.Errorf("the container's VMM: %w", err)
 	}
 	dec := json.NewDecoder(io.MultiReader(bytes.NewReader(first), io.LimitReader(c, maxCtl)))
 	var rep execReply
 	if err := dec.Decode(&rep); err != nil {
-		closeFiles(files)
+		fdpass.Close(files)
 		return 0, fmt.Errorf("the container's VMM: %w", err)
 	}
 	if rep.Error != "" {
-		closeFiles(files)
+		fdpass.Close(files)
 		return 0, errors.New(rep.Error)
 	}
 	want := 3
@@ -615,7 +615,7 @@ func execClient(dir, target string, proc *specs.Process, sio execIO, started fun
 // fileConns turns the received descriptors into connections; any other
 // number than want is refused.
 func fileConns(files []*os.File, want int) ([]net.Conn, error) {
-	defer closeFiles(files)
+	defer fdpass.Close(files)
 	if len(files) != want {
 		return nil, fmt.Errorf("got %d stream descriptors, want %d", len(files), want)
 	}
@@ -637,63 +637,6 @@ func fileConns(files []*os.File, want int) ([]net.Conn, error) {
 		conns = append(conns, c)
 	}
 	return conns, nil
-}
-
-func closeFiles(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
-}
-
-// recvFds reads a connection's first message and the descriptors that
-// come with it, at most maxFds (more is an error, and none are kept).
-func recvFds(c *net.UnixConn, maxFds int) ([]byte, []*os.File, error) {
-	buf := make([]byte, maxCtl)
-	oob := make([]byte, unix.CmsgSpace(4*maxFds))
-	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
-	if err != nil {
-		return nil, nil, err
-	}
-	var files []*os.File
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	for _, m := range msgs {
-		fds, ferr := unix.ParseUnixRights(&m)
-		if ferr != nil {
-			err = errors.Join(err, ferr)
-			continue
-		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "received"))
-		}
-	}
-	if err == nil && (flags&unix.MSG_CTRUNC != 0 || len(files) > maxFds) {
-		err = fmt.Errorf("more than %d descriptors", maxFds)
-	}
-	if err != nil {
-		closeFiles(files)
-		return nil, nil, fmt.Errorf("receive descriptors: %w", err)
-	}
-	return buf[:n], files, nil
-}
-
-// sendFds sends data with files' descriptors in one message.
-func sendFds(c *net.UnixConn, data []byte, files []*os.File) error {
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
-	}
-	oob := unix.UnixRights(fds...)
-	n, oobn, err := c.WriteMsgUnix(data, oob, nil)
-	if err != nil {
-		return err
-	}
-	if oobn != len(oob) {
-		return fmt.Errorf("sent %d of %d control bytes", oobn, len(oob))
-	}
-	if n < len(data) {
-		_, err = c.Write(data[n:])
-	}
-	return err
 }
 
 // newExecID names an exec'd process for the agent.
@@ -788,7 +731,7 @@ func (p *vmmProc) serveExec(c *net.UnixConn, req ctlRequest) {
 			sc.Close()
 		}
 	}
-	defer closeFiles(files)
+	defer fdpass.Close(files)
 	if err != nil {
 		if callErr == nil {
 			p.killExec(target, id)
@@ -806,12 +749,12 @@ func (p *vmmProc) serveExec(c *net.UnixConn, req ctlRequest) {
 		pid = 0
 	}
 	b, _ := json.Marshal(execReply{Exec: id, Pid: pid})
-	if err := sendFds(c, append(b, '\n'), files); err != nil {
+	if err := fdpass.Send(c, append(b, '\n'), files...); err != nil {
 		p.logf("exec: send the streams: %v", err)
 		p.killExec(target, id)
 		return
 	}
-	closeFiles(files)
+	fdpass.Close(files)
 	files = nil
 
 	// The client says nothing more: its end of the connection is how

@@ -122,52 +122,6 @@ func TestDialConsoleBadPath(t *testing.T) {
 	}
 }
 
-// TestFdPassing checks the VMM's passing of stream connections to the
-// exec side: the data and the descriptors arrive together, and more
-// descriptors than asked for are refused and closed.
-func TestFdPassing(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		send    int
-		max     int
-		wantErr bool
-	}{
-		{"none", 0, 3, false},
-		{"one", 1, 3, false},
-		{"three", 3, 3, false},
-		{"too many", 4, 3, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a, b := unixPair(t)
-			var files []*os.File
-			for i := 0; i < tc.send; i++ {
-				r, w, err := os.Pipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer r.Close()
-				defer w.Close()
-				files = append(files, w)
-			}
-			data := []byte(`{"exec":"exec1"}` + "\n")
-			if err := sendFds(a, data, files); err != nil {
-				t.Fatal(err)
-			}
-			got, recv, err := recvFds(b, tc.max)
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("recvFds: %v, want error %v", err, tc.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			defer closeFiles(recv)
-			if !bytes.Equal(got, data) || len(recv) != tc.send {
-				t.Errorf("got %q and %d descriptors, want %q and %d", got, len(recv), data, tc.send)
-			}
-		})
-	}
-}
-
 func TestFileConnsCount(t *testing.T) {
 	a, _ := unixPair(t)
 	f, err := a.File()

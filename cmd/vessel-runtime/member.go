@@ -19,6 +19,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
 // opMember is the control request that creates a pod container in its
@@ -67,7 +69,7 @@ func (g *globals) startMember(id, sandbox string, b *bundle, pidFile, dir string
 	if err != nil {
 		return nil, nil, err
 	}
-	defer closeFiles(trees)
+	defer fdpass.Close(trees)
 	if err := os.MkdirAll(g.root, 0o700); err != nil {
 		return nil, nil, errorf("state directory: %v", err)
 	}
@@ -235,8 +237,8 @@ func serveMember(g *globals, id, sandbox string) error {
 	for _, fd := range fds[3:] {
 		files = append(files, os.NewFile(uintptr(fd), "tree"))
 	}
-	err = sendFds(conn, b, files)
-	closeFiles(files[3:])
+	err = fdpass.Send(conn, b, files...)
+	fdpass.Close(files[3:])
 	if err != nil {
 		return fail(fmt.Errorf("the sandbox's VMM: %w", err))
 	}

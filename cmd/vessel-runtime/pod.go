@@ -18,6 +18,7 @@ import (
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
 // Pods. containerd's CRI marks a Kubernetes pod's containers with
@@ -535,20 +536,20 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 
 // readCtl reads one control request and the descriptors that came with
 // it (a member request's stdio and trees, at most 3+maxMemberTrees): its
-// first message carries them (recvFds), the rest of the JSON may follow,
+// first message carries them (fdpass.Recv), the rest of the JSON may follow,
 // at most maxCtl bytes in all. A peer that stops sending meets the
 // control deadline.
 func readCtl(c *net.UnixConn) (ctlRequest, []*os.File, error) {
 	var req ctlRequest
 	c.SetReadDeadline(time.Now().Add(ctlTimeout))
 	defer c.SetReadDeadline(time.Time{})
-	first, files, err := recvFds(c, 3+maxMemberTrees)
+	first, files, err := fdpass.Recv(c, maxCtl, 3+maxMemberTrees)
 	if err != nil {
 		return req, nil, err
 	}
 	rest := io.LimitReader(c, int64(maxCtl-len(first)))
 	if err := json.NewDecoder(io.MultiReader(bytes.NewReader(first), rest)).Decode(&req); err != nil {
-		closeFiles(files)
+		fdpass.Close(files)
 		return req, nil, fmt.Errorf("control request: %w", err)
 	}
 	return req, files, nil

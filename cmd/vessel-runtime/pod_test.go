@@ -9,6 +9,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/vesselvm/vessel/internal/fdpass"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -46,7 +47,7 @@ func TestReadCtl(t *testing.T) {
 				files = append(files, devNull())
 			}
 			go func() {
-				sendFds(a, tc.first, files)
+				fdpass.Send(a, tc.first, files...)
 				for _, r := range tc.rest {
 					a.Write(r)
 				}
@@ -62,7 +63,7 @@ func TestReadCtl(t *testing.T) {
 			if err != nil || got.Op != opMember || got.Container != "c1" || got.Member == nil || len(fds) != tc.nfds {
 				t.Errorf("%+v, %d descriptors, %v", got, len(fds), err)
 			}
-			closeFiles(fds)
+			fdpass.Close(fds)
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
 // A container's terminal (process.terminal) is two ptys in a row: the
@@ -108,15 +109,7 @@ func sendFd(c *net.UnixConn, name string, f interface{ Fd() uintptr }) error {
 	if name == "" || len(name) >= 4096 {
 		return fmt.Errorf("send a descriptor: name of %d bytes", len(name))
 	}
-	oob := unix.UnixRights(int(f.Fd()))
-	n, oobn, err := c.WriteMsgUnix([]byte(name), oob, nil)
-	if err != nil {
-		return fmt.Errorf("send a descriptor: %w", err)
-	}
-	if n != len(name) || oobn != len(oob) {
-		return fmt.Errorf("send a descriptor: sent %d of %d bytes, %d of %d control bytes", n, len(name), oobn, len(oob))
-	}
-	return nil
+	return fdpass.Send(c, []byte(name), f)
 }
 
 // sendConsole gives the client the pty's master and closes the

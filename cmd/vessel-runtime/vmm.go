@@ -22,6 +22,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/internal/fdpass"
 	"github.com/vesselvm/vessel/internal/seccomp"
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -532,12 +533,12 @@ func (p *vmmProc) serveControl(ln net.Listener) {
 				return
 			}
 			if req.Op == opExec {
-				closeFiles(fds)
+				fdpass.Close(fds)
 				p.serveExec(uc, req) // the connection lasts as long as the process
 				return
 			}
 			defer c.Close()
-			closeFiles(fds)
+			fdpass.Close(fds)
 			c.SetDeadline(time.Now().Add(ctlTimeout))
 			var rep ctlReply
 			if req.Container != "" && req.Container != p.id {

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
 // A jailed VMM sees none of the host's names, so guest vsock connections
@@ -64,8 +66,7 @@ func answerDial(c *net.UnixConn, path string) error {
 		return err
 	}
 	defer f.Close()
-	_, _, err = c.WriteMsgUnix([]byte{0}, unix.UnixRights(int(f.Fd())), nil)
-	return err
+	return fdpass.Send(c, []byte{0}, f)
 }
 
 // vsockBroker is the VMM's end: its dial is the vsock device's dialer.
@@ -99,28 +100,16 @@ func (b *vsockBroker) dial(port uint32) (*net.UnixConn, error) {
 	if _, err := b.c.Write(req[:]); err != nil {
 		return nil, err
 	}
-	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := b.c.ReadMsgUnix(buf, oob)
+	msg, files, err := fdpass.Recv(b.c, 1, 1)
 	if err != nil {
 		return nil, err
 	}
-	var fds []int
-	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-		for i := range msgs {
-			if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
-				fds = append(fds, got...)
-			}
-		}
-	}
-	if n != 1 || buf[0] != 0 || len(fds) != 1 {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
+	if len(msg) != 1 || msg[0] != 0 || len(files) != 1 {
+		fdpass.Close(files)
 		return nil, fmt.Errorf("vsock port %d: %w", port, errNoListener)
 	}
-	f := os.NewFile(uintptr(fds[0]), "vsock")
-	defer f.Close()
-	c, err := net.FileConn(f)
+	defer files[0].Close()
+	c, err := net.FileConn(files[0])
 	if err != nil {
 		return nil, err
 	}
