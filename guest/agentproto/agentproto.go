@@ -99,14 +99,7 @@ const (
 	// OpUpdate applies Resources to a container's cgroup (runc update).
 	// An agent older than it answers "unknown operation".
 	OpUpdate = "update"
-	// OpPs lists the container's processes: their PIDs in the VM, in
-	// Reply.Pids (added after Version 1's first agents, which answer
-	// it with an error).
-	OpPs = "ps"
 )
-
-// MaxPids bounds Reply.Pids as the host takes it.
-const MaxPids = 1 << 16
 
 // Request is what the host asks of the agent.
 type Request struct {
@@ -206,8 +199,6 @@ type Reply struct {
 	// Status is the process's exit status: its code, or 128+N when
 	// signal N killed it.
 	Status int `json:"status,omitempty"`
-	// Pids answers OpPs.
-	Pids []int `json:"pids,omitempty"`
 }
 
 // EventExit reports that a process ended and its output streams are

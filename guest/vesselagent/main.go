@@ -179,15 +179,6 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 		return fail(p.resize(*req.Size))
 	case agentproto.OpUpdate:
 		return fail(c.update(ctx, req.Resources))
-	case agentproto.OpPs:
-		pids, err := c.runc.Ps(ctx, c.id)
-		if err != nil {
-			return fail(c.runcError("ps", err))
-		}
-		if len(pids) > agentproto.MaxPids {
-			pids = pids[:agentproto.MaxPids]
-		}
-		return agentproto.Reply{Pids: pids}
 	case agentproto.OpDelete:
 		err := c.delete(ctx)
 		a.mu.Lock()
