@@ -118,19 +118,28 @@ fuzz:
 ## VM of their own: each starts its daemons (dockerd, containerd, podman's
 ## CNI bridge, containerd's CRI plugin with a CNI bridge) for all its
 ## subtests.
+## Every block runs even when an earlier one failed; e2e/runblock ends a
+## failed block's output with what its failed tests said, and runs a test
+## that failed on the emulated platform's guest triple fault once more,
+## loudly (a RETRY line).
 test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
 	@mkdir -p build/seccomptest
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel ./cmd/vessel
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-usernet ./cmd/vessel-usernet
-	bin/testvm --timeout 25m -- build/e2e.test -test.v -test.timeout 24m -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestUnprivileged)$$'
-	bin/testvm --timeout 20m -- build/e2e.test -test.v -test.timeout 19m -test.run '^(TestSeccomp|TestJail|TestUnprivileged)$$'
-	bin/testvm --timeout 15m -- build/e2e.test -test.v -test.timeout 14m -test.run '^(TestLoadConcurrent|TestFault.*)$$'
-	bin/testvm --timeout 10m -- build/e2e.test -test.v -test.timeout 9m -test.run '^TestVsock$$'
-	bin/testvm --timeout 30m -- build/e2e.test -test.v -test.timeout 29m -test.run '^TestDocker$$'
-	bin/testvm --timeout 20m -- build/e2e.test -test.v -test.timeout 19m -test.run '^TestContainerd$$'
-	bin/testvm --timeout 20m -- build/e2e.test -test.v -test.timeout 19m -test.run '^TestPodman$$'
-	bin/testvm --timeout 20m -- build/e2e.test -test.v -test.timeout 19m -test.run '^TestCRI$$'
+	@$(GO) build -o build/runblock ./e2e/runblock
+	@failed=; block() { name=$$1; shift; echo "== e2e block $$name"; \
+		build/runblock -testvm bin/testvm -e2e build/e2e.test -log build/e2e-$$name.log -summary build/e2e-$$name.summary "$$@" || failed="$$failed $$name"; }; \
+	rm -f build/e2e-*.summary; \
+	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestUnprivileged)$$'; \
+	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestUnprivileged)$$'; \
+	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
+	block vsock -timeout 5m -- -test.run '^TestVsock$$'; \
+	block docker -timeout 15m -- -test.run '^TestDocker$$'; \
+	block containerd -timeout 8m -- -test.run '^TestContainerd$$'; \
+	block podman -timeout 10m -- -test.run '^TestPodman$$'; \
+	block cri -timeout 10m -- -test.run '^TestCRI$$'; \
+	if [ -n "$$failed" ]; then cat build/e2e-*.summary 2>/dev/null; echo "test-e2e: failed blocks:$$failed (their whole logs: build/e2e-<block>.log)"; exit 1; fi
 
 ## crictl: cri-tools' CRI client (not in Debian 12), built into build/peers
 ## for TestCRI. A tool, not a dependency: it stays out of go.mod.

@@ -483,18 +483,6 @@ func TestRunDetached(t *testing.T) {
 			runtimeDir = v
 		}
 	}
-	cli := func(stdin string, args ...string) result {
-		t.Helper()
-		cmd := exec.Command(vesselBin, args...)
-		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		start := time.Now()
-		cmd.Run()
-		r := result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode(), elapsed: time.Since(start)}
-		t.Logf("vessel %s: exit %d in %v", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond))
-		return r
-	}
 	port := freePort(t)
 	r := vesselRun(t, env, "", "-d", "--name", "web", "-p", fmt.Sprintf("127.0.0.1:%d:80", port), runImage,
 		"sh", "-c", `echo started; trap 'echo stopping; exit 3' TERM; httpd -f -p 80 -h /www & wait`)
@@ -502,8 +490,8 @@ func TestRunDetached(t *testing.T) {
 	if r.code != 0 || len(id) != 64 {
 		t.Fatalf("vessel run -d: want the container ID:\n%v", r)
 	}
-	defer cli("", "rm", "-f", "web")
-	if r := cli("", "ps"); r.code != 0 || !strings.Contains(r.stdout, id[:12]) || !strings.Contains(r.stdout, "web") {
+	defer cli(t, env, "", "rm", "-f", "web")
+	if r := cli(t, env, "", "ps"); r.code != 0 || !strings.Contains(r.stdout, id[:12]) || !strings.Contains(r.stdout, "web") {
 		t.Errorf("ps does not list the running container:\n%v", r)
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -518,43 +506,43 @@ func TestRunDetached(t *testing.T) {
 	if body != bbimage.Index {
 		t.Errorf("GET through the published port of the detached container: %q", body)
 	}
-	if r := cli("", "exec", "web", "sh", "-c", "echo exec-out; echo exec-err >&2; hostname; exit 5"); r.code != 5 ||
+	if r := cli(t, env, "", "exec", "web", "sh", "-c", "echo exec-out; echo exec-err >&2; hostname; exit 5"); r.code != 5 ||
 		r.stdout != "exec-out\n"+id[:12]+"\n" || r.stderr != "exec-err\n" {
 		t.Errorf("exec: want status 5, its output and the container's host name:\n%v", r)
 	}
-	if r := cli("piped\n", "exec", "-i", "-u", "app", "-w", "/tmp", "web", "sh", "-c", "echo $(cat) $(id -u) $(pwd)"); r.code != 0 || r.stdout != "piped 1000 /tmp\n" {
+	if r := cli(t, env, "piped\n", "exec", "-i", "-u", "app", "-w", "/tmp", "web", "sh", "-c", "echo $(cat) $(id -u) $(pwd)"); r.code != 0 || r.stdout != "piped 1000 /tmp\n" {
 		t.Errorf("exec -i -u -w:\n%v", r)
 	}
-	if r := cli("", "exec", "web", "no-such-command"); r.code != 127 {
+	if r := cli(t, env, "", "exec", "web", "no-such-command"); r.code != 127 {
 		t.Errorf("exec of a missing command: want 127:\n%v", r)
 	}
-	if r := cli("", "logs", "web"); r.code != 0 || r.stdout != "started\n" {
+	if r := cli(t, env, "", "logs", "web"); r.code != 0 || r.stdout != "started\n" {
 		t.Errorf("logs: want the container's first line:\n%v", r)
 	}
-	if r := cli("", "rm", "web"); r.code != 1 {
+	if r := cli(t, env, "", "rm", "web"); r.code != 1 {
 		t.Errorf("rm of a running container without -f: want status 1:\n%v", r)
 	}
-	if r := cli("", "stop", "web"); r.code != 0 {
+	if r := cli(t, env, "", "stop", "web"); r.code != 0 {
 		t.Errorf("stop:\n%v", r)
 	}
-	if r := cli("", "ps", "-a"); !strings.Contains(r.stdout, "Exited (3)") {
+	if r := cli(t, env, "", "ps", "-a"); !strings.Contains(r.stdout, "Exited (3)") {
 		t.Errorf("ps -a after stop: want Exited (3) (the trap's status):\n%v", r)
 	}
-	if r := cli("", "logs", id[:8]); r.stdout != "started\nstopping\n" {
+	if r := cli(t, env, "", "logs", id[:8]); r.stdout != "started\nstopping\n" {
 		t.Errorf("logs by ID prefix after stop:\n%v", r)
 	}
-	if r := cli("", "rm", "web"); r.code != 0 {
+	if r := cli(t, env, "", "rm", "web"); r.code != 0 {
 		t.Errorf("rm:\n%v", r)
 	}
-	if r := cli("", "ps", "-a", "-q"); r.stdout != "" && strings.Contains(r.stdout, id[:12]) {
+	if r := cli(t, env, "", "ps", "-a", "-q"); r.stdout != "" && strings.Contains(r.stdout, id[:12]) {
 		t.Errorf("ps -a lists the removed container:\n%v", r)
 	}
 	for _, args := range [][]string{{"logs", "web"}, {"stop", "web"}, {"rm", "web"}} {
-		if r := cli("", args...); r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		if r := cli(t, env, "", args...); r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("vessel %v of a removed container: want status 1 and one line:\n%v", args, r)
 		}
 	}
-	if r := cli("", "exec", "web", "true"); r.code != 125 {
+	if r := cli(t, env, "", "exec", "web", "true"); r.code != 125 {
 		t.Errorf("exec in a removed container: want 125:\n%v", r)
 	}
 

@@ -67,56 +67,69 @@ func busyboxProcess(args ...string) specs.Process {
 	return specs.Process{Args: args, Cwd: "/", Env: []string{"PATH=/bin"}}
 }
 
+// terminalScript is a container's shell that shows its terminal at
+// work: the terminal's name, a line it reads, then the size the host
+// sets; it exits 7.
+const terminalScript = `tty; read l; echo got=$l; for i in $(seq 150); do s=$(stty size); [ "$s" = "37 91" ] && break; sleep 0.2; done; echo size=$s; exit 7`
+
+// checkTerminal creates and starts container id from bundle (its process
+// runs terminalScript with a terminal) with a console socket, as
+// containerd's shim does, types a line into the master the socket gives
+// and sets the master's size, checks that the container saw both and
+// that its process exited 7, and deletes it.
+func checkTerminal(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle string) {
+	t.Helper()
+	sock, err := runc.NewTempConsoleSocket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if err := r.Create(ctx, id, bundle, &runc.CreateOpts{PidFile: pidFile, ConsoleSocket: sock}); err != nil {
+		t.Fatalf("create %s: %v (log: %s)", id, err, readFile(r.Log))
+	}
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := sock.ReceiveMaster()
+	if err != nil {
+		t.Fatalf("the console socket: %v", err)
+	}
+	defer master.Close()
+	out := readTTY(master)
+	if err := r.Start(ctx, id); err != nil {
+		t.Fatalf("start %s: %v (log: %s)", id, err, readFile(r.Log))
+	}
+	out.waitFor(t, "/dev/pts/0", time.Minute)
+	if _, err := master.Write([]byte("hello\r")); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "got=hello", time.Minute)
+	// A size set on the master reaches the container's terminal.
+	if err := master.Resize(console.WinSize{Height: 37, Width: 91}); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "size=", time.Minute)
+	if status := waitPid(t, pid); status != 7 {
+		t.Errorf("%s: the process create started exited %d, want the container's 7", id, status)
+	}
+	if got := out.String(); !strings.Contains(got, "size=37 91") || strings.Count(got, "hello") != 2 {
+		t.Errorf("%s: terminal output %q: want size=37 91, and hello echoed once (then got=hello)", id, got)
+	}
+	if err := r.Delete(ctx, id, nil); err != nil {
+		t.Fatalf("delete %s: %v", id, err)
+	}
+}
+
 // runtimeIO is TestRuntime's terminal, exec, ps and list subtests.
 func runtimeIO(t *testing.T, ctx context.Context) {
 	t.Run("terminal", func(t *testing.T) {
 		r, state := runtimeClient(t)
-		bundle, spec := makeBundle(t, "sh", "-c",
-			`tty; read l; echo got=$l; for i in $(seq 150); do s=$(stty size); [ "$s" = "37 91" ] && break; sleep 0.2; done; echo size=$s; exit 7`)
+		bundle, spec := makeBundle(t, "sh", "-c", terminalScript)
 		spec.Process.Terminal = true
 		writeSpec(t, bundle, spec)
-		const id = "terminal"
-		sock, err := runc.NewTempConsoleSocket()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sock.Close()
-		pidFile := filepath.Join(t.TempDir(), "pid")
-		if err := r.Create(ctx, id, bundle, &runc.CreateOpts{PidFile: pidFile, ConsoleSocket: sock}); err != nil {
-			t.Fatalf("create: %v (log: %s)", err, readFile(r.Log))
-		}
-		pid, err := runc.ReadPidFile(pidFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		master, err := sock.ReceiveMaster()
-		if err != nil {
-			t.Fatalf("the console socket: %v", err)
-		}
-		defer master.Close()
-		out := readTTY(master)
-		if err := r.Start(ctx, id); err != nil {
-			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
-		}
-		out.waitFor(t, "/dev/pts/0", time.Minute)
-		if _, err := master.Write([]byte("hello\r")); err != nil {
-			t.Fatal(err)
-		}
-		out.waitFor(t, "got=hello", time.Minute)
-		// A size set on the master reaches the container's terminal.
-		if err := master.Resize(console.WinSize{Height: 37, Width: 91}); err != nil {
-			t.Fatal(err)
-		}
-		out.waitFor(t, "size=", time.Minute)
-		if status := waitPid(t, pid); status != 7 {
-			t.Errorf("the VMM process exited %d, want the container's 7", status)
-		}
-		if got := out.String(); !strings.Contains(got, "size=37 91") || strings.Count(got, "hello") != 2 {
-			t.Errorf("terminal output %q: want size=37 91, and hello echoed once (then got=hello)", got)
-		}
-		if err := r.Delete(ctx, id, nil); err != nil {
-			t.Fatalf("delete: %v", err)
-		}
+		checkTerminal(t, ctx, r, "terminal", bundle)
 		checkNothingLeft(t, state)
 	})
 

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -237,6 +236,28 @@ func waitPid(t *testing.T, pid int) int {
 	}
 	return ws.ExitStatus()
 }
+
+// cgroupMemory says how much memory a host cgroup's processes used at
+// most and whether the kernel killed one for its limit (memory.peak and
+// memory.events), for reports.
+func cgroupMemory(dir string) (report string, oomKills int) {
+	b, err := os.ReadFile(filepath.Join(dir, "memory.peak"))
+	if err != nil {
+		return err.Error(), 0
+	}
+	peak, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	events, _ := os.ReadFile(filepath.Join(dir, "memory.events"))
+	f := strings.Fields(string(events))
+	for i := 0; i+1 < len(f); i += 2 {
+		if f[i] == "oom_kill" {
+			oomKills, _ = strconv.Atoi(f[i+1])
+		}
+	}
+	return fmt.Sprintf("memory.peak %d MiB; memory.events %s", peak>>20, strings.Join(f, " ")), oomKills
+}
+
+// first is the first of two results.
+func first[T, U any](t T, _ U) T { return t }
 
 // runtimeClient is vessel-runtime as containerd's shim drives it.
 func runtimeClient(t *testing.T) (*runc.Runc, string) {
@@ -546,54 +567,14 @@ func TestRuntime(t *testing.T) {
 		// A pod's container with a terminal (kubectl run -it): the
 		// master comes over the console socket, input and output and
 		// the window size reach the container's pty in the VM.
-		ttyBundle, ttySpec := makeBundle(t, "sh", "-c",
-			`tty; read l; echo got=$l; for i in $(seq 150); do s=$(stty size); [ "$s" = "37 91" ] && break; sleep 0.2; done; echo size=$s; exit 7`)
+		ttyBundle, ttySpec := makeBundle(t, "sh", "-c", terminalScript)
 		ttySpec.Process.Terminal = true
 		ttySpec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
 		ttySpec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
 			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
 			{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
 		writeSpec(t, ttyBundle, ttySpec)
-		sock, err := runc.NewTempConsoleSocket()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sock.Close()
-		ttyPidFile := filepath.Join(t.TempDir(), "pid")
-		if err := r.Create(ctx, "shell", ttyBundle, &runc.CreateOpts{PidFile: ttyPidFile, ConsoleSocket: sock}); err != nil {
-			t.Fatalf("create shell: %v (log: %s)", err, readFile(r.Log))
-		}
-		ttyPid, err := runc.ReadPidFile(ttyPidFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		master, err := sock.ReceiveMaster()
-		if err != nil {
-			t.Fatalf("the console socket: %v", err)
-		}
-		defer master.Close()
-		ttyOut := readTTY(master)
-		if err := r.Start(ctx, "shell"); err != nil {
-			t.Fatalf("start shell: %v (log: %s)", err, readFile(r.Log))
-		}
-		ttyOut.waitFor(t, "/dev/pts/0", time.Minute)
-		if _, err := master.Write([]byte("hello\r")); err != nil {
-			t.Fatal(err)
-		}
-		ttyOut.waitFor(t, "got=hello", time.Minute)
-		if err := master.Resize(console.WinSize{Height: 37, Width: 91}); err != nil {
-			t.Fatal(err)
-		}
-		ttyOut.waitFor(t, "size=", time.Minute)
-		if status := waitPid(t, ttyPid); status != 7 {
-			t.Errorf("the shell's member process exited %d, want the container's 7", status)
-		}
-		if got := ttyOut.String(); !strings.Contains(got, "size=37 91") || strings.Count(got, "hello") != 2 {
-			t.Errorf("the shell's terminal output %q: want size=37 91, and hello echoed once (then got=hello)", got)
-		}
-		if err := r.Delete(ctx, "shell", nil); err != nil {
-			t.Errorf("delete shell: %v", err)
-		}
+		checkTerminal(t, ctx, r, "shell", ttyBundle)
 		// A container whose sandbox does not exist is refused.
 		bundle, spec := makeBundle(t, "true")
 		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "nosuch"}
@@ -756,7 +737,7 @@ func TestRuntime(t *testing.T) {
 				t.Errorf("the host got %q", s)
 			}
 		case <-time.After(2 * time.Minute):
-			t.Fatalf("the container did not reach the host (log: %s)", readFile(r.Log))
+			t.Fatalf("the container did not reach the host (host cgroup: %s; log: %s)", first(cgroupMemory(cgDir)), readFile(r.Log))
 		}
 		select {
 		case s := <-got6:
@@ -784,7 +765,14 @@ func TestRuntime(t *testing.T) {
 			t.Errorf("10.77.0.2:8080 answered %q, want %q", answer, "served\n")
 		}
 		if status := waitPid(t, pid); status != 7 {
-			t.Errorf("the VMM process exited %d, want 7", status)
+			t.Errorf("the VMM process exited %d, want 7 (host cgroup: %s)", status, first(cgroupMemory(cgDir)))
+		}
+		// The VM fits its host cgroup's memory.max: the kernel did not
+		// have to kill the VMM process for it.
+		mem, kills := cgroupMemory(cgDir)
+		t.Logf("host cgroup: %s", mem)
+		if kills != 0 {
+			t.Errorf("host cgroup: %s: the VMM process met its memory.max", mem)
 		}
 		<-done
 		printed := string(stdout)

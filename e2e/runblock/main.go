@@ -1,0 +1,217 @@
+// Command runblock runs one block of the end-to-end tests in the test
+// platform and makes its failures readable at the end of a long log, as
+// CI shows only a log's tail. It runs
+//
+//	TESTVM --timeout T -- E2E -test.v -test.timeout T' FLAGS...
+//
+// passing the output through as it comes. When the block fails, it
+// prints a summary after it: each failed test and the messages its
+// failures printed (the *_test.go:N: lines), so that the cause is in the
+// tail, not only the names.
+//
+// A failed test whose output shows the emulated nested platform's known
+// fault (a guest "triple fault" under QEMU's TCG, see e2e's
+// platformFlake) is run once more on its own, loudly (a line starting
+// RETRY); the block passes only if that second run passes. A failure for
+// any other reason is never retried.
+//
+// Usage:
+//
+//	runblock -testvm bin/testvm -e2e build/e2e.test -timeout 25m [-log FILE] [-summary FILE] -- [go test flags]
+//
+// Exit status: the block's (testvm's: the test binary's, 124 on
+// timeout, 125 on a platform failure), or the retry's; 2 on bad usage.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"time"
+)
+
+func main() {
+	fs := flag.NewFlagSet("runblock", flag.ContinueOnError)
+	testvm := fs.String("testvm", "bin/testvm", "the test platform's runner")
+	e2e := fs.String("e2e", "build/e2e.test", "the compiled end-to-end test binary")
+	timeout := fs.Duration("timeout", 20*time.Minute, "testvm's timeout for the block (the tests get a minute less)")
+	logPath := fs.String("log", "", "also write the block's output to this file")
+	summaryPath := fs.String("summary", "", "also write the summary of a failed block to this file")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if *timeout <= time.Minute {
+		fmt.Fprintln(os.Stderr, "runblock: -timeout must be more than a minute")
+		os.Exit(2)
+	}
+	var log io.Writer = io.Discard
+	if *logPath != "" {
+		f, err := os.Create(*logPath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "runblock: %v\n", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		log = f
+	}
+	run := func(flags []string) (int, []byte) {
+		args := append([]string{"--timeout", timeout.String(), "--", *e2e, "-test.v",
+			"-test.timeout", (*timeout - time.Minute).String()}, flags...)
+		var out bytes.Buffer
+		cmd := exec.Command(*testvm, args...)
+		w := io.MultiWriter(os.Stdout, &out, log)
+		cmd.Stdout, cmd.Stderr = w, w
+		err := cmd.Run()
+		if err != nil && cmd.ProcessState == nil {
+			fmt.Fprintf(os.Stderr, "runblock: %v\n", err)
+			return 125, out.Bytes()
+		}
+		return cmd.ProcessState.ExitCode(), out.Bytes()
+	}
+	code, out := run(fs.Args())
+	if code == 0 {
+		return
+	}
+	report := func(s string) {
+		fmt.Print(s)
+		if *summaryPath != "" {
+			os.WriteFile(*summaryPath, []byte(s), 0o644)
+		}
+	}
+	failed := failures(out)
+	report(summary(failed, code))
+	if len(failed) == 0 || !allFlaky(out, failed) {
+		os.Exit(code)
+	}
+	var names []string
+	for _, f := range failed {
+		names = append(names, regexp.QuoteMeta(f.Name))
+	}
+	fmt.Printf("RETRY: %s failed on the emulated nested platform's known fault (a guest triple fault); running it once more\n",
+		strings.Join(names, ", "))
+	code, out = run([]string{"-test.run", "^(" + strings.Join(names, "|") + ")$"})
+	if code != 0 {
+		report(summary(failures(out), code))
+	} else if *summaryPath != "" {
+		os.Remove(*summaryPath)
+	}
+	os.Exit(code)
+}
+
+// A failure is a top-level test that failed (or was running when the
+// block ended) and the lines it printed.
+type failure struct {
+	Name     string
+	Finished bool     // a "--- FAIL" line ended it
+	Lines    []string // its output, from its RUN line on
+}
+
+var (
+	runLine  = regexp.MustCompile(`^=== RUN   (Test[^/\s]*)$`)
+	failLine = regexp.MustCompile(`^--- FAIL: (Test[^/\s]*) `)
+	endLine  = regexp.MustCompile(`^--- (PASS|SKIP): (Test[^/\s]*) `)
+	msgLine  = regexp.MustCompile(`^\s+\S+_test\.go:\d+: |^\s*--- FAIL: |^panic: |^testvm: `)
+)
+
+// failures finds the failed top-level tests in a -test.v log. Top-level
+// tests run one after another (none calls t.Parallel), so a test's
+// output is what lies between its RUN line and its verdict. A test
+// still running at the end (a timeout, a panic, a crashed platform)
+// counts as failed.
+func failures(out []byte) []failure {
+	var list []failure
+	var cur *failure
+	verdicts := false // the lines after a failed test's are its subtests'
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if verdicts && strings.HasPrefix(strings.TrimLeft(line, " "), "--- ") && strings.HasPrefix(line, " ") {
+			list[len(list)-1].Lines = append(list[len(list)-1].Lines, line)
+			continue
+		}
+		verdicts = false
+		if m := runLine.FindStringSubmatch(line); m != nil {
+			cur = &failure{Name: m[1]}
+		}
+		if cur == nil {
+			continue
+		}
+		cur.Lines = append(cur.Lines, line)
+		if m := failLine.FindStringSubmatch(line); m != nil && m[1] == cur.Name {
+			cur.Finished = true
+			list = append(list, *cur)
+			cur, verdicts = nil, true
+		} else if m := endLine.FindStringSubmatch(line); m != nil && m[2] == cur.Name {
+			cur = nil
+		}
+	}
+	if cur != nil {
+		list = append(list, *cur)
+	}
+	return list
+}
+
+// emulated is the line testvm prints when it runs the tests in a nested
+// KVM under QEMU's emulation: the only platform whose guest triple
+// faults are not vessel's.
+const emulated = "testvm: platform: nested KVM in QEMU TCG"
+
+// allFlaky reports whether every failure ran to its verdict and shows
+// the platform's known fault, and the block ran on the emulated
+// platform.
+func allFlaky(out []byte, fs []failure) bool {
+	if !bytes.Contains(out, []byte(emulated)) {
+		return false
+	}
+	for _, f := range fs {
+		if !f.Finished || !strings.Contains(strings.Join(f.Lines, "\n"), "triple fault") {
+			return false
+		}
+	}
+	return true
+}
+
+// summary is the end-of-block report: the failed tests and their
+// messages, at most maxLines of them each.
+func summary(fs []failure, code int) string {
+	const maxLines = 40
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n==== e2e block failed (exit status %d)", code)
+	if len(fs) == 0 {
+		b.WriteString(": no test failed (the platform or the test binary did)\n")
+		return b.String()
+	}
+	b.WriteString("; what its failed tests said:\n")
+	for _, f := range fs {
+		var msgs []string
+		for _, l := range f.Lines {
+			if msgLine.MatchString(l) && !strings.Contains(l, "Unhandled WRMSR") {
+				msgs = append(msgs, l)
+			}
+		}
+		state := ""
+		if !f.Finished {
+			state = " (still running when the block ended)"
+			// Its last lines say where it was.
+			msgs = f.Lines
+		}
+		if len(msgs) > maxLines {
+			msgs = append([]string{fmt.Sprintf("    ... %d earlier lines", len(msgs)-maxLines)}, msgs[len(msgs)-maxLines:]...)
+		}
+		fmt.Fprintf(&b, "== %s%s\n", f.Name, state)
+		for _, m := range msgs {
+			if len(m) > 2000 {
+				m = m[:2000] + " ..."
+			}
+			b.WriteString(m + "\n")
+		}
+	}
+	return b.String()
+}
