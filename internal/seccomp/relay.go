@@ -108,18 +108,26 @@ func RelayMain() {
 		return
 	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
+	// The log is opened now: the relay's own filter has no openat. The
+	// filter keeps the relay to its pipe and descriptors, so that code
+	// another process of its user wrote into it gains nothing.
+	var logf *os.File
+	if path := os.Getenv(relayLogEnv); path != "" {
+		logf, _ = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	}
+	if err := Install(relay); err != nil {
+		fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+		os.Exit(1)
+	}
 	line := Relay(os.Stdin, os.Stderr, name)
 	if line != "" {
 		fmt.Fprintln(os.Stderr, line)
-		if path := os.Getenv(relayLogEnv); path != "" {
-			if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-				if os.Getenv(relayJSONEnv) == "json" {
-					b, _ := json.Marshal(map[string]string{"level": "error", "msg": line, "time": time.Now().UTC().Format(time.RFC3339Nano)})
-					fmt.Fprintf(f, "%s\n", b)
-				} else {
-					fmt.Fprintln(f, line)
-				}
-				f.Close()
+		if logf != nil {
+			if os.Getenv(relayJSONEnv) == "json" {
+				b, _ := json.Marshal(map[string]string{"level": "error", "msg": line, "time": time.Now().UTC().Format(time.RFC3339Nano)})
+				fmt.Fprintf(logf, "%s\n", b)
+			} else {
+				fmt.Fprintln(logf, line)
 			}
 		}
 	}

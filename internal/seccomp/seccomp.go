@@ -37,6 +37,10 @@ const (
 	// Usernet is the vessel-usernet helper: a user-space network stack
 	// on its socketpair and the host's TCP and UDP sockets.
 	Usernet
+	// relay is the relay process (relay.go): it reads a pipe and writes
+	// descriptors it was given. Its default is an error, not a trap: a
+	// call it lacks must not cost the report it exists for.
+	relay
 )
 
 // String names the profile as its reports do.
@@ -48,6 +52,8 @@ func (p Profile) String() string {
 		return "VMM"
 	case Usernet:
 		return "user network helper"
+	case relay:
+		return "seccomp relay"
 	}
 	return fmt.Sprintf("profile %d", int(p))
 }
@@ -66,6 +72,13 @@ func Install(p Profile) error {
 	if err != nil {
 		return err
 	}
+	// Not dumpable: the process's /proc/PID/mem and the like open only
+	// with CAP_SYS_PTRACE. A filtered process could otherwise write into
+	// the memory of another of its user's processes (its relay, the user
+	// network's helper) and run there what its own filter refuses.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("seccomp: PR_SET_DUMPABLE: %w", err)
+	}
 	f := bpf.Filter{NoNewPrivs: true, Flag: bpf.FilterFlagTSync, Policy: policy}
 	if err := bpf.LoadFilter(f); err != nil {
 		return fmt.Errorf("seccomp: install the %s filter: %w", p, err)
@@ -83,6 +96,17 @@ func (p Profile) policy() (bpf.Policy, error) {
 		names = append(append(names, goRuntime...), vmmCalls...)
 		conds = append(conds, ioctls(vmmIoctls())...)
 		conds = append(conds, socketFamilies(unix.AF_UNIX)...)
+		// No set-user-ID or set-group-ID mode bits (the 9P server never
+		// sets them): a VMM that keeps CAP_CHOWN and CAP_FOWNER for its
+		// shares could otherwise chown a file in a shared host directory
+		// to root and make it set-user-ID.
+		for _, c := range []struct {
+			name string
+			arg  uint32
+		}{{"openat", 3}, {"fchmod", 1}, {"fchmodat", 2}, {"mkdirat", 2}, {"mknodat", 2}} {
+			conds = append(conds, bpf.NameWithConditions{Name: c.name, Conditions: bpf.ArgumentConditions{
+				{Argument: c.arg, Operation: bpf.BitsNotSet, Value: unix.S_ISUID | unix.S_ISGID}}})
+		}
 		if p == RuntimeVMM {
 			names = append(names, runtimeVMMCalls...)
 			conds = append(conds, socketFamilies(unix.AF_NETLINK)...)
@@ -94,6 +118,8 @@ func (p Profile) policy() (bpf.Policy, error) {
 		conds = append(conds, bpf.NameWithConditions{Name: "openat", Conditions: bpf.ArgumentConditions{
 			{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.O_WRONLY | unix.O_RDWR | unix.O_CREAT | unix.O_TRUNC}}})
 		conds = append(conds, ioctls([]uintptr{unix.TIOCINQ})...)
+	case relay:
+		names = append(names, goRuntime...)
 	default:
 		return bpf.Policy{}, fmt.Errorf("seccomp: unknown profile %d", int(p))
 	}
@@ -111,8 +137,12 @@ func (p Profile) policy() (bpf.Policy, error) {
 		conds = append(conds, bpf.NameWithConditions{Name: name, Conditions: bpf.ArgumentConditions{
 			{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.PROT_EXEC}}})
 	}
+	def := bpf.ActionTrap
+	if p == relay {
+		def = bpf.ActionErrno
+	}
 	policy := bpf.Policy{
-		DefaultAction: bpf.ActionTrap,
+		DefaultAction: def,
 		Syscalls: []bpf.SyscallGroup{
 			{Action: bpf.ActionAllow, Names: names},
 			{Action: bpf.ActionAllow, NamesWithCondtions: conds},
@@ -179,8 +209,7 @@ var goRuntime = []string{
 // waiting for or stopping its user network helper at the end.
 var vmmCalls = []string{
 	"fsync", "fdatasync", "fallocate", "ftruncate", "truncate", // a share's setattr truncates /proc/self/fd/N
-	"openat", "openat2", "getdents64", "readlinkat", "fchmod", "fchmodat", "fchown", "fchownat",
-	"mkdirat", "mknodat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
+	"openat2", "getdents64", "readlinkat", "fchown", "fchownat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
 	"fgetxattr", "flistxattr", "fsetxattr", "fremovexattr", "fstatfs", "statfs", "faccessat", "faccessat2",
 	"getcwd", "flock",
 	"connect", "accept4", "bind", "listen", "getsockopt", "setsockopt", "getsockname", "getpeername",

@@ -58,7 +58,8 @@ func TestProfiles(t *testing.T) {
 		calls map[string]int
 	}{
 		{VMM, map[string]int{
-			"read": plain, "futex": plain, "openat": plain, "pwritev": plain, "accept4": plain,
+			"read": plain, "futex": plain, "openat": cond, "pwritev": plain, "accept4": plain,
+			"fchmodat": cond, "fchmod": cond, "mkdirat": cond, "mknodat": cond,
 			"ioctl": cond, "socket": cond, "clone": cond, "mmap": cond, "mprotect": cond,
 			"execve": no, "execveat": no, "fork": no, "vfork": no, "clone3": no, "ptrace": no,
 			"mount": no, "umount2": no, "pivot_root": no, "chroot": no, "setns": no, "unshare": no,
@@ -176,6 +177,14 @@ func child() {
 		syscall.RawSyscall(unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0)
 	case "socket-inet":
 		syscall.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+	case "chmod-setuid":
+		// A plain mode is allowed; a set-user-ID one is not.
+		f := os.Getenv("SECCOMP_TEST_FILE")
+		if err := unix.Fchmodat(unix.AT_FDCWD, f, 0o755, 0); err != nil {
+			os.Stdout.WriteString("chmod 0755: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		unix.Fchmodat(unix.AT_FDCWD, f, 0o4755, 0)
 	}
 	os.Exit(0)
 }
@@ -195,10 +204,15 @@ func TestEnforced(t *testing.T) {
 		{"none", "", 0},
 		{"ptrace", "ptrace", unix.SYS_PTRACE},
 		{"socket-inet", "socket", unix.SYS_SOCKET},
+		{"chmod-setuid", "fchmodat", unix.SYS_FCHMODAT},
 	} {
 		t.Run(tc.call, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "f")
+			if err := os.WriteFile(file, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
 			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), "SECCOMP_TEST_CHILD="+tc.call)
+			cmd.Env = append(os.Environ(), "SECCOMP_TEST_CHILD="+tc.call, "SECCOMP_TEST_FILE="+file)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
@@ -215,6 +229,9 @@ func TestEnforced(t *testing.T) {
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
 				t.Errorf("%s: %v, want exit status 2", tc.call, err)
+			}
+			if fi, err := os.Stat(file); err != nil || fi.Mode()&os.ModeSetuid != 0 {
+				t.Errorf("%s: %v, %v: the file became set-user-ID", tc.call, fi.Mode(), err)
 			}
 			want := "vessel: seccomp: the VMM made a system call outside its filter, " + tc.name
 			if s := stderr.String(); !strings.HasPrefix(s, want) || strings.Count(s, "\n") != 1 {
