@@ -206,13 +206,36 @@ func jailedVMM(in, out *os.File) error {
 		}
 		cfg.Vsock.Dial = b.dial
 	}
+	// The user network's helper, started by vmm.New in the host's
+	// network namespace, runs as the jail's user too.
+	for i := range cfg.Nets {
+		if u := cfg.Nets[i].User; u != nil {
+			c := *u
+			c.Credential = &syscall.Credential{Uid: uint32(w.UID), Gid: uint32(w.GID), Groups: []uint32{}}
+			cfg.Nets[i].User = &c
+		}
+	}
+	// The shares are opened through the jail's bind mounts of them, not
+	// by their host paths: a descriptor of the host's tree would lead
+	// out of the jail once it is entered.
+	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
+	for _, sh := range w.Shares {
+		spec.Shares = append(spec.Shares, jail.Share{Dir: sh.Dir, ReadOnly: sh.ReadOnly})
+	}
+	bound, err := jail.Mount(spec)
+	if err != nil {
+		return fail(err)
+	}
+	cfg.Shares = append([]vmm.Share(nil), w.Shares...)
+	for i := range cfg.Shares {
+		cfg.Shares[i].Dir = bound[i]
+	}
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		return fail(err)
 	}
 	defer vm.Close()
 	setInput(vm, w.Input)
-	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
 	if err := jail.Enter(spec); err != nil {
 		return fail(err)
 	}

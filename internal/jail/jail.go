@@ -9,17 +9,17 @@
 // process in new mount, PID, IPC and UTS namespaces, born in that cgroup.
 // Cleanup removes both once the VMM process is gone.
 //
-// The VMM half runs in that process: Limits before it builds the VM (the
-// rlimits), Enter once the VM is built, before the guest runs. Enter
-// mounts a small tmpfs on the directory holding only the paths the VM
-// still opens by name (bound at the same paths) and a /proc of the new
-// PID namespace, pivot_roots into it and detaches the old root, drops
-// to an unprivileged uid and gid with no supplementary groups, keeps
-// only the capabilities a 9P share server needs (none without shares),
-// and sets no_new_privs. Everything the VM needs that is not a name
-// (/dev/kvm, the VM's and vCPUs' descriptors, disk images, the kernel
-// already loaded, TAP descriptors, the user network's helper) was opened
-// before.
+// The VMM half runs in that process: Limits and Mount before it builds
+// the VM, Enter once the VM is built, before the guest runs. Mount puts
+// a small tmpfs on the directory, with a read-only /proc of the new PID
+// namespace and a bind mount of each 9P share's directory, which the VMM
+// then opens there. Enter pivot_roots into it and detaches the old root,
+// moves the process into an empty network namespace, drops to an
+// unprivileged uid and gid with no supplementary groups, keeps only the
+// capabilities a 9P share server needs (none without shares), and sets
+// no_new_privs. Everything else the VM needs (/dev/kvm, the VM's and
+// vCPUs' descriptors, disk images, the kernel already loaded, TAP
+// descriptors, the user network's helper) was opened before.
 package jail
 
 import (
@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -195,10 +196,10 @@ func (h *Host) Cleanup() error {
 type Spec struct {
 	// Root is Host.Root.
 	Root string
-	// Binds are host paths the VMM still opens by name after Enter,
-	// bound read-write at the same paths inside the jail: directories
-	// (with their contents) or files.
-	Binds []string
+	// Shares are the host directories the VM serves over 9P. Mount binds
+	// each into the jail; the VMM opens them there, never by their host
+	// paths (see Mount).
+	Shares []Share
 	// UID and GID the VMM runs as.
 	UID, GID int
 	// FileCaps keeps CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER and
@@ -206,6 +207,12 @@ type Spec struct {
 	// guest's owners and reach files of any owner in the shared
 	// directory; without it the VMM keeps no capability.
 	FileCaps bool
+}
+
+// A Share is a host directory a jailed VMM serves to its guest.
+type Share struct {
+	Dir      string
+	ReadOnly bool
 }
 
 // Limits sets the VMM process's rlimits: no core dumps (guest memory),
@@ -230,34 +237,63 @@ func Limits(nofile, nproc uint64) error {
 	return nil
 }
 
-// Enter confines the calling process (the VMM, created with Cloneflags)
-// to s.Root. On error the process must exit: it may be half confined.
-func Enter(s Spec) error {
+// sharesDir is where Mount binds the shares, below the jail's root.
+const sharesDir = "shares"
+
+// Mount makes the jail's file system in the calling process's new mount
+// namespace (the VMM's, created with Cloneflags), before the VMM builds
+// its VM: a small tmpfs on s.Root, a read-only /proc of the new PID
+// namespace (the 9P server reopens its files through /proc/self/fd; the
+// host-wide files below it, sysrq-trigger, irq, sys, stay unwritable
+// whatever capabilities the VMM keeps), and each of s.Shares bound at
+// shares/N. It returns those bound paths as seen before Enter: the VMM
+// opens its shares there. A descriptor opened through the bind mount
+// stays in the jail's tree once Enter has detached the host's root: its
+// ".." ends at the jail's root, where one opened by the host path would
+// climb out into the host's file system.
+func Mount(s Spec) ([]string, error) {
 	if os.Getpid() != 1 {
-		return errors.New("jail: not in a new PID namespace")
+		return nil, errors.New("jail: not in a new PID namespace")
 	}
 	// Nothing made from here on may reach the host's mount namespace.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("jail: make mounts private: %w", err)
+		return nil, fmt.Errorf("jail: make mounts private: %w", err)
 	}
 	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if err := unix.Mount("vessel-jail", s.Root, "tmpfs", flags, "mode=0755,size=64k,nr_inodes=256"); err != nil {
-		return fmt.Errorf("jail: tmpfs on %s: %w", s.Root, err)
+		return nil, fmt.Errorf("jail: tmpfs on %s: %w", s.Root, err)
 	}
-	for _, p := range s.Binds {
-		if err := bind(s.Root, p); err != nil {
-			return err
+	var paths []string
+	if len(s.Shares) > 0 {
+		if err := os.Mkdir(filepath.Join(s.Root, sharesDir), 0o755); err != nil {
+			return nil, fmt.Errorf("jail: %w", err)
 		}
+	}
+	for i, sh := range s.Shares {
+		dst := filepath.Join(s.Root, sharesDir, strconv.Itoa(i))
+		if err := bindDir(sh.Dir, dst, sh.ReadOnly); err != nil {
+			return nil, err
+		}
+		paths = append(paths, dst)
 	}
 	proc := filepath.Join(s.Root, "proc")
 	if err := os.Mkdir(proc, 0o555); err != nil {
-		return fmt.Errorf("jail: %w", err)
+		return nil, fmt.Errorf("jail: %w", err)
 	}
-	// A /proc of the new PID namespace: the 9P server reopens files
-	// through /proc/self/fd.
-	if err := unix.Mount("proc", proc, "proc", flags, ""); err != nil {
-		return fmt.Errorf("jail: mount proc: %w", err)
+	if err := unix.Mount("proc", proc, "proc", flags|unix.MS_RDONLY, ""); err != nil {
+		return nil, fmt.Errorf("jail: mount proc: %w", err)
 	}
+	return paths, nil
+}
+
+// Enter confines the calling process to the jail Mount made: it
+// pivot_roots into s.Root and detaches the host's root, moves every
+// thread into a new, empty network namespace (the host's abstract Unix
+// sockets are named per network namespace and checked by no file
+// permission), and drops privileges. The VMM's TAP descriptors and the
+// user network's helper (started before, in the host's namespace) keep
+// working. On error the process must exit: it may be half confined.
+func Enter(s Spec) error {
 	if err := os.Chdir(s.Root); err != nil {
 		return fmt.Errorf("jail: %w", err)
 	}
@@ -273,45 +309,58 @@ func Enter(s Spec) error {
 	if err := os.Chdir("/"); err != nil {
 		return fmt.Errorf("jail: %w", err)
 	}
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, ""); err != nil {
 		return fmt.Errorf("jail: make / read-only: %w", err)
 	}
 	if err := unix.Sethostname([]byte("vessel-jail")); err != nil {
 		return fmt.Errorf("jail: sethostname: %w", err)
 	}
+	if err := newNetns(); err != nil {
+		return err
+	}
 	return dropPrivileges(s.UID, s.GID, s.FileCaps)
 }
 
-// bind makes host path p visible at the same path under root.
-func bind(root, p string) error {
-	if !filepath.IsAbs(p) {
-		return fmt.Errorf("jail: %s: not an absolute path", p)
+// newNetns moves every thread of the process into one new network
+// namespace. A namespace is a thread's in the kernel: one thread makes
+// it, and every thread (Go's runtime has several) joins it by its
+// descriptor; threads made later inherit it.
+func newNetns() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("jail: new network namespace: %w", err)
 	}
-	fi, err := os.Stat(p)
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return fmt.Errorf("jail: new network namespace: %w", err)
+	}
+	defer unix.Close(fd)
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_SETNS, uintptr(fd), unix.CLONE_NEWNET, 0); e != 0 {
+		return fmt.Errorf("jail: join the new network namespace: %w", e)
+	}
+	return nil
+}
+
+// bindDir binds host directory src at dst (made here), read-only if
+// asked, with no set-ID, device or executable files.
+func bindDir(src, dst string, readOnly bool) error {
+	if !filepath.IsAbs(src) {
+		return fmt.Errorf("jail: share %s: not an absolute path", src)
+	}
+	if err := os.Mkdir(dst, 0o755); err != nil {
 		return fmt.Errorf("jail: %w", err)
 	}
-	dst := filepath.Join(root, p)
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return fmt.Errorf("jail: %w", err)
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("jail: bind share %s: %w", src, err)
 	}
-	if fi.IsDir() {
-		err = os.Mkdir(dst, 0o755)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	if readOnly {
+		flags |= unix.MS_RDONLY
 	}
-	if err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("jail: %w", err)
-	}
-	if err := unix.Mount(p, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("jail: bind %s: %w", p, err)
-	}
-	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
-		return fmt.Errorf("jail: remount %s: %w", p, err)
+		return fmt.Errorf("jail: remount share %s: %w", src, err)
 	}
 	return nil
 }
