@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/vesselvm/vessel/devices/usernet"
@@ -83,6 +84,9 @@ type UserNet struct {
 	// HostLoopback makes the host's 127.0.0.1 reachable at
 	// usernet.HostIP (see usernet.Config).
 	HostLoopback bool
+	// Credential, if set, is the user the helper runs as (see
+	// usernet.Config). Not part of a VM's configuration on the wire.
+	Credential *syscall.Credential `json:"-"`
 }
 
 // Vsock configures the vsock device: the guest's context ID, and the Unix

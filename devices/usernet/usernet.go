@@ -82,6 +82,12 @@ type Config struct {
 	// Helper is the vessel-usernet executable; empty means HelperName
 	// next to the running executable, else on $PATH.
 	Helper string
+	// Credential, if set, is the user the helper runs as, with no
+	// capabilities: a jailed VMM's, so that a helper taken over through
+	// its network stack has no more than the VMM. The helper is then
+	// started from a descriptor of its executable, which that user may
+	// not reach by path.
+	Credential *syscall.Credential
 }
 
 // HelperName is the helper's executable name.
@@ -157,10 +163,19 @@ func New(cfg Config) (_ *Network, err error) {
 
 	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
 		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback))
-	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports)
 	cmd.Stderr = os.Stderr
 	// Its own process group: the terminal's SIGINT is for vessel.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cfg.Credential != nil {
+		exe, err := os.Open(helper)
+		if err != nil {
+			return nil, fmt.Errorf("usernet: %w", err)
+		}
+		child = append(child, exe)
+		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", 3+len(child)-1)
+		cmd.SysProcAttr.Credential = cfg.Credential
+	}
+	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports), then the executable
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("usernet: %w", err)
 	}

@@ -3,10 +3,12 @@ package usernet
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -219,5 +221,35 @@ func TestHelperEndsWithSocket(t *testing.T) {
 	}
 	if ps := n.helper.ProcessState; !ps.Exited() || ps.ExitCode() != 0 {
 		t.Errorf("the helper ended with %v, want exit status 0", ps)
+	}
+}
+
+// TestHelperCredential: with a Credential, the helper runs as that user
+// with no capabilities, though its executable lies in a directory that
+// user cannot reach (the test's build directory is root's, 0700).
+func TestHelperCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start the helper as another user")
+	}
+	n, err := New(Config{MAC: testMAC, Helper: helper, Publish: []Publish{{Host: "127.0.0.1:0", GuestPort: 80}},
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.helper.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := string(b)
+	for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534\n", "Gid:\t65534\t65534\t65534\t65534\n", "CapEff:\t0000000000000000\n"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("the helper's status lacks %q:\n%s", want, st)
+		}
+	}
+	for _, l := range strings.Split(st, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "Groups:" && len(f) > 1 {
+			t.Errorf("the helper keeps supplementary groups: %s", l)
+		}
 	}
 }
