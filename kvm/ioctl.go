@@ -206,8 +206,9 @@ func itoa(v uint64) string {
 
 // RunningIoctls are the ioctl requests vessel makes on KVM's descriptors
 // once a VM runs: KVM_RUN, interrupts, the ioeventfds and irqfds devices
-// register when the driver activates them, the register and state reads
-// of a crash report, the TSC frequency and statistics. Creating VMs,
+// register when the driver activates them, the registers and state each
+// vCPU sets as it starts and reads for a crash report, the TSC frequency
+// and statistics. Creating VMs,
 // vCPUs, memory slots or CPUID is not among them: a seccomp allow-list
 // (internal/seccomp) built from this list refuses them to a running VMM.
 func RunningIoctls() []uintptr {

@@ -100,16 +100,29 @@ func (p Profile) policy() (bpf.Policy, error) {
 		// sets them): a VMM that keeps CAP_CHOWN and CAP_FOWNER for its
 		// shares could otherwise chown a file in a shared host directory
 		// to root and make it set-user-ID.
+		// mknodat makes no device node either (the 9P server makes
+		// regular files only; S_IFCHR's bit is in S_IFBLK too).
+		const setID = unix.S_ISUID | unix.S_ISGID
 		for _, c := range []struct {
 			name string
 			arg  uint32
-		}{{"openat", 3}, {"fchmod", 1}, {"fchmodat", 2}, {"mkdirat", 2}, {"mknodat", 2}} {
+			bits uint64
+		}{{"openat", 3, setID}, {"fchmod", 1, setID}, {"fchmodat", 2, setID}, {"mkdirat", 2, setID},
+			{"mknodat", 2, setID | unix.S_IFCHR}} {
 			conds = append(conds, bpf.NameWithConditions{Name: c.name, Conditions: bpf.ArgumentConditions{
-				{Argument: c.arg, Operation: bpf.BitsNotSet, Value: unix.S_ISUID | unix.S_ISGID}}})
+				{Argument: c.arg, Operation: bpf.BitsNotSet, Value: c.bits}}})
 		}
+		// Signals to processes (its user network helper), not to process
+		// groups or everyone (pid 0 or negative).
+		conds = append(conds, bpf.NameWithConditions{Name: "kill", Conditions: bpf.ArgumentConditions{
+			{Argument: 0, Operation: bpf.BitsNotSet, Value: 0x80000000},
+			{Argument: 0, Operation: bpf.NotEqual, Value: 0}}})
 		if p == RuntimeVMM {
 			names = append(names, runtimeVMMCalls...)
-			conds = append(conds, socketFamilies(unix.AF_NETLINK)...)
+			// NETLINK_ROUTE only: the tc redirects' teardown.
+			conds = append(conds, bpf.NameWithConditions{Name: "socket", Conditions: bpf.ArgumentConditions{
+				{Argument: 0, Operation: bpf.Equal, Value: unix.AF_NETLINK},
+				{Argument: 2, Operation: bpf.Equal, Value: unix.NETLINK_ROUTE}}})
 		}
 	case Usernet:
 		names = append(append(names, goRuntime...), usernetCalls...)
@@ -126,8 +139,15 @@ func (p Profile) policy() (bpf.Policy, error) {
 	// Threads only: a new process (fork, vfork, clone without
 	// CLONE_THREAD) is refused; so is clone3, which Go's runtime does not
 	// use for threads.
+	// Go's runtime signals its own threads (preemption, crashes) only.
+	conds = append(conds, bpf.NameWithConditions{Name: "tgkill", Conditions: bpf.ArgumentConditions{
+		{Argument: 0, Operation: bpf.Equal, Value: uint64(os.Getpid())}}})
+	// A thread joins no new namespace (clone refuses only a new user or
+	// PID namespace for a thread; the others would be unshare's).
 	conds = append(conds, bpf.NameWithConditions{Name: "clone", Conditions: bpf.ArgumentConditions{
-		{Argument: 0, Operation: bpf.BitsSet, Value: unix.CLONE_THREAD}}})
+		{Argument: 0, Operation: bpf.BitsSet, Value: unix.CLONE_THREAD},
+		{Argument: 0, Operation: bpf.BitsNotSet, Value: unix.CLONE_NEWNS | unix.CLONE_NEWCGROUP | unix.CLONE_NEWUTS |
+			unix.CLONE_NEWIPC | unix.CLONE_NEWUSER | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWTIME}}})
 	// Go's runtime names its anonymous mappings (PR_SET_VMA); no other
 	// prctl (no_new_privs stays, the filter cannot be changed).
 	conds = append(conds, bpf.NameWithConditions{Name: "prctl", Conditions: bpf.ArgumentConditions{
@@ -196,7 +216,7 @@ var goRuntime = []string{
 	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "rt_sigtimedwait", "restart_syscall",
 	"futex", "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday",
 	"sched_yield", "sched_getaffinity", "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
-	"tgkill", "tkill", "exit", "exit_group",
+	"exit", "exit_group",
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2", "poll", "ppoll",
 	"getrandom", "prlimit64", "getrlimit", "uname", "getrusage",
 	"timer_create", "timer_settime", "timer_delete", "setitimer",
@@ -210,11 +230,11 @@ var goRuntime = []string{
 var vmmCalls = []string{
 	"fsync", "fdatasync", "fallocate", "ftruncate", "truncate", // a share's setattr truncates /proc/self/fd/N
 	"openat2", "getdents64", "readlinkat", "fchown", "fchownat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
-	"fgetxattr", "flistxattr", "fsetxattr", "fremovexattr", "fstatfs", "statfs", "faccessat", "faccessat2",
+	"fgetxattr", "flistxattr", "fstatfs", "statfs", "faccessat", "faccessat2",
 	"getcwd", "flock",
 	"connect", "accept4", "bind", "listen", "getsockopt", "setsockopt", "getsockname", "getpeername",
 	"recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "socketpair",
-	"wait4", "waitid", "kill", "pidfd_open", "pidfd_send_signal",
+	"wait4", "waitid", "pidfd_open", "pidfd_send_signal",
 }
 
 // runtimeVMMCalls are vessel-runtime's VMM's besides: attaching and
