@@ -150,6 +150,14 @@ type wireResult struct {
 	Metrics     vmm.Metrics
 }
 
+// maxWireMsgs bounds all a jailed VMM process sends vessel (its ready
+// message and its result: 40 console lines, metrics), and maxTailLines
+// the console lines vessel keeps of it.
+const (
+	maxWireMsgs  = 1 << 20
+	maxTailLines = 40
+)
+
 // jailedVMMCommand is the hidden command the jailed VMM process runs.
 const jailedVMMCommand = "jailed-vmm"
 
@@ -188,7 +196,7 @@ func jailedVMM(in, out *os.File) error {
 	}
 	// A jailed VMM needs few descriptors (the 9P shares' budget follows
 	// this) and threads: a vCPU each and the Go runtime's.
-	if err := jail.Limits(4096, 4096); err != nil {
+	if err := jail.Limits(4096); err != nil {
 		return fail(err)
 	}
 	cfg := vmm.Config{Kernel: w.Kernel, Initrd: w.Initrd, Cmdline: w.Cmdline, CPUs: w.CPUs, Memory: w.Memory,
@@ -363,14 +371,17 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root}
 	json.NewEncoder(cfgW).Encode(w)
 	cfgW.Close()
-	dec := json.NewDecoder(msgR)
+	// The VMM process may be the guest's by now: what it says is
+	// bounded and cleaned before anyone reads it.
+	dec := json.NewDecoder(io.LimitReader(msgR, maxWireMsgs))
 	var m wireMsg
 	if err := dec.Decode(&m); err != nil || !m.Ready {
 		msgR.Close()
+		j.cmd.Process.Kill()
 		werr := j.cmd.Wait()
 		line := <-relayed
 		if m.Error != nil {
-			return nil, &exitError{code: m.Error.Code, msg: m.Error.Msg}
+			return nil, &exitError{code: m.Error.Code, msg: container.CleanText(m.Error.Msg)}
 		}
 		if line != "" {
 			return nil, &exitError{code: exitInternal, msg: line}
@@ -382,11 +393,23 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		var m wireMsg
 		err := dec.Decode(&m)
 		msgR.Close()
+		if err != nil || m.Result == nil {
+			// A VMM that stopped talking, or said too much or
+			// something else, is ended.
+			j.cmd.Process.Kill()
+		}
 		werr := j.cmd.Wait()
 		switch {
 		case err == nil && m.Result != nil:
 			r := m.Result
-			j.res = vmm.Result{Kind: r.Kind, Status: r.Status, Detail: r.Detail, ConsoleTail: r.ConsoleTail, Metrics: r.Metrics}
+			tail := r.ConsoleTail
+			if len(tail) > maxTailLines {
+				tail = tail[len(tail)-maxTailLines:]
+			}
+			for i := range tail {
+				tail[i] = container.CleanText(tail[i])
+			}
+			j.res = vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics}
 		default:
 			detail := fmt.Sprintf("the jailed VMM process died (%v)", werr)
 			if line := <-relayed; line != "" {
