@@ -546,10 +546,14 @@ func inspectJailed(t *testing.T, pid int, shares bool) {
 	}
 	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	path, ok := strings.CutPrefix(strings.TrimSpace(string(cg)), "0::")
-	if !ok || !strings.Contains(path, "/vessel/jail-") {
+	if !ok || !strings.Contains(path, "/vessel-jails/jail-") {
 		t.Errorf("the VMM's cgroup is %q, want the jail's", cg)
-	} else if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", path, "memory.max")); err != nil || strings.TrimSpace(string(b)) == "max" {
-		t.Errorf("the jail's memory.max: %q, %v; want a limit", b, err)
+	} else {
+		for _, f := range []string{"memory.max", "pids.max"} {
+			if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", path, f)); err != nil || strings.TrimSpace(string(b)) == "max" {
+				t.Errorf("the jail's %s: %q, %v; want a limit", f, b, err)
+			}
+		}
 	}
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
 	core := ""

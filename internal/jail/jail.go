@@ -48,11 +48,17 @@ const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NE
 // the VMM's own heap and the user network helper.
 const MemoryOverhead = 256 << 20
 
-// vessel's jails' cgroups live in <vessel's own cgroup>/cgroupParent/<name>.
+// vessel's jails' cgroups live in cgroupParent/<name>, beside vessel's
+// own cgroup.
 const (
 	cgroupRoot   = cgroup.Root
-	cgroupParent = "vessel"
+	cgroupParent = "vessel-jails"
 )
+
+// maxTasks is a jail's pids.max besides a task per vCPU: Go's runtime
+// threads and the I/O workers of the VMM, the user network's helper and
+// the relays, with room to spare.
+const maxTasks = 512
 
 // Host is the host's side of one jail.
 type Host struct {
@@ -110,16 +116,25 @@ const cgroupFile = "cgroup"
 func Remove(base, name string) error {
 	dir := filepath.Join(base, "jail-"+name)
 	h := &Host{Dir: dir}
-	if b, err := os.ReadFile(filepath.Join(dir, cgroupFile)); err == nil && strings.HasPrefix(string(b), cgroupRoot+"/") {
-		h.Cgroup = filepath.Clean(string(b))
-		os.WriteFile(filepath.Join(h.Cgroup, "cgroup.kill"), []byte("1"), 0)
+	if b, err := os.ReadFile(filepath.Join(dir, cgroupFile)); err == nil {
+		// Only a group of the form makeCgroup makes, under this jail's
+		// name: cgroup.kill in any other would kill what it holds.
+		cg := filepath.Clean(string(b))
+		if strings.HasPrefix(cg, cgroupRoot+"/") && filepath.Base(cg) == filepath.Base(dir) &&
+			filepath.Base(filepath.Dir(cg)) == cgroupParent {
+			h.Cgroup = cg
+			os.WriteFile(filepath.Join(h.Cgroup, "cgroup.kill"), []byte("1"), 0)
+		}
 	}
 	return h.Cleanup()
 }
 
-// makeCgroup makes the jail's cgroup, name below vessel's own cgroup's
-// cgroupParent group (so that limits set above vessel still hold), with
-// the VM's memory and CPU limits, and opens it for CLONE_INTO_CGROUP.
+// makeCgroup makes the jail's cgroup, name in the cgroupParent group
+// beside vessel's own (so that limits set above vessel still hold; not
+// below it: a group that holds a process, vessel, cannot delegate
+// controllers to children, cgroup-v2.rst's "no internal processes"),
+// with the VM's memory, CPU and task limits, and opens it for
+// CLONE_INTO_CGROUP.
 func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 	if err := cgroup.Writable(cgroup.Root); err != nil {
 		return err
@@ -128,7 +143,7 @@ func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 	if err != nil {
 		return err
 	}
-	cg := filepath.Join(cgroup.Root, self, cgroupParent, name)
+	cg := filepath.Join(cgroup.Root, filepath.Dir(self), cgroupParent, name)
 	if _, err := os.Lstat(cg); err == nil {
 		return fmt.Errorf("jail: cgroup %s exists", cg)
 	}
@@ -136,6 +151,7 @@ func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 		{File: "memory.max", Value: strconv.FormatUint(mem+MemoryOverhead, 10)},
 		{File: "memory.swap.max", Value: "0", Optional: true},
 		{File: "cpu.max", Value: fmt.Sprintf("%d 100000", cpus*100000)},
+		{File: "pids.max", Value: strconv.Itoa(maxTasks + cpus)},
 	})
 	if err != nil {
 		return err
@@ -216,13 +232,15 @@ type Share struct {
 }
 
 // Limits sets the VMM process's rlimits: no core dumps (guest memory),
-// at most nofile descriptors and nproc threads for its uid. Call it
-// before building the VM, whose descriptor budgets follow RLIMIT_NOFILE.
-func Limits(nofile, nproc uint64) error {
+// at most nofile descriptors. Call it before building the VM, whose
+// descriptor budgets follow RLIMIT_NOFILE. Its threads are bounded by its
+// cgroup's pids.max, not RLIMIT_NPROC, which counts every process of the
+// uid the jails share: one VMM could use up every other's.
+func Limits(nofile uint64) error {
 	for _, l := range []struct {
 		res int
 		max uint64
-	}{{unix.RLIMIT_CORE, 0}, {unix.RLIMIT_NOFILE, nofile}, {unix.RLIMIT_NPROC, nproc}} {
+	}{{unix.RLIMIT_CORE, 0}, {unix.RLIMIT_NOFILE, nofile}} {
 		var cur unix.Rlimit
 		if err := unix.Getrlimit(l.res, &cur); err != nil {
 			return fmt.Errorf("jail: getrlimit %d: %w", l.res, err)
