@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/internal/fdpass"
 )
 
@@ -54,7 +55,7 @@ func serveVsockDials(c *net.UnixConn, uds string) {
 }
 
 func answerDial(c *net.UnixConn, path string) error {
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	conn, err := virtio.DialSocket(path)
 	if err != nil {
 		_, err := c.Write([]byte{1})
 		return err

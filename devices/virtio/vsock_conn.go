@@ -419,8 +419,7 @@ func (r *vsockRun) guestConnect(h *vsockHdr) {
 	if r.dial != nil {
 		sock, err = r.dial(h.dstPort)
 	} else {
-		path := r.uds + "_" + strconv.FormatUint(uint64(h.dstPort), 10)
-		sock, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+		sock, err = DialSocket(r.uds + "_" + strconv.FormatUint(uint64(h.dstPort), 10))
 	}
 	if err != nil {
 		r.queueRST(h)
@@ -1070,4 +1069,30 @@ func (r *vsockRing) release() {
 		r.buf = nil
 		vsockTxPool.Put(&b)
 	}
+}
+
+// ErrNotSocket is a vsock host path that is not a Unix socket itself (a
+// symbolic link, a file).
+var ErrNotSocket = errors.New("vsock: not a Unix socket")
+
+// DialSocket connects to the Unix socket at path for a guest's
+// connection. The guest picks the port, and so the name: a symbolic link
+// there (which another user could plant in a shared directory, towards a
+// socket only the VMM's user may reach) is refused, and what is
+// connected to is the socket that was checked (through its O_PATH
+// descriptor), not whatever the name means a moment later.
+func DialSocket(path string) (*net.UnixConn, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("vsock: %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("vsock: %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%w: %s", ErrNotSocket, path)
+	}
+	return net.DialUnix("unix", nil, &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d", fd), Net: "unix"})
 }
