@@ -740,7 +740,7 @@ func guestFailure(what string, err error, res vmm.Result) error {
 	fmt.Fprintf(&b, "%s: %v", what, err)
 	switch res.Kind {
 	case vmm.ExitPanic, vmm.ExitTripleFault, vmm.ExitError:
-		fmt.Fprintf(&b, " (the VM ended: %s)", res.Detail)
+		fmt.Fprintf(&b, " (the VM ended: %s)", container.CleanText(res.Detail))
 	case vmm.ExitGuestStatus:
 		fmt.Fprintf(&b, " (the agent exited with status %d)", res.Status)
 	}

@@ -278,11 +278,11 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 		return nil
 	case vmm.ExitPanic, vmm.ExitTripleFault:
 		var b strings.Builder
-		fmt.Fprintf(&b, "guest crashed: %s", res.Detail)
+		fmt.Fprintf(&b, "guest crashed: %s", container.CleanText(res.Detail))
 		writeConsoleTail(&b, res.ConsoleTail)
 		return &exitError{code: exitGuestCrash, msg: strings.TrimRight(b.String(), "\n")}
 	default:
-		return &exitError{code: exitInternal, msg: res.Detail}
+		return &exitError{code: exitInternal, msg: container.CleanText(res.Detail)}
 	}
 }
 
