@@ -31,8 +31,10 @@ const vmmOverhead = 64 << 20
 // see the VM. pids is left to the guest's cgroup: the VMM's threads
 // are not the container's processes.
 type hostCgroup struct {
-	Dir  string `json:"dir"`
-	Made bool   `json:"made,omitempty"` // created by create, removed by delete
+	Dir string `json:"dir"`
+	// Made are the groups create made (the deepest last), removed by
+	// delete.
+	Made []string `json:"made,omitempty"`
 }
 
 // cgroupDir is the host directory for a spec's cgroupsPath: with
@@ -174,10 +176,11 @@ func (cg *hostCgroup) open() (*os.File, error) {
 	return f, nil
 }
 
-// remove removes the cgroup if create made it (its processes are gone
-// by then: rmdir fails on a cgroup still in use, and it stays).
+// remove removes the groups create made (its processes are gone by
+// then: rmdir fails on a group still in use, and it stays, with those
+// above it).
 func (cg *hostCgroup) remove() {
-	if cg != nil && cg.Made {
-		unix.Rmdir(cg.Dir)
+	if cg != nil {
+		cgroup.Remove(cg.Made)
 	}
 }

@@ -64,17 +64,28 @@ type Limit struct {
 	Optional bool
 }
 
-// Make makes the group dir below root, or takes it when it exists, and
-// writes its limits in order. Each group on the way from root is made
-// when missing and delegates the controllers the limits name (the part
-// of a file's name before its first dot). made reports whether dir
-// itself was made here, and so is the caller's to remove; a group Make
-// made is removed again when a limit cannot be written.
-func Make(root, dir string, limits []Limit) (made bool, err error) {
+// ErrHasChildren is a group Make was asked to take that holds groups of
+// its own: a process cannot join it (cgroup v2's "no internal
+// processes"), and limits written to it would bound everything below.
+var ErrHasChildren = errors.New("cgroup: the group has child groups")
+
+// Make makes the group dir below root, or takes it when it exists as a
+// leaf, and writes its limits in order. Each group on the way from root
+// is made when missing and delegates the controllers the limits name
+// (the part of a file's name before its first dot). made lists the
+// groups Make created, the deepest last: the caller's to remove (Remove)
+// once their processes are gone. On an error nothing it made is left.
+func Make(root, dir string, limits []Limit) (made []string, err error) {
 	rel, err := filepath.Rel(root, dir)
 	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") || !filepath.IsAbs(dir) {
-		return false, fmt.Errorf("cgroup: %s is not below %s", dir, root)
+		return nil, fmt.Errorf("cgroup: %s is not below %s", dir, root)
 	}
+	defer func() {
+		if err != nil {
+			Remove(made)
+			made = nil
+		}
+	}()
 	var ctls []string
 	for _, l := range limits {
 		ctl, _, _ := strings.Cut(l.File, ".")
@@ -85,26 +96,44 @@ func Make(root, dir string, limits []Limit) (made bool, err error) {
 	parent := root
 	for _, part := range strings.Split(rel, string(filepath.Separator)) {
 		if err := enable(parent, ctls); err != nil {
-			return false, fmt.Errorf("cgroup: %s: %w", dir, err)
+			return made, fmt.Errorf("cgroup: %s: %w", dir, err)
 		}
 		next := filepath.Join(parent, part)
 		if err := os.Mkdir(next, 0o755); err == nil {
-			made = next == dir
+			made = append(made, next)
 		} else if !errors.Is(err, fs.ErrExist) {
-			return false, fmt.Errorf("cgroup: %w", err)
+			return made, fmt.Errorf("cgroup: %w", err)
 		}
 		parent = next
+	}
+	if len(made) == 0 || made[len(made)-1] != dir {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return made, fmt.Errorf("cgroup: %w", err)
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				return made, fmt.Errorf("%w: %s", ErrHasChildren, dir)
+			}
+		}
 	}
 	for _, l := range limits {
 		err := os.WriteFile(filepath.Join(dir, l.File), []byte(l.Value), 0)
 		if err != nil && !(l.Optional && errors.Is(err, fs.ErrNotExist)) {
-			if made {
-				unix.Rmdir(dir)
-			}
-			return false, fmt.Errorf("cgroup: %s: %s %q: %w", dir, l.File, l.Value, err)
+			return made, fmt.Errorf("cgroup: %s: %s %q: %w", dir, l.File, l.Value, err)
 		}
 	}
 	return made, nil
+}
+
+// Remove removes the groups Make made, the deepest first; a group still
+// in use (a process in it, a child group) stays, and so do those above.
+func Remove(made []string) {
+	for i := len(made) - 1; i >= 0; i-- {
+		if unix.Rmdir(made[i]) != nil {
+			return
+		}
+	}
 }
 
 // enable delegates the controllers to dir's children, writing to its

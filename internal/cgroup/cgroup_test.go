@@ -3,6 +3,7 @@
 package cgroup
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,8 +47,8 @@ func TestMake(t *testing.T) {
 		{File: "cpu.max", Value: "200000 100000"},
 		{File: "memory.swap.max", Value: "0"},
 	})
-	if err != nil || !made {
-		t.Fatalf("Make = %v, %v; want made", made, err)
+	if err != nil || len(made) != 1 || made[0] != dir {
+		t.Fatalf("Make = %v, %v; want %s made", made, err, dir)
 	}
 	for file, want := range map[string]string{
 		"cgroup.subtree_control":     "+cpu",    // the last controller written
@@ -62,8 +63,16 @@ func TestMake(t *testing.T) {
 		}
 	}
 	// It exists now: taken, not made.
-	if made, err := Make(root, dir, nil); err != nil || made {
+	if made, err := Make(root, dir, nil); err != nil || len(made) != 0 {
 		t.Errorf("Make of an existing group = %v, %v; want taken", made, err)
+	}
+	// A group with groups below it is not taken (session 9 review, F12:
+	// limits written to system.slice bound every service).
+	if _, err := Make(root, filepath.Join(root, "a"), []Limit{{File: "memory.max", Value: "1"}}); !errors.Is(err, ErrHasChildren) {
+		t.Errorf("Make of a group with children: %v, want ErrHasChildren", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "a", "memory.max")); err == nil {
+		t.Error("a limit was written to a group with children")
 	}
 	for _, bad := range []string{root, filepath.Dir(root), filepath.Join(root, "..", "x"), "a/b"} {
 		if _, err := Make(root, bad, nil); err == nil || !strings.Contains(err.Error(), "not below") {
@@ -72,8 +81,9 @@ func TestMake(t *testing.T) {
 	}
 }
 
-// TestMakeLimitFails: a group Make made is removed when a limit cannot be
-// written; an optional limit the kernel lacks is skipped.
+// TestMakeLimitFails: the groups Make made are removed when a limit
+// cannot be written; an optional limit the kernel lacks is skipped; Remove
+// removes what Make made, the deepest first.
 func TestMakeLimitFails(t *testing.T) {
 	root := fakeHierarchy(t, "")
 	dir := filepath.Join(root, "g")
@@ -83,7 +93,12 @@ func TestMakeLimitFails(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("the group made is left after a failed limit: %v", err)
 	}
-	if made, err := Make(root, dir, []Limit{{File: "y/memory.swap.max", Value: "0", Optional: true}}); err != nil || !made {
-		t.Errorf("Make with a missing optional limit = %v, %v; want made", made, err)
+	made, err := Make(root, dir, []Limit{{File: "y/memory.swap.max", Value: "0", Optional: true}})
+	if err != nil || len(made) != 1 {
+		t.Fatalf("Make with a missing optional limit = %v, %v; want made", made, err)
+	}
+	Remove(made)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("Remove left %s: %v", dir, err)
 	}
 }

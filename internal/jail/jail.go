@@ -156,7 +156,8 @@ func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 	if err != nil {
 		return err
 	}
-	if !made {
+	if len(made) == 0 || made[len(made)-1] != cg {
+		cgroup.Remove(made)
 		return fmt.Errorf("jail: cgroup %s exists", cg)
 	}
 	fd, err := os.Open(cg)
