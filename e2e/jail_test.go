@@ -512,8 +512,20 @@ func inspectJailed(t *testing.T, pid int, shares bool) {
 			t.Errorf("the VMM sees /%s", p)
 		}
 	}
-	if len(names) != 1 || names[0] != "proc" {
-		t.Errorf("the VMM's / holds %v, want only proc", names)
+	// Its 9P shares are bound in the jail and opened there.
+	want := "proc"
+	if shares {
+		want = "proc shares"
+	}
+	if strings.Join(names, " ") != want {
+		t.Errorf("the VMM's / holds %v, want %s", names, want)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) > 5 && f[4] == "/proc" && !strings.HasPrefix(f[5], "ro,") {
+				t.Errorf("the VMM's /proc is not read-only: %s", l)
+			}
+		}
 	}
 	st := procStatus(t, pid)
 	if want := ids(nobodyID); st["Uid"] != want || st["Gid"] != want {
@@ -537,7 +549,7 @@ func inspectJailed(t *testing.T, pid int, shares bool) {
 	if st["CapInh"] != "0000000000000000" || st["CapAmb"] != "0000000000000000" {
 		t.Errorf("CapInh %s CapAmb %s, want none", st["CapInh"], st["CapAmb"])
 	}
-	for _, ns := range []string{"mnt", "pid", "ipc", "uts"} {
+	for _, ns := range []string{"mnt", "pid", "ipc", "uts", "net"} {
 		theirs, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
 		ours, err2 := os.Readlink("/proc/self/ns/" + ns)
 		if err1 != nil || err2 != nil || theirs == ours {
