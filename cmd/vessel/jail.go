@@ -323,7 +323,14 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}
 	defer msgW.Close()
 	j.cmd = exec.Command(self, jailedVMMCommand)
-	j.cmd.Stdout, j.cmd.Stderr = os.Stdout, os.Stderr
+	// Its stdout is the guest's console when asked for (vm run shows
+	// it as it comes); otherwise the VMM has nothing to say there, and
+	// what a guest-owned VMM would write (into vessel.log, for run -d)
+	// goes nowhere.
+	j.cmd.Stderr = os.Stderr
+	if o.console {
+		j.cmd.Stdout = os.Stdout
+	}
 	if o.input != "" {
 		j.cmd.Stdin = os.Stdin
 	}
@@ -361,7 +368,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}
 	relayed := make(chan string, 1)
 	go func() {
-		relayed <- strings.TrimPrefix(seccomp.Relay(errR, os.Stderr, "VMM"), "vessel: ")
+		relayed <- strings.TrimPrefix(seccomp.Relay(errR, container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports of the VMM process suppressed\n"), "VMM"), "vessel: ")
 		errR.Close()
 	}()
 	cfgR.Close()

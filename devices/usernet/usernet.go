@@ -174,6 +174,9 @@ func New(cfg Config) (_ *Network, err error) {
 		child = append(child, exe)
 		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", 3+len(child)-1)
 		cmd.SysProcAttr.Credential = cfg.Credential
+		// Not the caller's working directory, a host directory the
+		// jail's pivot_root does not move: "/", which it does.
+		cmd.Dir = "/"
 	}
 	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports), then the executable
 	if err := cmd.Start(); err != nil {
