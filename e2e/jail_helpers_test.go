@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -43,6 +44,15 @@ func TestJailHelpers(t *testing.T) {
 				if st["Seccomp"] != "2" {
 					t.Errorf("descendant %d of the jailed VMM has no seccomp filter (Seccomp: %s)", k, st["Seccomp"])
 				}
+				// Its working directory is on the jail's root file
+				// system: relative opens do not reach the host's.
+				var cst, rst syscall.Stat_t
+				cerr := syscall.Stat(fmt.Sprintf("/proc/%d/cwd", k), &cst)
+				rerr := syscall.Stat(fmt.Sprintf("/proc/%d/root", pid), &rst)
+				if cerr != nil || rerr != nil || cst.Dev != rst.Dev {
+					cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", k))
+					t.Errorf("descendant %d of the jailed VMM works in %q (%v), not on the jail's root file system (%v)", k, cwd, cerr, rerr)
+				}
 				walk(k, depth+1)
 			}
 		}
@@ -51,6 +61,48 @@ func TestJailHelpers(t *testing.T) {
 			t.Errorf("the jailed VMM %d has no children: no user network helper?", pid)
 		}
 	}
+	t.Run("vm run", c.vmRun)
+	c.checkCoreLeft(t)
+}
+
+// TestJailCgroupFromLeaf: vessel run from a non-root cgroup that holds
+// processes (as under systemd: a session scope, a service) still gives
+// the jailed VMM its cgroup with limits. (Found by the session 9 review:
+// the jail's group was made below vessel's own, where cgroup v2 refuses
+// to delegate controllers, and the VM ran unbounded.)
+func TestJailCgroupFromLeaf(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("--jail needs root")
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "0::")
+	if !ok {
+		t.Fatalf("no cgroup v2 hierarchy: /proc/self/cgroup is %q", b)
+	}
+	leaf := "/sys/fs/cgroup/vessel-e2e-leaf"
+	if err := os.Mkdir(leaf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pid := []byte(fmt.Sprint(os.Getpid()))
+	if err := os.WriteFile(leaf+"/cgroup.procs", pid, 0); err != nil {
+		os.Remove(leaf)
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := os.WriteFile("/sys/fs/cgroup"+own+"/cgroup.procs", pid, 0); err != nil {
+			t.Errorf("move back to %s: %v", own, err)
+		}
+		os.Remove(leaf)
+	}()
+	c := newCoreEnv(t, 0)
+	c.extra = []string{"--jail"}
+	c.inspectVM = func(t *testing.T, pid int, shares bool) { inspectJailed(t, pid, shares) }
 	t.Run("vm run", c.vmRun)
 	c.checkCoreLeft(t)
 }

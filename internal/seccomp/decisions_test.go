@@ -108,3 +108,69 @@ func TestFilterDecisions(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterRefuses: what the session 9 review checked and found refused in
+// every profile (relay included).
+func TestFilterRefuses(t *testing.T) {
+	allow := uint32(bpf.ActionAllow)
+	for _, p := range []Profile{VMM, RuntimeVMM, Usernet, relay} {
+		for name, nr := range map[string]int{
+			"execve": unix.SYS_EXECVE, "execveat": unix.SYS_EXECVEAT, "fork": unix.SYS_FORK, "vfork": unix.SYS_VFORK,
+			"clone3": unix.SYS_CLONE3, "ptrace": unix.SYS_PTRACE, "process_vm_writev": unix.SYS_PROCESS_VM_WRITEV,
+			"process_vm_readv": unix.SYS_PROCESS_VM_READV, "pidfd_getfd": unix.SYS_PIDFD_GETFD,
+			"open_by_handle_at": unix.SYS_OPEN_BY_HANDLE_AT, "name_to_handle_at": unix.SYS_NAME_TO_HANDLE_AT,
+			"setns": unix.SYS_SETNS, "unshare": unix.SYS_UNSHARE, "pivot_root": unix.SYS_PIVOT_ROOT, "chroot": unix.SYS_CHROOT,
+			"bpf": unix.SYS_BPF, "perf_event_open": unix.SYS_PERF_EVENT_OPEN, "userfaultfd": unix.SYS_USERFAULTFD,
+			"io_uring_setup": unix.SYS_IO_URING_SETUP, "keyctl": unix.SYS_KEYCTL, "add_key": unix.SYS_ADD_KEY,
+			"init_module": unix.SYS_INIT_MODULE, "finit_module": unix.SYS_FINIT_MODULE, "kexec_load": unix.SYS_KEXEC_LOAD,
+			"reboot": unix.SYS_REBOOT, "personality": unix.SYS_PERSONALITY, "pkey_mprotect": unix.SYS_PKEY_MPROTECT,
+			"setuid": unix.SYS_SETUID, "setresuid": unix.SYS_SETRESUID, "capset": unix.SYS_CAPSET,
+			"fsopen": unix.SYS_FSOPEN, "open_tree": unix.SYS_OPEN_TREE, "fsmount": unix.SYS_FSMOUNT,
+			"mount_setattr": unix.SYS_MOUNT_SETATTR, "seccomp": unix.SYS_SECCOMP, "memfd_create": unix.SYS_MEMFD_CREATE,
+			"shmat": unix.SYS_SHMAT, "swapon": unix.SYS_SWAPON, "acct": unix.SYS_ACCT, "quotactl": unix.SYS_QUOTACTL,
+			"uselib": unix.SYS_USELIB, "remap_file_pages": unix.SYS_REMAP_FILE_PAGES, "modify_ldt": unix.SYS_MODIFY_LDT,
+			"iopl": unix.SYS_IOPL, "ioperm": unix.SYS_IOPERM, "lookup_dcookie": unix.SYS_LOOKUP_DCOOKIE,
+		} {
+			if decide(t, p, nr) == allow {
+				t.Errorf("the %v filter allows %s", p, name)
+			}
+		}
+		// prctl: only PR_SET_VMA (no PR_SET_DUMPABLE, no PR_SET_SECCOMP,
+		// no PR_SET_MM, no PR_CAP_AMBIENT).
+		for _, op := range []uint64{unix.PR_SET_DUMPABLE, unix.PR_SET_SECCOMP, unix.PR_SET_MM, unix.PR_CAP_AMBIENT, unix.PR_SET_NO_NEW_PRIVS} {
+			if decide(t, p, unix.SYS_PRCTL, op) == allow {
+				t.Errorf("the %v filter allows prctl %d", p, op)
+			}
+		}
+		// No executable mappings, and no high bits sneaking past.
+		if decide(t, p, unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_EXEC) == allow ||
+			decide(t, p, unix.SYS_MPROTECT, 0, 4096, unix.PROT_EXEC) == allow {
+			t.Errorf("the %v filter allows PROT_EXEC", p)
+		}
+		// socket: the family's high bits are checked too.
+		if decide(t, p, unix.SYS_SOCKET, 1<<32|unix.AF_UNIX) == allow {
+			t.Errorf("the %v filter allows socket with high bits over AF_UNIX", p)
+		}
+		// An x32 call number is refused (ENOSYS), never allowed.
+		if decide(t, p, unix.SYS_READ|0x40000000) == allow {
+			t.Errorf("the %v filter allows x32's read", p)
+		}
+	}
+	// An i386 call (int 0x80 from a 64-bit process) is never allowed:
+	// i386's 11 is execve, x86-64's 11 munmap (listed).
+	policy, _ := VMM.policy()
+	prog, _ := policy.Assemble()
+	vm, _ := netbpf.NewVM(prog)
+	data := make([]byte, 64)
+	binary.BigEndian.PutUint32(data[0:], 11)
+	binary.BigEndian.PutUint32(data[4:], unix.AUDIT_ARCH_I386)
+	if r, err := vm.Run(data); err != nil || uint32(r) == allow {
+		t.Errorf("the VMM filter allows i386's call 11 (execve): %#x %v", r, err)
+	}
+	// Usernet opens read-only only.
+	for _, fl := range []uint64{unix.O_WRONLY, unix.O_RDWR, unix.O_CREAT, unix.O_TRUNC} {
+		if decide(t, Usernet, unix.SYS_OPENAT, uint64(unix.AT_FDCWD&0xffffffff), 0, fl) == allow {
+			t.Errorf("the user network filter allows openat with flags %#x", fl)
+		}
+	}
+}
