@@ -35,6 +35,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselvm/vessel/boot"
 	"github.com/vesselvm/vessel/internal/cgroup"
 )
 
@@ -151,7 +152,9 @@ func (h *Host) makeCgroup(name string, cpus int, mem uint64) error {
 		{File: "memory.max", Value: strconv.FormatUint(mem+MemoryOverhead, 10)},
 		{File: "memory.swap.max", Value: "0", Optional: true},
 		{File: "cpu.max", Value: fmt.Sprintf("%d 100000", cpus*100000)},
-		{File: "pids.max", Value: strconv.Itoa(maxTasks + cpus)},
+		// Bounded however many vCPUs were asked for: the VM's own
+		// checks, which refuse too many, come later.
+		{File: "pids.max", Value: strconv.Itoa(maxTasks + min(cpus, boot.MaxCPUs))},
 	})
 	if err != nil {
 		return err
