@@ -62,6 +62,22 @@ type Config struct {
 	AllowPVM bool
 }
 
+// DefaultCmdline is the guest kernel's command line unless the user
+// replaces it (vessel vm run --cmdline); vessel appends its own vessel.*
+// parameters.
+//   - console=ttyS0: the 8250 UART on COM1 is the console.
+//   - reboot=k: reboot through the i8042 reset line, which ends the VM.
+//   - panic=-1: reboot at once on a panic (vessel reports it).
+//   - quiet loglevel=3: the kernel's messages below KERN_ERR's importance
+//     stay off the console, so that the user's terminal shows the
+//     command's output only (a kernel built for both roles says "PCI:
+//     Fatal" and "kvm: no hardware support" at boot). An oops or a panic
+//     still prints everything: oops_begin and panic make the console
+//     verbose first (arch/x86/kernel/dumpstack.c, kernel/panic.c).
+//   - i8042.*: skip probes for an AUX port, multiplexing and PnP.
+//   - 8250.nr_uarts=1, pci=off, io_delay=none: probe nothing vessel lacks.
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet loglevel=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+
 // Net is a virtio network device and its backend: a host TAP device or a
 // userspace network (exactly one).
 type Net struct {

@@ -10,15 +10,16 @@ import (
 	"strings"
 
 	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/vmm"
 )
 
-// DefaultCmdline is a copy of vessel's default kernel command line
-// (DefaultCmdline in cmd/vessel/vmrun.go), used only when the vessel
-// binary under test does not tell its own (see vesselCmdline). The peers
+// DefaultCmdline is vessel's default kernel command line
+// (vmm.DefaultCmdline), used only when the vessel binary under test does
+// not tell its own (see vesselCmdline). The peers
 // boot with vessel's default too, plus the vessel.* parameters vessel
 // appends, so that every VMM boots the same kernel with the same command
 // line.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+const DefaultCmdline = vmm.DefaultCmdline
 
 // cmdlineHelpRE finds the --cmdline default in `vessel vm run --help`
 // (pflag prints a string default Go-quoted).

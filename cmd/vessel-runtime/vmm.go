@@ -27,9 +27,8 @@ import (
 	"github.com/vesselvm/vessel/vmm"
 )
 
-// defaultCmdline is the guest kernel's command line, cmd/vessel's
-// DefaultCmdline (see there for each parameter).
-const defaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+// defaultCmdline is the guest kernel's command line (vmm.DefaultCmdline).
+const defaultCmdline = vmm.DefaultCmdline
 
 // rootTag is the mount tag of the bundle's rootfs share.
 const rootTag = "vessel-root"

@@ -24,13 +24,9 @@ import (
 )
 
 // DefaultCmdline is the kernel command line vessel boots with unless
-// --cmdline replaces it. vessel appends its own vessel.* parameters.
-//   - console=ttyS0: the 8250 UART on COM1 is the console.
-//   - reboot=k: reboot through the i8042 reset line, which ends the VM.
-//   - panic=-1: reboot at once on a panic (vessel reports it).
-//   - i8042.*: skip probes for an AUX port, multiplexing and PnP.
-//   - 8250.nr_uarts=1, pci=off, io_delay=none: probe nothing vessel lacks.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 pci=off io_delay=none"
+// --cmdline replaces it (vmm.DefaultCmdline, where each parameter is
+// explained).
+const DefaultCmdline = vmm.DefaultCmdline
 
 // guestDir is where `make` installs the guest kernel and initramfs vessel
 // boots by default.
