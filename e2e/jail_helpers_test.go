@@ -16,14 +16,7 @@ import (
 // not root, no capabilities, a filter each. (Found by the session 9
 // review: they kept root's credentials.)
 func TestJailHelpers(t *testing.T) {
-	if *guestMode {
-		t.Skip("host half only")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("--jail needs root")
-	}
-	c := newCoreEnv(t, 0)
-	c.extra = []string{"--jail"}
+	c := jailedCoreEnv(t)
 	c.inspectVM = func(t *testing.T, pid int, _ bool) {
 		var walk func(p, depth int)
 		seen := 0
@@ -71,12 +64,7 @@ func TestJailHelpers(t *testing.T) {
 // the jail's group was made below vessel's own, where cgroup v2 refuses
 // to delegate controllers, and the VM ran unbounded.)
 func TestJailCgroupFromLeaf(t *testing.T) {
-	if *guestMode {
-		t.Skip("host half only")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("--jail needs root")
-	}
+	c := jailedCoreEnv(t)
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		t.Fatal(err)
@@ -100,9 +88,6 @@ func TestJailCgroupFromLeaf(t *testing.T) {
 		}
 		os.Remove(leaf)
 	}()
-	c := newCoreEnv(t, 0)
-	c.extra = []string{"--jail"}
-	c.inspectVM = func(t *testing.T, pid int, shares bool) { inspectJailed(t, pid, shares) }
 	t.Run("vm run", c.vmRun)
 	c.checkCoreLeft(t)
 }

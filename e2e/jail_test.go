@@ -480,6 +480,17 @@ func TestUnprivileged(t *testing.T) {
 // with no_new_privs, no capability (the 9P shares' file capabilities
 // with -v), in namespaces of its own and the jail's cgroup.
 func TestJail(t *testing.T) {
+	c := jailedCoreEnv(t)
+	t.Run("vm run", c.vmRun)
+	t.Run("image load and run", func(t *testing.T) { c.imageAndRun(t, 0) })
+	c.checkCoreLeft(t)
+}
+
+// jailedCoreEnv is the core cases' environment as root with --jail, each
+// VM's jailed VMM process checked from the outside while it runs
+// (inspectJailed).
+func jailedCoreEnv(t *testing.T) *coreEnv {
+	t.Helper()
 	if *guestMode {
 		t.Skip("host half only")
 	}
@@ -489,9 +500,7 @@ func TestJail(t *testing.T) {
 	c := newCoreEnv(t, 0)
 	c.extra = []string{"--jail"}
 	c.inspectVM = func(t *testing.T, pid int, shares bool) { inspectJailed(t, pid, shares) }
-	t.Run("vm run", c.vmRun)
-	t.Run("image load and run", func(t *testing.T) { c.imageAndRun(t, 0) })
-	c.checkCoreLeft(t)
+	return c
 }
 
 // inspectJailed checks a jailed VMM process from the outside.
