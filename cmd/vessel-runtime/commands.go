@@ -132,8 +132,15 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 	if err != nil {
 		return nil, nil, err
 	}
-	if p := netnsPath(b.spec); p != "" && hostNetns(p) {
-		return nil, nil, errorf("network namespace path %q is the host's: a container in a VM cannot share the host's network (its interfaces would be handed to the VM)", p)
+	var netns *os.File // the spec's network namespace, opened once
+	if p := netnsPath(b.spec); p != "" {
+		if netns, err = openNetns(p); err != nil {
+			return nil, nil, errorf("%v", err)
+		}
+		defer netns.Close()
+		if hostNetns(netns) {
+			return nil, nil, errorf("network namespace path %q is the host's: a container in a VM cannot share the host's network (its interfaces would be handed to the VM)", p)
+		}
 	}
 	terminal := b.spec.Process.Terminal
 	if err := checkTerminal(terminal, f.detach, f.consoleSocket); err != nil {
@@ -243,11 +250,11 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 	}
 	// ... and the container's network namespace (see net.go): a new one,
 	// or the one at the spec's path.
-	if ns, _ := netnsOf(b.spec); ns.Path == "" {
+	if netns == nil {
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
 		err = cmd.Start()
 	} else {
-		err = startInNetns(cmd, ns.Path)
+		err = startInNetns(cmd, netns)
 	}
 	w.Close()
 	goR.Close()

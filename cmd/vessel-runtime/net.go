@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sort"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -38,23 +37,18 @@ type ifaceLink struct {
 	guest cmdline.Net
 }
 
-// startInNetns starts cmd in the network namespace at path: fork takes
-// the calling thread's namespaces, so it runs on a thread of its own
-// that joins the namespace and is never given back to the runtime.
-func startInNetns(cmd interface{ Start() error }, path string) error {
+// startInNetns starts cmd in the network namespace ns (a descriptor of
+// it, opened once by create: a path opened again could name another
+// namespace by then). fork takes the calling thread's namespaces, so it
+// runs on a thread of its own that joins the namespace and is never
+// given back to the runtime.
+func startInNetns(cmd interface{ Start() error }, ns *os.File) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		// No UnlockOSThread: the thread ends with this goroutine.
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("network namespace %s: %w", path, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("network namespace %s: setns: %w", path, err)
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("network namespace %s: setns: %w", ns.Name(), err)
 			return
 		}
 		errc <- cmd.Start()
@@ -62,18 +56,20 @@ func startInNetns(cmd interface{ Start() error }, path string) error {
 	return <-errc
 }
 
-// netnsOf returns the spec's network namespace entry; ok is false when
-// there is none (the host's network, which a VM cannot share).
-func netnsOf(s *specs.Spec) (ns specs.LinuxNamespace, ok bool) {
-	if s.Linux == nil {
-		return ns, false
+// openNetns opens the network namespace at the spec's path, once: the
+// checks (hostNetns) and the VMM process's start (startInNetns) both use
+// this descriptor.
+func openNetns(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace path %q: %w", path, err)
 	}
-	for _, n := range s.Linux.Namespaces {
-		if n.Type == specs.NetworkNamespace {
-			return n, true
-		}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		f.Close()
+		return nil, fmt.Errorf("network namespace path %q: not a namespace", path)
 	}
-	return ns, false
+	return f, nil
 }
 
 // findInterfaces reads the interfaces of the VMM process's network
@@ -245,18 +241,13 @@ func redirect(ifs []*ifaceLink) (undo func(), err error) {
 	return undo, nil
 }
 
-// hostNetns reports whether the network namespace at path is the host's:
+// hostNetns reports whether the network namespace ns is the host's:
 // init's, or the one create runs in (the caller's). Only create asks:
 // the VMM process runs in the container's namespace by then. The VM
 // would take over every interface of the namespace it is given, so a
 // spec naming the host's (/proc/1/ns/net, docker's --network
 // container: of a host-network container) is refused, as Kata does.
-func hostNetns(path string) bool {
-	ns, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer ns.Close()
+func hostNetns(ns *os.File) bool {
 	var st unix.Stat_t
 	if unix.Fstat(int(ns.Fd()), &st) != nil {
 		return false

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strconv"
@@ -34,11 +35,11 @@ func netnsPair(t *testing.T, mtu int) (host, ctr *os.File) {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Skipf("no network namespace for the test: %v", err)
 	}
-	host = openNetns(t)
+	host = threadNetns(t)
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)
 	}
-	ctr = openNetns(t)
+	ctr = threadNetns(t)
 	setns(t, host)
 	must(t, netlink.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}}))
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "peer0", MTU: mtu}, PeerName: "eth0"}
@@ -62,7 +63,7 @@ func netnsPair(t *testing.T, mtu int) (host, ctr *os.File) {
 	return host, ctr
 }
 
-func openNetns(t *testing.T) *os.File {
+func threadNetns(t *testing.T) *os.File {
 	t.Helper()
 	f, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
@@ -285,7 +286,15 @@ func TestStartInNetns(t *testing.T) {
 	}
 	cmd := exec.Command("sleep", "60")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := startInNetns(cmd, otherPath); err != nil {
+	ns, err := openNetns(otherPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if hostNetns(ns) {
+		t.Error("hostNetns says another namespace is the host's")
+	}
+	if err := startInNetns(cmd, ns); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.Readlink("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net")
@@ -298,7 +307,74 @@ func TestStartInNetns(t *testing.T) {
 	if now, _ := os.Readlink("/proc/thread-self/ns/net"); now != self {
 		t.Errorf("the test's thread moved to %s", now)
 	}
-	if err := startInNetns(exec.Command("true"), "/proc/self/ns/pid"); err == nil || !errors.Is(err, unix.EINVAL) {
+	pidns, err := openNetns("/proc/self/ns/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pidns.Close()
+	if err := startInNetns(exec.Command("true"), pidns); err == nil || !errors.Is(err, unix.EINVAL) {
 		t.Errorf("startInNetns with a PID namespace = %v, want EINVAL", err)
+	}
+}
+
+// TestNetnsOpenedOnce: the namespace create checks is the one the VMM
+// process starts in, whatever its path names afterwards (session 9
+// review, F8: a symbolic link swapped between the check and the start
+// put the VMM in the host's namespace); the host's own is recognised
+// through a link too, and a path that is no namespace is refused.
+func TestNetnsOpenedOnce(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace of its own")
+	}
+	other := exec.Command("unshare", "-n", "sleep", "60")
+	if err := other.Start(); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	defer func() { other.Process.Kill(); other.Wait() }()
+	self, err := os.Readlink("/proc/thread-self/ns/net")
+	must(t, err)
+	otherPath := "/proc/" + strconv.Itoa(other.Process.Pid) + "/ns/net"
+	var otherNS string
+	for range 100 {
+		if otherNS, err = os.Readlink(otherPath); err == nil && otherNS != self {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	link := filepath.Join(dir, "ns")
+	must(t, os.Symlink(otherPath, link))
+	ns, err := openNetns(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if hostNetns(ns) {
+		t.Fatal("hostNetns says another namespace is the host's")
+	}
+	// The author swaps the link to the caller's namespace.
+	must(t, os.Remove(link))
+	must(t, os.Symlink("/proc/self/ns/net", link))
+	cmd := exec.Command("sleep", "60")
+	if err := startInNetns(cmd, ns); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.Readlink("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net")
+	cmd.Process.Kill()
+	cmd.Wait()
+	must(t, err)
+	if got != otherNS {
+		t.Errorf("the VMM process started in %s, want the checked %s", got, otherNS)
+	}
+	host, err := openNetns(link)
+	must(t, err)
+	defer host.Close()
+	if !hostNetns(host) {
+		t.Error("hostNetns does not see the caller's namespace through a link")
+	}
+	f := filepath.Join(dir, "file")
+	must(t, os.WriteFile(f, nil, 0o600))
+	if _, err := openNetns(f); err == nil {
+		t.Error("openNetns took a regular file")
 	}
 }
