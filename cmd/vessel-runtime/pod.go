@@ -214,7 +214,7 @@ type member struct {
 	id     string
 	conn   *net.UnixConn // the member process's connection
 	files  []*os.File    // its stdio
-	mounts []string      // attached below the pod share, last first to undo
+	mounts *memberDir    // its directory in the pod share and what is attached there
 	mu     sync.Mutex
 	status string
 	code   int // exit status, once stopped
@@ -228,8 +228,21 @@ type podState struct {
 	members map[string]*member
 }
 
+// A memberDir is a member's directory in the pod share and the trees
+// attached there. The guest may rename things in the share while it is
+// writable (attach and removeDir make it so), so the directory is held
+// by a descriptor and each tree by its mount ID: nothing is unmounted
+// or removed by a path the guest could have pointed at another member's
+// trees (which hold its host volumes).
+type memberDir struct {
+	id    string
+	dfd   int      // the directory, O_PATH; -1 once removed
+	names []string // the trees, in attach order
+	mnts  []uint64 // their mount IDs
+}
+
 // attach attaches the trees below share/id.
-func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mounts []string, err error) {
+func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (md *memberDir, err error) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
@@ -247,7 +260,6 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 		return nil, fmt.Errorf("pod share: remount read-write: %w", err)
 	}
 	defer unix.Mount("", ps.share, "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
-	dir := filepath.Join(ps.share, id)
 	if err := unix.Mkdirat(root, id, 0o755); err != nil {
 		return nil, fmt.Errorf("pod share: mkdir %s: %w", id, err)
 	}
@@ -256,17 +268,11 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 		unix.Unlinkat(root, id, unix.AT_REMOVEDIR)
 		return nil, fmt.Errorf("pod share: %s: %w", id, err)
 	}
-	defer unix.Close(dfd)
-	var attached []string // below dfd
+	md = &memberDir{id: id, dfd: dfd}
 	defer func() {
 		if err != nil {
-			// Still writable by the guest: unmount through dfd, not
-			// by path (dir may be a symlink by now).
-			for i := len(attached) - 1; i >= 0; i-- {
-				unmountAt(dfd, attached[i])
-			}
-			mounts = nil
-			os.RemoveAll(dir) // removes a symlink, never follows it
+			md.detach()
+			md.remove(root)
 		}
 	}()
 	for i, t := range trees {
@@ -279,21 +285,79 @@ func (ps *podState) attach(id string, trees []memberTree, fds []*os.File) (mount
 			err = unix.Mkdirat(dfd, t.Name, 0o755)
 		}
 		if err != nil {
-			return mounts, fmt.Errorf("pod share: make %s/%s: %w", id, t.Name, err)
+			return md, fmt.Errorf("pod share: make %s/%s: %w", id, t.Name, err)
 		}
+		md.names = append(md.names, t.Name)
+		md.mnts = append(md.mnts, 0) // made, nothing attached yet
 		tfd, err := unix.Openat(dfd, t.Name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return mounts, fmt.Errorf("pod share: %s/%s: %w", id, t.Name, err)
+			return md, fmt.Errorf("pod share: %s/%s: %w", id, t.Name, err)
 		}
 		err = unix.MoveMount(int(fds[i].Fd()), "", tfd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
 		unix.Close(tfd)
 		if err != nil {
-			return mounts, fmt.Errorf("pod share: move_mount to %s/%s: %w", id, t.Name, err)
+			return md, fmt.Errorf("pod share: move_mount to %s/%s: %w", id, t.Name, err)
 		}
-		attached = append(attached, t.Name)
-		mounts = append(mounts, filepath.Join(dir, t.Name))
+		// The mount now at the name: its ID, for detach to check.
+		if md.mnts[i], err = mountIDAt(dfd, t.Name); err != nil {
+			unmountAt(dfd, t.Name) // just moved there: ours
+			return md, fmt.Errorf("pod share: %s/%s: %w", id, t.Name, err)
+		}
 	}
-	return mounts, nil
+	return md, nil
+}
+
+// mountIDAt is the ID of the mount at name below the directory dfd,
+// reached without following a symlink.
+func mountIDAt(dfd int, name string) (uint64, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(dfd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
+		return 0, err
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return 0, errors.New("no mount ID from statx")
+	}
+	return stx.Mnt_id, nil
+}
+
+// detach unmounts the member's trees, last first: each one only if the
+// mount at its name below the member's directory is still the one attach
+// made.
+func (md *memberDir) detach() {
+	if md == nil || md.dfd < 0 {
+		return
+	}
+	for i := len(md.names) - 1; i >= 0; i-- {
+		if md.mnts[i] == 0 {
+			continue
+		}
+		if id, err := mountIDAt(md.dfd, md.names[i]); err == nil && id == md.mnts[i] {
+			unmountAt(md.dfd, md.names[i])
+		}
+	}
+}
+
+// remove removes what attach made in the member's directory and the
+// directory itself, one entry at a time through its descriptor: an entry
+// still mounted on (EBUSY) stays, and nothing is walked into. The
+// directory goes only if share/id is still it (the guest may have
+// renamed it: it then stays, in the tmpfs, until the sandbox ends).
+func (md *memberDir) remove(root int) {
+	if md == nil || md.dfd < 0 {
+		return
+	}
+	for _, name := range md.names {
+		if unix.Unlinkat(md.dfd, name, unix.AT_REMOVEDIR) != nil {
+			unix.Unlinkat(md.dfd, name, 0)
+		}
+	}
+	var here, there unix.Stat_t
+	if unix.Fstat(md.dfd, &here) == nil && unix.Fstatat(root, md.id, &there, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		here.Dev == there.Dev && here.Ino == there.Ino {
+		unix.Unlinkat(root, md.id, unix.AT_REMOVEDIR)
+	}
+	unix.Close(md.dfd)
+	md.dfd = -1
 }
 
 // unmountAt detaches the mount at name below the directory dfd, reached
@@ -307,20 +371,22 @@ func unmountAt(dfd int, name string) {
 	unix.Unmount(fmt.Sprintf("/proc/self/fd/%d", fd), unix.MNT_DETACH)
 }
 
-// detach undoes attach's mounts.
-func detach(mounts []string) {
-	for i := len(mounts) - 1; i >= 0; i-- {
-		unix.Unmount(mounts[i], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+// removeMember detaches member md's trees and removes its directory.
+func (ps *podState) removeMember(md *memberDir) {
+	if md == nil {
+		return
 	}
-}
-
-// removeDir removes share/id once its mounts are gone.
-func (ps *podState) removeDir(id string) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
+	md.detach()
 	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	root, err := unix.Open(ps.share, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(root)
 	if unix.Mount("", ps.share, "", unix.MS_REMOUNT|flags, "") == nil {
-		os.RemoveAll(filepath.Join(ps.share, id))
+		md.remove(root)
 		unix.Mount("", ps.share, "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
 	}
 }
@@ -361,8 +427,7 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		p.pod.mu.Lock()
 		delete(p.pod.members, id)
 		p.pod.mu.Unlock()
-		detach(m.mounts)
-		p.pod.removeDir(id)
+		p.pod.removeMember(m.mounts)
 		closeAll()
 		reply(ctlReply{Error: err.Error()})
 	}
@@ -457,8 +522,7 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	p.pod.mu.Lock()
 	delete(p.pod.members, id)
 	p.pod.mu.Unlock()
-	detach(m.mounts)
-	p.pod.removeDir(id)
+	p.pod.removeMember(m.mounts)
 	for _, f := range m.files {
 		f.Close()
 	}
