@@ -137,8 +137,8 @@ func (p Profile) policy() (bpf.Policy, error) {
 		return bpf.Policy{}, fmt.Errorf("seccomp: unknown profile %d", int(p))
 	}
 	// Threads only: a new process (fork, vfork, clone without
-	// CLONE_THREAD) is refused; so is clone3, which Go's runtime does not
-	// use for threads.
+	// CLONE_THREAD) is refused; clone3, which Go's runtime does not use
+	// for threads, fails (below).
 	// Go's runtime signals its own threads (preemption, crashes) only.
 	conds = append(conds, bpf.NameWithConditions{Name: "tgkill", Conditions: bpf.ArgumentConditions{
 		{Argument: 0, Operation: bpf.Equal, Value: uint64(os.Getpid())}}})
@@ -164,6 +164,11 @@ func (p Profile) policy() (bpf.Policy, error) {
 	policy := bpf.Policy{
 		DefaultAction: def,
 		Syscalls: []bpf.SyscallGroup{
+			// clone3 fails with ENOSYS, as in docker's default profile:
+			// glibc's pthread_create (a cgo or race-detector build's
+			// threads) then falls back to clone, which the list checks.
+			// A trap would kill such a thread's process with no report.
+			{Action: bpf.ActionErrno | bpf.Action(unix.ENOSYS), Names: []string{"clone3"}},
 			{Action: bpf.ActionAllow, Names: names},
 			{Action: bpf.ActionAllow, NamesWithCondtions: conds},
 		},
@@ -220,6 +225,9 @@ var goRuntime = []string{
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2", "poll", "ppoll",
 	"getrandom", "prlimit64", "getrlimit", "uname", "getrusage",
 	"timer_create", "timer_settime", "timer_delete", "setitimer",
+	// A new thread under glibc (a cgo or race-detector build): its
+	// restartable sequences and robust futex list.
+	"rseq", "set_robust_list",
 }
 
 // vmmCalls are what a running VMM does besides: the devices' I/O on
