@@ -69,8 +69,16 @@ func openNetns(path string) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("network namespace path %q: not a namespace", path)
 	}
+	if t, err := unix.IoctlRetInt(int(f.Fd()), nsGetNsType); err != nil || t != unix.CLONE_NEWNET {
+		f.Close()
+		return nil, fmt.Errorf("network namespace path %q: not a network namespace", path)
+	}
 	return f, nil
 }
+
+// nsGetNsType is NS_GET_NSTYPE (<linux/nsfs.h>, _IO(0xb7, 0x3)): a
+// namespace descriptor's kind, as its CLONE_NEW* flag.
+const nsGetNsType = 0xb703
 
 // findInterfaces reads the interfaces of the VMM process's network
 // namespace that the VM takes over: every one but loopback (and TAP
