@@ -214,7 +214,7 @@ type member struct {
 	id     string
 	conn   *net.UnixConn // the member process's connection
 	files  []*os.File    // its stdio
-	mounts *memberDir    // its directory in the pod share and what is attached there
+	dir    *memberDir    // its directory in the pod share and what is attached there
 	mu     sync.Mutex
 	status string
 	code   int // exit status, once stopped
@@ -230,7 +230,7 @@ type podState struct {
 
 // A memberDir is a member's directory in the pod share and the trees
 // attached there. The guest may rename things in the share while it is
-// writable (attach and removeDir make it so), so the directory is held
+// writable (attach and removeMember make it so), so the directory is held
 // by a descriptor and each tree by its mount ID: nothing is unmounted
 // or removed by a path the guest could have pointed at another member's
 // trees (which hold its host volumes).
@@ -427,15 +427,15 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		p.pod.mu.Lock()
 		delete(p.pod.members, id)
 		p.pod.mu.Unlock()
-		p.pod.removeMember(m.mounts)
+		p.pod.removeMember(m.dir)
 		closeAll()
 		reply(ctlReply{Error: err.Error()})
 	}
-	mounts, err := p.pod.attach(id, req.Trees, fds[3:])
+	md, err := p.pod.attach(id, req.Trees, fds[3:])
 	for _, f := range fds[3:] {
 		f.Close()
 	}
-	m.mounts = mounts
+	m.dir = md
 	if err != nil {
 		fail(err)
 		return
@@ -522,7 +522,7 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	p.pod.mu.Lock()
 	delete(p.pod.members, id)
 	p.pod.mu.Unlock()
-	p.pod.removeMember(m.mounts)
+	p.pod.removeMember(m.dir)
 	for _, f := range m.files {
 		f.Close()
 	}

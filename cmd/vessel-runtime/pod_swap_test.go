@@ -60,7 +60,7 @@ func TestPodMemberSwapped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The guest, in a write window (simulated: the share remounted
-	// read-write as attach and removeDir do).
+	// read-write as attach and removeMember do).
 	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if err := unix.Mount("", share, "", unix.MS_REMOUNT|flags, ""); err != nil {
 		t.Fatal(err)
