@@ -158,6 +158,26 @@ const (
 	maxTailLines = 40
 )
 
+// wireDecoder reads what a jailed VMM process sends, at most
+// maxWireMsgs bytes in all: past that, a decode fails.
+func wireDecoder(r io.Reader) *json.Decoder {
+	return json.NewDecoder(io.LimitReader(r, maxWireMsgs))
+}
+
+// result is how the VM ended as the VMM process told it, its text
+// cleaned (no escape sequences reach the user's terminal) and its
+// console tail capped.
+func (r *wireResult) result() vmm.Result {
+	tail := r.ConsoleTail
+	if len(tail) > maxTailLines {
+		tail = tail[len(tail)-maxTailLines:]
+	}
+	for i := range tail {
+		tail[i] = container.CleanText(tail[i])
+	}
+	return vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics}
+}
+
 // jailedVMMCommand is the hidden command the jailed VMM process runs.
 const jailedVMMCommand = "jailed-vmm"
 
@@ -380,7 +400,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	cfgW.Close()
 	// The VMM process may be the guest's by now: what it says is
 	// bounded and cleaned before anyone reads it.
-	dec := json.NewDecoder(io.LimitReader(msgR, maxWireMsgs))
+	dec := wireDecoder(msgR)
 	var m wireMsg
 	if err := dec.Decode(&m); err != nil || !m.Ready {
 		msgR.Close()
@@ -408,15 +428,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		werr := j.cmd.Wait()
 		switch {
 		case err == nil && m.Result != nil:
-			r := m.Result
-			tail := r.ConsoleTail
-			if len(tail) > maxTailLines {
-				tail = tail[len(tail)-maxTailLines:]
-			}
-			for i := range tail {
-				tail[i] = container.CleanText(tail[i])
-			}
-			j.res = vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics}
+			j.res = m.Result.result()
 		default:
 			detail := fmt.Sprintf("the jailed VMM process died (%v)", werr)
 			if line := <-relayed; line != "" {

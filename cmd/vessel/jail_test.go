@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -80,4 +83,52 @@ func TestVsockBroker(t *testing.T) {
 		c.Close()
 		s.Close()
 	}
+}
+
+// TestWireFromHostileVMM: what a guest-owned jailed VMM process sends
+// vessel is bounded (an endless message fails to decode, it does not grow
+// vessel's memory) and its text reaches the user cleaned: no escape
+// sequences, at most maxTailLines console lines.
+func TestWireFromHostileVMM(t *testing.T) {
+	// An endless result: a console line that never ends.
+	endless := io.MultiReader(strings.NewReader(`{"Result":{"ConsoleTail":["`), &repeatReader{b: 'A'})
+	var m wireMsg
+	if err := wireDecoder(endless).Decode(&m); err == nil {
+		t.Fatal("an endless message decoded")
+	}
+	// A result within bounds, with escape sequences and many lines.
+	r := wireResult{Detail: "crash\x1b]0;owned\x07\x1b[2J", ConsoleTail: make([]string, 1000)}
+	for i := range r.ConsoleTail {
+		r.ConsoleTail[i] = fmt.Sprintf("line %d \x1b[31mred\x1b[0m", i)
+	}
+	b, err := json.Marshal(wireMsg{Result: &r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = wireMsg{}
+	if err := wireDecoder(bytes.NewReader(b)).Decode(&m); err != nil || m.Result == nil {
+		t.Fatalf("decode: %v", err)
+	}
+	res := m.Result.result()
+	if strings.ContainsRune(res.Detail, 0x1b) || strings.ContainsRune(res.Detail, 0x07) {
+		t.Errorf("Detail %q keeps control characters", res.Detail)
+	}
+	if len(res.ConsoleTail) != maxTailLines || !strings.HasPrefix(res.ConsoleTail[maxTailLines-1], "line 999 ") {
+		t.Errorf("console tail: %d lines, last %q; want the last %d", len(res.ConsoleTail), res.ConsoleTail[len(res.ConsoleTail)-1], maxTailLines)
+	}
+	for _, l := range res.ConsoleTail {
+		if strings.ContainsRune(l, 0x1b) {
+			t.Errorf("console line %q keeps an escape", l)
+		}
+	}
+}
+
+// repeatReader reads b forever.
+type repeatReader struct{ b byte }
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = r.b
+	}
+	return len(p), nil
 }
