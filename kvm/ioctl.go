@@ -48,6 +48,16 @@ var (
 	kvmIRQFD               = ioc(iocWrite, 0x76, 32)
 	kvmCreatePIT2          = ioc(iocWrite, 0x77, 64)
 	kvmIOEventFD           = ioc(iocWrite, 0x79, 64)
+
+	// The VM state a snapshot saves (api.rst 4.26-4.27, 4.29-4.30,
+	// 4.80-4.81). KVM_SET_IRQCHIP is _IOR in <linux/kvm.h>, a historic
+	// mistake the number keeps.
+	kvmGetIRQChip = ioc(iocRead|iocWrite, 0x62, 520)
+	kvmSetIRQChip = ioc(iocRead, 0x63, 520)
+	kvmSetClock   = ioc(iocWrite, 0x7B, 48)
+	kvmGetClock   = ioc(iocRead, 0x7C, 48)
+	kvmGetPIT2    = ioc(iocRead, 0x9F, 112)
+	kvmSetPIT2    = ioc(iocWrite, 0xA0, 112)
 )
 
 // vCPU ioctls.
@@ -67,6 +77,21 @@ var (
 	kvmGetTSCKHz  = ioc(iocNone, 0xA3, 0)
 	kvmGetMPState = ioc(iocRead, 0x98, 4)
 	kvmGetStatsFD = ioc(iocNone, 0xCE, 0)
+
+	// The vCPU state a snapshot saves besides registers, FPU, MSRs and
+	// the local APIC.
+	kvmSetMPState    = ioc(iocWrite, 0x99, 4)
+	kvmGetVCPUEvents = ioc(iocRead, 0x9F, 64)
+	kvmSetVCPUEvents = ioc(iocWrite, 0xA0, 64)
+	kvmGetDebugRegs  = ioc(iocRead, 0xA1, 128)
+	kvmSetDebugRegs  = ioc(iocWrite, 0xA2, 128)
+	kvmSetTSCKHz     = ioc(iocNone, 0xA2, 0)
+	kvmGetXSave      = ioc(iocRead, 0xA4, 4096)
+	kvmSetXSave      = ioc(iocWrite, 0xA5, 4096)
+	kvmGetXCRs       = ioc(iocRead, 0xA6, 392)
+	kvmSetXCRs       = ioc(iocWrite, 0xA7, 392)
+	kvmKVMClockCtrl  = ioc(iocNone, 0xAD, 0)
+	kvmGetXSave2     = ioc(iocRead, 0xCF, 4096)
 )
 
 // Cap is a KVM capability number for CheckExtension (KVM_CAP_*).
@@ -87,6 +112,33 @@ const (
 	CapMaxVCPUs       Cap = 66
 	CapTSCDeadline    Cap = 72
 	CapImmediateExit  Cap = 136
+
+	// Capabilities a snapshot or a restore needs.
+	CapMPState      Cap = 14
+	CapPITState2    Cap = 35
+	CapAdjustClock  Cap = 39
+	CapVCPUEvents   Cap = 41
+	CapDebugRegs    Cap = 50
+	CapXSave        Cap = 55
+	CapXCRs         Cap = 56
+	CapTSCControl   Cap = 60
+	CapKVMClockCtrl Cap = 76
+	CapXSave2       Cap = 208
+)
+
+// Flags of struct kvm_clock_data (KVM_CAP_ADJUST_CLOCK's answer says
+// which KVM_GET_CLOCK fills).
+const (
+	ClockTSCStable = 1 << 1 // KVM_CLOCK_TSC_STABLE
+	ClockRealtime  = 1 << 2 // KVM_CLOCK_REALTIME
+	ClockHostTSC   = 1 << 3 // KVM_CLOCK_HOST_TSC
+)
+
+// Interrupt controllers of KVM_GET_IRQCHIP (chip_id).
+const (
+	IRQChipPICMaster = 0
+	IRQChipPICSlave  = 1
+	IRQChipIOAPIC    = 2
 )
 
 // APIVersion is the only KVM API version there is (KVM_API_VERSION).
@@ -217,5 +269,8 @@ func RunningIoctls() []uintptr {
 		kvmGetRegs, kvmSetRegs, kvmGetSregs, kvmSetSregs, kvmGetMSRs, kvmSetMSRs,
 		kvmGetFPU, kvmSetFPU, kvmGetLAPIC, kvmSetLAPIC, kvmGetMPState,
 		kvmGetTSCKHz, kvmGetStatsFD, kvmCheckExtension,
+		// A snapshot of a running VM (vmm.Snapshot) reads its state.
+		kvmGetIRQChip, kvmGetClock, kvmGetPIT2, kvmGetVCPUEvents, kvmGetDebugRegs,
+		kvmGetXSave, kvmGetXSave2, kvmGetXCRs, kvmKVMClockCtrl,
 	}
 }

@@ -132,3 +132,22 @@ func setImmediateExit(run []byte, v byte) {
 	p := (*byte)(unsafe.Pointer(&run[runImmediateExit]))
 	*p = v
 }
+
+// ioctlBytes issues an ioctl whose argument is a byte buffer the kernel
+// reads or fills: KVM_GET_XSAVE2 and KVM_SET_XSAVE, whose size
+// KVM_CAP_XSAVE2 gives at run time. Safe because the callers pass a
+// buffer at least as large as that size (and as the XSaveSize encoded in
+// req), Syscall's argument keeps it alive and unmoved for the call, and
+// the kernel does not retain it.
+func ioctlBytes(fd int, req uintptr, b []byte) error {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&b[0])))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		return nil
+	}
+}
