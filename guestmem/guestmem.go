@@ -58,6 +58,26 @@ const pageSize = 4096
 // anonymous and MAP_NORESERVE: host pages are only committed when the guest
 // touches them.
 func New(specs []RegionSpec) (*Memory, error) {
+	sorted, err := check(specs)
+	if err != nil {
+		return nil, err
+	}
+	m := &Memory{}
+	for _, s := range sorted {
+		b, err := unix.Mmap(-1, 0, int(s.Size), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("guestmem: map %d MiB at %#x: %w", s.Size>>20, s.GPA, err)
+		}
+		m.regions = append(m.regions, Region{GPA: s.GPA, Size: s.Size, host: b})
+	}
+	return m, nil
+}
+
+// check returns the regions sorted by address, or why they cannot be
+// guest RAM.
+func check(specs []RegionSpec) ([]RegionSpec, error) {
 	if len(specs) == 0 {
 		return nil, errors.New("guestmem: no regions")
 	}
@@ -80,17 +100,7 @@ func New(specs []RegionSpec) (*Memory, error) {
 		}
 		prevEnd = end
 	}
-	m := &Memory{}
-	for _, s := range sorted {
-		b, err := unix.Mmap(-1, 0, int(s.Size), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-		if err != nil {
-			m.Close()
-			return nil, fmt.Errorf("guestmem: map %d MiB at %#x: %w", s.Size>>20, s.GPA, err)
-		}
-		m.regions = append(m.regions, Region{GPA: s.GPA, Size: s.Size, host: b})
-	}
-	return m, nil
+	return sorted, nil
 }
 
 // Close unmaps guest RAM. The Memory must not be used afterwards.

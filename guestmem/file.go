@@ -1,0 +1,79 @@
+package guestmem
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// NewFromFile maps guest RAM from a file holding the regions one after
+// the other, in ascending address order (as WriteTo writes them). The
+// mappings are MAP_PRIVATE: a page is read from the file when the guest
+// first touches it, and a page the guest writes becomes the process's own
+// copy, so the file is never changed and every VM mapping it shares the
+// pages none of them wrote. The file must be exactly as large as the
+// regions and must not change while the memory is mapped.
+func NewFromFile(specs []RegionSpec, f *os.File) (*Memory, error) {
+	m, err := check(specs)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("guestmem: %w", err)
+	}
+	var total uint64
+	for _, s := range m {
+		total += s.Size
+	}
+	if uint64(st.Size()) != total {
+		return nil, fmt.Errorf("guestmem: memory file %s has %d bytes, the regions %d", f.Name(), st.Size(), total)
+	}
+	mem := &Memory{}
+	var off int64
+	for _, s := range m {
+		b, err := unix.Mmap(int(f.Fd()), off, int(s.Size), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+		if err != nil {
+			mem.Close()
+			return nil, fmt.Errorf("guestmem: map %d MiB of %s at %#x: %w", s.Size>>20, f.Name(), s.GPA, err)
+		}
+		mem.regions = append(mem.regions, Region{GPA: s.GPA, Size: s.Size, host: b})
+		off += int64(s.Size)
+	}
+	return mem, nil
+}
+
+// WriteTo writes guest RAM to f, the regions one after the other in
+// ascending address order, and leaves pages of zeros as holes (the file
+// is sparse where the guest never wrote). It returns the bytes the file
+// spans. f must be empty.
+func (m *Memory) WriteTo(f *os.File) (int64, error) {
+	var off int64
+	for _, r := range m.regions {
+		for p := uint64(0); p < r.Size; p += pageSize {
+			page := r.host[p : p+pageSize]
+			if allZero(page) {
+				continue
+			}
+			if _, err := f.WriteAt(page, off+int64(p)); err != nil {
+				return 0, fmt.Errorf("guestmem: write %s: %w", f.Name(), err)
+			}
+		}
+		off += int64(r.Size)
+	}
+	if err := f.Truncate(off); err != nil {
+		return 0, fmt.Errorf("guestmem: size %s: %w", f.Name(), err)
+	}
+	return off, nil
+}
+
+func allZero(b []byte) bool {
+	for _, v := range b {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
