@@ -269,7 +269,10 @@ func RunningIoctls() []uintptr {
 		kvmGetRegs, kvmSetRegs, kvmGetSregs, kvmSetSregs, kvmGetMSRs, kvmSetMSRs,
 		kvmGetFPU, kvmSetFPU, kvmGetLAPIC, kvmSetLAPIC, kvmGetMPState,
 		kvmGetTSCKHz, kvmGetStatsFD, kvmCheckExtension,
-		// A snapshot of a running VM (vmm.Snapshot) reads its state.
+		// A snapshot of a running VM (vmm.Snapshot) reads its state,
+		// and the host's CPUID and MSR list (read-only queries of
+		// /dev/kvm) to record what its vCPUs were given.
+		kvmGetSupportedCPUID, kvmGetMSRIndexList,
 		kvmGetIRQChip, kvmGetClock, kvmGetPIT2, kvmGetVCPUEvents, kvmGetDebugRegs,
 		kvmGetXSave, kvmGetXSave2, kvmGetXCRs, kvmKVMClockCtrl,
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/vesselvm/vessel/kvm"
 )
 
 // Errors of Pause and Resume.
@@ -103,6 +105,9 @@ func (v *VM) park(c *vcpu) bool {
 	if resume == nil {
 		return false
 	}
+	if !v.settle(c) {
+		return true // stopped or failed: the caller sees it
+	}
 	c.parked.Store(true)
 	defer c.parked.Store(false)
 	select {
@@ -110,4 +115,41 @@ func (v *VM) park(c *vcpu) bool {
 	case <-v.stopped:
 	}
 	return true
+}
+
+// settleRuns bounds the KVM_RUN calls settle makes: each completes one
+// exit of a string I/O instruction at most.
+const settleRuns = 4096
+
+// settle completes the I/O or MMIO access the vCPU's last exit left
+// pending before it is held: KVM finishes it (an IN's data into the
+// registers, say) only on the next KVM_RUN, and keeps it in no state a
+// snapshot can read. api.rst (KVM_RUN, "Note: For KVM_EXIT_IO,
+// KVM_EXIT_MMIO ..."): "userspace can re-enter the guest with an
+// unmasked signal pending or with the immediate_exit field set to
+// complete pending operations without allowing any further
+// instructions to be executed". A string instruction may exit again
+// for its next element: that exit is served and the vCPU re-entered.
+// It reports false when the vCPU must not be held (the VM ended).
+func (v *VM) settle(c *vcpu) bool {
+	if c.kc == nil {
+		return true // a vCPU of the pause gate's tests, with no KVM behind it
+	}
+	c.kc.SetImmediateExit(true)
+	for i := 0; i < settleRuns; i++ {
+		reason, err := c.kc.Run()
+		if errors.Is(err, kvm.ErrInterrupted) {
+			return true
+		}
+		if err != nil {
+			v.fail(err)
+			return false
+		}
+		v.exits.add(reason)
+		if !c.handle(v, reason) {
+			return false
+		}
+	}
+	v.fail(fmt.Errorf("vmm: vCPU %d: still exiting after %d runs with immediate_exit set", c.kc.ID(), settleRuns))
+	return false
 }

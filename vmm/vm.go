@@ -52,6 +52,7 @@ type VM struct {
 	mmio *devices.Bus
 
 	serial  *devices.Serial
+	i8042   *devices.I8042
 	console *consoleWriter
 	control *devices.ControlPort
 	irqs    []*eventInterrupt
@@ -267,7 +268,8 @@ func (v *VM) setupDevices() error {
 	if err := v.pio.Insert(v.serial, com1Port, com1Size); err != nil {
 		return fmt.Errorf("vmm: serial: %w", err)
 	}
-	if err := v.pio.Insert(devices.NewI8042(func() { v.guestReset() }), i8042Port, i8042Size); err != nil {
+	v.i8042 = devices.NewI8042(func() { v.guestReset() })
+	if err := v.pio.Insert(v.i8042, i8042Port, i8042Size); err != nil {
 		return fmt.Errorf("vmm: i8042: %w", err)
 	}
 	sleep := devices.NewACPISleep(acpi.S5SleepType, func() { v.finish(Result{Kind: ExitPowerOff}) })
