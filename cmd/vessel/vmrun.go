@@ -60,6 +60,7 @@ type vmRunFlags struct {
 	disks, nets                              []string
 	vsock                                    string
 	jail                                     jailFlags
+	api, restore                             string // see api.go, vmrestore.go
 }
 
 func newVMRun() *cobra.Command {
@@ -73,12 +74,21 @@ interactive shell without COMMAND. vessel exits with COMMAND's exit status.
 
 On a terminal the console is raw: press Ctrl-A X to quit.
 
+With --restore DIR the VM of a snapshot (vessel vm snapshot) resumes where
+it was paused instead; the snapshot names its size, disks and vsock device.
+A corrupt snapshot, or one another vessel version or host CPU model took,
+is refused with exit status 2 and nothing left behind.
+
 Exit statuses: the command's (0-255); 2 invalid usage or input;
-3 guest crash (panic, triple fault); 125 vessel failure; 130/143 host signal.`,
+3 guest crash (panic, triple fault); 125 vessel failure; 130/143 host signal;
+0 when stopped through the API (--api).`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
 				return usageErr("unexpected argument %q: put the guest command after --", args[0])
+			}
+			if f.restore != "" {
+				return vmRestore(cmd, f, args)
 			}
 			return vmRun(f, args)
 		},
@@ -93,6 +103,8 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
 	fl.StringArrayVar(&f.nets, "net", nil, netHelp)
 	addJailFlags(fl, &f.jail)
+	fl.StringVar(&f.api, "api", "", "serve the VM API (pause, resume, snapshot, stop; README \"The VM API\") on this Unix socket")
+	fl.StringVar(&f.restore, "restore", "", "start the VM of the snapshot in this directory (vessel vm snapshot) instead of booting")
 	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default)")
 	return cmd
 }
@@ -110,6 +122,9 @@ func vmRun(f vmRunFlags, argv []string) error {
 	}
 	if err := f.jail.check(); err != nil {
 		return usageErr("%v", err)
+	}
+	if f.api != "" && f.jail.jail {
+		return usageErr("--api does not work with --jail yet")
 	}
 	kernel, initrd := f.kernel, f.initrd
 	if kernel == "" {
@@ -202,6 +217,13 @@ func vmRun(f vmRunFlags, argv []string) error {
 		return classify(err)
 	}
 	defer vm.Close()
+	if f.api != "" {
+		srv, err := serveAPI(f.api, vm.(*vmm.VM))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
