@@ -90,6 +90,9 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 			if f.restore != "" {
 				return vmRestore(cmd, f, args)
 			}
+			if f.api != "" && !cmd.Flags().Changed("jail") {
+				f.jail.jail = false // the API drives a VM built in this process (README "The VM API")
+			}
 			return vmRun(f, args)
 		},
 	}
@@ -124,7 +127,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 		return usageErr("%v", err)
 	}
 	if f.api != "" && f.jail.jail {
-		return usageErr("--api does not work with --jail yet")
+		return usageErr("--api does not work with --jail yet (--api alone runs the VMM unjailed, under its seccomp filter)")
 	}
 	kernel, initrd := f.kernel, f.initrd
 	if kernel == "" {
