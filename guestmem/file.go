@@ -1,6 +1,7 @@
 package guestmem
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 
@@ -69,11 +70,8 @@ func (m *Memory) WriteTo(f *os.File) (int64, error) {
 	return off, nil
 }
 
-func allZero(b []byte) bool {
-	for _, v := range b {
-		if v != 0 {
-			return false
-		}
-	}
-	return true
-}
+// zeroPage is compared against with bytes.Equal, whose assembly is many
+// times faster than a byte loop over a guest's RAM.
+var zeroPage [pageSize]byte
+
+func allZero(b []byte) bool { return bytes.Equal(b, zeroPage[:]) }
