@@ -5,19 +5,26 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
 )
 
 // The guest computation of TestSnapshotRestore: countSteps steps of
@@ -205,4 +212,176 @@ func TestGuestSnapshotCount(t *testing.T) {
 		prev = now
 	})
 	fmt.Printf("result %x\n", sum)
+}
+
+// cloneVsockPort is the host port a restored clone dials over vsock.
+const cloneVsockPort = 5150
+
+// cloneLine is one line the guest half of TestSnapshotClones prints.
+var cloneLine = regexp.MustCompile(`(?m)^clone (\d+) rand ([0-9a-f]{32}) cid (\d+) time (\d+) reseeded (true|false)\r?$`)
+
+// TestSnapshotClones snapshots a guest that prints what it reads from
+// /dev/urandom, its vsock CID and its wall clock, and restores two
+// clones of it at once, each with its own CID. Each clone's kernel must
+// say it reseeded its random number generator for a virtual machine
+// fork (the VM Generation ID vessel changes on restore), the clones must
+// then read different bytes, each must have its own CID, reach the host
+// over vsock from it, and read the host's time, though the snapshot was
+// taken seconds before.
+func TestSnapshotClones(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	initrd := guestInitrd(t)
+	dir := t.TempDir()
+	api := filepath.Join(dir, "api.sock")
+	snap := filepath.Join(dir, "snap")
+
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	a := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", initrd,
+		"--api", api, "--vsock", filepath.Join(dir, "a.sock"), "--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestClone$", "-test.v")
+	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
+	a.WaitDelay = 10 * time.Second
+	var aOut, aErr syncBuffer
+	a.Stdout, a.Stderr = &aOut, &aErr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan error, 1)
+	go func() { aDone <- a.Wait() }()
+	for !strings.Contains(aOut.String(), "clone 2 ") {
+		select {
+		case err := <-aDone:
+			t.Fatalf("the first vessel ended early (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", err, aOut.String(), aErr.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if r := vessel(t, "vm", "snapshot", "--api", api, snap); r.code != 0 {
+		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stderr ---\n%s", r, aErr.String())
+	}
+	select {
+	case err := <-aDone:
+		if err != nil {
+			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first vessel did not exit after the snapshot")
+	}
+	for _, m := range cloneLine.FindAllStringSubmatch(aOut.String(), -1) {
+		if m[5] == "true" {
+			t.Fatalf("the guest reported a reseed for a fork before any restore:\n%s", aOut.String())
+		}
+	}
+	// A restored guest whose clock went on from the snapshot would lag
+	// the host by at least this much.
+	time.Sleep(5 * time.Second)
+
+	type clone struct {
+		cid   uint64
+		start time.Time
+		res   result
+		dial  string // what the clone sent over vsock
+	}
+	clones := []*clone{{cid: 41}, {cid: 42}}
+	done := make(chan struct{})
+	for i, c := range clones {
+		uds := filepath.Join(dir, fmt.Sprintf("c%d.sock", i))
+		ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, cloneVsockPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			b, _ := io.ReadAll(io.LimitReader(conn, 256))
+			c.dial = string(b)
+		}()
+		go func() {
+			defer func() { done <- struct{}{} }()
+			c.start = time.Now()
+			c.res = vessel(t, "vm", "run", "--restore", snap, "--vsock", fmt.Sprintf("%s,cid=%d", uds, c.cid))
+		}()
+	}
+	for range clones {
+		<-done
+	}
+	var rands []string
+	for i, c := range clones {
+		if c.res.code != 0 || !strings.Contains(c.res.stdout, "--- PASS: TestGuestClone") {
+			t.Fatalf("clone %d:\n%v", i, c.res)
+		}
+		lines := cloneLine.FindAllStringSubmatch(c.res.stdout, -1)
+		if len(lines) == 0 {
+			t.Fatalf("clone %d printed no clone lines:\n%v", i, c.res)
+		}
+		end := c.start.Add(c.res.elapsed)
+		for _, m := range lines {
+			ms, _ := strconv.ParseInt(m[4], 10, 64)
+			at := time.UnixMilli(ms)
+			if at.Before(c.start.Add(-2*time.Second)) || at.After(end.Add(2*time.Second)) {
+				t.Errorf("clone %d: guest time %v outside the run [%v, %v] (the clock did not follow the host's)", i, at.Format(time.RFC3339Nano), c.start.Format(time.RFC3339Nano), end.Format(time.RFC3339Nano))
+			}
+			if m[3] != strconv.FormatUint(c.cid, 10) {
+				t.Errorf("clone %d: guest CID %s, want %d", i, m[3], c.cid)
+			}
+		}
+		last := lines[len(lines)-1]
+		if last[5] != "true" {
+			t.Errorf("clone %d: the guest kernel never reseeded for the fork:\n%s", i, c.res.stdout)
+		}
+		rands = append(rands, last[2])
+		if want := fmt.Sprintf("clone cid %d\n", c.cid); c.dial != want {
+			t.Errorf("clone %d: over vsock the host got %q, want %q", i, c.dial, want)
+		}
+		t.Logf("clone %d (CID %d): restored and reseeded in %v; reads %s", i, c.cid, c.res.elapsed.Round(time.Millisecond), last[2])
+	}
+	if rands[0] == rands[1] {
+		t.Errorf("both clones read %s from /dev/urandom after reseeding", rands[0])
+	}
+}
+
+// TestGuestClone is the guest half of TestSnapshotClones: every 250 ms it
+// prints 16 bytes of /dev/urandom, its vsock CID, the wall clock and
+// whether the kernel has reseeded for a virtual machine fork. After a
+// reseed it dials the host over vsock, says its CID, and ends.
+func TestGuestClone(t *testing.T) {
+	if !*guestMode {
+		t.Skip("guest half of TestSnapshotClones; runs inside the VM")
+	}
+	for i := 0; i < 600; i++ {
+		// The kernel's log first: bytes read after it says it reseeded
+		// are the reseeded generator's.
+		log := make([]byte, 1<<20)
+		n, err := unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reseeded := bytes.Contains(log[:n], []byte("crng reseeded due to virtual machine fork"))
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		cid, err := vsock.ContextID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("clone %d rand %x cid %d time %d reseeded %v\n", i, b, cid, time.Now().UnixMilli(), reseeded)
+		if reseeded {
+			c, err := vsock.Dial(vsock.Host, cloneVsockPort, nil)
+			if err != nil {
+				t.Fatalf("dial the host over vsock: %v", err)
+			}
+			fmt.Fprintf(c, "clone cid %d\n", cid)
+			c.Close()
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatal("no reseed for a virtual machine fork in 150 s")
 }

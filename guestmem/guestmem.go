@@ -290,3 +290,28 @@ func (m *Memory) atomic16(gpa uint64) (*uint16, error) {
 	}
 	return ptr16(s), nil
 }
+
+// Discard returns to the host the pages wholly inside [gpa, gpa+n)
+// (madvise MADV_DONTNEED) and reports how many bytes that was; partial
+// pages at either end are kept. The range must lie inside one region.
+// A discarded page of anonymous RAM reads as zeros when next touched; a
+// page of RAM mapped from a snapshot file (NewFromFile) reads as the
+// file's again. Only memory the guest gave up may be discarded (a
+// balloon's pages, pages it reported free).
+func (m *Memory) Discard(gpa, n uint64) (uint64, error) {
+	s, err := m.Slice(gpa, n)
+	if err != nil {
+		return 0, err
+	}
+	start := (gpa + pageSize - 1) &^ (pageSize - 1)
+	end := (gpa + n) &^ (pageSize - 1)
+	if end <= start {
+		return 0, nil
+	}
+	// Region mappings start on a page boundary, so do these offsets.
+	b := s[start-gpa : end-gpa]
+	if err := unix.Madvise(b, unix.MADV_DONTNEED); err != nil {
+		return 0, fmt.Errorf("guestmem: discard %#x+%#x: %w", start, end-start, err)
+	}
+	return end - start, nil
+}

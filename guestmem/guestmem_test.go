@@ -182,3 +182,60 @@ func TestClose(t *testing.T) {
 		t.Errorf("second Close = %v", err)
 	}
 }
+
+func TestDiscard(t *testing.T) {
+	m, err := New([]RegionSpec{{GPA: 0, Size: 1 << 20}, {GPA: 4 << 20, Size: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	fill := func() {
+		for _, r := range m.Regions() {
+			b, _ := m.Slice(r.GPA, r.Size)
+			for i := range b {
+				b[i] = 0xAA
+			}
+		}
+	}
+	at := func(gpa uint64) byte {
+		var b [1]byte
+		if _, err := m.ReadAt(b[:], gpa); err != nil {
+			t.Fatal(err)
+		}
+		return b[0]
+	}
+	for _, tc := range []struct {
+		name    string
+		gpa, n  uint64
+		want    uint64 // bytes discarded
+		zero    []uint64
+		kept    []uint64
+		wantErr bool
+	}{
+		{"whole pages", 0x2000, 0x3000, 0x3000, []uint64{0x2000, 0x4fff}, []uint64{0x1fff, 0x5000}, false},
+		{"partial ends kept", 0x2001, 0x3000, 0x2000, []uint64{0x3000, 0x4fff}, []uint64{0x2001, 0x2fff, 0x5000}, false},
+		{"less than a page", 0x2100, 0x100, 0, nil, []uint64{0x2100}, false},
+		{"second region", 4<<20 + 0x1000, 0x1000, 0x1000, []uint64{4<<20 + 0x1000}, []uint64{4 << 20}, false},
+		{"across a hole", 0xff000, 0x2000, 0, nil, []uint64{0xff000}, true},
+		{"outside RAM", 2 << 20, 0x1000, 0, nil, nil, true},
+		{"overflow", ^uint64(0) - 0xfff, 0x2000, 0, nil, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fill()
+			got, err := m.Discard(tc.gpa, tc.n)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("Discard(%#x, %#x) = %#x, %v; want %#x, error %v", tc.gpa, tc.n, got, err, tc.want, tc.wantErr)
+			}
+			for _, a := range tc.zero {
+				if b := at(a); b != 0 {
+					t.Errorf("byte at %#x is %#x after discard, want 0", a, b)
+				}
+			}
+			for _, a := range tc.kept {
+				if b := at(a); b != 0xAA {
+					t.Errorf("byte at %#x is %#x, want it kept (0xaa)", a, b)
+				}
+			}
+		})
+	}
+}

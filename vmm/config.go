@@ -48,8 +48,13 @@ type Config struct {
 	// Vsock, if set, attaches a virtio-vsock device whose host side is
 	// Firecracker's hybrid vsock on Unix sockets.
 	Vsock *Vsock
+	// Balloon, if set, attaches a virtio-balloon device after the vsock
+	// device: the host can ask the guest for memory back (see
+	// VM.SetBalloon) and, with free page reporting, gets back what the
+	// guest frees.
+	Balloon *Balloon
 	// Shares are host directories the guest mounts with 9P over virtio,
-	// attached after the vsock device.
+	// attached after the balloon.
 	Shares []Share
 	// Log receives one line per device problem (a guest driver breaking
 	// the virtio rules); nil discards them.

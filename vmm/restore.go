@@ -28,6 +28,11 @@ type RestoreOptions struct {
 	// VsockPath, if set, replaces the vsock device's socket path the
 	// snapshot names.
 	VsockPath string
+	// VsockCID, if not 0, replaces the guest's vsock CID: clones of one
+	// snapshot each need their own. The guest reads it again when the
+	// device tells it of the transport's reset (virtio 1.2 5.10.6.7;
+	// Linux's virtio_vsock_update_guest_cid).
+	VsockCID uint64
 	// KVMDevice and AllowPVM are as in Config.
 	KVMDevice string
 	AllowPVM  bool
@@ -77,7 +82,7 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		return nil, err
 	}
 	cfg := Config{
-		CPUs: st.CPUs, Memory: st.Memory, Disks: st.Disks,
+		CPUs: st.CPUs, Memory: st.Memory, Disks: st.Disks, Balloon: st.Balloon,
 		Console: o.Console, Input: o.Input, Log: o.Log,
 		KVMDevice: o.KVMDevice, AllowPVM: o.AllowPVM,
 	}
@@ -91,6 +96,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		cfg.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
 		if o.VsockPath != "" {
 			cfg.Vsock.Path = o.VsockPath
+		}
+		if o.VsockCID != 0 {
+			cfg.Vsock.CID = o.VsockCID
 		}
 	}
 	if !reflect.DeepEqual(st.Regions, boot.RAMLayout(st.Memory)) {
@@ -161,6 +169,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		if err := d.t.Restore(st.Virtio[i]); err != nil {
 			return nil, snapErr("%v", err)
 		}
+	}
+	if err := v.newClone(); err != nil {
+		return nil, err
 	}
 	return v, nil
 }

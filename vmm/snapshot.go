@@ -124,6 +124,9 @@ func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 	if vs := v.cfg.Vsock; vs != nil {
 		st.Vsock = &snapVsock{CID: vs.CID, Path: vs.Path}
 	}
+	if c, err := v.BalloonConfig(); err == nil {
+		st.Balloon = &c
+	}
 	// Devices first: a device stopped between requests writes no more
 	// guest memory and raises no more interrupts.
 	for _, d := range v.virtio {

@@ -77,6 +77,8 @@ type snapState struct {
 	Regions []guestmem.RegionSpec
 	Disks   []Disk     `json:",omitempty"`
 	Vsock   *snapVsock `json:",omitempty"`
+	// Balloon is the balloon's configuration, its target as it was.
+	Balloon *Balloon `json:",omitempty"`
 
 	// TSCKHz is the guest's TSC frequency.
 	TSCKHz uint32
@@ -94,7 +96,7 @@ type snapState struct {
 	Serial devices.SerialState
 	I8042  devices.I8042State
 	// Virtio has one entry per virtio-mmio device, in attach order (the
-	// entropy device, the disks, vsock).
+	// entropy device, the disks, vsock, the balloon).
 	Virtio []virtio.TransportState
 }
 

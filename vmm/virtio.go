@@ -45,7 +45,7 @@ type virtioDev struct {
 }
 
 // setupVirtio attaches the entropy device, the disks, the network
-// devices and the vsock device, in that order.
+// devices, the vsock device, the balloon and the shares, in that order.
 func (v *VM) setupVirtio() error {
 	if err := v.addVirtio(virtio.NewRNG(), nil); err != nil {
 		return err
@@ -82,6 +82,11 @@ func (v *VM) setupVirtio() error {
 		}
 		if err := v.addVirtio(dev, func() { dev.Close() }); err != nil {
 			dev.Close()
+			return err
+		}
+	}
+	if b := v.cfg.Balloon; b != nil {
+		if err := v.addBalloon(b); err != nil {
 			return err
 		}
 	}

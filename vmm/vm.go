@@ -15,6 +15,7 @@ import (
 	"github.com/vesselvm/vessel/boot"
 	"github.com/vesselvm/vessel/boot/acpi"
 	"github.com/vesselvm/vessel/devices"
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guestmem"
 	"github.com/vesselvm/vessel/kvm"
 )
@@ -56,6 +57,10 @@ type VM struct {
 	console *consoleWriter
 	control *devices.ControlPort
 	irqs    []*eventInterrupt
+	// genIRQ raises the VM Generation ID's event (genid.go).
+	genIRQ *eventInterrupt
+	// balloon is the balloon device, if the VM has one.
+	balloon *virtio.Balloon
 	virtio  []*virtioDev
 
 	stopOnce sync.Once
@@ -249,8 +254,11 @@ func (v *VM) loadKernel() error {
 	// boot.Load wrote an MP table; ACPI tables come on top: Linux
 	// prefers ACPI (which also gives it a way to power off) and falls back
 	// to the MP table with acpi=off.
-	if err := acpi.Write(v.mem, v.cfg.CPUs, v.virtioACPI()); err != nil {
+	if err := acpi.Write(v.mem, v.cfg.CPUs, v.virtioACPI(), genIDACPI()); err != nil {
 		return fmt.Errorf("vmm: acpi tables: %w", err)
+	}
+	if err := v.newGenerationID(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -261,6 +269,9 @@ func (v *VM) setupDevices() error {
 
 	irq, err := v.newInterrupt(com1IRQ)
 	if err != nil {
+		return err
+	}
+	if v.genIRQ, err = v.newInterrupt(genIDGSI); err != nil {
 		return err
 	}
 	v.console = newConsoleWriter(v.cfg.Console)

@@ -67,9 +67,26 @@ const MaxVirtioMMIO = 32
 // ErrDevices is returned for virtio devices the tables cannot describe.
 var ErrDevices = errors.New("acpi: unsupported virtio-mmio device list")
 
-// Write builds the tables for a VM with cpus vCPUs and the given virtio-mmio
-// devices and writes them to guest memory starting at RSDPAddr.
-func Write(mem *guestmem.Memory, cpus int, virtio []VirtioMMIO) error {
+// GenerationIDAddr is where the VM Generation ID's 16 bytes live: in the
+// reserved BIOS area, after the tables. The guest maps it (Linux's
+// vmgenid driver memremaps the address the DSDT's ADDR package gives).
+const GenerationIDAddr = 0xFF000
+
+// GenerationID describes the VM Generation ID device (Microsoft's
+// "Virtual Machine Generation ID" specification, as Linux's
+// drivers/virt/vmgenid.c reads it): the VMM writes a new 16-byte ID at
+// GenerationIDAddr when the VM is restored from a snapshot and pulses
+// GSI, which the DSDT's Generic Event Device (ACPI 6.4 5.6.9) turns into
+// Notify (VGEN, 0x80). Linux then reseeds its random number generator
+// (add_vmfork_randomness), so clones of one snapshot do not share it.
+type GenerationID struct {
+	GSI uint32 // IOAPIC input, edge-triggered, active high
+}
+
+// Write builds the tables for a VM with cpus vCPUs, the given virtio-mmio
+// devices and, if gen is not nil, a VM Generation ID device, and writes
+// them to guest memory starting at RSDPAddr.
+func Write(mem *guestmem.Memory, cpus int, virtio []VirtioMMIO, gen *GenerationID) error {
 	if cpus < 1 || cpus > MaxCPUs {
 		return fmt.Errorf("%w: %d", ErrCPUs, cpus)
 	}
@@ -82,7 +99,7 @@ func Write(mem *guestmem.Memory, cpus int, virtio []VirtioMMIO) error {
 		}
 	}
 	// Addresses, in order: RSDP, XSDT, FADT, MADT, DSDT.
-	dsdt := table("DSDT", 2, dsdtAML(virtio))
+	dsdt := table("DSDT", 2, dsdtAML(virtio, gen))
 	madt := table("APIC", 5, madtBody(cpus))
 	addr := uint64(RSDPAddr + 64)
 	xsdtAddr := addr
@@ -91,8 +108,8 @@ func Write(mem *guestmem.Memory, cpus int, virtio []VirtioMMIO) error {
 	madtAddr := align16(fadtAddr + 276)
 	dsdtAddr := align16(madtAddr + uint64(len(madt)))
 	end := dsdtAddr + uint64(len(dsdt))
-	if end > TablesEnd {
-		return fmt.Errorf("acpi: tables end at %#x, past %#x", end, TablesEnd)
+	if end > GenerationIDAddr {
+		return fmt.Errorf("acpi: tables end at %#x, past %#x", end, uint64(GenerationIDAddr))
 	}
 	fadt := table("FACP", 6, fadtBody(dsdtAddr))
 	xsdt := table("XSDT", 1, le64s(fadtAddr, madtAddr))
@@ -250,6 +267,20 @@ func madtBody(cpus int) []byte {
 //	            Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {GSI}
 //	        })
 //	    }
+//	    Device (GED0) {   // with a generation ID only
+//	        Name (_HID, "ACPI0013")
+//	        Name (_UID, Zero)
+//	        Name (_CRS, ResourceTemplate () {
+//	            Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {GSI}
+//	        })
+//	        Method (_EVT, 1) { Notify (\_SB.VGEN, 0x80) }
+//	    }
+//	    Device (VGEN) {
+//	        Name (_HID, "VMGENCTR")
+//	        Name (_CID, "VM_GEN_COUNTER")
+//	        Name (_DDN, "VM_GEN_COUNTER")
+//	        Name (ADDR, Package () {GenerationIDAddr, 0})
+//	    }
 //	}
 //	Name (_S5, Package () {5, 0, 0, 0})
 //
@@ -260,25 +291,22 @@ func madtBody(cpus int) []byte {
 // is the ACPI ID Linux's virtio_mmio driver matches, and the Interrupt
 // descriptor maps the GSI (virtio_mmio.device= on the command line would
 // name a Linux IRQ number, and this platform registers no legacy ones).
-func dsdtAML(virtio []VirtioMMIO) []byte {
+func dsdtAML(virtio []VirtioMMIO, gen *GenerationID) []byte {
 	crs := []byte{
 		0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, // IO: decode16, min, max, align, length
 		0x22, 0x10, 0x00, // IRQNoFlags: mask bit 4
 		0x79, 0x00, // End tag
 	}
-	var dev []byte
-	dev = append(dev, 'C', 'O', 'M', '1')
+	dev := []byte("COM1")
 	dev = append(dev, 0x08, '_', 'H', 'I', 'D', 0x0C, 0x41, 0xD0, 0x05, 0x01) // EisaId("PNP0501")
 	dev = append(dev, 0x08, '_', 'U', 'I', 'D', 0x00)
-	buf := append([]byte{0x0A, byte(len(crs))}, crs...) // BufferSize, bytes
-	dev = append(dev, 0x08, '_', 'C', 'R', 'S', 0x11)
-	dev = append(dev, pkgLength(len(buf))...)
-	dev = append(dev, buf...)
-	device := append([]byte{0x5B, 0x82}, pkgLength(len(dev))...) // DeviceOp
-	device = append(device, dev...)
-	scopeBody := append([]byte{'_', 'S', 'B', '_'}, device...)
+	dev = append(dev, nameBuffer("_CRS", crs)...)
+	scopeBody := append([]byte{'_', 'S', 'B', '_'}, device(dev)...)
 	for i, d := range virtio {
 		scopeBody = append(scopeBody, virtioDevice(i, d)...)
+	}
+	if gen != nil {
+		scopeBody = append(scopeBody, generationIDDevices(*gen)...)
 	}
 	aml := append([]byte{0x10}, pkgLength(len(scopeBody))...) // ScopeOp
 	aml = append(aml, scopeBody...)
@@ -296,23 +324,76 @@ func virtioDevice(i int, d VirtioMMIO) []byte {
 	crs := []byte{0x86, 0x09, 0x00, 0x01} // Memory32Fixed, length 9, read-write
 	crs = binary.LittleEndian.AppendUint32(crs, uint32(d.Base))
 	crs = binary.LittleEndian.AppendUint32(crs, d.Size)
-	// Extended Interrupt: length 6, flags consumer|edge (active high,
-	// exclusive), one interrupt.
-	crs = append(crs, 0x89, 0x06, 0x00, 0x03, 0x01)
-	crs = binary.LittleEndian.AppendUint32(crs, d.GSI)
-	crs = append(crs, 0x79, 0x00) // End tag
-	name := fmt.Sprintf("V%03X", i)
-	dev := []byte(name)
-	dev = append(dev, 0x08, '_', 'H', 'I', 'D', 0x0D) // NameOp _HID, StringPrefix
-	dev = append(dev, "LNRO0005"...)
-	dev = append(dev, 0x00)
+	crs = append(crs, interruptDescriptor(d.GSI)...)
+	dev := []byte(fmt.Sprintf("V%03X", i))
+	dev = append(dev, nameString("_HID", "LNRO0005")...)
 	dev = append(dev, 0x08, '_', 'U', 'I', 'D', 0x0A, byte(i)) // BytePrefix i
-	buf := append([]byte{0x0A, byte(len(crs))}, crs...)
-	dev = append(dev, 0x08, '_', 'C', 'R', 'S', 0x11)
-	dev = append(dev, pkgLength(len(buf))...)
-	dev = append(dev, buf...)
-	out := append([]byte{0x5B, 0x82}, pkgLength(len(dev))...)
-	return append(out, dev...)
+	dev = append(dev, nameBuffer("_CRS", crs)...)
+	return device(dev)
+}
+
+// generationIDDevices are the AML Devices GED0 and VGEN (see dsdtAML):
+// the Generic Event Device whose _EVT Linux's evged driver runs on each
+// edge of the GSI, and the generation ID device Linux's vmgenid driver
+// binds to by its _HID or _CID.
+func generationIDDevices(g GenerationID) []byte {
+	crs := interruptDescriptor(g.GSI)
+	ged := []byte("GED0")
+	ged = append(ged, nameString("_HID", "ACPI0013")...)
+	ged = append(ged, 0x08, '_', 'U', 'I', 'D', 0x00) // Name (_UID, Zero)
+	ged = append(ged, nameBuffer("_CRS", crs)...)
+	// Method (_EVT, 1) { Notify (\_SB.VGEN, 0x80) }
+	evt := []byte{'_', 'E', 'V', 'T', 0x01} // NameString, MethodFlags: one argument
+	evt = append(evt, 0x86, 0x5C, 0x2E, '_', 'S', 'B', '_', 'V', 'G', 'E', 'N', 0x0A, 0x80)
+	ged = append(ged, 0x14) // MethodOp
+	ged = append(ged, pkgLength(len(evt))...)
+	ged = append(ged, evt...)
+
+	gen := []byte("VGEN")
+	gen = append(gen, nameString("_HID", "VMGENCTR")...)
+	gen = append(gen, nameString("_CID", "VM_GEN_COUNTER")...)
+	gen = append(gen, nameString("_DDN", "VM_GEN_COUNTER")...)
+	// Name (ADDR, Package () {low, high}): two DWordConst elements.
+	pkg := []byte{0x02, 0x0C}
+	pkg = binary.LittleEndian.AppendUint32(pkg, uint32(GenerationIDAddr))
+	pkg = append(pkg, 0x0C)
+	pkg = binary.LittleEndian.AppendUint32(pkg, uint32(uint64(GenerationIDAddr)>>32))
+	gen = append(gen, 0x08, 'A', 'D', 'D', 'R', 0x12) // NameOp ADDR, PackageOp
+	gen = append(gen, pkgLength(len(pkg))...)
+	gen = append(gen, pkg...)
+	return append(device(ged), device(gen)...)
+}
+
+// interruptDescriptor is a ResourceTemplate with one Extended Interrupt
+// descriptor (ACPI 6.4 6.4.3.6): consumer, edge-triggered, active high,
+// exclusive, for gsi.
+func interruptDescriptor(gsi uint32) []byte {
+	crs := []byte{0x89, 0x06, 0x00, 0x03, 0x01}
+	crs = binary.LittleEndian.AppendUint32(crs, gsi)
+	return append(crs, 0x79, 0x00) // End tag
+}
+
+// nameString is Name (name, "s") in AML.
+func nameString(name, s string) []byte {
+	b := append([]byte{0x08}, name...)
+	b = append(b, 0x0D) // StringPrefix
+	b = append(b, s...)
+	return append(b, 0x00)
+}
+
+// nameBuffer is Name (name, Buffer () {b}) in AML, b at most 255 bytes.
+func nameBuffer(name string, b []byte) []byte {
+	buf := append([]byte{0x0A, byte(len(b))}, b...) // BufferSize, bytes
+	out := append([]byte{0x08}, name...)
+	out = append(out, 0x11) // BufferOp
+	out = append(out, pkgLength(len(buf))...)
+	return append(out, buf...)
+}
+
+// device is Device (body's NameSeg) { body's terms } in AML.
+func device(body []byte) []byte {
+	out := append([]byte{0x5B, 0x82}, pkgLength(len(body))...) // DeviceOp
+	return append(out, body...)
 }
 
 // pkgLength encodes an AML PkgLength (ACPI 6.4 20.2.4) for a body of n

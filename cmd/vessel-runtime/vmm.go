@@ -278,6 +278,7 @@ func (p *vmmProc) create() error {
 		Shares:  shares,
 		Nets:    vmNets(ifs),
 		Vsock:   &vmm.Vsock{CID: 3, Path: filepath.Join(sdir, vsockBase)},
+		Balloon: vmm.FreePageReporting(),
 		Log:     diag,
 	}
 	vm, err := vmm.New(cfg)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -24,6 +25,9 @@ import (
 //	PATCH /vm               {"state": "Paused" | "Resumed"}
 //	PUT   /snapshot/create  {"snapshot_path": DIR}  (the VM must be paused)
 //	PUT   /actions          {"action_type": "Stop"}
+//	GET   /balloon          {"amount_mib": N, "deflate_on_oom": B, "stats_polling_interval_s": N, "free_page_reporting": B}
+//	PATCH /balloon          {"amount_mib": N}
+//	GET   /balloon/statistics  {"target_mib": N, "actual_mib": N, "free_memory": BYTES, ...}
 //
 // A snapshot is a directory (vm.state and memory), not Firecracker's
 // two files. Errors answer 400 (the request cannot be done: bad JSON, a
@@ -43,6 +47,9 @@ type apiVM interface {
 	Paused() bool
 	Snapshot(dir string, o vmm.SnapshotOptions) error
 	Stop()
+	SetBalloon(mib uint64) error
+	BalloonConfig() (vmm.Balloon, error)
+	BalloonState() (virtio.BalloonState, error)
 }
 
 // apiServer serves the VM API on a Unix socket.
@@ -95,6 +102,8 @@ func serveAPI(path string, vm apiVM) (*apiServer, error) {
 	mux.HandleFunc("/vm", s.handleVM)
 	mux.HandleFunc("/snapshot/create", s.handleSnapshot)
 	mux.HandleFunc("/actions", s.handleActions)
+	mux.HandleFunc("/balloon", s.handleBalloon)
+	mux.HandleFunc("/balloon/statistics", s.handleBalloonStats)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(s.done)
@@ -147,11 +156,111 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// apiBalloon is the balloon's configuration, as Firecracker's API has
+// it (free_page_reporting as in its later versions).
+type apiBalloon struct {
+	AmountMiB         uint64 `json:"amount_mib"`
+	DeflateOnOOM      bool   `json:"deflate_on_oom"`
+	StatsPollingIntvS uint64 `json:"stats_polling_interval_s"`
+	FreePageReporting bool   `json:"free_page_reporting"`
+}
+
+// apiBalloonUpdate is PATCH /balloon's body.
+type apiBalloonUpdate struct {
+	AmountMiB *uint64 `json:"amount_mib"`
+}
+
+// apiBalloonStats is GET /balloon/statistics's answer: Firecracker's
+// fields (the guest's statistics only once it reported them), and the
+// memory vessel returned to the host.
+type apiBalloonStats struct {
+	TargetPages        uint32  `json:"target_pages"`
+	ActualPages        uint32  `json:"actual_pages"`
+	TargetMiB          uint64  `json:"target_mib"`
+	ActualMiB          uint64  `json:"actual_mib"`
+	SwapIn             *uint64 `json:"swap_in,omitempty"`
+	SwapOut            *uint64 `json:"swap_out,omitempty"`
+	MajorFaults        *uint64 `json:"major_faults,omitempty"`
+	MinorFaults        *uint64 `json:"minor_faults,omitempty"`
+	FreeMemory         *uint64 `json:"free_memory,omitempty"`
+	TotalMemory        *uint64 `json:"total_memory,omitempty"`
+	AvailableMemory    *uint64 `json:"available_memory,omitempty"`
+	DiskCaches         *uint64 `json:"disk_caches,omitempty"`
+	HugetlbAllocations *uint64 `json:"hugetlb_allocations,omitempty"`
+	HugetlbFailures    *uint64 `json:"hugetlb_failures,omitempty"`
+	InflatedBytes      uint64  `json:"inflated_bytes"`
+	ReportedBytes      uint64  `json:"reported_bytes"`
+}
+
+func (s *apiServer) handleBalloon(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch r.Method {
+	case http.MethodGet:
+		c, err := s.vm.BalloonConfig()
+		if err != nil {
+			vmErr(w, err)
+			return
+		}
+		writeJSON(w, apiBalloon{AmountMiB: c.TargetMiB, DeflateOnOOM: c.DeflateOnOOM,
+			StatsPollingIntvS: uint64(c.StatsInterval / time.Second), FreePageReporting: c.Reporting})
+	case http.MethodPatch:
+		var u apiBalloonUpdate
+		if !decode(w, r, &u) {
+			return
+		}
+		if u.AmountMiB == nil {
+			apiError(w, http.StatusBadRequest, "amount_mib is missing")
+			return
+		}
+		if err := s.vm.SetBalloon(*u.AmountMiB); err != nil {
+			vmErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		apiError(w, http.StatusMethodNotAllowed, "%s /balloon: use GET or PATCH", r.Method)
+	}
+}
+
+func (s *apiServer) handleBalloonStats(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		apiError(w, http.StatusMethodNotAllowed, "%s /balloon/statistics: use GET", r.Method)
+		return
+	}
+	st, err := s.vm.BalloonState()
+	if err != nil {
+		vmErr(w, err)
+		return
+	}
+	out := apiBalloonStats{TargetPages: st.TargetPages, ActualPages: st.ActualPages,
+		TargetMiB: uint64(st.TargetPages) << 12 >> 20, ActualMiB: uint64(st.ActualPages) << 12 >> 20,
+		InflatedBytes: st.Inflated, ReportedBytes: st.Reported}
+	for tag, dst := range map[int]**uint64{
+		virtio.BalloonStatSwapIn: &out.SwapIn, virtio.BalloonStatSwapOut: &out.SwapOut,
+		virtio.BalloonStatMajorFaults: &out.MajorFaults, virtio.BalloonStatMinorFaults: &out.MinorFaults,
+		virtio.BalloonStatFreeMemory: &out.FreeMemory, virtio.BalloonStatTotalMemory: &out.TotalMemory,
+		virtio.BalloonStatAvailableMemory: &out.AvailableMemory, virtio.BalloonStatDiskCaches: &out.DiskCaches,
+		virtio.BalloonStatHugetlbAllocations: &out.HugetlbAllocations, virtio.BalloonStatHugetlbFailures: &out.HugetlbFailures,
+	} {
+		if v, ok := st.Stats.Values[tag]; ok {
+			*dst = &v
+		}
+	}
+	writeJSON(w, out)
+}
+
+// writeJSON answers 200 with v.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
 // vmErr answers a VM operation's error: 400 for what the caller can
 // change (a stopped or running VM, a bad directory), 500 otherwise.
 func vmErr(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
-	if errors.Is(err, vmm.ErrStopped) || errors.Is(err, vmm.ErrNotPaused) || errors.Is(err, vmm.ErrInvalidConfig) {
+	if errors.Is(err, vmm.ErrStopped) || errors.Is(err, vmm.ErrNotPaused) || errors.Is(err, vmm.ErrInvalidConfig) || errors.Is(err, vmm.ErrNoBalloon) {
 		code = http.StatusBadRequest
 	}
 	apiError(w, code, "%v", err)
@@ -166,8 +275,7 @@ func (s *apiServer) handleVM(w http.ResponseWriter, r *http.Request) {
 		if s.vm.Paused() {
 			st.State = "Paused"
 		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(st)
+		writeJSON(w, st)
 	case http.MethodPatch:
 		var st apiState
 		if !decode(w, r, &st) {
@@ -232,9 +340,9 @@ func (s *apiServer) handleActions(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, "action_type %q: want Stop", a.ActionType)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
-	if f, ok := w.(http.Flusher); ok {
-		f.Flush()
-	}
+	// Stop only asks the vCPUs to leave: it returns at once, and the
+	// answer says the VM is stopping (the server closes once it has
+	// been sent, see Close).
 	s.vm.Stop()
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -3,10 +3,13 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -15,6 +18,7 @@ type fakeVM struct {
 	paused, stopped bool
 	snapshots       []string
 	snapErr         error
+	balloon         *vmm.Balloon
 }
 
 func (f *fakeVM) Pause() error {
@@ -44,6 +48,32 @@ func (f *fakeVM) Snapshot(dir string, _ vmm.SnapshotOptions) error {
 }
 
 func (f *fakeVM) Stop() { f.stopped = true }
+
+func (f *fakeVM) SetBalloon(mib uint64) error {
+	if f.balloon == nil {
+		return vmm.ErrNoBalloon
+	}
+	if mib > 256 {
+		return fmt.Errorf("%w: more than the VM's 256 MiB", vmm.ErrInvalidConfig)
+	}
+	f.balloon.TargetMiB = mib
+	return nil
+}
+
+func (f *fakeVM) BalloonConfig() (vmm.Balloon, error) {
+	if f.balloon == nil {
+		return vmm.Balloon{}, vmm.ErrNoBalloon
+	}
+	return *f.balloon, nil
+}
+
+func (f *fakeVM) BalloonState() (virtio.BalloonState, error) {
+	if f.balloon == nil {
+		return virtio.BalloonState{}, vmm.ErrNoBalloon
+	}
+	return virtio.BalloonState{TargetPages: uint32(f.balloon.TargetMiB << 8), ActualPages: 256, Reported: 4096,
+		Stats: virtio.BalloonStats{Values: map[int]uint64{virtio.BalloonStatFreeMemory: 100 << 20}}}, nil
+}
 
 func TestAPI(t *testing.T) {
 	type step struct {
@@ -94,6 +124,22 @@ func TestAPI(t *testing.T) {
 		{"wrong method", &fakeVM{}, []step{
 			{method: "DELETE", path: "/vm", body: struct{}{}, wantCode: exitUsage, wantMsg: "use GET or PATCH"},
 		}, nil},
+		{"balloon target", &fakeVM{balloon: &vmm.Balloon{Reporting: true}}, []step{
+			{method: "PATCH", path: "/balloon", body: map[string]uint64{"amount_mib": 64}},
+		}, func(t *testing.T, f *fakeVM) {
+			if f.balloon.TargetMiB != 64 {
+				t.Errorf("balloon target %d MiB, want 64", f.balloon.TargetMiB)
+			}
+		}},
+		{"balloon target too large", &fakeVM{balloon: &vmm.Balloon{}}, []step{
+			{method: "PATCH", path: "/balloon", body: map[string]uint64{"amount_mib": 1024}, wantCode: exitUsage, wantMsg: "256 MiB"},
+		}, nil},
+		{"balloon target missing", &fakeVM{balloon: &vmm.Balloon{}}, []step{
+			{method: "PATCH", path: "/balloon", body: struct{}{}, wantCode: exitUsage, wantMsg: "amount_mib is missing"},
+		}, nil},
+		{"no balloon", &fakeVM{}, []step{
+			{method: "PATCH", path: "/balloon", body: map[string]uint64{"amount_mib": 1}, wantCode: exitUsage, wantMsg: "no balloon"},
+		}, nil},
 		{"unknown action", &fakeVM{}, []step{
 			{method: "PUT", path: "/actions", body: apiAction{ActionType: "Reboot"}, wantCode: exitUsage, wantMsg: "want Stop"},
 		}, nil},
@@ -120,6 +166,40 @@ func TestAPI(t *testing.T) {
 				tc.check(t, tc.vm)
 			}
 		})
+	}
+}
+
+// GET /balloon and /balloon/statistics answer in Firecracker's fields;
+// statistics the guest did not report are left out.
+func TestAPIBalloonGet(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := serveAPI(sock, &fakeVM{balloon: &vmm.Balloon{TargetMiB: 32, DeflateOnOOM: true, Reporting: true, StatsInterval: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	get := func(path string) map[string]any {
+		resp, err := apiClient(sock).hc.Get("http://vessel" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d, %v", path, resp.StatusCode, err)
+		}
+		return m
+	}
+	b := get("/balloon")
+	if b["amount_mib"] != 32.0 || b["deflate_on_oom"] != true || b["stats_polling_interval_s"] != 2.0 || b["free_page_reporting"] != true {
+		t.Errorf("GET /balloon = %v", b)
+	}
+	st := get("/balloon/statistics")
+	if st["target_mib"] != 32.0 || st["actual_mib"] != 1.0 || st["free_memory"] != float64(100<<20) || st["reported_bytes"] != 4096.0 {
+		t.Errorf("GET /balloon/statistics = %v", st)
+	}
+	if _, ok := st["swap_in"]; ok {
+		t.Errorf("GET /balloon/statistics has swap_in, which the guest did not report: %v", st)
 	}
 }
 

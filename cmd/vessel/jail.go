@@ -120,6 +120,7 @@ type wireConfig struct {
 	Disks                   []vmm.Disk
 	Nets                    []vmm.Net
 	Vsock                   *vmm.Vsock
+	Balloon                 *vmm.Balloon
 	Shares                  []vmm.Share
 	AllowPVM                bool
 	Console                 bool
@@ -220,7 +221,7 @@ func jailedVMM(in, out *os.File) error {
 		return fail(err)
 	}
 	cfg := vmm.Config{Kernel: w.Kernel, Initrd: w.Initrd, Cmdline: w.Cmdline, CPUs: w.CPUs, Memory: w.Memory,
-		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Shares: w.Shares, AllowPVM: w.AllowPVM,
+		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Balloon: w.Balloon, Shares: w.Shares, AllowPVM: w.AllowPVM,
 		Console: io.Discard, Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n")}
 	if w.Console {
 		cfg.Console = os.Stdout
@@ -394,7 +395,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	cfgR.Close()
 	msgW.Close()
 	w := wireConfig{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
-		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
+		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Balloon: cfg.Balloon, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
 		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root}
 	json.NewEncoder(cfgW).Encode(w)
 	cfgW.Close()

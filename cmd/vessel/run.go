@@ -308,6 +308,7 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		Disks:   []vmm.Disk{{Path: p.disk, ReadOnly: true, Serial: imageDiskSerial}},
 		Nets:    nets,
 		Shares:  shares,
+		Balloon: vmm.FreePageReporting(),
 		// The VMM's reports of a misbehaving guest driver: a detached
 		// container's go to vessel.log in its state directory.
 		Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n"),

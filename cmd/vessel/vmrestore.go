@@ -14,7 +14,7 @@ import (
 
 // restoreConflicts are the `vessel vm run` flags that describe a VM to
 // boot, which a restore takes from its snapshot instead.
-var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "jail"}
+var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "balloon", "jail"}
 
 // vmRestore is `vessel vm run --restore DIR`: the VM of a snapshot
 // resumes where it was paused, with the console on this terminal.
@@ -32,14 +32,13 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 		AllowPVM: os.Getenv("VESSEL_ALLOW_PVM") == "1",
 	}
 	if f.vsock != "" {
-		vs, err := parseVsock(f.vsock)
+		// A clone of a snapshot gets its own CID with cid=N; the
+		// guest reads it again when told of the transport's reset.
+		vs, err := parseVsock(f.vsock, 0)
 		if err != nil {
 			return usageErr("--vsock %s: %v", f.vsock, err)
 		}
-		if vs.CID != 3 {
-			return usageErr("--vsock %s: with --restore the guest CID comes from the snapshot", f.vsock)
-		}
-		o.VsockPath = vs.Path
+		o.VsockPath, o.VsockCID = vs.Path, vs.CID
 	}
 	if f.metrics != "" {
 		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -58,7 +59,7 @@ type vmRunFlags struct {
 	kernel, initrd, cmdline, memory, metrics string
 	cpus                                     int
 	disks, nets                              []string
-	vsock                                    string
+	vsock, balloon                           string
 	jail                                     jailFlags
 	api, restore                             string // see api.go, vmrestore.go
 }
@@ -108,7 +109,8 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 	addJailFlags(fl, &f.jail)
 	fl.StringVar(&f.api, "api", "", "serve the VM API (pause, resume, snapshot, stop; README \"The VM API\") on this Unix socket")
 	fl.StringVar(&f.restore, "restore", "", "start the VM of the snapshot in this directory (vessel vm snapshot) instead of booting")
-	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default)")
+	fl.StringVar(&f.balloon, "balloon", "", "attach a virtio-balloon device: on, or options among reporting (return memory the guest frees), deflate-on-oom, stats=DURATION (refresh the guest's memory statistics), mib=N (start inflated); \"on\" is reporting,deflate-on-oom,stats=1s")
+	fl.StringVar(&f.vsock, "vsock", "", "attach a vsock device: UDS[,cid=N] (Firecracker's hybrid vsock: host programs connect to UDS and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P reach UDS_P; guest CID 3 by default; with --restore the snapshot's, and cid=N gives a clone its own)")
 	return cmd
 }
 
@@ -150,8 +152,14 @@ func vmRun(f vmRunFlags, argv []string) error {
 	}
 	var vsock *vmm.Vsock
 	if f.vsock != "" {
-		if vsock, err = parseVsock(f.vsock); err != nil {
+		if vsock, err = parseVsock(f.vsock, 3); err != nil {
 			return usageErr("--vsock %s: %v", f.vsock, err)
+		}
+	}
+	var balloon *vmm.Balloon
+	if f.balloon != "" {
+		if balloon, err = parseBalloon(f.balloon); err != nil {
+			return usageErr("--balloon %s: %v", f.balloon, err)
 		}
 	}
 	var nets []vmm.Net
@@ -185,6 +193,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 		Disks:    disks,
 		Nets:     nets,
 		Vsock:    vsock,
+		Balloon:  balloon,
 		Log:      os.Stderr,
 		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
 	}
@@ -396,10 +405,43 @@ func parseDisk(s string) (vmm.Disk, error) {
 	return d, nil
 }
 
-// parseVsock parses --vsock UDS[,cid=N].
-func parseVsock(s string) (*vmm.Vsock, error) {
+// parseBalloon parses --balloon: "on", or a comma-separated list of
+// reporting, deflate-on-oom, stats=DURATION and mib=N.
+func parseBalloon(s string) (*vmm.Balloon, error) {
+	if s == "on" {
+		return &vmm.Balloon{Reporting: true, DeflateOnOOM: true, StatsInterval: time.Second}, nil
+	}
+	b := &vmm.Balloon{}
+	for _, opt := range strings.Split(s, ",") {
+		k, val, hasVal := strings.Cut(opt, "=")
+		switch {
+		case k == "reporting" && !hasVal:
+			b.Reporting = true
+		case k == "deflate-on-oom" && !hasVal:
+			b.DeflateOnOOM = true
+		case k == "stats" && hasVal:
+			d, err := time.ParseDuration(val)
+			if err != nil || d < 0 {
+				return nil, fmt.Errorf("stats=%s: want a duration such as 1s", val)
+			}
+			b.StatsInterval = d
+		case k == "mib" && hasVal:
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("mib=%s: want a number of MiB", val)
+			}
+			b.TargetMiB = n
+		default:
+			return nil, fmt.Errorf("unknown option %q (want on, or reporting, deflate-on-oom, stats=DURATION, mib=N)", opt)
+		}
+	}
+	return b, nil
+}
+
+// parseVsock parses --vsock UDS[,cid=N]; without cid=, the CID is cid.
+func parseVsock(s string, cid uint64) (*vmm.Vsock, error) {
 	parts := strings.Split(s, ",")
-	v := &vmm.Vsock{Path: parts[0], CID: 3}
+	v := &vmm.Vsock{Path: parts[0], CID: cid}
 	if v.Path == "" {
 		return nil, errors.New("no socket path")
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -49,7 +50,7 @@ func TestParseVsock(t *testing.T) {
 		{"v.sock,cid=x", vmm.Vsock{}, "from 3"},
 		{"v.sock,port=1", vmm.Vsock{}, "unknown option"},
 	} {
-		got, err := parseVsock(tc.in)
+		got, err := parseVsock(tc.in, 3)
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("parseVsock(%q) error %v, want %q", tc.in, err, tc.wantErr)
@@ -58,6 +59,34 @@ func TestParseVsock(t *testing.T) {
 		}
 		if err != nil || got.CID != tc.want.CID || got.Path != tc.want.Path || got.Dial != nil {
 			t.Errorf("parseVsock(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseBalloon(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    vmm.Balloon
+		wantErr string
+	}{
+		{"on", vmm.Balloon{Reporting: true, DeflateOnOOM: true, StatsInterval: time.Second}, ""},
+		{"reporting", vmm.Balloon{Reporting: true}, ""},
+		{"deflate-on-oom,stats=500ms,mib=64", vmm.Balloon{DeflateOnOOM: true, StatsInterval: 500 * time.Millisecond, TargetMiB: 64}, ""},
+		{"stats=-1s", vmm.Balloon{}, "duration"},
+		{"stats", vmm.Balloon{}, "unknown option"},
+		{"mib=lots", vmm.Balloon{}, "number of MiB"},
+		{"reporting=1", vmm.Balloon{}, "unknown option"},
+		{"", vmm.Balloon{}, "unknown option"},
+	} {
+		got, err := parseBalloon(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseBalloon(%q) error %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || *got != tc.want {
+			t.Errorf("parseBalloon(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
 	}
 }

@@ -15,7 +15,9 @@ const (
 	TypeNet   = 1
 	TypeBlock = 2
 	TypeRNG   = 4
-	TypeVsock = 19
+	// TypeBalloon is virtio-balloon (virtio 1.2 §5.5).
+	TypeBalloon = 5
+	TypeVsock   = 19
 )
 
 // Feature bits the transport offers for every device (virtio 1.2 §6).
@@ -95,6 +97,15 @@ type Device interface {
 	Reset()
 }
 
+// FeatureQueues is a Device whose queues depend on the features the
+// driver accepted (virtio-balloon's statsq and reporting_vq exist only
+// with theirs, and the driver numbers the queues it has consecutively):
+// the driver must enable the first NumQueues(features) queues, and
+// Activate gets those.
+type FeatureQueues interface {
+	NumQueues(features uint64) int
+}
+
 // Queues is what an activated device works with.
 type Queues struct {
 	Mem      *guestmem.Memory
@@ -122,6 +133,17 @@ func (q *Queues) UsedBuffers(i int) {
 // configuration-change interrupt tells the driver, and the error is logged
 // once (virtio 1.2 §2.1.2). Safe to call from any goroutine.
 func (q *Queues) Fail(err error) { q.t.fail(err) }
+
+// ConfigChanged tells the driver that the device changed its
+// configuration space: the generation changes and the configuration
+// change interrupt is raised (virtio 1.2 §2.5.1, §4.2.2).
+func (q *Queues) ConfigChanged() {
+	q.t.mu.Lock()
+	q.t.configGen++
+	q.t.intStatus |= interruptConfig
+	q.t.mu.Unlock()
+	q.t.trigger()
+}
 
 // queueState is one queue as programmed through the registers.
 type queueState struct {
@@ -408,9 +430,17 @@ func (t *MMIO) setStatus(v uint32) {
 	t.status = v
 }
 
-func (t *MMIO) activateLocked() error {
+func (t *MMIO) activateLocked() error { return t.activateAt(nil) }
+
+// activateAt builds the queues the driver enabled, each at its saved
+// position if pos is not nil (a restore), and activates the device.
+func (t *MMIO) activateAt(pos []QueueState) error {
 	q := &Queues{Mem: t.mem, Features: t.drvFeatures, Notify: t.notify, t: t}
-	for i, s := range t.queues {
+	queues := t.queues
+	if fq, ok := t.dev.(FeatureQueues); ok {
+		queues = queues[:min(len(queues), max(0, fq.NumQueues(t.drvFeatures)))]
+	}
+	for i, s := range queues {
 		if !s.ready {
 			// Every queue of the devices vessel has is needed.
 			return fmt.Errorf("%w: queue %d not enabled at DRIVER_OK", ErrQueue, i)
@@ -418,6 +448,9 @@ func (t *MMIO) activateLocked() error {
 		vq, err := NewQueue(t.mem, s.cfg, t.maxes[i], t.drvFeatures)
 		if err != nil {
 			return fmt.Errorf("queue %d: %w", i, err)
+		}
+		if pos != nil {
+			vq.nextAvail, vq.nextUsed = pos[i].NextAvail, pos[i].NextUsed
 		}
 		q.Queues = append(q.Queues, vq)
 	}
@@ -517,6 +550,8 @@ func TypeName(id uint32) string {
 		return "block"
 	case TypeRNG:
 		return "rng"
+	case TypeBalloon:
+		return "balloon"
 	case TypeVsock:
 		return "vsock"
 	case TypeP9:

@@ -165,27 +165,6 @@ func (t *MMIO) checkState(st TransportState) error {
 	return nil
 }
 
-// activateAt is activateLocked with each queue at a saved position.
-func (t *MMIO) activateAt(pos []QueueState) error {
-	q := &Queues{Mem: t.mem, Features: t.drvFeatures, Notify: t.notify, t: t}
-	for i, s := range t.queues {
-		if !s.ready {
-			return fmt.Errorf("%w: queue %d not enabled at DRIVER_OK", ErrQueue, i)
-		}
-		vq, err := NewQueue(t.mem, s.cfg, t.maxes[i], t.drvFeatures)
-		if err != nil {
-			return fmt.Errorf("queue %d: %w", i, err)
-		}
-		vq.nextAvail, vq.nextUsed = pos[i].NextAvail, pos[i].NextUsed
-		q.Queues = append(q.Queues, vq)
-	}
-	if err := t.dev.Activate(q); err != nil {
-		return err
-	}
-	t.active = q
-	return nil
-}
-
 // vsockEventTransportReset is VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (virtio
 // 1.2 §5.10.6.5): the driver drops every connection and reads the guest
 // CID again.

@@ -1,0 +1,137 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// balloonAlloc is what the container of TestBalloonReturnsMemory
+// allocates and frees.
+const balloonAlloc = 200 << 20
+
+// TestBalloonReturnsMemory: a container writes 200 MiB into its
+// writable layer (the guest's memory), then deletes it. The VM's balloon
+// (free page reporting) hands the freed pages back, and the RSS of the
+// processes that serve the container falls by most of the 200 MiB;
+// without the balloon it would stay. The time it took is logged.
+func TestBalloonReturnsMemory(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := runEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	script := fmt.Sprintf("head -c %d /dev/zero > /big && echo allocated && read x && rm /big && echo freed && read y", balloonAlloc)
+	cmd := exec.CommandContext(ctx, vesselBin, "run", "--rm", "-i", "-m", "512M", runImage, "sh", "-c", script)
+	cmd.Env = env
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGABRT) }
+	cmd.WaitDelay = 10 * time.Second
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("vessel run: %v\n%s", err, stderr.String())
+		}
+	}()
+	lines := bufio.NewScanner(stdout)
+	expect := func(want string) {
+		t.Helper()
+		if !lines.Scan() || strings.TrimSpace(lines.Text()) != want {
+			t.Fatalf("container said %q (%v), want %q\n--- stderr ---\n%s", lines.Text(), lines.Err(), want, stderr.String())
+		}
+	}
+	expect("allocated")
+	peak := treeRSS(t, cmd.Process.Pid)
+	t.Logf("RSS of vessel's processes with %d MiB in the guest's memory: %d MiB", balloonAlloc>>20, peak>>20)
+	if peak < balloonAlloc {
+		t.Fatalf("RSS %d MiB is less than the %d MiB the guest holds: measuring the wrong processes?", peak>>20, balloonAlloc>>20)
+	}
+	io.WriteString(stdin, "\n")
+	expect("freed")
+	freed := time.Now()
+	want := peak - balloonAlloc*3/4
+	var rss uint64
+	for {
+		rss = treeRSS(t, cmd.Process.Pid)
+		if rss <= want {
+			break
+		}
+		if time.Since(freed) > 90*time.Second {
+			t.Fatalf("RSS still %d MiB %v after the guest freed %d MiB (peak %d MiB): the memory did not come back",
+				rss>>20, time.Since(freed).Round(time.Second), balloonAlloc>>20, peak>>20)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("RSS fell to %d MiB %v after the guest freed %d MiB (from %d MiB)", rss>>20, time.Since(freed).Round(10*time.Millisecond), balloonAlloc>>20, peak>>20)
+	io.WriteString(stdin, "\n")
+}
+
+// treeRSS sums the resident memory (VmRSS) of pid and its descendants.
+func treeRSS(t *testing.T, pid int) uint64 {
+	t.Helper()
+	children := map[int][]int{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], p)
+	}
+	var sum uint64
+	var walk func(int)
+	walk = func(p int) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+					kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+					sum += kb << 10
+				}
+			}
+		}
+		for _, c := range children[p] {
+			walk(c)
+		}
+	}
+	walk(pid)
+	return sum
+}
