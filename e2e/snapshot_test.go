@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,8 @@ import (
 
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/devices/usernet"
 )
 
 // The guest computation of TestSnapshotRestore: countSteps steps of
@@ -384,4 +387,96 @@ func TestGuestClone(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Fatal("no reseed for a virtual machine fork in 150 s")
+}
+
+// TestSnapshotNetwork snapshots a guest that fetches a page from the
+// host over the user network, and restores it with a new user network
+// (the old VMM and its network are gone): the guest, with its MAC and
+// address, fetches again.
+func TestSnapshotNetwork(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	initrd := guestInitrd(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello-from-host") }))
+	url := fmt.Sprintf("http://%s:%d/", usernet.HostIP, ln.Addr().(*net.TCPAddr).Port)
+	dir := t.TempDir()
+	api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	a := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", initrd,
+		"--api", api, "--net", "user,host-loopback", "--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestFetchLoop$", "-test.v", "-e2e.url="+url)
+	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
+	a.WaitDelay = 10 * time.Second
+	var aOut, aErr syncBuffer
+	a.Stdout, a.Stderr = &aOut, &aErr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan error, 1)
+	go func() { aDone <- a.Wait() }()
+	for !strings.Contains(aOut.String(), "fetch 1 ok") {
+		select {
+		case err := <-aDone:
+			t.Fatalf("the first vessel ended early (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", err, aOut.String(), aErr.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if r := vessel(t, "vm", "snapshot", "--api", api, snap); r.code != 0 {
+		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stderr ---\n%s", r, aErr.String())
+	}
+	select {
+	case err := <-aDone:
+		if err != nil {
+			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first vessel did not exit after the snapshot")
+	}
+	r := vessel(t, "vm", "run", "--restore", snap, "--net", "user,host-loopback")
+	if r.code != 0 || !strings.Contains(r.stdout, "--- PASS: TestGuestFetchLoop") {
+		t.Fatalf("restored run:\n%v\n--- before the snapshot ---\n%s", r, aOut.String())
+	}
+	if !regexp.MustCompile(`fetch \d+ ok hello-from-host`).MatchString(r.stdout) {
+		t.Fatalf("the restored guest fetched nothing:\n%v", r)
+	}
+	t.Logf("the restored guest fetched from the host over its new user network (run %v)", r.elapsed.Round(time.Millisecond))
+}
+
+var fetchURL = flag.String("e2e.url", "", "guest half of TestSnapshotNetwork: the URL to fetch")
+
+// TestGuestFetchLoop is the guest half of TestSnapshotNetwork: it
+// fetches the URL every 300 ms, printing each outcome, until it has
+// fetched it six times.
+func TestGuestFetchLoop(t *testing.T) {
+	if !*guestMode {
+		t.Skip("guest half of TestSnapshotNetwork; runs inside the VM")
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	ok := 0
+	for i := 0; i < 400 && ok < 6; i++ {
+		resp, err := c.Get(*fetchURL)
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				fmt.Printf("fetch %d ok %s\n", ok, b)
+				ok++
+			}
+		}
+		if err != nil {
+			fmt.Printf("fetch error: %v\n", err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if ok < 6 {
+		t.Fatalf("fetched %d times", ok)
+	}
 }

@@ -25,6 +25,15 @@ type RestoreOptions struct {
 	Console io.Writer
 	Input   io.Reader
 	Log     io.Writer
+	// Disks, if set, replaces the disks the snapshot names, one for
+	// one: each must hold what the guest expects of its device (a
+	// template's empty image slot may get an image; the guest hears of
+	// a new size through a configuration change).
+	Disks []Disk
+	// Nets, if set, replaces the network backends the snapshot names,
+	// one for one (a TAP device or a user network each); every device
+	// keeps the MAC the guest knows it by.
+	Nets []Net
 	// VsockPath, if set, replaces the vsock device's socket path the
 	// snapshot names.
 	VsockPath string
@@ -85,6 +94,23 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		CPUs: st.CPUs, Memory: st.Memory, Disks: st.Disks, Balloon: st.Balloon,
 		Console: o.Console, Input: o.Input, Log: o.Log,
 		KVMDevice: o.KVMDevice, AllowPVM: o.AllowPVM,
+	}
+	cfg.Nets = st.Nets
+	if o.Disks != nil {
+		if len(o.Disks) != len(st.Disks) {
+			return nil, fmt.Errorf("%w: the snapshot has %d disks, %d given", ErrInvalidConfig, len(st.Disks), len(o.Disks))
+		}
+		cfg.Disks = o.Disks
+	}
+	if o.Nets != nil {
+		if len(o.Nets) != len(st.Nets) {
+			return nil, fmt.Errorf("%w: the snapshot has %d network devices, %d given", ErrInvalidConfig, len(st.Nets), len(o.Nets))
+		}
+		cfg.Nets = make([]Net, len(o.Nets))
+		for i, n := range o.Nets {
+			n.MAC = st.Nets[i].MAC
+			cfg.Nets[i] = n
+		}
 	}
 	if cfg.Console == nil {
 		cfg.Console = io.Discard

@@ -114,13 +114,13 @@ func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 	if !v.Paused() {
 		return ErrNotPaused
 	}
-	if len(v.cfg.Nets) > 0 || len(v.cfg.Shares) > 0 {
-		return fmt.Errorf("%w: snapshots of a VM with network devices or shares are not supported yet", ErrInvalidConfig)
+	if len(v.cfg.Shares) > 0 {
+		return fmt.Errorf("%w: snapshots of a VM with shares are not supported yet", ErrInvalidConfig)
 	}
 	if err := v.checkSnapshotCaps(); err != nil {
 		return err
 	}
-	st := &snapState{Vessel: o.Version, CPUs: v.cfg.CPUs, Memory: v.cfg.Memory, Regions: boot.RAMLayout(v.cfg.Memory), Disks: v.cfg.Disks}
+	st := &snapState{Vessel: o.Version, CPUs: v.cfg.CPUs, Memory: v.cfg.Memory, Regions: boot.RAMLayout(v.cfg.Memory), Disks: v.cfg.Disks, Nets: v.cfg.Nets}
 	if vs := v.cfg.Vsock; vs != nil {
 		st.Vsock = &snapVsock{CID: vs.CID, Path: vs.Path}
 	}

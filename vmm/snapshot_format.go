@@ -75,8 +75,11 @@ type snapState struct {
 	CPUs    int
 	Memory  uint64
 	Regions []guestmem.RegionSpec
-	Disks   []Disk     `json:",omitempty"`
-	Vsock   *snapVsock `json:",omitempty"`
+	Disks   []Disk `json:",omitempty"`
+	// Nets are the network devices: the guest's MACs, and the backends
+	// a restore attaches unless told others.
+	Nets  []Net      `json:",omitempty"`
+	Vsock *snapVsock `json:",omitempty"`
 	// Balloon is the balloon's configuration, its target as it was.
 	Balloon *Balloon `json:",omitempty"`
 
@@ -96,7 +99,8 @@ type snapState struct {
 	Serial devices.SerialState
 	I8042  devices.I8042State
 	// Virtio has one entry per virtio-mmio device, in attach order (the
-	// entropy device, the disks, vsock, the balloon).
+	// entropy device, the disks, the network devices, vsock, the
+	// balloon).
 	Virtio []virtio.TransportState
 }
 
@@ -216,8 +220,13 @@ func (st *snapState) check() error {
 		return errors.New("interrupt controller state is not 512 bytes")
 	case st.XSaveSize < kvm.XSaveSize || st.XSaveSize > maxXSaveSize:
 		return fmt.Errorf("XSAVE size %d", st.XSaveSize)
-	case len(st.Disks) > len(virtioGSIs) || len(st.Virtio) > len(virtioGSIs):
+	case len(st.Disks)+len(st.Nets) > len(virtioGSIs) || len(st.Virtio) > len(virtioGSIs):
 		return errors.New("too many devices")
+	}
+	for i, n := range st.Nets {
+		if len(n.MAC) != 6 {
+			return fmt.Errorf("network %d: MAC of %d bytes", i, len(n.MAC))
+		}
 	}
 	for i, c := range st.VCPUs {
 		switch {

@@ -14,7 +14,7 @@ import (
 
 // restoreConflicts are the `vessel vm run` flags that describe a VM to
 // boot, which a restore takes from its snapshot instead.
-var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "balloon", "jail"}
+var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "balloon", "jail"}
 
 // vmRestore is `vessel vm run --restore DIR`: the VM of a snapshot
 // resumes where it was paused, with the console on this terminal.
@@ -39,6 +39,15 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 			return usageErr("--vsock %s: %v", f.vsock, err)
 		}
 		o.VsockPath, o.VsockCID = vs.Path, vs.CID
+	}
+	if len(f.nets) > 0 {
+		// New backends for the snapshot's network devices, one each;
+		// the guest keeps its MACs and its address configuration.
+		nets, _, err := parseNets(f.nets)
+		if err != nil {
+			return err
+		}
+		o.Nets = nets
 	}
 	if f.metrics != "" {
 		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)

@@ -162,21 +162,9 @@ func vmRun(f vmRunFlags, argv []string) error {
 			return usageErr("--balloon %s: %v", f.balloon, err)
 		}
 	}
-	var nets []vmm.Net
-	var guestNets []cmdline.Net
-	users := 0
-	for _, s := range f.nets {
-		n, g, err := parseNet(s)
-		if err != nil {
-			return usageErr("--net %s: %v", s, err)
-		}
-		if n.User != nil {
-			if users++; users > 1 {
-				return usageErr("--net %s: only one user network per VM", s)
-			}
-		}
-		nets = append(nets, n)
-		guestNets = append(guestNets, g)
+	nets, guestNets, err := parseNets(f.nets)
+	if err != nil {
+		return err
 	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: argv, TTY: interactive, Control: true, Net: guestNets})
@@ -403,6 +391,28 @@ func parseDisk(s string) (vmm.Disk, error) {
 		}
 	}
 	return d, nil
+}
+
+// parseNets parses the --net flags: the VM's network devices and what
+// the guest init configures on them.
+func parseNets(flags []string) ([]vmm.Net, []cmdline.Net, error) {
+	var nets []vmm.Net
+	var guestNets []cmdline.Net
+	users := 0
+	for _, s := range flags {
+		n, g, err := parseNet(s)
+		if err != nil {
+			return nil, nil, usageErr("--net %s: %v", s, err)
+		}
+		if n.User != nil {
+			if users++; users > 1 {
+				return nil, nil, usageErr("--net %s: only one user network per VM", s)
+			}
+		}
+		nets = append(nets, n)
+		guestNets = append(guestNets, g)
+	}
+	return nets, guestNets, nil
 }
 
 // parseBalloon parses --balloon: "on", or a comma-separated list of

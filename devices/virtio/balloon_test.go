@@ -195,3 +195,57 @@ func TestBalloonConfig(t *testing.T) {
 		t.Error("NumQueues")
 	}
 }
+
+// A balloon whose driver left statsq out (three of four queues) is
+// quiesced and restored on a new transport; reporting goes on there, and
+// the statistics buffer a stats-enabled driver gave is handed back on
+// quiesce rather than lost.
+func TestBalloonQuiesceRestore(t *testing.T) {
+	mem := newTestMem(t)
+	cfg := BalloonConfig{Reporting: true}
+	a, err := NewMMIO(NewBalloon(cfg), mem, &devices.CountingInterrupt{}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ds := balloonDrivers(t, a, 3)
+	ds[2].cfg.Size = testQSize
+	startDriver(t, a, BalloonFReporting, ds...)
+	st := a.Quiesce() // must not look for a fourth active queue
+	if len(st.Queues) != 4 || st.Queues[3].Ready {
+		t.Fatalf("quiesced queues %+v", st.Queues)
+	}
+	nb := NewBalloon(cfg)
+	b, err := NewMMIO(nb, mem, &devices.CountingInterrupt{}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := ds[2].chain(seg{n: 0x1000, write: true})
+	ds[2].offer(h)
+	wr(b, RegQueueNotify, 2)
+	waitUsed(t, ds[2], 1)
+	if got := nb.State().Reported; got != 0x1000 {
+		t.Errorf("restored balloon reported %#x, want 0x1000", got)
+	}
+
+	// With statsq: the held buffer comes back used at quiesce.
+	mem2 := newTestMem(t)
+	c, err := NewMMIO(NewBalloon(BalloonConfig{}), mem2, &devices.CountingInterrupt{}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ds = balloonDrivers(t, c, 3)
+	startDriver(t, c, BalloonFStatsVQ, ds...)
+	h, _ = ds[2].chain(seg{data: stat(BalloonStatFreeMemory, 1)})
+	ds[2].offer(h)
+	wr(c, RegQueueNotify, 2)
+	waitFor(t, "statistics read", func() bool { return c.dev.(*Balloon).State().Stats.Values != nil })
+	if st := c.Quiesce(); st.Queues[2].NextUsed != 1 || ds[2].usedIdx() != 1 {
+		t.Errorf("statistics buffer not handed back at quiesce: next used %d, used index %d", st.Queues[2].NextUsed, ds[2].usedIdx())
+	}
+}

@@ -168,6 +168,12 @@ func (b *Block) ReadConfig(off uint64, data []byte) {
 // writeback field needs VIRTIO_BLK_F_CONFIG_WCE, not offered).
 func (b *Block) WriteConfig(uint64, []byte) {}
 
+// Restored implements Restorer: a restored VM's disk may be another
+// image than the snapshot's (a template's image slot), so the driver is
+// told to read the capacity again (virtio 1.2 §5.2.6.2: a configuration
+// change; Linux's virtblk_config_changed updates the disk's size).
+func (b *Block) Restored(q *Queues) { q.ConfigChanged() }
+
 // Activate implements Device.
 func (b *Block) Activate(q *Queues) error {
 	b.mu.Lock()

@@ -84,8 +84,10 @@ func (t *MMIO) Quiesce() TransportState {
 	for i, q := range t.queues {
 		qs := QueueState{Size: q.cfg.Size, Desc: q.cfg.Desc, Driver: q.cfg.Driver, Device: q.cfg.Device, Ready: q.ready}
 		switch {
-		case act != nil:
+		case act != nil && i < len(act.Queues):
 			qs.NextUsed = act.Queues[i].nextUsed
+		case act != nil:
+			// A queue the driver's features left out (FeatureQueues).
 		case t.status&StatusDriverOK != 0 && q.ready:
 			// Quiesced already: the used index the device last
 			// published (the guest has not run since).
