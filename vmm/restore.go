@@ -34,14 +34,13 @@ type RestoreOptions struct {
 	// one for one (a TAP device or a user network each); every device
 	// keeps the MAC the guest knows it by.
 	Nets []Net
-	// VsockPath, if set, replaces the vsock device's socket path the
-	// snapshot names.
-	VsockPath string
-	// VsockCID, if not 0, replaces the guest's vsock CID: clones of one
-	// snapshot each need their own. The guest reads it again when the
-	// device tells it of the transport's reset (virtio 1.2 5.10.6.7;
-	// Linux's virtio_vsock_update_guest_cid).
-	VsockCID uint64
+	// Vsock, if set, changes the vsock device the snapshot names: a
+	// Path replaces its socket path, a CID other than 0 the guest's CID
+	// (clones of one snapshot each need their own; the guest reads it
+	// again when the device tells it of the transport's reset, virtio
+	// 1.2 5.10.6.7, Linux's virtio_vsock_update_guest_cid), and Dial
+	// how guest connections reach the host (see Vsock.Dial).
+	Vsock *Vsock
 	// KVMDevice and AllowPVM are as in Config.
 	KVMDevice string
 	AllowPVM  bool
@@ -120,11 +119,14 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 	}
 	if st.Vsock != nil {
 		cfg.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
-		if o.VsockPath != "" {
-			cfg.Vsock.Path = o.VsockPath
-		}
-		if o.VsockCID != 0 {
-			cfg.Vsock.CID = o.VsockCID
+		if o.Vsock != nil {
+			if o.Vsock.Path != "" {
+				cfg.Vsock.Path = o.Vsock.Path
+			}
+			if o.Vsock.CID != 0 {
+				cfg.Vsock.CID = o.Vsock.CID
+			}
+			cfg.Vsock.Dial = o.Vsock.Dial
 		}
 	}
 	if !reflect.DeepEqual(st.Regions, boot.RAMLayout(st.Memory)) {

@@ -86,6 +86,33 @@ type vmOptions struct {
 	// command can remove what a killed vessel process left; "" for a
 	// random name.
 	name string
+	// restore, if set, is a snapshot directory to restore the VM from
+	// (a template's) instead of booting: the configuration's disks,
+	// networks and vsock device then replace the snapshot's backends
+	// (restoreOptions), and its machine (size, devices) is the
+	// snapshot's.
+	restore string
+}
+
+// restoreOptions are the vmm.RestoreOptions that attach cfg's backends
+// to a snapshot's devices.
+func restoreOptions(cfg vmm.Config) vmm.RestoreOptions {
+	o := vmm.RestoreOptions{Version: version(), Console: cfg.Console, Input: cfg.Input, Log: cfg.Log,
+		Disks: cfg.Disks, Nets: cfg.Nets, KVMDevice: cfg.KVMDevice, AllowPVM: cfg.AllowPVM}
+	if cfg.Vsock != nil {
+		vs := *cfg.Vsock
+		o.Vsock = &vs
+	}
+	return o
+}
+
+// newVM builds cfg's VM, or restores the snapshot in dir with cfg's
+// backends.
+func newVM(cfg vmm.Config, dir string) (*vmm.VM, error) {
+	if dir != "" {
+		return vmm.Restore(dir, restoreOptions(cfg))
+	}
+	return vmm.New(cfg)
 }
 
 // startVM builds the VM of cfg, in this process or, with o.jail, in a
@@ -94,7 +121,7 @@ func startVM(cfg vmm.Config, o vmOptions) (runningVM, error) {
 	if o.jail.jail {
 		return startJailed(cfg, o)
 	}
-	vm, err := vmm.New(cfg)
+	vm, err := newVM(cfg, o.restore)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +154,9 @@ type wireConfig struct {
 	Input                   string
 	UID, GID                int
 	Root                    string
+	// Restore is the snapshot directory to restore instead of booting
+	// (vmOptions.restore).
+	Restore string
 }
 
 // wireMsg is one message from the jailed VMM process (on its fd 4):
@@ -259,7 +289,9 @@ func jailedVMM(in, out *os.File) error {
 	for i := range cfg.Shares {
 		cfg.Shares[i].Dir = bound[i]
 	}
-	vm, err := vmm.New(cfg)
+	// The VM is built, or restored (its memory file mapped), before the
+	// jail is entered: the files are opened by their host paths.
+	vm, err := newVM(cfg, w.Restore)
 	if err != nil {
 		return fail(err)
 	}
@@ -396,7 +428,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	msgW.Close()
 	w := wireConfig{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
 		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Balloon: cfg.Balloon, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
-		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root}
+		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root, Restore: o.restore}
 	json.NewEncoder(cfgW).Encode(w)
 	cfgW.Close()
 	// The VMM process may be the guest's by now: what it says is

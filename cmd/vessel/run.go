@@ -60,6 +60,7 @@ type runFlags struct {
 	pidsLimit        int64
 	logOpts          []string
 	maxImageSize     string
+	noTemplate       bool
 	jail             jailFlags
 }
 
@@ -129,6 +130,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.maxImageSize, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	addJailFlags(fl, &f.jail)
+	fl.BoolVar(&f.noTemplate, "no-template", false, "boot the VM cold instead of restoring the cached template (README \"Templates\")")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
 }
@@ -151,6 +153,9 @@ type runPlan struct {
 	volumes  []agentproto.Volume
 	logOpts  container.LogOptions
 	cfg      vmm.Config
+	// template, if set, is the template the VM is restored from
+	// (README "Templates"); nil boots it.
+	template *templateSpec
 }
 
 // planRun checks the flags and resolves the image; it boots nothing.
@@ -312,6 +317,11 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		// The VMM's reports of a misbehaving guest driver: a detached
 		// container's go to vessel.log in its state directory.
 		Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n"),
+	}
+	// A template holds an empty slot for the image's disk and a user
+	// network or none: runs with volumes or a scratch disk boot.
+	if !f.noTemplate && p.scratch == 0 && len(shares) == 0 {
+		p.template = &templateSpec{kernel: kernel, initrd: initrd, cpus: f.cpus, memory: mem, user: un != nil}
 	}
 	return p, nil
 }
@@ -612,7 +622,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		defer os.Remove(st.Scratch)
 	}
 
-	vm, err := startVM(p.cfg, vmOptions{jail: f.jail, name: p.id})
+	vm, err := startRunVM(p, f)
 	if err != nil {
 		e := classify(err)
 		var ee *exitError
@@ -733,6 +743,31 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return &exitError{code: status}
 	}
 	return nil
+}
+
+// startRunVM starts the container's VM: restored from its template when
+// it has one (built first if the cache has none), else booted. A
+// template that cannot be built or restored is reported in one line and
+// the VM boots; one the restore refuses is dropped from the cache.
+func startRunVM(p *runPlan, f runFlags) (runningVM, error) {
+	o := vmOptions{jail: f.jail, name: p.id}
+	if p.template == nil {
+		return startVM(p.cfg, o)
+	}
+	snap, err := templateFor(*p.template)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
+		return startVM(p.cfg, o)
+	}
+	o.restore = snap
+	vm, err := startVM(p.cfg, o)
+	if err != nil && (errors.Is(err, vmm.ErrSnapshot) || strings.Contains(err.Error(), vmm.ErrSnapshot.Error())) {
+		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
+		dropTemplate(snap)
+		o.restore = ""
+		return startVM(p.cfg, o)
+	}
+	return vm, err
 }
 
 // guestFailure reports a VM that ended or failed around the container.

@@ -38,7 +38,7 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 		if err != nil {
 			return usageErr("--vsock %s: %v", f.vsock, err)
 		}
-		o.VsockPath, o.VsockCID = vs.Path, vs.CID
+		o.Vsock = vs
 	}
 	if len(f.nets) > 0 {
 		// New backends for the snapshot's network devices, one each;

@@ -99,6 +99,12 @@ const (
 	// OpUpdate applies Resources to a container's cgroup (runc update).
 	// An agent older than it answers "unknown operation".
 	OpUpdate = "update"
+	// OpTemplate tells an agent that has no container yet that the host
+	// is about to snapshot its VM as a template. The agent replies;
+	// when its control connection is then reset (a restored clone's
+	// vsock transport reset), it dials the host again, says hello, and
+	// serves the clone's host as a fresh agent would.
+	OpTemplate = "template"
 )
 
 // Request is what the host asks of the agent.

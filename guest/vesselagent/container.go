@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
@@ -303,7 +304,13 @@ func (c *container) mount(src, dst, fstype string, flags uintptr, data string) e
 	return nil
 }
 
-// diskBySerial finds the virtio disk whose serial is s.
+// diskWait bounds the wait for a disk's size to arrive.
+const diskWait = 5 * time.Second
+
+// diskBySerial finds the virtio disk whose serial is s. In a VM restored
+// from a template the disk was an empty slot until the restore attached
+// the image, and the kernel learns its size from a configuration change
+// it handles on its own time: an empty disk is waited for, a while.
 func diskBySerial(s string) (string, error) {
 	if s == "" {
 		return "", errors.New("create: no image disk")
@@ -311,9 +318,19 @@ func diskBySerial(s string) (string, error) {
 	devs, _ := filepath.Glob("/sys/block/vd*")
 	for _, d := range devs {
 		b, err := os.ReadFile(filepath.Join(d, "serial"))
-		if err == nil && strings.TrimSpace(string(b)) == s {
-			return "/dev/" + filepath.Base(d), nil
+		if err != nil || strings.TrimSpace(string(b)) != s {
+			continue
 		}
+		for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+			b, err := os.ReadFile(filepath.Join(d, "size"))
+			if err == nil && strings.TrimSpace(string(b)) != "0" {
+				break
+			}
+			if time.Since(start) > diskWait {
+				return "", fmt.Errorf("create: disk %q is empty", s)
+			}
+		}
+		return "/dev/" + filepath.Base(d), nil
 	}
 	return "", fmt.Errorf("create: no disk with serial %q", s)
 }

@@ -52,12 +52,21 @@ func main() {
 	a := &agent{reaper: newReaper(), containers: map[string]*container{}}
 	runc.Monitor = a.reaper
 
-	conn, err := dialHost(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
-	if err != nil {
-		log.Fatalf("%v", err)
+	for {
+		conn, err := dialHost(agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+		if err != nil {
+			log.Fatalf("%v", err)
+		}
+		a.wmu.Lock()
+		a.ctl = conn
+		a.wmu.Unlock()
+		if !a.serve(bufio.NewReader(conn)) {
+			return
+		}
+		// A template's clone: the snapshot's host is gone, the clone's
+		// listens on the same port.
+		conn.Close()
 	}
-	a.ctl = conn
-	a.serve(bufio.NewReader(conn))
 }
 
 // dialHost opens a connection to the host's agent port and says hello.
@@ -90,6 +99,9 @@ type agent struct {
 	// shares are the 9P shares mounted for the VM's life (a pod's), by
 	// mount tag.
 	shares map[string]string
+	// template is set once the host said OpTemplate: the end of the
+	// control connection is then a restore, not the host going away.
+	template bool
 }
 
 // send writes one reply or event on the control connection.
@@ -103,21 +115,34 @@ func (a *agent) send(r agentproto.Reply) {
 
 // serve handles requests until the host says shutdown or goes away.
 // Requests run concurrently (a create may take a while; a signal must
-// not wait for it); each gets its reply.
-func (a *agent) serve(r io.Reader) {
+// not wait for it); each gets its reply. It reports whether the agent
+// should dial the host again: the connection of a template's agent
+// ended, which is its clone being restored.
+func (a *agent) serve(r io.Reader) bool {
 	for {
 		var req agentproto.Request
 		if err := agentproto.Read(r, &req); err != nil {
+			a.mu.Lock()
+			clone := a.template
+			a.template = false
+			a.mu.Unlock()
+			if clone {
+				return true
+			}
 			if !errors.Is(err, io.EOF) {
 				log.Printf("control connection: %v", err)
 			}
 			a.shutdown()
-			return
+			return false
 		}
-		if req.Op == agentproto.OpShutdown {
+		switch req.Op {
+		case agentproto.OpShutdown:
 			a.shutdown()
 			a.send(agentproto.Reply{ID: req.ID})
-			return
+			return false
+		case agentproto.OpTemplate:
+			a.send(a.templateReply(req.ID))
+			continue
 		}
 		go func() {
 			rep := a.handle(&req)
@@ -125,6 +150,20 @@ func (a *agent) serve(r io.Reader) {
 			a.send(rep)
 		}()
 	}
+}
+
+// templateReply answers OpTemplate: only an agent without containers
+// can become a template.
+func (a *agent) templateReply(id uint64) agentproto.Reply {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.containers) > 0 {
+		r := fail(errors.New("template: the agent has containers"))
+		r.ID = id
+		return r
+	}
+	a.template = true
+	return agentproto.Reply{ID: id}
 }
 
 // handle carries out one request.

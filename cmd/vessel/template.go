@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// Templates (README "Templates"): the first `vessel run` for a kernel,
+// initramfs, VM size and network mode boots a VM up to an agent waiting
+// for its first container, snapshots it into the cache, and every later
+// run restores that snapshot instead of booting. The image's disk and the
+// network's backend are attached to the restored VM (its devices were
+// there, empty, when the template was taken); the restored kernel
+// reseeds its random numbers (the VM Generation ID), and the agent dials
+// the new vessel process.
+
+// templateFormat changes when what a template holds changes.
+const templateFormat = 1
+
+// templateMAC is the MAC of a template's user network device: every
+// clone keeps it, each in its own private user network.
+var templateMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x76, 0x73, 0x6c}
+
+// templateBuildTimeout bounds the boot of a template VM up to its agent.
+const templateBuildTimeout = agentTimeout
+
+// templateSpec is what a template is made for; its key names the cache
+// entry.
+type templateSpec struct {
+	kernel, initrd string
+	cpus           int
+	memory         uint64
+	user           bool // a user network device (else no network)
+}
+
+// key hashes everything the restored VM depends on: vessel's version and
+// executable, the kernel's and initramfs's files, the VM's size and
+// network mode. A change to any gives another key, so a stale template
+// is never used; old ones stay until the cache is cleared.
+func (s templateSpec) key() (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "vessel %s template %d\ncpus %d memory %d user %v\ncmdline %s\n",
+		version(), templateFormat, s.cpus, s.memory, s.user, DefaultCmdline)
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	for _, p := range []string{self, s.kernel, s.initrd} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return "", err
+		}
+		var ino, dev uint64
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			ino, dev = sys.Ino, sys.Dev
+		}
+		fmt.Fprintf(h, "%s %d %d %d %d\n", p, st.Size(), st.ModTime().UnixNano(), ino, dev)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:20], nil
+}
+
+// templateRoot is the templates' cache directory.
+func templateRoot() (string, error) {
+	if d := os.Getenv("VESSEL_TEMPLATE_DIR"); d != "" {
+		return d, nil
+	}
+	c, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(c, "vessel", "templates"), nil
+}
+
+// templateFor returns the snapshot directory of the template for s,
+// building it first if the cache has none. One build runs at a time per
+// key; a second vessel waits for it and uses its result.
+func templateFor(s templateSpec) (string, error) {
+	key, err := s.key()
+	if err != nil {
+		return "", err
+	}
+	root, err := templateRoot()
+	if err != nil {
+		return "", err
+	}
+	snap := filepath.Join(root, key, "snapshot")
+	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
+		return snap, nil
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return "", err
+	}
+	lock, err := os.OpenFile(filepath.Join(root, key+".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
+		return snap, nil
+	}
+	tmp, err := os.MkdirTemp(root, key+".build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	if err := buildTemplate(s, tmp); err != nil {
+		return "", err
+	}
+	final := filepath.Join(root, key)
+	os.RemoveAll(final) // an unfinished entry a killed build left
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	return snap, nil
+}
+
+// dropTemplate removes a template that could not be restored.
+func dropTemplate(snap string) { os.RemoveAll(filepath.Dir(snap)) }
+
+// buildTemplate boots the template VM in dir and snapshots it into
+// dir/snapshot once its agent is up. The VM runs in this process,
+// unjailed: it runs only vessel's own kernel, initramfs and agent, no
+// image and nothing of the user's.
+func buildTemplate(s templateSpec, dir string) (err error) {
+	slot := filepath.Join(dir, "image-slot")
+	if err := os.WriteFile(slot, nil, 0o600); err != nil {
+		return err
+	}
+	sockDir, err := os.MkdirTemp("", container.RunDirPrefix)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockDir)
+	uds := filepath.Join(sockDir, "vsock")
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, agentproto.Port))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var nets []vmm.Net
+	var guestNets []cmdline.Net
+	if s.user {
+		nets = []vmm.Net{{MAC: templateMAC, User: &vmm.UserNet{}}}
+		guestNets = []cmdline.Net{{MAC: templateMAC.String()}}
+	}
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true, Net: guestNets})
+	if err != nil {
+		return err
+	}
+	cfg := vmm.Config{
+		Kernel: s.kernel, Initrd: s.initrd, Cmdline: DefaultCmdline + " " + extra,
+		CPUs: s.cpus, Memory: s.memory, Console: io.Discard, Log: io.Discard,
+		Disks:   []vmm.Disk{{Path: slot, ReadOnly: true, Serial: imageDiskSerial}},
+		Nets:    nets,
+		Vsock:   &vmm.Vsock{CID: 3, Path: uds},
+		Balloon: vmm.FreePageReporting(),
+	}
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+	results := make(chan vmm.Result, 1)
+	go func() { results <- vm.Run() }()
+	defer func() {
+		vm.Stop()
+		res := <-results
+		if err == nil && res.Kind != vmm.ExitStopped {
+			err = fmt.Errorf("the template VM ended: %v", res)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), templateBuildTimeout)
+	defer cancel()
+	ag, err := container.Accept(ctx, ln)
+	if err != nil {
+		return fmt.Errorf("the template's agent did not come up: %w", err)
+	}
+	defer ag.Close()
+	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate}); err != nil {
+		return fmt.Errorf("template: %w", err)
+	}
+	if err := vm.Pause(); err != nil {
+		return err
+	}
+	return vm.Snapshot(filepath.Join(dir, "snapshot"), vmm.SnapshotOptions{Version: version()})
+}

@@ -1,0 +1,92 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vesselvm/vessel/devices/usernet"
+)
+
+// templateProbe is what the containers of TestRunTemplate print: the
+// guest kernel's boot ID (the same in every clone of one template), a
+// fresh UUID from its random number generator, the container's host
+// name, the guest's wall clock, and a page fetched from the host over
+// the user network.
+const templateProbe = `cat /proc/sys/kernel/random/boot_id /proc/sys/kernel/random/uuid; hostname; date +%%s; wget -q -O - http://%s:%d/`
+
+// TestRunTemplate: the first `vessel run` builds the template (a VM
+// booted up to its agent, snapshotted into the cache) and restores it;
+// the second restores the same template; --no-template boots. Clones of
+// the template share its boot ID but read different random numbers,
+// have their own host names, the host's time, and a working network; a
+// cold boot has a boot ID of its own.
+func TestRunTemplate(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "template-ok") }))
+	cache := t.TempDir()
+	env := append(runEnv(t), "VESSEL_TEMPLATE_DIR="+cache)
+	probe := fmt.Sprintf(templateProbe, usernet.HostName, ln.Addr().(*net.TCPAddr).Port)
+	type out struct{ bootID, uuid, host string }
+	run := func(what string, extra ...string) out {
+		t.Helper()
+		args := append([]string{"--rm", "--network", "user,host-loopback"}, extra...)
+		args = append(args, runImage, "sh", "-c", probe)
+		start := time.Now()
+		r := vesselRun(t, env, "", args...)
+		end := time.Now()
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if r.code != 0 || len(lines) != 5 || lines[4] != "template-ok" {
+			t.Fatalf("%s:\n%v", what, r)
+		}
+		if r.stderr != "" {
+			t.Errorf("%s wrote to stderr:\n%s", what, r.stderr)
+		}
+		sec, _ := strconv.ParseInt(lines[3], 10, 64)
+		if at := time.Unix(sec, 0); at.Before(start.Add(-2*time.Second)) || at.After(end.Add(2*time.Second)) {
+			t.Errorf("%s: guest time %v outside the run [%v, %v]", what, at, start, end)
+		}
+		t.Logf("%s: %v", what, r.elapsed.Round(time.Millisecond))
+		return out{lines[0], lines[1], lines[2]}
+	}
+	first := run("first run (builds the template)")
+	ents, _ := os.ReadDir(cache)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	snaps, _ := filepath.Glob(filepath.Join(cache, "*", "snapshot", "vm.state"))
+	if len(snaps) != 1 {
+		t.Fatalf("template cache holds %v, want one template", names)
+	}
+	second := run("second run (restores it)")
+	cold := run("--no-template run (boots)", "--no-template")
+	if first.bootID != second.bootID {
+		t.Errorf("the two runs have boot IDs %s and %s: not one template's clones", first.bootID, second.bootID)
+	}
+	if first.uuid == second.uuid {
+		t.Errorf("both clones of the template read UUID %s: the restored kernel did not reseed", first.uuid)
+	}
+	if first.host == second.host {
+		t.Errorf("both clones are named %s", first.host)
+	}
+	if cold.bootID == first.bootID {
+		t.Errorf("--no-template run has the template's boot ID %s", cold.bootID)
+	}
+}
