@@ -198,11 +198,12 @@ bench-io: build guest
 		-kernel "$(GUEST_DIR)/bzImage" -initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_IO_FLAGS) 2>&1 | tee build/bench-io.md
 
 ## bench-run: container start-up benchmark (bench/run): `vessel run IMAGE
-## true` end to end (no network, and the default user network) against
-## `vessel vm run -- true` and the host's runc running the same root file
-## system; `docker run --runtime vessel` against `--runtime runc` on one
-## dockerd; plus the memory of one running container under each. Not a test: no
-## thresholds. The report goes to stdout and build/bench-run.md.
+## true` end to end (from the template, booted cold, and with the default
+## user network) against `vessel vm run -- true` and the host's runc running
+## the same root file system; `docker run --runtime vessel` against
+## `--runtime runc` on one dockerd; the memory of one running container
+## under each; and density: 8 idle containers from one template against 8
+## cold-booted, their PSS summed. Not a test: no thresholds. The report goes to stdout and build/bench-run.md.
 ## BENCH_RUN_FLAGS adds benchrun flags (e.g. -runs 9).
 BENCH_RUN_FLAGS ?=
 bench-run: deps build guest

@@ -71,7 +71,8 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		return err
 	}
 	b := &bench{vessel: vessel, runc: runc, work: work,
-		env: append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(work, "data"), "XDG_RUNTIME_DIR="+filepath.Join(work, "run"))}
+		env: append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(work, "data"), "XDG_RUNTIME_DIR="+filepath.Join(work, "run"),
+			"VESSEL_TEMPLATE_DIR="+filepath.Join(work, "templates"))}
 	img, err := bbimage.Build()
 	if err != nil {
 		return err
@@ -84,9 +85,12 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 	if _, err := b.cmd("image", "load", archive); err != nil {
 		return err
 	}
-	// The first run builds the image's disk (cached afterwards): not timed.
-	if _, err := b.cmd("run", "--rm", "--network", "none", image, "true"); err != nil {
-		return err
+	// The first runs build the image's disk and the templates (one per
+	// network mode), cached afterwards: not timed.
+	for _, args := range [][]string{{"--network", "none"}, nil} {
+		if _, err := b.cmd(append(append([]string{"run", "--rm"}, args...), image, "true")...); err != nil {
+			return err
+		}
 	}
 
 	type row struct {
@@ -94,9 +98,12 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		times []float64 // ms
 		note  string
 	}
+	// Rows 0-2 are vessel run; 3 and 4 the references the ratios use.
+	const vmRow, runcRow, coldRow = 3, 4, 1
 	rows := []*row{
-		{what: "vessel run --network none IMAGE true"},
-		{what: "vessel run IMAGE true (user network)"},
+		{what: "vessel run --network none IMAGE true (from the template)"},
+		{what: "vessel run --network none --no-template IMAGE true (cold boot)"},
+		{what: "vessel run IMAGE true (user network, from the template)"},
 		{what: "vessel vm run -- true"},
 		{what: "runc run (same rootfs, host)"},
 	}
@@ -105,6 +112,7 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		fmt.Fprintf(os.Stderr, "benchrun: round %d of %d\n", i+1, runs)
 		for k, args := range [][]string{
 			{"run", "--rm", "--network", "none", image, "true"},
+			{"run", "--rm", "--network", "none", "--no-template", image, "true"},
 			{"run", "--rm", image, "true"},
 			{"vm", "run", "--", "true"},
 		} {
@@ -115,36 +123,56 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 			rows[k].times = append(rows[k].times, ms(d))
 		}
 		if bundleErr != nil {
-			rows[3].note = "unavailable: " + bundleErr.Error()
+			rows[runcRow].note = "unavailable: " + bundleErr.Error()
 			continue
 		}
 		start := time.Now()
 		out, err := exec.Command(runc, "--root", filepath.Join(work, "runc"), "run", "--bundle", bundle, fmt.Sprintf("bench%d", i)).CombinedOutput()
 		if err != nil {
-			rows[3].note = fmt.Sprintf("unavailable: runc run: %v: %s", err, benchutil.FirstLine(out))
-			bundleErr = errors.New(rows[3].note)
+			rows[runcRow].note = fmt.Sprintf("unavailable: runc run: %v: %s", err, benchutil.FirstLine(out))
+			bundleErr = errors.New(rows[runcRow].note)
 			continue
 		}
-		rows[3].times = append(rows[3].times, ms(time.Since(start)))
+		rows[runcRow].times = append(rows[runcRow].times, ms(time.Since(start)))
 	}
 
 	dockerTimes, dockerPSS, dockerErr := dockerBench(work, runtime, guestDir, archive, runs)
 	vmRSS, vmPSS, memErr := b.vesselMemory()
+	densTemplate, densTemplateErr := b.density(densityN, false)
+	densCold, densColdErr := b.density(densityN, true)
 	ctrRSS, runcRSS, runcErr := b.runcMemory(bundleErr)
 
 	fmt.Printf("# vessel run benchmark\n\nPlatform: %s. Medians of %d runs (range), wall time of each command from start to exit.\n\n", benchutil.Describe(), runs)
-	fmt.Println("| what | median | range | vs runc run | vs vessel vm run |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| what | median | range | vs runc run | vs vessel vm run | vs cold boot |")
+	fmt.Println("|---|---|---|---|---|---|")
 	med := func(r *row) float64 { return benchutil.Summarize(r.times).Median }
 	for _, r := range rows {
 		if len(r.times) == 0 {
-			fmt.Printf("| %s | %s | | | |\n", r.what, r.note)
+			fmt.Printf("| %s | %s | | | | |\n", r.what, r.note)
 			continue
 		}
 		s := benchutil.Summarize(r.times)
-		fmt.Printf("| %s | %.0f ms | %.0f-%.0f ms | %s | %s |\n", r.what, s.Median, s.Min, s.Max,
-			ratio(s.Median, med(rows[3])), ratio(s.Median, med(rows[2])))
+		fmt.Printf("| %s | %.0f ms | %.0f-%.0f ms | %s | %s | %s |\n", r.what, s.Median, s.Min, s.Max,
+			ratio(s.Median, med(rows[runcRow])), ratio(s.Median, med(rows[vmRow])), ratio(s.Median, med(rows[coldRow])))
 	}
+	fmt.Println("\nGoal (issue 12): from the template ≤ 0.25x the cold boot.")
+	fmt.Printf("\n## Density: %d idle containers (`sleep`, --network none, -m %s)\n\n", densityN, densityMemory)
+	fmt.Println("Sum of the PSS of every host process that serves them (each vessel process and its children: the jailed VMM with guest RAM).")
+	fmt.Println()
+	fmt.Println("| what | PSS, all | per container | vs cold boots |")
+	fmt.Println("|---|---|---|---|")
+	for _, d := range []struct {
+		what string
+		pss  float64
+		err  error
+	}{{"restored from one template", densTemplate, densTemplateErr}, {"cold-booted (--no-template)", densCold, densColdErr}} {
+		if d.err != nil {
+			fmt.Printf("| %s | unavailable: %v | | |\n", d.what, d.err)
+			continue
+		}
+		fmt.Printf("| %s | %.1f MiB | %.1f MiB | %s |\n", d.what, d.pss, d.pss/densityN, ratio(d.pss, densCold))
+	}
+	fmt.Println("\nGoal (issue 12): from one template ≤ 0.5x the cold boots.")
 	fmt.Print("\n## docker run: vessel-runtime against runc, one dockerd\n\n")
 	if dockerErr != nil {
 		fmt.Printf("unavailable: %v\n", dockerErr)
@@ -162,7 +190,7 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		fmt.Printf("| docker --runtime vessel: shim + VMM process | %.1f MiB | %s |\n", dockerPSS["vessel"], ratio(dockerPSS["vessel"], dockerPSS["runc"]))
 		fmt.Printf("| docker --runtime runc: shim + container process | %.1f MiB | 1.00x |\n", dockerPSS["runc"])
 		if memErr == nil {
-			fmt.Printf("| vessel run -d (its vessel process) | %.1f MiB | %s |\n", vmPSS, ratio(vmPSS, dockerPSS["runc"]))
+			fmt.Printf("| vessel run -d (its vessel process and its children) | %.1f MiB | %s |\n", vmPSS, ratio(vmPSS, dockerPSS["runc"]))
 		}
 	}
 	fmt.Println("\n## Memory of one running container (`sleep`)")
@@ -170,9 +198,9 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 	fmt.Println("| what | RSS | PSS |")
 	fmt.Println("|---|---|---|")
 	if memErr != nil {
-		fmt.Printf("| vessel (the process running the VM, guest RAM included) | unavailable: %v | |\n", memErr)
+		fmt.Printf("| vessel (its process tree: vessel, the jailed VMM with guest RAM) | unavailable: %v | |\n", memErr)
 	} else {
-		fmt.Printf("| vessel (the process running the VM, guest RAM included) | %.1f MiB | %.1f MiB |\n", vmRSS, vmPSS)
+		fmt.Printf("| vessel (its process tree: vessel, the jailed VMM with guest RAM) | %.1f MiB | %.1f MiB |\n", vmRSS, vmPSS)
 	}
 	if runcErr != nil {
 		fmt.Printf("| runc container on the host | unavailable: %v | |\n", runcErr)
@@ -275,8 +303,55 @@ func (b *bench) runcMemory(bundleErr error) (ctr, runcRSS float64, err error) {
 	return ctr, runcRSS, err
 }
 
+// The density workload: how many idle containers, and their VMs' size.
+const (
+	densityN      = 8
+	densityMemory = "256M"
+)
+
+// density starts n idle detached containers, restored from the
+// template or (cold) booted, lets them settle, and sums the PSS of the
+// process trees serving them (MiB).
+func (b *bench) density(n int, cold bool) (float64, error) {
+	kind := "t"
+	if cold {
+		kind = "c"
+	}
+	var names []string
+	defer func() {
+		for _, name := range names {
+			b.cmd("rm", "-f", name)
+		}
+	}()
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("dens-%s%d", kind, i)
+		args := []string{"run", "-d", "--name", name, "--network", "none", "-m", densityMemory}
+		if cold {
+			args = append(args, "--no-template")
+		}
+		if _, err := b.cmd(append(args, image, "sleep", "600")...); err != nil {
+			return 0, err
+		}
+		names = append(names, name)
+	}
+	time.Sleep(3 * time.Second) // let the guests settle
+	var sum float64
+	for _, name := range names {
+		st, err := container.Find(filepath.Join(b.work, "run", "vessel", "containers"), name)
+		if err != nil {
+			return 0, err
+		}
+		_, pss, err := benchutil.TreeMemory(st.Pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += pss
+	}
+	return sum, nil
+}
+
 // vesselMemory starts a detached container and measures its vessel
-// process (MiB).
+// process and its children (the jailed VMM), in MiB.
 func (b *bench) vesselMemory() (rss, pss float64, err error) {
 	if _, err := b.cmd("run", "-d", "--name", "mem", "--network", "none", image, "sleep", "600"); err != nil {
 		return 0, 0, err
@@ -287,5 +362,5 @@ func (b *bench) vesselMemory() (rss, pss float64, err error) {
 		return 0, 0, err
 	}
 	time.Sleep(2 * time.Second) // let the guest settle
-	return benchutil.ProcMemory(st.Pid)
+	return benchutil.TreeMemory(st.Pid)
 }

@@ -3,6 +3,7 @@ package benchutil
 import (
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,5 +82,26 @@ func TestProcMemory(t *testing.T) {
 	}
 	if _, _, err := ProcMemory(-1); err == nil {
 		t.Error("ProcMemory of no process succeeded")
+	}
+}
+
+// TreeMemory of a process with a child counts both.
+func TestTreeMemory(t *testing.T) {
+	c := exec.Command("sleep", "30")
+	if err := c.Start(); err != nil {
+		t.Skip(err)
+	}
+	defer func() { c.Process.Kill(); c.Wait() }()
+	self, _, err := ProcMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, _, err := ProcMemory(c.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss, _, err := TreeMemory(os.Getpid())
+	if err != nil || rss < self+child*0.5 {
+		t.Errorf("TreeMemory(self) RSS %.2f MiB, %v; want about self %.2f + child %.2f", rss, err, self, child)
 	}
 }

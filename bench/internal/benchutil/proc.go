@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -96,4 +97,48 @@ func RuncPid(ctx context.Context, runc, root, id string, within time.Duration) i
 func FirstLine(b []byte) string {
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	return s
+}
+
+// TreeMemory sums ProcMemory over pid and its descendants (a vessel
+// process, its jailed VMM and its network helper, say), in MiB.
+func TreeMemory(pid int) (rss, pss float64, err error) {
+	children := map[int][]int{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and ')'.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], p)
+	}
+	var walk func(int) error
+	walk = func(p int) error {
+		r, s, err := ProcMemory(p)
+		if err != nil {
+			return err
+		}
+		rss, pss = rss+r, pss+s
+		for _, c := range children[p] {
+			if err := walk(c); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		return nil
+	}
+	err = walk(pid)
+	return rss, pss, err
 }
