@@ -115,6 +115,13 @@ func templateFor(s templateSpec) (string, error) {
 	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
 		return snap, nil
 	}
+	// Builds of this key that a killed vessel left: nobody else can be
+	// making one while we hold the lock.
+	if stale, err := filepath.Glob(filepath.Join(root, key+".build-*")); err == nil {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp(root, key+".build-")
 	if err != nil {
 		return "", err
