@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// A template's key changes with every input the restored VM depends on,
+// and only with them.
+func TestTemplateKey(t *testing.T) {
+	dir := t.TempDir()
+	kernel, initrd := filepath.Join(dir, "bzImage"), filepath.Join(dir, "initrd")
+	for _, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := templateSpec{kernel: kernel, initrd: initrd, cpus: 1, memory: 512 << 20, user: true}
+	key := func(s templateSpec) string {
+		t.Helper()
+		k, err := s.key()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k0 := key(base)
+	if key(base) != k0 {
+		t.Fatal("the key of one spec changed")
+	}
+	seen := map[string]string{k0: "base"}
+	for name, s := range map[string]templateSpec{
+		"cpus":    {kernel: kernel, initrd: initrd, cpus: 2, memory: 512 << 20, user: true},
+		"memory":  {kernel: kernel, initrd: initrd, cpus: 1, memory: 256 << 20, user: true},
+		"network": {kernel: kernel, initrd: initrd, cpus: 1, memory: 512 << 20, user: false},
+	} {
+		k := key(s)
+		if other, ok := seen[k]; ok {
+			t.Errorf("%s: same key as %s", name, other)
+		}
+		seen[k] = name
+	}
+	// A rebuilt kernel (new contents, new time) is another template.
+	later := time.Now().Add(time.Hour)
+	if err := os.WriteFile(kernel, []byte("xy"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(kernel, later, later)
+	if key(base) == k0 {
+		t.Error("a rebuilt kernel kept the key")
+	}
+	if _, err := (templateSpec{kernel: filepath.Join(dir, "missing"), initrd: initrd}).key(); err == nil {
+		t.Error("a missing kernel has a key")
+	}
+}
