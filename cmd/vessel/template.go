@@ -97,12 +97,15 @@ func templateFor(s templateSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return "", err
+	}
+	if err := privateDir(root); err != nil {
+		return "", err
+	}
 	snap := filepath.Join(root, key, "snapshot")
 	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
 		return snap, nil
-	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return "", err
 	}
 	lock, err := os.OpenFile(filepath.Join(root, key+".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -136,6 +139,26 @@ func templateFor(s templateSpec) (string, error) {
 		return "", err
 	}
 	return snap, nil
+}
+
+// privateDir refuses a templates directory another user could write: a
+// template planted there would run every container in the planter's
+// guest kernel.
+func privateDir(dir string) error {
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	switch {
+	case !st.IsDir():
+		return fmt.Errorf("%s is not a directory", dir)
+	case !ok || int(sys.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is not owned by this user", dir)
+	case st.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s has mode %#o, writable by other users", dir, st.Mode().Perm())
+	}
+	return nil
 }
 
 // dropTemplate removes a template that could not be restored.

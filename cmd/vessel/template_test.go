@@ -55,3 +55,28 @@ func TestTemplateKey(t *testing.T) {
 		t.Error("a missing kernel has a key")
 	}
 }
+
+// A templates directory others can write, or a symbolic link, is
+// refused: templateFor then fails and the run boots.
+func TestTemplateDirPrivate(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.Mkdir(good, 0o700)
+	open := filepath.Join(dir, "open")
+	os.Mkdir(open, 0o700)
+	os.Chmod(open, 0o777)
+	link := filepath.Join(dir, "link")
+	os.Symlink(good, link)
+	if err := privateDir(good); err != nil {
+		t.Errorf("private directory refused: %v", err)
+	}
+	for _, d := range []string{open, link} {
+		if err := privateDir(d); err == nil {
+			t.Errorf("%s accepted", d)
+		}
+	}
+	t.Setenv("VESSEL_TEMPLATE_DIR", open)
+	if _, err := templateFor(templateSpec{kernel: "/proc/self/exe", initrd: "/proc/self/exe"}); err == nil {
+		t.Error("templateFor used a world-writable directory")
+	}
+}
