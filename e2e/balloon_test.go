@@ -9,12 +9,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vesselvm/vessel/internal/proctree"
 )
 
 // balloonAlloc is what the container of TestBalloonReturnsMemory
@@ -93,45 +94,22 @@ func TestBalloonReturnsMemory(t *testing.T) {
 // treeRSS sums the resident memory (VmRSS) of pid and its descendants.
 func treeRSS(t *testing.T, pid int) uint64 {
 	t.Helper()
-	children := map[int][]int{}
-	ents, err := os.ReadDir("/proc")
+	tree, err := proctree.Tree(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		children[ppid] = append(children[ppid], p)
-	}
 	var sum uint64
-	var walk func(int)
-	walk = func(p int) {
+	for _, p := range tree {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
-		if err == nil {
-			for _, l := range strings.Split(string(b), "\n") {
-				if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-					kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-					sum += kb << 10
-				}
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				sum += kb << 10
 			}
 		}
-		for _, c := range children[p] {
-			walk(c)
-		}
 	}
-	walk(pid)
 	return sum
 }

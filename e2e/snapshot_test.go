@@ -69,58 +69,14 @@ func TestSnapshotRestore(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	initrd := guestInitrd(t)
 	dir := t.TempDir()
-	api := filepath.Join(dir, "api.sock")
-	snap := filepath.Join(dir, "snap")
 	seed := fmt.Sprintf("vessel-%d", time.Now().UnixNano())
 	want := countResult(seed, nil)
-
-	// The first vessel: boots and computes, serving the API.
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	a := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", initrd,
-		"--api", api, "--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestSnapshotCount$", "-test.v", "-e2e.seed="+seed)
-	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
-	a.WaitDelay = 10 * time.Second
-	var aOut, aErr syncBuffer
-	a.Stdout, a.Stderr = &aOut, &aErr
-	start := time.Now()
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	aDone := make(chan error, 1)
-	go func() { aDone <- a.Wait() }()
-	mark := fmt.Sprintf("step %d ", countSnapAt)
-	for !strings.Contains(aOut.String(), mark) {
-		select {
-		case err := <-aDone:
-			t.Fatalf("the first vessel ended before step %d (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", countSnapAt, err, aOut.String(), aErr.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	t.Logf("guest at step %d after %v; snapshotting", countSnapAt, time.Since(start).Round(time.Millisecond))
-
-	s := time.Now()
-	r := vessel(t, "vm", "snapshot", "--api", api, snap)
-	if r.code != 0 {
-		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stdout ---\n%s\n--- stderr ---\n%s", r, aOut.String(), aErr.String())
-	}
-	t.Logf("snapshot taken in %v", time.Since(s).Round(time.Millisecond))
-	select {
-	case err := <-aDone:
-		if err != nil {
-			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the first vessel did not exit after the snapshot")
-	}
-	before := aOut.String()
+	// The first vessel boots and computes, serving the API.
+	snap, before := snapshotGuest(t, dir, fmt.Sprintf("step %d ", countSnapAt), nil,
+		[]string{"-test.run", "^TestGuestSnapshotCount$", "-e2e.seed=" + seed})
 	if strings.Contains(before, "result ") {
 		t.Fatalf("the guest finished before the snapshot:\n%s", before)
-	}
-	if _, err := os.Lstat(api); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("API socket left after the first vessel exited: %v", err)
 	}
 	mem, err := os.Stat(filepath.Join(snap, "memory"))
 	if err != nil {
@@ -151,7 +107,7 @@ func TestSnapshotRestore(t *testing.T) {
 	})
 
 	// The second vessel: restores and finishes.
-	r = vessel(t, "vm", "run", "--restore", snap)
+	r := vessel(t, "vm", "run", "--restore", snap)
 	if r.code != 0 {
 		t.Fatalf("restored run:\n%v\n--- before the snapshot ---\n%s", r, before)
 	}
@@ -166,6 +122,57 @@ func TestSnapshotRestore(t *testing.T) {
 	if left := liveProcesses(func(args []string) bool { return strings.Contains(strings.Join(args, " "), dir) }); len(left) > 0 {
 		t.Errorf("processes left: %v", left)
 	}
+}
+
+// snapshotGuest boots a guest running the guest test named by guestArgs
+// in a vessel serving the VM API (with vmArgs before the command), waits
+// until the guest printed mark, snapshots it into dir/snap through the
+// API and checks that the first vessel then exits cleanly. It returns the
+// snapshot's directory and what the guest printed before it.
+func snapshotGuest(t *testing.T, dir, mark string, vmArgs, guestArgs []string) (snap, before string) {
+	t.Helper()
+	api := filepath.Join(dir, "api.sock")
+	snap = filepath.Join(dir, "snap")
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	args := append([]string{"vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t), "--api", api}, vmArgs...)
+	args = append(append(args, "--", "/e2e.test", "-e2e.guest", "-test.v"), guestArgs...)
+	a := exec.CommandContext(ctx, vesselBin, args...)
+	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
+	a.WaitDelay = 10 * time.Second
+	var aOut, aErr syncBuffer
+	a.Stdout, a.Stderr = &aOut, &aErr
+	start := time.Now()
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan error, 1)
+	go func() { aDone <- a.Wait() }()
+	for !strings.Contains(aOut.String(), mark) {
+		select {
+		case err := <-aDone:
+			t.Fatalf("the first vessel ended before the guest printed %q (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", mark, err, aOut.String(), aErr.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Logf("guest printed %q after %v; snapshotting", mark, time.Since(start).Round(time.Millisecond))
+	s := time.Now()
+	if r := vessel(t, "vm", "snapshot", "--api", api, snap); r.code != 0 {
+		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stdout ---\n%s\n--- stderr ---\n%s", r, aOut.String(), aErr.String())
+	}
+	t.Logf("snapshot taken in %v", time.Since(s).Round(time.Millisecond))
+	select {
+	case err := <-aDone:
+		if err != nil {
+			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first vessel did not exit after the snapshot")
+	}
+	if _, err := os.Lstat(api); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("API socket left after the first vessel exited: %v", err)
+	}
+	return snap, aOut.String()
 }
 
 // checkRestoreRefused writes a snapshot directory whose state file is
@@ -235,45 +242,12 @@ func TestSnapshotClones(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	initrd := guestInitrd(t)
 	dir := t.TempDir()
-	api := filepath.Join(dir, "api.sock")
-	snap := filepath.Join(dir, "snap")
-
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	a := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", initrd,
-		"--api", api, "--vsock", filepath.Join(dir, "a.sock"), "--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestClone$", "-test.v")
-	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
-	a.WaitDelay = 10 * time.Second
-	var aOut, aErr syncBuffer
-	a.Stdout, a.Stderr = &aOut, &aErr
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	aDone := make(chan error, 1)
-	go func() { aDone <- a.Wait() }()
-	for !strings.Contains(aOut.String(), "clone 2 ") {
-		select {
-		case err := <-aDone:
-			t.Fatalf("the first vessel ended early (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", err, aOut.String(), aErr.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if r := vessel(t, "vm", "snapshot", "--api", api, snap); r.code != 0 {
-		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stderr ---\n%s", r, aErr.String())
-	}
-	select {
-	case err := <-aDone:
-		if err != nil {
-			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the first vessel did not exit after the snapshot")
-	}
-	for _, m := range cloneLine.FindAllStringSubmatch(aOut.String(), -1) {
+	snap, before := snapshotGuest(t, dir, "clone 2 ", []string{"--vsock", filepath.Join(dir, "a.sock")},
+		[]string{"-test.run", "^TestGuestClone$"})
+	for _, m := range cloneLine.FindAllStringSubmatch(before, -1) {
 		if m[5] == "true" {
-			t.Fatalf("the guest reported a reseed for a fork before any restore:\n%s", aOut.String())
+			t.Fatalf("the guest reported a reseed for a fork before any restore:\n%s", before)
 		}
 	}
 	// A restored guest whose clock went on from the snapshot would lag
@@ -397,7 +371,6 @@ func TestSnapshotNetwork(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	initrd := guestInitrd(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -405,43 +378,11 @@ func TestSnapshotNetwork(t *testing.T) {
 	defer ln.Close()
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello-from-host") }))
 	url := fmt.Sprintf("http://%s:%d/", usernet.HostIP, ln.Addr().(*net.TCPAddr).Port)
-	dir := t.TempDir()
-	api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
-
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	a := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", initrd,
-		"--api", api, "--net", "user,host-loopback", "--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestFetchLoop$", "-test.v", "-e2e.url="+url)
-	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
-	a.WaitDelay = 10 * time.Second
-	var aOut, aErr syncBuffer
-	a.Stdout, a.Stderr = &aOut, &aErr
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	aDone := make(chan error, 1)
-	go func() { aDone <- a.Wait() }()
-	for !strings.Contains(aOut.String(), "fetch 1 ok") {
-		select {
-		case err := <-aDone:
-			t.Fatalf("the first vessel ended early (%v):\n--- stdout ---\n%s\n--- stderr ---\n%s", err, aOut.String(), aErr.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if r := vessel(t, "vm", "snapshot", "--api", api, snap); r.code != 0 {
-		t.Fatalf("vessel vm snapshot:\n%v\n--- first vessel's stderr ---\n%s", r, aErr.String())
-	}
-	select {
-	case err := <-aDone:
-		if err != nil {
-			t.Fatalf("the first vessel, stopped after the snapshot: %v\n--- stderr ---\n%s", err, aErr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the first vessel did not exit after the snapshot")
-	}
+	snap, before := snapshotGuest(t, t.TempDir(), "fetch 1 ok", []string{"--net", "user,host-loopback"},
+		[]string{"-test.run", "^TestGuestFetchLoop$", "-e2e.url=" + url})
 	r := vessel(t, "vm", "run", "--restore", snap, "--net", "user,host-loopback")
 	if r.code != 0 || !strings.Contains(r.stdout, "--- PASS: TestGuestFetchLoop") {
-		t.Fatalf("restored run:\n%v\n--- before the snapshot ---\n%s", r, aOut.String())
+		t.Fatalf("restored run:\n%v\n--- before the snapshot ---\n%s", r, before)
 	}
 	if !regexp.MustCompile(`fetch \d+ ok hello-from-host`).MatchString(r.stdout) {
 		t.Fatalf("the restored guest fetched nothing:\n%v", r)

@@ -16,6 +16,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/vesselvm/vessel/internal/proctree"
 )
 
 // ExtractImage writes img's file system to dir. The image is the one bbimage
@@ -102,43 +104,16 @@ func FirstLine(b []byte) string {
 // TreeMemory sums ProcMemory over pid and its descendants (a vessel
 // process, its jailed VMM and its network helper, say), in MiB.
 func TreeMemory(pid int) (rss, pss float64, err error) {
-	children := map[int][]int{}
-	ents, err := os.ReadDir("/proc")
+	tree, err := proctree.Tree(pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and ')'.
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		children[ppid] = append(children[ppid], p)
-	}
-	var walk func(int) error
-	walk = func(p int) error {
+	for i, p := range tree {
 		r, s, err := ProcMemory(p)
-		if err != nil {
-			return err
+		if err != nil && (i == 0 || !errors.Is(err, os.ErrNotExist)) {
+			return 0, 0, err
 		}
 		rss, pss = rss+r, pss+s
-		for _, c := range children[p] {
-			if err := walk(c); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-		}
-		return nil
 	}
-	err = walk(pid)
-	return rss, pss, err
+	return rss, pss, nil
 }
