@@ -46,12 +46,29 @@ type RestoreOptions struct {
 	AllowPVM  bool
 }
 
+// SnapshotInfo is what ReadSnapshot tells of a snapshot's VM: its size
+// and the backends it names, which a restore attaches unless told others.
+type SnapshotInfo struct {
+	CPUs   int
+	Memory uint64
+	Nets   []Net
+	Vsock  *Vsock
+}
+
 // ReadSnapshot reads and checks the state file of the snapshot in dir
 // (envelope, checksum, strict decoding, sizes, the vessel version),
 // without KVM: the checks a restore makes before it creates anything.
-func ReadSnapshot(dir, version string) error {
-	_, err := loadState(dir, version)
-	return err
+// It returns the VM's size and backends.
+func ReadSnapshot(dir, version string) (SnapshotInfo, error) {
+	st, err := loadState(dir, version)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	info := SnapshotInfo{CPUs: st.CPUs, Memory: st.Memory, Nets: st.Nets}
+	if st.Vsock != nil {
+		info.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
+	}
+	return info, nil
 }
 
 func loadState(dir, version string) (*snapState, error) {

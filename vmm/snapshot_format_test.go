@@ -134,21 +134,21 @@ func TestReadSnapshotVersion(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, snapStateFile), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := ReadSnapshot(dir, "v1"); err != nil {
+	if _, err := ReadSnapshot(dir, "v1"); err != nil {
 		t.Fatal(err)
 	}
-	err = ReadSnapshot(dir, "v2")
+	_, err = ReadSnapshot(dir, "v2")
 	if !errors.Is(err, ErrSnapshot) || !strings.Contains(err.Error(), `written by vessel "v1", this is vessel "v2"`) {
 		t.Fatalf("ReadSnapshot of another version: %v", err)
 	}
-	if err := ReadSnapshot(filepath.Join(dir, "missing"), "v1"); !errors.Is(err, ErrSnapshot) {
+	if _, err := ReadSnapshot(filepath.Join(dir, "missing"), "v1"); !errors.Is(err, ErrSnapshot) {
 		t.Fatalf("ReadSnapshot of a missing directory: %v", err)
 	}
 	big := append([]byte("vessel-snapshot 1\n"), make([]byte, maxStateSize)...)
 	if err := os.WriteFile(filepath.Join(dir, snapStateFile), big, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := ReadSnapshot(dir, "v1"); err == nil || !strings.Contains(err.Error(), "larger than") {
+	if _, err := ReadSnapshot(dir, "v1"); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("ReadSnapshot of an oversized state file: %v", err)
 	}
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -14,10 +11,11 @@ import (
 
 // restoreConflicts are the `vessel vm run` flags that describe a VM to
 // boot, which a restore takes from its snapshot instead.
-var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "balloon", "jail"}
+var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "balloon"}
 
 // vmRestore is `vessel vm run --restore DIR`: the VM of a snapshot
-// resumes where it was paused, with the console on this terminal.
+// resumes where it was paused, with the console on this terminal, jailed
+// as a booted VM is (unless --api).
 func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 	for _, name := range restoreConflicts {
 		if cmd.Flags().Changed(name) {
@@ -27,10 +25,13 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 	if len(argv) > 0 {
 		return usageErr("--restore: the guest command comes from the snapshot")
 	}
-	o := vmm.RestoreOptions{
-		Version: version(), Console: os.Stdout, Log: os.Stderr,
-		AllowPVM: os.Getenv("VESSEL_ALLOW_PVM") == "1",
+	if err := f.jail.check(); err != nil {
+		return usageErr("%v", err)
 	}
+	if f.api != "" && f.jail.jail {
+		return usageErr("--api does not work with --jail yet (--api alone runs the VMM unjailed, under its seccomp filter)")
+	}
+	cfg := vmm.Config{Console: os.Stdout, Log: os.Stderr, AllowPVM: os.Getenv("VESSEL_ALLOW_PVM") == "1"}
 	if f.vsock != "" {
 		// A clone of a snapshot gets its own CID with cid=N; the
 		// guest reads it again when told of the transport's reset.
@@ -38,7 +39,7 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 		if err != nil {
 			return usageErr("--vsock %s: %v", f.vsock, err)
 		}
-		o.Vsock = vs
+		cfg.Vsock = vs
 	}
 	if len(f.nets) > 0 {
 		// New backends for the snapshot's network devices, one each;
@@ -47,64 +48,25 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 		if err != nil {
 			return err
 		}
-		o.Nets = nets
-	}
-	if f.metrics != "" {
-		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			return usageErr("--metrics: %v", err)
-		}
-		mf.Close()
+		cfg.Nets = nets
 	}
 	// The snapshot is checked before anything is made: a corrupt or
 	// foreign one leaves no socket behind.
-	if err := vmm.ReadSnapshot(f.restore, o.Version); err != nil {
-		return classify(err)
-	}
-	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
-	vm, err := vmm.Restore(f.restore, o)
+	info, err := vmm.ReadSnapshot(f.restore, version())
 	if err != nil {
 		return classify(err)
 	}
-	defer vm.Close()
-	var restore func()
-	if interactive {
-		if old, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-			restore = func() { term.Restore(int(os.Stdin.Fd()), old) }
-			defer restore()
-		}
-		setInput(vm, "escape")
-	} else {
-		setInput(vm, "stdin")
+	// The jail sizes its limits by the VM's, and serves the snapshot's
+	// vsock device and user network as a booted VM's.
+	cfg.CPUs, cfg.Memory = info.CPUs, info.Memory
+	if cfg.Vsock == nil {
+		cfg.Vsock = info.Vsock
+	} else if info.Vsock == nil {
+		return usageErr("--vsock: the snapshot's VM has no vsock device")
 	}
-	if f.api != "" {
-		srv, err := serveAPI(f.api, vm)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
+	if cfg.Nets == nil {
+		cfg.Nets = info.Nets
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	var hostSig os.Signal
-	go func() {
-		if s, ok := <-sigs; ok {
-			hostSig = s
-			vm.Stop()
-		}
-	}()
-	if err := sandboxVMM(); err != nil {
-		return err
-	}
-	res := vm.Run()
-	if restore != nil {
-		restore()
-	}
-	if f.metrics != "" {
-		if err := writeMetrics(f.metrics, res); err != nil {
-			fmt.Fprintf(os.Stderr, "vessel: --metrics: %v\n", err)
-		}
-	}
-	return resultErr(res, hostSig)
+	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
+	return runConsoleVM(cfg, f, f.restore, interactive)
 }

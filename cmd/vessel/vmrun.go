@@ -88,11 +88,11 @@ Exit statuses: the command's (0-255); 2 invalid usage or input;
 			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
 				return usageErr("unexpected argument %q: put the guest command after --", args[0])
 			}
-			if f.restore != "" {
-				return vmRestore(cmd, f, args)
-			}
 			if f.api != "" && !cmd.Flags().Changed("jail") {
 				f.jail.jail = false // the API drives a VM built in this process (README "The VM API")
+			}
+			if f.restore != "" {
+				return vmRestore(cmd, f, args)
 			}
 			return vmRun(f, args)
 		},
@@ -190,6 +190,14 @@ func vmRun(f vmRunFlags, argv []string) error {
 		return usageErr("/dev/kvm is PVM (kvm_pvm): it runs only PVM-enabled guest kernels; " +
 			"set VESSEL_ALLOW_PVM=1 if --kernel is one, or boot on a VT-x/AMD-V host or through cmd/testvm")
 	}
+	return runConsoleVM(cfg, f, "", interactive)
+}
+
+// runConsoleVM runs cfg's VM, or restores the snapshot in restoreDir
+// with cfg's backends, with the guest console on this terminal (raw when
+// interactive), the VM API if asked for, and host signals stopping it;
+// it returns how the VM ended as vessel's exit.
+func runConsoleVM(cfg vmm.Config, f vmRunFlags, restoreDir string, interactive bool) error {
 	if f.metrics != "" {
 		// Fail on an unwritable metrics path before booting, not after.
 		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -212,7 +220,7 @@ func vmRun(f vmRunFlags, argv []string) error {
 	if interactive {
 		input = "escape"
 	}
-	vm, err := startVM(cfg, vmOptions{jail: f.jail, console: true, input: input})
+	vm, err := startVM(cfg, vmOptions{jail: f.jail, console: true, input: input, restore: restoreDir})
 	if err != nil {
 		return classify(err)
 	}
