@@ -199,8 +199,11 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 	if err := v.restoreVMState(st); err != nil {
 		return nil, snapErr("%v", err)
 	}
+	amd := cpuModel(supported).Vendor == "AuthenticAMD"
 	for id, c := range v.vcpus {
-		if err := restoreVCPU(c.kc, st.VCPUs[id], st.TSCKHz, v.sys); err != nil {
+		s := st.VCPUs[id]
+		s.Sregs.TR = restoredTR(s.Sregs.TR, amd)
+		if err := restoreVCPU(c.kc, s, st.TSCKHz, v.sys); err != nil {
 			return nil, snapErr("%v", err)
 		}
 	}
@@ -285,6 +288,28 @@ func (v *VM) restoreVMState(st *snapState) error {
 		}
 	}
 	return nil
+}
+
+// TSS descriptor types (Intel SDM vol. 3A, 3.5: system descriptor types).
+const (
+	tssAvailable = 9
+	tssBusy      = 11
+)
+
+// restoredTR is the task register to restore. KVM on AMD reports TR busy
+// whatever the VMCB holds (svm_get_segment sets the busy bit: SVM does
+// not track it), and restoring it so puts type 11 in the VMCB where the
+// guest's own LTR left 9. AMD hardware ignores the busy bit of the hidden
+// TR, but QEMU's emulation of SVM, our nested test platform, does not:
+// its I/O permission check (check_io) wants type 9 and raises #GP for
+// every port access of a user process that has iopl or ioperm
+// otherwise. On AMD the type goes back to available; Intel's VM entry
+// requires busy, and gets it.
+func restoredTR(tr kvm.Segment, amd bool) kvm.Segment {
+	if amd && tr.Type == tssBusy {
+		tr.Type = tssAvailable
+	}
+	return tr
 }
 
 // restoreVCPU sets one vCPU's state in the order Firecracker's

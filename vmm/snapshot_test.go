@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"github.com/vesselvm/vessel/kvm"
 	"os"
 	"path/filepath"
 	"sort"
@@ -102,4 +103,14 @@ func TestWriteSnapshot(t *testing.T) {
 			t.Fatal("writeSnapshot onto a file succeeded")
 		}
 	})
+}
+
+func TestRestoredTR(t *testing.T) {
+	busy := kvm.Segment{Type: tssBusy, Present: 1, Limit: 0x4087}
+	if got := restoredTR(busy, true); got.Type != tssAvailable || got.Limit != busy.Limit {
+		t.Errorf("AMD: %+v, want the busy TSS made available", got)
+	}
+	if got := restoredTR(busy, false); got != busy {
+		t.Errorf("Intel: %+v, want it busy as saved", got)
+	}
 }
