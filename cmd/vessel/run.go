@@ -61,6 +61,7 @@ type runFlags struct {
 	logOpts          []string
 	maxImageSize     string
 	noTemplate       bool
+	metrics          string
 	jail             jailFlags
 }
 
@@ -130,6 +131,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.maxImageSize, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	addJailFlags(fl, &f.jail)
+	fl.StringVar(&f.metrics, "metrics", "", "write the run's steps and their times (set-up, template, VM, agent, create, start, container, teardown) as JSON to this file")
 	fl.BoolVar(&f.noTemplate, "no-template", false, "boot the VM cold instead of restoring the cached template (README \"Templates\")")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
@@ -156,6 +158,8 @@ type runPlan struct {
 	// template, if set, is the template the VM is restored from
 	// (README "Templates"); nil boots it.
 	template *templateSpec
+	// phases times the run's steps (--metrics).
+	phases *runPhases
 }
 
 // planRun checks the flags and resolves the image; it boots nothing.
@@ -176,7 +180,15 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 	if f.pidsLimit < -1 {
 		return nil, runErr("--pids-limit %d: want a number of processes, or 0 or -1 for no limit", f.pidsLimit)
 	}
-	p := &runPlan{id: os.Getenv(envRunID)}
+	p := &runPlan{id: os.Getenv(envRunID), phases: newRunPhases()}
+	if f.metrics != "" {
+		// An unwritable metrics path fails before anything runs.
+		mf, err := os.OpenFile(f.metrics, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, runErr("--metrics: %v", err)
+		}
+		mf.Close()
+	}
 	if p.id != "" && !container.ValidID(p.id) {
 		return nil, runErr("%s=%q is not a container ID", envRunID, p.id)
 	}
@@ -573,6 +585,14 @@ var defaultBounds = runBounds{agent: agentTimeout, request: container.RequestTim
 // why it could not.
 func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(error)) (err error) {
 	b := defaultBounds
+	if f.metrics != "" {
+		defer func() {
+			p.phases.mark("teardown")
+			if werr := p.phases.write(f.metrics); werr != nil {
+				fmt.Fprintf(os.Stderr, "vessel: --metrics: %v\n", werr)
+			}
+		}()
+	}
 	defer func() {
 		ready(err)
 		if st.Status != container.StatusExited {
@@ -622,7 +642,9 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		defer os.Remove(st.Scratch)
 	}
 
+	p.phases.mark("setup")
 	vm, err := startRunVM(p, f)
+	p.phases.mark("vm")
 	if err != nil {
 		e := classify(err)
 		var ee *exitError
@@ -675,6 +697,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	actx, acancel := context.WithTimeout(ctx, b.agent)
 	ag, err := container.Accept(actx, ln)
 	acancel()
+	p.phases.mark("agent")
 	if err != nil {
 		vm.Stop()
 		res := vmResult()
@@ -755,16 +778,19 @@ func startRunVM(p *runPlan, f runFlags) (runningVM, error) {
 		return startVM(p.cfg, o)
 	}
 	snap, err := templateFor(*p.template)
+	p.phases.mark("template")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
 		return startVM(p.cfg, o)
 	}
 	o.restore = snap
+	p.phases.setRestored(true)
 	vm, err := startVM(p.cfg, o)
 	if err != nil && (errors.Is(err, vmm.ErrSnapshot) || strings.Contains(err.Error(), vmm.ErrSnapshot.Error())) {
 		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
 		dropTemplate(snap)
 		o.restore = ""
+		p.phases.setRestored(false)
 		return startVM(p.cfg, o)
 	}
 	return vm, err
@@ -811,6 +837,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial()}}); err != nil {
 		return 0, err
 	}
+	p.phases.mark("create")
 	stream := func(name string) (net.Conn, error) {
 		cctx, cancel := context.WithTimeout(ctx, b.request)
 		defer cancel()
@@ -824,6 +851,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	if err := call(agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
 		return 0, err
 	}
+	p.phases.mark("start")
 	if err := started(); err != nil {
 		return 0, err
 	}
@@ -832,6 +860,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	rs.forward(ag)
 	status, err := ag.Wait(ctx, p.id, "")
 	rs.forward(nil)
+	p.phases.mark("container")
 	if err != nil {
 		return 0, err
 	}

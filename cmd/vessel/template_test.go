@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -78,5 +79,24 @@ func TestTemplateDirPrivate(t *testing.T) {
 	t.Setenv("VESSEL_TEMPLATE_DIR", open)
 	if _, err := templateFor(templateSpec{kernel: "/proc/self/exe", initrd: "/proc/self/exe"}); err == nil {
 		t.Error("templateFor used a world-writable directory")
+	}
+}
+
+func TestRunPhases(t *testing.T) {
+	r := newRunPhases()
+	r.mark("setup")
+	r.restored = true
+	r.mark("vm")
+	var nilPhases *runPhases
+	nilPhases.mark("ignored") // a run without --metrics
+	path := filepath.Join(t.TempDir(), "m.json")
+	if err := r.write(path); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	for _, want := range []string{`"restored": true`, `"name": "setup"`, `"name": "vm"`, `"total_ms"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics %s lack %s", b, want)
+		}
 	}
 }
