@@ -461,22 +461,30 @@ func (t *MMIO) activateAt(pos []QueueState) error {
 	return nil
 }
 
+// stopDeviceLocked stops an active device and returns the queues it was
+// given (nil if none). Device.Reset waits for the device goroutines,
+// which may be blocked in Fail or UsedBuffers wanting t.mu: it is
+// released meanwhile, with t.resetDone holding off the driver's writes.
+func (t *MMIO) stopDeviceLocked() *Queues {
+	act := t.active
+	if act == nil {
+		return nil
+	}
+	t.active = nil
+	done := make(chan struct{})
+	t.resetDone = done
+	t.mu.Unlock()
+	t.dev.Reset()
+	t.mu.Lock()
+	t.resetDone = nil
+	close(done)
+	return act
+}
+
 // resetLocked returns the device to its initial state (virtio 1.2 §2.4).
 // No other reset may be under way (t.resetDone nil).
 func (t *MMIO) resetLocked() {
-	if t.active != nil {
-		// Reset waits for the device goroutines, which may be blocked in
-		// Fail or UsedBuffers wanting t.mu: release it meanwhile, with
-		// t.resetDone holding off the driver's writes.
-		t.active = nil
-		done := make(chan struct{})
-		t.resetDone = done
-		t.mu.Unlock()
-		t.dev.Reset()
-		t.mu.Lock()
-		t.resetDone = nil
-		close(done)
-	}
+	t.stopDeviceLocked()
 	t.status, t.intStatus = 0, 0
 	t.drvFeatures, t.devFeatSel, t.drvFeatSel, t.queueSel = 0, 0, 0, 0
 	clear(t.queues)

@@ -62,20 +62,7 @@ func (t *MMIO) Quiesce() TransportState {
 		<-done
 		t.mu.Lock()
 	}
-	act := t.active
-	if act != nil {
-		// As resetLocked: Reset waits for goroutines that may want
-		// t.mu; resetDone holds off the driver meanwhile (there is
-		// none: the vCPUs are paused).
-		t.active = nil
-		done := make(chan struct{})
-		t.resetDone = done
-		t.mu.Unlock()
-		t.dev.Reset()
-		t.mu.Lock()
-		t.resetDone = nil
-		close(done)
-	}
+	act := t.stopDeviceLocked() // the vCPUs are paused: no driver writes meanwhile
 	defer t.mu.Unlock()
 	st := TransportState{
 		DeviceType: t.dev.Type(), Status: t.status, DevFeatSel: t.devFeatSel, DrvFeatSel: t.drvFeatSel,
