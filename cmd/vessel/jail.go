@@ -170,6 +170,18 @@ type wireMsg struct {
 type wireError struct {
 	Code int
 	Msg  string
+	// Snapshot: the snapshot to restore was refused (vmm.ErrSnapshot).
+	Snapshot bool `json:",omitempty"`
+}
+
+// err is the jailed VMM's error on vessel's side: its text cleaned (the
+// VMM may be the guest's), a refused snapshot still vmm.ErrSnapshot.
+func (w *wireError) err() error {
+	e := &exitError{code: w.Code, msg: container.CleanText(w.Msg)}
+	if w.Snapshot {
+		e.cause = vmm.ErrSnapshot
+	}
+	return e
 }
 
 // wireResult is a vmm.Result without its Err.
@@ -236,7 +248,7 @@ func jailedVMM(in, out *os.File) error {
 		if !errors.As(classify(err), &ee) {
 			ee = &exitError{code: exitInternal, msg: err.Error()}
 		}
-		send(wireMsg{Error: &wireError{Code: ee.code, Msg: ee.msg}})
+		send(wireMsg{Error: &wireError{Code: ee.code, Msg: ee.msg, Snapshot: errors.Is(err, vmm.ErrSnapshot)}})
 		return &exitError{code: ee.code}
 	}
 	var w wireConfig
@@ -441,7 +453,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		werr := j.cmd.Wait()
 		line := <-relayed
 		if m.Error != nil {
-			return nil, &exitError{code: m.Error.Code, msg: container.CleanText(m.Error.Msg)}
+			return nil, m.Error.err()
 		}
 		if line != "" {
 			return nil, &exitError{code: exitInternal, msg: line}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vesselvm/vessel/vmm"
 )
 
 func TestJailIDs(t *testing.T) {
@@ -131,4 +133,16 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 		p[i] = r.b
 	}
 	return len(p), nil
+}
+
+// A jailed VMM's refused snapshot is vmm.ErrSnapshot on vessel's side (a
+// run then drops the template and boots); other errors are not.
+func TestWireErrorSnapshot(t *testing.T) {
+	refused := (&wireError{Code: exitUsage, Msg: "unusable snapshot: \x1b[2Jcorrupt", Snapshot: true}).err()
+	if !errors.Is(refused, vmm.ErrSnapshot) || strings.Contains(refused.Error(), "\x1b") {
+		t.Errorf("refused snapshot: %q, Is ErrSnapshot %v", refused, errors.Is(refused, vmm.ErrSnapshot))
+	}
+	if other := (&wireError{Code: exitInternal, Msg: "unusable snapshot (said the guest)"}).err(); errors.Is(other, vmm.ErrSnapshot) {
+		t.Error("an error that only says so is ErrSnapshot")
+	}
 }

@@ -49,9 +49,14 @@ const (
 type exitError struct {
 	code int
 	msg  string
+	// cause, if set, is what errors.Is sees through the exit: a jailed
+	// VMM's refused snapshot is vmm.ErrSnapshot on this side too.
+	cause error
 }
 
 func (e *exitError) Error() string { return e.msg }
+
+func (e *exitError) Unwrap() error { return e.cause }
 
 func usageErr(format string, args ...any) error {
 	return &exitError{code: exitUsage, msg: fmt.Sprintf(format, args...)}

@@ -786,7 +786,7 @@ func startRunVM(p *runPlan, f runFlags) (runningVM, error) {
 	o.restore = snap
 	p.phases.setRestored(true)
 	vm, err := startVM(p.cfg, o)
-	if err != nil && (errors.Is(err, vmm.ErrSnapshot) || strings.Contains(err.Error(), vmm.ErrSnapshot.Error())) {
+	if errors.Is(err, vmm.ErrSnapshot) {
 		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
 		dropTemplate(snap)
 		o.restore = ""
