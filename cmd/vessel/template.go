@@ -1,16 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/container"
@@ -37,6 +44,100 @@ var templateMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x76, 0x73, 0x6c}
 
 // templateBuildTimeout bounds the boot of a template VM up to its agent.
 const templateBuildTimeout = agentTimeout
+
+// templateBuildLimit bounds a whole template build (boot, snapshot, the
+// VM's end), which runs in a process of its own killed at the limit; a
+// vessel waiting for another's build of the same template waits as long
+// at most (templateLockWait). Past either, the run boots its VM.
+var (
+	templateBuildLimit = templateBuildTimeout + time.Minute
+	templateLockWait   = templateBuildLimit + 30*time.Second
+)
+
+// lockWithin takes f's exclusive lock, waiting at most d for it.
+func lockWithin(f *os.File, d time.Duration) error {
+	for deadline := time.Now().Add(d); ; time.Sleep(100 * time.Millisecond) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("another vessel has been building this template for over %v", d)
+		}
+	}
+}
+
+// templateBuildCommand is the hidden command a template is built by.
+const templateBuildCommand = "template-build"
+
+// wireTemplate is a templateSpec on its way to the build process.
+type wireTemplate struct {
+	Kernel, Initrd string
+	CPUs           int
+	Memory         uint64
+	User           bool
+}
+
+// templateBuilder is the executable that builds templates: vessel.
+var templateBuilder = os.Executable
+
+// buildTemplateProcess builds the template for s in dir in a process of
+// its own (buildTemplate, run by the hidden template-build command),
+// killed if it is not done within limit: a build that hangs (a guest
+// that never answers, a device that does not stop) neither keeps this
+// run nor, through the lock, any other.
+func buildTemplateProcess(s templateSpec, dir string, limit time.Duration) error {
+	self, err := templateBuilder()
+	if err != nil {
+		return err
+	}
+	in, err := json.Marshal(wireTemplate{Kernel: s.kernel, Initrd: s.initrd, CPUs: s.cpus, Memory: s.memory, User: s.user})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, templateBuildCommand, dir)
+	cmd.Stdin = bytes.NewReader(in)
+	var out bytes.Buffer
+	w := container.LimitWriter(&out, 4096, "")
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.WaitDelay = 5 * time.Second
+	err = cmd.Run()
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("the template build took over %v: stopped", limit)
+	case err != nil:
+		msg := strings.TrimSpace(container.CleanText(out.String()))
+		if msg == "" {
+			msg = err.Error()
+		}
+		return errors.New(strings.TrimPrefix(msg, "vessel: "))
+	}
+	return nil
+}
+
+func newTemplateBuild() *cobra.Command {
+	return &cobra.Command{
+		Use:    templateBuildCommand + " DIR",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var w wireTemplate
+			if err := json.NewDecoder(io.LimitReader(os.Stdin, 64<<10)).Decode(&w); err != nil {
+				return usageErr("%s is vessel's own template builder, not a command: %v", templateBuildCommand, err)
+			}
+			s := templateSpec{kernel: w.Kernel, initrd: w.Initrd, cpus: w.CPUs, memory: w.Memory, user: w.User}
+			if err := buildTemplate(s, args[0]); err != nil {
+				return runErr("%v", err)
+			}
+			return nil
+		},
+	}
+}
 
 // templateSpec is what a template is made for; its key names the cache
 // entry.
@@ -112,7 +213,7 @@ func templateFor(s templateSpec) (string, error) {
 		return "", err
 	}
 	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+	if err := lockWithin(lock, templateLockWait); err != nil {
 		return "", err
 	}
 	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
@@ -130,7 +231,7 @@ func templateFor(s templateSpec) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	if err := buildTemplate(s, tmp); err != nil {
+	if err := buildTemplateProcess(s, tmp, templateBuildLimit); err != nil {
 		return "", err
 	}
 	final := filepath.Join(root, key)

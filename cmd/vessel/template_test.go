@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,5 +99,52 @@ func TestRunPhases(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics %s lack %s", b, want)
 		}
+	}
+}
+
+// A template build that hangs is killed at its limit, one that fails
+// says why in one line, and a vessel waiting for another's build gives
+// up after its wait: the run then boots.
+func TestTemplateBuildBounded(t *testing.T) {
+	dir := t.TempDir()
+	script := func(body string) string {
+		p := filepath.Join(dir, fmt.Sprintf("builder%d", len(body)))
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	defer func(b func() (string, error)) { templateBuilder = b }(templateBuilder)
+	for _, tc := range []struct{ body, want string }{
+		{"exec sleep 30", "took over"},
+		{"echo 'vessel: the template VM ended: boom' >&2; exit 125", "the template VM ended: boom"},
+	} {
+		p := script(tc.body)
+		templateBuilder = func() (string, error) { return p, nil }
+		start := time.Now()
+		err := buildTemplateProcess(templateSpec{}, dir, 300*time.Millisecond)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", tc.body, err, tc.want)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("%q: took %v", tc.body, time.Since(start))
+		}
+	}
+
+	held, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := lockWithin(held, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.Open(filepath.Join(dir, "lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := lockWithin(other, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "building this template") {
+		t.Errorf("a held lock: %v, want the wait to end", err)
 	}
 }
