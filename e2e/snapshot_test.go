@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -371,13 +372,7 @@ func TestSnapshotNetwork(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello-from-host") }))
-	url := fmt.Sprintf("http://%s:%d/", usernet.HostIP, ln.Addr().(*net.TCPAddr).Port)
+	url := fmt.Sprintf("http://%s:%d/", usernet.HostIP, loopbackPage(t, "hello-from-host"))
 	snap, before := snapshotGuest(t, t.TempDir(), "fetch 1 ok", []string{"--net", "user,host-loopback"},
 		[]string{"-test.run", "^TestGuestFetchLoop$", "-e2e.url=" + url})
 	r := vessel(t, "vm", "run", "--restore", snap, "--net", "user,host-loopback")
@@ -388,6 +383,16 @@ func TestSnapshotNetwork(t *testing.T) {
 		t.Fatalf("the restored guest fetched nothing:\n%v", r)
 	}
 	t.Logf("the restored guest fetched from the host over its new user network (run %v)", r.elapsed.Round(time.Millisecond))
+}
+
+// loopbackPage serves body on the host's loopback for the test's life
+// (what a guest reaches at usernet.HostIP with host-loopback) and
+// returns its port.
+func loopbackPage(t *testing.T, body string) int {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port
 }
 
 var fetchURL = flag.String("e2e.url", "", "guest half of TestSnapshotNetwork: the URL to fetch")

@@ -4,9 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,15 +33,10 @@ func TestRunTemplate(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "template-ok") }))
+	port := loopbackPage(t, "template-ok")
 	cache := t.TempDir()
 	env := append(runEnv(t), "VESSEL_TEMPLATE_DIR="+cache)
-	probe := fmt.Sprintf(templateProbe, usernet.HostName, ln.Addr().(*net.TCPAddr).Port)
+	probe := fmt.Sprintf(templateProbe, usernet.HostName, port)
 	type out struct {
 		btime      int64
 		uuid, host string
