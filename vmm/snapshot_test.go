@@ -114,3 +114,22 @@ func TestRestoredTR(t *testing.T) {
 		t.Errorf("Intel: %+v, want it busy as saved", got)
 	}
 }
+
+func TestBalloonPages(t *testing.T) {
+	for _, tc := range []struct {
+		mib, memory uint64
+		want        uint32
+		ok          bool
+	}{
+		{0, 256 << 20, 0, true},
+		{64, 256 << 20, 64 << 8, true},
+		{256, 256 << 20, 256 << 8, true},
+		{257, 256 << 20, 0, false},
+		{^uint64(0), 256 << 20, 0, false}, // would overflow the shift
+	} {
+		got, err := balloonPages(tc.mib, tc.memory)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("balloonPages(%d MiB of %d) = %d, %v", tc.mib, tc.memory>>20, got, err)
+		}
+	}
+}
