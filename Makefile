@@ -115,7 +115,7 @@ fuzz:
 ## outer VM of their own, and so do the load and fault tests
 ## (TestLoadConcurrent, TestFault*: 8 VMs at once, SIGKILLs, full file
 ## systems; about 5 minutes on the nested platform).
-## The snapshot tests (TestSnapshot*, TestBalloonReturnsMemory,
+## The snapshot tests (TestSnapshot*, TestBalloon*,
 ## TestRunTemplate) run in an outer VM of their own, which keeps the main
 ## block inside its time limit.
 ## TestDocker, TestContainerd, TestPodman and TestCRI each run in an outer
@@ -135,8 +135,8 @@ test-e2e: build crictl
 	@failed=; block() { name=$$1; shift; echo "== e2e block $$name"; \
 		build/runblock -testvm bin/testvm -e2e build/e2e.test -log build/e2e-$$name.log -summary build/e2e-$$name.summary "$$@" || failed="$$failed $$name"; }; \
 	rm -f build/e2e-*.summary; \
-	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloonReturnsMemory|TestRunTemplate)$$'; \
-	block snapshot -timeout 15m -- -test.run '^(TestSnapshot.*|TestBalloonReturnsMemory|TestRunTemplate)$$'; \
+	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
+	block snapshot -timeout 15m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
 	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
 	block vsock -timeout 5m -- -test.run '^TestVsock$$'; \

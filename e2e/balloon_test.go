@@ -5,10 +5,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,4 +116,81 @@ func treeRSS(t *testing.T, pid int) uint64 {
 		}
 	}
 	return sum
+}
+
+// TestBalloonInflate drives a VM's balloon through the VM API: the guest
+// inflates it to the target (its actual count follows, and vessel
+// returns the pages to the host), reports its memory statistics, and
+// deflates it again when the target falls back to 0.
+func TestBalloonInflate(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	dir := t.TempDir()
+	api := filepath.Join(dir, "api.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t),
+		"--memory", "256M", "--balloon", "deflate-on-oom,stats=500ms", "--api", api, "--", "sleep", "600")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 10 * time.Second
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", api)
+	}}}
+	call := func(method, path, body string) (map[string]any, error) {
+		req, _ := http.NewRequest(method, "http://vessel"+path, strings.NewReader(body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if resp.StatusCode == http.StatusOK {
+			err = json.NewDecoder(resp.Body).Decode(&m)
+		} else if resp.StatusCode != http.StatusNoContent {
+			b, _ := io.ReadAll(resp.Body)
+			err = fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
+		}
+		return m, err
+	}
+	// waitFor polls the statistics until ok holds of them.
+	waitFor := func(what string, ok func(map[string]any) bool) map[string]any {
+		t.Helper()
+		start := time.Now()
+		for {
+			st, err := call("GET", "/balloon/statistics", "")
+			if err == nil && ok(st) {
+				t.Logf("%s after %v: %v", what, time.Since(start).Round(10*time.Millisecond), st)
+				return st
+			}
+			if time.Since(start) > 2*time.Minute {
+				t.Fatalf("%s: not within 2 minutes (last: %v, %v)\n%s", what, st, err, out.String())
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	// The guest's driver is up once it reported its statistics.
+	waitFor("statistics", func(st map[string]any) bool { _, ok := st["free_memory"]; return ok })
+	if _, err := call("PATCH", "/balloon", `{"amount_mib": 64}`); err != nil {
+		t.Fatal(err)
+	}
+	st := waitFor("inflated to 64 MiB", func(st map[string]any) bool { return st["actual_mib"] == 64.0 })
+	if got := st["inflated_bytes"].(float64); got < 60<<20 {
+		t.Errorf("the guest gave 64 MiB, vessel returned %.0f bytes to the host", got)
+	}
+	if _, err := call("PATCH", "/balloon", `{"amount_mib": 1024}`); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("a target past the VM's memory: %v, want 400", err)
+	}
+	if _, err := call("PATCH", "/balloon", `{"amount_mib": 0}`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("deflated", func(st map[string]any) bool { return st["actual_mib"] == 0.0 })
 }
