@@ -218,6 +218,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 			return nil, snapErr("%v", err)
 		}
 	}
+	if v.balloon != nil {
+		v.balloon.SetActual(st.BalloonActual)
+	}
 	if err := v.newClone(); err != nil {
 		return nil, err
 	}

@@ -125,7 +125,7 @@ func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 		st.Vsock = &snapVsock{CID: vs.CID, Path: vs.Path}
 	}
 	if c, err := v.BalloonConfig(); err == nil {
-		st.Balloon = &c
+		st.Balloon, st.BalloonActual = &c, v.balloon.State().ActualPages
 	}
 	// Devices first: a device stopped between requests writes no more
 	// guest memory and raises no more interrupts.

@@ -80,8 +80,10 @@ type snapState struct {
 	// a restore attaches unless told others.
 	Nets  []Net      `json:",omitempty"`
 	Vsock *snapVsock `json:",omitempty"`
-	// Balloon is the balloon's configuration, its target as it was.
-	Balloon *Balloon `json:",omitempty"`
+	// Balloon is the balloon's configuration, its target as it was;
+	// BalloonActual the pages the guest's driver held.
+	Balloon       *Balloon `json:",omitempty"`
+	BalloonActual uint32   `json:",omitempty"`
 
 	// TSCKHz is the guest's TSC frequency.
 	TSCKHz uint32

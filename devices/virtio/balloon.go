@@ -174,6 +174,14 @@ func (b *Balloon) SetTarget(pages uint32) {
 	}
 }
 
+// SetActual sets the pages the driver said it holds: a restored VM's
+// driver holds what it held when the snapshot was taken.
+func (b *Balloon) SetActual(pages uint32) {
+	b.mu.Lock()
+	b.actual = pages
+	b.mu.Unlock()
+}
+
 // BalloonState is what Balloon.State reports.
 type BalloonState struct {
 	TargetPages, ActualPages uint32
@@ -224,8 +232,10 @@ func (b *Balloon) Activate(q *Queues) error {
 func (b *Balloon) Reset() {
 	b.mu.Lock()
 	w, stop := b.w, b.stop
+	// actual stays: after a real reset the driver has deflated and
+	// said so, and across a snapshot's quiesce the guest still holds
+	// what it gave.
 	b.w, b.q, b.stop = nil, nil, nil
-	b.actual = 0
 	b.mu.Unlock()
 	if w != nil {
 		close(stop)

@@ -245,7 +245,13 @@ func TestBalloonQuiesceRestore(t *testing.T) {
 	ds[2].offer(h)
 	wr(c, RegQueueNotify, 2)
 	waitFor(t, "statistics read", func() bool { return c.dev.(*Balloon).State().Stats.Values != nil })
+	var actual [4]byte
+	binary.LittleEndian.PutUint32(actual[:], 200)
+	c.Write(regConfig+4, actual[:])
 	if st := c.Quiesce(); st.Queues[2].NextUsed != 1 || ds[2].usedIdx() != 1 {
 		t.Errorf("statistics buffer not handed back at quiesce: next used %d, used index %d", st.Queues[2].NextUsed, ds[2].usedIdx())
+	}
+	if got := c.dev.(*Balloon).State().ActualPages; got != 200 {
+		t.Errorf("after quiesce the balloon says the guest holds %d pages, want the 200 it does", got)
 	}
 }
