@@ -91,7 +91,7 @@ func dialHost(h agentproto.Hello) (*vsock.Conn, error) {
 // agent is the state of the one agent process.
 type agent struct {
 	reaper *reaper
-	ctl    *vsock.Conn
+	ctl    io.Writer
 	wmu    sync.Mutex // serializes frames on ctl
 
 	mu         sync.Mutex
