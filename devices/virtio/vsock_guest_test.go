@@ -47,7 +47,8 @@ type vsGuest struct {
 type vsOpts struct {
 	split    bool
 	eventIdx bool
-	noInit   bool // create the device but do not start the driver
+	noInit   bool   // create the device but do not start the driver
+	onIRQ    func() // called at each interrupt the device raises
 }
 
 func newVsGuest(t testing.TB, o vsOpts) *vsGuest {
@@ -68,7 +69,14 @@ func newVsGuest(t testing.TB, o vsOpts) *vsGuest {
 		t.Fatal(err)
 	}
 	irq := &devices.CountingInterrupt{}
-	m, err := NewMMIO(dev, mem, irq, logf)
+	var line devices.Interrupt = irq
+	if o.onIRQ != nil {
+		line = devices.InterruptFunc(func() error {
+			o.onIRQ()
+			return irq.Trigger()
+		})
+	}
+	m, err := NewMMIO(dev, mem, line, logf)
 	if err != nil {
 		dev.Close()
 		t.Fatal(err)

@@ -819,11 +819,20 @@ type gconn struct {
 // both ways and checking the device honours its own.
 type streamGuest struct {
 	g       *vsGuest
+	sendf   func(vsockHdr, []byte) // how packets go out; g.send if nil
 	t       *testing.T
 	window  uint32
 	conns   []*gconn
 	want    int // connections to finish
 	updates int // CREDIT_UPDATEs received
+}
+
+func (s *streamGuest) send(h vsockHdr, payload []byte) {
+	if s.sendf != nil {
+		s.sendf(h, payload)
+		return
+	}
+	s.g.send(h, payload)
 }
 
 func (s *streamGuest) hdr(c *gconn, op uint16) vsockHdr {
@@ -870,7 +879,7 @@ func (s *streamGuest) packet(h vsockHdr, d []byte) bool {
 	if h.op == vsockOpRequest {
 		c := &gconn{gp: h.dstPort, hp: h.srcPort, peerBuf: h.bufAlloc, peerFwd: h.fwdCnt, open: true}
 		s.conns = append(s.conns, c)
-		s.g.send(s.hdr(c, vsockOpResponse), nil)
+		s.send(s.hdr(c, vsockOpResponse), nil)
 		return false
 	}
 	var c *gconn
@@ -905,7 +914,7 @@ func (s *streamGuest) packet(h vsockHdr, d []byte) bool {
 			t.Fatalf("connection %d: echo of %d bytes differs (got %d)", c.gp, len(c.source), len(c.in))
 		}
 		if h.flags&vsockShutSEND != 0 && (c.source != nil || h.flags&vsockShutRCV != 0) {
-			s.g.send(s.hdr(c, vsockOpRST), nil)
+			s.send(s.hdr(c, vsockOpRST), nil)
 			c.done = true
 			return true
 		}
@@ -914,7 +923,7 @@ func (s *streamGuest) packet(h vsockHdr, d []byte) bool {
 	case vsockOpCreditUpdate:
 		s.updates++
 	case vsockOpCreditRequest:
-		s.g.send(s.hdr(c, vsockOpCreditUpdate), nil)
+		s.send(s.hdr(c, vsockOpCreditUpdate), nil)
 	}
 	return false
 }
@@ -934,7 +943,7 @@ func (s *streamGuest) push(c *gconn) bool {
 		if c.source == nil {
 			c.fwdCnt += uint32(n) // echoing consumes
 		}
-		s.g.send(s.hdr(c, vsockOpRW), c.out[:n])
+		s.send(s.hdr(c, vsockOpRW), c.out[:n])
 		c.out = c.out[n:]
 		c.txCnt += uint32(n)
 		sent = true
@@ -942,12 +951,12 @@ func (s *streamGuest) push(c *gconn) bool {
 	if c.source != nil && len(c.out) == 0 && !c.shut {
 		h := s.hdr(c, vsockOpShutdown)
 		h.flags = vsockShutSEND
-		s.g.send(h, nil)
+		s.send(h, nil)
 		c.shut = true
 		sent = true
 	}
 	if c.fwdCnt-c.lastFwd >= s.window/2 {
-		s.g.send(s.hdr(c, vsockOpCreditUpdate), nil)
+		s.send(s.hdr(c, vsockOpCreditUpdate), nil)
 		sent = true
 	}
 	return sent
