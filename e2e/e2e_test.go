@@ -57,6 +57,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "e2e: cannot run: %v\n", err)
 			os.Exit(1)
 		}
+		// Every vessel and vessel-runtime the tests start (directly or
+		// through dockerd, containerd, podman) describes a VM whose
+		// guest stopped answering in its error, for the test's log.
+		os.Setenv("VESSEL_DEBUG", "1")
 	}
 	os.Exit(m.Run())
 }

@@ -596,3 +596,94 @@ func TestRunTTY(t *testing.T) {
 		t.Errorf("exit status %d, want the container's 3:\n%q", code, out.String())
 	}
 }
+
+// TestRunDiagnosis: with VESSEL_DEBUG set, a run that gives up on its
+// guest describes the VM below its error: each vCPU, the interrupt
+// controllers and every virtio queue, read from the real guest. The
+// test stops the VM the way vessel does when the guest stops answering
+// (the jailed VMM process's diagnosis signal).
+func TestRunDiagnosis(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	env := append(runEnv(t), "VESSEL_DEBUG=1")
+	cmd := exec.Command(vesselBin, "run", "--rm", runImage, "sh", "-c", "echo up; sleep 600")
+	cmd.Env = env
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	up := make(chan string, 1)
+	go func() {
+		b := make([]byte, 3)
+		_, err := io.ReadFull(out, b)
+		up <- fmt.Sprint(string(b), err)
+		io.Copy(io.Discard, out)
+	}()
+	select {
+	case s := <-up:
+		if s != "up\n<nil>" {
+			t.Fatalf("the container's first output: %q; stderr:\n%s", s, stderr.String())
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("the container did not start in 4 minutes; stderr:\n%s", stderr.String())
+	}
+	vmm := childWithArg(t, cmd.Process.Pid, "jailed-vmm")
+	if err := syscall.Kill(vmm, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("vessel run did not end within a minute of its VM; stderr:\n%s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 125 {
+		t.Errorf("exit status %d, want 125", code)
+	}
+	msg := stderr.String()
+	for _, want := range []string{"the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x", "lapic irr [",
+		"IOAPIC: irr", "vsock status 0xf", "q0 avail", "block status 0xf"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the diagnosis lacks %q:\n%s", want, msg)
+		}
+	}
+	t.Logf("vessel run's report:\n%s", msg)
+}
+
+// childWithArg returns the PID of a child of parent whose command line
+// has arg, waiting up to a minute for it.
+func childWithArg(t *testing.T, parent int, arg string) int {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, st := range stats {
+			b, err := os.ReadFile(st)
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid ...: comm may hold spaces.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+			if len(f) < 2 || f[1] != fmt.Sprint(parent) {
+				continue
+			}
+			cl, _ := os.ReadFile(filepath.Join(filepath.Dir(st), "cmdline"))
+			for _, a := range strings.Split(string(cl), "\x00") {
+				if a == arg {
+					var pid int
+					fmt.Sscan(filepath.Base(filepath.Dir(st)), &pid)
+					return pid
+				}
+			}
+		}
+	}
+	t.Fatalf("no child of %d runs with %q", parent, arg)
+	return 0
+}

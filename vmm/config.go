@@ -171,6 +171,9 @@ type Result struct {
 	// guest failures.
 	ConsoleTail []string
 	Metrics     Metrics
+	// Diagnosis is the VM's state as Diagnose described it when
+	// StopDiagnosed stopped it (several lines), else empty.
+	Diagnosis string
 }
 
 // Metrics are measurements of one run, for `make bench-boot`.

@@ -376,6 +376,17 @@ func panicLine(tail []string) (string, bool) {
 // Stop ends the VM from the host side; Run returns ExitStopped.
 func (v *VM) Stop() { v.finish(Result{Kind: ExitStopped}) }
 
+// StopDiagnosed stops the VM as Stop does, after describing its state
+// (Diagnose) into the result's Diagnosis: for a caller that gives up on
+// a guest that stopped answering.
+func (v *VM) StopDiagnosed() {
+	d, err := v.Diagnose()
+	if err != nil {
+		d = fmt.Sprintf("no diagnosis: %v\n", err)
+	}
+	v.finish(Result{Kind: ExitStopped, Diagnosis: d})
+}
+
 // finish records the first way the VM ended and wakes Run.
 func (v *VM) finish(r Result) {
 	v.stopOnce.Do(func() {

@@ -317,6 +317,9 @@ func (p *vmmProc) create() error {
 	}()
 	ag, err := container.Accept(ctx, ln)
 	if err != nil {
+		if container.Debugging() && errors.Is(err, context.DeadlineExceeded) {
+			vm.StopDiagnosed()
+		}
 		vm.Stop()
 		<-p.ended
 		return p.guestFailure("the guest agent did not come up", err)
@@ -415,6 +418,10 @@ func (p *vmmProc) guestFailure(what string, err error) error {
 		// The guest wrote it: no escape sequences reach the caller's
 		// terminal or log.
 		fmt.Fprintf(&b, "; console: %s", container.CleanText(p.result.ConsoleTail[n-1]))
+	}
+	if d := strings.TrimSpace(p.result.Diagnosis); d != "" {
+		// One line, as the runtime's errors are (container.DebugEnv).
+		fmt.Fprintf(&b, "; the VM's state: %s", strings.Join(strings.Split(d, "\n"), " | "))
 	}
 	return errors.New(b.String())
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +71,9 @@ func (j jailFlags) check() error {
 type runningVM interface {
 	Run() vmm.Result
 	Stop()
+	// StopDiagnosed stops the VM after describing its state into the
+	// result's Diagnosis (vmm.VM.StopDiagnosed).
+	StopDiagnosed()
 	Close() error
 }
 
@@ -191,7 +195,16 @@ type wireResult struct {
 	Detail      string
 	ConsoleTail []string
 	Metrics     vmm.Metrics
+	Diagnosis   string
 }
+
+// diagnoseSignal asks a jailed VMM process to stop its VM after
+// describing its state (jailedVM.StopDiagnosed).
+const diagnoseSignal = syscall.SIGUSR2
+
+// maxDiagnosis bounds the diagnosis vessel keeps of a jailed VMM's
+// result (a few lines per vCPU and device).
+const maxDiagnosis = 16 << 10
 
 // maxWireMsgs bounds all a jailed VMM process sends vessel (its ready
 // message and its result: 40 console lines, metrics), and maxTailLines
@@ -218,7 +231,18 @@ func (r *wireResult) result() vmm.Result {
 	for i := range tail {
 		tail[i] = container.CleanText(tail[i])
 	}
-	return vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics}
+	diag := r.Diagnosis
+	if len(diag) > maxDiagnosis {
+		diag = diag[:maxDiagnosis]
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(diag, "\n"), "\n") {
+		if l != "" {
+			lines = append(lines, container.CleanText(l)+"\n")
+		}
+	}
+	return vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics,
+		Diagnosis: strings.Join(lines, "")}
 }
 
 // jailedVMMCommand is the hidden command the jailed VMM process runs.
@@ -316,14 +340,17 @@ func jailedVMM(in, out *os.File) error {
 		return fail(err)
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, diagnoseSignal)
 	go func() {
-		<-sigs
+		if <-sigs == diagnoseSignal {
+			vm.StopDiagnosed()
+		}
 		vm.Stop()
 	}()
 	send(wireMsg{Ready: true})
 	res := vm.Run()
-	send(wireMsg{Result: &wireResult{Kind: res.Kind, Status: res.Status, Detail: res.Detail, ConsoleTail: res.ConsoleTail, Metrics: res.Metrics}})
+	send(wireMsg{Result: &wireResult{Kind: res.Kind, Status: res.Status, Detail: res.Detail, ConsoleTail: res.ConsoleTail,
+		Metrics: res.Metrics, Diagnosis: res.Diagnosis}})
 	return nil
 }
 
@@ -334,6 +361,8 @@ type jailedVM struct {
 	done chan struct{} // closed once the process is gone
 	res  vmm.Result
 	once sync.Once
+	// diagnosing: StopDiagnosed asked the VMM process to stop.
+	diagnosing atomic.Bool
 	// dials is vessel's end of the VMM's vsock dials (see jaildial.go),
 	// to uds_<port>.
 	dials *net.UnixConn
@@ -506,12 +535,26 @@ func (j *jailedVM) Run() vmm.Result {
 	return j.res
 }
 
-// Stop asks the VMM process to stop the VM.
+// Stop asks the VMM process to stop the VM, unless StopDiagnosed has
+// (a SIGTERM would race its diagnosis; Close still ends the process).
 func (j *jailedVM) Stop() {
 	select {
 	case <-j.done:
 	default:
-		j.cmd.Process.Signal(syscall.SIGTERM)
+		if !j.diagnosing.Load() {
+			j.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+}
+
+// StopDiagnosed asks the VMM process to stop the VM after describing
+// its state.
+func (j *jailedVM) StopDiagnosed() {
+	select {
+	case <-j.done:
+	default:
+		j.diagnosing.Store(true)
+		j.cmd.Process.Signal(diagnoseSignal)
 	}
 }
 

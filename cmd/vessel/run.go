@@ -699,7 +699,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	acancel()
 	p.phases.mark("agent")
 	if err != nil {
-		vm.Stop()
+		stopFailed(vm, err)
 		res := vmResult()
 		if err := forcedExit(); err != nil {
 			return err
@@ -729,7 +729,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return err
 	}
 	if err != nil {
-		vm.Stop()
+		stopFailed(vm, err)
 		res := vmResult()
 		var se *container.StartError
 		if errors.As(err, &se) {
@@ -807,7 +807,36 @@ func guestFailure(what string, err error, res vmm.Result) error {
 		fmt.Fprintf(&b, " (the agent exited with status %d)", res.Status)
 	}
 	writeConsoleTail(&b, res.ConsoleTail)
+	writeDiagnosis(&b, res.Diagnosis)
 	return &exitError{code: exitRun, msg: strings.TrimRight(b.String(), "\n")}
+}
+
+// errNoAnswer is a request to the guest's agent that timed out.
+var errNoAnswer = errors.New("the guest did not answer")
+
+// stopFailed stops the VM of a run that failed around the guest: with
+// container.DebugEnv set, after describing its state into the result
+// when the failure was a guest that stopped answering.
+func stopFailed(vm runningVM, err error) {
+	if container.Debugging() && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errNoAnswer)) {
+		vm.StopDiagnosed()
+	}
+	vm.Stop()
+}
+
+// writeDiagnosis adds a VM's diagnosis (vmm.Result.Diagnosis), indented,
+// to a failure's message.
+func writeDiagnosis(b *strings.Builder, diag string) {
+	if diag == "" {
+		return
+	}
+	if !strings.HasSuffix(b.String(), "\n") {
+		b.WriteString("\n")
+	}
+	b.WriteString("the VM's state when vessel gave up on it:\n")
+	for _, l := range strings.Split(strings.TrimRight(diag, "\n"), "\n") {
+		fmt.Fprintf(b, "    %s\n", l)
+	}
 }
 
 // forceSignals is how many terminating signals (SIGINT, SIGTERM, SIGHUP)
@@ -828,7 +857,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		defer cancel()
 		_, err := ag.Call(cctx, req)
 		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%s: the guest did not answer within %v", req.Op, b.request)
+			err = fmt.Errorf("%s: %w within %v", req.Op, errNoAnswer, b.request)
 		}
 		return err
 	}

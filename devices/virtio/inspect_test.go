@@ -1,0 +1,36 @@
+package virtio
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestInspect: Inspect reads the rings the driver and device share
+// without changing them, and String says what a diagnosis needs.
+func TestInspect(t *testing.T) {
+	r := newBlockRig(t, 1<<20, false)
+	if st, _, _ := r.do(seg{data: blkHeader(blkTIn, 0)}, seg{n: 512, write: true}, seg{n: 1, write: true}); st != blkSOK {
+		t.Fatalf("read: status %d", st)
+	}
+	r.d.put16(r.d.cfg.Driver+4+2*uint64(r.d.cfg.Size), 7) // used_event
+	v := r.m.Inspect()
+	if len(v.Queues) != 1 {
+		t.Fatalf("queues: %+v", v.Queues)
+	}
+	q := v.Queues[0]
+	if !q.Ready || q.Size != r.d.cfg.Size || q.AvailIdx != 1 || q.UsedIdx != 1 || q.UsedEvent != 7 || q.Err != "" {
+		t.Errorf("queue view %+v: want ready, size %d, avail 1, used 1, used_event 7", q, r.d.cfg.Size)
+	}
+	if !v.EventIdx || v.Status&StatusDriverOK == 0 || v.IntStatus&1 == 0 || v.Stats.Interrupts == 0 {
+		t.Errorf("transport view %+v: want EVENT_IDX, DRIVER_OK, a used-buffer interrupt raised", v)
+	}
+	s := v.String()
+	for _, want := range []string{"block status 0xf int_status 0x1", "q0 avail 1 used 1 used_event 7 avail_event "} {
+		if !strings.Contains(s, want) {
+			t.Errorf("%q lacks %q", s, want)
+		}
+	}
+	if got := r.d.usedIdx(); got != 1 {
+		t.Errorf("Inspect changed the used index to %d", got)
+	}
+}
