@@ -31,8 +31,12 @@ type RestoreOptions struct {
 	// a new size through a configuration change).
 	Disks []Disk
 	// Nets, if set, replaces the network backends the snapshot names,
-	// one for one (a TAP device or a user network each); every device
-	// keeps the MAC the guest knows it by.
+	// one for one (a TAP device or a user network each). A Net without
+	// a MAC keeps the one the guest knows its device by; one with a MAC
+	// gives the device (its configuration space) and its backend that
+	// address, which the guest's driver read at boot and keeps until
+	// the guest is told to take the new one (vessel run's agent does,
+	// agentproto.Create.MAC): clones of one snapshot each get their own.
 	Nets []Net
 	// Vsock, if set, changes the vsock device the snapshot names: a
 	// Path replaces its socket path, a CID other than 0 the guest's CID
@@ -124,7 +128,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		}
 		cfg.Nets = make([]Net, len(o.Nets))
 		for i, n := range o.Nets {
-			n.MAC = st.Nets[i].MAC
+			if n.MAC == nil {
+				n.MAC = st.Nets[i].MAC
+			}
 			cfg.Nets[i] = n
 		}
 	}

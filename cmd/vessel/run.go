@@ -350,6 +350,18 @@ func (p *runPlan) scratchSerial() string {
 	return scratchSerial
 }
 
+// macChange is the address change the agent makes before the
+// container: a VM restored from a template has the template's MAC, and
+// its network device and backend have this run's own (vmm.RestoreOptions
+// .Nets). A VM booted instead (no template, or one that failed) has this
+// run's MAC already, which the agent sees.
+func (p *runPlan) macChange() *agentproto.MACChange {
+	if p.template == nil || len(p.cfg.Nets) != 1 {
+		return nil
+	}
+	return &agentproto.MACChange{From: templateMAC.String(), To: p.cfg.Nets[0].MAC.String()}
+}
+
 // makeScratch creates the container's scratch disk under vessel's data
 // directory, records it in st (so that rm removes it even if this
 // process is killed) and attaches it to the VM.
@@ -863,7 +875,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 	}
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
 	if err := call(agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
-		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial()}}); err != nil {
+		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial(), MAC: p.macChange()}}); err != nil {
 		return 0, err
 	}
 	p.phases.mark("create")

@@ -38,8 +38,9 @@ import (
 // templateFormat changes when what a template holds changes.
 const templateFormat = 1
 
-// templateMAC is the MAC of a template's user network device: every
-// clone keeps it, each in its own private user network.
+// templateMAC is the MAC of a template's user network device. Each
+// clone's device and user network get the run's own MAC, which the
+// agent gives the guest's interface before the container (macChange).
 var templateMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x76, 0x73, 0x6c}
 
 // templateBuildTimeout bounds the boot of a template VM up to its agent.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -44,7 +45,7 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 	if len(f.nets) > 0 {
 		// New backends for the snapshot's network devices, one each;
 		// the guest keeps its MACs and its address configuration.
-		nets, _, err := parseNets(f.nets)
+		nets, err := restoreNets(f.nets)
 		if err != nil {
 			return err
 		}
@@ -69,4 +70,23 @@ func vmRestore(cmd *cobra.Command, f vmRunFlags, argv []string) error {
 	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
 	return runConsoleVM(cfg, f, f.restore, interactive)
+}
+
+// restoreNets parses vm run --restore's --net flags: backends for the
+// snapshot's network devices, without MACs, so that each device keeps
+// the one its guest knows (vmm.RestoreOptions.Nets); a mac= is refused.
+func restoreNets(flags []string) ([]vmm.Net, error) {
+	nets, _, err := parseNets(flags)
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range flags {
+		for _, opt := range strings.Split(s, ",")[1:] {
+			if strings.HasPrefix(opt, "mac=") {
+				return nil, usageErr("--net %s: a restored VM keeps the MACs its guest knows", s)
+			}
+		}
+		nets[i].MAC = nil
+	}
+	return nets, nil
 }

@@ -90,3 +90,20 @@ func TestParseBalloon(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreNets: a restored VM's network devices keep the MACs their
+// guest knows: the backends vm run --restore makes carry none, and a
+// mac= is refused.
+func TestRestoreNets(t *testing.T) {
+	nets, err := restoreNets([]string{"user,host-loopback", "none"})
+	if err == nil {
+		t.Fatalf("restoreNets accepted a bad kind: %+v", nets)
+	}
+	nets, err = restoreNets([]string{"user,host-loopback"})
+	if err != nil || len(nets) != 1 || nets[0].MAC != nil || nets[0].User == nil {
+		t.Errorf("restoreNets(user): %+v, %v: want a user network without a MAC", nets, err)
+	}
+	if _, err := restoreNets([]string{"user,mac=52:54:00:12:34:56"}); err == nil || !strings.Contains(err.Error(), "keeps the MACs") {
+		t.Errorf("restoreNets(user,mac=): %v, want the refusal", err)
+	}
+}

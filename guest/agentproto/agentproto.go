@@ -168,6 +168,18 @@ type Create struct {
 	// join): the agent points them at that container's process. The
 	// network namespace is the VM's own for every container of a pod.
 	Sandbox string `json:"sandbox,omitempty"`
+	// MAC, if set, gives the VM's network interface a new address before
+	// the container is made: a VM restored from a template has its
+	// template's address until then, and each clone takes its own (the
+	// host's network device and backend already use the new one).
+	MAC *MACChange `json:"mac,omitempty"`
+}
+
+// MACChange moves the network interface that has address From to
+// address To; an interface that has To already is left as it is.
+type MACChange struct {
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // Volume is a host directory the VM has as a virtio 9P device with mount

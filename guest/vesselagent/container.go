@@ -89,6 +89,11 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	if !validID(id) {
 		return nil, fmt.Errorf("create: invalid container id %q", id)
 	}
+	if cr.MAC != nil {
+		if err := setMAC(cr.MAC); err != nil {
+			return nil, fmt.Errorf("create: %w", err)
+		}
+	}
 	a.mu.Lock()
 	if a.containers[id] != nil {
 		a.mu.Unlock()
