@@ -759,17 +759,26 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	}
 	st.Status, st.ExitCode, st.Finished = container.StatusExited, status, time.Now().UTC()
 	st.Save()
-	// The container is gone: remove it cleanly, then let the VM end.
-	stopCtx, stop := context.WithTimeout(ctx, b.shutdown)
-	defer stop()
-	if _, err := ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "vessel: remove the container: %v\n", err)
-	}
-	ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpShutdown})
-	select {
-	case <-ended:
-	case <-stopCtx.Done():
+	// The container is gone. Without a scratch disk nothing of it
+	// outlives the VM (its writable layer is the guest's tmpfs, the
+	// image disk is read-only, volumes are 9P without a cache, written
+	// through as the container wrote): the VM is stopped without the
+	// guest's teardown. With one, the container is removed and the
+	// guest shuts down, which unmounts the scratch file system cleanly.
+	if p.scratch == 0 {
 		vm.Stop()
+	} else {
+		stopCtx, stop := context.WithTimeout(ctx, b.shutdown)
+		defer stop()
+		if _, err := ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "vessel: remove the container: %v\n", err)
+		}
+		ag.Call(stopCtx, agentproto.Request{Op: agentproto.OpShutdown})
+		select {
+		case <-ended:
+		case <-stopCtx.Done():
+			vm.Stop()
+		}
 	}
 	if err := forcedExit(); err != nil { // a signal while the VM ended
 		return err
