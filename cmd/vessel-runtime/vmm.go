@@ -43,10 +43,13 @@ const readyFD = 3
 const goFD = 4
 
 // Timeouts of the VMM process. bootTimeout bounds the boot up to the
-// agent's control connection (generous: the emulated test platform
-// boots in 10-20 s); teardownTimeout the clean removal at the end.
+// agent's control connection and the container's creation (generous:
+// the emulated test platform boots in 10-20 s; vessel run waits as
+// long, and the e2e tests' clients 4 minutes, so that a guest that
+// stopped answering is reported by the runtime, VESSEL_DEBUG's
+// description included); teardownTimeout the clean removal at the end.
 const (
-	bootTimeout     = 5 * time.Minute
+	bootTimeout     = 3 * time.Minute
 	teardownTimeout = 30 * time.Second
 )
 
