@@ -96,6 +96,10 @@ type Net struct {
 	// devices/usernet): DHCP, DNS, published ports, and the host's
 	// loopback at usernet.HostIP if asked. No privileges needed.
 	User *UserNet
+	// formerMAC is the snapshot's MAC of a restored device given a new
+	// one (RestoreOptions.Nets): the guest sends from it until it is
+	// moved, and the user network drops those frames quietly.
+	formerMAC net.HardwareAddr
 }
 
 // UserNet configures a userspace network.

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -130,6 +131,8 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		for i, n := range o.Nets {
 			if n.MAC == nil {
 				n.MAC = st.Nets[i].MAC
+			} else if !bytes.Equal(n.MAC, st.Nets[i].MAC) {
+				n.formerMAC = st.Nets[i].MAC
 			}
 			cfg.Nets[i] = n
 		}

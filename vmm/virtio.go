@@ -149,7 +149,7 @@ func (v *VM) addNet(i int, n Net) error {
 	case n.Tap != "":
 		be, err = tap.Open(n.Tap)
 	default:
-		be, err = usernet.New(usernet.Config{MAC: n.MAC, Publish: n.User.Publish, HostLoopback: n.User.HostLoopback, Credential: n.User.Credential})
+		be, err = usernet.New(usernet.Config{MAC: n.MAC, FormerMAC: n.formerMAC, Publish: n.User.Publish, HostLoopback: n.User.HostLoopback, Credential: n.User.Credential})
 	}
 	if err != nil {
 		return fmt.Errorf("%w: network %d: %w", ErrInvalidConfig, i, err)

@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/devices/virtio"
 )
 
 // Addresses of the user network.
@@ -72,6 +74,13 @@ type Publish struct {
 type Config struct {
 	// MAC is the guest interface's address; DHCP gives it GuestIP.
 	MAC net.HardwareAddr
+	// FormerMAC, if set, is an address the guest used before it takes
+	// MAC: a VM restored from a snapshot with a new MAC sends from the
+	// snapshot's until its agent moves the interface (a template's
+	// clone, see vmm.RestoreOptions.Nets). Its frames are dropped
+	// without a report (virtio.ErrNetDown), so the network never learns
+	// that address; the guest retransmits from MAC.
+	FormerMAC net.HardwareAddr
 	// Publish lists the ports forwarded from the host to the guest.
 	Publish []Publish
 	// HostLoopback makes the host's 127.0.0.1 reachable at HostIP,
@@ -101,6 +110,7 @@ const helperStart = time.Minute
 type Network struct {
 	conn   *net.UnixConn // the device's end of the socket pair
 	mac    net.HardwareAddr
+	former net.HardwareAddr // Config.FormerMAC
 	addrs  []net.Addr
 	helper *exec.Cmd
 	exited chan struct{} // closed when the helper was waited for
@@ -125,7 +135,7 @@ func New(cfg Config) (_ *Network, err error) {
 			f.Close()
 		}
 	}()
-	n := &Network{mac: cfg.MAC, exited: make(chan struct{}), wbuf: make([]byte, 0, maxFrame)}
+	n := &Network{mac: cfg.MAC, former: cfg.FormerMAC, exited: make(chan struct{}), wbuf: make([]byte, 0, maxFrame)}
 	defer func() {
 		if err != nil && n.conn != nil {
 			n.conn.Close()
@@ -268,6 +278,9 @@ func (n *Network) WriteFrame(bufs [][]byte) error {
 			return fmt.Errorf("usernet: frame larger than %d bytes", maxFrame)
 		}
 		b = append(b, p...)
+	}
+	if len(n.former) == 6 && len(b) >= ethHeader && bytes.Equal(b[6:12], n.former) {
+		return fmt.Errorf("usernet: a frame from the guest's former address %s: %w", n.former, virtio.ErrNetDown)
 	}
 	if err := checkFrame(b, n.mac); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/internal/testbin"
 )
 
@@ -251,5 +252,33 @@ func TestHelperCredential(t *testing.T) {
 		if f := strings.Fields(l); len(f) > 0 && f[0] == "Groups:" && len(f) > 1 {
 			t.Errorf("the helper keeps supplementary groups: %s", l)
 		}
+	}
+}
+
+// TestFormerMAC: a restored guest's frames from its former address are
+// dropped quietly (virtio.ErrNetDown), those from any other address but
+// its own are refused loudly, and its own go through.
+func TestFormerMAC(t *testing.T) {
+	former := net.HardwareAddr{0x52, 0x54, 0, 0x76, 0x73, 0x6c}
+	n, err := New(Config{MAC: testMAC, FormerMAC: former, Helper: helper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.WriteFrame([][]byte{arpRequest(former)}); !errors.Is(err, virtio.ErrNetDown) {
+		t.Errorf("a frame from the former address: %v, want a quiet drop", err)
+	}
+	other := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 10}
+	if err := n.WriteFrame([][]byte{arpRequest(other)}); err == nil || errors.Is(err, virtio.ErrNetDown) {
+		t.Errorf("a frame from another address: %v, want a refusal", err)
+	}
+	if err := n.WriteFrame([][]byte{arpRequest(testMAC)}); err != nil {
+		t.Fatal(err)
+	}
+	n.SetDeadline(time.Now().Add(time.Minute))
+	buf := make([]byte, 2048)
+	k, err := n.ReadFrame(buf)
+	if err != nil || k < 42 || buf[21] != 2 || !bytes.Equal(buf[0:6], testMAC) {
+		t.Fatalf("no ARP reply to the guest's own address: %v % x", err, buf[:k])
 	}
 }
