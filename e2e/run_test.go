@@ -619,22 +619,11 @@ func TestRunDiagnosis(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	up := make(chan string, 1)
-	go func() {
-		b := make([]byte, 3)
-		_, err := io.ReadFull(out, b)
-		up <- fmt.Sprint(string(b), err)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case s := <-up:
-		if s != "up\n<nil>" {
-			t.Fatalf("the container's first output: %q; stderr:\n%s", s, stderr.String())
-		}
-	case <-time.After(4 * time.Minute):
-		t.Fatalf("the container did not start in 4 minutes; stderr:\n%s", stderr.String())
+	waitLine(t, out, "up", 4*time.Minute)
+	if t.Failed() {
+		t.Fatalf("vessel run's stderr:\n%s", stderr.String())
 	}
-	vmm := childWithArg(t, cmd.Process.Pid, "jailed-vmm")
+	vmm := onlyProcess(t, "the jailed VMM process", func(args []string) bool { return len(args) > 1 && args[1] == "jailed-vmm" })
 	if err := syscall.Kill(vmm, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
@@ -656,34 +645,4 @@ func TestRunDiagnosis(t *testing.T) {
 		}
 	}
 	t.Logf("vessel run's report:\n%s", msg)
-}
-
-// childWithArg returns the PID of a child of parent whose command line
-// has arg, waiting up to a minute for it.
-func childWithArg(t *testing.T, parent int, arg string) int {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-		for _, st := range stats {
-			b, err := os.ReadFile(st)
-			if err != nil {
-				continue
-			}
-			// pid (comm) state ppid ...: comm may hold spaces.
-			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-			if len(f) < 2 || f[1] != fmt.Sprint(parent) {
-				continue
-			}
-			cl, _ := os.ReadFile(filepath.Join(filepath.Dir(st), "cmdline"))
-			for _, a := range strings.Split(string(cl), "\x00") {
-				if a == arg {
-					var pid int
-					fmt.Sscan(filepath.Base(filepath.Dir(st)), &pid)
-					return pid
-				}
-			}
-		}
-	}
-	t.Fatalf("no child of %d runs with %q", parent, arg)
-	return 0
 }
