@@ -17,8 +17,8 @@ import (
 // netHelp documents --net.
 const netHelp = `attach a network interface (repeatable; eth0 onwards):
   user[,publish=[HOSTIP:]HOSTPORT:GUESTPORT]...[,host-loopback][,mac=MAC]
-      userspace NAT network, no privileges needed: DHCP gives the guest
-      ` + usernet.GuestIP + `; publish forwards a host TCP port to the guest;
+      userspace NAT network, no privileges needed: the guest is
+      ` + usernet.GuestIP + ` (set at boot, no DHCP wait); publish forwards a host TCP port to the guest;
       host-loopback makes the host's 127.0.0.1 reachable at ` + usernet.HostName + `
       (` + usernet.HostIP + `), which is refused without it
   tap=NAME[,ip=ADDR/PREFIX][,gw=IP][,dns=IP]...[,mac=MAC]
@@ -99,8 +99,21 @@ func parseNet(s string) (vmm.Net, cmdline.Net, error) {
 	if n.MAC == nil {
 		n.MAC = randomMAC()
 	}
+	if n.User != nil {
+		return n, userGuestNet(n.MAC), nil
+	}
 	g.MAC = n.MAC.String()
 	return n, g, nil
+}
+
+// userGuestNet is the guest's side of a user network: the fixed address,
+// gateway, name server and MTU usernet's DHCP server would lease it,
+// given on the command line so that the guest configures its interface
+// at once instead of after a DHCP exchange.
+func userGuestNet(mac net.HardwareAddr) cmdline.Net {
+	bits := netip.MustParsePrefix(usernet.Subnet).Bits()
+	return cmdline.Net{MAC: mac.String(), Addr: fmt.Sprintf("%s/%d", usernet.GuestIP, bits), Gateway: usernet.GatewayIP,
+		DNS: []string{usernet.GatewayIP}, MTU: usernet.MTU}
 }
 
 // hostLoopback is the user network's option that opens the host's

@@ -69,7 +69,11 @@ func TestParseNet(t *testing.T) {
 		if len(n.MAC) != 6 || g.MAC != n.MAC.String() || (tc.mac != "" && g.MAC != tc.mac) {
 			t.Errorf("parseNet(%q): MAC %s, guest %s", tc.in, n.MAC, g.MAC)
 		}
-		if g.Addr != tc.addr || g.Gateway != tc.gw || !slices.Equal(g.DNS, tc.dns) {
+		if tc.user {
+			// A user network's fixed addresses, statically: no DHCP.
+			tc.addr, tc.gw, tc.dns = "192.168.127.2/24", "192.168.127.1", []string{"192.168.127.1"}
+		}
+		if g.Addr != tc.addr || g.Gateway != tc.gw || !slices.Equal(g.DNS, tc.dns) || tc.user && (g.MTU != usernet.MTU || g.DHCP()) {
 			t.Errorf("parseNet(%q): guest config %+v", tc.in, g)
 		}
 		if tc.user && !slices.Equal(n.User.Publish, tc.publish) {

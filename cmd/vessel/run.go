@@ -230,7 +230,7 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		}
 		mac := randomMAC()
 		nets = append(nets, vmm.Net{MAC: mac, User: un})
-		guestNets = append(guestNets, cmdline.Net{MAC: mac.String()})
+		guestNets = append(guestNets, userGuestNet(mac))
 	} else if len(f.publish) > 0 {
 		return nil, runErr("-p needs a network: not with --network none")
 	}

@@ -290,7 +290,7 @@ func buildTemplate(s templateSpec, dir string) (err error) {
 	var guestNets []cmdline.Net
 	if s.user {
 		nets = []vmm.Net{{MAC: templateMAC, User: &vmm.UserNet{}}}
-		guestNets = []cmdline.Net{{MAC: templateMAC.String()}}
+		guestNets = []cmdline.Net{userGuestNet(templateMAC)}
 	}
 	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true, Net: guestNets})
 	if err != nil {
