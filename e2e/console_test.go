@@ -72,6 +72,14 @@ func (r *ptyRun) waitFor(what string) {
 		}
 		select {
 		case err := <-r.done:
+			r.done <- err // still the caller's to wait for
+			// What vessel wrote last may still be on its way through
+			// the pty when it has ended.
+			for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if strings.Contains(r.out.String(), what) {
+					return
+				}
+			}
 			r.t.Fatalf("vessel ended (%v) before %q:\n%q", err, what, r.out.String())
 		case <-time.After(200 * time.Millisecond):
 		}

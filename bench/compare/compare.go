@@ -13,6 +13,7 @@
 package compare
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -424,8 +425,17 @@ func failure(err error, o outcome) string {
 	if msg == "" {
 		msg = benchutil.FirstLine(o.stdout)
 	}
+	// vessel's description of a guest that stopped answering (with
+	// VESSEL_DEBUG) follows its error: kept, on the same line.
+	if i := bytes.Index(o.stderr, []byte(diagnosisHeader)); i >= 0 {
+		msg += " (" + strings.Join(strings.Fields(string(o.stderr[i:])), " ") + ")"
+	}
 	return fmt.Sprintf("exit status %d: %s", o.code, msg)
 }
+
+// diagnosisHeader starts vessel's description of a hung VM below its
+// error (cmd/vessel's writeDiagnosis).
+const diagnosisHeader = "the VM's state when vessel gave up on it:"
 
 // runcMessage takes the message out of runc's logrus line
 // (time="..." level=error msg="...").
