@@ -60,6 +60,11 @@ func (t *MMIO) Inspect() TransportView {
 // readRings fills qv from the rings of cfg, or says why it cannot.
 func (t *MMIO) readRings(cfg QueueConfig, qv *QueueView) string {
 	n := uint64(cfg.Size)
+	// A driver may enable a queue at any address before DRIVER_OK (the
+	// transport checks it at activation): the rings must not wrap.
+	if cfg.Driver > ^uint64(0)-(6+2*n) || cfg.Device > ^uint64(0)-(6+8*n) {
+		return "the rings' addresses overflow"
+	}
 	for _, f := range []struct {
 		gpa uint64
 		dst *uint16

@@ -3,6 +3,8 @@ package virtio
 import (
 	"strings"
 	"testing"
+
+	"github.com/vesselvm/vessel/devices"
 )
 
 // TestInspect: Inspect reads the rings the driver and device share
@@ -32,5 +34,39 @@ func TestInspect(t *testing.T) {
 	}
 	if got := r.d.usedIdx(); got != 1 {
 		t.Errorf("Inspect changed the used index to %d", got)
+	}
+}
+
+// TestInspectHostileQueue: a queue the driver enabled, before DRIVER_OK,
+// with rings at addresses that wrap or lie outside RAM is reported as
+// unreadable, not read at a wrapped address.
+func TestInspectHostileQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		driver, dev  uint64
+		wantErrSnips string
+	}{
+		{"wrapping", ^uint64(0) - 1, ^uint64(0) - 3, "overflow"},
+		{"outside RAM", 1 << 60, 1 << 60, ""},
+	} {
+		m, err := NewMMIO(NewRNG(), newTestMem(t), &devices.CountingInterrupt{}, t.Logf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wr(m, regQueueSel, 0)
+		wr(m, regQueueNum, 0xffff)
+		wr(m, regQueueDrvLow, uint32(tc.driver))
+		wr(m, regQueueDrvHigh, uint32(tc.driver>>32))
+		wr(m, regQueueDevLow, uint32(tc.dev))
+		wr(m, regQueueDevHigh, uint32(tc.dev>>32))
+		wr(m, regQueueReady, 1)
+		v := m.Inspect()
+		if q := v.Queues[0]; !q.Ready || q.Err == "" || !strings.Contains(q.Err, tc.wantErrSnips) {
+			t.Errorf("%s: queue view %+v, want an error", tc.name, q)
+		}
+		if s := v.String(); !strings.Contains(s, "q0: ") {
+			t.Errorf("%s: %q does not name the unreadable queue", tc.name, s)
+		}
+		m.Close()
 	}
 }
