@@ -623,7 +623,17 @@ func TestRunDiagnosis(t *testing.T) {
 	if t.Failed() {
 		t.Fatalf("vessel run's stderr:\n%s", stderr.String())
 	}
-	vmm := onlyProcess(t, "the jailed VMM process", func(args []string) bool { return len(args) > 1 && args[1] == "jailed-vmm" })
+	// This run's jailed VMM: the child of its vessel process (a VM an
+	// earlier test left to a crashed outer kernel may still be there).
+	var vmm int
+	for pid := range liveProcesses(func(args []string) bool { return len(args) > 1 && args[1] == "jailed-vmm" }) {
+		if parentPID(pid) == cmd.Process.Pid {
+			vmm = pid
+		}
+	}
+	if vmm == 0 {
+		t.Fatalf("no jailed VMM process under vessel run (%d)", cmd.Process.Pid)
+	}
 	if err := syscall.Kill(vmm, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
