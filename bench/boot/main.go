@@ -41,8 +41,10 @@
 //	                  own default, read from `vessel vm run --help`); the
 //	                  vessel.* parameters for the guest command are appended
 //	--gokvm-extra S   kernel parameters added for gokvm only (default
-//	                  "tsc_early_khz=auto": gokvm's guest hangs calibrating
-//	                  its TSC without it; auto is the host's "cpu MHz" in kHz)
+//	                  "notsc tsc_early_khz=auto": gokvm gives the guest no
+//	                  kvm-clock, and its guest hangs calibrating the TSC
+//	                  without them (PLATFORM.md); auto is the host's
+//	                  "cpu MHz" in kHz)
 //	--qemu-acpi M     auto|on|off: QEMU microvm's ACPI (GED power-off); auto
 //	                  is on unless the command line has acpi=off (default auto)
 //	--extract-json R  run nothing: copy the raw JSON out of report R to --out
@@ -132,7 +134,7 @@ func parseFlags(args []string, usageOut io.Writer) (*config, error) {
 	fs.StringVar(&c.Initrd, "initrd", filepath.Join(gd, "initramfs.cpio"), "guest initramfs")
 	fs.IntVar(&c.MemMiB, "memory", 256, "guest RAM in MiB")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "base kernel command line for every VMM (default: vessel's default)")
-	fs.StringVar(&c.GokvmExtra, "gokvm-extra", "tsc_early_khz=auto", "kernel parameters added for gokvm only (auto: the host's TSC kHz)")
+	fs.StringVar(&c.GokvmExtra, "gokvm-extra", "notsc tsc_early_khz=auto", "kernel parameters added for gokvm only (auto: the host's TSC kHz)")
 	fs.StringVar(&c.QEMUACPI, "qemu-acpi", "auto", "QEMU microvm ACPI: auto (on unless the command line has acpi=off), on or off")
 	fs.StringVar(&c.ExtractJSON, "extract-json", "", "run nothing: copy the raw JSON of this report to --out")
 	if err := fs.Parse(args); err != nil {
@@ -334,6 +336,8 @@ func progressLine(r Run) string {
 	add("cpu@init", r.CPUToInit, "%.2fs")
 	add("exits", r.ExitsTotal, "%.0f")
 	add("overhead", r.MemOverheadMiB, "%.1fMiB")
+	add("tree_pss", r.TreeOverheadPSSMiB, "%.1fMiB")
+	add("procs", r.Processes, "%.0f")
 	add("wall", r.Wall, "%.2fs")
 	s := strings.Join(parts, " ") + " (" + r.Ending + ")"
 	if len(r.Notes) > 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ type Mapping struct {
 	Path       string // empty for an anonymous mapping
 	Size       uint64 // the "Size:" field
 	Rss        uint64 // the "Rss:" field
+	Pss        uint64 // the "Pss:" field: Rss with each shared page divided among its sharers
 }
 
 // Anonymous reports whether m is not backed by a regular file: a private
@@ -54,7 +56,7 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 		if !ok {
 			return nil, fmt.Errorf("smaps line %d: unexpected %q", line, text)
 		}
-		if key != "Size" && key != "Rss" {
+		if key != "Size" && key != "Rss" && key != "Pss" {
 			continue
 		}
 		if len(maps) == 0 {
@@ -65,10 +67,13 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 			return nil, fmt.Errorf("smaps line %d: %s: %w", line, key, err)
 		}
 		m := &maps[len(maps)-1]
-		if key == "Size" {
+		switch key {
+		case "Size":
 			m.Size = n
-		} else {
+		case "Rss":
 			m.Rss = n
+		default:
+			m.Pss = n
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -127,6 +132,8 @@ type MemUsage struct {
 	RSS        uint64 // all mappings
 	GuestRSS   uint64 // resident part of the guest-RAM mappings
 	Overhead   uint64 // RSS - GuestRSS
+	PSS        uint64 // all mappings, shared pages divided among their sharers
+	GuestPSS   uint64 // the guest-RAM mappings' part of PSS
 	GuestMaps  int    // how many mappings were taken for guest RAM
 	GuestBytes uint64 // their total size
 }
@@ -142,8 +149,10 @@ func SplitGuestRAM(maps []Mapping, guestMem uint64) (MemUsage, error) {
 	var u MemUsage
 	for _, m := range maps {
 		u.RSS += m.Rss
+		u.PSS += m.Pss
 		if m.Anonymous() && m.Size == guestMem {
 			u.GuestRSS += m.Rss
+			u.GuestPSS += m.Pss
 			u.GuestMaps++
 			u.GuestBytes += m.Size
 		}
@@ -204,4 +213,70 @@ func readSmaps(pid int) ([]Mapping, error) {
 		return nil, errors.New("smaps is empty (the process has exited)")
 	}
 	return maps, nil
+}
+
+// Descendants returns pid and every process below it, parents before
+// children, given each process's parent (ppid[child] = parent). A VMM
+// may serve a VM with several processes: vessel runs its VMM jailed in a
+// child process and waits for it.
+func Descendants(pid int, ppid map[int]int) []int {
+	children := map[int][]int{}
+	for c, p := range ppid {
+		children[p] = append(children[p], c)
+	}
+	for _, cs := range children {
+		sort.Ints(cs)
+	}
+	out := []int{pid}
+	seen := map[int]bool{pid: true}
+	for i := 0; i < len(out); i++ {
+		for _, c := range children[out[i]] {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// ParseStatPPID returns the parent PID (field 4) from the text of
+// /proc/PID/stat.
+func ParseStatPPID(stat string) (int, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("stat: no ')' after the command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 2 {
+		return 0, errors.New("stat: no parent PID")
+	}
+	p, err := strconv.Atoi(f[1])
+	if err != nil {
+		return 0, fmt.Errorf("stat: parent PID: %w", err)
+	}
+	return p, nil
+}
+
+// processTree returns pid and its live descendants, read from /proc.
+func processTree(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return []int{pid}
+	}
+	ppid := map[int]int{}
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if p, err := ParseStatPPID(string(b)); err == nil {
+			ppid[n] = p
+		}
+	}
+	return Descendants(pid, ppid)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +52,13 @@ func TestParseSmapsFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	const rssKB = 4 + 2048 + 3072 + 40960 + 512 + 4 + 4 + 16
+	const pssKB = rssKB - 1024 // half the text is shared with another process
+	const guestPSSKB = 40960
 	if u.RSS != rssKB<<10 || u.GuestRSS != 40960<<10 || u.Overhead != (rssKB-40960)<<10 || u.GuestMaps != 1 {
 		t.Errorf("SplitGuestRAM = %+v", u)
+	}
+	if u.PSS != pssKB<<10 || u.GuestPSS != guestPSSKB<<10 {
+		t.Errorf("SplitGuestRAM PSS = %d, guest %d; want %d, %d KiB", u.PSS>>10, u.GuestPSS>>10, pssKB, guestPSSKB)
 	}
 
 	// No mapping of a 512 MiB guest: an error, with the totals still set.
@@ -120,5 +126,53 @@ func TestReadSelf(t *testing.T) {
 	}
 	if rss == 0 {
 		t.Error("this process has no resident memory?")
+	}
+}
+
+func TestParseStatPPID(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    int
+		wantErr bool
+	}{
+		{"42 (vessel) S 7 42 42 0 -1", 7, false},
+		{"43 (a) b) (c) R 42 43 43", 42, false}, // parentheses in the name
+		{"44 (x) S", 0, true},
+		{"44 x S 1", 0, true},
+		{"44 (x) S one", 0, true},
+	} {
+		got, err := ParseStatPPID(tc.in)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("ParseStatPPID(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestDescendants(t *testing.T) {
+	ppid := map[int]int{
+		10: 1,  // benchboot's VMM
+		12: 10, // its jailed child
+		11: 10,
+		20: 12, // a grandchild
+		30: 1,  // unrelated
+		31: 30,
+	}
+	for _, tc := range []struct {
+		pid  int
+		want []int
+	}{
+		{10, []int{10, 11, 12, 20}},
+		{12, []int{12, 20}},
+		{20, []int{20}},
+		{99, []int{99}}, // gone: itself only
+	} {
+		got := Descendants(tc.pid, ppid)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("Descendants(%d) = %v, want %v", tc.pid, got, tc.want)
+		}
+	}
+	// A cycle (a PID reused while the table was read) ends.
+	if got := Descendants(1, map[int]int{1: 2, 2: 1}); len(got) != 2 {
+		t.Errorf("Descendants over a cycle = %v", got)
 	}
 }

@@ -78,8 +78,12 @@ var metrics = []metric{
 		Get: func(r Run) *float64 { return r.CPUToInit }, Ratios: true},
 	{Title: "userspace exits per boot", Unit: "", Digits: 0,
 		Get: func(r Run) *float64 { return r.ExitsTotal }, Only: []string{nameVessel}, NA: "n/a"},
-	{Title: "VMM memory overhead (RSS minus guest RAM, at the uptime line)", Unit: "MiB", Digits: 1,
+	{Title: "VMM memory overhead (VMM process's RSS minus guest RAM, at the uptime line)", Unit: "MiB", Digits: 1,
 		Get: func(r Run) *float64 { return r.MemOverheadMiB }, Ratios: true},
+	{Title: "memory of every process serving the VM (PSS minus guest RAM)", Unit: "MiB", Digits: 1,
+		Get: func(r Run) *float64 { return r.TreeOverheadPSSMiB }, Ratios: true},
+	{Title: "processes serving the VM", Unit: "", Digits: 0,
+		Get: func(r Run) *float64 { return r.Processes }},
 	{Title: "wall time, VMM start to exit", Unit: "s", Digits: 2,
 		Get: func(r Run) *float64 { return r.Wall }},
 }
@@ -393,7 +397,7 @@ func RenderReport(w io.Writer, res *Results) error {
 	fmt.Fprintf(w, "- time to init, host side: from starting the VMM process to benchboot reading the line `cat /proc/uptime` printed on the VMM's console (stdout pipe, each line timestamped when read).\n")
 	fmt.Fprintf(w, "- guest boot time: the first number of that line, seconds since the guest kernel started. vessel's boot_to_init is vessel's own measure, from its setup to the guest init's boot-marker write.\n")
 	fmt.Fprintf(w, "- VMM CPU time: user+system of the VMM process (all threads) from wait4. It includes the time its vCPU threads spend running the guest inside KVM_RUN, so it is the host CPU a boot costs, not the VMM's own work alone. A VMM that does not exit when the guest is done is killed shortly after the guest says it stopped (its CPU time just before the kill is in the JSON). \"start to uptime line\" is sampled from /proc/PID/stat at the marker (10 ms resolution) and is comparable across VMMs whatever their shutdown does.\n")
-	fmt.Fprintf(w, "- memory overhead: sum of Rss over /proc/PID/smaps minus the Rss of the guest RAM (the anonymous mappings exactly the guest memory size), sampled at the uptime line with the VMM stopped (SIGSTOP/SIGCONT) for the read.\n")
+	fmt.Fprintf(w, "- memory overhead: of the VMM process (the one that maps the guest RAM; vessel runs it jailed, as a child of the vessel process), the sum of Rss over /proc/PID/smaps minus the Rss of the guest RAM (the anonymous mappings exactly the guest memory size), sampled at the uptime line with every process of the VMM stopped (SIGSTOP/SIGCONT) for the read. \"every process serving the VM\" sums Pss (shared pages divided among their sharers, so a binary mapped by two processes counts once) over the process benchboot started and all its descendants, minus the guest RAM's Pss. CPU time at the marker is summed over the same processes.\n")
 	fmt.Fprintf(w, "- userspace exits: vessel's --metrics counts; the peers expose no such count (and the kernel running them has no debugfs/tracefs), so n/a.\n")
 
 	b, err := json.MarshalIndent(res, "", "  ")

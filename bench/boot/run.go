@@ -14,6 +14,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/containerd/console"
+	"golang.org/x/sys/unix"
 )
 
 // Run is what one boot of one VMM measured. Pointers are nil when the
@@ -47,7 +50,7 @@ type Run struct {
 	// (seconds), whether it exited or was killed.
 	CPUTotal *float64 `json:"cpu_total_s,omitempty"`
 	// CPUToInit is utime+stime from /proc/PID/stat when the uptime line
-	// appeared (10 ms resolution).
+	// appeared (10 ms resolution), summed over the VMM's process tree.
 	CPUToInit *float64 `json:"cpu_to_init_s,omitempty"`
 	// CPUBeforeKill is utime+stime from /proc/PID/stat just before
 	// benchboot killed a VMM that did not exit by itself.
@@ -58,9 +61,17 @@ type Run struct {
 	// Memory, sampled from /proc/PID/smaps when the uptime line appeared
 	// (MiB): all resident memory, the guest-RAM mappings' part, and the
 	// rest, the VMM's overhead.
+	// They are the VMM process's: the one that maps the guest RAM.
 	RSSMiB         *float64 `json:"rss_mib,omitempty"`
 	GuestRSSMiB    *float64 `json:"guest_rss_mib,omitempty"`
 	MemOverheadMiB *float64 `json:"mem_overhead_mib,omitempty"`
+	// TreeOverheadPSSMiB is the PSS of the VMM's whole process tree (the
+	// process benchboot started and all its descendants) minus the guest
+	// RAM's PSS: what it costs to serve the VM when one process supervises
+	// another (vessel's jailed VMM).
+	TreeOverheadPSSMiB *float64 `json:"tree_overhead_pss_mib,omitempty"`
+	// Processes counts that tree at the marker.
+	Processes *float64 `json:"processes,omitempty"`
 	// Wall is from the VMM's start to its exit (seconds).
 	Wall *float64 `json:"wall_s,omitempty"`
 	// Ending says how the process ended, e.g. "exit status 0" or
@@ -116,7 +127,20 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 	defer errR.Close()
 
 	cmd := exec.Command(spec.Path, spec.Args(metrics)...)
-	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
+	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null unless spec.Terminal
+	if spec.Terminal {
+		master, slave, err := newTerminal()
+		if err != nil {
+			outW.Close()
+			errW.Close()
+			return failed(res, err.Error())
+		}
+		// The master stays open until the VMM is gone: a hang-up would
+		// end its input.
+		defer master.Close()
+		defer slave.Close()
+		cmd.Stdin = slave
+	}
 	// A process group of its own, so a kill reaches anything it started;
 	// and it dies with benchboot.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -300,32 +324,79 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 	return res
 }
 
-// sampleAtMarker stops the VMM for a moment (so it cannot exit while it is
-// being read) and samples its CPU time and memory.
+// sampleAtMarker stops the VMM's processes for a moment (so none can exit
+// while they are read) and samples their CPU time and memory. A VMM may
+// serve the VM with several processes (vessel's jailed VMM is a child of
+// the vessel process that waits for it): the VMM process is the one that
+// maps the guest RAM, and the totals cover pid and all its descendants.
 func (r *runner) sampleAtMarker(pid int, res *Run) {
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err == nil {
-		defer syscall.Kill(pid, syscall.SIGCONT)
+	pids := processTree(pid)
+	for _, p := range pids {
+		if err := syscall.Kill(p, syscall.SIGSTOP); err == nil {
+			defer syscall.Kill(p, syscall.SIGCONT)
+		}
 	}
-	if cpu, err := readStatCPU(pid); err == nil {
-		res.CPUToInit = seconds(cpu)
-	} else {
-		res.Notes = append(res.Notes, "CPU at the marker: "+err.Error())
+	var cpu time.Duration
+	for i, p := range pids {
+		c, err := readStatCPU(p)
+		if err != nil {
+			if i == 0 {
+				res.Notes = append(res.Notes, "CPU at the marker: "+err.Error())
+				return
+			}
+			continue // a child that just ended
+		}
+		cpu += c
 	}
-	maps, err := readSmaps(pid)
-	if err != nil {
-		res.Notes = append(res.Notes, "memory: "+err.Error())
+	res.CPUToInit = seconds(cpu)
+	res.Processes = ptr(float64(len(pids)))
+
+	var (
+		vmm, top *MemUsage
+		vmms     int
+		pss      uint64
+		guestPSS uint64
+		lastErr  error
+	)
+	for _, p := range pids {
+		maps, err := readSmaps(p)
+		if err != nil {
+			continue
+		}
+		u, err := SplitGuestRAM(maps, uint64(r.cfg.MemMiB)<<20)
+		if top == nil {
+			top = &u
+		}
+		pss += u.PSS
+		guestPSS += u.GuestPSS
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		vmms++
+		if vmm == nil {
+			vmm = &u
+		}
+	}
+	if vmm == nil {
+		if lastErr == nil {
+			lastErr = errors.New("no process left to read")
+		}
+		if top != nil {
+			res.RSSMiB = ptr(mib(top.RSS))
+		}
+		res.Notes = append(res.Notes, "memory: "+lastErr.Error())
 		return
 	}
-	u, err := SplitGuestRAM(maps, uint64(r.cfg.MemMiB)<<20)
-	res.RSSMiB = ptr(mib(u.RSS))
-	if err != nil {
-		res.Notes = append(res.Notes, "memory: "+err.Error())
-		return
+	res.RSSMiB = ptr(mib(vmm.RSS))
+	res.GuestRSSMiB = ptr(mib(vmm.GuestRSS))
+	res.MemOverheadMiB = ptr(mib(vmm.Overhead))
+	res.TreeOverheadPSSMiB = ptr(mib(pss - guestPSS))
+	if vmm.GuestMaps != 1 {
+		res.Notes = append(res.Notes, fmt.Sprintf("memory: %d mappings of the guest RAM size", vmm.GuestMaps))
 	}
-	res.GuestRSSMiB = ptr(mib(u.GuestRSS))
-	res.MemOverheadMiB = ptr(mib(u.Overhead))
-	if u.GuestMaps != 1 {
-		res.Notes = append(res.Notes, fmt.Sprintf("memory: %d mappings of the guest RAM size", u.GuestMaps))
+	if vmms != 1 {
+		res.Notes = append(res.Notes, fmt.Sprintf("memory: %d processes map memory of the guest RAM size; the first was taken as the VMM", vmms))
 	}
 }
 
@@ -392,4 +463,18 @@ func failed(r Run, why string) Run {
 	r.OK = false
 	r.Error = why
 	return r
+}
+
+// newTerminal opens a pseudo-terminal pair for a VMM's stdin.
+func newTerminal() (console.Console, *os.File, error) {
+	m, name, err := console.NewPty()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pty: %w", err)
+	}
+	s, err := os.OpenFile(name, os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("pty slave %s: %w", name, err)
+	}
+	return m, s, nil
 }

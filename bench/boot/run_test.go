@@ -107,3 +107,29 @@ func TestNoBootAborts(t *testing.T) {
 		t.Errorf("report:\n%s\nstderr:\n%s", out.String(), errb.String())
 	}
 }
+
+func TestRunOneTerminal(t *testing.T) {
+	// gokvm refuses to take input (and never exits) unless stdin is a
+	// terminal: a spec that asks for one gets one.
+	spec := fakeVMM(t, `if [ -t 0 ]; then echo "1.00 0.50"; else echo "stdin is not a terminal"; fi; echo "reboot: Power down"`, true)
+	spec.Terminal = true
+	r := testRunner(t, 10*time.Second).runOne(context.Background(), spec, 1, false)
+	if !r.OK || r.GuestUptime == nil || *r.GuestUptime != 1 {
+		t.Errorf("run %+v", r)
+	}
+	spec.Terminal = false
+	r = testRunner(t, 2*time.Second).runOne(context.Background(), spec, 1, false)
+	if r.OK {
+		t.Errorf("without a terminal: run %+v", r)
+	}
+}
+
+func TestSampleAtMarkerTree(t *testing.T) {
+	// vessel's VMM runs in a child process: the tree is measured, and
+	// its CPU and process count cover the child.
+	spec := fakeVMM(t, `sleep 30 & sleep 0.2; echo "1.00 0.50"; sleep 1; echo "reboot: Power down"; kill $!`, true)
+	r := testRunner(t, 10*time.Second).runOne(context.Background(), spec, 1, false)
+	if !r.OK || r.Processes == nil || *r.Processes < 2 {
+		t.Errorf("run %+v (processes %v)", r, r.Processes)
+	}
+}

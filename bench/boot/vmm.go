@@ -83,6 +83,10 @@ type vmmSpec struct {
 	// ExitsOnItsOwn is true when the VMM is expected to exit once the
 	// guest is done; benchboot kills the others after the guest stopped.
 	ExitsOnItsOwn bool
+	// Terminal gives the VMM a pseudo-terminal as its stdin (raw mode is
+	// the VMM's business) instead of /dev/null; its stdout stays the
+	// console pipe benchboot reads.
+	Terminal bool
 }
 
 // guestCmdline returns vessel's default command line def with the
@@ -180,8 +184,10 @@ func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
 			specs = append(specs, vmmSpec{
 				Name: name, Path: cfg.Gokvm, Cmdline: cl,
 				// gokvm blocks forever (select{}) when stdin is not a
-				// terminal, even after every vCPU stopped.
-				ExitsOnItsOwn: false,
+				// terminal, even after every vCPU stopped: it gets one,
+				// but whether it exits after a power-off is its own
+				// business (it does not on a reset), so benchboot ends it.
+				ExitsOnItsOwn: false, Terminal: true,
 				Args: func(string) []string {
 					return []string{"boot", "-k", cfg.Kernel, "-i", cfg.Initrd,
 						"-p", cl, "-m", mem, "-c", "1"}
