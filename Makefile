@@ -37,6 +37,7 @@ build:
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.gitVersion=$$(git describe --always --dirty 2>/dev/null)" -o bin/vessel ./cmd/vessel
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.gitVersion=$$(git describe --always --dirty 2>/dev/null)" -o bin/vessel-runtime ./cmd/vessel-runtime
+	CGO_ENABLED=0 $(GO) build -o bin/vessel-vmm ./cmd/vessel-vmm
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-usernet ./cmd/vessel-usernet
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-bench ./cmd/vessel-bench
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-workload ./bench/workload
@@ -130,6 +131,7 @@ test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
 	@mkdir -p build/seccomptest
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-vmm ./cmd/vessel-vmm
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-usernet ./cmd/vessel-usernet
 	@$(GO) build -o build/runblock ./e2e/runblock
 	@failed=; block() { name=$$1; shift; echo "== e2e block $$name"; \

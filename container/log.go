@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/vesselvm/vessel/internal/limitio"
 )
 
 // logEntry is one line of a container log, in docker's json-file format:
@@ -389,32 +391,7 @@ const DiagLimit = 1 << 20
 
 // LimitWriter returns a writer that passes whole writes on to w while
 // they total at most n bytes, then writes note once and drops the rest,
-// reporting success. It may be used concurrently.
+// reporting success. It may be used concurrently (internal/limitio).
 func LimitWriter(w io.Writer, n int64, note string) io.Writer {
-	return &limitWriter{w: w, left: n, note: note}
-}
-
-type limitWriter struct {
-	mu   sync.Mutex
-	w    io.Writer
-	left int64
-	note string
-	done bool
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.done:
-	case int64(len(p)) <= l.left:
-		l.left -= int64(len(p))
-		if _, err := l.w.Write(p); err != nil {
-			return 0, err
-		}
-	default:
-		l.done = true
-		io.WriteString(l.w, l.note)
-	}
-	return len(p), nil
+	return limitio.Writer(w, n, note)
 }

@@ -75,7 +75,9 @@ func newCoreEnv(t *testing.T, uid int) *coreEnv {
 		}
 	}
 	copyFile(t, vesselBin, filepath.Join(bin, "vessel"), 0o755)
-	copyFile(t, filepath.Join(filepath.Dir(vesselBin), "vessel-usernet"), filepath.Join(bin, "vessel-usernet"), 0o755)
+	for _, helper := range []string{"vessel-vmm", "vessel-usernet"} {
+		copyFile(t, filepath.Join(filepath.Dir(vesselBin), helper), filepath.Join(bin, helper), 0o755)
+	}
 	for _, f := range []string{"bzImage", "initramfs.cpio"} {
 		copyFile(t, filepath.Join(guestDir, f), filepath.Join(c.guestDir, f), 0o644)
 	}

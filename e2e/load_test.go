@@ -197,7 +197,7 @@ func checkRunLeftovers(t *testing.T, env []string, before map[string]bool) {
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		procs = liveProcesses(func(args []string) bool {
 			b := filepath.Base(args[0])
-			return b == "vessel" || b == "vessel-usernet"
+			return b == "vessel" || b == "vessel-vmm" || b == "vessel-usernet"
 		})
 		if len(procs) == 0 || time.Now().After(deadline) {
 			break

@@ -626,7 +626,7 @@ func TestRunDiagnosis(t *testing.T) {
 	// This run's jailed VMM: the child of its vessel process (a VM an
 	// earlier test left to a crashed outer kernel may still be there).
 	var vmm int
-	for pid := range liveProcesses(func(args []string) bool { return len(args) > 1 && args[1] == "jailed-vmm" }) {
+	for pid := range liveProcesses(func(args []string) bool { return filepath.Base(args[0]) == "vessel-vmm" }) {
 		if parentPID(pid) == cmd.Process.Pid {
 			vmm = pid
 		}

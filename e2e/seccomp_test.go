@@ -110,7 +110,7 @@ func TestSeccomp(t *testing.T) {
 		defer cmd.Process.Kill()
 		waitLine(t, stdout, "up", 3*time.Minute)
 		checkFiltered(t, onlyProcess(t, "the jailed VMM process", func(args []string) bool {
-			return slicesContains(args, "jailed-vmm")
+			return filepath.Base(args[0]) == "vessel-vmm"
 		}), "the jailed VMM process")
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,12 +16,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/internal/jail"
 	"github.com/vesselvm/vessel/internal/seccomp"
+	"github.com/vesselvm/vessel/internal/vmmproc"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -98,25 +97,10 @@ type vmOptions struct {
 	restore string
 }
 
-// restoreOptions are the vmm.RestoreOptions that attach cfg's backends
-// to a snapshot's devices.
-func restoreOptions(cfg vmm.Config) vmm.RestoreOptions {
-	o := vmm.RestoreOptions{Version: version(), Console: cfg.Console, Input: cfg.Input, Log: cfg.Log,
-		Disks: cfg.Disks, Nets: cfg.Nets, KVMDevice: cfg.KVMDevice, AllowPVM: cfg.AllowPVM}
-	if cfg.Vsock != nil {
-		vs := *cfg.Vsock
-		o.Vsock = &vs
-	}
-	return o
-}
-
 // newVM builds cfg's VM, or restores the snapshot in dir with cfg's
 // backends.
 func newVM(cfg vmm.Config, dir string) (*vmm.VM, error) {
-	if dir != "" {
-		return vmm.Restore(dir, restoreOptions(cfg))
-	}
-	return vmm.New(cfg)
+	return vmmproc.NewVM(cfg, dir, version())
 }
 
 // startVM builds the VM of cfg, in this process or, with o.jail, in a
@@ -129,78 +113,22 @@ func startVM(cfg vmm.Config, o vmOptions) (runningVM, error) {
 	if err != nil {
 		return nil, err
 	}
-	setInput(vm, o.input)
+	vmmproc.SetInput(vm, o.input)
 	return vm, nil
 }
 
-func setInput(vm *vmm.VM, input string) {
-	switch input {
-	case "escape":
-		vm.SetInput(&escapeReader{r: os.Stdin, quit: vm.Stop})
-	case "stdin":
-		vm.SetInput(os.Stdin)
+// wireErr is the jailed VMM's error on vessel's side: its text cleaned
+// (the VMM may be the guest's), a refused snapshot still vmm.ErrSnapshot.
+func wireErr(w *vmmproc.Error) error {
+	e := &exitError{code: exitInternal, msg: container.CleanText(w.Msg)}
+	if w.Usage {
+		e.code = exitUsage
 	}
-}
-
-// wireConfig is the part of a vmm.Config the jailed VMM process gets
-// (on its fd 3, as JSON), with how to run it.
-type wireConfig struct {
-	Kernel, Initrd, Cmdline string
-	CPUs                    int
-	Memory                  uint64
-	Disks                   []vmm.Disk
-	Nets                    []vmm.Net
-	Vsock                   *vmm.Vsock
-	Balloon                 *vmm.Balloon
-	Shares                  []vmm.Share
-	AllowPVM                bool
-	Console                 bool
-	Input                   string
-	UID, GID                int
-	Root                    string
-	// Restore is the snapshot directory to restore instead of booting
-	// (vmOptions.restore).
-	Restore string
-}
-
-// wireMsg is one message from the jailed VMM process (on its fd 4):
-// an error before the guest ran, ready, or the result.
-type wireMsg struct {
-	Error  *wireError  `json:",omitempty"`
-	Ready  bool        `json:",omitempty"`
-	Result *wireResult `json:",omitempty"`
-}
-
-type wireError struct {
-	Code int
-	Msg  string
-	// Snapshot: the snapshot to restore was refused (vmm.ErrSnapshot).
-	Snapshot bool `json:",omitempty"`
-}
-
-// err is the jailed VMM's error on vessel's side: its text cleaned (the
-// VMM may be the guest's), a refused snapshot still vmm.ErrSnapshot.
-func (w *wireError) err() error {
-	e := &exitError{code: w.Code, msg: container.CleanText(w.Msg)}
 	if w.Snapshot {
 		e.cause = vmm.ErrSnapshot
 	}
 	return e
 }
-
-// wireResult is a vmm.Result without its Err.
-type wireResult struct {
-	Kind        vmm.ExitKind
-	Status      int
-	Detail      string
-	ConsoleTail []string
-	Metrics     vmm.Metrics
-	Diagnosis   string
-}
-
-// diagnoseSignal asks a jailed VMM process to stop its VM after
-// describing its state (jailedVM.StopDiagnosed).
-const diagnoseSignal = syscall.SIGUSR2
 
 // maxDiagnosis bounds the diagnosis vessel keeps of a jailed VMM's
 // result (a few lines per vCPU and device).
@@ -220,10 +148,10 @@ func wireDecoder(r io.Reader) *json.Decoder {
 	return json.NewDecoder(io.LimitReader(r, maxWireMsgs))
 }
 
-// result is how the VM ended as the VMM process told it, its text
+// wireResult is how the VM ended as the VMM process told it, its text
 // cleaned (no escape sequences reach the user's terminal) and its
 // console tail capped.
-func (r *wireResult) result() vmm.Result {
+func wireResult(r *vmmproc.Result) vmm.Result {
 	tail := r.ConsoleTail
 	if len(tail) > maxTailLines {
 		tail = tail[len(tail)-maxTailLines:]
@@ -243,115 +171,6 @@ func (r *wireResult) result() vmm.Result {
 	}
 	return vmm.Result{Kind: r.Kind, Status: r.Status, Detail: container.CleanText(r.Detail), ConsoleTail: tail, Metrics: r.Metrics,
 		Diagnosis: strings.Join(lines, "")}
-}
-
-// jailedVMMCommand is the hidden command the jailed VMM process runs.
-const jailedVMMCommand = "jailed-vmm"
-
-func newJailedVMM() *cobra.Command {
-	return &cobra.Command{
-		Use:    jailedVMMCommand,
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return jailedVMM(os.NewFile(3, "config"), os.NewFile(4, "messages"))
-		},
-	}
-}
-
-// jailedVMM is the jailed VMM process: it builds the VM as vessel sent
-// it, enters the jail, runs the guest and sends back how it ended.
-func jailedVMM(in, out *os.File) error {
-	if in == nil || out == nil {
-		return usageErr("%s is vessel's own VMM process, not a command", jailedVMMCommand)
-	}
-	send := func(m wireMsg) { json.NewEncoder(out).Encode(m) }
-	seccomp.ParentRelays() // startJailed's Relay, outside our PID namespace
-	fail := func(err error) error {
-		var ee *exitError
-		if !errors.As(classify(err), &ee) {
-			ee = &exitError{code: exitInternal, msg: err.Error()}
-		}
-		send(wireMsg{Error: &wireError{Code: ee.code, Msg: ee.msg, Snapshot: errors.Is(err, vmm.ErrSnapshot)}})
-		return &exitError{code: ee.code}
-	}
-	var w wireConfig
-	err := json.NewDecoder(io.LimitReader(in, 1<<20)).Decode(&w)
-	in.Close()
-	if err != nil {
-		return fail(fmt.Errorf("read the VM's configuration: %w", err))
-	}
-	// A jailed VMM needs few descriptors (the 9P shares' budget follows
-	// this) and threads: a vCPU each and the Go runtime's.
-	if err := jail.Limits(4096); err != nil {
-		return fail(err)
-	}
-	cfg := vmm.Config{Kernel: w.Kernel, Initrd: w.Initrd, Cmdline: w.Cmdline, CPUs: w.CPUs, Memory: w.Memory,
-		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Balloon: w.Balloon, Shares: w.Shares, AllowPVM: w.AllowPVM,
-		Console: io.Discard, Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n")}
-	if w.Console {
-		cfg.Console = os.Stdout
-	}
-	if cfg.Vsock != nil {
-		// Guest connections to the host dial PATH_<port>, a name the
-		// jail hides: vessel dials them.
-		b, err := newVsockBroker(os.NewFile(5, "vsock dials"))
-		if err != nil {
-			return fail(err)
-		}
-		cfg.Vsock.Dial = b.dial
-	}
-	// The user network's helper, started by vmm.New in the host's
-	// network namespace, runs as the jail's user too.
-	for i := range cfg.Nets {
-		if u := cfg.Nets[i].User; u != nil {
-			c := *u
-			c.Credential = &syscall.Credential{Uid: uint32(w.UID), Gid: uint32(w.GID), Groups: []uint32{}}
-			cfg.Nets[i].User = &c
-		}
-	}
-	// The shares are opened through the jail's bind mounts of them, not
-	// by their host paths: a descriptor of the host's tree would lead
-	// out of the jail once it is entered.
-	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
-	for _, sh := range w.Shares {
-		spec.Shares = append(spec.Shares, jail.Share{Dir: sh.Dir, ReadOnly: sh.ReadOnly})
-	}
-	bound, err := jail.Mount(spec)
-	if err != nil {
-		return fail(err)
-	}
-	cfg.Shares = append([]vmm.Share(nil), w.Shares...)
-	for i := range cfg.Shares {
-		cfg.Shares[i].Dir = bound[i]
-	}
-	// The VM is built, or restored (its memory file mapped), before the
-	// jail is entered: the files are opened by their host paths.
-	vm, err := newVM(cfg, w.Restore)
-	if err != nil {
-		return fail(err)
-	}
-	defer vm.Close()
-	setInput(vm, w.Input)
-	if err := jail.Enter(spec); err != nil {
-		return fail(err)
-	}
-	if err := sandboxVMM(); err != nil {
-		return fail(err)
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, diagnoseSignal)
-	go func() {
-		if <-sigs == diagnoseSignal {
-			vm.StopDiagnosed()
-		}
-		vm.Stop()
-	}()
-	send(wireMsg{Ready: true})
-	res := vm.Run()
-	send(wireMsg{Result: &wireResult{Kind: res.Kind, Status: res.Status, Detail: res.Detail, ConsoleTail: res.ConsoleTail,
-		Metrics: res.Metrics, Diagnosis: res.Diagnosis}})
-	return nil
 }
 
 // jailedVM is a VM run by a jailed VMM process.
@@ -401,9 +220,9 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 			host.Cleanup()
 		}
 	}()
-	self, err := os.Executable()
+	bin, err := vmmproc.Executable()
 	if err != nil {
-		return nil, &exitError{code: exitInternal, msg: err.Error()}
+		return nil, &exitError{code: exitInternal, msg: "--jail: " + err.Error()}
 	}
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
@@ -416,7 +235,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		return nil, &exitError{code: exitInternal, msg: err.Error()}
 	}
 	defer msgW.Close()
-	j.cmd = exec.Command(self, jailedVMMCommand)
+	j.cmd = exec.Command(bin)
 	// Its stdout is the guest's console when asked for (vm run shows
 	// it as it comes); otherwise the VMM has nothing to say there, and
 	// what a guest-owned VMM would write (into vessel.log, for run -d)
@@ -430,7 +249,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}
 	j.cmd.ExtraFiles = []*os.File{cfgR, msgW, nil}
 	if cfg.Vsock != nil {
-		ours, theirs, err := dialPair()
+		ours, theirs, err := vmmproc.DialPair()
 		if err != nil {
 			return nil, &exitError{code: exitInternal, msg: fmt.Sprintf("--jail: %v", err)}
 		}
@@ -467,22 +286,22 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}()
 	cfgR.Close()
 	msgW.Close()
-	w := wireConfig{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
+	w := vmmproc.Config{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
 		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Balloon: cfg.Balloon, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
-		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root, Restore: o.restore}
+		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root, Restore: o.restore, Version: version()}
 	json.NewEncoder(cfgW).Encode(w)
 	cfgW.Close()
 	// The VMM process may be the guest's by now: what it says is
 	// bounded and cleaned before anyone reads it.
 	dec := wireDecoder(msgR)
-	var m wireMsg
+	var m vmmproc.Msg
 	if err := dec.Decode(&m); err != nil || !m.Ready {
 		msgR.Close()
 		j.cmd.Process.Kill()
 		werr := j.cmd.Wait()
 		line := <-relayed
 		if m.Error != nil {
-			return nil, m.Error.err()
+			return nil, wireErr(m.Error)
 		}
 		if line != "" {
 			return nil, &exitError{code: exitInternal, msg: line}
@@ -491,7 +310,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}
 	go func() {
 		defer close(j.done)
-		var m wireMsg
+		var m vmmproc.Msg
 		err := dec.Decode(&m)
 		msgR.Close()
 		if err != nil || m.Result == nil {
@@ -502,7 +321,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		werr := j.cmd.Wait()
 		switch {
 		case err == nil && m.Result != nil:
-			j.res = m.Result.result()
+			j.res = wireResult(m.Result)
 		default:
 			detail := fmt.Sprintf("the jailed VMM process died (%v)", werr)
 			if line := <-relayed; line != "" {
@@ -513,7 +332,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 		}
 	}()
 	if j.dials != nil {
-		go serveVsockDials(j.dials, j.uds)
+		go vmmproc.ServeDials(j.dials, j.uds)
 	}
 	ok = true
 	return j, nil
@@ -554,7 +373,7 @@ func (j *jailedVM) StopDiagnosed() {
 	case <-j.done:
 	default:
 		j.diagnosing.Store(true)
-		j.cmd.Process.Signal(diagnoseSignal)
+		j.cmd.Process.Signal(vmmproc.DiagnoseSignal)
 	}
 }
 

@@ -6,11 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/vesselvm/vessel/internal/vmmproc"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -38,55 +37,6 @@ func TestJailIDs(t *testing.T) {
 	}
 }
 
-// TestVsockBroker: the jailed VMM's dials of <uds>_<port> go through
-// vessel, which passes back the connection, or says nobody listens.
-func TestVsockBroker(t *testing.T) {
-	dir := t.TempDir()
-	uds := filepath.Join(dir, "v.sock")
-	ln, err := net.Listen("unix", uds+"_5")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ours, theirs, err := dialPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go serveVsockDials(ours, uds)
-	b, err := newVsockBroker(theirs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.c.Close()
-	for _, tc := range []struct {
-		port   uint32
-		listen bool
-	}{{5, true}, {6, false}, {5, true}} {
-		c, err := b.dial(tc.port)
-		if !tc.listen {
-			if !errors.Is(err, errNoListener) {
-				t.Errorf("dial(%d) with nobody listening: %v, want errNoListener", tc.port, err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Fatalf("dial(%d): %v", tc.port, err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprint(c, "hello")
-		c.CloseWrite()
-		got, err := io.ReadAll(s)
-		if err != nil || string(got) != "hello" {
-			t.Errorf("through the passed connection: %q, %v", got, err)
-		}
-		c.Close()
-		s.Close()
-	}
-}
-
 // TestWireFromHostileVMM: what a guest-owned jailed VMM process sends
 // vessel is bounded (an endless message fails to decode, it does not grow
 // vessel's memory) and its text reaches the user cleaned: no escape
@@ -94,24 +44,24 @@ func TestVsockBroker(t *testing.T) {
 func TestWireFromHostileVMM(t *testing.T) {
 	// An endless result: a console line that never ends.
 	endless := io.MultiReader(strings.NewReader(`{"Result":{"ConsoleTail":["`), &repeatReader{b: 'A'})
-	var m wireMsg
+	var m vmmproc.Msg
 	if err := wireDecoder(endless).Decode(&m); err == nil {
 		t.Fatal("an endless message decoded")
 	}
 	// A result within bounds, with escape sequences and many lines.
-	r := wireResult{Detail: "crash\x1b]0;owned\x07\x1b[2J", ConsoleTail: make([]string, 1000)}
+	r := vmmproc.Result{Detail: "crash\x1b]0;owned\x07\x1b[2J", ConsoleTail: make([]string, 1000)}
 	for i := range r.ConsoleTail {
 		r.ConsoleTail[i] = fmt.Sprintf("line %d \x1b[31mred\x1b[0m", i)
 	}
-	b, err := json.Marshal(wireMsg{Result: &r})
+	b, err := json.Marshal(vmmproc.Msg{Result: &r})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m = wireMsg{}
+	m = vmmproc.Msg{}
 	if err := wireDecoder(bytes.NewReader(b)).Decode(&m); err != nil || m.Result == nil {
 		t.Fatalf("decode: %v", err)
 	}
-	res := m.Result.result()
+	res := wireResult(m.Result)
 	if strings.ContainsRune(res.Detail, 0x1b) || strings.ContainsRune(res.Detail, 0x07) {
 		t.Errorf("Detail %q keeps control characters", res.Detail)
 	}
@@ -138,11 +88,11 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // A jailed VMM's refused snapshot is vmm.ErrSnapshot on vessel's side (a
 // run then drops the template and boots); other errors are not.
 func TestWireErrorSnapshot(t *testing.T) {
-	refused := (&wireError{Code: exitUsage, Msg: "unusable snapshot: \x1b[2Jcorrupt", Snapshot: true}).err()
+	refused := wireErr(&vmmproc.Error{Usage: true, Msg: "unusable snapshot: \x1b[2Jcorrupt", Snapshot: true})
 	if !errors.Is(refused, vmm.ErrSnapshot) || strings.Contains(refused.Error(), "\x1b") {
 		t.Errorf("refused snapshot: %q, Is ErrSnapshot %v", refused, errors.Is(refused, vmm.ErrSnapshot))
 	}
-	if other := (&wireError{Code: exitInternal, Msg: "unusable snapshot (said the guest)"}).err(); errors.Is(other, vmm.ErrSnapshot) {
+	if other := wireErr(&vmmproc.Error{Msg: "unusable snapshot (said the guest)"}); errors.Is(other, vmm.ErrSnapshot) {
 		t.Error("an error that only says so is ErrSnapshot")
 	}
 }

@@ -73,7 +73,7 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	vm := &cobra.Command{Use: "vm", Short: "Manage microVMs"}
 	vm.AddCommand(newVMRun(), newVMSnapshot())
-	root.AddCommand(vm, newImage(), newRun(), newPs(), newLogs(), newExec(), newStop(), newRm(), newBench(), newJailedVMM(), newTemplateBuild())
+	root.AddCommand(vm, newImage(), newRun(), newPs(), newLogs(), newExec(), newStop(), newRm(), newBench(), newTemplateBuild())
 	return root
 }
 

@@ -666,7 +666,7 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return e
 	}
 	defer vm.Close()
-	// A jailed VMM process filters itself (jailedVMM).
+	// A jailed VMM process filters itself (internal/vmmproc).
 	if !f.jail.jail {
 		if err := sandboxVMM(); err != nil {
 			return err

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/signal"
@@ -20,7 +19,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guest/cmdline"
-	"github.com/vesselvm/vessel/internal/seccomp"
+	"github.com/vesselvm/vessel/internal/vmmproc"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -244,7 +243,7 @@ func runConsoleVM(cfg vmm.Config, f vmRunFlags, restoreDir string, interactive b
 		}
 	}()
 
-	// A jailed VMM process filters itself (jailedVMM).
+	// A jailed VMM process filters itself (internal/vmmproc).
 	if !f.jail.jail {
 		if err := sandboxVMM(); err != nil {
 			return err
@@ -265,24 +264,13 @@ func runConsoleVM(cfg vmm.Config, f vmRunFlags, restoreDir string, interactive b
 // classify turns a setup error into an exit status and one line.
 func classify(err error) error {
 	var ee *exitError
-	switch {
-	case errors.As(err, &ee):
+	if errors.As(err, &ee) {
 		return ee
-	case errors.Is(err, vmm.ErrInvalidConfig), errors.Is(err, vmm.ErrHostKVM):
-		msg := err.Error()
-		for _, p := range []string{vmm.ErrInvalidConfig.Error() + ": ", vmm.ErrHostKVM.Error() + ": "} {
-			msg = strings.TrimPrefix(msg, p)
-		}
-		if errors.Is(err, fs.ErrNotExist) && errors.Is(err, vmm.ErrHostKVM) {
-			msg += " (is the kvm module loaded? is this a VM without nested virtualization?)"
-		}
-		if errors.Is(err, fs.ErrPermission) && errors.Is(err, vmm.ErrHostKVM) {
-			msg += " (add yourself to the kvm group, or run as root)"
-		}
-		return &exitError{code: exitUsage, msg: msg}
-	default:
-		return &exitError{code: exitInternal, msg: err.Error()}
 	}
+	if usage, msg := vmmproc.Describe(err); usage {
+		return &exitError{code: exitUsage, msg: msg}
+	}
+	return &exitError{code: exitInternal, msg: err.Error()}
 }
 
 // resultErr maps how the VM ended to vessel's exit status.
@@ -374,8 +362,6 @@ func writeMetrics(path string, res vmm.Result) error {
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
-
-var _ io.Reader = (*escapeReader)(nil)
 
 // parseDisk parses --disk PATH[,ro][,serial=ID].
 func parseDisk(s string) (vmm.Disk, error) {
@@ -481,10 +467,7 @@ func parseVsock(s string, cid uint64) (*vmm.Vsock, error) {
 // to the system calls a running VMM makes (internal/seccomp), with a
 // relay that reports a call outside them in one line.
 func sandboxVMM() error {
-	if err := seccomp.StartRelay(seccomp.VMM, "", false); err != nil {
-		return runErr("%v", err)
-	}
-	if err := seccomp.Install(seccomp.VMM); err != nil {
+	if err := vmmproc.Sandbox(); err != nil {
 		return runErr("%v", err)
 	}
 	return nil

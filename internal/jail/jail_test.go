@@ -17,7 +17,7 @@ import (
 )
 
 // What a compromised jailed VMM (Enter with FileCaps, as vessel's
-// jailed-vmm has whenever the VM has a 9P share) must not reach: the
+// vessel-vmm has whenever the VM has a 9P share) must not reach: the
 // host's files beside its share through the share's descriptor, the
 // host-wide files of its /proc, the host's abstract Unix sockets. Each
 // line the child prints starting ESCAPE, DOS or HARDENING is something it
@@ -43,7 +43,7 @@ func jailChild(v string) {
 		say("setup: mount: %v", err)
 		os.Exit(3)
 	}
-	// Opened before Enter, where Mount bound it, as jailed-vmm has
+	// Opened before Enter, where Mount bound it, as vessel-vmm has
 	// devices/share.New open a share's root.
 	share, err := unix.Open(bound[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package vmmproc
 
 import (
 	"encoding/binary"
@@ -21,8 +21,8 @@ import (
 // (SCM_RIGHTS) or 1 when nobody listens. The VMM needs no bind mount,
 // and the host program's socket no permission for the jail's user.
 
-// dialPair makes the pair: vessel's end and the VMM's.
-func dialPair() (ours *net.UnixConn, theirs *os.File, err error) {
+// DialPair makes the pair: vessel's end and the VMM's (its fd 5).
+func DialPair() (ours *net.UnixConn, theirs *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
@@ -37,9 +37,9 @@ func dialPair() (ours *net.UnixConn, theirs *os.File, err error) {
 	return c.(*net.UnixConn), os.NewFile(uintptr(fds[1]), "vsock dials"), nil
 }
 
-// serveVsockDials answers the VMM's requests on c until it closes its
-// end.
-func serveVsockDials(c *net.UnixConn, uds string) {
+// ServeDials answers the VMM's requests on c until it closes its end,
+// dialling uds_<port> for each.
+func ServeDials(c *net.UnixConn, uds string) {
 	defer c.Close()
 	buf := make([]byte, 16)
 	for {

@@ -1,4 +1,4 @@
-package main
+package vmmproc
 
 import "io"
 
@@ -53,3 +53,5 @@ func (e *escapeReader) Read(p []byte) (int, error) {
 	}
 	return out, err
 }
+
+var _ io.Reader = (*escapeReader)(nil)
