@@ -97,6 +97,9 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		what  string
 		times []float64 // ms
 		note  string
+		// phases are vessel run's steps (--metrics), ms per run.
+		phases map[string][]float64
+		order  []string
 	}
 	// Rows 0-2 are vessel run; 3 and 4 the references the ratios use.
 	const vmRow, runcRow, coldRow = 3, 4, 1
@@ -116,11 +119,32 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 			{"run", "--rm", image, "true"},
 			{"vm", "run", "--", "true"},
 		} {
+			metrics := ""
+			if args[0] == "run" {
+				metrics = filepath.Join(work, "metrics.json")
+				os.Remove(metrics)
+				args = append([]string{"run", "--metrics", metrics}, args[1:]...)
+			}
 			d, err := b.cmd(args...)
 			if err != nil {
 				return err
 			}
 			rows[k].times = append(rows[k].times, ms(d))
+			if metrics != "" {
+				phases, err := readPhases(metrics)
+				if err != nil {
+					return err
+				}
+				if rows[k].phases == nil {
+					rows[k].phases = map[string][]float64{}
+				}
+				for _, p := range phases {
+					if _, seen := rows[k].phases[p.Name]; !seen {
+						rows[k].order = append(rows[k].order, p.Name)
+					}
+					rows[k].phases[p.Name] = append(rows[k].phases[p.Name], p.MS)
+				}
+			}
 		}
 		if bundleErr != nil {
 			rows[runcRow].note = "unavailable: " + bundleErr.Error()
@@ -155,7 +179,43 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		fmt.Printf("| %s | %.0f ms | %.0f-%.0f ms | %s | %s | %s |\n", r.what, s.Median, s.Min, s.Max,
 			ratio(s.Median, med(rows[runcRow])), ratio(s.Median, med(rows[vmRow])), ratio(s.Median, med(rows[coldRow])))
 	}
-	fmt.Println("\nGoal (issue 12): from the template ≤ 0.25x the cold boot.")
+	fmt.Println("\nGoals: from the template ≤ 0.25x the cold boot (issue 12); `vessel run --network none` ≤ 1.15x `vessel vm run` (issue 13).")
+	if len(rows[0].times) > 0 && len(rows[2].times) > 0 {
+		fmt.Printf("\nThe user network adds %.0f ms to a run from the template (medians; goal, issue 13: ≤ 300 ms).\n", med(rows[2])-med(rows[0]))
+	}
+	fmt.Println("\n### Where vessel run's time goes (`--metrics` steps, medians in ms)")
+	fmt.Println()
+	var names []string
+	seen := map[string]bool{}
+	for _, r := range rows[:3] {
+		for _, n := range r.order {
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	fmt.Print("| step |")
+	for _, r := range rows[:3] {
+		fmt.Printf(" %s |", r.what)
+	}
+	fmt.Print("\n|---|")
+	for range rows[:3] {
+		fmt.Print("---|")
+	}
+	fmt.Println()
+	for _, n := range names {
+		fmt.Printf("| %s |", n)
+		for _, r := range rows[:3] {
+			if xs := r.phases[n]; len(xs) > 0 {
+				fmt.Printf(" %.0f |", benchutil.Summarize(xs).Median)
+			} else {
+				fmt.Print(" |")
+			}
+		}
+		fmt.Println()
+	}
+	fmt.Println("\nSteps: setup (image, disks, network, jail), template (restoring it), vm (building or restoring the VM), agent (until the guest agent answers), create/start (runc in the guest), container (until it exited), teardown.")
 	fmt.Printf("\n## Density: %d idle containers (`sleep`, --network none, -m %s)\n\n", densityN, densityMemory)
 	fmt.Println("Sum of the PSS of every host process that serves them (each vessel process and its children: the jailed VMM with guest RAM).")
 	fmt.Println()
@@ -212,6 +272,27 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// phase is one step of `vessel run --metrics`.
+type phase struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
+}
+
+// readPhases reads the steps from a `vessel run --metrics` file.
+func readPhases(path string) ([]phase, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("vessel run --metrics: %w", err)
+	}
+	var m struct {
+		Phases []phase `json:"phases"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("vessel run --metrics %s: %w", path, err)
+	}
+	return m.Phases, nil
+}
 
 func ratio(a, b float64) string {
 	if b == 0 || b != b || a != a {
