@@ -164,6 +164,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
+	if err := v.startUserNets(); err != nil {
+		return nil, err
+	}
 	if err := v.openKVM(); err != nil {
 		return nil, err
 	}
@@ -231,6 +234,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		v.balloon.SetActual(st.BalloonActual)
 	}
 	if err := v.newClone(); err != nil {
+		return nil, err
+	}
+	if err := v.netsReady(); err != nil {
 		return nil, err
 	}
 	return v, nil

@@ -148,8 +148,11 @@ func (v *VM) addNet(i int, n Net) error {
 		return fmt.Errorf("%w: network %d: give a TAP device or a user network, exactly one", ErrInvalidConfig, i)
 	case n.Tap != "":
 		be, err = tap.Open(n.Tap)
+	case i < len(v.userNets) && v.userNets[i] != nil:
+		// Started by startUserNets; the device owns it from here.
+		be, v.userNets[i] = v.userNets[i], nil
 	default:
-		be, err = usernet.New(usernet.Config{MAC: n.MAC, FormerMAC: n.formerMAC, Publish: n.User.Publish, HostLoopback: n.User.HostLoopback, Credential: n.User.Credential})
+		be, err = usernet.Start(userNetConfig(n))
 	}
 	if err != nil {
 		return fmt.Errorf("%w: network %d: %w", ErrInvalidConfig, i, err)
@@ -164,6 +167,53 @@ func (v *VM) addNet(i int, n Net) error {
 		return err
 	}
 	return nil
+}
+
+// userNetConfig is the usernet configuration of network n.
+func userNetConfig(n Net) usernet.Config {
+	return usernet.Config{MAC: n.MAC, FormerMAC: n.formerMAC, Publish: n.User.Publish, HostLoopback: n.User.HostLoopback, Credential: n.User.Credential}
+}
+
+// startUserNets starts the helpers of the user networks without waiting
+// for them: a helper's start-up (a process and gVisor's network stack)
+// overlaps laying out guest memory, loading the kernel or restoring a
+// snapshot. addNet attaches them; netsReady waits for them before the
+// guest runs.
+func (v *VM) startUserNets() error {
+	v.userNets = make([]*usernet.Network, len(v.cfg.Nets))
+	for i, n := range v.cfg.Nets {
+		if n.User == nil || n.Tap != "" {
+			continue // a TAP, or a configuration addNet refuses
+		}
+		un, err := usernet.Start(userNetConfig(n))
+		if err != nil {
+			return fmt.Errorf("%w: network %d: %w", ErrInvalidConfig, i, err)
+		}
+		v.userNets[i] = un
+		v.started = append(v.started, un)
+	}
+	return nil
+}
+
+// netsReady waits until every user network's helper is ready.
+func (v *VM) netsReady() error {
+	for i, un := range v.started {
+		if err := un.Ready(); err != nil {
+			return fmt.Errorf("%w: user network %d: %w", ErrInvalidConfig, i, err)
+		}
+	}
+	return nil
+}
+
+// closeUserNets closes the user networks started but never attached to
+// a device (the VM failed before addNet).
+func (v *VM) closeUserNets() {
+	for i, un := range v.userNets {
+		if un != nil {
+			un.Close()
+			v.userNets[i] = nil
+		}
+	}
 }
 
 // openDisk opens and locks an image: shared for a read-only disk,

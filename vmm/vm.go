@@ -15,6 +15,7 @@ import (
 	"github.com/vesselvm/vessel/boot"
 	"github.com/vesselvm/vessel/boot/acpi"
 	"github.com/vesselvm/vessel/devices"
+	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guestmem"
 	"github.com/vesselvm/vessel/kvm"
@@ -61,7 +62,12 @@ type VM struct {
 	genIRQ *eventInterrupt
 	// balloon is the balloon device, if the VM has one.
 	balloon *virtio.Balloon
-	virtio  []*virtioDev
+	// userNets are user networks started ahead (startUserNets), by
+	// network index, until addNet attaches them; started are all of
+	// them, for netsReady.
+	userNets []*usernet.Network
+	started  []*usernet.Network
+	virtio   []*virtioDev
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -91,6 +97,9 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.validate(); err != nil {
 		return nil, err
 	}
+	if err := v.startUserNets(); err != nil {
+		return nil, err
+	}
 	if err := v.openKVM(); err != nil {
 		return nil, err
 	}
@@ -107,6 +116,9 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	if err := v.setupVCPUs(); err != nil {
+		return nil, err
+	}
+	if err := v.netsReady(); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -442,6 +454,7 @@ func (v *VM) Close() error {
 		return nil
 	}
 	v.closeVirtio()
+	v.closeUserNets()
 	if v.stuck.Load() {
 		return nil
 	}

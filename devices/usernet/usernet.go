@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -115,12 +116,33 @@ type Network struct {
 	helper *exec.Cmd
 	exited chan struct{} // closed when the helper was waited for
 	wbuf   []byte        // one frame being sent (WriteFrame runs on one goroutine)
+
+	// The helper's readiness (Ready): its pipe, read once.
+	readyOnce sync.Once
+	readyR    *os.File
+	readyErr  error
 }
 
-// New starts a user network: it listens on the published host ports and
-// starts the helper with them. An address that cannot be listened on, or
-// a helper that cannot start, is an error.
-func New(cfg Config) (_ *Network, err error) {
+// New starts a user network and waits until its helper is ready (Start,
+// then Ready).
+func New(cfg Config) (*Network, error) {
+	n, err := Start(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Ready(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Start starts a user network: it listens on the published host ports and
+// starts the helper with them, without waiting for the helper to be ready
+// (its start-up, a process and a network stack, can overlap the caller's
+// own work). An address that cannot be listened on, or a helper that
+// cannot be started, is an error; Ready says whether the helper came up.
+func Start(cfg Config) (_ *Network, err error) {
 	if len(cfg.MAC) != 6 {
 		return nil, fmt.Errorf("usernet: MAC address %q is not 6 bytes", cfg.MAC)
 	}
@@ -153,7 +175,11 @@ func New(cfg Config) (_ *Network, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("usernet: %w", err)
 	}
-	defer readyR.Close()
+	defer func() {
+		if err != nil {
+			readyR.Close()
+		}
+	}()
 	child = append(child, readyW)
 	var ports []string
 	for _, p := range cfg.Publish {
@@ -201,11 +227,19 @@ func New(cfg Config) (_ *Network, err error) {
 		f.Close()
 	}
 	child = nil
-	if err := n.waitReady(readyR); err != nil {
-		n.Close()
-		return nil, err
-	}
+	n.readyR = readyR
 	return n, nil
+}
+
+// Ready waits until the helper says it is ready, and returns why not if
+// it failed or did not within helperStart; later calls return the same.
+// A Network must be ready before the guest's frames go through it.
+func (n *Network) Ready() error {
+	n.readyOnce.Do(func() {
+		n.readyErr = n.waitReady(n.readyR)
+		n.readyR.Close()
+	})
+	return n.readyErr
 }
 
 // findHelper returns the helper's path.
@@ -317,6 +351,10 @@ const helperStop = 5 * time.Second
 // longer listen when it returns.
 func (n *Network) Close() error {
 	n.conn.Close()
+	n.readyOnce.Do(func() {
+		n.readyErr = errors.New("usernet: closed before it was ready")
+		n.readyR.Close()
+	})
 	if n.helper == nil {
 		return nil
 	}

@@ -127,6 +127,61 @@ func TestHelperFailure(t *testing.T) {
 	}
 }
 
+// Start returns before the helper is ready: a slow helper's start-up
+// overlaps the caller's work, Ready waits for it and says the same
+// thereafter, and a network closed before it was ready ends cleanly.
+func TestStartThenReady(t *testing.T) {
+	slow := filepath.Join(t.TempDir(), "slow")
+	os.WriteFile(slow, []byte("#!/bin/sh\nsleep 1\necho ok >&4\nexec 4>&-\nread x <&3\n"), 0o755)
+	start := time.Now()
+	n, err := Start(Config{MAC: testMAC, Helper: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("Start waited %v for the helper", d)
+	}
+	if err := n.Ready(); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("Ready returned after %v, before the helper said ok", d)
+	}
+	if err := n.Ready(); err != nil {
+		t.Errorf("second Ready: %v", err)
+	}
+	n.Close()
+
+	failing := filepath.Join(t.TempDir(), "failing")
+	os.WriteFile(failing, []byte("#!/bin/sh\necho 'no stack' >&4\nexit 1\n"), 0o755)
+	n, err = Start(Config{MAC: testMAC, Helper: failing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Ready(); err == nil || !strings.Contains(err.Error(), "no stack") {
+		t.Errorf("Ready of a failing helper: %v", err)
+	}
+	if err := n.Ready(); err == nil || !strings.Contains(err.Error(), "no stack") {
+		t.Errorf("second Ready of a failing helper: %v", err)
+	}
+	n.Close()
+
+	n, err = Start(Config{MAC: testMAC, Helper: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { n.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close before Ready hung")
+	}
+	if err := n.Ready(); err == nil {
+		t.Error("Ready after Close succeeded")
+	}
+}
+
 // arpRequest is a broadcast ARP request from src for the gateway.
 func arpRequest(src net.HardwareAddr) []byte {
 	frame := make([]byte, 42)
