@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -44,5 +46,24 @@ func TestShellQuote(t *testing.T) {
 	got := shellQuote([]string{"gokvm", "-p", "a b", "it's", "x=y,z"})
 	if want := `gokvm -p 'a b' 'it'\''s' x=y,z`; got != want {
 		t.Errorf("shellQuote = %s, want %s", got, want)
+	}
+}
+
+func TestAutoVMMs(t *testing.T) {
+	all := []string{nameVessel, nameGokvm, nameQEMU}
+	if got, note := autoVMMs(all, "direct hardware KVM (kvm_intel)"); !slices.Equal(got, all) || note != "" {
+		t.Errorf("on hardware: %v, %q", got, note)
+	}
+	got, note := autoVMMs(all, "nested KVM (kvm_amd) in QEMU TCG software emulation")
+	if !slices.Equal(got, []string{nameVessel, nameQEMU}) || !strings.Contains(note, "gokvm left out") {
+		t.Errorf("under TCG: %v, %q", got, note)
+	}
+	c, err := parseFlags([]string{"--kernel", "main_test.go", "--initrd", "main_test.go"}, io.Discard)
+	if err != nil || !c.AutoVMMs || len(c.VMMs) != 3 {
+		t.Errorf("default flags: %+v, %v", c, err)
+	}
+	c, err = parseFlags([]string{"--vmms", "gokvm", "--kernel", "main_test.go", "--initrd", "main_test.go"}, io.Discard)
+	if err != nil || c.AutoVMMs || !slices.Equal(c.VMMs, []string{nameGokvm}) {
+		t.Errorf("--vmms gokvm: %+v, %v", c, err)
 	}
 }

@@ -209,7 +209,7 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 					marker = ev.t
 					res.TimeToInit = seconds(marker.Sub(start))
 					res.GuestUptime = ptr(up)
-					r.sampleAtMarker(pid, &res)
+					r.sampleAtMarker(pid, spec.MemMiB, &res)
 					wait := afterStopWait
 					if spec.ExitsOnItsOwn {
 						wait = r.cfg.Grace
@@ -329,7 +329,7 @@ func (r *runner) runOne(ctx context.Context, spec vmmSpec, round int, warmup boo
 // serve the VM with several processes (vessel's jailed VMM is a child of
 // the vessel process that waits for it): the VMM process is the one that
 // maps the guest RAM, and the totals cover pid and all its descendants.
-func (r *runner) sampleAtMarker(pid int, res *Run) {
+func (r *runner) sampleAtMarker(pid, memMiB int, res *Run) {
 	pids := processTree(pid)
 	for _, p := range pids {
 		if err := syscall.Kill(p, syscall.SIGSTOP); err == nil {
@@ -363,7 +363,7 @@ func (r *runner) sampleAtMarker(pid int, res *Run) {
 		if err != nil {
 			continue
 		}
-		u, err := SplitGuestRAM(maps, uint64(r.cfg.MemMiB)<<20)
+		u, err := SplitGuestRAM(maps, uint64(memMiB)<<20)
 		if top == nil {
 			top = &u
 		}

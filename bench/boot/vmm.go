@@ -83,6 +83,8 @@ type vmmSpec struct {
 	// ExitsOnItsOwn is true when the VMM is expected to exit once the
 	// guest is done; benchboot kills the others after the guest stopped.
 	ExitsOnItsOwn bool
+	// MemMiB is the guest RAM the VMM gives the guest.
+	MemMiB int
 	// Terminal gives the VMM a pseudo-terminal as its stdin (raw mode is
 	// the VMM's business) instead of /dev/null; its stdout stays the
 	// console pipe benchboot reads.
@@ -150,6 +152,18 @@ func hostKHz() int {
 	return 0
 }
 
+// gokvmInitrdAddr is where gokvm (the version make bench-boot installs)
+// copies the initrd in guest RAM, whatever the RAM's size: the rest of
+// an initrd that does not fit below the RAM's end is silently dropped.
+const gokvmInitrdAddr = 0xf000000
+
+// gokvmMemFor returns the guest RAM in MiB gokvm needs to hold an initrd
+// of size bytes at gokvmInitrdAddr, rounded up to 64 MiB.
+func gokvmMemFor(size int64) int {
+	need := (gokvmInitrdAddr + size + (1 << 20) - 1) >> 20
+	return int((need + 63) / 64 * 64)
+}
+
 // buildSpecs returns the specs of the VMMs named in cfg.VMMs, in order,
 // and notes on choices made for them; def is the base kernel command
 // line (vessel's default unless --cmdline), khz the host's TSC kHz.
@@ -165,7 +179,7 @@ func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
 		switch name {
 		case nameVessel:
 			specs = append(specs, vmmSpec{
-				Name: name, Path: cfg.Vessel, Cmdline: base, ExitsOnItsOwn: true,
+				Name: name, Path: cfg.Vessel, Cmdline: base, ExitsOnItsOwn: true, MemMiB: cfg.MemMiB,
 				Args: func(metrics string) []string {
 					a := []string{"vm", "run", "--metrics", metrics,
 						"--kernel", cfg.Kernel, "--initrd", cfg.Initrd,
@@ -181,8 +195,16 @@ func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
 			extra, n := expandGokvmExtra(cfg.GokvmExtra, khz)
 			notes = append(notes, n...)
 			cl := strings.TrimSpace(base + " " + extra)
+			gmem := cfg.MemMiB
+			if st, err := os.Stat(cfg.Initrd); err == nil {
+				if need := gokvmMemFor(st.Size()); need > gmem {
+					notes = append(notes, fmt.Sprintf("gokvm: %d MiB of guest RAM instead of %d: it loads the initrd at a fixed %d MiB, and this one (%.1f MiB) would not fit below %d MiB", need, gmem, gokvmInitrdAddr>>20, float64(st.Size())/(1<<20), gmem))
+					gmem = need
+				}
+			}
+			gmemArg := fmt.Sprintf("%dM", gmem)
 			specs = append(specs, vmmSpec{
-				Name: name, Path: cfg.Gokvm, Cmdline: cl,
+				Name: name, Path: cfg.Gokvm, Cmdline: cl, MemMiB: gmem,
 				// gokvm blocks forever (select{}) when stdin is not a
 				// terminal, even after every vCPU stopped: it gets one,
 				// but whether it exits after a power-off is its own
@@ -190,7 +212,7 @@ func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
 				ExitsOnItsOwn: false, Terminal: true,
 				Args: func(string) []string {
 					return []string{"boot", "-k", cfg.Kernel, "-i", cfg.Initrd,
-						"-p", cl, "-m", mem, "-c", "1"}
+						"-p", cl, "-m", gmemArg, "-c", "1"}
 				},
 			})
 		case nameQEMU:
@@ -203,7 +225,7 @@ func buildSpecs(cfg *config, def string, khz int) ([]vmmSpec, []string, error) {
 				}
 			}
 			specs = append(specs, vmmSpec{
-				Name: name, Path: cfg.QEMU, Cmdline: base,
+				Name: name, Path: cfg.QEMU, Cmdline: base, MemMiB: cfg.MemMiB,
 				// With ACPI, microvm's GED powers off and -no-reboot
 				// turns a reboot into an exit; without, the guest halts.
 				ExitsOnItsOwn: acpi == "on",

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +59,42 @@ func TestSpecs(t *testing.T) {
 	}
 	ga := specs[2].Args("")
 	if !slices.Contains(ga, "-p") || ga[len(ga)-3] != "256M" || specs[2].ExitsOnItsOwn {
+		t.Errorf("gokvm args %q", ga)
+	}
+}
+
+// gokvm copies the initrd to a fixed 240 MiB: an initrd that would not
+// fit below the guest's RAM end gets gokvm more RAM, said in a note (and
+// the guest-RAM mapping is looked for at that size).
+func TestGokvmMemoryForInitrd(t *testing.T) {
+	for _, tc := range []struct {
+		size int64
+		want int
+	}{
+		{1 << 20, 256},
+		{16 << 20, 256},
+		{16<<20 + 1, 320},
+		{17 << 20, 320},
+		{80 << 20, 320},
+		{81 << 20, 384},
+	} {
+		if got := gokvmMemFor(tc.size); got != tc.want {
+			t.Errorf("gokvmMemFor(%d MiB) = %d, want %d", tc.size>>20, got, tc.want)
+		}
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd")
+	if err := os.WriteFile(initrd, make([]byte, 17<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config{VMMs: []string{nameVessel, nameGokvm}, Kernel: "K", Initrd: initrd, MemMiB: 256}
+	specs, notes, err := buildSpecs(cfg, DefaultCmdline, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if specs[0].MemMiB != 256 || specs[1].MemMiB != 320 || len(notes) != 1 || !strings.Contains(notes[0], "320 MiB") {
+		t.Errorf("vessel %d MiB, gokvm %d MiB, notes %q", specs[0].MemMiB, specs[1].MemMiB, notes)
+	}
+	if ga := strings.Join(specs[1].Args(""), " "); !strings.Contains(ga, "-m 320M") {
 		t.Errorf("gokvm args %q", ga)
 	}
 }
