@@ -6,8 +6,11 @@
 // measures the memory of one running container: the vessel process's
 // resident and proportional set (guest RAM the guest touched included)
 // against the container process runc leaves on the host. It prints a
-// markdown table with medians, ranges and ratios. Not a test: no
-// thresholds.
+// markdown table with medians, ranges and ratios, and where each vessel
+// run's time went (its --metrics steps). Not a test: no thresholds.
+//
+// Flags: -runs N (default 5); -skip docker,density,memory leaves those
+// parts out (the vessel run and runc rows always run).
 package main
 
 import (
@@ -41,7 +44,18 @@ func main() {
 	runtime := flag.String("runtime", "bin/vessel-runtime", "vessel-runtime, for docker run --runtime vessel")
 	guestDir := flag.String("guest", "", "the guest kernel and initramfs directory, for vessel-runtime (default: $VESSEL_GUEST_DIR)")
 	runs := flag.Int("runs", 5, "runs of each measurement")
+	skipList := flag.String("skip", "", "comma-separated parts to leave out: docker, density, memory")
 	flag.Parse()
+	for _, p := range strings.Split(*skipList, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "":
+		case "docker", "density", "memory":
+			skip[p] = true
+		default:
+			fmt.Fprintf(os.Stderr, "benchrun: -skip: unknown part %q (docker, density, memory)\n", p)
+			os.Exit(2)
+		}
+	}
 	if *guestDir == "" {
 		*guestDir = os.Getenv("VESSEL_GUEST_DIR")
 	}
@@ -50,6 +64,12 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// skip holds the parts -skip leaves out.
+var skip = map[string]bool{}
+
+// errSkipped is a part -skip left out.
+var errSkipped = errors.New("left out (-skip)")
 
 // bench holds one benchmark run's environment.
 type bench struct {
@@ -160,11 +180,26 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		rows[runcRow].times = append(rows[runcRow].times, ms(time.Since(start)))
 	}
 
-	dockerTimes, dockerPSS, dockerErr := dockerBench(work, runtime, guestDir, archive, runs)
-	vmRSS, vmPSS, memErr := b.vesselMemory()
-	densTemplate, densTemplateErr := b.density(densityN, false)
-	densCold, densColdErr := b.density(densityN, true)
-	ctrRSS, runcRSS, runcErr := b.runcMemory(bundleErr)
+	var (
+		dockerTimes                  map[string][]float64
+		dockerPSS                    map[string]float64
+		vmRSS, vmPSS                 float64
+		densTemplate, densCold       float64
+		ctrRSS, runcRSS              float64
+		dockerErr, memErr, runcErr   = errSkipped, errSkipped, errSkipped
+		densTemplateErr, densColdErr = errSkipped, errSkipped
+	)
+	if !skip["docker"] {
+		dockerTimes, dockerPSS, dockerErr = dockerBench(work, runtime, guestDir, archive, runs)
+	}
+	if !skip["memory"] {
+		vmRSS, vmPSS, memErr = b.vesselMemory()
+		ctrRSS, runcRSS, runcErr = b.runcMemory(bundleErr)
+	}
+	if !skip["density"] {
+		densTemplate, densTemplateErr = b.density(densityN, false)
+		densCold, densColdErr = b.density(densityN, true)
+	}
 
 	fmt.Printf("# vessel run benchmark\n\nPlatform: %s. Medians of %d runs (range), wall time of each command from start to exit.\n\n", benchutil.Describe(), runs)
 	fmt.Println("| what | median | range | vs runc run | vs vessel vm run | vs cold boot |")
