@@ -83,13 +83,13 @@ func TestRenderTable(t *testing.T) {
 	want := []string{"5.00 (4.00-6.00)",
 		`FAILED (3/3 runs): no uptime line within 2m0s \| piped (and 1 other errors)`,
 		"9.00 (8.00-10.00) [2/3 runs]", "n/a", "0.56x",
-		"≤ 0.5x gokvm: no data; ≤ 1.0x QEMU microvm: met"}
+		"≤ 0.5x gokvm: no data; ≤ 0.8x QEMU microvm: met"}
 	if got := init[1:]; strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("time-to-init row\n%q\nwant\n%q", got, want)
 	}
 
 	guest := row(t, table, "guest boot time")
-	if guest[1] != "1.10 (1.00-1.20)" || guest[2] != "failed" || guest[3] != "2.20 (2.00-2.40) [2/3 runs]" || guest[5] != "0.50x" || guest[6] != "" {
+	if guest[1] != "1.10 (1.00-1.20)" || guest[2] != "failed" || guest[3] != "2.20 (2.00-2.40) [2/3 runs]" || guest[5] != "0.50x" || guest[6] != "≤ 1.0x gokvm: no data; ≤ 1.0x QEMU microvm: met" {
 		t.Errorf("guest row %q", guest)
 	}
 	b2i := row(t, table, "vessel boot_to_init")
@@ -114,8 +114,18 @@ func TestRenderTableGoalMet(t *testing.T) {
 	var b bytes.Buffer
 	RenderTable(&b, res)
 	init := row(t, b.String(), "time to init")
-	if init[4] != "0.40x" || init[5] != "1.33x" || init[6] != "≤ 0.5x gokvm: met; ≤ 1.0x QEMU microvm: not met" {
+	if init[4] != "0.40x" || init[5] != "1.33x" || init[6] != "≤ 0.5x gokvm: met; ≤ 0.8x QEMU microvm: not met" {
 		t.Errorf("row %q", init)
+	}
+	// An absolute goal: Firecracker's 5 MiB for the VMM's own memory.
+	if mem := row(t, b.String(), "VMM memory overhead"); mem[6] != "≤ 5 MiB: met" {
+		t.Errorf("memory row %q", mem)
+	}
+	res.Runs[0].MemOverheadMiB = ptr(6.1)
+	b.Reset()
+	RenderTable(&b, res)
+	if mem := row(t, b.String(), "VMM memory overhead"); mem[6] != "≤ 5 MiB: not met" {
+		t.Errorf("memory row over the goal %q", mem)
 	}
 }
 

@@ -111,7 +111,7 @@ func TestNoBootAborts(t *testing.T) {
 func TestRunOneTerminal(t *testing.T) {
 	// gokvm refuses to take input (and never exits) unless stdin is a
 	// terminal: a spec that asks for one gets one.
-	spec := fakeVMM(t, `if [ -t 0 ]; then echo "1.00 0.50"; else echo "stdin is not a terminal"; fi; echo "reboot: Power down"`, true)
+	spec := fakeVMM(t, `if [ -t 0 ]; then echo "1.00 0.50"; else echo "stdin is not a terminal"; fi; sleep 1; echo "reboot: Power down"`, true)
 	spec.Terminal = true
 	r := testRunner(t, 10*time.Second).runOne(context.Background(), spec, 1, false)
 	if !r.OK || r.GuestUptime == nil || *r.GuestUptime != 1 {
