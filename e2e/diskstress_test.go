@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var stressTime = flag.Duration("e2e.stresstime", 60*time.Second, "guest half of TestDiskStress: how long the I/O runs")
+var stressTime = flag.Duration("e2e.stresstime", 90*time.Second, "guest half of TestDiskStress: how long the I/O runs")
 
 // Sizes of TestDiskStress's disks and its guest's workers.
 const (
@@ -30,6 +30,8 @@ const (
 	stressRawJobs  = 4
 	stressFileJobs = 2
 	stressFileSize = 16 << 20
+	stressSeqSize  = 24 << 20 // the sequential job's file
+	stressSeqIO    = 1 << 20
 	stressBlock    = 4 << 10
 	stressMaxIO    = 128 << 10
 	// stressStuck is how long one request may take before the guest
@@ -40,8 +42,10 @@ const (
 
 // TestDiskStress is the disk-hang reproduction: sustained random
 // O_DIRECT reads and writes of 4 KiB to 128 KiB with flushes, from
-// several guest threads at once on two disks (one raw, one ext4 with a
-// file per thread, as vessel bench compare's disk workload), for
+// several guest threads at once on two disks (four on a raw disk, two on
+// files in an overlay over an ext4 disk made as vessel run's scratch
+// disk), beside a thread doing what vessel bench compare's disk workload
+// does (1 MiB records written in sequence, synced, read back), for
 // -e2e.stresstime of guest time, every block read checked against what
 // was written. A request that never completes fails the test with
 // vessel's description of the VM (its virtio rings' indexes, the
@@ -61,7 +65,18 @@ func TestDiskStress(t *testing.T) {
 		if err := os.Truncate(raw, stressRawSize); err != nil {
 			t.Fatal(err)
 		}
-		ext4Image(t, fs, stressFSSize, "")
+		// As vessel run's scratch disk (container.MakeScratch): lazy
+		// inode table and journal initialisation, so the guest's
+		// ext4lazyinit zeroes the inode tables meanwhile.
+		if err := os.WriteFile(fs, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(fs, stressFSSize); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", fs).CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+		}
 	}
 	// The VM has what vessel run's VMs have beside their disks: 512 MiB
 	// and free page reporting to a balloon.
@@ -169,6 +184,10 @@ type stressJob struct {
 	gen       []uint32
 	next      uint32
 	seed      uint64
+	// seq makes the job write its range in 1 MiB records, one after
+	// another, sync, and read them back, as vessel bench compare's
+	// disk workload, over and over, instead of random requests.
+	seq bool
 	// started is when the request in flight began (UnixNano), 0 when
 	// none is; op names it.
 	started atomic.Int64
@@ -215,12 +234,19 @@ func (j *stressJob) do(op string, f func() error) error {
 
 // run does random requests until the deadline.
 func (j *stressJob) run(deadline time.Time, rng *rand.Rand) error {
-	buf, err := unix.Mmap(-1, 0, stressMaxIO, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	size := int64(stressMaxIO)
+	if j.seq {
+		size = stressSeqIO
+	}
+	buf, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return err
 	}
 	defer unix.Munmap(buf) // page-aligned, as O_DIRECT needs
 	blocks := j.len / stressBlock
+	if j.seq {
+		return j.runSeq(deadline, buf)
+	}
 	for time.Now().Before(deadline) {
 		n := int64(1 + rng.IntN(stressMaxIO/stressBlock))
 		b := rng.Int64N(blocks - n + 1)
@@ -263,6 +289,45 @@ func (j *stressJob) run(deadline time.Time, rng *rand.Rand) error {
 			continue
 		}
 		j.bytes.Add(int64(len(p)))
+	}
+	return nil
+}
+
+// runSeq writes the job's range in records of len(buf), syncs, and reads
+// it back, until the deadline.
+func (j *stressJob) runSeq(deadline time.Time, buf []byte) error {
+	per := int64(len(buf)) / stressBlock
+	for time.Now().Before(deadline) {
+		for b := int64(0); b+per <= j.len/stressBlock; b += per {
+			for i := int64(0); i < per; i++ {
+				j.next++
+				j.gen[b+i] = j.next
+				j.fill(buf[i*stressBlock:(i+1)*stressBlock], b+i, j.next)
+			}
+			off := j.base + b*stressBlock
+			if err := j.do(fmt.Sprintf("write %d KiB at %d", len(buf)>>10, off), func() error { _, err := j.f.WriteAt(buf, off); return err }); err != nil {
+				return fmt.Errorf("%s: write: %w", j.name, err)
+			}
+			j.writes.Add(1)
+			j.bytes.Add(int64(len(buf)))
+		}
+		if err := j.do("fsync", j.f.Sync); err != nil {
+			return fmt.Errorf("%s: fsync: %w", j.name, err)
+		}
+		j.flushes.Add(1)
+		for b := int64(0); b+per <= j.len/stressBlock; b += per {
+			off := j.base + b*stressBlock
+			if err := j.do(fmt.Sprintf("read %d KiB at %d", len(buf)>>10, off), func() error { _, err := j.f.ReadAt(buf, off); return err }); err != nil {
+				return fmt.Errorf("%s: read: %w", j.name, err)
+			}
+			for i := int64(0); i < per; i++ {
+				if err := j.check(buf[i*stressBlock:(i+1)*stressBlock], b+i); err != nil {
+					return err
+				}
+			}
+			j.reads.Add(1)
+			j.bytes.Add(int64(len(buf)))
+		}
 	}
 	return nil
 }
@@ -323,13 +388,27 @@ func TestGuestDiskStress(t *testing.T) {
 		t.Fatalf("mount /dev/vdb: %v", err)
 	}
 	defer unix.Unmount("/mnt", 0)
+	// The files are in an overlay whose upper layer is on the disk, as
+	// a container's rootfs on vessel run's scratch disk.
+	for _, d := range []string{"/mnt/upper", "/mnt/work", "/lower", "/ovl"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("overlay", "/ovl", "overlay", 0, "lowerdir=/lower,upperdir=/mnt/upper,workdir=/mnt/work"); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	defer unix.Unmount("/ovl", 0)
 	var jobs []*stressJob
 	per := int64(stressRawSize / stressRawJobs)
 	for i := 0; i < stressRawJobs; i++ {
 		jobs = append(jobs, &stressJob{name: fmt.Sprintf("vda job %d", i), f: rawDev, base: int64(i) * per, len: per})
 	}
-	for i := 0; i < stressFileJobs; i++ {
-		name := fmt.Sprintf("/mnt/job%d", i)
+	for i := 0; i <= stressFileJobs; i++ {
+		name, size, seq := fmt.Sprintf("/ovl/job%d", i), int64(stressFileSize), false
+		if i == stressFileJobs {
+			name, size, seq = "/ovl/seq", stressSeqSize, true
+		}
 		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|unix.O_DIRECT, 0o644)
 		if err != nil {
 			t.Fatal(err)
@@ -337,10 +416,10 @@ func TestGuestDiskStress(t *testing.T) {
 		defer f.Close()
 		// Allocated, so that writes go straight to the disk's blocks
 		// and unwritten ones read as zeros.
-		if err := unix.Fallocate(int(f.Fd()), 0, 0, stressFileSize); err != nil {
+		if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
 			t.Fatal(err)
 		}
-		jobs = append(jobs, &stressJob{name: "vdb " + name, f: f, len: stressFileSize})
+		jobs = append(jobs, &stressJob{name: "vdb " + name, f: f, len: size, seq: seq})
 	}
 	for i, j := range jobs {
 		j.gen = make([]uint32, j.len/stressBlock)
