@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var stressTime = flag.Duration("e2e.stresstime", 90*time.Second, "guest half of TestDiskStress: how long the I/O runs")
+var stressTime = flag.Duration("e2e.stresstime", 60*time.Second, "guest half of TestDiskStress: how long the I/O runs")
 
 // Sizes of TestDiskStress's disks and its guest's workers.
 const (
