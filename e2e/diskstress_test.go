@@ -492,3 +492,53 @@ func TestGuestDiskStress(t *testing.T) {
 	fmt.Printf("stress: done in %v: %d reads, %d writes, %d flushes, %d MiB (%s requests/s)\n", el.Round(time.Millisecond),
 		reads, writes, flushes, bytes>>20, strconv.FormatFloat(float64(reads+writes+flushes)/(*stressTime).Seconds(), 'f', 0, 64))
 }
+
+// TestVMRunDiagnosis: SIGUSR2 makes vessel vm run describe its VM (each
+// vCPU, the interrupt controllers, every virtio ring), stop it and exit
+// 125 with the description: what TestDiskStress asks of a run whose
+// guest stopped answering.
+func TestVMRunDiagnosis(t *testing.T) {
+	if *guestMode {
+		t.Skip("host half only")
+	}
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(vesselBin, "vm", "run", "--disk", disk, "--", "sh", "-c", "echo up; sleep 600")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitLine(t, out, "up", bootTimeout)
+	if t.Failed() {
+		t.Fatalf("vessel vm run's stderr:\n%s", stderr.String())
+	}
+	if err := cmd.Process.Signal(diagnoseSignal); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("vessel vm run did not end within a minute of SIGUSR2; stderr:\n%s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 125 {
+		t.Errorf("exit status %d, want 125", code)
+	}
+	msg := stderr.String()
+	for _, want := range []string{"stopped for a diagnosis", "the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x",
+		"IOAPIC: irr", "q0 avail", "block status 0xf"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the diagnosis lacks %q:\n%s", want, msg)
+		}
+	}
+	t.Logf("vessel vm run's report:\n%s", msg)
+}
