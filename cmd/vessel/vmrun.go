@@ -293,8 +293,8 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 	}
 	if res.Diagnosis != "" {
 		var b strings.Builder
+		// The console went to stdout already: only the description.
 		b.WriteString("the VM was stopped for a diagnosis (SIGUSR2)")
-		writeConsoleTail(&b, res.ConsoleTail)
 		writeDiagnosis(&b, res.Diagnosis)
 		return &exitError{code: exitInternal, msg: strings.TrimRight(b.String(), "\n")}
 	}
