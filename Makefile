@@ -137,10 +137,11 @@ test-e2e: build crictl
 	@failed=; block() { name=$$1; shift; echo "== e2e block $$name"; \
 		build/runblock -testvm bin/testvm -e2e build/e2e.test -log build/e2e-$$name.log -summary build/e2e-$$name.summary "$$@" || failed="$$failed $$name"; }; \
 	rm -f build/e2e-*.summary; \
-	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
+	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestDiskStress|TestVMRunDiagnosis)$$'; \
 	block snapshot -timeout 15m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
 	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
+	block disk -timeout 8m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \
 	block vsock -timeout 5m -- -test.run '^TestVsock$$'; \
 	block docker -timeout 15m -- -test.run '^TestDocker$$'; \
 	block containerd -timeout 8m -- -test.run '^TestContainerd$$'; \

@@ -206,7 +206,7 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		if err != nil {
 			return nil, err
 		}
-		v.vcpus = append(v.vcpus, &vcpu{kc: kc})
+		v.vcpus = append(v.vcpus, newVCPU(kc))
 	}
 	if err := v.restoreVMState(st); err != nil {
 		return nil, snapErr("%v", err)

@@ -45,10 +45,20 @@ const (
 
 // vcpu is one guest CPU and the state of its run loop.
 type vcpu struct {
-	kc     *kvm.VCPU
+	kc *kvm.VCPU
+	// run is kc's KVM_RUN and immediate_exit, or a test's stand-in.
+	run    guestRunner
 	tid    atomic.Int32 // OS thread running the loop, 0 until it starts
 	parked atomic.Bool  // held outside KVM_RUN by a pause
 }
+
+// guestRunner enters the guest: *kvm.VCPU.
+type guestRunner interface {
+	Run() (kvm.ExitReason, error)
+	SetImmediateExit(on bool)
+}
+
+func newVCPU(kc *kvm.VCPU) *vcpu { return &vcpu{kc: kc, run: kc} }
 
 func (v *VM) setupVCPUs() error {
 	supported, err := v.sys.SupportedCPUID()
@@ -65,7 +75,7 @@ func (v *VM) setupVCPUs() error {
 		if err != nil {
 			return err
 		}
-		c := &vcpu{kc: kc}
+		c := newVCPU(kc)
 		v.vcpus = append(v.vcpus, c)
 		if err := kc.SetCPUID(shapeCPUID(supported, id, v.cfg.CPUs)); err != nil {
 			return err
@@ -161,13 +171,25 @@ func (c *vcpu) loop(v *VM) {
 		default:
 		}
 		if v.park(c) {
-			c.kc.SetImmediateExit(false)
+			c.run.SetImmediateExit(false)
 			continue
 		}
-		reason, err := c.kc.Run()
+		reason, err := c.run.Run()
 		if err != nil {
 			if errors.Is(err, kvm.ErrInterrupted) {
-				continue // a signal or a kick: check for stop and re-enter
+				// A signal or a kick: check for stop and pause,
+				// and re-enter. A kick's immediate_exit is
+				// cleared first, whether or not anything holds
+				// the vCPU now: a pause that gave up (Pause's
+				// timeout resumes the VM) before this vCPU came
+				// out of the guest leaves it set, and every
+				// KVM_RUN would return EINTR at once, for ever.
+				// Stop and Pause say so before they kick, so a
+				// kick after this clear makes the next KVM_RUN
+				// return at once, and one before it is seen by
+				// the checks above.
+				c.run.SetImmediateExit(false)
+				continue
 			}
 			v.fail(err)
 			return
@@ -245,7 +267,7 @@ func (c *vcpu) handle(v *VM, reason kvm.ExitReason) bool {
 // itself uses to preempt threads, so its handler is installed and ignores
 // it; KVM_RUN returns EINTR.
 func (c *vcpu) kick() {
-	c.kc.SetImmediateExit(true)
+	c.run.SetImmediateExit(true)
 	if tid := c.tid.Load(); tid != 0 {
 		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
 	}

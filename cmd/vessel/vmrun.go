@@ -81,7 +81,8 @@ is refused with exit status 2 and nothing left behind.
 
 Exit statuses: the command's (0-255); 2 invalid usage or input;
 3 guest crash (panic, triple fault); 125 vessel failure; 130/143 host signal;
-0 when stopped through the API (--api).`,
+0 when stopped through the API (--api). SIGUSR2 stops the VM after describing
+its state (vCPUs, interrupt controllers, virtio rings) on stderr, exit 125.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
@@ -232,13 +233,21 @@ func runConsoleVM(cfg vmm.Config, f vmRunFlags, restoreDir string, interactive b
 		defer srv.Close()
 	}
 
+	// SIGUSR2 asks for the VM's state: vessel describes
+	// it (vCPUs, interrupt controllers, virtio rings), stops the VM and
+	// exits 125 with the description, for a caller (a test) that gives up
+	// on a guest that stopped answering.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	var hostSig os.Signal
 	go func() {
 		if s, ok := <-sigs; ok {
-			hostSig = s
+			if s == syscall.SIGUSR2 {
+				vm.StopDiagnosed()
+			} else {
+				hostSig = s
+			}
 			vm.Stop()
 		}
 	}()
@@ -281,6 +290,13 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 			n = int(s)
 		}
 		return &exitError{code: 128 + n}
+	}
+	if res.Diagnosis != "" {
+		var b strings.Builder
+		// The console went to stdout already: only the description.
+		b.WriteString("the VM was stopped for a diagnosis (SIGUSR2)")
+		writeDiagnosis(&b, res.Diagnosis)
+		return &exitError{code: exitInternal, msg: strings.TrimRight(b.String(), "\n")}
 	}
 	switch res.Kind {
 	case vmm.ExitGuestStatus:

@@ -383,3 +383,81 @@ func TestQueueChainBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestEventIdxWrap checks the EVENT_IDX arithmetic where the 16-bit
+// indexes wrap (virtio 1.2 §2.7.7.2, §2.7.10; vring_need_event): an
+// interrupt is due exactly when used_event lies among the entries used
+// since the last check, a notification is asked for at the next entry
+// the device will take, and chains are taken across 65535 -> 0.
+func TestEventIdxWrap(t *testing.T) {
+	usedEvent := uint64(testAvail + 4 + 2*testQSize)
+	availEvent := uint64(testUsed + 4 + 8*testQSize)
+	for _, tc := range []struct {
+		name      string
+		old, push uint16 // used index at the last check, entries used since
+		usedEvent uint16
+		want      bool
+	}{
+		{"event at the first new entry", 65534, 3, 65534, true},
+		{"event at the last new entry, across the wrap", 65534, 3, 0, true},
+		{"event one past the new entries", 65534, 3, 1, false},
+		{"event before the old index", 65534, 3, 65533, false},
+		{"event at 65535, used as the index wraps", 65535, 1, 65535, true},
+		{"event 0 not yet reached", 65534, 1, 0, false},
+		{"event 0 reached", 65535, 2, 0, true},
+		{"all 65535 entries since the last check", 1, 65535, 65535, true},
+		{"the new index is not among the used entries", 1, 65535, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newTestMem(t)
+			d := newDriver(t, mem)
+			q := d.queue(FeatureEventIdx)
+			q.nextUsed = tc.old
+			q.signalledUsed, q.signalled = tc.old, true
+			d.put16(usedEvent, tc.usedEvent)
+			for i := uint16(0); i < tc.push; i++ {
+				if err := q.Push(0, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, err := q.NeedsInterrupt(); err != nil || got != tc.want {
+				t.Errorf("used %d..%d, used_event %d: interrupt %v (%v), want %v", tc.old, tc.old+tc.push, tc.usedEvent, got, err, tc.want)
+			}
+			if got := d.usedIdx(); got != tc.old+tc.push {
+				t.Errorf("used idx %d, want %d", got, tc.old+tc.push)
+			}
+		})
+	}
+
+	// Taking chains across the wrap, and avail_event following.
+	mem := newTestMem(t)
+	d := newDriver(t, mem)
+	q := d.queue(FeatureEventIdx)
+	d.avail, q.nextAvail = 65534, 65534
+	d.put16(testAvail+2, d.avail)
+	var heads []uint16
+	for i := 0; i < 4; i++ {
+		h, _ := d.chain(seg{n: 8, write: true})
+		d.offer(h)
+		heads = append(heads, h)
+	}
+	for i, h := range heads {
+		c, again, err := q.PopOrArm()
+		if err != nil || c == nil || again || c.Head != h {
+			t.Fatalf("pop %d at avail %d: %+v, again %v, %v; want head %d", i, uint16(65534+i), c, again, err, h)
+		}
+	}
+	if c, again, err := q.PopOrArm(); c != nil || again || err != nil {
+		t.Fatalf("an empty ring popped %+v, again %v, %v", c, again, err)
+	}
+	if v, _ := mem.Uint16(availEvent); v != 2 {
+		t.Errorf("avail_event %d after taking entries up to 1, want 2", v)
+	}
+	// A chain offered after avail_event was written is seen by the
+	// re-check.
+	h, _ := d.chain(seg{n: 8, write: true})
+	d.offer(h)
+	if more, err := q.Pending(); !more || err != nil {
+		t.Errorf("Pending after an offer across the wrap: %v, %v", more, err)
+	}
+}
