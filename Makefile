@@ -192,16 +192,18 @@ bench-compare: deps build guest
 	bin/vessel bench render --out build/bench-compare build/bench-compare.log
 
 ## bench-io: I/O benchmark (bench/io): block sequential and random, TCP
-## over TAP and the user network, vsock, each inside a vessel guest against
-## the same code on the host of the same platform, plus userspace exits,
-## KVM exits, interrupts and notifies per MiB. Not a test: no thresholds.
+## over TAP and the user network, vsock, each inside a vessel guest and a
+## QEMU microvm guest (same kernel, initramfs, command line and size, runs
+## interleaved) against the same code on the host of the same platform,
+## plus KVM exits and guest-counted interrupts per MiB for both VMMs and
+## vessel's own userspace exits and notifies. Not a test: no thresholds.
 ## The report goes to stdout and build/bench-io.md. BENCH_IO_FLAGS adds
-## benchio flags (e.g. -size-mib 256 -runs 5).
+## benchio flags (e.g. -size-mib 256 -runs 5, -vmms vessel).
 BENCH_IO_FLAGS ?=
 bench-io: build guest
 	CGO_ENABLED=0 $(GO) build -o bin/benchio ./bench/io
 	@mkdir -p build
-	set -o pipefail; bin/testvm --timeout 40m -- bin/benchio -vessel bin/vessel \
+	set -o pipefail; bin/testvm --timeout 80m -- bin/benchio -vessel bin/vessel \
 		-kernel "$(GUEST_DIR)/bzImage" -initrd "$(GUEST_DIR)/initramfs.cpio" $(BENCH_IO_FLAGS) 2>&1 | tee build/bench-io.md
 
 ## bench-run: container start-up benchmark (bench/run): `vessel run IMAGE

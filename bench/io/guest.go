@@ -4,11 +4,33 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 )
 
-// guestMain runs a workload inside the guest and prints its RESULT lines.
+// guestMain runs a workload inside the guest and prints its RESULT lines,
+// then the interrupts its virtio devices took meanwhile (an IRQS line,
+// counted by the guest from /proc/interrupts, the same way under every
+// VMM).
+func guestMain(args []string) error {
+	before, irqErr := guestIRQs()
+	if err := guestWorkload(args); err != nil {
+		return err
+	}
+	if irqErr == nil {
+		var after irqCounts
+		if after, irqErr = guestIRQs(); irqErr == nil {
+			printIRQs(after.sub(before))
+		}
+	}
+	if irqErr != nil {
+		fmt.Fprintf(os.Stderr, "benchio guest: interrupts not counted: %v\n", irqErr)
+	}
+	return nil
+}
+
+// guestWorkload runs one workload:
 //
 //	idle                          nothing (the boot-only baseline)
 //	block SIZE OPS DURATION       /dev/vda: sequential write, read, random read
@@ -16,7 +38,7 @@ import (
 //	tcp-recv PORT                 receive one stream
 //	vsock-send PORT BYTES         send to the host (CID 2)
 //	vsock-recv PORT               receive one stream
-func guestMain(args []string) error {
+func guestWorkload(args []string) error {
 	if len(args) == 0 {
 		return errors.New("no workload")
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"github.com/vishvananda/netlink"
 )
 
@@ -49,64 +49,102 @@ func freePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// tcp measures TCP over one network kind: guest->host to a listener on
-// hostIP, host->guest to guestIP (or, for the user network, to the port
-// published on 127.0.0.1), and host loopback as the baseline.
-func (b *bench) tcp(kind string, devs []string, hostIP, guestIP string) error {
-	idle, err := b.vessel(devs, []string{"idle"}, nil)
-	if err != nil {
-		return err
+// netSetup is how one VMM's guest reaches the host and back on one
+// network kind.
+type netSetup struct {
+	dev  vmDevices
+	peer string // the host's listener address as the guest dials it (no port)
+	// target is the address the host dials to reach the guest's
+	// listener.
+	target string
+}
+
+// netFor returns the setup of network kind for VMM v.
+func netFor(kind, v string) netSetup {
+	if kind == "tap" {
+		return netSetup{
+			dev:    vmDevices{Tap: tapName, TapAddr: tapGuest + "/24", TapGW: tapHost},
+			peer:   tapHost,
+			target: net.JoinHostPort(tapGuest, strconv.Itoa(guestPort)),
+		}
 	}
-	peer := hostIP
+	port := freePort()
+	s := netSetup{dev: vmDevices{UserPort: port}, target: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	// vessel's user network names the host; slirp's is its gateway.
+	// Both reach the host's loopback.
+	s.peer = "host.vessel.internal"
+	if v == vmmQEMU {
+		s.peer = slirpHost
+	}
+	return s
+}
+
+// tcp measures TCP over one network kind under each VMM: guest->host to
+// a listener on the host (the TAP device's address, or loopback for the
+// user networks), host->guest to the guest's address (or the port the
+// user network forwards from 127.0.0.1), and host loopback as the
+// baseline.
+func (b *bench) tcp(kind string) error {
+	listenIP := tapHost
 	if kind == "user" {
-		peer = "host.vessel.internal"
+		listenIP = "127.0.0.1"
 	}
-	var g2h, h2g, loop []float64
-	var lastG2H, lastH2G *guestRun
+	vmms := b.vmmsFor(kind)
+	setups := map[string]netSetup{}
+	idle := map[string]*guestRun{}
+	for _, v := range vmms {
+		setups[v] = netFor(kind, v)
+		r, err := b.boot(v, setups[v].dev, []string{"idle"}, nil)
+		if err != nil {
+			return err
+		}
+		idle[v] = r
+	}
+	g2h, h2g := newMeasurement(), newMeasurement()
+	var loop []float64
+	mib := float64(b.cfg.Size) / (1 << 20)
 	for i := 0; i < b.cfg.Runs; i++ {
-		b.log("%s TCP run %d/%d", kind, i+1, b.cfg.Runs)
-		// guest -> host
-		ln, err := net.Listen("tcp", net.JoinHostPort(hostIP, "0"))
-		if err != nil {
-			return err
-		}
-		go serve(ln)
-		port := ln.Addr().(*net.TCPAddr).Port
-		r, err := b.vessel(devs, []string{"tcp-send", net.JoinHostPort(peer, strconv.Itoa(port)), strconv.FormatInt(b.cfg.Size, 10)}, nil)
-		ln.Close()
-		if err != nil {
-			return err
-		}
-		g2h, lastG2H = append(g2h, mibps(r.results)), r
+		for _, v := range runOrder(vmms, i) {
+			b.log("%s TCP run %d/%d: %s", kind, i+1, b.cfg.Runs, vmmTitle[v])
+			s := setups[v]
+			// guest -> host
+			ln, err := net.Listen("tcp", net.JoinHostPort(listenIP, "0"))
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			go serve(func() (io.ReadCloser, error) { return ln.Accept() })
+			port := ln.Addr().(*net.TCPAddr).Port
+			r, err := b.boot(v, s.dev, []string{"tcp-send", net.JoinHostPort(s.peer, strconv.Itoa(port)), strconv.FormatInt(b.cfg.Size, 10)}, nil)
+			ln.Close()
+			if err != nil {
+				return err
+			}
+			g2h.values[v] = append(g2h.values[v], mibps(r.results))
+			g2h.costs[v] = append(g2h.costs[v], runCost("net", mib, r, idle[v]))
 
-		// host -> guest
-		target := net.JoinHostPort(guestIP, strconv.Itoa(guestPort))
-		if kind == "user" {
-			target = publishedAddr(devs)
+			// host -> guest
+			var snd sender
+			r, err = b.boot(v, s.dev, []string{"tcp-recv", strconv.Itoa(guestPort)}, snd.start(func() error { return dialAndSend(s.target, b.cfg.Size) }))
+			if err != nil {
+				return err
+			}
+			if err := snd.wait(); err != nil {
+				return fmt.Errorf("%s host -> guest: %w", vmmTitle[v], err)
+			}
+			h2g.values[v] = append(h2g.values[v], mibps(r.results))
+			h2g.costs[v] = append(h2g.costs[v], runCost("net", mib, r, idle[v]))
 		}
-		var s sender
-		r, err = b.vessel(devs, []string{"tcp-recv", strconv.Itoa(guestPort)}, s.start(func() error { return dialAndSend(target, b.cfg.Size) }))
-		if err != nil {
-			return err
-		}
-		if err := s.wait(); err != nil {
-			return fmt.Errorf("host -> guest: %w", err)
-		}
-		h2g, lastH2G = append(h2g, mibps(r.results)), r
-
 		l, err := loopback(b.cfg.Size)
 		if err != nil {
-			return err
+			return fmt.Errorf("host baseline: %w", err)
 		}
 		loop = append(loop, l)
 	}
 	what := "host loopback TCP"
-	b.rep.Rows = append(b.rep.Rows,
-		row{Area: "tcp " + kind, Name: "guest -> host", Unit: "MiB/s", Guest: benchutil.Summarize(g2h).Median, Host: benchutil.Summarize(loop).Median, HostWhat: what},
-		row{Area: "tcp " + kind, Name: "host -> guest", Unit: "MiB/s", Guest: benchutil.Summarize(h2g).Median, Host: benchutil.Summarize(loop).Median, HostWhat: what})
-	mib := float64(b.cfg.Size) / (1 << 20)
-	b.addCost("tcp "+kind+" guest -> host", "net", mib, lastG2H.metrics, idle.metrics)
-	b.addCost("tcp "+kind+" host -> guest", "net", mib, lastH2G.metrics, idle.metrics)
+	b.addRow("tcp "+kind, "guest -> host", "MiB/s", g2h, loop, what)
+	b.addRow("tcp "+kind, "host -> guest", "MiB/s", h2g, loop, what)
+	b.addCost("tcp "+kind+" guest -> host", kind, "net", g2h)
+	b.addCost("tcp "+kind+" host -> guest", kind, "net", h2g)
 	return nil
 }
 
@@ -141,23 +179,11 @@ func (s *sender) wait() error {
 	return s.err
 }
 
-// publishedAddr finds the host address of the first publish= in devs.
-func publishedAddr(devs []string) string {
-	for _, d := range devs {
-		if _, p, ok := strings.Cut(d, "publish="); ok {
-			hp, _, _ := strings.Cut(p, ",")
-			i := strings.LastIndex(hp, ":")
-			return hp[:i]
-		}
-	}
-	return ""
-}
-
-// serve reads every connection accepted on ln to its end, until ln is
-// closed (a retried run connects again).
-func serve(ln net.Listener) {
+// serve reads every connection accept returns to its end, until accept
+// fails (its listener closed; a retried run connects again).
+func serve(accept func() (io.ReadCloser, error)) {
 	for {
-		c, err := ln.Accept()
+		c, err := accept()
 		if err != nil {
 			return
 		}
@@ -221,54 +247,102 @@ func mibps(rs []Result) float64 {
 	return rs[0].MiBps()
 }
 
-// vsock measures both directions through the hybrid vsock socket, and
-// the host baseline over a Unix socket pair path with the same code.
-func (b *bench) vsock() error {
-	uds := filepath.Join(b.dir, "v.sock")
-	devs := []string{"--vsock", uds}
-	idle, err := b.vessel(devs, []string{"idle"}, nil)
-	if err != nil {
-		return err
+// vsockSetup is how the host talks to one VMM's guest over vsock.
+type vsockSetup struct {
+	dev vmDevices
+	// listen listens for the guest's connections to the host's port.
+	listen func(port int) (accept func() (io.ReadCloser, error), closeFn func(), err error)
+	// send connects to the guest's port and sends n bytes.
+	send func(port int, n int64) error
+}
+
+// vsockFor returns the vsock setup of VMM v: vessel's hybrid vsock (a
+// Unix socket per port) or QEMU's vhost-vsock (the host kernel's AF_VSOCK).
+func (b *bench) vsockFor(v string) vsockSetup {
+	if v == vmmQEMU {
+		cid := uint32(1000 + os.Getpid()%100000)
+		return vsockSetup{
+			dev: vmDevices{VsockCID: cid},
+			listen: func(port int) (func() (io.ReadCloser, error), func(), error) {
+				ln, err := listenVsock(uint32(port))
+				if err != nil {
+					return nil, nil, err
+				}
+				return ln.accept, ln.close, nil
+			},
+			send: func(port int, n int64) error { return vsockSend(cid, uint32(port), n) },
+		}
 	}
-	var g2h, h2g, base []float64
-	var lastG2H, lastH2G *guestRun
+	uds := filepath.Join(b.dir, "v.sock")
+	return vsockSetup{
+		dev: vmDevices{VsockUDS: uds},
+		listen: func(port int) (func() (io.ReadCloser, error), func(), error) {
+			ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, port))
+			if err != nil {
+				return nil, nil, err
+			}
+			return func() (io.ReadCloser, error) { return ln.Accept() }, func() { ln.Close() }, nil
+		},
+		send: func(port int, n int64) error { return hybridSend(uds, port, n) },
+	}
+}
+
+// vsock measures both directions under each VMM, and the host baseline
+// over a Unix socket with the same code.
+func (b *bench) vsock() error {
+	vmms := b.vmmsFor("vsock")
+	setups := map[string]vsockSetup{}
+	idle := map[string]*guestRun{}
+	for _, v := range vmms {
+		setups[v] = b.vsockFor(v)
+		r, err := b.boot(v, setups[v].dev, []string{"idle"}, nil)
+		if err != nil {
+			return err
+		}
+		idle[v] = r
+	}
+	g2h, h2g := newMeasurement(), newMeasurement()
+	var base []float64
+	mib := float64(b.cfg.Size) / (1 << 20)
 	for i := 0; i < b.cfg.Runs; i++ {
-		b.log("vsock run %d/%d", i+1, b.cfg.Runs)
-		ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, vsockPort))
-		if err != nil {
-			return err
-		}
-		go serve(ln)
-		r, err := b.vessel(devs, []string{"vsock-send", strconv.Itoa(vsockPort), strconv.FormatInt(b.cfg.Size, 10)}, nil)
-		ln.Close()
-		if err != nil {
-			return err
-		}
-		g2h, lastG2H = append(g2h, mibps(r.results)), r
+		for _, v := range runOrder(vmms, i) {
+			b.log("vsock run %d/%d: %s", i+1, b.cfg.Runs, vmmTitle[v])
+			s := setups[v]
+			accept, closeLn, err := s.listen(vsockPort)
+			if err != nil {
+				return fmt.Errorf("%s: listen on vsock port %d: %w", vmmTitle[v], vsockPort, err)
+			}
+			go serve(accept)
+			r, err := b.boot(v, s.dev, []string{"vsock-send", strconv.Itoa(vsockPort), strconv.FormatInt(b.cfg.Size, 10)}, nil)
+			closeLn()
+			if err != nil {
+				return err
+			}
+			g2h.values[v] = append(g2h.values[v], mibps(r.results))
+			g2h.costs[v] = append(g2h.costs[v], runCost("vsock", mib, r, idle[v]))
 
-		var s sender
-		r, err = b.vessel(devs, []string{"vsock-recv", strconv.Itoa(vsockPort)}, s.start(func() error { return hybridSend(uds, vsockPort, b.cfg.Size) }))
-		if err != nil {
-			return err
+			var snd sender
+			r, err = b.boot(v, s.dev, []string{"vsock-recv", strconv.Itoa(vsockPort)}, snd.start(func() error { return s.send(vsockPort, b.cfg.Size) }))
+			if err != nil {
+				return err
+			}
+			if err := snd.wait(); err != nil {
+				return fmt.Errorf("%s host -> guest: %w", vmmTitle[v], err)
+			}
+			h2g.values[v] = append(h2g.values[v], mibps(r.results))
+			h2g.costs[v] = append(h2g.costs[v], runCost("vsock", mib, r, idle[v]))
 		}
-		if err := s.wait(); err != nil {
-			return fmt.Errorf("host -> guest: %w", err)
-		}
-		h2g, lastH2G = append(h2g, mibps(r.results)), r
-
 		u, err := unixBaseline(b.dir, b.cfg.Size)
 		if err != nil {
-			return err
+			return fmt.Errorf("host baseline: %w", err)
 		}
 		base = append(base, u)
 	}
 	what := "host Unix socket"
-	b.rep.Rows = append(b.rep.Rows,
-		row{Area: "vsock", Name: "guest -> host", Unit: "MiB/s", Guest: benchutil.Summarize(g2h).Median, Host: benchutil.Summarize(base).Median, HostWhat: what},
-		row{Area: "vsock", Name: "host -> guest", Unit: "MiB/s", Guest: benchutil.Summarize(h2g).Median, Host: benchutil.Summarize(base).Median, HostWhat: what})
-	mib := float64(b.cfg.Size) / (1 << 20)
-	b.addCost("vsock guest -> host", "vsock", mib, lastG2H.metrics, idle.metrics)
-	b.addCost("vsock host -> guest", "vsock", mib, lastH2G.metrics, idle.metrics)
+	b.addRow("vsock", "guest -> host", "MiB/s", g2h, base, what)
+	b.addRow("vsock", "host -> guest", "MiB/s", h2g, base, what)
+	b.addCost("vsock guest -> host", "vsock", "vsock", g2h)
+	b.addCost("vsock host -> guest", "vsock", "vsock", h2g)
 	return nil
 }
 

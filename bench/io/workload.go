@@ -256,3 +256,75 @@ func acceptVsock(port uint32) (stream, error) {
 	}
 	return newVsockStream(nfd), nil
 }
+
+// vsockListener is a host AF_VSOCK listener: guests of a vhost-vsock
+// device reach it at CID 2.
+type vsockListener struct{ f *os.File }
+
+// listenVsock listens on the host's vsock port.
+func listenVsock(port uint32) (*vsockListener, error) {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("vsock socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("vsock bind port %d: %w", port, err)
+	}
+	if err := unix.Listen(fd, 4); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("vsock listen port %d: %w", port, err)
+	}
+	// Non-blocking: the descriptor waits in Go's poller, and close ends
+	// a pending accept.
+	return &vsockListener{f: os.NewFile(uintptr(fd), "vsock-listener")}, nil
+}
+
+// accept waits for one connection.
+func (l *vsockListener) accept() (io.ReadCloser, error) {
+	rc, err := l.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var aerr error
+	err = rc.Read(func(fd uintptr) bool {
+		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		return aerr != unix.EAGAIN
+	})
+	if err != nil {
+		return nil, err
+	}
+	if aerr != nil {
+		return nil, fmt.Errorf("vsock accept: %w", aerr)
+	}
+	return newVsockStream(nfd), nil
+}
+
+func (l *vsockListener) close() { l.f.Close() }
+
+// vsockSend connects to a guest's vsock port (CID cid) from the host,
+// retrying while the guest's listener is not up, and sends n bytes.
+func vsockSend(cid, port uint32, n int64) error {
+	var err error
+	for i := 0; i < 20; i++ {
+		var fd int
+		fd, err = unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("vsock socket: %w", err)
+		}
+		if err = unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port}); err == nil {
+			if err := unix.SetNonblock(fd, true); err != nil {
+				unix.Close(fd)
+				return err
+			}
+			c := newVsockStream(fd)
+			defer c.Close()
+			_, err = sendAll(c, n)
+			return err
+		}
+		unix.Close(fd)
+		time.Sleep(250 * time.Millisecond)
+	}
+	return fmt.Errorf("vsock connect %d:%d: %w", cid, port, err)
+}
