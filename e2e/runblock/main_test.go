@@ -96,6 +96,10 @@ func TestAllFlaky(t *testing.T) {
 		{"vCPU in the outer kernel's VMRUN", leakLog, leaks[:1], inVMRUN, true},
 		{"vCPU halted in the guest", leakLog, leaks[1:], inVMRUN, false},
 		{"no outer kernel symbols", leakLog, leaks[:1], nil, false},
+		{"the outer kernel crashed", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:2], nil, true},
+		{"the outer kernel crashed, a test unfinished", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:], nil, false},
+		{"the outer kernel only warned", failLog + "testvm: outer kernel: [  247.762729] WARNING: CPU: 0 PID: 0 at kernel/context_tracking.c:128\n", fs[1:2], nil, false},
+		{"a guest's BUG line", failLog + "    | [    3.1] BUG: kernel NULL pointer dereference\n", fs[1:2], nil, false},
 	} {
 		if got := allFlaky([]byte(tc.log), tc.fs, tc.hostRIP); got != tc.want {
 			t.Errorf("%s: allFlaky = %v, want %v", tc.name, got, tc.want)
