@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
-
-	"github.com/vesselvm/vessel/internal/limitio"
 )
 
 // logEntry is one line of a container log, in docker's json-file format:
@@ -388,10 +386,3 @@ func copyLogFile(path string, stdout, stderr io.Writer) error {
 // container's go to vessel.log in its state directory, usually in
 // memory, and a guest can make them in a loop.
 const DiagLimit = 1 << 20
-
-// LimitWriter returns a writer that passes whole writes on to w while
-// they total at most n bytes, then writes note once and drops the rest,
-// reporting success. It may be used concurrently (internal/limitio).
-func LimitWriter(w io.Writer, n int64, note string) io.Writer {
-	return limitio.Writer(w, n, note)
-}

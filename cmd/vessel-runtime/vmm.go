@@ -23,6 +23,7 @@ import (
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/internal/fdpass"
+	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/internal/seccomp"
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -230,7 +231,7 @@ func (p *vmmProc) create() error {
 	}
 	var diag io.Writer = io.Discard
 	if p.g.log != "" {
-		diag = container.LimitWriter(logWriter{p}, container.DiagLimit, "vessel-runtime: further reports about the VM suppressed")
+		diag = limitio.Writer(logWriter{p}, container.DiagLimit, "vessel-runtime: further reports about the VM suppressed")
 	}
 	if b.spec.Root.Readonly {
 		if err := b.makeMountpoints(); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/internal/jail"
+	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/internal/seccomp"
 	"github.com/vesselvm/vessel/internal/vmmproc"
 	"github.com/vesselvm/vessel/vmm"
@@ -281,7 +282,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	}
 	relayed := make(chan string, 1)
 	go func() {
-		relayed <- strings.TrimPrefix(seccomp.Relay(errR, container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports of the VMM process suppressed\n"), "VMM"), "vessel: ")
+		relayed <- strings.TrimPrefix(seccomp.Relay(errR, limitio.Writer(os.Stderr, container.DiagLimit, "vessel: further reports of the VMM process suppressed\n"), "VMM"), "vessel: ")
 		errR.Close()
 	}()
 	cfgR.Close()

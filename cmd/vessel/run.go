@@ -29,6 +29,7 @@ import (
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/images/store"
+	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -328,7 +329,7 @@ func planRun(f runFlags, ref string, args []string) (*runPlan, error) {
 		Balloon: vmm.FreePageReporting(),
 		// The VMM's reports of a misbehaving guest driver: a detached
 		// container's go to vessel.log in its state directory.
-		Log: container.LimitWriter(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n"),
+		Log: limitio.Writer(os.Stderr, container.DiagLimit, "vessel: further reports about the VM suppressed\n"),
 	}
 	// A template holds an empty slot for the image's disk and a user
 	// network or none: runs with volumes or a scratch disk boot.

@@ -23,6 +23,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -104,7 +105,7 @@ func buildTemplateProcess(s templateSpec, dir string, limit time.Duration) error
 	cmd := exec.CommandContext(ctx, self, templateBuildCommand, dir)
 	cmd.Stdin = bytes.NewReader(in)
 	var out bytes.Buffer
-	w := container.LimitWriter(&out, 4096, "")
+	w := limitio.Writer(&out, 4096, "")
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.WaitDelay = 5 * time.Second
 	err = cmd.Run()

@@ -123,20 +123,6 @@ type Network struct {
 	readyErr  error
 }
 
-// New starts a user network and waits until its helper is ready (Start,
-// then Ready).
-func New(cfg Config) (*Network, error) {
-	n, err := Start(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := n.Ready(); err != nil {
-		n.Close()
-		return nil, err
-	}
-	return n, nil
-}
-
 // Start starts a user network: it listens on the published host ports and
 // starts the helper with them, without waiting for the helper to be ready
 // (its start-up, a process and a network stack, can overlap the caller's

@@ -337,3 +337,17 @@ func TestFormerMAC(t *testing.T) {
 		t.Fatalf("no ARP reply to the guest's own address: %v % x", err, buf[:k])
 	}
 }
+
+// New starts a user network and waits until its helper is ready (Start,
+// then Ready), as the VMM does across its set-up.
+func New(cfg Config) (*Network, error) {
+	n, err := Start(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Ready(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
