@@ -536,25 +536,6 @@ func TestVMRunDiagnosis(t *testing.T) {
 	if t.Failed() {
 		t.Fatalf("vessel vm run's stderr:\n%s", stderr.String())
 	}
-	if err := cmd.Process.Signal(diagnoseSignal); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("vessel vm run did not end within a minute of SIGUSR2; stderr:\n%s", stderr.String())
-	}
-	if code := cmd.ProcessState.ExitCode(); code != 125 {
-		t.Errorf("exit status %d, want 125", code)
-	}
-	msg := stderr.String()
-	for _, want := range []string{"stopped for a diagnosis", "the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x",
-		"IOAPIC: irr", "q0 avail", "block status 0xf"} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("the diagnosis lacks %q:\n%s", want, msg)
-		}
-	}
-	t.Logf("vessel vm run's report:\n%s", msg)
+	expectDiagnosis(t, cmd, &stderr, cmd.Process.Pid, "stopped for a diagnosis", "the VM's state when vessel gave up on it:",
+		"vCPU 0: ", "rip 0x", "IOAPIC: irr", "q0 avail", "block status 0xf")
 }

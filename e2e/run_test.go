@@ -613,7 +613,7 @@ func TestRunDiagnosis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -634,7 +634,16 @@ func TestRunDiagnosis(t *testing.T) {
 	if vmm == 0 {
 		t.Fatalf("no jailed VMM process under vessel run (%d)", cmd.Process.Pid)
 	}
-	if err := syscall.Kill(vmm, syscall.SIGUSR2); err != nil {
+	expectDiagnosis(t, cmd, &stderr, vmm, "the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x", "lapic irr [",
+		"IOAPIC: irr", "vsock status 0xf", "q0 avail", "block status 0xf")
+}
+
+// expectDiagnosis sends pid (cmd's process, or its jailed VMM) the
+// diagnosis signal and wants cmd to end within a minute with exit status
+// 125 and every one of wants in its stderr: the VM's description.
+func expectDiagnosis(t *testing.T, cmd *exec.Cmd, stderr *syncBuffer, pid int, wants ...string) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -642,17 +651,16 @@ func TestRunDiagnosis(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
-		t.Fatalf("vessel run did not end within a minute of its VM; stderr:\n%s", stderr.String())
+		t.Fatalf("vessel did not end within a minute of SIGUSR2; stderr:\n%s", stderr.String())
 	}
 	if code := cmd.ProcessState.ExitCode(); code != 125 {
 		t.Errorf("exit status %d, want 125", code)
 	}
 	msg := stderr.String()
-	for _, want := range []string{"the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x", "lapic irr [",
-		"IOAPIC: irr", "vsock status 0xf", "q0 avail", "block status 0xf"} {
+	for _, want := range wants {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the diagnosis lacks %q:\n%s", want, msg)
 		}
 	}
-	t.Logf("vessel run's report:\n%s", msg)
+	t.Logf("vessel's report:\n%s", msg)
 }
