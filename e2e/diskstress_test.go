@@ -537,5 +537,5 @@ func TestVMRunDiagnosis(t *testing.T) {
 		t.Fatalf("vessel vm run's stderr:\n%s", stderr.String())
 	}
 	expectDiagnosis(t, cmd, &stderr, cmd.Process.Pid, "stopped for a diagnosis", "the VM's state when vessel gave up on it:",
-		"vCPU 0: ", "rip 0x", "IOAPIC: irr", "q0 avail", "block status 0xf")
+		"vCPU 0: ", "rip 0x", "cr3 0x", "stack [", "IOAPIC: irr", "q0 avail", "block status 0xf")
 }

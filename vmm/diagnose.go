@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/vesselvm/vessel/guestmem"
 	"github.com/vesselvm/vessel/kvm"
 )
 
@@ -37,7 +38,7 @@ func (v *VM) Diagnose() (string, error) {
 		khz, _ = v.vcpus[0].kc.TSCKHz()
 	}
 	for id, c := range v.vcpus {
-		fmt.Fprintf(&b, "vCPU %d: %s\n", id, describeVCPU(c.kc, khz))
+		fmt.Fprintf(&b, "vCPU %d: %s\n", id, describeVCPU(c.kc, v.mem, khz))
 	}
 	if chip, err := v.vm.IRQChip(kvm.IRQChipIOAPIC); err == nil {
 		fmt.Fprintf(&b, "IOAPIC: %s\n", describeIOAPIC(chip.Data[:]))
@@ -56,17 +57,21 @@ func (v *VM) Diagnose() (string, error) {
 
 // describeVCPU formats one paused vCPU's state on one line; what cannot
 // be read is named in its place.
-func describeVCPU(kc *kvm.VCPU, tscKHz uint32) string {
+func describeVCPU(kc *kvm.VCPU, mem *guestmem.Memory, tscKHz uint32) string {
 	var parts []string
 	if mp, err := kc.MPState(); err == nil {
 		parts = append(parts, mpStateName(mp.State))
 	} else {
 		parts = append(parts, err.Error())
 	}
-	if r, err := kc.Regs(); err == nil {
+	r, err := kc.Regs()
+	if err == nil {
 		parts = append(parts, fmt.Sprintf("rip %#x IF=%d", r.RIP, r.RFLAGS>>9&1))
 	} else {
 		parts = append(parts, err.Error())
+	}
+	if s, serr := kc.Sregs(); err == nil && serr == nil && mem != nil {
+		parts = append(parts, describeStack(mem, s, r.RSP)...)
 	}
 	if l, err := kc.LAPIC(); err == nil {
 		parts = append(parts, describeLAPIC(l.Regs[:]))
@@ -99,6 +104,51 @@ func describeVCPU(kc *kvm.VCPU, tscKHz uint32) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// Stack reading in a diagnosis: how far above the stack pointer it
+// looks, and how many kernel addresses it lists at most.
+const (
+	stackScanBytes = 1024
+	stackMaxAddrs  = 12
+)
+
+// kernelTextStart is the lowest address of the x86-64 Linux kernel's
+// text and modules mapping (Documentation/arch/x86/x86_64/mm.rst:
+// ffffffff80000000 on), where return addresses on a kernel stack lie.
+const kernelTextStart = 0xffff_ffff_8000_0000
+
+// describeStack reads a long-mode vCPU's page-table root and stack: its
+// CR3, flagged when it lies outside guest RAM (then the vCPU holds state
+// that is not the guest's, e.g. the host's or an outer hypervisor's),
+// and the kernel-text addresses among the stack's first words (return
+// addresses, most recent first), which the guest kernel's symbols turn
+// into a backtrace. The stack is read through the guest's own page
+// tables (translate), so a hostile guest can make it list only what
+// its memory holds.
+func describeStack(mem *guestmem.Memory, s kvm.Sregs, rsp uint64) []string {
+	if s.EFER&eferLMA == 0 || s.CR0&cr0PG == 0 {
+		return nil
+	}
+	cr3 := s.CR3 & pteAddr
+	if _, err := mem.Slice(cr3, 4096); err != nil {
+		return []string{fmt.Sprintf("cr3 %#x outside guest RAM", s.CR3)}
+	}
+	var addrs []string
+	for off := uint64(0); off < stackScanBytes && len(addrs) < stackMaxAddrs; off += 8 {
+		gpa, ok := translate(mem, s.CR3, s.CR4, rsp+off)
+		if !ok {
+			break
+		}
+		w, err := mem.Uint64(gpa)
+		if err != nil {
+			break
+		}
+		if w >= kernelTextStart {
+			addrs = append(addrs, fmt.Sprintf("%#x", w))
+		}
+	}
+	return []string{fmt.Sprintf("cr3 %#x", s.CR3), "stack [" + strings.Join(addrs, " ") + "]"}
 }
 
 // mpStateName names KVM_MP_STATE_* (api.rst, KVM_GET_MP_STATE).

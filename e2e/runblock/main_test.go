@@ -51,7 +51,7 @@ func TestFailures(t *testing.T) {
 	if !fs[0].Finished || !fs[1].Finished || fs[2].Finished {
 		t.Errorf("finished: %v %v %v, want true true false", fs[0].Finished, fs[1].Finished, fs[2].Finished)
 	}
-	s := summary(fs, 1)
+	s := summary(fs, 1, nil)
 	for _, want := range []string{"runtime_test.go:781: the container did not reach", "b_test.go:10: wrong answer",
 		"== TestD (still running when the block ended)", "d_test.go:5: booting", "--- FAIL: TestRuntime/netns"} {
 		if !strings.Contains(s, want) {
@@ -73,6 +73,9 @@ const leakLog = `testvm: platform: nested KVM in QEMU TCG (-cpu max), outer kern
 === RUN   TestHalt
     halt_test.go:9: vessel: the guest agent did not come up | vCPU 0: halted, rip 0xffffffff8150e923 IF=1, lapic irr [] isr []
 --- FAIL: TestHalt (193.36s)
+=== RUN   TestForeign
+    run_test.go:9: vessel: the guest agent did not come up | vCPU 0: runnable, rip 0xffffffff8150f095 IF=0, cr3 0x11a2b3000 outside guest RAM, lapic irr [] isr []
+--- FAIL: TestForeign (193.36s)
 `
 
 // TestAllFlaky: only failures that all show one of the platform's known
@@ -94,7 +97,9 @@ func TestAllFlaky(t *testing.T) {
 		{"unfinished", failLog, fs[2:], nil, false},
 		{"not emulated", strings.Replace(failLog, "QEMU TCG", "", 1), fs[:1], nil, false},
 		{"vCPU in the outer kernel's VMRUN", leakLog, leaks[:1], inVMRUN, true},
-		{"vCPU halted in the guest", leakLog, leaks[1:], inVMRUN, false},
+		{"vCPU halted in the guest", leakLog, leaks[1:2], inVMRUN, false},
+		{"vCPU with a page-table root outside guest RAM", leakLog, leaks[2:], nil, true},
+		{"it and a vCPU halted in the guest", leakLog, leaks[1:], nil, false},
 		{"no outer kernel symbols", leakLog, leaks[:1], nil, false},
 		{"the outer kernel crashed", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:2], nil, true},
 		{"the outer kernel crashed, a test unfinished", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:], nil, false},
@@ -138,5 +143,35 @@ func TestHostRIPIn(t *testing.T) {
 	}
 	if !f(entry+0x9c) || f(entry-1) {
 		t.Errorf("__svm_vcpu_run at %#x: in it %v, just before it %v", entry, f(entry+0x9c), f(entry-1))
+	}
+}
+
+// TestSymbolize: the addresses of a hung VM's description (RIP, stack)
+// are named by the function symbols that hold them, from the vmlinux
+// beside the logged bzImage.
+func TestSymbolize(t *testing.T) {
+	sym := namer([]elf.Symbol{
+		{Name: "native_queued_spin_lock_slowpath", Info: byte(elf.STT_FUNC), Value: 0xffffffff8150f016, Size: 0x200},
+		{Name: "page_fault_oops", Info: byte(elf.STT_FUNC), Value: 0xffffffff81090596, Size: 0x300},
+		{Name: "a_variable", Info: byte(elf.STT_OBJECT), Value: 0xffffffff81c35840, Size: 8},
+	})
+	text := "vCPU 0: runnable, rip 0xffffffff8150f095 IF=0, cr3 0x1000, stack [0xffffffff8150f095 0xffffffff81090703 0xffffffff81c35840 0xffffffff81000000]"
+	want := "0xffffffff8150f095 native_queued_spin_lock_slowpath+0x7f, 0xffffffff81090703 page_fault_oops+0x16d"
+	if got := symbolize(text, sym); got != want {
+		t.Errorf("symbolize = %q, want %q", got, want)
+	}
+	if got := symbolize(text, nil); got != "" {
+		t.Errorf("symbolize without symbols = %q", got)
+	}
+	// The vmlinux is found beside the bzImage a logged command boots; a
+	// log naming none, or a directory without one, gives no symbolizer.
+	if guestSymbols([]byte("no kernel named")) != nil {
+		t.Error("guestSymbols without a logged kernel returned a symbolizer")
+	}
+	if guestSymbols([]byte("vessel vm run --kernel "+t.TempDir()+"/bzImage -- x")) != nil {
+		t.Error("guestSymbols without a vmlinux returned a symbolizer")
+	}
+	if sum := summary(failures([]byte(leakLog))[2:], 1, sym); !strings.Contains(sum, "    in the guest kernel: 0xffffffff8150f095 native_queued_spin_lock_slowpath+0x7f\n") {
+		t.Errorf("summary does not name the guest kernel's functions:\n%s", sum)
 	}
 }
