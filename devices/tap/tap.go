@@ -120,6 +120,13 @@ func (t *Tap) SetOffloads(features uint64) error {
 // ReadFrame implements virtio.NetBackend.
 func (t *Tap) ReadFrame(b []byte) (int, error) { return t.f.Read(b) }
 
+// TryReadFrame implements virtio.NetTryReader: one read(2) of the
+// non-blocking descriptor, through Go's poller so that a passed deadline
+// still ends it.
+func (t *Tap) TryReadFrame(b []byte) (int, bool, error) {
+	return virtio.TryRead(t.f, b)
+}
+
 // WriteFrame implements virtio.NetBackend: one writev per frame, which the
 // TAP device takes whole (it never writes part of a packet). While the
 // interface is down the kernel refuses frames with EIO: that is

@@ -288,6 +288,9 @@ func (n *Network) SetOffloads(uint64) error { return nil }
 // ReadFrame implements virtio.NetBackend: one message is one frame.
 func (n *Network) ReadFrame(b []byte) (int, error) { return n.conn.Read(b) }
 
+// TryReadFrame implements virtio.NetTryReader.
+func (n *Network) TryReadFrame(b []byte) (int, bool, error) { return virtio.TryRead(n.conn, b) }
+
 // WriteFrame implements virtio.NetBackend. A frame larger than the
 // network's MTU is dropped (the guest learns the MTU by DHCP), and so is
 // one the switch must not see (checkFrame).

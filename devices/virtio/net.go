@@ -8,7 +8,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Network feature bits (virtio 1.2 §5.1.3).
@@ -72,6 +75,44 @@ type NetBackend interface {
 	// them. The device uses it to interrupt blocked calls on reset.
 	SetDeadline(t time.Time) error
 }
+
+// NetTryReader is an optional interface of a NetBackend: a read that
+// does not wait. With it the device takes every frame already waiting
+// (up to netRxBatch) before it interrupts the driver once for all of
+// them, as a NIC coalesces receive interrupts, instead of once a frame.
+type NetTryReader interface {
+	// TryReadFrame reads one frame into b if one is waiting: ok is false
+	// when none is. A passed read deadline is an error, as for ReadFrame.
+	TryReadFrame(b []byte) (n int, ok bool, err error)
+}
+
+// TryRead reads once from a non-blocking descriptor of Go's poller
+// without waiting, for a NetBackend's TryReadFrame: ok is false when nothing is there (EAGAIN, or a read
+// interrupted by a signal).
+func TryRead(c syscall.Conn, b []byte) (n int, ok bool, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false, err
+	}
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), b)
+		return true // never wait
+	}); err != nil {
+		return 0, false, err
+	}
+	switch {
+	case rerr == unix.EAGAIN || rerr == unix.EINTR:
+		return 0, false, nil
+	case rerr != nil:
+		return 0, false, rerr
+	}
+	return n, true, nil
+}
+
+// netRxBatch bounds how many received frames wait for one interrupt, so
+// that a steady stream still reaches the driver in bounded time.
+const netRxBatch = 64
 
 // ErrNetDown is returned by a backend's WriteFrame while the host side of
 // the link is down (a TAP interface not up): the frame is dropped, as on
@@ -217,6 +258,9 @@ type netRun struct {
 	stop atomic.Bool
 	wg   sync.WaitGroup
 	warn atomic.Int32
+	// unsignalled: receive buffers were used since the driver was last
+	// interrupted for them (only the receive loop touches it).
+	unsignalled bool
 }
 
 // log reports an unusual event, at most 10 times per activation.
@@ -242,9 +286,25 @@ func (r *netRun) rxLoop() {
 	if !r.vnet {
 		off = NetHdrSize // a bare frame gets a zeroed header in front
 	}
+	try, _ := r.n.be.(NetTryReader)
 	var spare []*Chain // popped, not used yet
+	batch := 0         // frames read since the driver was last interrupted
 	for !r.stop.Load() {
-		k, err := r.n.be.ReadFrame(buf[off:])
+		var (
+			k   int
+			got bool
+			err error
+		)
+		if try != nil && batch > 0 && batch < netRxBatch {
+			k, got, err = try.TryReadFrame(buf[off:])
+		}
+		if err == nil && !got {
+			// Nothing more waiting: the driver hears of what it got
+			// before the device blocks.
+			r.flush()
+			batch = 0
+			k, err = r.n.be.ReadFrame(buf[off:])
+		}
 		if err != nil {
 			if r.stop.Load() {
 				return
@@ -252,9 +312,11 @@ func (r *netRun) rxLoop() {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				continue // a reset that was undone meanwhile
 			}
+			r.flush()
 			r.log("receive: backend: %v; the link is down", err)
 			return
 		}
+		batch++
 		frame := buf[:off+k]
 		if len(frame) < NetHdrSize {
 			r.n.rxDropped.Add(1)
@@ -271,6 +333,15 @@ func (r *netRun) rxLoop() {
 			r.q.Fail(err)
 			return
 		}
+	}
+}
+
+// flush interrupts the driver, if its rules ask for it (virtio 1.2
+// §2.7.10), for the receive buffers used since the last flush.
+func (r *netRun) flush() {
+	if r.unsignalled {
+		r.unsignalled = false
+		r.q.UsedBuffers(0)
 	}
 }
 
@@ -312,10 +383,13 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 						return nil, err
 					}
 				}
-				r.q.UsedBuffers(0)
+				r.unsignalled = true
 				return spare[:0], nil
 			}
 			if !again {
+				// The driver refills from what it was given: it must
+				// hear of it before the device waits for more.
+				r.flush()
 				if _, err := r.q.Notify[0].Wait(); err != nil || r.stop.Load() {
 					return nil, errNetStopped
 				}
@@ -350,7 +424,7 @@ func (r *netRun) deliver(frame []byte, spare []*Chain) ([]*Chain, error) {
 			return nil, err
 		}
 	}
-	r.q.UsedBuffers(0)
+	r.unsignalled = true
 	r.n.rxPackets.Add(1)
 	r.n.rxBytes.Add(uint64(len(frame) - NetHdrSize))
 	storeMax(&r.n.rxMax, uint64(len(frame)-NetHdrSize))
