@@ -243,15 +243,7 @@ func hostRIPIn(out []byte) func(uint64) bool {
 	if m == nil {
 		return nil
 	}
-	f, err := elf.Open(string(m[1]))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	syms, err := f.Symbols()
-	if err != nil {
-		return nil
-	}
+	syms := elfSymbols(string(m[1]))
 	type span struct{ lo, hi uint64 }
 	var spans []span
 	for _, s := range syms {
@@ -364,7 +356,17 @@ func guestSymbols(out []byte) func(uint64) string {
 	if m == nil {
 		return nil
 	}
-	f, err := elf.Open(string(m[1]) + "/vmlinux")
+	syms := elfSymbols(string(m[1]) + "/vmlinux")
+	if syms == nil {
+		return nil
+	}
+	return namer(syms)
+}
+
+// elfSymbols returns the symbol table of the ELF file at path; nil when
+// it cannot be read or has none.
+func elfSymbols(path string) []elf.Symbol {
+	f, err := elf.Open(path)
 	if err != nil {
 		return nil
 	}
@@ -373,7 +375,7 @@ func guestSymbols(out []byte) func(uint64) string {
 	if err != nil {
 		return nil
 	}
-	return namer(syms)
+	return syms
 }
 
 // namer returns a function naming the function symbol of syms that
