@@ -11,10 +11,13 @@
 //
 // A failed test whose output shows one of the emulated nested
 // platform's known faults (a guest "triple fault" under QEMU's TCG, see
-// e2e's platformFlake; or a guest vCPU left holding the outer kernel's
-// VMRUN state, see vmrunFuncs) is run once more on its own, loudly (a
-// line starting RETRY); the block passes only if that second run
-// passes. A failure for any other reason is never retried.
+// e2e's platformFlake; a guest vCPU left holding the outer kernel's
+// state, see vmrunFuncs and foreignCR3; or the outer kernel's own crash
+// during the block) is run once more on its own, loudly (a line starting
+// RETRY); the block passes only if that second run passes. When the
+// outer kernel's crash ended the block inside a test, the whole block
+// runs once more, since the tests after it never ran. A failure for any
+// other reason is never retried.
 //
 // Usage:
 //
@@ -93,19 +96,40 @@ func main() {
 	if len(failed) == 0 || !allFlaky(out, failed, hostRIPIn(out)) {
 		os.Exit(code)
 	}
-	var names []string
-	for _, f := range failed {
-		names = append(names, regexp.QuoteMeta(f.Name))
-	}
-	fmt.Printf("RETRY: %s failed on the emulated nested platform's known faults (a guest triple fault, a guest vCPU holding the outer kernel's VMRUN state, or the outer kernel's own crash); running it once more\n",
-		strings.Join(names, ", "))
-	code, out = run([]string{"-test.run", "^(" + strings.Join(names, "|") + ")$"})
+	retry, what := retryArgs(failed, fs.Args())
+	fmt.Printf("RETRY: %s failed on the emulated nested platform's known faults (a guest triple fault, a guest vCPU holding another machine's state, or the outer kernel's own crash); %s\n",
+		names(failed), what)
+	code, out = run(retry)
 	if code != 0 {
 		report(summary(failures(out), code, guestSymbols(out)))
 	} else if *summaryPath != "" {
 		os.Remove(*summaryPath)
 	}
 	os.Exit(code)
+}
+
+// names lists the failed tests' names.
+func names(fs []failure) string {
+	var n []string
+	for _, f := range fs {
+		n = append(n, f.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+// retryArgs returns the test flags of the retry of a block run with
+// block's flags whose failures were fs, and what the retry does: the
+// failed tests alone, or, when a test was left unfinished (the tests
+// after it never ran), the whole block.
+func retryArgs(fs []failure, block []string) ([]string, string) {
+	var re []string
+	for _, f := range fs {
+		if !f.Finished {
+			return block, "the block ended inside it, so the whole block runs once more"
+		}
+		re = append(re, regexp.QuoteMeta(f.Name))
+	}
+	return []string{"-test.run", "^(" + strings.Join(re, "|") + ")$"}, "running it once more"
 }
 
 // A failure is a top-level test that failed (or was running when the
@@ -180,10 +204,13 @@ func allFlaky(out []byte, fs []failure, hostRIP func(uint64) bool) bool {
 	crashed := outerCrash.Match(out)
 	for _, f := range fs {
 		text := strings.Join(f.Lines, "\n")
+		if crashed {
+			continue // even a test the crash left unfinished
+		}
 		if !f.Finished {
 			return false
 		}
-		if !crashed && !strings.Contains(text, "triple fault") && !leakedRIP(text, hostRIP) &&
+		if !strings.Contains(text, "triple fault") && !leakedRIP(text, hostRIP) &&
 			!strings.Contains(text, foreignCR3) {
 			return false
 		}

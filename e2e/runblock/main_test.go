@@ -4,6 +4,8 @@ import (
 	"debug/elf"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -102,7 +104,8 @@ func TestAllFlaky(t *testing.T) {
 		{"it and a vCPU halted in the guest", leakLog, leaks[1:], nil, false},
 		{"no outer kernel symbols", leakLog, leaks[:1], nil, false},
 		{"the outer kernel crashed", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:2], nil, true},
-		{"the outer kernel crashed, a test unfinished", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:], nil, false},
+		{"the outer kernel crashed, a test unfinished", failLog + "testvm: outer kernel: [  155.181177] BUG: TASK stack guard page was hit at 0000000071c70ef5\n", fs[1:], nil, true},
+		{"a test unfinished, no crash", failLog, fs[1:], nil, false},
 		{"the outer kernel only warned", failLog + "testvm: outer kernel: [  247.762729] WARNING: CPU: 0 PID: 0 at kernel/context_tracking.c:128\n", fs[1:2], nil, false},
 		{"a guest's BUG line", failLog + "    | [    3.1] BUG: kernel NULL pointer dereference\n", fs[1:2], nil, false},
 	} {
@@ -173,5 +176,23 @@ func TestSymbolize(t *testing.T) {
 	}
 	if sum := summary(failures([]byte(leakLog))[2:], 1, sym); !strings.Contains(sum, "    in the guest kernel: 0xffffffff8150f095 native_queued_spin_lock_slowpath+0x7f\n") {
 		t.Errorf("summary does not name the guest kernel's functions:\n%s", sum)
+	}
+}
+
+// TestRetryArgs: finished failures are retried alone; a test the block
+// ended inside means the tests after it never ran, so the whole block
+// runs again with its own flags.
+func TestRetryArgs(t *testing.T) {
+	fs := failures([]byte(failLog))
+	block := []string{"-test.skip", "^(TestX)$"}
+	got, _ := retryArgs(fs[:2], block)
+	if want := []string{"-test.run", "^(" + regexp.QuoteMeta(fs[0].Name) + "|" + regexp.QuoteMeta(fs[1].Name) + ")$"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("finished failures: retry %q, want %q", got, want)
+	}
+	if fs[2].Finished {
+		t.Fatal("failLog's third failure should be unfinished")
+	}
+	if got, what := retryArgs(fs, block); !reflect.DeepEqual(got, block) || !strings.Contains(what, "whole block") {
+		t.Errorf("an unfinished failure: retry %q (%s), want the block's own flags %q", got, what, block)
 	}
 }
