@@ -170,7 +170,8 @@ func vesselCmd(t *testing.T, setup func(*exec.Cmd), args ...string) result {
 // VM shows (VESSEL_DEBUG, set for every test) and which a guest, running
 // no VMs of its own, never executes; or with its CR3 outside the guest's
 // RAM, which a guest's own page tables never are (vessel's description
-// says "outside guest RAM").
+// says "outside guest RAM"; a guest running nested VMs of its own could
+// show their CR3 too, and no test guest does).
 func platformFlake(r result) (string, bool) {
 	if r.code != 3 && r.code != 125 || !onEmulatedSVM() { // vm run: 3; run: 125
 		return "", false

@@ -120,12 +120,15 @@ const kernelTextStart = 0xffff_ffff_8000_0000
 
 // describeStack reads a long-mode vCPU's page-table root and stack: its
 // CR3, flagged when it lies outside guest RAM (then the vCPU holds state
-// that is not the guest's, e.g. the host's or an outer hypervisor's),
-// and the kernel-text addresses among the stack's first words (return
-// addresses, most recent first), which the guest kernel's symbols turn
-// into a backtrace. The stack is read through the guest's own page
-// tables (translate), so a hostile guest can make it list only what
-// its memory holds.
+// that is not its guest kernel's: an outer hypervisor's leaked into it,
+// as on the nested test platform, or that of a nested guest the guest
+// runs itself), and the kernel-text addresses among the stack's first
+// words (return addresses, most recent first), which the guest kernel's
+// symbols turn into a backtrace. The stack is read through the guest's
+// own page tables (translate), one translation per page, from RSP
+// rounded down to a word and never past the top of the address space
+// or into a non-canonical address; a hostile guest can make it list only
+// numbers its memory holds.
 func describeStack(mem *guestmem.Memory, s kvm.Sregs, rsp uint64) []string {
 	if s.EFER&eferLMA == 0 || s.CR0&cr0PG == 0 {
 		return nil
@@ -135,12 +138,25 @@ func describeStack(mem *guestmem.Memory, s kvm.Sregs, rsp uint64) []string {
 		return []string{fmt.Sprintf("cr3 %#x outside guest RAM", s.CR3)}
 	}
 	var addrs []string
-	for off := uint64(0); off < stackScanBytes && len(addrs) < stackMaxAddrs; off += 8 {
-		gpa, ok := translate(mem, s.CR3, s.CR4, rsp+off)
-		if !ok {
+	va := rsp &^ 7
+	end := va + stackScanBytes
+	if end < va {
+		end = 0 // the top of the address space: stop there
+	}
+	var page, gpaPage uint64
+	mapped := false
+	for ; va != end && len(addrs) < stackMaxAddrs; va += 8 {
+		if !canonical(va, s.CR4) {
 			break
 		}
-		w, err := mem.Uint64(gpa)
+		if p := va &^ 0xfff; !mapped || p != page {
+			page = p
+			gpaPage, mapped = translate(mem, s.CR3, s.CR4, p)
+			if !mapped {
+				break
+			}
+		}
+		w, err := mem.Uint64(gpaPage + va&0xfff)
 		if err != nil {
 			break
 		}
@@ -149,6 +165,17 @@ func describeStack(mem *guestmem.Memory, s kvm.Sregs, rsp uint64) []string {
 		}
 	}
 	return []string{fmt.Sprintf("cr3 %#x", s.CR3), "stack [" + strings.Join(addrs, " ") + "]"}
+}
+
+// canonical reports whether va is a canonical address for the paging
+// mode: bits 63 down to 47 (48 with LA57, 56) all equal.
+func canonical(va, cr4 uint64) bool {
+	bits := uint(48)
+	if cr4&cr4LA57 != 0 {
+		bits = 57
+	}
+	top := int64(va) >> (bits - 1)
+	return top == 0 || top == -1
 }
 
 // mpStateName names KVM_MP_STATE_* (api.rst, KVM_GET_MP_STATE).

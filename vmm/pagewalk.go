@@ -43,8 +43,11 @@ func translate(mem *guestmem.Memory, cr3, cr4, va uint64) (uint64, bool) {
 		if pte&ptePresent == 0 {
 			return 0, false
 		}
+		if l >= 4 && pte&ptePS != 0 {
+			return 0, false // reserved in PML4 and PML5 entries: the CPU faults
+		}
 		// A large page: 1 GiB at level 3, 2 MiB at level 2.
-		if l == 1 || (l <= 3 && pte&ptePS != 0) {
+		if l == 1 || pte&ptePS != 0 {
 			mask := uint64(1)<<shift - 1
 			return pte&pteAddr&^mask | va&mask, true
 		}
