@@ -126,10 +126,14 @@ fuzz:
 ## VM of their own: each starts its daemons (dockerd, containerd, podman's
 ## CNI bridge, containerd's CRI plugin with a CNI bridge) for all its
 ## subtests.
+## TestDiskStress's block allows for its in-test retry: a first attempt
+## the platform hangs is given up after 3.5 minutes, and the second may
+## take as long.
 ## Every block runs even when an earlier one failed; e2e/runblock ends a
 ## failed block's output with what its failed tests said, and runs a test
-## that failed on the emulated platform's guest triple fault once more,
-## loudly (a RETRY line).
+## that failed on one of the emulated platform's known faults once more,
+## loudly (a RETRY line); the whole block, when the outer kernel's crash
+## ended it inside a test.
 test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
 	@mkdir -p build/seccomptest
@@ -144,7 +148,7 @@ test-e2e: build crictl
 	block snapshot -timeout 15m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
 	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
-	block disk -timeout 8m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \
+	block disk -timeout 12m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \
 	block vsock -timeout 5m -- -test.run '^TestVsock$$'; \
 	block docker -timeout 15m -- -test.run '^TestDocker$$'; \
 	block containerd -timeout 8m -- -test.run '^TestContainerd$$'; \
