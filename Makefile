@@ -149,7 +149,7 @@ test-e2e: build crictl
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
 	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
 	block disk -timeout 12m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \
-	block vsock -timeout 5m -- -test.run '^TestVsock$$'; \
+	block vsock -timeout 12m -- -test.run '^TestVsock$$'; \
 	block docker -timeout 15m -- -test.run '^TestDocker$$'; \
 	block containerd -timeout 8m -- -test.run '^TestContainerd$$'; \
 	block podman -timeout 10m -- -test.run '^TestPodman$$'; \

@@ -76,11 +76,14 @@ func (a *vsockRun) progress() string {
 // The run is bounded by progress, not by its total time, which depends on
 // how loaded the host of the emulated platform is (a busy host core
 // doubles it): it fails when the traffic stands still (no byte moving
-// either way on the host side) for vsockStall, and a stalled vessel gets
-// SIGQUIT, so that its goroutines show in stderr. vsockTimeout bounds the
-// whole run.
+// either way on the host side) for vsockStall, or has not begun within
+// vsockBoot (a guest that never came up), and a stalled vessel gets
+// SIGUSR2, so that it describes its VM (vCPUs, rings) in stderr and exits
+// 125, which tells the platform's known faults (platformFlake) from a
+// stall of vessel's. vsockTimeout bounds the whole run.
 const (
 	vsockStall   = 60 * time.Second
+	vsockBoot    = 3 * time.Minute
 	vsockTimeout = 10 * time.Minute
 )
 
@@ -121,8 +124,8 @@ func vsockAttempt(t *testing.T) *vsockRun {
 	cmd := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"),
 		"--initrd", guestInitrd(t), "--memory", "512M", "--vsock", a.uds,
 		"--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestVsock$", "-test.v")
-	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGQUIT) }
-	cmd.WaitDelay = 10 * time.Second
+	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGUSR2) }
+	cmd.WaitDelay = time.Minute // describing a VM takes a while on the emulated platform
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -140,6 +143,11 @@ func vsockAttempt(t *testing.T) *vsockRun {
 			} else if n > 0 && time.Since(since) > vsockStall {
 				mu.Lock()
 				a.err = fmt.Errorf("no vsock traffic for %v", vsockStall)
+				mu.Unlock()
+				cancel()
+			} else if n <= 0 && time.Since(since) > vsockBoot {
+				mu.Lock()
+				a.err = fmt.Errorf("no vsock traffic within %v of the start", vsockBoot)
 				mu.Unlock()
 				cancel()
 			}
