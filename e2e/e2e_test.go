@@ -20,8 +20,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -164,14 +162,13 @@ func vesselCmd(t *testing.T, setup func(*exec.Cmd), args ...string) result {
 // there is retried once, loudly; a second one fails the test, and on real
 // hardware none is retried.
 //
-// The same corruption can leave a guest vCPU running the outer kernel's
-// code instead: the guest hangs with its RIP at the outer kernel's
-// return from VMRUN (outerVMRUN), which vessel's description of a hung
-// VM shows (VESSEL_DEBUG, set for every test) and which a guest, running
-// no VMs of its own, never executes; or with its CR3 outside the guest's
-// RAM, which a guest's own page tables never are (vessel's description
-// says "outside guest RAM"; a guest running nested VMs of its own could
-// show their CR3 too, and no test guest does).
+// The same corruption can leave a guest vCPU holding the outer kernel's
+// state instead (its RIP at the outer kernel's return from VMRUN, its
+// CR3 the outer kernel's): the guest hangs, and vessel's description of
+// the hung VM (VESSEL_DEBUG, set for every test) says the vCPU's CR3 is
+// "outside guest RAM", which a guest's own page tables never are (a
+// guest running nested VMs of its own could show theirs, and no test
+// guest does).
 func platformFlake(r result) (string, bool) {
 	if r.code != 3 && r.code != 125 || !onEmulatedSVM() { // vm run: 3; run: 125
 		return "", false
@@ -179,63 +176,15 @@ func platformFlake(r result) (string, bool) {
 	if strings.Contains(r.stderr, "triple fault") {
 		return "guest triple fault on the emulated nested platform", true
 	}
-	if outerVMRUN(r.stderr) {
-		return "a guest vCPU holding the outer kernel's VMRUN state on the emulated nested platform", true
-	}
-	if strings.Contains(r.stderr, "outside guest RAM") {
+	if foreignState(r.stderr) {
 		return "a guest vCPU holding a page-table root outside the guest's RAM (another machine's state) on the emulated nested platform", true
 	}
 	return "", false
 }
 
-// ripField is a vCPU's RIP in vessel's description of a hung VM.
-var ripField = regexp.MustCompile(`vCPU \d+: [a-z ]+, rip 0x([0-9a-f]+)`)
-
-// outerVMRUN reports whether text describes a guest vCPU whose RIP lies
-// in this (outer) kernel's __svm_vcpu_run, from /proc/kallsyms: the
-// function runs from its symbol's address to the next symbol's.
-func outerVMRUN(text string) bool {
-	m := ripField.FindAllStringSubmatch(text, -1)
-	if m == nil {
-		return false
-	}
-	b, err := os.ReadFile("/proc/kallsyms")
-	if err != nil {
-		return false
-	}
-	type sym struct {
-		addr uint64
-		name string
-	}
-	var syms []sym
-	var lo, hi uint64
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 {
-			continue
-		}
-		if a, err := strconv.ParseUint(f[0], 16, 64); err == nil && a != 0 {
-			syms = append(syms, sym{a, f[2]})
-			if f[2] == "__svm_vcpu_run" {
-				lo = a
-			}
-		}
-	}
-	for _, sy := range syms {
-		if lo != 0 && sy.addr > lo && (hi == 0 || sy.addr < hi) {
-			hi = sy.addr
-		}
-	}
-	if lo == 0 || hi == 0 {
-		return false
-	}
-	for _, r := range m {
-		if rip, err := strconv.ParseUint(r[1], 16, 64); err == nil && rip >= lo && rip < hi {
-			return true
-		}
-	}
-	return false
-}
+// foreignState reports whether vessel's description of a hung VM in text
+// shows a vCPU holding another machine's state (a CR3 outside guest RAM).
+func foreignState(text string) bool { return strings.Contains(text, "outside guest RAM") }
 
 // onEmulatedSVM reports whether this runs in QEMU's TCG emulation (the
 // nested test platform), from the CPU model name.

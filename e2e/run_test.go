@@ -634,7 +634,7 @@ func TestRunDiagnosis(t *testing.T) {
 	if vmm == 0 {
 		t.Fatalf("no jailed VMM process under vessel run (%d)", cmd.Process.Pid)
 	}
-	expectDiagnosis(t, cmd, &stderr, vmm, "the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x", "cr3 0x", "stack [", "lapic irr [",
+	expectDiagnosis(t, cmd, &stderr, vmm, "the VM's state when vessel gave up on it:", "vCPU 0: ", "rip 0x", "cr3 0x", "stack [0xffffffff", "lapic irr [",
 		"IOAPIC: irr", "vsock status 0xf", "q0 avail", "block status 0xf")
 }
 

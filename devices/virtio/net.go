@@ -87,8 +87,8 @@ type NetTryReader interface {
 }
 
 // TryRead reads once from a non-blocking descriptor of Go's poller
-// without waiting, for a NetBackend's TryReadFrame: ok is false when nothing is there (EAGAIN, or a read
-// interrupted by a signal).
+// without waiting, for a NetBackend's TryReadFrame: ok is false when
+// nothing is there (EAGAIN, or a read interrupted by a signal).
 func TryRead(c syscall.Conn, b []byte) (n int, ok bool, err error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
