@@ -113,10 +113,15 @@ const (
 	stackMaxAddrs  = 12
 )
 
-// kernelTextStart is the lowest address of the x86-64 Linux kernel's
-// text and modules mapping (Documentation/arch/x86/x86_64/mm.rst:
-// ffffffff80000000 on), where return addresses on a kernel stack lie.
-const kernelTextStart = 0xffff_ffff_8000_0000
+// kernelTextStart and kernelTextEnd bound the x86-64 Linux kernel's
+// text and modules mappings (Documentation/arch/x86/x86_64/mm.rst:
+// ffffffff80000000 to the fixmap below ffffffffff000000), where return
+// addresses on a kernel stack lie; small negative numbers on the stack
+// (-errno in pt_regs) are not among them.
+const (
+	kernelTextStart = 0xffff_ffff_8000_0000
+	kernelTextEnd   = 0xffff_ffff_ff00_0000
+)
 
 // describeStack reads a long-mode vCPU's page-table root and stack: its
 // CR3, flagged when it lies outside guest RAM (then the vCPU holds state
@@ -160,7 +165,7 @@ func describeStack(mem *guestmem.Memory, s kvm.Sregs, rsp uint64) []string {
 		if err != nil {
 			break
 		}
-		if w >= kernelTextStart {
+		if w >= kernelTextStart && w < kernelTextEnd {
 			addrs = append(addrs, fmt.Sprintf("%#x", w))
 		}
 	}

@@ -83,6 +83,7 @@ func buildTables(t testing.TB, mem *guestmem.Memory) {
 	put(ptStack+0xf08, 0xffffffff8150f095)
 	put(ptStack+0xf10, 0xffff888000200000) // a direct-map pointer, not text
 	put(ptStack+0xf18, 0xffffffff81090703)
+	put(ptStack+0xf20, 0xffffffffffffffda) // -ENOSYS in pt_regs, not text
 	put(ptStack+0xff8, 0xffffffff81000144) // the page's last word
 }
 
