@@ -298,7 +298,7 @@ func hostRIPIn(out []byte) func(uint64) bool {
 // the guest kernel's functions at the addresses vessel's description of
 // a hung VM names (its vCPUs' RIPs and stacks).
 func summary(fs []failure, code int, sym func(uint64) string) string {
-	const maxLines = 40
+	const maxLines = 60
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n==== e2e block failed (exit status %d)", code)
 	if len(fs) == 0 {
@@ -308,9 +308,21 @@ func summary(fs []failure, code int, sym func(uint64) string) string {
 	b.WriteString("; what its failed tests said:\n")
 	for _, f := range fs {
 		var msgs []string
+		cont := "" // the indentation a message's continuation lines have
 		for _, l := range f.Lines {
-			if msgLine.MatchString(l) && !strings.Contains(l, "Unhandled WRMSR") {
+			switch {
+			case msgLine.MatchString(l) && !strings.Contains(l, "Unhandled WRMSR"):
 				msgs = append(msgs, l)
+				// go test indents a message's further lines 4
+				// spaces deeper than its first.
+				cont = l[:len(l)-len(strings.TrimLeft(l, " \t"))] + "    "
+				if strings.HasPrefix(strings.TrimSpace(l), "testvm: ") {
+					cont = ""
+				}
+			case cont != "" && strings.HasPrefix(l, cont):
+				msgs = append(msgs, l)
+			default:
+				cont = ""
 			}
 		}
 		state := ""

@@ -28,7 +28,14 @@ testvm: outer kernel: [ 8.0] kvm [67]: vcpu0, guest rIP: 0xffffffff8100311e Unha
     --- FAIL: TestRuntime/netns (150.00s)
     --- PASS: TestRuntime/pause (20.00s)
 === RUN   TestB
-    b_test.go:10: wrong answer
+    b_test.go:10: wrong answer:
+        exit 1 after 2s
+        --- stdout ---
+        got this
+    b_test.go:12: next
+        its detail
+=== NAME  TestB
+        not a continuation
 --- FAIL: TestB (2.00s)
 === RUN   TestC
 --- SKIP: TestC (0.00s)
@@ -55,12 +62,13 @@ func TestFailures(t *testing.T) {
 	}
 	s := summary(fs, 1, nil)
 	for _, want := range []string{"runtime_test.go:781: the container did not reach", "b_test.go:10: wrong answer",
-		"== TestD (still running when the block ended)", "d_test.go:5: booting", "--- FAIL: TestRuntime/netns"} {
+		"== TestD (still running when the block ended)", "d_test.go:5: booting", "--- FAIL: TestRuntime/netns",
+		"wrong answer:\n        exit 1 after 2s\n        --- stdout ---\n        got this\n    b_test.go:12: next\n        its detail\n"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
 		}
 	}
-	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") {
+	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") || strings.Contains(s, "not a continuation") {
 		t.Errorf("summary has the platform's noise or a passed test:\n%s", s)
 	}
 }
