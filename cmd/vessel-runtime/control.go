@@ -296,7 +296,7 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 		}
 		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpUpdate, Container: p.id,
 			Resources: req.Resources}); err != nil {
-			return fail("update: %v", err)
+			return fail("%v", p.agentError("update", err))
 		}
 		return ctlReply{Status: st}, true
 	}

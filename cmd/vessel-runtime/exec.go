@@ -687,7 +687,7 @@ func (p *vmmProc) serveExec(c *net.UnixConn, req ctlRequest) {
 	if proc.Terminal {
 		names = []string{agentproto.TTY}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 	defer cancel()
 	conns := make([]net.Conn, len(names))
 	errs := make([]error, len(names))
@@ -740,7 +740,7 @@ func (p *vmmProc) serveExec(c *net.UnixConn, req ctlRequest) {
 		if errors.As(err, &se) {
 			failf("%s", container.CleanText(se.Msg))
 		} else {
-			failf("exec: %v", err)
+			failf("%v", p.agentError("exec", err))
 		}
 		return
 	}

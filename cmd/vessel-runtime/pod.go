@@ -557,7 +557,7 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 	fail := func(format string, args ...any) ctlReply {
 		return ctlReply{Status: st, Error: fmt.Sprintf(format, args...)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 	defer cancel()
 	switch req.Op {
 	case opState:
@@ -581,7 +581,7 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 			return fail("update: %v", err)
 		}
 		if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpUpdate, Container: m.id, Resources: req.Resources}); err != nil {
-			return fail("update: %v", err)
+			return fail("%v", p.agentError("update", err))
 		}
 		return ctlReply{Status: st}
 	case opDelete:

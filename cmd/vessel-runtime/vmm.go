@@ -96,6 +96,12 @@ const maxCtl = 64 << 10
 // the agent each.
 const ctlTimeout = 2 * time.Minute
 
+// handlerTimeout bounds the VMM process's work on one control request.
+// It ends before the connection's deadline (ctlTimeout), so that a
+// guest that stopped answering reaches the caller as an error naming it,
+// with the VM's state (agentError), not as the connection's end.
+var handlerTimeout = ctlTimeout - 20*time.Second
+
 // call sends req to the VMM of the container in dir and returns its
 // reply; a reply with an error is returned as a *runtimeError.
 func call(dir string, req ctlRequest) (ctlReply, error) {
@@ -430,6 +436,28 @@ func (p *vmmProc) guestFailure(what string, err error) error {
 	return errors.New(b.String())
 }
 
+// agentError describes a failed call to the agent for a control
+// request: how the VM ended, if it did; if the agent did not answer in
+// time and VESSEL_DEBUG is set (container.Debugging), the state of the
+// still running VM, which tells a hung guest from a slow one.
+func (p *vmmProc) agentError(what string, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) || !container.Debugging() || p.vm == nil {
+		return p.guestFailure(what, err)
+	}
+	select {
+	case <-p.ended:
+		return p.guestFailure(what, err)
+	default:
+	}
+	d, derr := p.vm.Diagnose()
+	if derr != nil {
+		d = fmt.Sprintf("no diagnosis: %v", derr)
+	}
+	// One line, as the runtime's errors are.
+	return fmt.Errorf("%s: the guest agent did not answer: %w; the VM's state: %s", what, err,
+		strings.Join(strings.Split(strings.TrimSpace(d), "\n"), " | "))
+}
+
 func (p *vmmProc) setStatus(s string) {
 	p.mu.Lock()
 	p.status = s
@@ -568,7 +596,7 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 	fail := func(format string, args ...any) ctlReply {
 		return ctlReply{Status: st, Error: fmt.Sprintf(format, args...)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 	defer cancel()
 	switch req.Op {
 	case opState:
@@ -617,7 +645,7 @@ func (p *vmmProc) startIn(ctx context.Context, id string, h statusHolder) ctlRep
 	}
 	h.setStatus(statusRunning)
 	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: id}); err != nil {
-		return ctlReply{Status: st, Error: fmt.Sprintf("start: %v", err)}
+		return ctlReply{Status: st, Error: p.agentError("start", err).Error()}
 	}
 	return ctlReply{Status: statusRunning}
 }
@@ -629,7 +657,7 @@ func (p *vmmProc) signalIn(ctx context.Context, id, exec, st string, sig int) ct
 		return ctlReply{Status: st, Error: "container not running"}
 	}
 	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: id, Exec: exec, Signal: sig}); err != nil {
-		return ctlReply{Status: st, Error: fmt.Sprintf("kill: %v", err)}
+		return ctlReply{Status: st, Error: p.agentError("kill", err).Error()}
 	}
 	return ctlReply{Status: st}
 }

@@ -74,7 +74,10 @@ func main() {
 		cmd := exec.Command(*testvm, args...)
 		w := io.MultiWriter(os.Stdout, &out, log)
 		cmd.Stdout, cmd.Stderr = w, w
+		start := time.Now()
 		err := cmd.Run()
+		// The block's time, for keeping make test's total in view.
+		fmt.Fprintf(w, "runblock: the block ran for %v\n", time.Since(start).Round(time.Second))
 		if err != nil && cmd.ProcessState == nil {
 			fmt.Fprintf(os.Stderr, "runblock: %v\n", err)
 			return 125, out.Bytes()
