@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -326,7 +327,14 @@ func buildTemplate(s templateSpec, dir string) (err error) {
 		return fmt.Errorf("the template's agent did not come up: %w", err)
 	}
 	defer ag.Close()
-	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate}); err != nil {
+	// The agent runs one container of vessel run's configuration before
+	// it becomes the template (see vesselagent's warmUp), so that every
+	// clone's first container starts warm.
+	warm, _, err := container.Spec(v1.Config{Cmd: []string{"/bin/true"}}, container.Options{Hostname: "template"})
+	if err != nil {
+		return err
+	}
+	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: warm}}); err != nil {
 		return fmt.Errorf("template: %w", err)
 	}
 	if err := vm.Pause(); err != nil {

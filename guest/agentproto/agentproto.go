@@ -103,7 +103,10 @@ const (
 	// is about to snapshot its VM as a template. The agent replies;
 	// when its control connection is then reset (a restored clone's
 	// vsock transport reset), it dials the host again, says hello, and
-	// serves the clone's host as a fresh agent would.
+	// serves the clone's host as a fresh agent would. With Create.Spec
+	// set, the agent first runs one throwaway container of that
+	// configuration (its command replaced by /bin/true), so the clones
+	// start their first container warm.
 	OpTemplate = "template"
 )
 

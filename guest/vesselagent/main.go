@@ -141,7 +141,7 @@ func (a *agent) serve(r io.Reader) bool {
 			a.send(agentproto.Reply{ID: req.ID})
 			return false
 		case agentproto.OpTemplate:
-			a.send(a.templateReply(req.ID))
+			a.send(a.templateReply(&req))
 			continue
 		}
 		go func() {
@@ -153,17 +153,27 @@ func (a *agent) serve(r io.Reader) bool {
 }
 
 // templateReply answers OpTemplate: only an agent without containers
-// can become a template.
-func (a *agent) templateReply(id uint64) agentproto.Reply {
+// can become a template. With a container configuration in the request
+// (Create.Spec), it first runs that container once (warmUp), so the
+// template's clones start their first container warm.
+func (a *agent) templateReply(req *agentproto.Request) agentproto.Reply {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.containers) > 0 {
 		r := fail(errors.New("template: the agent has containers"))
-		r.ID = id
+		r.ID = req.ID
 		return r
 	}
+	if req.Create != nil && req.Create.Spec != nil {
+		// Requests wait meanwhile: the host sends none before the reply.
+		if err := warmUp(context.Background(), *req.Create.Spec); err != nil {
+			r := fail(fmt.Errorf("template: %w", err))
+			r.ID = req.ID
+			return r
+		}
+	}
 	a.template = true
-	return agentproto.Reply{ID: id}
+	return agentproto.Reply{ID: req.ID}
 }
 
 // handle carries out one request.

@@ -3,7 +3,11 @@ package main
 import (
 	"bufio"
 	"io"
+	"os"
+	"strings"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
 )
@@ -53,5 +57,23 @@ func TestTemplateAgent(t *testing.T) {
 	reps, _ = serveOnce(t, busy, agentproto.Request{Op: agentproto.OpTemplate})
 	if reps[0].Error == "" {
 		t.Error("an agent with a container became a template")
+	}
+}
+
+// A warm-up container that cannot run fails the template (the host
+// then boots its containers' VMs cold, and says why), and leaves
+// nothing behind.
+func TestTemplateWarmUpFails(t *testing.T) {
+	defer func(d string) { warmUpDir = d }(warmUpDir)
+	warmUpDir = t.TempDir()
+	t.Setenv("PATH", t.TempDir()) // no runc
+	a := &agent{reaper: newReaper(), containers: map[string]*container{}}
+	spec := &specs.Spec{Process: &specs.Process{Args: []string{"/bin/sh"}}}
+	reps, redial := serveOnce(t, a, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: spec}})
+	if !strings.Contains(reps[0].Error, "warm-up: runc run") || redial {
+		t.Errorf("template with a failing warm-up: reply %+v, redial %v; want a warm-up error and no redial", reps[0], redial)
+	}
+	if left, _ := os.ReadDir(warmUpDir); len(left) != 0 {
+		t.Errorf("the warm-up left %v", left)
 	}
 }
