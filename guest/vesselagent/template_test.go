@@ -70,7 +70,7 @@ func TestTemplateWarmUpFails(t *testing.T) {
 	a := &agent{reaper: newReaper(), containers: map[string]*container{}}
 	spec := &specs.Spec{Process: &specs.Process{Args: []string{"/bin/sh"}}}
 	reps, redial := serveOnce(t, a, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: spec}})
-	if !strings.Contains(reps[0].Error, "warm-up: runc run") || redial {
+	if !strings.Contains(reps[0].Error, "warm-up: ") || !strings.Contains(reps[0].Error, `"runc"`) || redial {
 		t.Errorf("template with a failing warm-up: reply %+v, redial %v; want a warm-up error and no redial", reps[0], redial)
 	}
 	if left, _ := os.ReadDir(warmUpDir); len(left) != 0 {

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // warmUpID is the throwaway container's ID; a host's IDs are hex or
@@ -29,12 +31,18 @@ var warmUpDir = stateDir
 // one's cost (on the nested test platform, runc create took 1.6 s for
 // a VM's first container against 0.6-0.7 s for the next ones).
 //
-// Its root is an empty directory with the agent's own binary (the
+// Its root is an empty directory under a tmpfs's overlay, as a vessel
+// run container's writable layer is, with the agent's own binary (the
 // u-root busybox, which runs "true" by the name it is called by) bound
 // read-only at /bin/true. Nothing of it is left behind.
 func warmUp(ctx context.Context, spec specs.Spec) (err error) {
 	if spec.Process == nil {
 		return errors.New("warm-up: no process")
+	}
+	// go-runc runs "runc" from PATH: a guest without it fails here,
+	// before anything is made.
+	if _, err := exec.LookPath("runc"); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -47,9 +55,15 @@ func warmUp(ctx context.Context, spec specs.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
+	defer func() {
+		// The overlay, then the tmpfs under it (mountRootfs's order
+		// reversed); RemoveAll then finds plain directories only.
+		unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH)
+		unix.Unmount(filepath.Join(dir, "rw"), unix.MNT_DETACH)
+		os.RemoveAll(dir)
+	}()
+	rootfs, err := warmUpRootfs(dir)
+	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	proc := *spec.Process
@@ -85,4 +99,29 @@ func warmUp(ctx context.Context, spec specs.Spec) (err error) {
 		return fmt.Errorf("warm-up: runc run: %w", err)
 	}
 	return nil
+}
+
+// warmUpRootfs makes the throwaway container's root in dir: an overlay
+// of an empty lower directory and a tmpfs's upper one, mounted on
+// dir/rootfs, and returns its path.
+func warmUpRootfs(dir string) (string, error) {
+	lower, rw, rootfs := filepath.Join(dir, "lower"), filepath.Join(dir, "rw"), filepath.Join(dir, "rootfs")
+	for _, d := range []string{lower, rw, rootfs} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := unix.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
+		return "", fmt.Errorf("mount tmpfs on %s: %w", rw, err)
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(rw, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rw, rw)
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return "", fmt.Errorf("mount overlay on %s: %w", rootfs, err)
+	}
+	return rootfs, nil
 }
