@@ -311,14 +311,16 @@ ls /rw | sort | tr '\n' ' '; echo`
 rm -f /big; sync
 dd if=/dev/zero of=/fits bs=1M count=30 2>/dev/null && echo "fits=$(wc -c < /fits)"`
 		r := vesselRun(t, env, "", "--disk-size", "64M", "-m", "1G", runImage, "sh", "-c", script)
-		if want := "No space left on device\nfits=31457280\n"; r.code != 0 || r.stdout != want {
-			t.Errorf("want %q:\n%v", want, r)
-		}
 		var data string
 		for _, kv := range env {
 			if v, ok := strings.CutPrefix(kv, "XDG_DATA_HOME="); ok {
 				data = v
 			}
+		}
+		if want := "No space left on device\nfits=31457280\n"; r.code != 0 || r.stdout != want {
+			// The host's room, for telling a full host file system
+			// (the scratch disk's file) from a guest's fault.
+			t.Errorf("want %q (host: %s):\n%v", want, hostRoom(data), r)
 		}
 		if left, _ := filepath.Glob(filepath.Join(data, "vessel", "scratch", "*")); len(left) != 0 {
 			t.Errorf("scratch disks left behind: %v", left)
@@ -668,4 +670,23 @@ func expectDiagnosis(t *testing.T, cmd *exec.Cmd, stderr *syncBuffer, pid int, w
 		t.Errorf("the diagnosis of a healthy guest says its CR3 is outside guest RAM:\n%s", msg)
 	}
 	t.Logf("vessel's report:\n%s", msg)
+}
+
+// hostRoom describes the free space of the file system holding dir and
+// the host's available memory.
+func hostRoom(dir string) string {
+	var st unix.Statfs_t
+	free := "unknown"
+	if unix.Statfs(dir, &st) == nil {
+		free = fmt.Sprintf("%d MiB", st.Bavail*uint64(st.Bsize)>>20)
+	}
+	avail := "unknown"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
+				avail = strings.TrimSpace(v)
+			}
+		}
+	}
+	return fmt.Sprintf("%s free under %s, memory available %s", free, dir, avail)
 }
