@@ -46,8 +46,9 @@ func TestLoadConcurrent(t *testing.T) {
 		id   string
 	}
 	ctrs := make([]*ctr, loadContainers)
+	ports := freePorts(t, loadContainers)
 	for i := range ctrs {
-		ctrs[i] = &ctr{name: fmt.Sprintf("load%d", i), port: freePort(t)}
+		ctrs[i] = &ctr{name: fmt.Sprintf("load%d", i), port: ports[i]}
 	}
 	defer func() {
 		for _, c := range ctrs {

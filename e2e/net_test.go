@@ -260,12 +260,23 @@ func checkNetMetrics(t *testing.T, path string, offloads bool) {
 
 // freePort returns a TCP port free on 127.0.0.1 at the time of the call.
 func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1: all are held
+// until the last is chosen (ports chosen one after another, each closed
+// at once, can repeat: the last CI's TestLoadConcurrent got one twice).
+func freePorts(t *testing.T, n int) []int {
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // TestGuestNet is the guest half of TestNetUser and TestNetTap.
