@@ -302,6 +302,7 @@ func hostRIPIn(out []byte) func(uint64) bool {
 // a hung VM names (its vCPUs' RIPs and stacks).
 func summary(fs []failure, code int, sym func(uint64) string) string {
 	const maxLines = 60
+	const maxMsgLines = 12
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n==== e2e block failed (exit status %d)", code)
 	if len(fs) == 0 {
@@ -312,22 +313,40 @@ func summary(fs []failure, code int, sym func(uint64) string) string {
 	for _, f := range fs {
 		var msgs []string
 		cont := "" // the indentation a message's continuation lines have
+		more := 0  // continuation lines of the message left out
+		flush := func() {
+			if more > 0 {
+				msgs = append(msgs, fmt.Sprintf("%s... %d more lines (the block's log has them)", cont, more))
+			}
+			more = 0
+		}
+		kept := 0
 		for _, l := range f.Lines {
 			switch {
 			case msgLine.MatchString(l) && !strings.Contains(l, "Unhandled WRMSR"):
+				flush()
 				msgs = append(msgs, l)
 				// go test indents a message's further lines 4
 				// spaces deeper than its first.
-				cont = l[:len(l)-len(strings.TrimLeft(l, " \t"))] + "    "
-				if strings.HasPrefix(strings.TrimSpace(l), "testvm: ") {
-					cont = ""
+				cont, kept = l[:len(l)-len(strings.TrimLeft(l, " \t"))]+"    ", 0
+				if t := strings.TrimSpace(l); strings.HasPrefix(t, "testvm: ") || strings.HasPrefix(t, "--- FAIL: ") {
+					cont = "" // a result's subtests are results, not its text
 				}
 			case cont != "" && strings.HasPrefix(l, cont):
-				msgs = append(msgs, l)
+				// A long message (a daemon's log) must not push the
+				// other messages out of the summary.
+				if kept < maxMsgLines {
+					msgs = append(msgs, l)
+					kept++
+				} else {
+					more++
+				}
 			default:
+				flush()
 				cont = ""
 			}
 		}
+		flush()
 		state := ""
 		if !f.Finished {
 			state = " (still running when the block ended)"

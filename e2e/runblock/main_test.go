@@ -34,6 +34,21 @@ testvm: outer kernel: [ 8.0] kvm [67]: vcpu0, guest rIP: 0xffffffff8100311e Unha
         got this
     b_test.go:12: next
         its detail
+    b_test.go:14: a daemon's log:
+        log 1
+        log 2
+        log 3
+        log 4
+        log 5
+        log 6
+        log 7
+        log 8
+        log 9
+        log 10
+        log 11
+        log 12
+        log 13
+        log 14
 === NAME  TestB
         not a continuation
 --- FAIL: TestB (2.00s)
@@ -63,12 +78,13 @@ func TestFailures(t *testing.T) {
 	s := summary(fs, 1, nil)
 	for _, want := range []string{"runtime_test.go:781: the container did not reach", "b_test.go:10: wrong answer",
 		"== TestD (still running when the block ended)", "d_test.go:5: booting", "--- FAIL: TestRuntime/netns",
-		"wrong answer:\n        exit 1 after 2s\n        --- stdout ---\n        got this\n    b_test.go:12: next\n        its detail\n"} {
+		"wrong answer:\n        exit 1 after 2s\n        --- stdout ---\n        got this\n    b_test.go:12: next\n        its detail\n",
+		"        log 12\n        ... 2 more lines (the block's log has them)\n"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
 		}
 	}
-	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") || strings.Contains(s, "not a continuation") {
+	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") || strings.Contains(s, "not a continuation") || strings.Contains(s, "log 13") {
 		t.Errorf("summary has the platform's noise or a passed test:\n%s", s)
 	}
 }
