@@ -177,6 +177,10 @@ func (c *coreEnv) vmRun(t *testing.T) {
 	cmd := c.command(args...)
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// A killed vessel's jailed VMM may hold the output pipes a while:
+	// the wait for them is bounded (a CI run hung here until the
+	// block's time limit).
+	cmd.WaitDelay = 10 * time.Second
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -206,7 +210,15 @@ func (c *coreEnv) vmRun(t *testing.T) {
 	cn.SetDeadline(time.Now().Add(bootTimeout))
 	line, err := bufio.NewReader(cn).ReadString('\n')
 	if err != nil || line != "ready\n" {
-		t.Fatalf("from the guest: %q, %v", line, err)
+		// vessel describes the stalled VM's state on SIGUSR2 and stops
+		// it: runblock tells the platform's known faults by it.
+		cmd.Process.Signal(syscall.SIGUSR2)
+		select {
+		case err := <-exited:
+			exited <- err
+		case <-time.After(time.Minute):
+		}
+		t.Fatalf("from the guest: %q, %v; vessel's stderr:\n%s", line, err, stderr.String())
 	}
 	if c.inspectVM != nil {
 		c.inspectVM(t, vmmPID(t, cmd.Process.Pid), false)
