@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vesselvm/vessel/guest/cmdline"
@@ -291,7 +292,9 @@ func (b *bench) vesselOnce(d vmDevices, args []string, onListen func()) (*guestR
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.VMTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, b.cfg.Vessel, cmdArgs...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	// SIGUSR2: vessel describes the hung VM's state (vCPUs, rings) on
+	// stderr before it stops, so the failure says where it hung.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGUSR2) }
 	cmd.WaitDelay = 30 * time.Second
 	var stderr bytes.Buffer
 	out := &watch{line: listeningLine, f: onListen}
