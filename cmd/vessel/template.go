@@ -334,8 +334,14 @@ func buildTemplate(s templateSpec, dir string) (err error) {
 	if err != nil {
 		return err
 	}
-	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: warm}}); err != nil {
+	rep, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: warm}})
+	if err != nil {
 		return fmt.Errorf("template: %w", err)
+	}
+	if rep.Pid <= 0 {
+		// An agent that ignored the configuration (an older one) would
+		// make a template whose clones start cold.
+		return errors.New("template: the agent ran no warm-up container")
 	}
 	if err := vm.Pause(); err != nil {
 		return err

@@ -106,7 +106,8 @@ const (
 	// serves the clone's host as a fresh agent would. With Create.Spec
 	// set, the agent first runs one throwaway container of that
 	// configuration (its command replaced by /bin/true), so the clones
-	// start their first container warm.
+	// start their first container warm; the reply's Pid is then that of
+	// the runc that ran it.
 	OpTemplate = "template"
 )
 

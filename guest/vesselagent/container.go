@@ -207,15 +207,26 @@ func (c *container) mountRootfs(serial, scratch string) (string, error) {
 		}
 		rwType, rwOpts = "ext4", ""
 	}
-	image, rw := filepath.Join(c.dir, "image"), filepath.Join(c.dir, "rw")
-	rootfs := filepath.Join(c.dir, "bundle", "rootfs")
-	for _, d := range []string{image, rw, rootfs} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return "", err
-		}
+	image := filepath.Join(c.dir, "image")
+	if err := os.MkdirAll(image, 0o700); err != nil {
+		return "", err
 	}
 	if err := c.mount(dev, image, "ext4", unix.MS_RDONLY, ""); err != nil {
 		return "", err
+	}
+	return c.mountOverlay(image, rwDev, rwType, rwOpts)
+}
+
+// mountOverlay mounts the writable layer (rwDev, a file system of type
+// rwType with options rwOpts) on the container's rw directory and the
+// overlay of lower and that layer as the bundle's rootfs, whose path it
+// returns. delete unmounts both.
+func (c *container) mountOverlay(lower, rwDev, rwType, rwOpts string) (string, error) {
+	rw, rootfs := filepath.Join(c.dir, "rw"), filepath.Join(c.dir, "bundle", "rootfs")
+	for _, d := range []string{rw, rootfs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", err
+		}
 	}
 	if err := c.mount(rwDev, rw, rwType, 0, rwOpts); err != nil {
 		return "", err
@@ -225,7 +236,7 @@ func (c *container) mountRootfs(serial, scratch string) (string, error) {
 			return "", err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", image, rw, rw)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rw, rw)
 	if err := c.mount("overlay", rootfs, "overlay", 0, opts); err != nil {
 		return "", err
 	}

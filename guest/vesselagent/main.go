@@ -156,24 +156,39 @@ func (a *agent) serve(r io.Reader) bool {
 // can become a template. With a container configuration in the request
 // (Create.Spec), it first runs that container once (warmUp), so the
 // template's clones start their first container warm.
+// The reply's Pid is that of the runc that ran the warm-up, which tells
+// the host the warm-up ran.
 func (a *agent) templateReply(req *agentproto.Request) agentproto.Reply {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.containers) > 0 {
-		r := fail(errors.New("template: the agent has containers"))
+	refuse := func(err error) agentproto.Reply {
+		r := fail(fmt.Errorf("template: %w", err))
 		r.ID = req.ID
 		return r
 	}
+	empty := func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return len(a.containers) == 0
+	}
+	if !empty() {
+		return refuse(errors.New("the agent has containers"))
+	}
+	rep := agentproto.Reply{ID: req.ID}
 	if req.Create != nil && req.Create.Spec != nil {
-		// Requests wait meanwhile: the host sends none before the reply.
-		if err := warmUp(context.Background(), *req.Create.Spec); err != nil {
-			r := fail(fmt.Errorf("template: %w", err))
-			r.ID = req.ID
-			return r
+		// The serve loop reads no request meanwhile: the host sends
+		// none before the reply.
+		pid, err := warmUp(context.Background(), *req.Create.Spec)
+		if err != nil {
+			return refuse(err)
 		}
+		rep.Pid = pid
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.containers) > 0 {
+		return refuse(errors.New("the agent has containers"))
 	}
 	a.template = true
-	return agentproto.Reply{ID: req.ID}
+	return rep
 }
 
 // handle carries out one request.
