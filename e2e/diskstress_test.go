@@ -190,6 +190,17 @@ wait:
 // diagnoseSignal makes vessel vm run describe its VM and stop it.
 const diagnoseSignal = syscall.SIGUSR2
 
+// cancelDescribed makes a vessel vm run that cmd's context ends get
+// diagnoseSignal, and bounds the wait for it to describe its VM (slow
+// on the emulated platform) and exit: the failure then says where the
+// VM was, a jailed VMM's state included (vessel's own goroutine dump
+// lacks it), and platformFlake and runblock tell the platform's known
+// faults by it.
+func cancelDescribed(cmd *exec.Cmd) {
+	cmd.Cancel = func() error { return cmd.Process.Signal(diagnoseSignal) }
+	cmd.WaitDelay = time.Minute
+}
+
 // stressJob is one guest worker's disk space and its record of what it
 // wrote there: the generation of every block (0: never written, reads
 // as zeros).

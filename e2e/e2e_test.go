@@ -228,17 +228,18 @@ func vesselOnce(t *testing.T, setup func(*exec.Cmd), args ...string) (result, bo
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vesselBin, args...)
-	// A run that does not end gets SIGQUIT, so that vessel's goroutines
-	// (which device waits for what) show in its stderr; a vessel vm run
-	// gets SIGUSR2, which describes its VM (vCPUs with CR3 and stack,
-	// rings: a jailed VMM's goroutines are not vessel's) before it stops,
-	// and lets runblock tell the platform's known faults.
-	stop := syscall.SIGQUIT
+	// A vessel vm run that does not end describes its VM
+	// (cancelDescribed); another command gets SIGQUIT, so that vessel's
+	// goroutines (which wait for what) show in its stderr (vessel run
+	// passes SIGUSR2 on to the container, as docker run does).
+	stop := "SIGQUIT"
 	if len(args) > 1 && args[0] == "vm" && args[1] == "run" {
-		stop = syscall.SIGUSR2
+		stop = "SIGUSR2, its VM described"
+		cancelDescribed(cmd)
+	} else {
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+		cmd.WaitDelay = 10 * time.Second
 	}
-	cmd.Cancel = func() error { return cmd.Process.Signal(stop) }
-	cmd.WaitDelay = time.Minute
 	var out, errb syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if setup != nil {
@@ -274,7 +275,7 @@ func vesselOnce(t *testing.T, setup func(*exec.Cmd), args ...string) (result, bo
 		t.Fatalf("run vessel: %v", err)
 	}
 	if ctx.Err() != nil {
-		t.Fatalf("vessel %v did not finish within %v (stopped with %v):\n%v", args, bootTimeout, stop, r)
+		t.Fatalf("vessel %v did not finish within %v (stopped with %s):\n%v", args, bootTimeout, stop, r)
 	}
 	t.Logf("vessel %s: exit %d in %v", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond))
 	return r, false

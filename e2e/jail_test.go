@@ -212,7 +212,7 @@ func (c *coreEnv) vmRun(t *testing.T) {
 	if err != nil || line != "ready\n" {
 		// vessel describes the stalled VM's state on SIGUSR2 and stops
 		// it: runblock tells the platform's known faults by it.
-		cmd.Process.Signal(syscall.SIGUSR2)
+		cmd.Process.Signal(diagnoseSignal)
 		select {
 		case err := <-exited:
 			exited <- err

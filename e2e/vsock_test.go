@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/mdlayher/vsock"
-	"golang.org/x/sys/unix"
 )
 
 // Vsock test traffic: vsockStreams connections each way at once, 64 MiB in
@@ -124,8 +123,7 @@ func vsockAttempt(t *testing.T) *vsockRun {
 	cmd := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"),
 		"--initrd", guestInitrd(t), "--memory", "512M", "--vsock", a.uds,
 		"--", "/e2e.test", "-e2e.guest", "-test.run", "^TestGuestVsock$", "-test.v")
-	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGUSR2) }
-	cmd.WaitDelay = time.Minute // describing a VM takes a while on the emulated platform
+	cancelDescribed(cmd)
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()

@@ -430,8 +430,7 @@ func (p *vmmProc) guestFailure(what string, err error) error {
 		fmt.Fprintf(&b, "; console: %s", container.CleanText(p.result.ConsoleTail[n-1]))
 	}
 	if d := strings.TrimSpace(p.result.Diagnosis); d != "" {
-		// One line, as the runtime's errors are (container.DebugEnv).
-		fmt.Fprintf(&b, "; the VM's state: %s", strings.Join(strings.Split(d, "\n"), " | "))
+		fmt.Fprintf(&b, "; the VM's state: %s", joinLines(d))
 	}
 	return errors.New(b.String())
 }
@@ -453,9 +452,13 @@ func (p *vmmProc) agentError(what string, err error) error {
 	if derr != nil {
 		d = fmt.Sprintf("no diagnosis: %v", derr)
 	}
-	// One line, as the runtime's errors are.
-	return fmt.Errorf("%s: the guest agent did not answer: %w; the VM's state: %s", what, err,
-		strings.Join(strings.Split(strings.TrimSpace(d), "\n"), " | "))
+	return fmt.Errorf("%s: the guest agent did not answer: %w; the VM's state: %s", what, err, joinLines(d))
+}
+
+// joinLines joins a VM's multi-line description (vmm.VM.Diagnose) into one
+// line, as the runtime's errors are (container.DebugEnv).
+func joinLines(d string) string {
+	return strings.Join(strings.Split(strings.TrimSpace(d), "\n"), " | ")
 }
 
 func (p *vmmProc) setStatus(s string) {
