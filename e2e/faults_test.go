@@ -157,7 +157,7 @@ func TestFaultKillVessel(t *testing.T) {
 		t.Errorf("rm of the killed container:\n%v", r)
 	}
 	checkRunLeftovers(t, env, tmpBefore)
-	if r := cli(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage, "echo", "again"); r.code != 0 || r.stdout != "again\n" {
+	if r := cliRetried(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage, "echo", "again"); r.code != 0 || r.stdout != "again\n" {
 		t.Errorf("a new container of the same image:\n%v", r)
 	}
 	checkRunLeftovers(t, env, tmpBefore)
@@ -310,7 +310,7 @@ func TestFaultKillImage(t *testing.T) {
 	if r := cli(t, env, "", "ps", "-a", "-q"); r.code != 0 || r.stdout != "" {
 		t.Errorf("ps -a -q after a run killed while it built the disk: want nothing:\n%v", r)
 	}
-	r = cli(t, env, "", "run", "--rm", "-m", loadMemory, bigImage, "sh", "-c", "wc -c < /big/random")
+	r = cliRetried(t, env, "", "run", "--rm", "-m", loadMemory, bigImage, "sh", "-c", "wc -c < /big/random")
 	if want := strconv.Itoa(bigSize) + "\n"; r.code != 0 || r.stdout != want {
 		t.Errorf("run after a killed disk build: want %q:\n%v", want, r)
 	}
@@ -410,7 +410,7 @@ func TestFaultDiskFull(t *testing.T) {
 		// container writes to it: the guest gets I/O errors, and vessel
 		// says once why.
 		mountTmpfs(t, filepath.Join(envValue(env, "XDG_DATA_HOME"), "vessel", "scratch"), 4<<20)
-		r := cli(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage,
+		r := cliRetried(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage,
 			"sh", "-c", "yes 0123456789abcdef | head -c 16000000 > /fill; sync; echo done")
 		if n := strings.Count(r.stderr, "no space left on device"); n != 1 || !strings.Contains(r.stderr, `vessel: virtio block "vessel-scratch"`) || !strings.Contains(r.stdout, "done") {
 			t.Errorf("a container filling its scratch disk's host file system: want it to finish and one line from vessel about the host's error, got %d:\n%v", n, r)
@@ -428,7 +428,7 @@ func TestFaultDiskFull(t *testing.T) {
 		// flowing to vessel's stdout after the log filled, and vessel
 		// says once that it no longer logs.
 		const lines = 20000
-		r := cli(t, env, "", "run", "--rm", "-m", loadMemory, "--log-opt", "max-size=100m", runImage,
+		r := cliRetried(t, env, "", "run", "--rm", "-m", loadMemory, "--log-opt", "max-size=100m", runImage,
 			"sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo line $i of the container output that fills the log; i=$((i+1)); done; echo finished", lines))
 		oneLine(t, "run with a full log", r, 0, "no space left on device")
 		if got := strings.Count(r.stdout, " fills the log\n"); got != lines || !strings.HasSuffix(r.stdout, "finished\n") {

@@ -124,6 +124,19 @@ func TestLoadConcurrent(t *testing.T) {
 // stuck behind a full log) fails the test instead of stalling the suite.
 const cliTimeout = 5 * time.Minute
 
+// cliRetried is cli for a run that leaves nothing behind when it fails
+// (vessel run --rm): one that failed on the emulated platform's known
+// faults (platformFlake) runs once more, loudly, as vesselCmd's do.
+func cliRetried(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
+	r := cli(t, env, stdin, args...)
+	if why, flaky := platformFlake(r); flaky {
+		t.Logf("RETRY: vessel %s: %s; retrying once:\n%v", strings.Join(args, " "), why, r)
+		r = cli(t, env, stdin, args...)
+	}
+	return r
+}
+
 // cli runs the vessel binary with env and stdin, without retries, and
 // kills it after cliTimeout.
 func cli(t *testing.T, env []string, stdin string, args ...string) result {
