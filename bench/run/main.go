@@ -220,16 +220,11 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 	}
 	fmt.Println("\n### Where vessel run's time goes (`--metrics` steps, medians in ms)")
 	fmt.Println()
-	var names []string
-	seen := map[string]bool{}
+	var orders [][]string
 	for _, r := range rows[:3] {
-		for _, n := range r.order {
-			if !seen[n] {
-				seen[n] = true
-				names = append(names, n)
-			}
-		}
+		orders = append(orders, r.order)
 	}
+	names := stepOrder(orders)
 	fmt.Print("| step |")
 	for _, r := range rows[:3] {
 		fmt.Printf(" %s |", r.what)
@@ -250,7 +245,8 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		}
 		fmt.Println()
 	}
-	fmt.Println("\nSteps: setup (image, disks, network, jail), template (restoring it), vm (building or restoring the VM), agent (until the guest agent answers), create/start (runc in the guest), container (until it exited), teardown.")
+	fmt.Println("\nSteps: setup (image, disks, network, jail), template (restoring it), vm (building or restoring the VM), agent (until the guest agent answers), create/start (runc in the guest), container (until it exited), teardown. " +
+		"The create step's parts, as the guest agent timed them: mac (a clone's new MAC address), disks (waiting for the image and scratch disks), mounts (the image, the writable layer, the overlay), bundle (user, /etc files, volumes, config.json), runc (`runc create`); the rest of the step is the host's request and reply.")
 	fmt.Printf("\n## Density: %d idle containers (`sleep`, --network none, -m %s)\n\n", densityN, densityMemory)
 	fmt.Println("Sum of the PSS of every host process that serves them (each vessel process and its children: the jailed VMM with guest RAM).")
 	fmt.Println()
@@ -308,10 +304,39 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// phase is one step of `vessel run --metrics`.
+// stepOrder merges the step names of several rows in the order first
+// seen, each guest part ("step: part") right after its step and the
+// parts of it seen before.
+func stepOrder(orders [][]string) []string {
+	var tops []string
+	parts := map[string][]string{}
+	seen := map[string]bool{}
+	for _, o := range orders {
+		for _, n := range o {
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			if top, _, ok := strings.Cut(n, ": "); ok {
+				parts[top] = append(parts[top], n)
+				continue
+			}
+			tops = append(tops, n)
+		}
+	}
+	var out []string
+	for _, t := range tops {
+		out = append(append(out, t), parts[t]...)
+	}
+	return out
+}
+
+// phase is one step of `vessel run --metrics`, with the guest's own
+// account of its parts.
 type phase struct {
-	Name string  `json:"name"`
-	MS   float64 `json:"ms"`
+	Name  string  `json:"name"`
+	MS    float64 `json:"ms"`
+	Guest []phase `json:"guest,omitempty"`
 }
 
 // readPhases reads the steps from a `vessel run --metrics` file.
@@ -326,7 +351,15 @@ func readPhases(path string) ([]phase, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("vessel run --metrics %s: %w", path, err)
 	}
-	return m.Phases, nil
+	// A step's parts in the guest follow it, as "step: part".
+	var out []phase
+	for _, p := range m.Phases {
+		out = append(out, phase{Name: p.Name, MS: p.MS})
+		for _, g := range p.Guest {
+			out = append(out, phase{Name: p.Name + ": " + g.Name, MS: g.MS})
+		}
+	}
+	return out, nil
 }
 
 func ratio(a, b float64) string {

@@ -3,7 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"slices"
+	"reflect"
 	"testing"
 )
 
@@ -27,7 +27,9 @@ func TestReadPhases(t *testing.T) {
 		err        bool
 	}{
 		{"ok", `{"restored": true, "phases": [{"name": "setup", "ms": 12.5}, {"name": "vm", "ms": 800}], "total_ms": 900}`,
-			[]phase{{"setup", 12.5}, {"vm", 800}}, false},
+			[]phase{{Name: "setup", MS: 12.5}, {Name: "vm", MS: 800}}, false},
+		{"guest", `{"phases": [{"name": "create", "ms": 900, "guest": [{"name": "disks", "ms": 5}, {"name": "runc", "ms": 700}]}, {"name": "start", "ms": 50}]}`,
+			[]phase{{Name: "create", MS: 900}, {Name: "create: disks", MS: 5}, {Name: "create: runc", MS: 700}, {Name: "start", MS: 50}}, false},
 		{"none", `{"restored": false, "total_ms": 1}`, nil, false},
 		{"garbage", `{"phases": [`, nil, true},
 	} {
@@ -36,11 +38,22 @@ func TestReadPhases(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := readPhases(p)
-		if (err != nil) != tc.err || !slices.Equal(got, tc.want) {
+		if (err != nil) != tc.err || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: readPhases = %v, %v; want %v, error %v", tc.name, got, err, tc.want, tc.err)
 		}
 	}
 	if _, err := readPhases(filepath.Join(dir, "absent")); err == nil {
 		t.Error("a missing file read without error")
+	}
+}
+
+func TestStepOrder(t *testing.T) {
+	got := stepOrder([][]string{
+		{"setup", "vm", "create", "create: disks", "create: runc", "start"},
+		{"setup", "template", "vm", "create", "create: mac", "create: disks", "create: runc", "start"},
+	})
+	want := []string{"setup", "vm", "create", "create: disks", "create: runc", "create: mac", "start", "template"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("stepOrder = %q, want %q", got, want)
 	}
 }

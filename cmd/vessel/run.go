@@ -132,7 +132,7 @@ failed); 126 the command cannot be run; 127 the command was not found.`,
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "bound the container's log as docker's json-file: max-size=SIZE (default 10m), max-file=N (default 2) (repeatable)")
 	fl.StringVar(&f.maxImageSize, "max-image-size", defaultMaxImageSize, maxImageSizeUsage)
 	addJailFlags(fl, &f.jail)
-	fl.StringVar(&f.metrics, "metrics", "", "write the run's steps and their times (set-up, template, VM, agent, create, start, container, teardown) as JSON to this file")
+	fl.StringVar(&f.metrics, "metrics", "", "write the run's steps and their times (set-up, template, VM, agent, create with its parts in the guest, start, container, teardown) as JSON to this file")
 	fl.BoolVar(&f.noTemplate, "no-template", false, "boot the VM cold instead of restoring the cached template (README \"Templates\")")
 	fl.StringVar(&f.diskSize, "disk-size", "", "put the writable layer on a scratch disk of this size (e.g. 10G; a sparse file on the host, removed with the container) instead of the VM's memory")
 	return cmd
@@ -874,21 +874,22 @@ const forceSignals = 3
 // on the guest is bounded by b, or ends with ctx (the VM ended).
 func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFlags, rs *runSignals, b runBounds,
 	stdout, stderr io.Writer, started func() error) (int, error) {
-	call := func(req agentproto.Request) error {
+	call := func(req agentproto.Request) (agentproto.Reply, error) {
 		cctx, cancel := context.WithTimeout(ctx, b.request)
 		defer cancel()
-		_, err := ag.Call(cctx, req)
+		r, err := ag.Call(cctx, req)
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%s: %w within %v", req.Op, errNoAnswer, b.request)
 		}
-		return err
+		return r, err
 	}
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
-	if err := call(agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
-		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial(), MAC: p.macChange()}}); err != nil {
+	r, err := call(agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
+		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial(), MAC: p.macChange()}})
+	if err != nil {
 		return 0, err
 	}
-	p.phases.mark("create")
+	p.phases.mark("create", r.Steps...)
 	stream := func(name string) (net.Conn, error) {
 		cctx, cancel := context.WithTimeout(ctx, b.request)
 		defer cancel()
@@ -899,7 +900,7 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		return 0, err
 	}
 	defer at.close()
-	if err := call(agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
+	if _, err := call(agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
 		return 0, err
 	}
 	p.phases.mark("start")

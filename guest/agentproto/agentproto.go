@@ -221,7 +221,21 @@ type Reply struct {
 	// Status is the process's exit status: its code, or 128+N when
 	// signal N killed it.
 	Status int `json:"status,omitempty"`
+	// Steps, in a create's reply, say where the guest's time went
+	// (waiting for the disks, mounts, runc create), for the host's
+	// --metrics. The host keeps at most MaxSteps of them.
+	Steps []Step `json:"steps,omitempty"`
 }
+
+// Step is one part of a request's work in the guest and how long it
+// took.
+type Step struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
+}
+
+// MaxSteps bounds the steps a host takes from one reply.
+const MaxSteps = 8
 
 // EventExit reports that a process ended and its output streams are
 // drained and closed.

@@ -40,9 +40,26 @@ type container struct {
 	// exec'd processes come with their own user, as runc exec's do.
 	bundle bool
 
+	// steps time create's parts for its reply (agentproto.Reply.Steps).
+	steps stepTimer
+
 	mu     sync.Mutex
 	execs  map[string]*process
 	mounts []string // mounted by create, unmounted by delete (last first)
+}
+
+// stepTimer records how long the parts of a request took.
+type stepTimer struct {
+	last  time.Time
+	steps []agentproto.Step
+}
+
+// mark ends the step called name, begun at the previous mark (or when
+// the timer was set).
+func (t *stepTimer) mark(name string) {
+	now := time.Now()
+	t.steps = append(t.steps, agentproto.Step{Name: name, MS: float64(now.Sub(t.last).Microseconds()) / 1000})
+	t.last = now
 }
 
 // process is a container's own process or an exec'd one.
@@ -89,17 +106,19 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	if !validID(id) {
 		return nil, fmt.Errorf("create: invalid container id %q", id)
 	}
+	steps := stepTimer{last: time.Now()}
 	if cr.MAC != nil {
 		if err := setMAC(cr.MAC); err != nil {
 			return nil, fmt.Errorf("create: %w", err)
 		}
+		steps.mark("mac")
 	}
 	a.mu.Lock()
 	if a.containers[id] != nil {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("create: container %q exists", id)
 	}
-	c := &container{a: a, id: id, dir: filepath.Join(stateDir, id), execs: map[string]*process{}}
+	c := &container{a: a, id: id, dir: filepath.Join(stateDir, id), execs: map[string]*process{}, steps: steps}
 	a.containers[id] = c
 	a.mu.Unlock()
 	defer func() {
@@ -135,11 +154,18 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		}
 		spec.Root = &specs.Root{Path: rootfs, Readonly: readOnly}
 		c.rootfs, c.user = rootfs, spec.Process.User
+		c.steps.mark("mounts")
 	} else {
-		rootfs, err := c.mountRootfs(cr.ImageDisk, cr.ScratchDisk)
+		dev, rwDev, err := rootfsDisks(cr.ImageDisk, cr.ScratchDisk)
 		if err != nil {
 			return nil, err
 		}
+		c.steps.mark("disks")
+		rootfs, err := c.mountRootfs(dev, rwDev)
+		if err != nil {
+			return nil, err
+		}
+		c.steps.mark("mounts")
 		spec.Root = &specs.Root{Path: rootfs}
 		if err := resolveUser(spec.Process, rootfs, cr.User); err != nil {
 			return nil, &startError{code: 126, err: err}
@@ -163,6 +189,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
 		return nil, err
 	}
+	c.steps.mark("bundle")
 
 	p := newProcess(c, "")
 	// The guest's root is the initramfs, which pivot_root cannot leave:
@@ -177,6 +204,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		p.closeAll()
 		return nil, c.runcError("create", err)
 	}
+	c.steps.mark("runc")
 	if p.pid, err = runc.ReadPidFile(opts.PidFile); err != nil {
 		p.closeAll()
 		return nil, fmt.Errorf("create: %w", err)
@@ -192,20 +220,27 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	return c, nil
 }
 
-// mountRootfs mounts the image disk read-only, the scratch disk (or a
-// tmpfs) for the writable layer, and the overlay of both as the bundle's
-// rootfs.
-func (c *container) mountRootfs(serial, scratch string) (string, error) {
-	dev, err := diskBySerial(serial)
-	if err != nil {
-		return "", err
+// rootfsDisks finds the image disk (serial) and the scratch disk
+// (scratch, if any; rwDev is "" without one).
+func rootfsDisks(serial, scratch string) (dev, rwDev string, err error) {
+	if dev, err = diskBySerial(serial); err != nil {
+		return "", "", err
 	}
-	rwDev, rwType, rwOpts := "tmpfs", "tmpfs", "mode=0755"
 	if scratch != "" {
 		if rwDev, err = diskBySerial(scratch); err != nil {
-			return "", err
+			return "", "", err
 		}
-		rwType, rwOpts = "ext4", ""
+	}
+	return dev, rwDev, nil
+}
+
+// mountRootfs mounts the image disk dev read-only, the scratch disk
+// rwDev (or a tmpfs, if rwDev is "") for the writable layer, and the
+// overlay of both as the bundle's rootfs.
+func (c *container) mountRootfs(dev, rwDev string) (string, error) {
+	rwType, rwOpts := "ext4", ""
+	if rwDev == "" {
+		rwDev, rwType, rwOpts = "tmpfs", "tmpfs", "mode=0755"
 	}
 	image := filepath.Join(c.dir, "image")
 	if err := os.MkdirAll(image, 0o700); err != nil {
