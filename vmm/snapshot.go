@@ -107,9 +107,10 @@ func cpuModel(t []kvm.CPUIDEntry) hostCPU {
 // empty directory: guest memory to dir/memory, everything else to
 // dir/vm.state (see snapshot_format.go). The devices are stopped between
 // requests for the copy and started again before Snapshot returns; the
-// VM stays paused, and the caller resumes or stops it. A VM with network
-// devices or 9P shares cannot be snapshotted yet. On error nothing is
-// left in dir (nor dir, if Snapshot made it).
+// VM stays paused, and the caller resumes or stops it. A VM with 9P
+// shares cannot be snapshotted yet (a share's state is its open files on
+// the host); network devices are, and are attached anew on restore. On
+// error nothing is left in dir (nor dir, if Snapshot made it).
 func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 	if !v.Paused() {
 		return ErrNotPaused

@@ -27,6 +27,11 @@ const virtioBase = 0xD000_0000
 
 var virtioGSIs = []uint32{5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23}
 
+// MaxVirtioDevices is how many virtio devices a VM takes, all kinds
+// together (disks, networks, shares, vsock, the entropy device, the
+// balloon): one interrupt line each (virtioGSIs).
+const MaxVirtioDevices = 18
+
 // Disk is a virtio block device backed by a raw image file.
 type Disk struct {
 	Path     string

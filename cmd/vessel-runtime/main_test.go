@@ -132,7 +132,7 @@ func TestErrors(t *testing.T) {
 			for i := 0; i <= maxBinds; i++ {
 				s.Mounts = append(s.Mounts, specs.Mount{Destination: fmt.Sprintf("/d%d", i), Type: "bind", Source: "/"})
 			}
-		}), "x"}, "at most 14 bind mounts of directories"},
+		}), "x"}, "at most 13 bind mounts of directories"},
 		{"namespace path", []string{"create", "--bundle", testBundle(t, func(s *specs.Spec) {
 			s.Linux.Namespaces[1].Path = "/var/run/netns/x"
 		}), "x"}, `network namespace path "/var/run/netns/x"`},

@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/vmm"
 )
 
 // maxConfig bounds the config.json read: a bundle's configuration is a
@@ -39,9 +40,11 @@ type bind struct {
 }
 
 // maxBinds is how many directory bind mounts a VM can take: one virtio
-// device each, besides the entropy and vsock devices, the rootfs share
-// and the files share, out of vmm's 18.
-const maxBinds = 18 - 4
+// device each, besides the entropy, vsock and balloon devices, the rootfs
+// share and the files share. A pod's sandbox (its share) and the network
+// interfaces take further devices: create refuses a VM that would need
+// more than vmm.MaxVirtioDevices in all, in one line.
+const maxBinds = vmm.MaxVirtioDevices - 5
 
 // maxFileBinds bounds the bind mounts of single files, which share one
 // device.
