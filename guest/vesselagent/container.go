@@ -182,6 +182,9 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		return nil, err
 	}
 	bundle := filepath.Join(c.dir, "bundle")
+	if spec.Linux != nil {
+		trimArches(spec.Linux.Seccomp, foreignArches())
+	}
 	b, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err
