@@ -56,8 +56,11 @@ func containerSeccompChecks(t *testing.T) {
 	// docker's profile refuses the kernel keyring (keyctl) with EPERM,
 	// in the 64-bit ABI and in x32; allowed x32 calls reach a kernel
 	// without that ABI and fail with ENOSYS. A profile without its x32
-	// rules would kill the calling thread instead: each call runs on a
-	// thread of its own, and a thread that never answers fails the test.
+	// rules kills the calling thread instead, and the Go runtime then
+	// hangs this process: the host half's time limit fails the test
+	// (tried: a guest agent that dropped x32 failed it after 4 minutes);
+	// each call runs on a thread of its own, so a killed thread that
+	// left the process running fails it here, at 20 s.
 	for _, tc := range []struct {
 		name string
 		nr   uintptr
