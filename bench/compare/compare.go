@@ -427,10 +427,20 @@ func failure(err error, o outcome) string {
 	}
 	// vessel's description of a guest that stopped answering (with
 	// VESSEL_DEBUG) follows its error: kept, on the same line.
-	if i := bytes.Index(o.stderr, []byte(diagnosisHeader)); i >= 0 {
-		msg += " (" + strings.Join(strings.Fields(string(o.stderr[i:])), " ") + ")"
+	if d := diagnosis(o.stderr); d != "" {
+		msg += " (" + d + ")"
 	}
 	return fmt.Sprintf("exit status %d: %s", o.code, msg)
+}
+
+// diagnosis returns vessel's description of a VM in stderr, from its
+// header on, on one line; "" without one.
+func diagnosis(stderr []byte) string {
+	i := bytes.Index(stderr, []byte(diagnosisHeader))
+	if i < 0 {
+		return ""
+	}
+	return strings.Join(strings.Fields(string(stderr[i:])), " ")
 }
 
 // diagnosisHeader starts vessel's description of a hung VM below its

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/internal/bbimage"
+	"github.com/vesselvm/vessel/internal/proctree"
 )
 
 // limits are what a confined environment gives a workload, and the
@@ -100,6 +102,15 @@ func runCmd(ctx context.Context, cmd *exec.Cmd) (outcome, error) {
 	go func() {
 		select {
 		case <-ctx.Done():
+			// A vessel VM still running when the step's time is up is
+			// asked to describe itself first, so the failure says why.
+			if describeVMs(cmd.Process.Pid) {
+				select {
+				case <-done:
+					return
+				case <-time.After(describeWait):
+				}
+			}
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		case <-done:
 		}
@@ -119,9 +130,40 @@ func runCmd(ctx context.Context, cmd *exec.Cmd) (outcome, error) {
 		return o, err
 	}
 	if ctx.Err() != nil {
+		if d := diagnosis(o.stderr); d != "" {
+			return o, fmt.Errorf("%w (%s)", context.Cause(ctx), d)
+		}
 		return o, context.Cause(ctx)
 	}
 	return o, nil
+}
+
+// describeWait bounds the wait for a vessel whose VM was asked to
+// describe itself: the VMM reports and stops, and vessel exits with the
+// report below its error.
+const describeWait = 30 * time.Second
+
+// vmmName is the jailed VMM process's name (cmd/vessel-vmm), which
+// describes its VM's state (vCPUs, interrupt controllers, virtio rings)
+// and stops it on SIGUSR2. vessel itself passes SIGUSR2 on to the
+// container, so the VMM is signalled directly.
+const vmmName = "vessel-vmm"
+
+// describeVMs sends SIGUSR2 to every vessel-vmm process below pid and
+// reports whether there was one.
+func describeVMs(pid int) bool {
+	tree, err := proctree.Tree(pid)
+	if err != nil {
+		return false
+	}
+	found := false
+	for _, p := range tree[1:] {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p))
+		if err == nil && strings.TrimSpace(string(comm)) == vmmName && syscall.Kill(p, syscall.SIGUSR2) == nil {
+			found = true
+		}
+	}
+	return found
 }
 
 // hostEnv runs the workload as a plain host process.
