@@ -371,7 +371,10 @@ type vesselEnv struct {
 const vesselImage = "vessel-bench/workload:1"
 
 func newVessel(s *setup) (env, error) {
-	v := &vesselEnv{s: s, env: append(os.Environ(),
+	// With container.DebugEnv, a guest that stops answering the agent's
+	// requests is described in vessel's error too (as a step that
+	// outlives its limit is, see describeVMs); it changes nothing else.
+	v := &vesselEnv{s: s, env: append(os.Environ(), container.DebugEnv+"=1",
 		"XDG_DATA_HOME="+filepath.Join(s.work, "vessel-data"), "XDG_RUNTIME_DIR="+filepath.Join(s.work, "vessel-run"))}
 	img, err := workloadImage(s.workload)
 	if err != nil {
