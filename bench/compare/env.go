@@ -52,6 +52,10 @@ type outcome struct {
 type instance struct {
 	memMiB float64
 	stop   func()
+	// describe, where the environment can, stops the instance's VM
+	// after having it describe its state, and returns the description
+	// ("" without one).
+	describe func() string
 }
 
 // env is one environment the workload runs in.
@@ -467,5 +471,19 @@ func (v *vesselEnv) start(ctx context.Context, lim limits, args []string) (*inst
 		stop()
 		return nil, err
 	}
-	return &instance{memMiB: rss, stop: stop}, nil
+	describe := func() string {
+		if !describeVMs(st.Pid) {
+			return ""
+		}
+		// The detached vessel process writes its error, the
+		// description below it, to vessel.log as its VM ends.
+		for end := time.Now().Add(describeWait); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			if err := syscall.Kill(st.Pid, 0); errors.Is(err, syscall.ESRCH) {
+				break
+			}
+		}
+		b, _ := os.ReadFile(filepath.Join(st.Dir(), "vessel.log"))
+		return diagnosis(b)
+	}
+	return &instance{memMiB: rss, stop: stop, describe: describe}, nil
 }

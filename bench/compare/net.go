@@ -90,7 +90,14 @@ func (r *runner) http(ctx context.Context, e env, w workload) {
 	m, err := load(ctx, url, r.sz.Clients, d)
 	if err != nil {
 		if !r.interrupted(ctx) {
-			r.fail(w, e.name(), err.Error())
+			msg := err.Error()
+			// A request that failed mid-load: where was the VM?
+			if in.describe != nil {
+				if d := in.describe(); d != "" {
+					msg += " (" + d + ")"
+				}
+			}
+			r.fail(w, e.name(), msg)
 		}
 		return
 	}
