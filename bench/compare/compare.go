@@ -422,6 +422,10 @@ func failure(err error, o outcome) string {
 		return err.Error()
 	}
 	msg := runcMessage(benchutil.FirstLine(o.stderr))
+	// vessel's own error comes last, after what the workload wrote.
+	if v := vesselMessage(o.stderr); v != "" {
+		msg = v
+	}
 	if msg == "" {
 		msg = benchutil.FirstLine(o.stdout)
 	}
@@ -431,6 +435,18 @@ func failure(err error, o outcome) string {
 		msg += " (" + d + ")"
 	}
 	return fmt.Sprintf("exit status %d: %s", o.code, msg)
+}
+
+// vesselMessage returns the last line of stderr that is vessel's own
+// error ("vessel: ..."); "" without one.
+func vesselMessage(stderr []byte) string {
+	msg := ""
+	for _, l := range strings.Split(string(stderr), "\n") {
+		if strings.HasPrefix(l, "vessel: ") {
+			msg = l
+		}
+	}
+	return msg
 }
 
 // diagnosis returns vessel's description of a VM in stderr, from its

@@ -53,3 +53,23 @@ func TestRunCmdDescribes(t *testing.T) {
 		t.Errorf("runCmd took %v to kill a command without a VMM", d)
 	}
 }
+
+func TestFailureMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    outcome
+		want string
+	}{
+		{"vessel's error after the workload's output",
+			outcome{code: 125, stderr: []byte("memhog: 16 MiB\nmemhog: 32 MiB\nvessel: the container failed: the guest agent is gone\n")},
+			"exit status 125: vessel: the container failed: the guest agent is gone"},
+		{"runc's log line", outcome{code: 1, stderr: []byte(`time="x" level=error msg="runc run failed: \"boom\""` + "\n")},
+			`exit status 1: runc run failed: "boom"`},
+		{"only the workload's", outcome{code: 2, stderr: []byte("memhog: 16 MiB\n")}, "exit status 2: memhog: 16 MiB"},
+		{"stdout when stderr is empty", outcome{code: 3, stdout: []byte("out\n")}, "exit status 3: out"},
+	} {
+		if got := failure(nil, tc.o); got != tc.want {
+			t.Errorf("%s: failure = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
