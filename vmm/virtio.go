@@ -49,6 +49,18 @@ type virtioDev struct {
 	closer func()
 }
 
+// virtioDevices counts the virtio devices setupVirtio attaches for c.
+func (c *Config) virtioDevices() int {
+	n := 1 + len(c.Disks) + len(c.Nets) + len(c.Shares) // the entropy device first
+	if c.Vsock != nil {
+		n++
+	}
+	if c.Balloon != nil {
+		n++
+	}
+	return n
+}
+
 // setupVirtio attaches the entropy device, the disks, the network
 // devices, the vsock device, the balloon and the shares, in that order.
 func (v *VM) setupVirtio() error {

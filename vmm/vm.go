@@ -149,6 +149,10 @@ func (v *VM) validate() error {
 		}
 		fh.Close()
 	}
+	if n := c.virtioDevices(); n > MaxVirtioDevices {
+		return fmt.Errorf("%w: the VM would need %d virtio devices (%d disks, %d network interfaces, %d shares, the entropy device, vsock and balloon if asked), more than the %d a VM takes",
+			ErrInvalidConfig, n, len(c.Disks), len(c.Nets), len(c.Shares), MaxVirtioDevices)
+	}
 	if c.Console == nil {
 		c.Console = io.Discard
 	}

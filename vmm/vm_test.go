@@ -30,6 +30,8 @@ func TestValidate(t *testing.T) {
 		{"missing kernel", Config{Kernel: filepath.Join(dir, "nope"), CPUs: 1, Memory: 256 << 20}, "no such file"},
 		{"kernel is a dir", Config{Kernel: dir, CPUs: 1, Memory: 256 << 20}, "not a regular file"},
 		{"missing initrd", Config{Kernel: kernel, Initrd: filepath.Join(dir, "nope"), CPUs: 1, Memory: 256 << 20}, "initrd"},
+		{"too many devices", Config{Kernel: kernel, CPUs: 1, Memory: 256 << 20, Vsock: &Vsock{CID: 3}, Balloon: &Balloon{},
+			Shares: make([]Share, MaxVirtioDevices-2)}, "19 virtio devices"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := &VM{cfg: tc.cfg}

@@ -42,7 +42,7 @@ type bind struct {
 // maxBinds is how many directory bind mounts a VM can take: one virtio
 // device each, besides the entropy, vsock and balloon devices, the rootfs
 // share and the files share. A pod's sandbox (its share) and the network
-// interfaces take further devices: create refuses a VM that would need
+// interfaces take further devices: vmm.New refuses a VM that would need
 // more than vmm.MaxVirtioDevices in all, in one line.
 const maxBinds = vmm.MaxVirtioDevices - 5
 

@@ -272,13 +272,6 @@ func (p *vmmProc) create() error {
 		}
 		vols = append(vols, bd.vol)
 	}
-	// The entropy, vsock and balloon devices, a share each, a network
-	// device per interface.
-	if n := 3 + len(shares) + len(ifs); n > vmm.MaxVirtioDevices {
-		ln.Close()
-		return fmt.Errorf("the VM would need %d virtio devices (%d file system shares for the root, the pod and the bind mounts, %d network interfaces), more than the %d a VM takes",
-			n, len(shares), len(ifs), vmm.MaxVirtioDevices)
-	}
 	cpus, memory, err := p.g.vmSize(b.spec)
 	if err != nil {
 		ln.Close()
