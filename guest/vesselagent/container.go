@@ -182,9 +182,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		return nil, err
 	}
 	bundle := filepath.Join(c.dir, "bundle")
-	if spec.Linux != nil {
-		trimArches(spec.Linux.Seccomp, foreignArches())
-	}
+	trimArches(&spec, foreignArches())
 	b, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err

@@ -39,10 +39,11 @@ var foreignArches = sync.OnceValue(func() map[specs.Arch]bool {
 // architecture's rules into it for every container: docker's default
 // profile lists x86_64, x86 and x32, and each costs its share of runc
 // create. A profile that lists only foreign architectures is left alone.
-func trimArches(s *specs.LinuxSeccomp, foreign map[specs.Arch]bool) {
-	if s == nil || len(foreign) == 0 {
+func trimArches(spec *specs.Spec, foreign map[specs.Arch]bool) {
+	if spec.Linux == nil || spec.Linux.Seccomp == nil || len(foreign) == 0 {
 		return
 	}
+	s := spec.Linux.Seccomp
 	var keep []specs.Arch
 	for _, a := range s.Architectures {
 		if !foreign[a] {

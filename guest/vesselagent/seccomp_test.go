@@ -23,11 +23,12 @@ func TestTrimArches(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &specs.LinuxSeccomp{DefaultAction: specs.ActErrno, Architectures: slices.Clone(tc.in)}
-			trimArches(s, tc.foreign)
+			trimArches(&specs.Spec{Linux: &specs.Linux{Seccomp: s}}, tc.foreign)
 			if !slices.Equal(s.Architectures, tc.want) {
 				t.Errorf("architectures %v, want %v", s.Architectures, tc.want)
 			}
 		})
 	}
-	trimArches(nil, noIA32) // no profile: nothing to do, no panic
+	trimArches(&specs.Spec{}, noIA32)                      // no Linux section: nothing to do, no panic
+	trimArches(&specs.Spec{Linux: &specs.Linux{}}, noIA32) // no profile
 }

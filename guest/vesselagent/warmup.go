@@ -71,9 +71,7 @@ func warmUp(ctx context.Context, spec specs.Spec) (pid int, err error) {
 	proc.Cwd = "/"
 	spec.Process = &proc
 	spec.Root = &specs.Root{Path: rootfs}
-	if spec.Linux != nil {
-		trimArches(spec.Linux.Seccomp, foreignArches())
-	}
+	trimArches(&spec, foreignArches())
 	spec.Mounts = append(append([]specs.Mount(nil), spec.Mounts...),
 		specs.Mount{Destination: "/bin/true", Type: "bind", Source: self, Options: []string{"bind", "ro"}})
 	bundle := filepath.Join(dir, "bundle")
