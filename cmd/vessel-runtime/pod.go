@@ -458,6 +458,8 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		var se *container.StartError
 		if errors.As(err, &se) {
 			err = fmt.Errorf("create in the guest: %s", se.Msg)
+		} else {
+			err = p.agentError("create in the guest", err)
 		}
 		fail(err)
 		return

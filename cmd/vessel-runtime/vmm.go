@@ -347,7 +347,7 @@ func (p *vmmProc) create() error {
 		if errors.As(err, &se) {
 			return fmt.Errorf("create in the guest: %s", se.Msg)
 		}
-		return p.guestFailure("create in the guest", err)
+		return p.agentError("create in the guest", err)
 	}
 	attach := p.attach
 	if spec.Process.Terminal {
