@@ -133,7 +133,52 @@ func TestAllFlaky(t *testing.T) {
 		{"the outer kernel only warned", failLog + "testvm: outer kernel: [  247.762729] WARNING: CPU: 0 PID: 0 at kernel/context_tracking.c:128\n", fs[1:2], nil, false},
 		{"a guest's BUG line", failLog + "    | [    3.1] BUG: kernel NULL pointer dereference\n", fs[1:2], nil, false},
 	} {
-		if got := allFlaky([]byte(tc.log), tc.fs, tc.hostRIP); got != tc.want {
+		if got := allFlaky([]byte(tc.log), tc.fs, tc.hostRIP, nil); got != tc.want {
+			t.Errorf("%s: allFlaky = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// irqOffLog is a docker create whose VM hung with a vCPU that took the
+// timer interrupt inside its own handler (the addresses of a real one,
+// 2026-12-06), and one whose vCPU waits in a single, ordinary handler.
+const irqOffLog = `testvm: platform: nested KVM in QEMU TCG (-cpu max), outer kernel k (no /dev/kvm)
+=== RUN   TestNested
+    docker_test.go:608: create in the guest: the guest agent did not answer: context deadline exceeded; the VM's state: vCPU 0: runnable, rip 0xffffffff810f5bcd IF=1, cr3 0xc83000, stack [0xffffffff810925c6 0xffffffff8116ceed] | vCPU 1: halted, rip 0xffffffff8108dffc IF=0, cr3 0xc83000, stack [0xffffffff8150f407 0xffffffff810cdbf9 0xffffffff8150ee94 0xffffffff810e6857 0xffffffff81088ee6 0xffffffff81509157 0xffffffff81600c86 0xffffffff810e5ffd 0xffffffff810e5fe1 0xffffffff810e68a4 0xffffffff81088ee6 0xffffffff81509181], lapic irr [0xfb] isr []
+--- FAIL: TestNested (190.00s)
+=== RUN   TestOnce
+    docker_test.go:608: create in the guest: the guest agent did not answer: context deadline exceeded; the VM's state: vCPU 0: halted, rip 0xffffffff8108dffc IF=0, cr3 0xc83000, stack [0xffffffff8150f407 0xffffffff810cdbf9 0xffffffff8150ee94 0xffffffff810e6857 0xffffffff81088ee6 0xffffffff81509157 0xffffffff81600c86 0xffffffff8116ceed 0xffffffff810925c6], lapic irr [] isr []
+--- FAIL: TestOnce (190.00s)
+`
+
+// TestNestedTimerIRQ: a failure is put down to the platform's nested
+// timer interrupt only when one vCPU's stack has hrtimer_interrupt on
+// both sides of the timer interrupt's entry, and only with the guest
+// kernel's symbols.
+func TestNestedTimerIRQ(t *testing.T) {
+	sym := namer([]elf.Symbol{
+		{Name: "__pv_queued_spin_lock_slowpath", Info: byte(elf.STT_FUNC), Value: 0xffffffff8150f300, Size: 0x200},
+		{Name: "hrtimer_interrupt", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e6780, Size: 0x200},
+		{Name: "__hrtimer_run_queues", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e5fb5, Size: 0x1d0},
+		{Name: "asm_sysvec_apic_timer_interrupt", Info: byte(elf.STT_NOTYPE), Value: 0xffffffff81600c70, Size: 0x20},
+		{Name: "wp_page_copy", Info: byte(elf.STT_FUNC), Value: 0xffffffff8116cc00, Size: 0x400},
+	})
+	fs := failures([]byte(irqOffLog))
+	if len(fs) != 2 {
+		t.Fatalf("failures: %d, want 2", len(fs))
+	}
+	for _, tc := range []struct {
+		name string
+		fs   []failure
+		sym  func(uint64) string
+		want bool
+	}{
+		{"nested", fs[:1], sym, true},
+		{"nested, no symbols", fs[:1], nil, false},
+		{"one handler", fs[1:], sym, false},
+		{"both", fs, sym, false},
+	} {
+		if got := allFlaky([]byte(irqOffLog), tc.fs, nil, tc.sym); got != tc.want {
 			t.Errorf("%s: allFlaky = %v, want %v", tc.name, got, tc.want)
 		}
 	}
@@ -190,10 +235,20 @@ func TestSymbolize(t *testing.T) {
 	if got := symbolize(text, nil); got != "" {
 		t.Errorf("symbolize without symbols = %q", got)
 	}
-	// The vmlinux is found beside the bzImage a logged command boots; a
-	// log naming none, or a directory without one, gives no symbolizer.
+	// The vmlinux is found beside the bzImage a logged command boots, or
+	// in the default guest directory when no command names one; a
+	// directory without one gives no symbolizer.
+	t.Setenv("VESSEL_GUEST_DIR", t.TempDir())
 	if guestSymbols([]byte("no kernel named")) != nil {
-		t.Error("guestSymbols without a logged kernel returned a symbolizer")
+		t.Error("guestSymbols without a logged kernel or a default vmlinux returned a symbolizer")
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VESSEL_GUEST_DIR", filepath.Join(cache, "vessel", "guest"))
+	if guestSymbols([]byte("no kernel named")) == nil {
+		t.Error("guestSymbols does not read the default guest directory's vmlinux (make guest installs it)")
 	}
 	if guestSymbols([]byte("vessel vm run --kernel "+t.TempDir()+"/bzImage -- x")) != nil {
 		t.Error("guestSymbols without a vmlinux returned a symbolizer")
