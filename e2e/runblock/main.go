@@ -241,7 +241,12 @@ const foreignCR3 = "outside guest RAM"
 // whose interrupts are disabled gets there. QEMU TCG's nested SVM did
 // (2026-12-06, a vessel run clone under copy-on-write faults): the inner
 // handler then waits for the hrtimer lock the outer one holds, and the
-// vCPU halts in kvm_wait with IF=0 for good. sym names the guest
+// vCPU halts in kvm_wait with IF=0 for good. The likely cause, from
+// reading QEMU's source (not confirmed by a patched QEMU): helper_vmrun
+// injects an EVENTINJ interrupt but leaves cs->exception_index at its
+// vector, so a later kick of that vCPU thread with nothing pending
+// delivers the vector through the guest's IDT once more, without
+// checking IF. No kvm_amd parameter avoids that path. sym names the guest
 // kernel's functions (guestSymbols); without it nothing matches.
 func nestedTimerIRQ(text string, sym func(uint64) string) bool {
 	if sym == nil {
