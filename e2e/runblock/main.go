@@ -13,7 +13,7 @@
 // platform's known faults (a guest "triple fault" under QEMU's TCG, see
 // e2e's platformFlake; a guest vCPU left holding the outer kernel's
 // state, see vmrunFuncs and foreignCR3; a timer interrupt delivered to a
-// guest vCPU whose interrupts were off, see nestedTimerIRQ; or the outer
+// guest vCPU whose interrupts were off, see timerIRQWithIRQsOff; or the outer
 // kernel's own crash during the block) is run once more on its own,
 // loudly (a line starting RETRY); the block passes only if that second run passes. When the
 // outer kernel's crash ended the block inside a test, the whole block
@@ -218,7 +218,7 @@ func allFlaky(out []byte, fs []failure, hostRIP func(uint64) bool, sym func(uint
 			return false
 		}
 		if !strings.Contains(text, "triple fault") && !leakedRIP(text, hostRIP) &&
-			!strings.Contains(text, foreignCR3) && !nestedTimerIRQ(text, sym) {
+			!strings.Contains(text, foreignCR3) && !timerIRQWithIRQsOff(text, sym) {
 			return false
 		}
 	}
@@ -231,45 +231,66 @@ func allFlaky(out []byte, fs []failure, hostRIP func(uint64) bool, sym func(uint
 // on this platform the outer kernel's ("L1 addresses in L2 registers").
 const foreignCR3 = "outside guest RAM"
 
-// nestedTimerIRQ reports whether a hung VM's description in text shows a
-// vCPU that took the local APIC timer interrupt inside that interrupt's
-// own handler: on one vCPU's stack (read innermost first) the handler's
-// entry (asm_sysvec_apic_timer_interrupt) followed, further out, by
-// hrtimer_interrupt, which that entry interrupted, and preceded by it
-// again. Linux runs the handler with interrupts off and never turns them
-// on in it, so only a platform that delivers an interrupt to a vCPU
-// whose interrupts are disabled gets there. QEMU TCG's nested SVM did
-// (2026-12-06, a vessel run clone under copy-on-write faults): the inner
-// handler then waits for the hrtimer lock the outer one holds, and the
-// vCPU halts in kvm_wait with IF=0 for good. The likely cause, from
-// reading QEMU's source (not confirmed by a patched QEMU): helper_vmrun
-// injects an EVENTINJ interrupt but leaves cs->exception_index at its
-// vector, so a later kick of that vCPU thread with nothing pending
-// delivers the vector through the guest's IDT once more, without
-// checking IF. No kvm_amd parameter avoids that path. sym names the guest
-// kernel's functions (guestSymbols); without it nothing matches.
-func nestedTimerIRQ(text string, sym func(uint64) string) bool {
+// timerIRQWithIRQsOff reports whether a hung VM's description in text
+// shows a vCPU that took the local APIC timer interrupt where its
+// interrupts were off: on one vCPU's stack (read innermost first) the
+// interrupt's entry (asm_sysvec_apic_timer_interrupt) followed, further
+// out, by an address in a function of irqsOffFuncs: the entry's saved
+// RIP, the code it interrupted. (Further out, a soft hrtimer's callback
+// runs __hrtimer_run_queues with interrupts on, so only the interrupted
+// RIP tells.) Only
+// a platform that delivers an interrupt to a vCPU whose interrupts are
+// disabled gets there, and QEMU TCG's nested SVM did, twice on
+// 2026-12-06: inside __hrtimer_run_queues (the inner hrtimer_interrupt
+// then waits in kvm_wait, IF=0, for the hrtimer lock the outer one
+// holds) and inside timekeeping_update (the inner one spins on the
+// timekeeper's sequence count its own CPU is writing). The likely cause,
+// from reading QEMU's source (not confirmed by a patched QEMU):
+// helper_vmrun injects an EVENTINJ interrupt but leaves
+// cs->exception_index at its vector, so a later kick of that vCPU thread
+// with nothing pending delivers the vector through the guest's IDT once
+// more, without checking IF. No kvm_amd parameter avoids that path. sym
+// names the guest kernel's functions (guestSymbols); without it nothing
+// matches.
+func timerIRQWithIRQsOff(text string, sym func(uint64) string) bool {
 	if sym == nil {
 		return false
 	}
 	for _, m := range descStack.FindAllStringSubmatch(text, -1) {
-		var names []string
+		entry := false
 		for _, a := range strings.Fields(m[1]) {
 			v, err := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
 			if err != nil {
 				continue
 			}
-			name, _, _ := strings.Cut(sym(v), "+")
-			names = append(names, name)
-		}
-		entry := slices.Index(names, "asm_sysvec_apic_timer_interrupt")
-		if entry > 0 && slices.Contains(names[:entry], "hrtimer_interrupt") &&
-			slices.Contains(names[entry+1:], "hrtimer_interrupt") {
-			return true
+			name, off, _ := strings.Cut(sym(v), "+")
+			if !entry {
+				entry = name == "asm_sysvec_apic_timer_interrupt"
+				continue
+			}
+			// The first code address after the entry is the interrupted
+			// RIP, saved in its pt_regs; a function's own address (+0x0)
+			// or one in no function is a register's value, not code
+			// that ran.
+			if name == "" || off == "0x0" {
+				continue
+			}
+			if slices.Contains(irqsOffFuncs, name) {
+				return true
+			}
+			break
 		}
 	}
 	return false
 }
+
+// irqsOffFuncs are guest kernel functions (Linux 6.1) that only ever run
+// with the CPU's interrupts disabled: the timer interrupt's handler and
+// what it runs (kernel/time/hrtimer.c, tick-sched.c), and the
+// timekeeper's updates, made under timekeeper_lock taken with
+// raw_spin_lock_irqsave (kernel/time/timekeeping.c).
+var irqsOffFuncs = []string{"hrtimer_interrupt", "__hrtimer_run_queues", "tick_sched_timer",
+	"tick_do_update_jiffies64", "update_wall_time", "timekeeping_advance", "timekeeping_update"}
 
 // outerCrash matches the emulated platform's outer kernel reporting a
 // crash of its own, as testvm relays its console ("BUG: TASK stack guard

@@ -149,23 +149,33 @@ const irqOffLog = `testvm: platform: nested KVM in QEMU TCG (-cpu max), outer ke
 === RUN   TestOnce
     docker_test.go:608: create in the guest: the guest agent did not answer: context deadline exceeded; the VM's state: vCPU 0: halted, rip 0xffffffff8108dffc IF=0, cr3 0xc83000, stack [0xffffffff8150f407 0xffffffff810cdbf9 0xffffffff8150ee94 0xffffffff810e6857 0xffffffff81088ee6 0xffffffff81509157 0xffffffff81600c86 0xffffffff8116ceed 0xffffffff810925c6], lapic irr [] isr []
 --- FAIL: TestOnce (190.00s)
+=== RUN   TestTimekeeping
+    vsock_test.go:46: vessel: no vsock traffic for 1m0s | vCPU 0: runnable, rip 0xffffffff810e8800 IF=0, cr3 0x796000, stack [0xffffffff810e5c2a 0xffffffff810e6862 0xffffffff81088ee6 0xffffffff81509157 0xffffffff81600c86 0xffffffff81e0a520 0xffffffff810f1040 0xffffffff810e6ffc 0xffffffff810e6fd8 0xffffffff810e774c 0xffffffff810f104f], lapic irr [0x23] isr []
+--- FAIL: TestTimekeeping (98.06s)
+=== RUN   TestSoft
+    soft_test.go:1: vessel: hung | vCPU 0: runnable, rip 0xffffffff810e8800 IF=0, cr3 0x796000, stack [0xffffffff810e6862 0xffffffff81600c86 0xffffffff8116ceed 0xffffffff810e5ffd 0xffffffff810e6862], lapic irr [] isr []
+--- FAIL: TestSoft (98.06s)
 `
 
-// TestNestedTimerIRQ: a failure is put down to the platform's nested
-// timer interrupt only when one vCPU's stack has hrtimer_interrupt on
-// both sides of the timer interrupt's entry, and only with the guest
+// TestTimerIRQWithIRQsOff: a failure is put down to the platform's
+// timer interrupt with interrupts off only when one vCPU's stack shows
+// the interrupt's entry interrupting code that runs with interrupts off
+// (the first code address after the entry), and only with the guest
 // kernel's symbols.
-func TestNestedTimerIRQ(t *testing.T) {
+func TestTimerIRQWithIRQsOff(t *testing.T) {
 	sym := namer([]elf.Symbol{
 		{Name: "__pv_queued_spin_lock_slowpath", Info: byte(elf.STT_FUNC), Value: 0xffffffff8150f300, Size: 0x200},
 		{Name: "hrtimer_interrupt", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e6780, Size: 0x200},
 		{Name: "__hrtimer_run_queues", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e5fb5, Size: 0x1d0},
 		{Name: "asm_sysvec_apic_timer_interrupt", Info: byte(elf.STT_NOTYPE), Value: 0xffffffff81600c70, Size: 0x20},
 		{Name: "wp_page_copy", Info: byte(elf.STT_FUNC), Value: 0xffffffff8116cc00, Size: 0x400},
+		{Name: "timekeeping_update", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e6fb6, Size: 0x100},
+		{Name: "timekeeping_advance", Info: byte(elf.STT_FUNC), Value: 0xffffffff810e7453, Size: 0x400},
+		{Name: "tick_sched_timer", Info: byte(elf.STT_FUNC), Value: 0xffffffff810f1040, Size: 0x80},
 	})
 	fs := failures([]byte(irqOffLog))
-	if len(fs) != 2 {
-		t.Fatalf("failures: %d, want 2", len(fs))
+	if len(fs) != 4 {
+		t.Fatalf("failures: %d, want 4", len(fs))
 	}
 	for _, tc := range []struct {
 		name string
@@ -175,8 +185,14 @@ func TestNestedTimerIRQ(t *testing.T) {
 	}{
 		{"nested", fs[:1], sym, true},
 		{"nested, no symbols", fs[:1], nil, false},
-		{"one handler", fs[1:], sym, false},
-		{"both", fs, sym, false},
+		{"one handler", fs[1:2], sym, false},
+		{"both", fs[:2], sym, false},
+		// Behind a register holding a function's address (+0x0), the
+		// interrupted RIP in the timekeeper's update.
+		{"in timekeeping_update", fs[2:3], sym, true},
+		// A soft hrtimer's callback runs with interrupts on inside
+		// __hrtimer_run_queues: only the interrupted RIP counts.
+		{"in a soft hrtimer's callback", fs[3:], sym, false},
 	} {
 		if got := allFlaky([]byte(irqOffLog), tc.fs, nil, tc.sym); got != tc.want {
 			t.Errorf("%s: allFlaky = %v, want %v", tc.name, got, tc.want)
