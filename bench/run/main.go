@@ -245,8 +245,8 @@ func run(vessel, runc, runtime, guestDir string, runs int) error {
 		}
 		fmt.Println()
 	}
-	fmt.Println("\nSteps: setup (image, disks, network, jail), template (restoring it), vm (building or restoring the VM), agent (until the guest agent answers), create (runc in the guest creates and starts the container, one `runc run --detach`), start (attaching its stdio), container (until it exited), teardown. " +
-		"The create step's parts, as the guest agent timed them: mac (a clone's new MAC address), disks (waiting for the image and scratch disks), mounts (the image, the writable layer, the overlay), bundle (user, /etc files, volumes, config.json), runc (`runc run --detach`); the rest of the step is the host's request and reply.")
+	fmt.Println("\nSteps: setup (image, disks, network, jail), template (restoring it), vm (building or restoring the VM), agent (until the guest agent answers), create/start (runc in the guest), container (until it exited), teardown. " +
+		"The create step's parts, as the guest agent timed them: mac (a clone's new MAC address), disks (waiting for the image and scratch disks), mounts (the image, the writable layer, the overlay), bundle (user, /etc files, volumes, config.json), runc (`runc create`); the rest of the step is the host's request and reply.")
 	fmt.Printf("\n## Density: %d idle containers (`sleep`, --network none, -m %s)\n\n", densityN, densityMemory)
 	fmt.Println("Sum of the PSS of every host process that serves them (each vessel process and its children: the jailed VMM with guest RAM).")
 	fmt.Println()

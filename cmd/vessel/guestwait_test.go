@@ -118,28 +118,43 @@ func TestRunContainerBounded(t *testing.T) {
 		{"no streams", short, func(g *fakeGuest, req agentproto.Request, _ func()) {
 			g.send(agentproto.Reply{ID: req.ID})
 		}, "stream of c: context deadline exceeded"},
+		{"start unanswered", short, func(g *fakeGuest, req agentproto.Request, _ func()) {
+			if req.Op == agentproto.OpCreate {
+				g.streams(req.Container)
+				g.send(agentproto.Reply{ID: req.ID})
+			}
+		}, "start: the guest did not answer"},
 		{"streams kept open", short, func(g *fakeGuest, req agentproto.Request, _ func()) {
-			g.streams(req.Container)
+			switch req.Op {
+			case agentproto.OpCreate:
+				g.streams(req.Container)
+			case agentproto.OpStart:
+				defer g.send(agentproto.Reply{Event: agentproto.EventExit, Container: req.Container, Status: 3})
+			}
 			g.send(agentproto.Reply{ID: req.ID})
-			g.send(agentproto.Reply{Event: agentproto.EventExit, Container: req.Container, Status: 3})
 		}, "kept the process's output open"},
 		{"exit unreported, cancelled", long, func(g *fakeGuest, req agentproto.Request, cancel func()) {
-			g.streams(req.Container)
+			switch req.Op {
+			case agentproto.OpCreate:
+				g.streams(req.Container)
+			case agentproto.OpStart:
+				defer cancel()
+			}
 			g.send(agentproto.Reply{ID: req.ID})
-			cancel()
 		}, "context canceled"},
 		{"well behaved", short, func(g *fakeGuest, req agentproto.Request, _ func()) {
-			// One request: create, which starts the process too.
-			if req.Op != agentproto.OpCreate || req.Create == nil || !req.Create.Start {
-				g.t.Errorf("request %s (create with start: %v), want only a create that starts", req.Op, req.Create != nil && req.Create.Start)
-				return
+			switch req.Op {
+			case agentproto.OpCreate:
+				g.streams(req.Container)
+			case agentproto.OpStart:
+				defer func() {
+					for _, c := range g.open {
+						c.Close()
+					}
+					g.send(agentproto.Reply{Event: agentproto.EventExit, Container: req.Container, Status: 3})
+				}()
 			}
-			g.streams(req.Container)
 			g.send(agentproto.Reply{ID: req.ID})
-			for _, c := range g.open {
-				c.Close()
-			}
-			g.send(agentproto.Reply{Event: agentproto.EventExit, Container: req.Container, Status: 3})
 		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -884,11 +884,8 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		return r, err
 	}
 	pio := &agentproto.ProcessIO{Terminal: f.tty, Stdin: f.interactive}
-	// The agent starts the process as soon as runc created it (one runc
-	// command, Create.Start): its stdio streams, dialled during create,
-	// wait for attach below, so no output is lost.
 	r, err := call(agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio,
-		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial(), MAC: p.macChange(), Start: true}})
+		Create: &agentproto.Create{Spec: p.spec, ImageDisk: imageDiskSerial, User: p.user, Volumes: p.volumes, ScratchDisk: p.scratchSerial(), MAC: p.macChange()}})
 	if err != nil {
 		return 0, err
 	}
@@ -903,6 +900,9 @@ func runContainer(ctx context.Context, ag *container.Agent, p *runPlan, f runFla
 		return 0, err
 	}
 	defer at.close()
+	if _, err := call(agentproto.Request{Op: agentproto.OpStart, Container: p.id}); err != nil {
+		return 0, err
+	}
 	p.phases.mark("start")
 	if err := started(); err != nil {
 		return 0, err

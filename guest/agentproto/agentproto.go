@@ -177,14 +177,6 @@ type Create struct {
 	// template's address until then, and each clone takes its own (the
 	// host's network device and backend already use the new one).
 	MAC *MACChange `json:"mac,omitempty"`
-	// Start, if set, starts the container's process as soon as it is
-	// created, in one runc command (`runc run --detach`) instead of
-	// create and a later OpStart: for a host that has nothing to do in
-	// between (vessel run, whose stdio streams the agent dials during
-	// create), it saves starting runc a second time. The reply then
-	// comes once the process runs. An agent older than it ignores it
-	// and leaves the container created.
-	Start bool `json:"start,omitempty"`
 }
 
 // MACChange moves the network interface that has address From to

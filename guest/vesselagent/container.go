@@ -201,22 +201,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	if err != nil {
 		return nil, err
 	}
-	if cr.Start {
-		opts.Detach = true
-		if _, err := c.runc.Run(ctx, id, bundle, opts); err != nil {
-			p.closeAll()
-			return nil, c.runcError("run", err)
-		}
-		// go-runc's Run, unlike its Create, keeps the process's ends of
-		// the stdio pipes open in the agent; the process has them now,
-		// and the agent's copies would keep its output from ending.
-		if sc, ok := opts.IO.(runc.StartCloser); ok {
-			if err := sc.CloseAfterStart(); err != nil {
-				p.closeAll()
-				return nil, fmt.Errorf("run: %w", err)
-			}
-		}
-	} else if err := c.runc.Create(ctx, id, bundle, opts); err != nil {
+	if err := c.runc.Create(ctx, id, bundle, opts); err != nil {
 		p.closeAll()
 		return nil, c.runcError("create", err)
 	}
@@ -230,9 +215,8 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		return nil, err
 	}
 	c.init = p
-	// Watch the process now, so its exit is reported even when it comes
-	// at once after start (or, with cr.Start, came already: the reaper
-	// keeps exits nobody watched yet).
+	// The process cannot end before start: watch it now, so the exit is
+	// reported even when it comes at once.
 	go p.wait(a.reaper.watch(p.pid))
 	return c, nil
 }
