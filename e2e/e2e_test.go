@@ -28,6 +28,7 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 
+	"github.com/vesselvm/vessel/internal/guestdir"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -79,11 +80,7 @@ func preflight() error {
 	if _, err := os.Stat(vesselBin); err != nil {
 		return fmt.Errorf("vessel binary: %w (run `make build`)", err)
 	}
-	guestDir = os.Getenv("VESSEL_GUEST_DIR")
-	if guestDir == "" {
-		c, _ := os.UserCacheDir()
-		guestDir = filepath.Join(c, "vessel", "guest")
-	}
+	guestDir = guestdir.Dir()
 	for _, f := range []string{"bzImage", "vmlinux", "initramfs.cpio"} {
 		if _, err := os.Stat(filepath.Join(guestDir, f)); err != nil {
 			return fmt.Errorf("guest artifact: %w (run `make guest`)", err)

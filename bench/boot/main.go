@@ -73,6 +73,7 @@ import (
 	"time"
 
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/internal/guestdir"
 )
 
 // config holds benchboot's flags.
@@ -109,24 +110,12 @@ func usagef(format string, args ...any) error {
 // errHelp is returned by parseFlags for -h.
 var errHelp = errors.New("help requested")
 
-// defaultGuestDir is where `make guest` installs the guest artifacts.
-func defaultGuestDir() string {
-	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
-		return d
-	}
-	c, err := os.UserCacheDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "vessel-cache", "vessel", "guest")
-	}
-	return filepath.Join(c, "vessel", "guest")
-}
-
 // parseFlags parses benchboot's arguments (without the program name).
 func parseFlags(args []string, usageOut io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("benchboot", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	gd := defaultGuestDir()
+	gd := guestdir.Dir()
 	vmms := "auto"
 	fs.IntVar(&c.Runs, "runs", 5, "measured runs per VMM")
 	fs.IntVar(&c.Warmup, "warmup", 1, "warm-up rounds before the measured runs, not counted")

@@ -27,6 +27,7 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/internal/guestdir"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,11 +85,7 @@ func main() {
 func parseFlags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("benchio", flag.ContinueOnError)
 	cfg := &config{}
-	cache, _ := os.UserCacheDir()
-	guest := filepath.Join(cache, "vessel", "guest")
-	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
-		guest = d
-	}
+	guest := guestdir.Dir()
 	fs.StringVar(&cfg.Vessel, "vessel", "bin/vessel", "vessel binary")
 	fs.StringVar(&cfg.Kernel, "kernel", filepath.Join(guest, "bzImage"), "guest kernel")
 	fs.StringVar(&cfg.Initrd, "initrd", filepath.Join(guest, "initramfs.cpio"), "base initramfs (benchio is appended)")

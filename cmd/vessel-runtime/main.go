@@ -71,6 +71,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselvm/vessel/container"
+	"github.com/vesselvm/vessel/internal/guestdir"
 	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
@@ -190,14 +191,7 @@ func defaultRoot() string {
 // builtGuest is where `make` installs the guest kernel and initramfs,
 // as cmd/vessel finds them.
 func builtGuest() (kernel, initrd string) {
-	dir := os.Getenv("VESSEL_GUEST_DIR")
-	if dir == "" {
-		c, err := os.UserCacheDir()
-		if err != nil {
-			c = filepath.Join(os.TempDir(), "vessel-cache")
-		}
-		dir = filepath.Join(c, "vessel", "guest")
-	}
+	dir := guestdir.Dir()
 	return filepath.Join(dir, "bzImage"), filepath.Join(dir, "initramfs.cpio")
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/internal/guestdir"
 	"github.com/vesselvm/vessel/internal/vmmproc"
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -28,23 +29,10 @@ import (
 // explained).
 const DefaultCmdline = vmm.DefaultCmdline
 
-// guestDir is where `make` installs the guest kernel and initramfs vessel
-// boots by default.
-func guestDir() string {
-	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
-		return d
-	}
-	c, err := os.UserCacheDir()
-	if err != nil {
-		c = filepath.Join(os.TempDir(), "vessel-cache")
-	}
-	return filepath.Join(c, "vessel", "guest")
-}
-
 // builtGuest returns the kernel and initramfs `make` installed, or the
 // path of one that is missing.
 func builtGuest() (kernel, initrd, missing string) {
-	dir := guestDir()
+	dir := guestdir.Dir()
 	kernel, initrd = filepath.Join(dir, "bzImage"), filepath.Join(dir, "initramfs.cpio")
 	for _, p := range []string{kernel, initrd} {
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {

@@ -37,13 +37,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vesselvm/vessel/internal/guestdir"
 )
 
 func main() {
@@ -480,32 +481,15 @@ func symbolize(text string, sym func(uint64) string) string {
 // one (vessel-runtime started by docker, containerd or podman), in the
 // guest directory vessel boots from by default; nil when there is none.
 func guestSymbols(out []byte) func(uint64) string {
-	dir := defaultGuestDir()
+	dir := guestdir.Dir()
 	if m := guestKernel.FindSubmatch(out); m != nil {
 		dir = string(m[1])
-	}
-	if dir == "" {
-		return nil
 	}
 	syms := elfSymbols(dir + "/vmlinux")
 	if syms == nil {
 		return nil
 	}
 	return namer(syms)
-}
-
-// defaultGuestDir is the directory vessel and vessel-runtime boot their
-// guest from when not told otherwise ($VESSEL_GUEST_DIR, else the user
-// cache directory's vessel/guest); "" when there is none.
-func defaultGuestDir() string {
-	if d := os.Getenv("VESSEL_GUEST_DIR"); d != "" {
-		return d
-	}
-	c, err := os.UserCacheDir()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(c, "vessel", "guest")
 }
 
 // elfSymbols returns the symbol table of the ELF file at path; nil when
