@@ -2,6 +2,7 @@ package main
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -289,5 +290,46 @@ func TestRetryArgs(t *testing.T) {
 	}
 	if got, what := retryArgs(fs, block); !reflect.DeepEqual(got, block) || !strings.Contains(what, "whole block") {
 		t.Errorf("an unfinished failure: retry %q (%s), want the block's own flags %q", got, what, block)
+	}
+}
+
+// TestTimerIRQWithIRQsOffKernel: the rule works on the kernel make guest
+// builds, not only on made-up symbols: each function it names is a
+// symbol there (an inlined one would never match), the interrupt's entry
+// is named although the assembler leaves it untyped, and a stack built
+// from the real addresses is told from one whose entry interrupted
+// ordinary code.
+func TestTimerIRQWithIRQsOffKernel(t *testing.T) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms := elfSymbols(filepath.Join(cache, "vessel", "guest", "vmlinux"))
+	if syms == nil {
+		t.Fatal("no symbols in the project's vmlinux (make guest builds it)")
+	}
+	sym := namer(syms)
+	addr := map[string]uint64{}
+	for _, s := range syms {
+		if sym(s.Value) == s.Name+"+0x0" {
+			addr[s.Name] = s.Value
+		}
+	}
+	for _, n := range append([]string{"asm_sysvec_apic_timer_interrupt", "wp_page_copy"}, irqsOffFuncs...) {
+		if addr[n] == 0 {
+			t.Errorf("%s: not a named function of the guest kernel", n)
+		}
+	}
+	stack := func(interrupted string) string {
+		return fmt.Sprintf("vCPU 1: halted, rip 0x1 IF=0, stack [%#x %#x %#x %#x]",
+			addr["hrtimer_interrupt"]+0x4b, addr["asm_sysvec_apic_timer_interrupt"]+0x16, addr[interrupted]+1, addr["hrtimer_interrupt"]+0x8d)
+	}
+	for _, n := range irqsOffFuncs {
+		if !timerIRQWithIRQsOff(stack(n), sym) {
+			t.Errorf("the timer interrupt inside %s: not told", n)
+		}
+	}
+	if timerIRQWithIRQsOff(stack("wp_page_copy"), sym) {
+		t.Error("the timer interrupt inside wp_page_copy (interrupts on) was put down to the platform")
 	}
 }
