@@ -47,6 +47,20 @@ func containerState(t *testing.T, env []string, id string) (pid int, socket, scr
 	return st.Pid, st.Socket, st.Scratch
 }
 
+// detachedLog is what the detached vessel of container id wrote to its
+// vessel.log (its error as its VM ended, and with VESSEL_DEBUG the VM's
+// description), or why it cannot be read.
+func detachedLog(env []string, id string) string {
+	b, err := os.ReadFile(filepath.Join(envValue(env, "XDG_RUNTIME_DIR"), "vessel", "containers", id, "vessel.log"))
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) == 0 {
+		return "(empty)"
+	}
+	return string(b)
+}
+
 // parentPID is pid's parent, from /proc (0 if pid is gone).
 func parentPID(pid int) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -93,6 +93,14 @@ func TestLoadConcurrent(t *testing.T) {
 	}
 	if r := cli(t, env, "", "ps", "-q"); strings.Count(r.stdout, "\n") != loadContainers {
 		t.Errorf("ps -q: want %d running containers:\n%v", loadContainers, r)
+		// Why each missing one ended, in its detached vessel's own words
+		// (a guest crash, or VESSEL_DEBUG's description of a hung VM,
+		// which runblock tells the platform's faults by).
+		for _, c := range ctrs {
+			if len(c.id) >= 12 && !strings.Contains(r.stdout, c.id[:12]) {
+				t.Errorf("%s is not running; its vessel.log:\n%s", c.name, detachedLog(env, c.id))
+			}
+		}
 	}
 	parallel(func(c *ctr) {
 		if body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", c.port), 2*time.Minute); body != bbimage.Index {
