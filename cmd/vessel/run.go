@@ -30,6 +30,7 @@ import (
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/images/store"
 	"github.com/vesselvm/vessel/internal/limitio"
+	"github.com/vesselvm/vessel/internal/template"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -810,7 +811,7 @@ func startRunVM(p *runPlan, f runFlags) (runningVM, error) {
 	vm, err := startVM(p.cfg, o)
 	if errors.Is(err, vmm.ErrSnapshot) {
 		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
-		dropTemplate(snap)
+		template.Drop(snap)
 		o.restore = ""
 		p.phases.setRestored(false)
 		return startVM(p.cfg, o)

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,17 +12,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
 	"github.com/vesselvm/vessel/internal/limitio"
+	"github.com/vesselvm/vessel/internal/template"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -56,22 +53,6 @@ var (
 	templateBuildLimit = templateBuildTimeout + time.Minute
 	templateLockWait   = templateBuildLimit + 30*time.Second
 )
-
-// lockWithin takes f's exclusive lock, waiting at most d for it.
-func lockWithin(f *os.File, d time.Duration) error {
-	for deadline := time.Now().Add(d); ; time.Sleep(100 * time.Millisecond) {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("another vessel has been building this template for over %v", d)
-		}
-	}
-}
 
 // templateBuildCommand is the hidden command a template is built by.
 const templateBuildCommand = "template-build"
@@ -156,117 +137,32 @@ type templateSpec struct {
 // network mode. A change to any gives another key, so a stale template
 // is never used; old ones stay until the cache is cleared.
 func (s templateSpec) key() (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "vessel %s template %d\ncpus %d memory %d user %v\ncmdline %s\n",
-		version(), templateFormat, s.cpus, s.memory, s.user, DefaultCmdline)
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
-	for _, p := range []string{self, s.kernel, s.initrd} {
-		st, err := os.Stat(p)
-		if err != nil {
-			return "", err
-		}
-		var ino, dev uint64
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			ino, dev = sys.Ino, sys.Dev
-		}
-		fmt.Fprintf(h, "%s %d %d %d %d\n", p, st.Size(), st.ModTime().UnixNano(), ino, dev)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:20], nil
-}
-
-// templateRoot is the templates' cache directory.
-func templateRoot() (string, error) {
-	if d := os.Getenv("VESSEL_TEMPLATE_DIR"); d != "" {
-		return d, nil
-	}
-	c, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(c, "vessel", "templates"), nil
+	return template.Key(fmt.Sprintf("vessel %s template %d\ncpus %d memory %d user %v\ncmdline %s\n",
+		version(), templateFormat, s.cpus, s.memory, s.user, DefaultCmdline), self, s.kernel, s.initrd)
 }
 
 // templateFor returns the snapshot directory of the template for s,
-// building it first if the cache has none. One build runs at a time per
-// key; a second vessel waits for it and uses its result.
+// building it first if the cache has none (template.For, the build in a
+// process of its own killed at templateBuildLimit). One build runs at a
+// time per key; a second vessel waits for it, at most templateLockWait,
+// and uses its result.
 func templateFor(s templateSpec) (string, error) {
 	key, err := s.key()
 	if err != nil {
 		return "", err
 	}
-	root, err := templateRoot()
+	root, err := template.Root()
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return "", err
-	}
-	if err := privateDir(root); err != nil {
-		return "", err
-	}
-	snap := filepath.Join(root, key, "snapshot")
-	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
-		return snap, nil
-	}
-	lock, err := os.OpenFile(filepath.Join(root, key+".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return "", err
-	}
-	defer lock.Close()
-	if err := lockWithin(lock, templateLockWait); err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(filepath.Join(snap, "vm.state")); err == nil {
-		return snap, nil
-	}
-	// Builds of this key that a killed vessel left: nobody else can be
-	// making one while we hold the lock.
-	if stale, err := filepath.Glob(filepath.Join(root, key+".build-*")); err == nil {
-		for _, d := range stale {
-			os.RemoveAll(d)
-		}
-	}
-	tmp, err := os.MkdirTemp(root, key+".build-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp)
-	if err := buildTemplateProcess(s, tmp, templateBuildLimit); err != nil {
-		return "", err
-	}
-	final := filepath.Join(root, key)
-	os.RemoveAll(final) // an unfinished entry a killed build left
-	if err := os.Rename(tmp, final); err != nil {
-		return "", err
-	}
-	return snap, nil
+	return template.For(root, key, templateLockWait, func(dir string) error {
+		return buildTemplateProcess(s, dir, templateBuildLimit)
+	})
 }
-
-// privateDir refuses a templates directory another user could write: a
-// template planted there would run every container in the planter's
-// guest kernel.
-func privateDir(dir string) error {
-	st, err := os.Lstat(dir)
-	if err != nil {
-		return err
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	switch {
-	case !st.IsDir():
-		return fmt.Errorf("%s is not a directory", dir)
-	case !ok || int(sys.Uid) != os.Geteuid():
-		return fmt.Errorf("%s is not owned by this user", dir)
-	case st.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("%s has mode %#o, writable by other users", dir, st.Mode().Perm())
-	}
-	return nil
-}
-
-// dropTemplate removes a template that could not be restored.
-func dropTemplate(snap string) { os.RemoveAll(filepath.Dir(snap)) }
 
 // buildTemplate boots the template VM in dir and snapshots it into
 // dir/snapshot once its agent is up. The VM runs in this process,
@@ -346,5 +242,5 @@ func buildTemplate(s templateSpec, dir string) (err error) {
 	if err := vm.Pause(); err != nil {
 		return err
 	}
-	return vm.Snapshot(filepath.Join(dir, "snapshot"), vmm.SnapshotOptions{Version: version()})
+	return vm.Snapshot(filepath.Join(dir, template.Snapshot), vmm.SnapshotOptions{Version: version()})
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -58,28 +61,56 @@ func TestTemplateKey(t *testing.T) {
 	}
 }
 
-// A templates directory others can write, or a symbolic link, is
-// refused: templateFor then fails and the run boots.
-func TestTemplateDirPrivate(t *testing.T) {
+// The key is the first 20 hex digits of the SHA-256 of exactly these
+// bytes, as vessel has always hashed them: a change would orphan every
+// cached template (a new key builds a new one; the old stays on disk).
+func TestTemplateKeyBytes(t *testing.T) {
 	dir := t.TempDir()
-	good := filepath.Join(dir, "good")
-	os.Mkdir(good, 0o700)
-	open := filepath.Join(dir, "open")
-	os.Mkdir(open, 0o700)
-	os.Chmod(open, 0o777)
-	link := filepath.Join(dir, "link")
-	os.Symlink(good, link)
-	if err := privateDir(good); err != nil {
-		t.Errorf("private directory refused: %v", err)
-	}
-	for _, d := range []string{open, link} {
-		if err := privateDir(d); err == nil {
-			t.Errorf("%s accepted", d)
+	kernel, initrd := filepath.Join(dir, "bzImage"), filepath.Join(dir, "initrd")
+	mtime := time.Unix(1700000000, 123456789)
+	for i, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, make([]byte, 10+i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
 		}
 	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("vessel %s template %d\ncpus %d memory %d user %v\ncmdline %s\n",
+		version(), 1, 2, uint64(768<<20), true, DefaultCmdline)
+	for _, p := range []string{self, kernel, initrd} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		want += fmt.Sprintf("%s %d %d %d %d\n", p, st.Size, time.Unix(st.Mtim.Unix()).UnixNano(), st.Ino, st.Dev)
+	}
+	sum := sha256.Sum256([]byte(want))
+	got, err := templateSpec{kernel: kernel, initrd: initrd, cpus: 2, memory: 768 << 20, user: true}.key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := hex.EncodeToString(sum[:])[:20]; got != w {
+		t.Errorf("key %s, want %s: the sha256 of\n%s", got, w, want)
+	}
+}
+
+// A templates directory others can write is refused (template.For's
+// tests have the rest): a run in one boots.
+func TestTemplateDirPrivate(t *testing.T) {
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o700)
+	os.Chmod(open, 0o777)
 	t.Setenv("VESSEL_TEMPLATE_DIR", open)
-	if _, err := templateFor(templateSpec{kernel: "/proc/self/exe", initrd: "/proc/self/exe"}); err == nil {
-		t.Error("templateFor used a world-writable directory")
+	if _, err := templateFor(templateSpec{kernel: "/proc/self/exe", initrd: "/proc/self/exe"}); err == nil || !strings.Contains(err.Error(), "writable by other users") {
+		t.Errorf("templateFor in a world-writable directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(open); len(ents) != 0 {
+		t.Errorf("templateFor wrote into a world-writable directory: %v", ents)
 	}
 }
 
@@ -102,9 +133,9 @@ func TestRunPhases(t *testing.T) {
 	}
 }
 
-// A template build that hangs is killed at its limit, one that fails
-// says why in one line, and a vessel waiting for another's build gives
-// up after its wait: the run then boots.
+// A template build that hangs is killed at its limit, and one that fails
+// says why in one line: the run then boots. (A vessel waiting for
+// another's build gives up after its wait: template.For's tests.)
 func TestTemplateBuildBounded(t *testing.T) {
 	dir := t.TempDir()
 	script := func(body string) string {
@@ -129,22 +160,5 @@ func TestTemplateBuildBounded(t *testing.T) {
 		if time.Since(start) > 10*time.Second {
 			t.Errorf("%q: took %v", tc.body, time.Since(start))
 		}
-	}
-
-	held, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := lockWithin(held, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	other, err := os.Open(filepath.Join(dir, "lock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	if err := lockWithin(other, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "building this template") {
-		t.Errorf("a held lock: %v, want the wait to end", err)
 	}
 }
