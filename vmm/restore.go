@@ -46,6 +46,14 @@ type RestoreOptions struct {
 	// 1.2 5.10.6.7, Linux's virtio_vsock_update_guest_cid), and Dial
 	// how guest connections reach the host (see Vsock.Dial).
 	Vsock *Vsock
+	// Shares are the directories the snapshot's 9P shares serve, one for
+	// one, in the snapshot's order (SnapshotInfo.Shares) and with its
+	// tags: the guest knows each device by the tag it read at boot. The
+	// snapshot records no directory, so a snapshot with shares needs
+	// them; each Share's Dir and ReadOnly are this restore's own (a
+	// template's share, never mounted before the snapshot, may serve
+	// any directory).
+	Shares []Share
 	// KVMDevice and AllowPVM are as in Config.
 	KVMDevice string
 	AllowPVM  bool
@@ -58,6 +66,10 @@ type SnapshotInfo struct {
 	Memory uint64
 	Nets   []Net
 	Vsock  *Vsock
+	// Shares are the snapshot's 9P shares in device order, with only
+	// their Tag set: RestoreOptions.Shares must give the same tags in
+	// the same order, with directories.
+	Shares []Share
 }
 
 // ReadSnapshot reads and checks the state file of the snapshot in dir
@@ -72,6 +84,9 @@ func ReadSnapshot(dir, version string) (SnapshotInfo, error) {
 	info := SnapshotInfo{CPUs: st.CPUs, Memory: st.Memory, Nets: st.Nets}
 	if st.Vsock != nil {
 		info.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
+	}
+	for _, s := range st.Shares {
+		info.Shares = append(info.Shares, Share{Tag: s.Tag})
 	}
 	return info, nil
 }
@@ -102,7 +117,8 @@ func loadState(dir, version string) (*snapState, error) {
 // so the directory must stay as it is while the VM runs. Disks are
 // opened again from their paths and must hold what they held when the
 // snapshot was taken; the vsock device listens on its socket again and
-// the guest sees its old connections reset. A snapshot from another
+// the guest sees its old connections reset; each share serves the
+// directory o.Shares gives it. A snapshot from another
 // vessel version or format, a corrupt one, or one from a host whose CPU
 // or KVM offers other CPUID is refused with an error wrapping
 // ErrSnapshot; nothing is left behind.
@@ -111,49 +127,9 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := Config{
-		CPUs: st.CPUs, Memory: st.Memory, Disks: st.Disks, Balloon: st.Balloon,
-		Console: o.Console, Input: o.Input, Log: o.Log,
-		KVMDevice: o.KVMDevice, AllowPVM: o.AllowPVM,
-	}
-	cfg.Nets = st.Nets
-	if o.Disks != nil {
-		if len(o.Disks) != len(st.Disks) {
-			return nil, fmt.Errorf("%w: the snapshot has %d disks, %d given", ErrInvalidConfig, len(st.Disks), len(o.Disks))
-		}
-		cfg.Disks = o.Disks
-	}
-	if o.Nets != nil {
-		if len(o.Nets) != len(st.Nets) {
-			return nil, fmt.Errorf("%w: the snapshot has %d network devices, %d given", ErrInvalidConfig, len(st.Nets), len(o.Nets))
-		}
-		cfg.Nets = make([]Net, len(o.Nets))
-		for i, n := range o.Nets {
-			if n.MAC == nil {
-				n.MAC = st.Nets[i].MAC
-			} else if !bytes.Equal(n.MAC, st.Nets[i].MAC) {
-				n.formerMAC = st.Nets[i].MAC
-			}
-			cfg.Nets[i] = n
-		}
-	}
-	if cfg.Console == nil {
-		cfg.Console = io.Discard
-	}
-	if cfg.KVMDevice == "" {
-		cfg.KVMDevice = kvm.DefaultDevice
-	}
-	if st.Vsock != nil {
-		cfg.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
-		if o.Vsock != nil {
-			if o.Vsock.Path != "" {
-				cfg.Vsock.Path = o.Vsock.Path
-			}
-			if o.Vsock.CID != 0 {
-				cfg.Vsock.CID = o.Vsock.CID
-			}
-			cfg.Vsock.Dial = o.Vsock.Dial
-		}
+	cfg, err := restoreConfig(st, o)
+	if err != nil {
+		return nil, err
 	}
 	if !reflect.DeepEqual(st.Regions, boot.RAMLayout(st.Memory)) {
 		return nil, snapErr("memory regions %v do not match a %d-byte VM's", st.Regions, st.Memory)
@@ -240,6 +216,83 @@ func Restore(dir string, o RestoreOptions) (_ *VM, err error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// restoreConfig is the configuration of the VM restored from st: the
+// snapshot's devices, with the backends, disks and share directories o
+// replaces (one for one, else ErrInvalidConfig) and o's console, log
+// and KVM settings.
+func restoreConfig(st *snapState, o RestoreOptions) (Config, error) {
+	cfg := Config{
+		CPUs: st.CPUs, Memory: st.Memory, Disks: st.Disks, Nets: st.Nets, Balloon: st.Balloon,
+		Console: o.Console, Input: o.Input, Log: o.Log,
+		KVMDevice: o.KVMDevice, AllowPVM: o.AllowPVM,
+	}
+	if o.Disks != nil {
+		if len(o.Disks) != len(st.Disks) {
+			return Config{}, fmt.Errorf("%w: the snapshot has %d disks, %d given", ErrInvalidConfig, len(st.Disks), len(o.Disks))
+		}
+		cfg.Disks = o.Disks
+	}
+	if o.Nets != nil {
+		if len(o.Nets) != len(st.Nets) {
+			return Config{}, fmt.Errorf("%w: the snapshot has %d network devices, %d given", ErrInvalidConfig, len(st.Nets), len(o.Nets))
+		}
+		cfg.Nets = make([]Net, len(o.Nets))
+		for i, n := range o.Nets {
+			if n.MAC == nil {
+				n.MAC = st.Nets[i].MAC
+			} else if !bytes.Equal(n.MAC, st.Nets[i].MAC) {
+				n.formerMAC = st.Nets[i].MAC
+			}
+			cfg.Nets[i] = n
+		}
+	}
+	shares, err := restoreShares(st.Shares, o.Shares)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg.Shares = shares
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	if cfg.KVMDevice == "" {
+		cfg.KVMDevice = kvm.DefaultDevice
+	}
+	if st.Vsock != nil {
+		cfg.Vsock = &Vsock{CID: st.Vsock.CID, Path: st.Vsock.Path}
+		if o.Vsock != nil {
+			if o.Vsock.Path != "" {
+				cfg.Vsock.Path = o.Vsock.Path
+			}
+			if o.Vsock.CID != 0 {
+				cfg.Vsock.CID = o.Vsock.CID
+			}
+			cfg.Vsock.Dial = o.Vsock.Dial
+		}
+	}
+	return cfg, nil
+}
+
+// restoreShares checks the shares a restore gives against the
+// snapshot's: as many, with the same tags in the same order.
+func restoreShares(snap []snapShare, given []Share) ([]Share, error) {
+	tags := make([]string, len(snap))
+	for i, s := range snap {
+		tags[i] = s.Tag
+	}
+	if len(given) != len(snap) {
+		return nil, fmt.Errorf("%w: the snapshot has %d shares %q, %d given", ErrInvalidConfig, len(snap), tags, len(given))
+	}
+	for i, s := range given {
+		if s.Tag != tags[i] {
+			return nil, fmt.Errorf("%w: share %d (%s) has tag %q, the snapshot's has %q (the guest knows its shares by the tags it read at boot)", ErrInvalidConfig, i, s.Dir, s.Tag, tags[i])
+		}
+	}
+	if len(given) == 0 {
+		return nil, nil
+	}
+	return append([]Share(nil), given...), nil
 }
 
 // sameCPUID compares two CPUID tables, ignoring the padding.

@@ -107,21 +107,28 @@ func cpuModel(t []kvm.CPUIDEntry) hostCPU {
 // empty directory: guest memory to dir/memory, everything else to
 // dir/vm.state (see snapshot_format.go). The devices are stopped between
 // requests for the copy and started again before Snapshot returns; the
-// VM stays paused, and the caller resumes or stops it. A VM with 9P
-// shares cannot be snapshotted yet (a share's state is its open files on
-// the host); network devices are, and are attached anew on restore. On
-// error nothing is left in dir (nor dir, if Snapshot made it).
+// VM stays paused, and the caller resumes or stops it. Network devices
+// are attached anew on restore, and so are 9P shares, from the
+// directories the restore gives (RestoreOptions.Shares): the snapshot
+// records only their tags. A share the guest has mounted cannot be
+// snapshotted, since its state is the host's open files for the guest's
+// fids: Snapshot refuses a VM with a share whose device has served a
+// request (ErrInvalidConfig, naming its tag). On error nothing is left
+// in dir (nor dir, if Snapshot made it).
 func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 	if !v.Paused() {
 		return ErrNotPaused
 	}
-	if len(v.cfg.Shares) > 0 {
-		return fmt.Errorf("%w: snapshots of a VM with shares are not supported yet", ErrInvalidConfig)
+	if err := v.checkSharesUnused(); err != nil {
+		return err
 	}
 	if err := v.checkSnapshotCaps(); err != nil {
 		return err
 	}
 	st := &snapState{Vessel: o.Version, CPUs: v.cfg.CPUs, Memory: v.cfg.Memory, Regions: boot.RAMLayout(v.cfg.Memory), Disks: v.cfg.Disks, Nets: v.cfg.Nets}
+	for _, s := range v.cfg.Shares {
+		st.Shares = append(st.Shares, snapShare{Tag: s.Tag})
+	}
 	if vs := v.cfg.Vsock; vs != nil {
 		st.Vsock = &snapVsock{CID: vs.CID, Path: vs.Path}
 	}
@@ -133,7 +140,12 @@ func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 	for _, d := range v.virtio {
 		st.Virtio = append(st.Virtio, d.t.Quiesce())
 	}
-	err := v.captureState(st)
+	// Again, now that no device takes requests: one the guest queued
+	// before it was paused may have been taken since the first check.
+	err := v.checkSharesUnused()
+	if err == nil {
+		err = v.captureState(st)
+	}
 	if err == nil {
 		err = writeSnapshot(dir, st, v)
 	}
@@ -141,6 +153,20 @@ func (v *VM) Snapshot(dir string, o SnapshotOptions) error {
 		err = rerr
 	}
 	return err
+}
+
+// checkSharesUnused refuses a VM whose guest has sent a request to a 9P
+// device (virtio.P9.Served): it may hold fids, whose host side no
+// snapshot can keep. Once the devices are quiesced no request can come
+// after the check; one still in a queue then is a first request, which
+// the restored VM's new connection serves (a mount starts with Tversion).
+func (v *VM) checkSharesUnused() error {
+	for _, d := range v.virtio {
+		if p, ok := d.t.Device().(*virtio.P9); ok && p.Served() {
+			return fmt.Errorf("%w: share %q was mounted by the guest: a snapshot cannot keep a mounted share's open files (snapshot the VM before it mounts its shares)", ErrInvalidConfig, p.Tag())
+		}
+	}
+	return nil
 }
 
 // restartDevices starts quiesced devices again.

@@ -24,7 +24,7 @@ import (
 //
 //   - vm.state: everything else, in a versioned, checksummed envelope:
 //
-//     vessel-snapshot 1\n
+//     vessel-snapshot 2\n
 //     sha256 <64 hex digits: SHA-256 of the body>\n
 //     <body: one JSON object, snapState>
 //
@@ -40,8 +40,9 @@ const (
 	snapStateFile = "vm.state"
 	snapMemFile   = "memory"
 	snapMagic     = "vessel-snapshot"
-	// SnapshotFormat is the version of the state file's envelope and body.
-	SnapshotFormat = 1
+	// SnapshotFormat is the version of the state file's envelope and
+	// body. 2: the body records the shares (snapState.Shares).
+	SnapshotFormat = 2
 	// maxStateSize bounds the state file a restore reads: 64 KiB per
 	// vCPU at most, and KVM allows far fewer vCPUs than would fill it.
 	maxStateSize = 32 << 20
@@ -50,6 +51,8 @@ const (
 	maxXSaveSize = 64 << 10
 	// maxSnapMSRs bounds the MSRs of one vCPU (KVM lists a few hundred).
 	maxSnapMSRs = 4096
+	// maxShareTag is the longest mount tag (virtio.NewP9's limit).
+	maxShareTag = 256
 )
 
 // ErrSnapshot is wrapped by every reason a snapshot cannot be restored
@@ -84,6 +87,11 @@ type snapState struct {
 	// BalloonActual the pages the guest's driver held.
 	Balloon       *Balloon `json:",omitempty"`
 	BalloonActual uint32   `json:",omitempty"`
+	// Shares are the 9P shares, in device order: their tags only. Every
+	// one had served no request (Snapshot refuses a mounted share), and
+	// a restore serves each from the directory it is given
+	// (RestoreOptions.Shares), never from the snapshot's.
+	Shares []snapShare `json:",omitempty"`
 
 	// TSCKHz is the guest's TSC frequency.
 	TSCKHz uint32
@@ -102,7 +110,7 @@ type snapState struct {
 	I8042  devices.I8042State
 	// Virtio has one entry per virtio-mmio device, in attach order (the
 	// entropy device, the disks, the network devices, vsock, the
-	// balloon).
+	// balloon, the shares).
 	Virtio []virtio.TransportState
 }
 
@@ -110,6 +118,12 @@ type snapState struct {
 type snapVsock struct {
 	CID  uint64
 	Path string
+}
+
+// snapShare is a share in a snapshot: the tag the guest read from its
+// device at boot and knows it by.
+type snapShare struct {
+	Tag string
 }
 
 // hostCPU identifies a host CPU model (CPUID leaves 0 and 1).
@@ -222,8 +236,18 @@ func (st *snapState) check() error {
 		return errors.New("interrupt controller state is not 512 bytes")
 	case st.XSaveSize < kvm.XSaveSize || st.XSaveSize > maxXSaveSize:
 		return fmt.Errorf("XSAVE size %d", st.XSaveSize)
-	case len(st.Disks)+len(st.Nets) > len(virtioGSIs) || len(st.Virtio) > len(virtioGSIs):
+	case len(st.Disks)+len(st.Nets)+len(st.Shares) > len(virtioGSIs) || len(st.Virtio) > len(virtioGSIs):
 		return errors.New("too many devices")
+	}
+	tags := map[string]bool{}
+	for i, s := range st.Shares {
+		if len(s.Tag) == 0 || len(s.Tag) > maxShareTag {
+			return fmt.Errorf("share %d: tag of %d bytes", i, len(s.Tag))
+		}
+		if tags[s.Tag] {
+			return fmt.Errorf("share %d: tag %q used twice", i, s.Tag)
+		}
+		tags[s.Tag] = true
 	}
 	for i, n := range st.Nets {
 		if len(n.MAC) != 6 {

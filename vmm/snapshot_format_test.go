@@ -42,21 +42,46 @@ func reseal(t *testing.T, file []byte, edit func(body []byte) []byte) []byte {
 	return []byte(fmt.Sprintf("%s\nsha256 %s\n%s", parts[0], hex.EncodeToString(sum[:]), body))
 }
 
+// formatLine is the state file's first line.
+var formatLine = fmt.Sprintf("vessel-snapshot %d\n", SnapshotFormat)
+
 func TestStateRoundTrip(t *testing.T) {
-	st := testState()
-	b, err := encodeState(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := parseState(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, st) {
-		t.Fatalf("parsed %+v\nwant %+v", got, st)
-	}
-	if err := got.checkCompat("v1"); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		edit func(*snapState)
+	}{
+		{"bare", func(*snapState) {}},
+		{"shares", func(s *snapState) {
+			s.Shares = []snapShare{{Tag: "vessel-root"}, {Tag: "vessel-files"}, {Tag: "vessel-bind-0"}}
+		}},
+		{"devices", func(s *snapState) {
+			s.Disks = []Disk{{Path: "/img", ReadOnly: true, Serial: "s"}}
+			s.Nets = []Net{{MAC: []byte{0x52, 0x54, 0, 1, 2, 3}, Tap: "vtap0"}}
+			s.Vsock = &snapVsock{CID: 3, Path: "/run/v.sock"}
+			s.Shares = []snapShare{{Tag: "vessel-root"}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := testState()
+			tc.edit(st)
+			b, err := encodeState(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.HasPrefix(b, []byte(formatLine)) {
+				t.Fatalf("state file starts %q, want %q", b[:min(len(b), 20)], formatLine)
+			}
+			got, err := parseState(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, st) {
+				t.Fatalf("parsed %+v\nwant %+v", got, st)
+			}
+			if err := got.checkCompat("v1"); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
@@ -84,10 +109,13 @@ func TestParseStateRefuses(t *testing.T) {
 	}{
 		{"empty", raw(nil), "not a vessel snapshot"},
 		{"another file", raw([]byte("{}\n")), "not a vessel snapshot"},
-		{"newer format", raw(bytes.Replace(good, []byte("vessel-snapshot 1\n"), []byte("vessel-snapshot 2\n"), 1)), "snapshot format 2, this vessel reads format 1"},
-		{"format not a number", raw(bytes.Replace(good, []byte("vessel-snapshot 1\n"), []byte("vessel-snapshot x\n"), 1)), "bad format number"},
-		{"no checksum", raw([]byte("vessel-snapshot 1\n{}")), "no checksum"},
-		{"short checksum", raw([]byte("vessel-snapshot 1\nsha256 abcd\n{}")), "no checksum"},
+		{"newer format", raw(bytes.Replace(good, []byte(formatLine), []byte(fmt.Sprintf("vessel-snapshot %d\n", SnapshotFormat+1)), 1)),
+			fmt.Sprintf("snapshot format %d, this vessel reads format %d", SnapshotFormat+1, SnapshotFormat)},
+		{"format 1, without shares", raw(bytes.Replace(good, []byte(formatLine), []byte("vessel-snapshot 1\n"), 1)),
+			fmt.Sprintf("snapshot format 1, this vessel reads format %d", SnapshotFormat)},
+		{"format not a number", raw(bytes.Replace(good, []byte(formatLine), []byte("vessel-snapshot x\n"), 1)), "bad format number"},
+		{"no checksum", raw([]byte(formatLine + "{}")), "no checksum"},
+		{"short checksum", raw([]byte(formatLine + "sha256 abcd\n{}")), "no checksum"},
 		{"flipped byte", raw(bytes.Replace(good, []byte(`"Vessel":"v1"`), []byte(`"Vessel":"v2"`), 1)), "corrupt (checksum mismatch)"},
 		{"truncated", raw(good[:len(good)-10]), "corrupt (checksum mismatch)"},
 		{"unknown field", func(t *testing.T) []byte {
@@ -108,6 +136,10 @@ func TestParseStateRefuses(t *testing.T) {
 		{"short IOAPIC", state(func(s *snapState) { s.IOAPIC = s.IOAPIC[:10] }), "not 512 bytes"},
 		{"too many MSRs", state(func(s *snapState) { s.VCPUs[0].MSRs = make([]kvm.MSR, maxSnapMSRs+1) }), "MSRs"},
 		{"too many devices", state(func(s *snapState) { s.Disks = make([]Disk, 40) }), "too many devices"},
+		{"too many shares", state(func(s *snapState) { s.Disks, s.Shares = make([]Disk, 10), make([]snapShare, 10) }), "too many devices"},
+		{"share without a tag", state(func(s *snapState) { s.Shares = []snapShare{{Tag: "a"}, {}} }), "share 1: tag of 0 bytes"},
+		{"share tag too long", state(func(s *snapState) { s.Shares = []snapShare{{Tag: strings.Repeat("t", 257)}} }), "share 0: tag of 257 bytes"},
+		{"share tag twice", state(func(s *snapState) { s.Shares = []snapShare{{Tag: "a"}, {Tag: "a"}} }), `share 1: tag "a" used twice`},
 		{"tiny memory", state(func(s *snapState) { s.Memory = 4096 }), "memory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,7 +176,7 @@ func TestReadSnapshotVersion(t *testing.T) {
 	if _, err := ReadSnapshot(filepath.Join(dir, "missing"), "v1"); !errors.Is(err, ErrSnapshot) {
 		t.Fatalf("ReadSnapshot of a missing directory: %v", err)
 	}
-	big := append([]byte("vessel-snapshot 1\n"), make([]byte, maxStateSize)...)
+	big := append([]byte(formatLine), make([]byte, maxStateSize)...)
 	if err := os.WriteFile(filepath.Join(dir, snapStateFile), big, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +220,7 @@ func FuzzParseState(f *testing.F) {
 	}
 	f.Add(append([]byte{0}, good...))
 	f.Add(append([]byte{1}, bytes.SplitN(good, []byte("\n"), 3)[2]...))
-	f.Add([]byte("\x00vessel-snapshot 1\nsha256 00\n{}"))
+	f.Add([]byte("\x00" + formatLine + "sha256 00\n{}"))
 	f.Add([]byte("\x01{\"CPUs\":1}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) == 0 {
@@ -197,7 +229,7 @@ func FuzzParseState(f *testing.F) {
 		file := data[1:]
 		if data[0]&1 != 0 {
 			sum := sha256.Sum256(file)
-			file = append([]byte(fmt.Sprintf("vessel-snapshot 1\nsha256 %s\n", hex.EncodeToString(sum[:]))), file...)
+			file = append([]byte(fmt.Sprintf("%ssha256 %s\n", formatLine, hex.EncodeToString(sum[:]))), file...)
 		}
 		st, err := parseState(file)
 		if err != nil {

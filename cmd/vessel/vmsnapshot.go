@@ -39,7 +39,7 @@ same host CPU model only. The VM stops by default because its restored copy
 opens the same disks (which only one VM may write) and vsock socket.
 
 Exit statuses: 0 done; 2 invalid usage, no VM at SOCKET, or a snapshot the
-VM refused (a directory not empty, a VM with shares); 125 vessel failure.`,
+VM refused (a directory not empty, a share the guest mounted); 125 vessel failure.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if api == "" {

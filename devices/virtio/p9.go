@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +60,8 @@ type P9 struct {
 	config []byte
 	srv    P9Server
 	logf   func(string, ...any)
+	// served is set once the driver has sent a request (see Served).
+	served atomic.Bool
 
 	mu  sync.Mutex
 	run *p9Run
@@ -98,6 +101,23 @@ func (p *P9) ReadConfig(off uint64, data []byte) {
 // WriteConfig implements Device: the configuration is read-only.
 func (p *P9) WriteConfig(uint64, []byte) {}
 
+// Tag returns the device's mount tag.
+func (p *P9) Tag() string { return string(p.tag) }
+
+// Served reports whether the driver has sent the device a request since
+// the device was made: whether the guest may have mounted the share, and
+// so hold fids whose host side (the server's open files of one
+// connection) no snapshot can keep. A device whose driver only probed it
+// (read the tag, set DRIVER_OK) has served nothing, and its connection
+// can be dropped and made again, as Quiesce and Restore do.
+//
+// Neither a reset nor an activation clears it: a reset does not tell the
+// device whether the guest dropped its mounts (Linux resets every virtio
+// device when it resumes from suspend and keeps its mounts; MMIO.Quiesce
+// resets the device without the guest knowing), so once set it stays
+// set.
+func (p *P9) Served() bool { return p.served.Load() }
+
 // Activate implements Device: a new server connection.
 func (p *P9) Activate(q *Queues) error {
 	p.mu.Lock()
@@ -108,7 +128,7 @@ func (p *P9) Activate(q *Queues) error {
 	if p.run != nil {
 		return errors.New("virtio 9p: activated twice without a reset")
 	}
-	r := &p9Run{q: q, logf: p.logf, done: make(chan struct{})}
+	r := &p9Run{q: q, logf: p.logf, served: &p.served, done: make(chan struct{})}
 	r.conn = newP9Conn(p.srv, r.log)
 	r.wg.Add(1)
 	go r.serve()
@@ -132,9 +152,11 @@ func (p *P9) Reset() {
 type p9Run struct {
 	q    *Queues
 	logf func(string, ...any)
-	conn *p9Conn
-	done chan struct{}
-	wg   sync.WaitGroup
+	// served is the device's P9.served, set by each request.
+	served *atomic.Bool
+	conn   *p9Conn
+	done   chan struct{}
+	wg     sync.WaitGroup
 
 	// mu guards the queue (popped by serve, pushed from the server's
 	// goroutines) and stopped.
@@ -199,6 +221,9 @@ func (r *p9Run) serve() {
 // request reads one T-message and submits it. It reports false when the
 // run stopped.
 func (r *p9Run) request(c *Chain) bool {
+	// Any chain counts, a malformed one too: the driver is using the
+	// device, not merely probing it.
+	r.served.Store(true)
 	var hdr [p9HeaderSize]byte
 	rd := c.Reader()
 	if err := rd.ReadFull(hdr[:]); err != nil {

@@ -251,3 +251,52 @@ func TestP9Flush(t *testing.T) {
 		t.Errorf("the server got %d requests, want 2 (no flush)", srv.handled)
 	}
 }
+
+// TestP9Served: a device the driver only set up has served nothing; one
+// request, well-formed or not, marks it served, and a reset does not
+// clear that (the guest may keep its mount across one).
+func TestP9Served(t *testing.T) {
+	tversion := func() []byte {
+		body := binary.LittleEndian.AppendUint32(nil, 512000)
+		body = binary.LittleEndian.AppendUint16(body, 8)
+		return msg9p(100, 0xFFFF, append(body, "9P2000.L"...))
+	}
+	for _, tc := range []struct {
+		name string
+		req  []byte // nil: no request
+		want bool
+	}{
+		{"probed only", nil, false},
+		{"Tversion", tversion(), true},
+		{"shorter than a header", []byte{1, 2, 3}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sh, err := share.New(t.TempDir(), true, share.NewFDBudget(1024))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sh.Close()
+			m, d, _ := newP9Device(t, p9.NewServer(sh))
+			dev := m.Device().(*P9)
+			if dev.Tag() != "hostshare" {
+				t.Errorf("Tag = %q", dev.Tag())
+			}
+			if dev.Served() {
+				t.Fatal("Served before any request")
+			}
+			if tc.req != nil {
+				head, _ := d.chain(seg{data: tc.req}, seg{n: 64, write: true})
+				d.offer(head)
+				wr(m, RegQueueNotify, 0)
+				waitFor(t, "the reply", func() bool { return d.usedIdx() == 1 })
+			}
+			if got := dev.Served(); got != tc.want {
+				t.Fatalf("Served = %v, want %v", got, tc.want)
+			}
+			wr(m, regStatus, 0) // the driver's reset
+			if got := dev.Served(); got != tc.want {
+				t.Errorf("after a reset, Served = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

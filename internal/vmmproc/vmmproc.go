@@ -71,8 +71,10 @@ type Config struct {
 	Nets                    []vmm.Net
 	Vsock                   *vmm.Vsock
 	Balloon                 *vmm.Balloon
-	Shares                  []vmm.Share
-	AllowPVM                bool
+	// Shares are the VM's shares; with Restore, the directories of the
+	// snapshot's shares (vmm.RestoreOptions.Shares).
+	Shares   []vmm.Share
+	AllowPVM bool
 	// Console: the guest's console goes to the process's stdout (else
 	// nowhere).
 	Console bool
@@ -141,13 +143,14 @@ func Describe(err error) (usage bool, msg string) {
 }
 
 // NewVM builds cfg's VM, or restores the snapshot in dir with cfg's
-// backends (it must have been written by vessel version).
+// backends and share directories (it must have been written by vessel
+// version).
 func NewVM(cfg vmm.Config, dir, version string) (*vmm.VM, error) {
 	if dir == "" {
 		return vmm.New(cfg)
 	}
 	o := vmm.RestoreOptions{Version: version, Console: cfg.Console, Input: cfg.Input, Log: cfg.Log,
-		Disks: cfg.Disks, Nets: cfg.Nets, KVMDevice: cfg.KVMDevice, AllowPVM: cfg.AllowPVM}
+		Disks: cfg.Disks, Nets: cfg.Nets, Shares: cfg.Shares, KVMDevice: cfg.KVMDevice, AllowPVM: cfg.AllowPVM}
 	if cfg.Vsock != nil {
 		vs := *cfg.Vsock
 		o.Vsock = &vs
