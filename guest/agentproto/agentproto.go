@@ -27,6 +27,8 @@ import (
 	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/guest/cmdline"
 )
 
 // Version is the protocol version. The host refuses an agent whose Hello
@@ -177,6 +179,56 @@ type Create struct {
 	// template's address until then, and each clone takes its own (the
 	// host's network device and backend already use the new one).
 	MAC *MACChange `json:"mac,omitempty"`
+	// MACs, if set, are further address changes, one per network
+	// interface, made in order after MAC: a VM restored from a template
+	// whose interfaces have the template's addresses (one per NIC) until
+	// then, and take the container's.
+	MACs []MACChange `json:"macs,omitempty"`
+	// Net, if set, configures interfaces after the MAC changes, in order,
+	// as vessel.net on the kernel command line does at boot (the same
+	// type; guest/netconf applies both): each gets its MTU, is brought
+	// up, and gets its static addresses (IPv6 ones without duplicate
+	// address detection), its routes (those on the link first, the
+	// default route last) and its name servers (the guest's
+	// /etc/resolv.conf, which a container without RootShare gets). This
+	// is for a VM restored from a template, which booted with no
+	// vessel.net and so has its interfaces down. Each Net names its
+	// interface by its final address: with MAC changes, the To of one of
+	// them. A Net that would use DHCP (no address and not Static) is
+	// refused.
+	//
+	// An agent older than MACs and Net ignores both (unknown fields):
+	// the reply proves they were applied (Reply.Links, StepNet; see
+	// CheckNet).
+	Net []cmdline.Net `json:"net,omitempty"`
+}
+
+// StepNet names the step of a create's reply (Reply.Steps) that applied
+// Create.MACs and Create.Net. An agent sends it whenever either is set,
+// and an agent older than them never does.
+const StepNet = "net"
+
+// ErrNetIgnored is returned (wrapped) by CheckNet for a reply that does
+// not prove the create's network configuration was applied.
+var ErrNetIgnored = errors.New("agentproto: the agent did not apply the network configuration")
+
+// CheckNet reports whether rep, the successful reply to a create of c,
+// proves that the agent applied c.MACs and c.Net: it has a step named
+// StepNet and Links is len(c.Net). An agent that predates those fields
+// ignores them and replies without either, so the host must check
+// before it trusts the guest's network. With neither field set there is
+// nothing to prove. The error wraps ErrNetIgnored.
+func (c *Create) CheckNet(rep *Reply) error {
+	if len(c.MACs) == 0 && len(c.Net) == 0 {
+		return nil
+	}
+	if !slices.ContainsFunc(rep.Steps, func(s Step) bool { return s.Name == StepNet }) {
+		return fmt.Errorf("%w: no %q step in the reply (an agent older than Create.MACs and Create.Net?)", ErrNetIgnored, StepNet)
+	}
+	if rep.Links != len(c.Net) {
+		return fmt.Errorf("%w: %d interfaces configured, want %d", ErrNetIgnored, rep.Links, len(c.Net))
+	}
+	return nil
 }
 
 // MACChange moves the network interface that has address From to
@@ -225,6 +277,11 @@ type Reply struct {
 	// (waiting for the disks, mounts, runc create), for the host's
 	// --metrics. The host keeps at most MaxSteps of them.
 	Steps []Step `json:"steps,omitempty"`
+	// Links, in a create's reply, is how many interfaces the agent
+	// configured from Create.Net: all of them, or the create fails. An
+	// agent older than Create.Net leaves it 0, so with StepNet it proves
+	// the network was set (Create.CheckNet).
+	Links int `json:"links,omitempty"`
 }
 
 // Step is one part of a request's work in the guest and how long it

@@ -40,8 +40,10 @@ type container struct {
 	// exec'd processes come with their own user, as runc exec's do.
 	bundle bool
 
-	// steps time create's parts for its reply (agentproto.Reply.Steps).
+	// steps time create's parts for its reply (agentproto.Reply.Steps);
+	// links is how many interfaces create configured (Reply.Links).
 	steps stepTimer
+	links int
 
 	mu     sync.Mutex
 	execs  map[string]*process
@@ -107,18 +109,23 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 		return nil, fmt.Errorf("create: invalid container id %q", id)
 	}
 	steps := stepTimer{last: time.Now()}
-	if cr.MAC != nil {
-		if err := setMAC(cr.MAC); err != nil {
-			return nil, fmt.Errorf("create: %w", err)
-		}
-		steps.mark("mac")
+	// The network first (Create.MAC, MACs, then Net), all checked before
+	// any is applied: the container's etc files take the guest's
+	// resolv.conf.
+	acts, err := planNet(cr)
+	if err != nil {
+		return nil, fmt.Errorf("create: %w", err)
+	}
+	links, err := applyNet(acts, &steps)
+	if err != nil {
+		return nil, fmt.Errorf("create: %w", err)
 	}
 	a.mu.Lock()
 	if a.containers[id] != nil {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("create: container %q exists", id)
 	}
-	c := &container{a: a, id: id, dir: filepath.Join(stateDir, id), execs: map[string]*process{}, steps: steps}
+	c := &container{a: a, id: id, dir: filepath.Join(stateDir, id), execs: map[string]*process{}, steps: steps, links: links}
 	a.containers[id] = c
 	a.mu.Unlock()
 	defer func() {

@@ -11,19 +11,13 @@ import (
 )
 
 // setMAC gives the interface that has address m.From address m.To
-// (agentproto.Create.MAC). virtio-net takes a new address while it is
-// up (IFF_LIVE_ADDR_CHANGE), so the link's routes and addresses stay.
+// (agentproto.Create.MAC and MACs). virtio-net takes a new address while
+// it is up (IFF_LIVE_ADDR_CHANGE), so the link's routes and addresses
+// stay.
 func setMAC(m *agentproto.MACChange) error {
-	from, err := net.ParseMAC(m.From)
+	from, to, err := parseMACChange(m)
 	if err != nil {
-		return fmt.Errorf("mac: %w", err)
-	}
-	to, err := net.ParseMAC(m.To)
-	if err != nil {
-		return fmt.Errorf("mac: %w", err)
-	}
-	if len(to) != 6 || to[0]&1 != 0 {
-		return fmt.Errorf("mac: %s is not a unicast Ethernet address", to)
+		return err
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -43,4 +37,21 @@ func setMAC(m *agentproto.MACChange) error {
 		}
 	}
 	return fmt.Errorf("mac: no interface has address %s", from)
+}
+
+// parseMACChange reads m's addresses; the new one must be a unicast
+// Ethernet address.
+func parseMACChange(m *agentproto.MACChange) (from, to net.HardwareAddr, err error) {
+	from, err = net.ParseMAC(m.From)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mac: %w", err)
+	}
+	to, err = net.ParseMAC(m.To)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mac: %w", err)
+	}
+	if len(to) != 6 || to[0]&1 != 0 {
+		return nil, nil, fmt.Errorf("mac: %s is not a unicast Ethernet address", to)
+	}
+	return from, to, nil
 }

@@ -202,7 +202,7 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 		if err != nil {
 			return fail(err)
 		}
-		return agentproto.Reply{Pid: c.init.pid, Steps: c.steps.steps}
+		return agentproto.Reply{Pid: c.init.pid, Steps: c.steps.steps, Links: c.links}
 	}
 	a.mu.Lock()
 	c := a.containers[req.Container]
