@@ -144,8 +144,8 @@ test-e2e: build crictl
 	@failed=; block() { name=$$1; shift; echo "== e2e block $$name"; \
 		build/runblock -testvm bin/testvm -e2e build/e2e.test -log build/e2e-$$name.log -summary build/e2e-$$name.summary "$$@" || failed="$$failed $$name"; }; \
 	rm -f build/e2e-*.summary; \
-	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestDiskStress|TestVMRunDiagnosis)$$'; \
-	block snapshot -timeout 15m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate)$$'; \
+	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestRuntimeTemplate|TestDiskStress|TestVMRunDiagnosis)$$'; \
+	block snapshot -timeout 18m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestRuntimeTemplate)$$'; \
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
 	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
 	block disk -timeout 12m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \

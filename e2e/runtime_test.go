@@ -595,27 +595,7 @@ func TestRuntime(t *testing.T) {
 		// pair to the host, an address): the container serves on its
 		// address and reaches the host's.
 		const ns = "vessel-e2e"
-		ip := func(args ...string) {
-			t.Helper()
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-				t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-			}
-		}
-		ip("netns", "add", ns)
-		t.Cleanup(func() {
-			exec.Command("ip", "netns", "del", ns).Run()
-			exec.Command("ip", "link", "del", "vesselh0").Run()
-		})
-		ip("link", "add", "vesselh0", "type", "veth", "peer", "name", "eth0", "netns", ns)
-		ip("addr", "add", "10.77.0.1/24", "dev", "vesselh0")
-		ip("link", "set", "vesselh0", "up")
-		ip("-n", ns, "addr", "add", "10.77.0.2/24", "dev", "eth0")
-		ip("-n", ns, "link", "set", "eth0", "up")
-		ip("-n", ns, "route", "add", "default", "via", "10.77.0.1")
-		// What CNI plugins add besides: an IPv6 address and a route.
-		ip("addr", "add", "fd77::1/64", "dev", "vesselh0", "nodad")
-		ip("-n", ns, "addr", "add", "fd77::2/64", "dev", "eth0", "nodad")
-		ip("-n", ns, "route", "add", "10.78.0.0/16", "via", "10.77.0.1")
+		cniNetns(t, ns, "vesselh0", 77)
 		hostLn, err := net.Listen("tcp", "10.77.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -860,6 +840,36 @@ func checkRuntimeFailure(t *testing.T, what string, out []byte, err error) {
 		t.Errorf("%s: output %q, want one line", what, out)
 	}
 	t.Logf("%s: %s", what, strings.TrimSpace(string(out)))
+}
+
+// cniNetns makes the network namespace ns as a CNI plugin makes one: a
+// veth pair whose host end hostIf has 10.N.0.1/24 and fdN::1/64, whose
+// end in ns (eth0) has 10.N.0.2/24 and fdN::2/64 (no DAD), a default route
+// through the host end and a route to 10.N+1.0.0/16; it is removed when
+// the test ends.
+func cniNetns(t *testing.T, ns, hostIf string, n int) {
+	t.Helper()
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", ns).Run()
+		exec.Command("ip", "link", "del", hostIf).Run()
+	})
+	ip("link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	ip("addr", "add", fmt.Sprintf("10.%d.0.1/24", n), "dev", hostIf)
+	ip("link", "set", hostIf, "up")
+	ip("-n", ns, "addr", "add", fmt.Sprintf("10.%d.0.2/24", n), "dev", "eth0")
+	ip("-n", ns, "link", "set", "eth0", "up")
+	ip("-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.%d.0.1", n))
+	// What CNI plugins add besides: an IPv6 address and a route.
+	ip("addr", "add", fmt.Sprintf("fd%d::1/64", n), "dev", hostIf, "nodad")
+	ip("-n", ns, "addr", "add", fmt.Sprintf("fd%d::2/64", n), "dev", "eth0", "nodad")
+	ip("-n", ns, "route", "add", fmt.Sprintf("10.%d.0.0/16", n+1), "via", fmt.Sprintf("10.%d.0.1", n))
 }
 
 // checkNothingLeft checks that no VMM process and no container's state

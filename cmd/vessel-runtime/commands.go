@@ -18,6 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/internal/template"
 )
 
 // createFlags are create's and run's.
@@ -282,6 +284,18 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 			return nil, nil, errorf("%v", err)
 		}
 	}
+	// The VM's template, now that the hooks have made its interfaces:
+	// one that cannot be had is no failure, the VM boots instead.
+	if snap, err := g.templateFor(b, rec.Pid); err != nil {
+		if !errors.Is(err, template.ErrBusy) {
+			logError(g.log, g.logFormat, fmt.Sprintf("container %s: template: %v; booting its VM", id, err), time.Now())
+		}
+	} else if snap != "" {
+		rec.Template = snap
+		if err := rec.save(dir); err != nil {
+			return nil, nil, errorf("%v", err)
+		}
+	}
 	if _, err := goW.Write([]byte("go\n")); err != nil {
 		return nil, nil, errorf("the VMM process ended before the container was created")
 	}
@@ -316,7 +330,8 @@ func (g *globals) create(id string, f createFlags) (_ *exec.Cmd, _ *hostPty, err
 func (g *globals) args() []string {
 	return []string{"--root", g.root, "--log", g.log, "--log-format", g.logFormat,
 		"--kernel", g.kernel, "--initramfs", g.initramfs,
-		"--vm-memory", strconv.Itoa(g.memoryMiB), "--vm-cpus", strconv.Itoa(g.cpus)}
+		"--vm-memory", strconv.Itoa(g.memoryMiB), "--vm-cpus", strconv.Itoa(g.cpus),
+		"--no-template=" + strconv.FormatBool(g.noTemplate), "--template-dir", g.templateDir}
 }
 
 // writePidFile writes the PID atomically, as runc does: the caller may

@@ -92,6 +92,8 @@ type globals struct {
 	initramfs     string
 	memoryMiB     int
 	cpus          int
+	noTemplate    bool
+	templateDir   string
 }
 
 // runtimeError is a failure: one line, exit status 1, as runc's.
@@ -127,8 +129,10 @@ func newRoot(g *globals) *cobra.Command {
 	fl.StringVar(&g.initramfs, "initramfs", initrd, "the guest initramfs (with vessel's init and agent)")
 	fl.IntVar(&g.memoryMiB, "vm-memory", 512, "RAM of each container's VM in MiB")
 	fl.IntVar(&g.cpus, "vm-cpus", 1, "vCPUs of each container's VM")
+	fl.BoolVar(&g.noTemplate, "no-template", false, "boot every container's VM instead of restoring it from a template")
+	fl.StringVar(&g.templateDir, "template-dir", "", "the templates' cache directory (default: $VESSEL_TEMPLATE_DIR, else vessel/templates in the user's cache directory)")
 	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g),
-		newPause(g), newResume(g), newUpdate(g))
+		newPause(g), newResume(g), newUpdate(g), newTemplateBuild(g))
 	root.AddCommand(newExec(g), newExecHelper(g), newPs(g), newList(g), newFeatures(),
 		newUnsupported("checkpoint", "checkpoint a running container"), newUnsupported("restore", "restore a container from a checkpoint"))
 	for _, c := range root.Commands() {
@@ -160,7 +164,7 @@ func (g *globals) check() error {
 		}
 	}
 	// The VMM process works from /: its paths must not be relative.
-	for _, p := range []*string{&g.log, &g.kernel, &g.initramfs} {
+	for _, p := range []*string{&g.log, &g.kernel, &g.initramfs, &g.templateDir} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return errorf("%v", err)

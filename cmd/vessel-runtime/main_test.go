@@ -378,8 +378,8 @@ func TestPlanBinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []bind{
-		{source: host, vol: agentproto.Volume{Tag: "vessel-bind-1", Destination: "/data", Options: []string{"rbind", "rw"}}},
-		{source: filepath.Join(bundleDir, "etc"), vol: agentproto.Volume{Tag: "vessel-bind-2", Destination: "/etc/x", ReadOnly: true, Options: []string{"bind", "ro", "rprivate"}}},
+		{source: host, vol: agentproto.Volume{Tag: "vessel-bind-0", Destination: "/data", Options: []string{"rbind", "rw"}}},
+		{source: filepath.Join(bundleDir, "etc"), vol: agentproto.Volume{Tag: "vessel-bind-1", Destination: "/etc/x", ReadOnly: true, Options: []string{"bind", "ro", "rprivate"}}},
 	}
 	if !reflect.DeepEqual(binds, want) {
 		t.Errorf("binds %+v, want %+v", binds, want)

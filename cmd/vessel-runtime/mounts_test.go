@@ -40,7 +40,7 @@ func bindFilesProbe(dir string) error {
 	}
 	binds := []bind{
 		{source: filepath.Join(dir, "src", "ro"), file: true, vol: agentproto.Volume{Tag: filesTag, Path: "f0", Destination: "/etc/hosts", ReadOnly: true}},
-		{source: filepath.Join(dir, "src"), vol: agentproto.Volume{Tag: "vessel-bind-1", Destination: "/data"}},
+		{source: filepath.Join(dir, "src"), vol: agentproto.Volume{Tag: "vessel-bind-0", Destination: "/data"}},
 		{source: filepath.Join(dir, "src", "rw"), file: true, vol: agentproto.Volume{Tag: filesTag, Path: "f1", Destination: "/etc/resolv.conf"}},
 	}
 	share, err := bindFiles(filepath.Join(dir, "state"), binds)

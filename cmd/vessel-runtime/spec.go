@@ -65,7 +65,7 @@ func isBind(m specs.Mount) bool {
 func planBinds(bundleDir string, mounts []specs.Mount) ([]bind, error) {
 	var binds []bind
 	dirs, files := 0, 0
-	for i, m := range mounts {
+	for _, m := range mounts {
 		if !isBind(m) {
 			for _, b := range binds {
 				if within(m.Destination, b.vol.Destination) || within(b.vol.Destination, m.Destination) {
@@ -86,7 +86,6 @@ func planBinds(bundleDir string, mounts []specs.Mount) ([]bind, error) {
 			return nil, fmt.Errorf("bind mount of %q at %q: %w", m.Source, m.Destination, err)
 		}
 		vol := agentproto.Volume{
-			Tag:         fmt.Sprintf("vessel-bind-%d", i),
 			Destination: filepath.Clean(m.Destination),
 			ReadOnly:    slices.Contains(m.Options, "ro"),
 			Options:     m.Options,
@@ -103,6 +102,9 @@ func planBinds(bundleDir string, mounts []specs.Mount) ([]bind, error) {
 			if dirs == maxBinds {
 				return nil, fmt.Errorf("bind mount of %q at %q: a VM takes at most %d bind mounts of directories", m.Source, m.Destination, maxBinds)
 			}
+			// Tags numbered densely, so that the same layout of binds
+			// gives the same tags (a template's, see shareTags).
+			vol.Tag = fmt.Sprintf("vessel-bind-%d", dirs)
 			binds = append(binds, bind{source: src, vol: vol})
 			dirs++
 		default:

@@ -45,6 +45,9 @@ type record struct {
 	Netns string `json:"netns,omitempty"`
 	// Cgroup is the VMM process's host cgroup (cgroup.go), if any.
 	Cgroup *hostCgroup `json:"cgroup,omitempty"`
+	// Template is the snapshot of the template (template.go) the VMM
+	// process restores the VM from, if any; it boots the VM without.
+	Template string `json:"template,omitempty"`
 }
 
 // ociState is runtime-spec's state, with runc's extra created field.

@@ -291,10 +291,20 @@ func (p *vmmProc) create() error {
 		Balloon: vmm.FreePageReporting(),
 		Log:     diag,
 	}
-	vm, err := vmm.New(cfg)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("start the VM: %w", err)
+	// From the template create chose (template.go), else booted.
+	var vm *vmm.VM
+	if rec.Template != "" {
+		if vm, err = restoreVM(rec.Template, cfg); err != nil {
+			p.logf("container %s: template %s: %v; booting its VM", p.id, rec.Template, err)
+			vm = nil
+		}
+	}
+	restored := vm != nil
+	if !restored {
+		if vm, err = vmm.New(cfg); err != nil {
+			ln.Close()
+			return fmt.Errorf("start the VM: %w", err)
+		}
 	}
 	undo, err := redirect(ifs)
 	p.netUndo = undo
@@ -340,14 +350,22 @@ func (p *vmmProc) create() error {
 	if spec.Process.Terminal {
 		pio = &agentproto.ProcessIO{Terminal: true}
 	}
-	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id,
-		IO:     pio,
-		Create: &agentproto.Create{Spec: spec, RootShare: rootTag, Volumes: vols}}); err != nil {
+	cr := &agentproto.Create{Spec: spec, RootShare: rootTag, Volumes: vols}
+	if restored {
+		// The clone's interfaces have their template's MACs and no
+		// configuration: the agent gives them the container's.
+		cr.MACs, cr.Net = cloneNet(ifs)
+	}
+	rep, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpCreate, Container: p.id, IO: pio, Create: cr})
+	if err != nil {
 		var se *container.StartError
 		if errors.As(err, &se) {
 			return fmt.Errorf("create in the guest: %s", se.Msg)
 		}
 		return p.agentError("create in the guest", err)
+	}
+	if err := cr.CheckNet(&rep); err != nil {
+		return fmt.Errorf("create in the guest: %w", err)
 	}
 	attach := p.attach
 	if spec.Process.Terminal {

@@ -1,26 +1,19 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
 	"github.com/vesselvm/vessel/guest/cmdline"
-	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/internal/template"
 	"github.com/vesselvm/vessel/vmm"
 )
@@ -82,26 +75,7 @@ func buildTemplateProcess(s templateSpec, dir string, limit time.Duration) error
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, self, templateBuildCommand, dir)
-	cmd.Stdin = bytes.NewReader(in)
-	var out bytes.Buffer
-	w := limitio.Writer(&out, 4096, "")
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.WaitDelay = 5 * time.Second
-	err = cmd.Run()
-	switch {
-	case ctx.Err() != nil:
-		return fmt.Errorf("the template build took over %v: stopped", limit)
-	case err != nil:
-		msg := strings.TrimSpace(container.CleanText(out.String()))
-		if msg == "" {
-			msg = err.Error()
-		}
-		return errors.New(strings.TrimPrefix(msg, "vessel: "))
-	}
-	return nil
+	return template.BuildProcess(self, []string{templateBuildCommand, dir}, in, nil, limit)
 }
 
 func newTemplateBuild() *cobra.Command {
@@ -165,10 +139,9 @@ func templateFor(s templateSpec) (string, error) {
 }
 
 // buildTemplate boots the template VM in dir and snapshots it into
-// dir/snapshot once its agent is up. The VM runs in this process,
-// unjailed: it runs only vessel's own kernel, initramfs and agent, no
-// image and nothing of the user's.
-func buildTemplate(s templateSpec, dir string) (err error) {
+// dir/snapshot once its agent is up and has run its warm-up container
+// (template.Build).
+func buildTemplate(s templateSpec, dir string) error {
 	slot := filepath.Join(dir, "image-slot")
 	if err := os.WriteFile(slot, nil, 0o600); err != nil {
 		return err
@@ -202,45 +175,5 @@ func buildTemplate(s templateSpec, dir string) (err error) {
 		Vsock:   &vmm.Vsock{CID: 3, Path: uds},
 		Balloon: vmm.FreePageReporting(),
 	}
-	vm, err := vmm.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer vm.Close()
-	results := make(chan vmm.Result, 1)
-	go func() { results <- vm.Run() }()
-	defer func() {
-		vm.Stop()
-		res := <-results
-		if err == nil && res.Kind != vmm.ExitStopped {
-			err = fmt.Errorf("the template VM ended: %v", res)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), templateBuildTimeout)
-	defer cancel()
-	ag, err := container.Accept(ctx, ln)
-	if err != nil {
-		return fmt.Errorf("the template's agent did not come up: %w", err)
-	}
-	defer ag.Close()
-	// The agent runs one container of vessel run's configuration before
-	// it becomes the template (see vesselagent's warmUp), so that every
-	// clone's first container starts warm.
-	warm, _, err := container.Spec(v1.Config{Cmd: []string{"/bin/true"}}, container.Options{Hostname: "template"})
-	if err != nil {
-		return err
-	}
-	rep, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpTemplate, Create: &agentproto.Create{Spec: warm}})
-	if err != nil {
-		return fmt.Errorf("template: %w", err)
-	}
-	if rep.Pid <= 0 {
-		// An agent that ignored the configuration (an older one) would
-		// make a template whose clones start cold.
-		return errors.New("template: the agent ran no warm-up container")
-	}
-	if err := vm.Pause(); err != nil {
-		return err
-	}
-	return vm.Snapshot(filepath.Join(dir, template.Snapshot), vmm.SnapshotOptions{Version: version()})
+	return template.Build(cfg, ln, dir, version(), templateBuildTimeout)
 }

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/guest/cmdline"
+	"github.com/vesselvm/vessel/internal/template"
+	"github.com/vesselvm/vessel/vmm"
+)
+
+// Templates (README "Templates", internal/template): create restores a
+// container's VM from a snapshot of a VM booted once up to an agent
+// waiting for its first container, as vessel run does, instead of
+// booting it. A template is made for a VM size, a number of network
+// interfaces and a layout of 9P shares (their tags, in order): its shares
+// serve an empty directory and were never mounted, its interfaces are
+// down with the template's MACs (templateNetMAC), and its kernel command
+// line names no network. A clone gets the container's directories behind
+// the same tags, a TAP per interface with the interface's MAC, and the
+// agent gives the guest's interfaces their MACs and configuration
+// (agentproto.Create's MACs and Net) before it makes the container.
+// Anything that keeps a template from being used (not root, another
+// create building it, a layout that changed in between) makes create
+// boot the VM instead, as --no-template does.
+
+// runtimeTemplateFormat changes when what a runtime template holds
+// changes.
+const runtimeTemplateFormat = 1
+
+// templateBuildCommand is the hidden command a template is built by.
+const templateBuildCommand = "template-build"
+
+// templateBuildLimit bounds a template's build (boot, warm-up container,
+// snapshot), in a process of its own killed at the limit.
+const templateBuildLimit = bootTimeout + time.Minute
+
+// runtimeTemplate is what a runtime template is made for; its key names
+// the cache entry.
+type runtimeTemplate struct {
+	Kernel, Initrd string
+	CPUs           int
+	Memory         uint64
+	// Nets is the number of network interfaces.
+	Nets int
+	// Tags are the 9P shares' mount tags, in device order (shareTags).
+	Tags []string
+}
+
+// key hashes everything a clone depends on: vessel-runtime's version
+// and executable, the kernel's and initramfs's files, the VM's size, its
+// interfaces and shares, and the kernel command line.
+func (t runtimeTemplate) key() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	line, err := templateCmdline()
+	if err != nil {
+		return "", err
+	}
+	return template.Key(fmt.Sprintf("vessel-runtime %s template %d\ncpus %d memory %d nets %d\nshares %s\ncmdline %s\n",
+		gitVersion, runtimeTemplateFormat, t.CPUs, t.Memory, t.Nets, strings.Join(t.Tags, ","), line), self, t.Kernel, t.Initrd)
+}
+
+// templateCmdline is a template VM's kernel command line: the agent, and
+// no network (its interfaces stay down until a clone's agent sets them).
+func templateCmdline() (string, error) {
+	extra, err := cmdline.Encode(cmdline.Spec{Argv: []string{"vesselagent"}, Control: true})
+	if err != nil {
+		return "", err
+	}
+	return defaultCmdline + " " + extra, nil
+}
+
+// templateNetMAC is the MAC of a template's network interface i, a
+// locally administered unicast address.
+func templateNetMAC(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x76, 0x73, 0x6c, 0x74, byte(i)}
+}
+
+// shareTags are the mount tags of the shares the VM of b's container
+// gets, in the order vmmProc.create attaches them: the rootfs, a pod
+// sandbox's share, the single-file binds' share, and a share per
+// directory bind.
+func shareTags(b *bundle) []string {
+	tags := []string{rootTag}
+	if isSandbox(b.spec) {
+		tags = append(tags, podTag)
+	}
+	files := false
+	for _, bd := range b.binds {
+		files = files || bd.file
+	}
+	if files {
+		tags = append(tags, filesTag)
+	}
+	for _, bd := range b.binds {
+		if !bd.file {
+			tags = append(tags, bd.vol.Tag)
+		}
+	}
+	return tags
+}
+
+// templateFor returns the snapshot of the template the VM of b's
+// container can be restored from, building it first if the cache has
+// none; pid is the VMM process, in the container's network namespace,
+// whose interfaces the hooks have set up by now. It returns "" without
+// an error when no template is to be used (--no-template, not root:
+// a template's interfaces need a network namespace of its own to be
+// built in), and template.ErrBusy when another create is building it.
+func (g *globals) templateFor(b *bundle, pid int) (string, error) {
+	if g.noTemplate || os.Geteuid() != 0 {
+		return "", nil
+	}
+	cpus, memory, err := g.vmSize(b.spec)
+	if err != nil {
+		return "", err
+	}
+	nets, err := countInterfaces(pid)
+	if err != nil {
+		return "", err
+	}
+	t := runtimeTemplate{Kernel: g.kernel, Initrd: g.initramfs, CPUs: cpus, Memory: memory, Nets: nets, Tags: shareTags(b)}
+	key, err := t.key()
+	if err != nil {
+		return "", err
+	}
+	root := g.templateDir
+	if root == "" {
+		if root, err = template.Root(); err != nil {
+			return "", err
+		}
+	}
+	return template.For(root, key, 0, func(dir string) error { return g.buildTemplateProcess(t, dir) })
+}
+
+// countInterfaces counts the interfaces findInterfaces would hand to the
+// VM in the network namespace of process pid, from a thread that joins
+// it and is never given back to the runtime.
+func countInterfaces(pid int) (int, error) {
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return 0, fmt.Errorf("network namespace: %w", err)
+	}
+	defer ns.Close()
+	type result struct {
+		n   int
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread ends with this goroutine.
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			c <- result{err: fmt.Errorf("network namespace: setns: %w", err)}
+			return
+		}
+		ifs, err := findInterfaces()
+		c <- result{len(ifs), err}
+	}()
+	r := <-c
+	return r.n, r.err
+}
+
+// buildTemplateProcess builds t's template in dir in a process of its
+// own (the hidden template-build command), in a network and mount
+// namespace of its own (the template's TAP devices are nobody's) and
+// killed at templateBuildLimit.
+func (g *globals) buildTemplateProcess(t runtimeTemplate, dir string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	in, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return template.BuildProcess(self, append(g.args(), templateBuildCommand, dir), in,
+		&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS}, templateBuildLimit)
+}
+
+func newTemplateBuild(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    templateBuildCommand + " DIR",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var t runtimeTemplate
+			if err := json.NewDecoder(io.LimitReader(os.Stdin, 64<<10)).Decode(&t); err != nil {
+				return errorf("%s is vessel-runtime's own template builder, not a command: %v", templateBuildCommand, err)
+			}
+			if err := buildTemplate(t, args[0]); err != nil {
+				return errorf("%v", err)
+			}
+			return nil
+		},
+	}
+}
+
+// buildTemplate boots t's template VM and snapshots it into dir
+// (template.Build): each share serves an empty read-only directory, each
+// network device a TAP of this process's own network namespace.
+func buildTemplate(t runtimeTemplate, dir string) error {
+	if t.Nets < 0 || t.Nets > maxNets {
+		return fmt.Errorf("template: %d network interfaces", t.Nets)
+	}
+	work, err := os.MkdirTemp("", "vessel-runtime-template-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	empty := work + "/empty"
+	if err := os.Mkdir(empty, 0o555); err != nil {
+		return err
+	}
+	uds := work + "/" + vsockBase
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, agentproto.Port))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var shares []vmm.Share
+	for _, tag := range t.Tags {
+		shares = append(shares, vmm.Share{Tag: tag, Dir: empty, ReadOnly: true})
+	}
+	var nets []vmm.Net
+	for i := range t.Nets {
+		nets = append(nets, vmm.Net{MAC: templateNetMAC(i), Tap: fmt.Sprintf("vtap%d", i)})
+	}
+	line, err := templateCmdline()
+	if err != nil {
+		return err
+	}
+	cfg := vmm.Config{
+		Kernel: t.Kernel, Initrd: t.Initrd, Cmdline: line,
+		CPUs: t.CPUs, Memory: t.Memory, Console: io.Discard, Log: io.Discard,
+		Shares:  shares,
+		Nets:    nets,
+		Vsock:   &vmm.Vsock{CID: 3, Path: uds},
+		Balloon: vmm.FreePageReporting(),
+	}
+	return template.Build(cfg, ln, dir, gitVersion, bootTimeout)
+}
+
+// restoreVM restores the VM cfg describes from the template snapshot
+// snap, with cfg's shares, network backends, vsock socket, console and
+// log. A template whose VM is not cfg's (its size, interfaces or shares
+// changed since create chose it) is refused; one that cannot be
+// restored at all (ErrSnapshot: corrupt, or from another vessel or CPU)
+// is dropped from the cache, and the next create builds it again.
+func restoreVM(snap string, cfg vmm.Config) (*vmm.VM, error) {
+	info, err := vmm.ReadSnapshot(snap, gitVersion)
+	if err == nil {
+		err = templateFits(info, cfg)
+	}
+	var vm *vmm.VM
+	if err == nil {
+		vm, err = vmm.Restore(snap, vmm.RestoreOptions{Version: gitVersion, Console: cfg.Console, Log: cfg.Log,
+			Nets: cfg.Nets, Shares: cfg.Shares, Vsock: &vmm.Vsock{Path: cfg.Vsock.Path}})
+	}
+	if errors.Is(err, vmm.ErrSnapshot) {
+		template.Drop(snap)
+	}
+	return vm, err
+}
+
+// templateFits reports why a template's VM (info) is not cfg's, if it is
+// not: its size, its number of interfaces or its shares' tags.
+func templateFits(info vmm.SnapshotInfo, cfg vmm.Config) error {
+	if info.CPUs != cfg.CPUs || info.Memory != cfg.Memory {
+		return fmt.Errorf("the template is for %d vCPUs and %d bytes, the VM has %d and %d", info.CPUs, info.Memory, cfg.CPUs, cfg.Memory)
+	}
+	if len(info.Nets) != len(cfg.Nets) {
+		return fmt.Errorf("the template has %d network interfaces, the VM %d", len(info.Nets), len(cfg.Nets))
+	}
+	if len(info.Shares) != len(cfg.Shares) {
+		return fmt.Errorf("the template has %d shares, the VM %d", len(info.Shares), len(cfg.Shares))
+	}
+	for i, s := range info.Shares {
+		if s.Tag != cfg.Shares[i].Tag {
+			return fmt.Errorf("the template's share %d is %q, the VM's %q", i, s.Tag, cfg.Shares[i].Tag)
+		}
+	}
+	return nil
+}
+
+// cloneNet is what the agent of a VM restored from a template is told
+// of the network: each interface's change from its template MAC to the
+// container's interface's, and its configuration.
+func cloneNet(ifs []*ifaceLink) ([]agentproto.MACChange, []cmdline.Net) {
+	var macs []agentproto.MACChange
+	for i, l := range ifs {
+		macs = append(macs, agentproto.MACChange{From: templateNetMAC(i).String(), To: l.link.Attrs().HardwareAddr.String()})
+	}
+	return macs, guestNets(ifs)
+}
