@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -93,7 +95,11 @@ func For(root, key string, lockWait time.Duration, build func(dir string) error)
 	}
 	snap := filepath.Join(root, key, Snapshot)
 	if complete(snap) {
+		used(root, key)
 		return snap, nil
+	}
+	if err := failedLately(root, key); err != nil {
+		return "", err
 	}
 	lock, err := os.OpenFile(filepath.Join(root, key+".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -104,7 +110,11 @@ func For(root, key string, lockWait time.Duration, build func(dir string) error)
 		return "", err
 	}
 	if complete(snap) {
+		used(root, key)
 		return snap, nil
+	}
+	if err := failedLately(root, key); err != nil {
+		return "", err
 	}
 	// Builds of this key that a killed process left: nobody else can be
 	// making one while we hold the lock.
@@ -119,14 +129,106 @@ func For(root, key string, lockWait time.Duration, build func(dir string) error)
 	}
 	defer os.RemoveAll(tmp)
 	if err := build(tmp); err != nil {
+		markFailed(root, key, err)
 		return "", err
 	}
+	os.Remove(filepath.Join(root, key+failedSuffix))
 	final := filepath.Join(root, key)
 	os.RemoveAll(final) // an unfinished entry a killed build left
 	if err := os.Rename(tmp, final); err != nil {
 		return "", err
 	}
 	return snap, nil
+}
+
+// FailureBackoff is how long after a failed build of a key, or a
+// template of it that Reject turned down, For fails at once with
+// ErrFailed instead of building it again: a build that fails for a
+// reason of the host (no snapshot support in its KVM, a full disk) would
+// otherwise cost every run its time before it boots.
+var FailureBackoff = 10 * time.Minute
+
+// ErrFailed is the error of For for a key whose build failed, or whose
+// template was rejected, less than FailureBackoff ago.
+var ErrFailed = errors.New("the template's last build failed")
+
+// failedSuffix names a key's failure record beside its entry: the
+// failure's message, its time the file's.
+const failedSuffix = ".failed"
+
+// markFailed records that key's build failed with err.
+func markFailed(root, key string, err error) {
+	os.WriteFile(filepath.Join(root, key+failedSuffix), []byte(err.Error()), 0o600)
+}
+
+// failedLately returns ErrFailed, with the failure's message, if key's
+// last build failed less than FailureBackoff ago.
+func failedLately(root, key string) error {
+	p := filepath.Join(root, key+failedSuffix)
+	st, err := os.Stat(p)
+	if err != nil || time.Since(st.ModTime()) >= FailureBackoff {
+		return nil
+	}
+	msg, _ := os.ReadFile(p)
+	return fmt.Errorf("%w %v ago (%s); not tried again before %v have passed", ErrFailed,
+		time.Since(st.ModTime()).Round(time.Second), strings.TrimSpace(string(msg)), FailureBackoff)
+}
+
+// used records that key's template was just used, for Prune.
+func used(root, key string) {
+	now := time.Now()
+	os.Chtimes(filepath.Join(root, key), now, now)
+}
+
+// Reject drops the template whose snapshot directory is snap, as Drop
+// does, because a VM restored from it failed where a booted one would
+// not have (an agent that cannot configure a clone, say), and records
+// why as a failed build: For does not build it again for
+// FailureBackoff.
+func Reject(snap string, why error) error {
+	entry := filepath.Dir(snap)
+	markFailed(filepath.Dir(entry), filepath.Base(entry), fmt.Errorf("rejected: %w", why))
+	return Drop(snap)
+}
+
+// Prune removes the complete templates of root beyond the keep most
+// recently used or built (For marks each use), and failure records
+// older than FailureBackoff: a cache whose keys depend on what its users
+// ask for (a VM size per memory limit) would otherwise grow without end.
+// A VM restored from a removed template keeps its memory (the mapping
+// holds the file), and a process about to restore it boots instead.
+func Prune(root string, keep int) error {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	type entry struct {
+		path string
+		at   time.Time
+	}
+	var all []entry
+	for _, e := range ents {
+		p := filepath.Join(root, e.Name())
+		if strings.HasSuffix(e.Name(), failedSuffix) {
+			if st, err := os.Stat(p); err == nil && time.Since(st.ModTime()) >= FailureBackoff {
+				os.Remove(p)
+			}
+			continue
+		}
+		if !e.IsDir() || strings.Contains(e.Name(), ".") || !complete(filepath.Join(p, Snapshot)) {
+			continue
+		}
+		if st, err := os.Stat(p); err == nil {
+			all = append(all, entry{p, st.ModTime()})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].at.After(all[j].at) })
+	for i := keep; i < len(all); i++ {
+		if err := os.RemoveAll(all[i].path); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Drop removes the template whose snapshot directory (from For) is snap,
@@ -176,9 +278,12 @@ func lockWithin(f *os.File, d time.Duration) error {
 	}
 }
 
-// privateDir refuses a templates directory another user could write: a
-// template planted there would run every container in the planter's
-// guest kernel.
+// privateDir refuses a templates directory another user could write,
+// or replace: a template planted there would run every container in the
+// planter's guest kernel. The directory must be this user's and closed to
+// others, and each directory above it must be root's or this user's and,
+// if others may write it, sticky (as /tmp), so that nobody else can
+// rename a directory on the path and put their own in its place.
 func privateDir(dir string) error {
 	st, err := os.Lstat(dir)
 	if err != nil {
@@ -193,5 +298,24 @@ func privateDir(dir string) error {
 	case st.Mode().Perm()&0o022 != 0:
 		return fmt.Errorf("%s has mode %#o, writable by other users", dir, st.Mode().Perm())
 	}
-	return nil
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := filepath.Dir(abs); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		switch {
+		case !ok || sys.Uid != 0 && int(sys.Uid) != os.Geteuid():
+			return fmt.Errorf("%s: %s above it is another user's", dir, d)
+		case st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0:
+			return fmt.Errorf("%s: %s above it has mode %#o, writable by other users and not sticky", dir, d, st.Mode().Perm())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }

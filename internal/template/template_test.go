@@ -211,7 +211,14 @@ func TestForFailedBuild(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the failed build's directory: %v", err)
 	}
-	assertEntries(t, root, "k.lock")
+	assertEntries(t, root, "k.failed", "k.lock")
+	// The failure is remembered: no build for FailureBackoff.
+	var none atomic.Int32
+	if _, err := For(root, "k", 0, build(&none, 0)); !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "boom") || none.Load() != 0 {
+		t.Errorf("right after a failed build: %v, %d builds; want ErrFailed with its reason, none", err, none.Load())
+	}
+	old := time.Now().Add(-FailureBackoff - time.Second)
+	os.Chtimes(filepath.Join(root, "k.failed"), old, old)
 
 	os.MkdirAll(filepath.Join(root, "k.build-123", Snapshot), 0o700)
 	os.MkdirAll(filepath.Join(root, "k", Snapshot), 0o700) // no vm.state
@@ -236,6 +243,7 @@ func TestForBusy(t *testing.T) {
 	if _, err := For(root, "k", 0, func(string) error { return errors.New("make the lock file") }); err == nil {
 		t.Fatal("a failed build succeeded")
 	}
+	os.Remove(filepath.Join(root, "k.failed"))
 	held, err := os.OpenFile(filepath.Join(root, "k.lock"), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -314,4 +322,72 @@ func assertEntries(t *testing.T, dir string, names ...string) {
 	if strings.Join(got, " ") != strings.Join(names, " ") {
 		t.Errorf("%s holds %v, want %v", dir, got, names)
 	}
+}
+
+// TestPrivateDirAncestors: a directory above the cache that another user
+// could rename entries of is refused; a sticky one (as /tmp) is not.
+func TestPrivateDirAncestors(t *testing.T) {
+	base := t.TempDir()
+	for _, tc := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o755, true}, {0o777, false}, {0o777 | os.ModeSticky, true}, {0o775, false}} {
+		up := filepath.Join(base, fmt.Sprintf("up%o", uint32(tc.mode)))
+		dir := filepath.Join(up, "templates")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(up, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := privateDir(dir); (err == nil) != tc.ok {
+			t.Errorf("below a directory of mode %v: %v, want ok %v", tc.mode, err, tc.ok)
+		}
+	}
+}
+
+// TestReject: a rejected template is gone and not built again for
+// FailureBackoff.
+func TestReject(t *testing.T) {
+	root := t.TempDir()
+	var n atomic.Int32
+	snap, err := For(root, "k", 0, build(&n, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Reject(snap, errors.New("the agent ignored the network")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := For(root, "k", 0, build(&n, 0)); !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "ignored the network") || n.Load() != 1 {
+		t.Errorf("after a rejection: %v, %d builds; want ErrFailed and no new build", err, n.Load())
+	}
+	assertEntries(t, root, "k.failed", "k.lock")
+}
+
+// TestPrune: the most recently used templates stay, the others and old
+// failure records go, builds in progress are left alone.
+func TestPrune(t *testing.T) {
+	root := t.TempDir()
+	var n atomic.Int32
+	now := time.Now()
+	for i, k := range []string{"a", "b", "c"} {
+		if _, err := For(root, k, 0, build(&n, 0)); err != nil {
+			t.Fatal(err)
+		}
+		at := now.Add(time.Duration(i-10) * time.Minute)
+		os.Chtimes(filepath.Join(root, k), at, at)
+	}
+	// a is used again: the most recent.
+	if _, err := For(root, "a", 0, build(&n, 0)); err != nil || n.Load() != 3 {
+		t.Fatalf("a hit: %v, %d builds", err, n.Load())
+	}
+	os.MkdirAll(filepath.Join(root, "d.build-1"), 0o700)
+	os.WriteFile(filepath.Join(root, "e.failed"), nil, 0o600)
+	old := now.Add(-FailureBackoff - time.Minute)
+	os.Chtimes(filepath.Join(root, "e.failed"), old, old)
+	os.WriteFile(filepath.Join(root, "f.failed"), nil, 0o600)
+	if err := Prune(root, 2); err != nil {
+		t.Fatal(err)
+	}
+	assertEntries(t, root, "a", "a.lock", "b.lock", "c", "c.lock", "d.build-1", "f.failed")
 }
