@@ -57,26 +57,16 @@ func TestRuntimeTemplate(t *testing.T) {
 			t.Fatal(err)
 		}
 		ns := "vessel-tpl-" + name
-		var hostLn net.Listener
-		got := make(chan string, 1)
+		var got <-chan string
 		dial := "true"
 		if n != 0 {
 			cniNetns(t, ns, "vtplh-"+name, n)
-			var err error
-			if hostLn, err = net.Listen("tcp", fmt.Sprintf("10.%d.0.1:0", n)); err != nil {
+			hostLn, err := net.Listen("tcp", fmt.Sprintf("10.%d.0.1:0", n))
+			if err != nil {
 				t.Fatal(err)
 			}
 			defer hostLn.Close()
-			go func() {
-				c, err := hostLn.Accept()
-				if err != nil {
-					return
-				}
-				c.SetDeadline(time.Now().Add(time.Minute))
-				b, _ := io.ReadAll(c)
-				c.Close()
-				got <- string(b)
-			}()
+			got = acceptOnce(hostLn)
 			dial = fmt.Sprintf("echo from-%s | nc -w 20 10.%d.0.1 %d", name, n, hostLn.Addr().(*net.TCPAddr).Port)
 		}
 		r, state := runtimeClient(t)
@@ -85,7 +75,7 @@ func TestRuntimeTemplate(t *testing.T) {
 			"echo btime=$(awk '/^btime/ {print $2}' /proc/stat) mac=$(cat /sys/class/net/eth0/address 2>/dev/null || echo none)"+
 				" inet=$(ip -4 addr show eth0 2>/dev/null | grep -o 'inet [0-9./]*' | cut -d' ' -f2)"+
 				" inet6=$(ip -6 addr show eth0 2>/dev/null | grep -o 'inet6 fd[0-9a-f:/]*' | cut -d' ' -f2)"+
-				" bind=$(cat /data/in) rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); "+dial)
+				" bind=$(cat /data/in)$(cat /etc/one) rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); "+dial)
 		if n != 0 {
 			for i, ns2 := range spec.Linux.Namespaces {
 				if ns2.Type == specs.NetworkNamespace {
@@ -93,7 +83,10 @@ func TestRuntimeTemplate(t *testing.T) {
 				}
 			}
 		}
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "ro"}})
+		// A directory bind and a single-file bind (the files share, as
+		// docker's /etc/hosts): each clone sees its own.
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: data, Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/etc/one", Type: "bind", Source: filepath.Join(data, "in"), Options: []string{"rbind", "ro"}})
 		writeSpec(t, bundle, spec)
 		pio, pid := createContainer(t, ctx, r, name, bundle)
 		out := make(chan []byte, 1)
@@ -145,8 +138,8 @@ func TestRuntimeTemplate(t *testing.T) {
 		if r.fromHost != "from-"+name+"\n" {
 			t.Errorf("%s: the host end got %q, want %q", name, r.fromHost, "from-"+name+"\n")
 		}
-		if r.bind != name {
-			t.Errorf("%s: its bind holds %q, want its own %q", name, r.bind, name)
+		if r.bind != name+name {
+			t.Errorf("%s: its binds hold %q, want its own %q twice", name, r.bind, name)
 		}
 	}
 	a := run("a", 81)
@@ -185,8 +178,8 @@ func TestRuntimeTemplate(t *testing.T) {
 		t.Errorf("%d templates after a --no-template create, want 1", n)
 	}
 	none := run("none", 0)
-	if none.mac != "none" || none.bind != "none" {
-		t.Errorf("without a network: MAC %s, bind %q; want none, %q", none.mac, none.bind, "none")
+	if none.mac != "none" || none.bind != "nonenone" {
+		t.Errorf("without a network: MAC %s, binds %q; want none, %q", none.mac, none.bind, "nonenone")
 	}
 	if n := templates(); n != 2 {
 		t.Errorf("%d templates after a create of another layout (no network), want 2", n)

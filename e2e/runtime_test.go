@@ -601,33 +601,14 @@ func TestRuntime(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer hostLn.Close()
-		got := make(chan string, 1)
-		go func() {
-			c, err := hostLn.Accept()
-			if err != nil {
-				return
-			}
-			b, _ := io.ReadAll(c)
-			c.Close()
-			got <- string(b)
-		}()
+		got := acceptOnce(hostLn)
 		port := hostLn.Addr().(*net.TCPAddr).Port
 		hostLn6, err := net.Listen("tcp", "[fd77::1]:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer hostLn6.Close()
-		got6 := make(chan string, 1)
-		go func() {
-			c, err := hostLn6.Accept()
-			if err != nil {
-				return
-			}
-			c.SetDeadline(time.Now().Add(time.Minute))
-			b, _ := io.ReadAll(c)
-			c.Close()
-			got6 <- string(b)
-		}()
+		got6 := acceptOnce(hostLn6)
 		port6 := hostLn6.Addr().(*net.TCPAddr).Port
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c", fmt.Sprintf(
@@ -840,6 +821,23 @@ func checkRuntimeFailure(t *testing.T, what string, out []byte, err error) {
 		t.Errorf("%s: output %q, want one line", what, out)
 	}
 	t.Logf("%s: %s", what, strings.TrimSpace(string(out)))
+}
+
+// acceptOnce accepts one connection on ln and sends what it read until
+// the peer closed it (at most a minute), or nothing if ln closes first.
+func acceptOnce(ln net.Listener) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.SetDeadline(time.Now().Add(time.Minute))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		got <- string(b)
+	}()
+	return got
 }
 
 // cniNetns makes the network namespace ns as a CNI plugin makes one: a

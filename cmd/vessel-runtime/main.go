@@ -130,7 +130,7 @@ func newRoot(g *globals) *cobra.Command {
 	fl.IntVar(&g.memoryMiB, "vm-memory", 512, "RAM of each container's VM in MiB")
 	fl.IntVar(&g.cpus, "vm-cpus", 1, "vCPUs of each container's VM")
 	fl.BoolVar(&g.noTemplate, "no-template", false, "boot every container's VM instead of restoring it from a template")
-	fl.StringVar(&g.templateDir, "template-dir", "", "the templates' cache directory (default: $VESSEL_TEMPLATE_DIR, else vessel/templates in the user's cache directory)")
+	fl.StringVar(&g.templateDir, "template-dir", "", "the templates' cache directory (default: $VESSEL_TEMPLATE_DIR, else "+defaultTemplateDir+")")
 	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g),
 		newPause(g), newResume(g), newUpdate(g), newTemplateBuild(g))
 	root.AddCommand(newExec(g), newExecHelper(g), newPs(g), newList(g), newFeatures(),

@@ -503,6 +503,8 @@ func TestVMSize(t *testing.T) {
 		{"quota", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(150000), Period: u64(100000)}}, min(2, host), 512, ""},
 		{"quota default period", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(50000)}}, 1, 512, ""},
 		{"cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0,1"}}, min(2, host), 512, ""},
+		{"quota over a smaller cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(400000), Period: u64(100000), Cpus: "0,1"}}, min(2, host), 512, ""},
+		{"quota under the cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(100000), Period: u64(100000), Cpus: "0-3"}}, 1, 512, ""},
 		{"many cpus", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0-1000"}}, host, 512, ""},
 		{"bad cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "3-1"}}, 0, 0, "linux.resources.cpu.cpus"},
 		{"huge memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 50)}}, 0, 0, "more than a VM can have"},

@@ -23,7 +23,9 @@ const guestOverhead = 160 << 20
 // --vm-memory and --vm-cpus are the defaults. The memory limit stays
 // the container's cgroup limit in the guest; the VM gets it plus
 // guestOverhead. vCPUs: the CPU quota over its period, rounded up, else
-// the number of CPUs in the cpuset, at most the host's.
+// the number of CPUs in the cpuset; at most the cpuset's and the host's.
+// create (choosing the VM's template) and the VMM process (in the
+// cpuset's cgroup) compute the same size.
 func (g *globals) vmSize(s *specs.Spec) (cpus int, memory uint64, err error) {
 	cpus, memory = g.cpus, uint64(g.memoryMiB)<<20
 	var r *specs.LinuxResources
@@ -38,19 +40,25 @@ func (g *globals) vmSize(s *specs.Spec) (cpus int, memory uint64, err error) {
 		memory = (limit + guestOverhead + 4095) &^ 4095
 	}
 	if r != nil && r.CPU != nil {
-		switch {
-		case r.CPU.Quota != nil && *r.CPU.Quota > 0:
+		if r.CPU.Quota != nil && *r.CPU.Quota > 0 {
 			period := uint64(100000)
 			if r.CPU.Period != nil && *r.CPU.Period > 0 {
 				period = *r.CPU.Period
 			}
 			cpus = int((uint64(*r.CPU.Quota) + period - 1) / period)
-		case r.CPU.Cpus != "":
+		}
+		if r.CPU.Cpus != "" {
+			// No more vCPUs than the cpuset's CPUs, which are all the
+			// VMM process (born in that cpuset) may run on; without a
+			// quota, as many.
 			n, err := countCPUs(r.CPU.Cpus)
 			if err != nil {
 				return 0, 0, fmt.Errorf("linux.resources.cpu.cpus %q: %v", r.CPU.Cpus, err)
 			}
-			cpus = n
+			if r.CPU.Quota == nil || *r.CPU.Quota <= 0 {
+				cpus = n
+			}
+			cpus = min(cpus, n)
 		}
 	}
 	cpus = max(1, min(cpus, runtime.NumCPU()))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -141,12 +142,33 @@ func (g *globals) templateFor(b *bundle, pid int) (string, error) {
 	}
 	root := g.templateDir
 	if root == "" {
-		if root, err = template.Root(); err != nil {
-			return "", err
+		if root = os.Getenv("VESSEL_TEMPLATE_DIR"); root == "" {
+			root = defaultTemplateDir
 		}
 	}
-	return template.For(root, key, 0, func(dir string) error { return g.buildTemplateProcess(t, dir) })
+	built := false
+	snap, err := template.For(root, key, 0, func(dir string) error {
+		built = true
+		return g.buildTemplateProcess(t, dir)
+	})
+	if err == nil && built {
+		// Keys follow what containers ask for (a VM size per memory
+		// limit): keep the cache's size bounded.
+		template.Prune(root, maxTemplates)
+	}
+	return snap, err
 }
+
+// defaultTemplateDir is where root's vessel-runtime keeps its templates
+// without --template-dir or $VESSEL_TEMPLATE_DIR: a fixed place, since
+// the daemons that run it (dockerd, containerd under systemd) often have
+// no home directory, and one only root can write.
+const defaultTemplateDir = "/var/cache/vessel-runtime/templates"
+
+// maxTemplates is how many templates the cache keeps (the most recently
+// used; template.Prune). Each holds a sparse memory file the size of its
+// VM's RAM, of which the guest touched 100-200 MiB.
+const maxTemplates = 16
 
 // countInterfaces counts the interfaces findInterfaces would hand to the
 // VM in the network namespace of process pid, from a thread that joins
@@ -189,8 +211,10 @@ func (g *globals) buildTemplateProcess(t runtimeTemplate, dir string) error {
 	if err != nil {
 		return err
 	}
+	// Killed with create too (a caller's timeout): nothing else would
+	// wait for it.
 	return template.BuildProcess(self, append(g.args(), templateBuildCommand, dir), in,
-		&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS}, templateBuildLimit)
+		&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}, templateBuildLimit)
 }
 
 func newTemplateBuild(g *globals) *cobra.Command {
@@ -218,8 +242,16 @@ func buildTemplate(t runtimeTemplate, dir string) error {
 	if t.Nets < 0 || t.Nets > maxNets {
 		return fmt.Errorf("template: %d network interfaces", t.Nets)
 	}
-	work, err := os.MkdirTemp("", "vessel-runtime-template-")
-	if err != nil {
+	// The empty directory and the agent's socket live in the build's
+	// own directory, which the cache removes if the build is killed,
+	// unless the socket's path would be too long there.
+	work := filepath.Join(dir, "work")
+	if len(work)+len("/"+longestSockName) > maxSockPath {
+		var err error
+		if work, err = os.MkdirTemp("", "vessel-runtime-template-"); err != nil {
+			return err
+		}
+	} else if err := os.Mkdir(work, 0o700); err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)

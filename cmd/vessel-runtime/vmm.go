@@ -25,6 +25,7 @@ import (
 	"github.com/vesselvm/vessel/internal/fdpass"
 	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/internal/seccomp"
+	"github.com/vesselvm/vessel/internal/template"
 	"github.com/vesselvm/vessel/vmm"
 )
 
@@ -342,6 +343,11 @@ func (p *vmmProc) create() error {
 		}
 		vm.Stop()
 		<-p.ended
+		if restored {
+			// A clone whose agent never came back: the next creates
+			// boot rather than restore it again.
+			template.Reject(rec.Template, fmt.Errorf("a clone's agent did not come up: %w", err))
+		}
 		return p.guestFailure("the guest agent did not come up", err)
 	}
 	p.ag = ag
@@ -365,6 +371,9 @@ func (p *vmmProc) create() error {
 		return p.agentError("create in the guest", err)
 	}
 	if err := cr.CheckNet(&rep); err != nil {
+		// An agent that cannot configure a clone's network (one older
+		// than the fields): its template is no use.
+		template.Reject(rec.Template, err)
 		return fmt.Errorf("create in the guest: %w", err)
 	}
 	attach := p.attach
