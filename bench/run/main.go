@@ -34,6 +34,7 @@ import (
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/internal/bbimage"
+	"github.com/vesselvm/vessel/internal/guestdir"
 )
 
 const image = "vessel-bench/busybox:1"
@@ -42,7 +43,7 @@ func main() {
 	vessel := flag.String("vessel", "bin/vessel", "the vessel binary")
 	runc := flag.String("runc", "runc", "the host's runc, for the baseline")
 	runtime := flag.String("runtime", "bin/vessel-runtime", "vessel-runtime, for docker run --runtime vessel")
-	guestDir := flag.String("guest", "", "the guest kernel and initramfs directory, for vessel-runtime (default: $VESSEL_GUEST_DIR)")
+	guestDir := flag.String("guest", "", "the guest kernel and initramfs directory, for vessel-runtime (default: $VESSEL_GUEST_DIR, else where make guest puts them)")
 	runs := flag.Int("runs", 5, "runs of each measurement")
 	skipList := flag.String("skip", "", "comma-separated parts to leave out: docker, density, memory")
 	flag.Parse()
@@ -57,7 +58,7 @@ func main() {
 		}
 	}
 	if *guestDir == "" {
-		*guestDir = os.Getenv("VESSEL_GUEST_DIR")
+		*guestDir = guestdir.Dir()
 	}
 	if err := run(*vessel, *runc, *runtime, *guestDir, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "benchrun: %v\n", err)

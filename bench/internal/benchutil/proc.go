@@ -95,10 +95,17 @@ func RuncPid(ctx context.Context, runc, root, id string, within time.Duration) i
 	return 0
 }
 
-// FirstLine is the first line of a command's output, trimmed.
+// FirstLine is the first line of a command's output, trimmed, passing
+// over the docker CLI's "WARNING:" lines (an image's platform, say),
+// which come before the error that says what failed.
 func FirstLine(b []byte) string {
-	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return s
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for _, l := range lines {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "WARNING:") {
+			return l
+		}
+	}
+	return strings.TrimSpace(lines[0])
 }
 
 // TreeMemory sums ProcMemory over pid and its descendants (a vessel
