@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -92,26 +93,34 @@ func templateNetMAC(i int) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x76, 0x73, 0x6c, 0x74, byte(i)}
 }
 
-// shareTags are the mount tags of the shares the VM of b's container
-// gets, in the order vmmProc.create attaches them: the rootfs, a pod
-// sandbox's share, the single-file binds' share, and a share per
-// directory bind.
-func shareTags(b *bundle) []string {
-	tags := []string{rootTag}
+// vmShares are the 9P shares of b's VM, in device order: the rootfs, a
+// pod sandbox's share (directory pod), the single-file binds' share
+// (directory files, when b has file binds; bindFiles), and a share per
+// directory bind. A template's layout is their tags (shareTags).
+func vmShares(b *bundle, pod, files string) []vmm.Share {
+	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
 	if isSandbox(b.spec) {
-		tags = append(tags, podTag)
+		shares = append(shares, vmm.Share{Tag: podTag, Dir: pod})
 	}
-	files := false
-	for _, bd := range b.binds {
-		files = files || bd.file
-	}
-	if files {
-		tags = append(tags, filesTag)
+	if slices.ContainsFunc(b.binds, func(bd bind) bool { return bd.file }) {
+		// Read-write: the tmpfs is read-only itself, each file's bind
+		// mount says whether it may be written.
+		shares = append(shares, vmm.Share{Tag: filesTag, Dir: files})
 	}
 	for _, bd := range b.binds {
 		if !bd.file {
-			tags = append(tags, bd.vol.Tag)
+			shares = append(shares, vmm.Share{Tag: bd.vol.Tag, Dir: bd.source, ReadOnly: bd.vol.ReadOnly})
 		}
+	}
+	return shares
+}
+
+// shareTags are the mount tags of the shares of b's VM, in device order
+// (vmShares), before their directories exist.
+func shareTags(b *bundle) []string {
+	var tags []string
+	for _, s := range vmShares(b, "", "") {
+		tags = append(tags, s.Tag)
 	}
 	return tags
 }

@@ -246,31 +246,22 @@ func (p *vmmProc) create() error {
 			return err
 		}
 	}
-	shares := []vmm.Share{{Tag: rootTag, Dir: b.rootfs, ReadOnly: b.spec.Root.Readonly}}
-	var vols []agentproto.Volume
+	var pod string
 	if isSandbox(b.spec) {
-		share, err := podShare(dir)
-		if err != nil {
+		if pod, err = podShare(dir); err != nil {
 			ln.Close()
 			return err
 		}
-		p.pod = &podState{share: share, members: map[string]*member{}}
-		shares = append(shares, vmm.Share{Tag: podTag, Dir: share})
+		p.pod = &podState{share: pod, members: map[string]*member{}}
 	}
 	files, err := bindFiles(dir, b.binds)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	if files != "" {
-		// Read-write: the tmpfs is read-only itself, each file's bind
-		// mount says whether it may be written.
-		shares = append(shares, vmm.Share{Tag: filesTag, Dir: files})
-	}
+	shares := vmShares(b, pod, files)
+	var vols []agentproto.Volume
 	for _, bd := range b.binds {
-		if !bd.file {
-			shares = append(shares, vmm.Share{Tag: bd.vol.Tag, Dir: bd.source, ReadOnly: bd.vol.ReadOnly})
-		}
 		vols = append(vols, bd.vol)
 	}
 	cpus, memory, err := p.g.vmSize(b.spec)
