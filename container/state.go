@@ -46,8 +46,10 @@ type State struct {
 	Status   string    `json:"status"`
 	ExitCode int       `json:"exit_code"`
 	Finished time.Time `json:"finished,omitempty"`
-	// Pid is the vessel process running the VM, and Socket its control
-	// socket (agentproto, relayed to the guest agent).
+	// Pid is the vessel process that owns the container (from its
+	// creation; it runs the VM), and Socket its control socket
+	// (agentproto, relayed to the guest agent), which exists while
+	// the container runs.
 	Pid    int    `json:"pid"`
 	Socket string `json:"socket,omitempty"`
 	// Process is the container process's configuration: exec starts
@@ -158,7 +160,50 @@ func (s *State) Running() bool {
 	if s.Status != StatusRunning || s.Pid <= 0 {
 		return false
 	}
-	return syscall.Kill(s.Pid, 0) == nil || errors.Is(syscall.Kill(s.Pid, 0), syscall.EPERM)
+	return alive(s.Pid)
+}
+
+// alive reports whether the process pid exists.
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Orphaned reports whether the vessel process that owned the container
+// is gone without having finished with it: killed (SIGKILL, which it
+// cannot handle) before it recorded the exit, removed the container
+// (--rm) or removed its scratch disk. A PID reused by another process
+// keeps the container from counting as orphaned until that one ends
+// too.
+func (s *State) Orphaned() bool {
+	if s.Pid <= 0 || alive(s.Pid) {
+		return false
+	}
+	return s.Status != StatusExited || s.Remove || s.Scratch != ""
+}
+
+// Reap finishes what the container's vessel process would have done at
+// its end had it not been killed: a container run with --rm is removed;
+// another one has its scratch disk and private directory removed (a
+// container's VM cannot be started again, so its writable layer has no
+// use) and, unless it had recorded its exit, the exit status of a
+// process killed by SIGKILL (137). Call it for an Orphaned container,
+// or one whose vessel process was just killed.
+func (s *State) Reap() error {
+	if s.Remove {
+		return s.Delete()
+	}
+	if err := s.removeScratch(); err != nil {
+		return err
+	}
+	if err := s.removeRunDir(); err != nil {
+		return err
+	}
+	s.Scratch = ""
+	if s.Status != StatusExited {
+		s.Status, s.ExitCode, s.Finished = StatusExited, 128+int(syscall.SIGKILL), time.Now().UTC()
+	}
+	return s.Save()
 }
 
 // Create makes the state directory of a new container under root (see
@@ -218,22 +263,32 @@ func ScratchPath(id string) (string, error) {
 // ScratchPath gives for the container: a state file is not trusted to
 // name a file to delete.
 func (s *State) Delete() error {
-	if s.Scratch != "" {
-		want, err := ScratchPath(s.ID)
-		if err != nil {
-			return fmt.Errorf("container %s: %w", s.ID, err)
-		}
-		if s.Scratch != want {
-			return fmt.Errorf("container %s: its state names %q as its scratch disk, not %s: refusing to remove it", s.ShortID(), s.Scratch, want)
-		}
-		if err := os.Remove(s.Scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("container %s: %w", s.ID, err)
-		}
+	if err := s.removeScratch(); err != nil {
+		return err
 	}
 	if err := s.removeRunDir(); err != nil {
 		return err
 	}
 	return os.RemoveAll(s.dir)
+}
+
+// removeScratch removes the scratch disk the state names, if it is the
+// one ScratchPath gives for the container.
+func (s *State) removeScratch() error {
+	if s.Scratch == "" {
+		return nil
+	}
+	want, err := ScratchPath(s.ID)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	if s.Scratch != want {
+		return fmt.Errorf("container %s: its state names %q as its scratch disk, not %s: refusing to remove it", s.ShortID(), s.Scratch, want)
+	}
+	if err := os.Remove(s.Scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("container %s: %w", s.ID, err)
+	}
+	return nil
 }
 
 // RunDirPrefix names the private directory (in the temporary directory)

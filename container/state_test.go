@@ -2,6 +2,7 @@ package container
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,6 +255,98 @@ func TestDeleteRunDir(t *testing.T) {
 			_, err := os.Stat(tc.dir)
 			if gone := errors.Is(err, os.ErrNotExist); gone != tc.removed {
 				t.Errorf("%s removed: %v, want %v (%v)", tc.dir, gone, tc.removed, err)
+			}
+		})
+	}
+}
+
+// TestReapOrphans: a container whose vessel process is gone without
+// having finished with it is orphaned; Reap removes one run with --rm,
+// and of another its scratch disk and private directory, recording the
+// exit of a killed process unless it had recorded its own. A container
+// whose process lives, or that was finished with, is not orphaned.
+func TestReapOrphans(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		pid      int
+		status   string
+		code     int
+		remove   bool
+		scratch  bool
+		orphaned bool
+		wantCode int // after Reap; -1: the container is gone
+	}{
+		{"killed while running", dead.Process.Pid, StatusRunning, 0, false, true, true, 137},
+		{"killed while booting", dead.Process.Pid, StatusCreated, 0, false, false, true, 137},
+		{"killed with --rm", dead.Process.Pid, StatusRunning, 0, true, true, true, -1},
+		{"killed after its exit, with --rm", dead.Process.Pid, StatusExited, 3, true, false, true, -1},
+		{"killed after its exit, before the scratch disk went", dead.Process.Pid, StatusExited, 3, false, true, true, 3},
+		{"exited and finished with", dead.Process.Pid, StatusExited, 3, false, false, false, 3},
+		{"running", os.Getpid(), StatusRunning, 0, true, true, false, 0},
+		{"no owner recorded", 0, StatusCreated, 0, true, false, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprintf("%064x", len(tc.name))
+			runDir, err := os.MkdirTemp("", RunDirPrefix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &State{ID: id, Name: "c", Created: time.Now(), Status: tc.status, ExitCode: tc.code,
+				Pid: tc.pid, Remove: tc.remove, Socket: filepath.Join(runDir, "ctl.sock")}
+			if tc.scratch {
+				if s.Scratch, err = ScratchPath(id); err != nil {
+					t.Fatal(err)
+				}
+				os.MkdirAll(filepath.Dir(s.Scratch), 0o700)
+				if err := os.WriteFile(s.Scratch, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			root := t.TempDir()
+			if err := Create(root, s); err != nil {
+				t.Fatal(err)
+			}
+			s, err = Find(root, "c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Orphaned(); got != tc.orphaned {
+				t.Fatalf("Orphaned = %v, want %v", got, tc.orphaned)
+			}
+			if !tc.orphaned {
+				return
+			}
+			scratch := s.Scratch
+			if err := s.Reap(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(runDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the private directory is still there: %v", err)
+			}
+			if scratch != "" {
+				if _, err := os.Stat(scratch); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("the scratch disk is still there: %v", err)
+				}
+			}
+			after, err := Find(root, "c")
+			if tc.wantCode < 0 {
+				if !errors.Is(err, ErrNoContainer) {
+					t.Errorf("the container run with --rm is still there: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.Status != StatusExited || after.ExitCode != tc.wantCode || after.Orphaned() {
+				t.Errorf("after Reap: status %s, exit %d, orphaned %v; want exited, %d, not orphaned", after.Status, after.ExitCode, after.Orphaned(), tc.wantCode)
 			}
 		})
 	}

@@ -104,8 +104,9 @@ func exclusiveLock(t *testing.T, path string) bool {
 // container (the process that runs its VM) ends the VM and its user
 // network helper (which exits when its end of the VM's socket pair
 // closes: usernet starts it without a parent-death signal), releases its
-// disks' locks, and leaves a container that ps shows exited and rm
-// removes with everything of it; the image runs again.
+// disks' locks, and leaves a container that ps shows exited (137, with
+// its scratch disk gone) and rm removes with everything of it; the image
+// runs again.
 func TestFaultKillVessel(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
@@ -161,8 +162,13 @@ func TestFaultKillVessel(t *testing.T) {
 			t.Errorf("%s is still locked after the VM's process was killed", d)
 		}
 	}
-	if r := cli(t, env, "", "ps", "-a"); r.code != 0 || !strings.Contains(r.stdout, "Exited") || !strings.Contains(r.stdout, "victim") {
-		t.Errorf("ps -a: want victim exited:\n%v", r)
+	if r := cli(t, env, "", "ps", "-a"); r.code != 0 || !strings.Contains(r.stdout, "Exited (137)") || !strings.Contains(r.stdout, "victim") {
+		t.Errorf("ps -a: want victim exited, killed:\n%v", r)
+	}
+	// ps finished with the container as its process would have: the
+	// scratch disk, of no use to a VM that cannot start again, is gone.
+	if _, err := os.Stat(scratch); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed container's scratch disk outlived ps: %v", err)
 	}
 	if r := cli(t, env, "", "ps", "-q"); r.code != 0 || r.stdout != "" {
 		t.Errorf("ps -q: want no running container:\n%v", r)

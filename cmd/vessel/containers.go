@@ -55,6 +55,7 @@ func newPs() *cobra.Command {
 			if err != nil {
 				return containerErr("%v", err)
 			}
+			reapOrphans(root)
 			l, err := container.List(root)
 			if err != nil {
 				return containerErr("%v", err)
@@ -276,11 +277,29 @@ func killVessel(st *container.State, why string) error {
 		os.RemoveAll(dir)
 	}
 	removeJail(cur.ID)
-	if cur.Remove {
-		return cur.Delete()
+	return cur.Reap()
+}
+
+// reapOrphans finishes with the containers under root whose vessel
+// process was killed (SIGKILL) before it could (container.Orphaned):
+// those run with --rm are removed, the others' scratch disks, private
+// directories and jails go and their exit is recorded. vessel run and
+// ps call it, so that a killed run leaves nothing behind for long.
+// Failures are reported, not returned: they are not the command's.
+func reapOrphans(root string) {
+	l, err := container.List(root)
+	if err != nil {
+		return
 	}
-	cur.Status, cur.ExitCode, cur.Finished = container.StatusExited, 128+int(syscall.SIGKILL), time.Now().UTC()
-	return cur.Save()
+	for _, st := range l {
+		if !st.Orphaned() {
+			continue
+		}
+		removeJail(st.ID)
+		if err := st.Reap(); err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: clean up after the killed container %s: %v\n", st.ShortID(), err)
+		}
+	}
 }
 
 func newRm() *cobra.Command {

@@ -467,8 +467,9 @@ func containerRun(f runFlags, ref string, args []string) error {
 		return runErr("%v", err)
 	}
 	if !child {
+		reapOrphans(root)
 		st := &container.State{ID: p.id, Name: p.name, Image: ref, Command: p.spec.Process.Args, Created: time.Now().UTC(),
-			Status: container.StatusCreated, Process: p.spec.Process, Remove: f.remove}
+			Status: container.StatusCreated, Pid: os.Getpid(), Process: p.spec.Process, Remove: f.remove}
 		if err := container.Create(root, st); err != nil {
 			return runErr("%v", err)
 		}
@@ -483,6 +484,11 @@ func containerRun(f runFlags, ref string, args []string) error {
 	ready := func(error) {}
 	if child {
 		ready = readyPipe()
+		st.Pid = os.Getpid() // the owner from now on
+		if err := st.Save(); err != nil {
+			ready(err)
+			return runErr("%v", err)
+		}
 	}
 	err = superviseContainer(st, p, f, ready)
 	if st.Remove {
@@ -642,6 +648,12 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		return runErr("%v", err)
 	}
 	defer os.RemoveAll(dir)
+	// Recorded before the VM starts, so that the directory goes with
+	// the container should this process be killed (State.Reap).
+	st.Socket = filepath.Join(dir, "ctl.sock")
+	if err := st.Save(); err != nil {
+		return runErr("%v", err)
+	}
 	uds := filepath.Join(dir, "vsock")
 	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, agentproto.Port))
 	if err != nil {
@@ -653,7 +665,12 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 		if err := makeScratch(st, p); err != nil {
 			return err
 		}
-		defer os.Remove(st.Scratch)
+		defer func() {
+			if err := os.Remove(st.Scratch); err == nil || errors.Is(err, os.ErrNotExist) {
+				st.Scratch = ""
+				st.Save()
+			}
+		}()
 	}
 
 	p.phases.mark("setup")
@@ -725,12 +742,12 @@ func superviseContainer(st *container.State, p *runPlan, f runFlags, ready func(
 	}
 	defer ag.Close()
 	started := func() error {
-		ctl, err := net.Listen("unix", filepath.Join(dir, "ctl.sock"))
+		ctl, err := net.Listen("unix", st.Socket)
 		if err != nil {
 			return runErr("control socket: %v", err)
 		}
 		go ag.ServeControl(ctl)
-		st.Status, st.Pid, st.Socket = container.StatusRunning, os.Getpid(), ctl.Addr().String()
+		st.Status = container.StatusRunning
 		if err := st.Save(); err != nil {
 			ctl.Close()
 			return runErr("%v", err)
