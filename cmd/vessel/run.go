@@ -820,7 +820,13 @@ func startRunVM(p *runPlan, f runFlags) (runningVM, error) {
 	snap, err := templateFor(*p.template)
 	p.phases.mark("template")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vessel: template: %v; booting the VM instead\n", err)
+		// The first line is the reason; a described VM (VESSEL_DEBUG)
+		// follows it.
+		why, more, _ := strings.Cut(err.Error(), "\n")
+		if more != "" {
+			more = "\n" + more
+		}
+		fmt.Fprintf(os.Stderr, "vessel: template: %s; booting the VM instead%s\n", why, more)
 		return startVM(p.cfg, o)
 	}
 	o.restore = snap

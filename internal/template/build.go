@@ -36,17 +36,29 @@ func Build(cfg vmm.Config, ln net.Listener, dir, version string, timeout time.Du
 	results := make(chan vmm.Result, 1)
 	go func() { results <- vm.Run() }()
 	defer func() {
+		// A guest that stopped answering is described first (with
+		// container.DebugEnv set), as vessel run describes its VMs.
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && container.Debugging() {
+			vm.StopDiagnosed()
+		}
 		vm.Stop()
 		res := <-results
-		if err == nil && res.Kind != vmm.ExitStopped {
-			err = fmt.Errorf("the template VM ended: %v", res)
+		switch {
+		case err == nil && res.Kind != vmm.ExitStopped:
+			err = fmt.Errorf("the template VM ended: %s", ended(res))
+		case err != nil && res.Kind != vmm.ExitStopped:
+			err = fmt.Errorf("%w (the template VM ended: %s)", err, ended(res))
+		}
+		if err != nil && res.Diagnosis != "" {
+			err = fmt.Errorf("%w\nthe VM's state when vessel gave up on it:\n    %s", err,
+				strings.ReplaceAll(strings.TrimRight(res.Diagnosis, "\n"), "\n", "\n    "))
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	ag, err := container.Accept(ctx, ln)
 	if err != nil {
-		return fmt.Errorf("the template's agent did not come up: %w", err)
+		return fmt.Errorf("the template's agent did not come up within %v: %w", timeout, err)
 	}
 	defer ag.Close()
 	warm, _, err := container.Spec(v1.Config{Cmd: []string{"/bin/true"}}, container.Options{Hostname: "template"})
@@ -68,13 +80,25 @@ func Build(cfg vmm.Config, ln net.Listener, dir, version string, timeout time.Du
 	return vm.Snapshot(filepath.Join(dir, Snapshot), vmm.SnapshotOptions{Version: version})
 }
 
+// ended says how a VM ended, in a few words.
+func ended(res vmm.Result) string {
+	s := res.Kind.String()
+	if res.Kind == vmm.ExitGuestStatus {
+		s += fmt.Sprintf(" %d", res.Status)
+	}
+	if res.Detail != "" {
+		s += ": " + container.CleanText(res.Detail)
+	}
+	return s
+}
+
 // BuildProcess runs path with args, a process that builds a template
 // (its caller's hidden build command, which calls Build), with in on its
 // stdin and attr its process attributes (nil for none), and kills it if
 // it is not done within limit: a build that hangs (a guest that never
 // answers, a device that does not stop) neither keeps its caller nor,
 // through the key's lock, any other. Its error is the process's output,
-// cleaned to printable text, without a leading "PROGRAM: ".
+// each line cleaned to printable text, without a leading "PROGRAM: ".
 func BuildProcess(path string, args []string, in []byte, attr *syscall.SysProcAttr, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -90,7 +114,13 @@ func BuildProcess(path string, args []string, in []byte, attr *syscall.SysProcAt
 	case ctx.Err() != nil:
 		return fmt.Errorf("the template build took over %v: stopped", limit)
 	case err != nil:
-		msg := strings.TrimSpace(container.CleanText(out.String()))
+		// Each line made printable on its own: a VM's description
+		// (container.DebugEnv) has several.
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		for i, l := range lines {
+			lines[i] = strings.TrimRight(container.CleanText(l), " ")
+		}
+		msg := strings.Join(lines, "\n")
 		if msg == "" {
 			return fmt.Errorf("template build: %w", err)
 		}

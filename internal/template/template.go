@@ -156,9 +156,11 @@ var ErrFailed = errors.New("the template's last build failed")
 // failure's message, its time the file's.
 const failedSuffix = ".failed"
 
-// markFailed records that key's build failed with err.
+// markFailed records that key's build failed with err: its first line,
+// the reason (a described VM follows it in the build's own report).
 func markFailed(root, key string, err error) {
-	os.WriteFile(filepath.Join(root, key+failedSuffix), []byte(err.Error()), 0o600)
+	why, _, _ := strings.Cut(err.Error(), "\n")
+	os.WriteFile(filepath.Join(root, key+failedSuffix), []byte(why), 0o600)
 }
 
 // failedLately returns ErrFailed, with the failure's message, if key's

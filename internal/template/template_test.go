@@ -391,3 +391,32 @@ func TestPrune(t *testing.T) {
 	}
 	assertEntries(t, root, "a", "a.lock", "b.lock", "c", "c.lock", "d.build-1", "f.failed")
 }
+
+// TestBuildProcess: a failed build's output is its error, each line made
+// printable on its own and without the program's name; a build past its
+// limit is stopped.
+func TestBuildProcess(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		limit        time.Duration
+		want         string
+	}{
+		{"ok", "exit 0", time.Minute, ""},
+		{"one line", `echo "sh: no kernel" >&2; exit 1`, time.Minute, "no kernel"},
+		{"a description", `printf 'sh: the agent did not come up\nthe VM:\n    vCPU 0: \033[31mhalted\n'; exit 1`, time.Minute,
+			"the agent did not come up\nthe VM:\n    vCPU 0: \\u001b[31mhalted"},
+		{"silent", "exit 3", time.Minute, "template build: exit status 3"},
+		{"hung", "exec sleep 20", 200 * time.Millisecond, "the template build took over 200ms: stopped"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := BuildProcess("/bin/sh", []string{"-c", tc.script}, nil, nil, tc.limit)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("BuildProcess = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
