@@ -88,7 +88,8 @@ func TestSeccomp(t *testing.T) {
 		waitLine(t, stdout, "up", 3*time.Minute)
 		checkFiltered(t, cmd.Process.Pid, "vessel vm run")
 		checkFiltered(t, onlyProcess(t, "vessel-usernet", func(args []string) bool {
-			// Not its seccomp relay (internal/seccomp), which has no arguments.
+			// The helper itself, with its flags (its VMM relays its
+			// standard error: no relay process of its own).
 			return strings.HasSuffix(args[0], "vessel-usernet") && len(args) > 1
 		}), "vessel-usernet")
 		cmd.Process.Signal(os.Interrupt)

@@ -8,6 +8,9 @@
 // pipe where it writes "ok" once the network is up (or one line saying
 // why not, before exiting with status 1), and 5 onwards the listening
 // TCP sockets of the published ports, one per entry of -ports, in order.
+// With -stderr-relayed its parent turns its standard error's crash report
+// for a call outside its seccomp filter into one line (seccomp.Relay), so
+// that it starts no relay of its own.
 // It exits when the device's end of the pair closes, which happens when
 // the VMM ends, however it ends.
 package main
@@ -32,7 +35,11 @@ func main() {
 	mac := flag.String("mac", "", "the guest interface's MAC address")
 	ports := flag.String("ports", "", "comma-separated guest ports of the published host sockets (descriptors 5 onwards)")
 	hostLoopback := flag.Bool("host-loopback", false, "make the host's 127.0.0.1 reachable at "+usernet.HostIP)
+	relayed := flag.Bool("stderr-relayed", false, "the parent relays standard error (seccomp.Relay): start no relay process")
 	flag.Parse()
+	if *relayed {
+		seccomp.ParentRelays()
+	}
 	ready := os.NewFile(4, "ready")
 	if err := run(*mac, *ports, *hostLoopback, ready); err != nil {
 		fmt.Fprintf(ready, "%v\n", err)

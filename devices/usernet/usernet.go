@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/devices/virtio"
+	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
 // Addresses of the user network.
@@ -184,8 +185,16 @@ func Start(cfg Config) (_ *Network, err error) {
 	}
 
 	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
-		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback))
-	cmd.Stderr = os.Stderr
+		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback), "-stderr-relayed")
+	// Its standard error is relayed here (seccomp.Relay, relayStderr):
+	// a crash report for a call outside its filter becomes one line,
+	// with no relay process of its own to start.
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("usernet: %w", err)
+	}
+	defer errW.Close()
+	cmd.Stderr = errW
 	// Its own process group: the terminal's SIGINT is for vessel.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if cfg.Credential != nil {
@@ -202,8 +211,10 @@ func Start(cfg Config) (_ *Network, err error) {
 	}
 	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports), then the executable
 	if err := cmd.Start(); err != nil {
+		errR.Close()
 		return nil, fmt.Errorf("usernet: %w", err)
 	}
+	go relayStderr(errR)
 	n.helper = cmd
 	go func() {
 		cmd.Wait()
@@ -215,6 +226,16 @@ func Start(cfg Config) (_ *Network, err error) {
 	child = nil
 	n.readyR = readyR
 	return n, nil
+}
+
+// relayStderr passes the helper's standard error on to this process's
+// until the helper ends, with a crash report for a call outside its
+// filter replaced by one line (seccomp.Relay).
+func relayStderr(r *os.File) {
+	defer r.Close()
+	if line := seccomp.Relay(r, os.Stderr, seccomp.Usernet.String()); line != "" {
+		fmt.Fprintln(os.Stderr, line)
+	}
 }
 
 // Ready waits until the helper says it is ready, and returns why not if

@@ -30,7 +30,8 @@ var parentRelays bool
 // ParentRelays says that this process's parent relays its standard error
 // (Relay), so that StartRelay need not: a jailed VMM is PID 1 of its PID
 // namespace, and a relay of its own would die with it before it could
-// report. Its children (the user network's helper) still start theirs.
+// report; the user network's helper has its VMM relay it, which outlives
+// it, rather than start a process for it.
 func ParentRelays() { parentRelays = true }
 
 const (
