@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -135,11 +134,44 @@ func RelayMain() {
 	os.Exit(0)
 }
 
-var (
-	sigsysMark = []byte("SIGSYS: bad system call\nPC=")
-	raxLine    = regexp.MustCompile(`(?m)^rax +0x([0-9a-f]+)$`)
-	lastReg    = regexp.MustCompile(`(?m)^gs +0x[0-9a-f]+\n`)
-)
+var sigsysMark = []byte("SIGSYS: bad system call\nPC=")
+
+// regLine finds the first line of text that is register name's in Go's
+// register dump ("NAME", spaces, "0x" and lower-case hex digits), and
+// returns its hex digits and the offset just past the line's newline
+// (-1 without one). (Hand-written rather than a regular expression: the
+// package's users compile nothing at start-up, and their binaries carry
+// no regexp engine for two patterns.)
+func regLine(text []byte, name string) (hex []byte, end int, ok bool) {
+	for off := 0; off < len(text); {
+		line := text[off:]
+		next := -1
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			line, next = line[:i], off+i+1
+		}
+		if rest, found := bytes.CutPrefix(line, []byte(name+" ")); found {
+			rest = bytes.TrimLeft(rest, " ")
+			if digits, found := bytes.CutPrefix(rest, []byte("0x")); found && len(digits) > 0 && isLowerHex(digits) {
+				return digits, next, true
+			}
+		}
+		if next < 0 {
+			break
+		}
+		off = next
+	}
+	return nil, -1, false
+}
+
+// isLowerHex reports whether b is all lower-case hex digits.
+func isLowerHex(b []byte) bool {
+	for _, c := range b {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // Relay copies in to out until in ends, holding back a seccomp crash
 // report (from its mark to the end of its register dump) and returning
@@ -181,12 +213,13 @@ func Relay(in io.Reader, out io.Writer, who string) string {
 	if held == nil {
 		return ""
 	}
-	m := raxLine.FindSubmatch(held)
-	if m == nil || !lastReg.Match(held) {
+	rax, _, ok := regLine(held, "rax")
+	_, gsEnd, gsOK := regLine(held, "gs")
+	if !ok || !gsOK || gsEnd < 0 {
 		out.Write(held)
 		return ""
 	}
-	nr, err := strconv.ParseUint(string(m[1]), 16, 32)
+	nr, err := strconv.ParseUint(string(rax), 16, 32)
 	if err != nil {
 		out.Write(held)
 		return ""
@@ -197,8 +230,8 @@ func Relay(in io.Reader, out io.Writer, who string) string {
 // afterDump reports whether text follows the register dump's last line:
 // a crash report ends there, with the process.
 func afterDump(held []byte) bool {
-	loc := lastReg.FindIndex(held)
-	return loc != nil && loc[1] < len(held)
+	_, end, ok := regLine(held, "gs")
+	return ok && end >= 0 && end < len(held)
 }
 
 // syscallName is x86-64's name for the call number nr.

@@ -240,3 +240,31 @@ func TestEnforced(t *testing.T) {
 		})
 	}
 }
+
+// TestRegLine: a register's line in Go's crash report is its name at the
+// start of a line, spaces, and 0x with lower-case hex digits to the line's
+// end; the end is past its newline, -1 without one.
+func TestRegLine(t *testing.T) {
+	for _, tc := range []struct {
+		text, name, hex string
+		end             int
+		ok              bool
+	}{
+		{"rax    0x65\nrbx 0x0\n", "rax", "65", 12, true},
+		{"r8 0x1\nrax 0x3a\n", "rax", "3a", 16, true},
+		{"rax 0x3a", "rax", "3a", -1, true},
+		{"raxx 0x1\n", "rax", "", -1, false},
+		{" rax 0x1\n", "rax", "", -1, false},
+		{"rax 0x\n", "rax", "", -1, false},
+		{"rax 0xABC\n", "rax", "", -1, false},
+		{"rax 0x1 more\n", "rax", "", -1, false},
+		{"rax0x1\n", "rax", "", -1, false},
+		{"gs 0xZ\ngs     0x0\nfs 0x0\n", "gs", "0", 18, true},
+		{"", "gs", "", -1, false},
+	} {
+		hex, end, ok := regLine([]byte(tc.text), tc.name)
+		if string(hex) != tc.hex || end != tc.end || ok != tc.ok {
+			t.Errorf("regLine(%q, %q) = %q, %d, %v; want %q, %d, %v", tc.text, tc.name, hex, end, ok, tc.hex, tc.end, tc.ok)
+		}
+	}
+}
