@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -59,11 +60,38 @@ type runtimeTemplate struct {
 	Nets int
 	// Tags are the 9P shares' mount tags, in device order (shareTags).
 	Tags []string
+	// Tenant is the Kubernetes namespace of the container's pod
+	// (tenantOf), empty outside Kubernetes: pods of two namespaces never
+	// share a template.
+	Tenant string `json:",omitempty"`
+}
+
+// Pod annotations naming the pod's Kubernetes namespace: containerd's
+// CRI plugin's, then CRI-O's.
+const (
+	annotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
+	annotationPodNamespace     = "io.kubernetes.pod.namespace"
+)
+
+// tenantOf is the tenant a container's VM is built for, for the
+// template's key: its pod's Kubernetes namespace, where the CRI names
+// one. Clones of one template share what its kernel drew at boot before
+// the snapshot (the KASLR offset, the boot ID, the pointer-hashing key,
+// the network stack's hash and sequence-number secrets), which one VM
+// could learn and use against another over the network: per namespace,
+// a tenant's pods share them only with its own.
+func tenantOf(s *specs.Spec) string {
+	for _, a := range []string{annotationSandboxNamespace, annotationPodNamespace} {
+		if v := s.Annotations[a]; v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // key hashes everything a clone depends on: vessel-runtime's version
 // and executable, the kernel's and initramfs's files, the VM's size, its
-// interfaces and shares, and the kernel command line.
+// interfaces and shares, and the kernel command line; and its tenant.
 func (t runtimeTemplate) key() (string, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -73,8 +101,8 @@ func (t runtimeTemplate) key() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return template.Key(fmt.Sprintf("vessel-runtime %s template %d\ncpus %d memory %d nets %d\nshares %s\ncmdline %s\n",
-		gitVersion, runtimeTemplateFormat, t.CPUs, t.Memory, t.Nets, strings.Join(t.Tags, ","), line), self, t.Kernel, t.Initrd)
+	return template.Key(fmt.Sprintf("vessel-runtime %s template %d\ncpus %d memory %d nets %d\nshares %s\ncmdline %s\ntenant %q\n",
+		gitVersion, runtimeTemplateFormat, t.CPUs, t.Memory, t.Nets, strings.Join(t.Tags, ","), line, t.Tenant), self, t.Kernel, t.Initrd)
 }
 
 // templateCmdline is a template VM's kernel command line: the agent, and
@@ -144,7 +172,8 @@ func (g *globals) templateFor(b *bundle, pid int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	t := runtimeTemplate{Kernel: g.kernel, Initrd: g.initramfs, CPUs: cpus, Memory: memory, Nets: nets, Tags: shareTags(b)}
+	t := runtimeTemplate{Kernel: g.kernel, Initrd: g.initramfs, CPUs: cpus, Memory: memory, Nets: nets, Tags: shareTags(b),
+		Tenant: tenantOf(b.spec)}
 	key, err := t.key()
 	if err != nil {
 		return "", err

@@ -88,6 +88,7 @@ func TestRuntimeTemplateKey(t *testing.T) {
 		"tags":       func(t *runtimeTemplate) { t.Tags = []string{rootTag} },
 		"tag order":  func(t *runtimeTemplate) { t.Tags = []string{filesTag, rootTag} },
 		"another fs": func(t *runtimeTemplate) { t.Initrd = kernel },
+		"tenant":     func(t *runtimeTemplate) { t.Tenant = "team-a" },
 	} {
 		tpl := base
 		edit(&tpl)
@@ -102,6 +103,26 @@ func TestRuntimeTemplateKey(t *testing.T) {
 	}
 	if key(base) == k0 {
 		t.Error("a rebuilt initramfs kept the key")
+	}
+}
+
+// TestTenantOf: a pod's Kubernetes namespace, as containerd's CRI plugin
+// or CRI-O annotates it, is its tenant; nothing else is.
+func TestTenantOf(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		want string
+	}{
+		{"docker", nil, ""},
+		{"containerd", map[string]string{annotationSandboxNamespace: "team-a", annotationContainerType: containerTypeSandbox}, "team-a"},
+		{"CRI-O", map[string]string{annotationPodNamespace: "team-b"}, "team-b"},
+		{"both", map[string]string{annotationSandboxNamespace: "team-a", annotationPodNamespace: "team-b"}, "team-a"},
+		{"empty", map[string]string{annotationSandboxNamespace: ""}, ""},
+	} {
+		if got := tenantOf(&specs.Spec{Annotations: tc.ann}); got != tc.want {
+			t.Errorf("%s: tenant %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
 
