@@ -28,8 +28,9 @@ var templateOut = regexp.MustCompile(`btime=(\d+) mac=(\S+) inet=(\S*) inet6=(\S
 // bind each) come from one template: their kernels booted at the same
 // time (the template's), yet each has its own random numbers, its own
 // interface's MAC and addresses, reaches its own host end, and sees only
-// its own bind. --no-template boots, and another layout (no network) gets
-// a template of its own.
+// its own bind. A container of another Kubernetes namespace gets a
+// template of its own, --no-template boots, and another layout (no
+// network) gets a template of its own.
 func TestRuntimeTemplate(t *testing.T) {
 	becomeSubreaper(t)
 	cache := t.TempDir()
@@ -47,6 +48,9 @@ func TestRuntimeTemplate(t *testing.T) {
 		btime, mac, inet, inet6, bind, rand string
 		fromHost                            string
 	}
+	// tenant, if set, is the next container's pod namespace, as
+	// containerd's CRI plugin annotates it.
+	tenant := ""
 	// run runs one container printing what templateOut matches, in
 	// network namespace ns (made as CNI does, 10.n.0.0/24) or, with n 0,
 	// a new one without interfaces.
@@ -82,6 +86,12 @@ func TestRuntimeTemplate(t *testing.T) {
 					spec.Linux.Namespaces[i].Path = "/run/netns/" + ns
 				}
 			}
+		}
+		if tenant != "" {
+			if spec.Annotations == nil {
+				spec.Annotations = map[string]string{}
+			}
+			spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = tenant
 		}
 		// A directory bind and a single-file bind (the files share, as
 		// docker's /etc/hosts): each clone sees its own.
@@ -169,20 +179,32 @@ func TestRuntimeTemplate(t *testing.T) {
 			t.Errorf("%s: MAC %s, want its interface's %s", c.name, c.r.mac, want)
 		}
 	}
+	// Another Kubernetes namespace's container of the same layout gets
+	// a template of its own: clones share their kernel's boot secrets.
+	tenant = "team-b"
+	other := run("other", 84)
+	tenant = ""
+	check("other", 84, other)
+	if other.btime == a.btime {
+		t.Errorf("another namespace's container came from the first one's template (btime %s)", other.btime)
+	}
+	if n := templates(); n != 2 {
+		t.Errorf("%d templates after a create in another namespace, want 2", n)
+	}
 	cold := run("cold", 85, "--no-template")
 	check("cold", 85, cold)
 	if cold.btime == a.btime {
 		t.Errorf("the --no-template container's kernel booted at %s, with the template's", cold.btime)
 	}
-	if n := templates(); n != 1 {
-		t.Errorf("%d templates after a --no-template create, want 1", n)
+	if n := templates(); n != 2 {
+		t.Errorf("%d templates after a --no-template create, want 2", n)
 	}
 	none := run("none", 0)
 	if none.mac != "none" || none.bind != "nonenone" {
 		t.Errorf("without a network: MAC %s, binds %q; want none, %q", none.mac, none.bind, "nonenone")
 	}
-	if n := templates(); n != 2 {
-		t.Errorf("%d templates after a create of another layout (no network), want 2", n)
+	if n := templates(); n != 3 {
+		t.Errorf("%d templates after a create of another layout (no network), want 3", n)
 	}
 	if none.btime == a.btime {
 		t.Errorf("the container without a network came from the networked template (btime %s)", none.btime)
