@@ -46,9 +46,19 @@ const runtimeTemplateFormat = 1
 // templateBuildCommand is the hidden command a template is built by.
 const templateBuildCommand = "template-build"
 
-// templateBuildLimit bounds a template's build (boot, warm-up container,
-// snapshot), in a process of its own killed at the limit.
-const templateBuildLimit = bootTimeout + time.Minute
+// A template's build runs inside the create that needs it, and its
+// caller's patience is bounded: kubelet gives a runtime call 2 minutes
+// by default (--runtime-request-timeout). templateBootTimeout bounds the
+// template VM's boot up to its agent and its warm-up container (under
+// 15 s on the nested test platform, under 2 s on hardware), and
+// templateBuildLimit the whole build (the snapshot too), in a process of
+// its own killed at the limit; a create whose build failed boots its VM,
+// and the failure keeps later creates from trying again for a while
+// (template.FailureBackoff).
+const (
+	templateBootTimeout = time.Minute
+	templateBuildLimit  = templateBootTimeout + 30*time.Second
+)
 
 // runtimeTemplate is what a runtime template is made for; its key names
 // the cache entry.
@@ -323,7 +333,7 @@ func buildTemplate(t runtimeTemplate, dir string) error {
 		Vsock:   &vmm.Vsock{CID: 3, Path: uds},
 		Balloon: vmm.FreePageReporting(),
 	}
-	return template.Build(cfg, ln, dir, gitVersion, bootTimeout)
+	return template.Build(cfg, ln, dir, gitVersion, templateBootTimeout)
 }
 
 // restoreVM restores the VM cfg describes from the template snapshot
