@@ -50,7 +50,10 @@ type State struct {
 	// creation; it runs the VM), and Socket its control socket
 	// (agentproto, relayed to the guest agent), which exists while
 	// the container runs.
-	Pid    int    `json:"pid"`
+	Pid int `json:"pid"`
+	// PidNS is the PID namespace Pid belongs to (PidNamespace): a
+	// process of another one cannot tell whether the owner lives.
+	PidNS  string `json:"pid_ns,omitempty"`
 	Socket string `json:"socket,omitempty"`
 	// Process is the container process's configuration: exec starts
 	// from its environment and working directory.
@@ -176,10 +179,32 @@ func alive(pid int) bool {
 // keeps the container from counting as orphaned until that one ends
 // too.
 func (s *State) Orphaned() bool {
-	if s.Pid <= 0 || alive(s.Pid) {
+	if s.Pid <= 0 || s.PidNS != PidNamespace() || alive(s.Pid) {
 		return false
 	}
 	return s.Status != StatusExited || s.Remove || s.Scratch != ""
+}
+
+// PidNamespace names this process's PID namespace ("pid:[INODE]"), for
+// State.PidNS; empty if /proc cannot tell.
+func PidNamespace() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}
+
+// Reload reads the container's state again, as its owner last saved
+// it.
+func (s *State) Reload() (*State, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "state.json"))
+	if err != nil {
+		return nil, fmt.Errorf("container state: %w", err)
+	}
+	cur := &State{}
+	if err := json.Unmarshal(b, cur); err != nil || cur.ID != s.ID {
+		return nil, fmt.Errorf("container state: %s: unreadable state", s.ShortID())
+	}
+	cur.dir = s.dir
+	return cur, nil
 }
 
 // Reap finishes what the container's vessel process would have done at

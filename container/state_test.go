@@ -273,8 +273,13 @@ func TestReapOrphans(t *testing.T) {
 	if err := dead.Run(); err != nil {
 		t.Fatal(err)
 	}
+	ns := PidNamespace()
+	if ns == "" {
+		t.Fatal("no PID namespace in /proc/self/ns/pid")
+	}
 	for _, tc := range []struct {
 		name     string
+		pidNS    string
 		pid      int
 		status   string
 		code     int
@@ -283,14 +288,17 @@ func TestReapOrphans(t *testing.T) {
 		orphaned bool
 		wantCode int // after Reap; -1: the container is gone
 	}{
-		{"killed while running", dead.Process.Pid, StatusRunning, 0, false, true, true, 137},
-		{"killed while booting", dead.Process.Pid, StatusCreated, 0, false, false, true, 137},
-		{"killed with --rm", dead.Process.Pid, StatusRunning, 0, true, true, true, -1},
-		{"killed after its exit, with --rm", dead.Process.Pid, StatusExited, 3, true, false, true, -1},
-		{"killed after its exit, before the scratch disk went", dead.Process.Pid, StatusExited, 3, false, true, true, 3},
-		{"exited and finished with", dead.Process.Pid, StatusExited, 3, false, false, false, 3},
-		{"running", os.Getpid(), StatusRunning, 0, true, true, false, 0},
-		{"no owner recorded", 0, StatusCreated, 0, true, false, false, 0},
+		{"killed while running", ns, dead.Process.Pid, StatusRunning, 0, false, true, true, 137},
+		{"killed while booting", ns, dead.Process.Pid, StatusCreated, 0, false, false, true, 137},
+		{"killed with --rm", ns, dead.Process.Pid, StatusRunning, 0, true, true, true, -1},
+		{"killed after its exit, with --rm", ns, dead.Process.Pid, StatusExited, 3, true, false, true, -1},
+		{"killed after its exit, before the scratch disk went", ns, dead.Process.Pid, StatusExited, 3, false, true, true, 3},
+		{"exited and finished with", ns, dead.Process.Pid, StatusExited, 3, false, false, false, 3},
+		{"running", ns, os.Getpid(), StatusRunning, 0, true, true, false, 0},
+		{"no owner recorded", ns, 0, StatusCreated, 0, true, false, false, 0},
+		// Its PID means nothing here: the owner may well live.
+		{"owned in another PID namespace", "pid:[1]", dead.Process.Pid, StatusRunning, 0, true, true, false, 0},
+		{"owned before PID namespaces were recorded", "", dead.Process.Pid, StatusRunning, 0, true, true, false, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := fmt.Sprintf("%064x", len(tc.name))
@@ -299,7 +307,7 @@ func TestReapOrphans(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := &State{ID: id, Name: "c", Created: time.Now(), Status: tc.status, ExitCode: tc.code,
-				Pid: tc.pid, Remove: tc.remove, Socket: filepath.Join(runDir, "ctl.sock")}
+				Pid: tc.pid, PidNS: tc.pidNS, Remove: tc.remove, Socket: filepath.Join(runDir, "ctl.sock")}
 			if tc.scratch {
 				if s.Scratch, err = ScratchPath(id); err != nil {
 					t.Fatal(err)
@@ -349,5 +357,31 @@ func TestReapOrphans(t *testing.T) {
 				t.Errorf("after Reap: status %s, exit %d, orphaned %v; want exited, %d, not orphaned", after.Status, after.ExitCode, after.Orphaned(), tc.wantCode)
 			}
 		})
+	}
+}
+
+// TestReload: Reload reads what the owner saved after the state was
+// listed (vessel ps reaps only what is still orphaned on disk).
+func TestReload(t *testing.T) {
+	root := t.TempDir()
+	s := &State{ID: strings.Repeat("c", 64), Name: "c", Created: time.Now(), Status: StatusCreated, Pid: 1}
+	if err := Create(root, s); err != nil {
+		t.Fatal(err)
+	}
+	listed, err := Find(root, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Status, s.ExitCode, s.Pid = StatusExited, 0, 42
+	if err := s.Save(); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := listed.Reload()
+	if err != nil || cur.Status != StatusExited || cur.Pid != 42 || cur.Dir() != listed.Dir() {
+		t.Errorf("Reload = %+v, %v; want the saved exit", cur, err)
+	}
+	os.WriteFile(filepath.Join(s.Dir(), "state.json"), []byte("{"), 0o600)
+	if _, err := listed.Reload(); err == nil {
+		t.Error("Reload of a broken state succeeded")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -76,12 +77,13 @@ type runtimeTemplate struct {
 	Tenant string `json:",omitempty"`
 }
 
-// Pod annotations naming the pod's Kubernetes namespace: containerd's
-// CRI plugin's, then CRI-O's.
-const (
-	annotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
-	annotationPodNamespace     = "io.kubernetes.pod.namespace"
-)
+// Annotations naming a pod's Kubernetes namespace: containerd's CRI
+// plugin's, CRI-O's, and the kubelet's label as CRI-O passes labels on.
+var namespaceAnnotations = []string{
+	"io.kubernetes.cri.sandbox-namespace",
+	"io.kubernetes.cri-o.Namespace",
+	"io.kubernetes.pod.namespace",
+}
 
 // tenantOf is the tenant a container's VM is built for, for the
 // template's key: its pod's Kubernetes namespace, where the CRI names
@@ -89,14 +91,23 @@ const (
 // the snapshot (the KASLR offset, the boot ID, the pointer-hashing key,
 // the network stack's hash and sequence-number secrets), which one VM
 // could learn and use against another over the network: per namespace,
-// a tenant's pods share them only with its own.
+// a tenant's pods share them only with its own. Every annotation counts,
+// not the first one set: a CRI runtime sets its own and passes a pod's
+// own annotations on beside it, so a pod that names another namespace
+// in the other runtime's annotation gets a tenant of its own, never
+// that namespace's.
 func tenantOf(s *specs.Spec) string {
-	for _, a := range []string{annotationSandboxNamespace, annotationPodNamespace} {
-		if v := s.Annotations[a]; v != "" {
-			return v
-		}
+	var vals []string
+	set := false
+	for _, a := range namespaceAnnotations {
+		v := s.Annotations[a]
+		set = set || v != ""
+		vals = append(vals, strconv.Quote(v))
 	}
-	return ""
+	if !set {
+		return ""
+	}
+	return strings.Join(vals, " ")
 }
 
 // key hashes everything a clone depends on: vessel-runtime's version

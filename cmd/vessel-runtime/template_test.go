@@ -107,22 +107,36 @@ func TestRuntimeTemplateKey(t *testing.T) {
 }
 
 // TestTenantOf: a pod's Kubernetes namespace, as containerd's CRI plugin
-// or CRI-O annotates it, is its tenant; nothing else is.
+// or CRI-O annotates it, makes its tenant; a pod that names another
+// namespace in the other runtime's annotation beside its own (a CRI-O
+// pod's own annotations are passed on) gets a tenant of its own, not
+// that namespace's.
 func TestTenantOf(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ann  map[string]string
-		want string
-	}{
-		{"docker", nil, ""},
-		{"containerd", map[string]string{annotationSandboxNamespace: "team-a", annotationContainerType: containerTypeSandbox}, "team-a"},
-		{"CRI-O", map[string]string{annotationPodNamespace: "team-b"}, "team-b"},
-		{"both", map[string]string{annotationSandboxNamespace: "team-a", annotationPodNamespace: "team-b"}, "team-a"},
-		{"empty", map[string]string{annotationSandboxNamespace: ""}, ""},
+	const containerd, crio, label = "io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri-o.Namespace", "io.kubernetes.pod.namespace"
+	tenant := func(ann map[string]string) string { return tenantOf(&specs.Spec{Annotations: ann}) }
+	if got := tenant(nil); got != "" {
+		t.Errorf("docker: tenant %q, want none", got)
+	}
+	if got := tenant(map[string]string{containerd: ""}); got != "" {
+		t.Errorf("an empty namespace: tenant %q, want none", got)
+	}
+	teamA := tenant(map[string]string{containerd: "team-a", annotationContainerType: containerTypeSandbox})
+	crioA := tenant(map[string]string{crio: "team-a", label: "team-a"})
+	seen := map[string]string{"": "docker", teamA: "containerd team-a", crioA: "CRI-O team-a"}
+	for name, ann := range map[string]map[string]string{
+		"containerd team-b": {containerd: "team-b"},
+		"CRI-O team-b":      {crio: "team-b", label: "team-b"},
+		"CRI-O team-b naming team-a (containerd)": {crio: "team-b", label: "team-b", containerd: "team-a"},
+		"CRI-O team-b naming team-a (label)":      {crio: "team-b", label: "team-a"},
 	} {
-		if got := tenantOf(&specs.Spec{Annotations: tc.ann}); got != tc.want {
-			t.Errorf("%s: tenant %q, want %q", tc.name, got, tc.want)
+		got := tenant(ann)
+		if prev, dup := seen[got]; dup {
+			t.Errorf("%s: the tenant of %s (%q)", name, prev, got)
 		}
+		seen[got] = name
+	}
+	if tenant(map[string]string{containerd: "team-a"}) != teamA {
+		t.Error("one namespace gave two tenants")
 	}
 }
 

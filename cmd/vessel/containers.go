@@ -295,6 +295,11 @@ func reapOrphans(root string) {
 		if !st.Orphaned() {
 			continue
 		}
+		// Its owner may have finished with it (or a detached run's
+		// child taken it over) since it was listed.
+		if st, err = st.Reload(); err != nil || !st.Orphaned() {
+			continue
+		}
 		removeJail(st.ID)
 		if err := st.Reap(); err != nil {
 			fmt.Fprintf(os.Stderr, "vessel: clean up after the killed container %s: %v\n", st.ShortID(), err)

@@ -469,7 +469,7 @@ func containerRun(f runFlags, ref string, args []string) error {
 	if !child {
 		reapOrphans(root)
 		st := &container.State{ID: p.id, Name: p.name, Image: ref, Command: p.spec.Process.Args, Created: time.Now().UTC(),
-			Status: container.StatusCreated, Pid: os.Getpid(), Process: p.spec.Process, Remove: f.remove}
+			Status: container.StatusCreated, Pid: os.Getpid(), PidNS: container.PidNamespace(), Process: p.spec.Process, Remove: f.remove}
 		if err := container.Create(root, st); err != nil {
 			return runErr("%v", err)
 		}
@@ -484,7 +484,7 @@ func containerRun(f runFlags, ref string, args []string) error {
 	ready := func(error) {}
 	if child {
 		ready = readyPipe()
-		st.Pid = os.Getpid() // the owner from now on
+		st.Pid, st.PidNS = os.Getpid(), container.PidNamespace() // the owner from now on
 		if err := st.Save(); err != nil {
 			ready(err)
 			return runErr("%v", err)

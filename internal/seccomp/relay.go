@@ -179,7 +179,8 @@ func isLowerHex(b []byte) bool {
 // (text after the register dump, no rax, or too long) is passed on as it
 // was.
 func Relay(in io.Reader, out io.Writer, who string) string {
-	var held []byte // from the mark on
+	var held []byte  // from the mark on
+	var dump dumpEnd // where held's register dump ends, found as held grows
 	var carry []byte
 	buf := make([]byte, 32<<10)
 	for {
@@ -187,9 +188,9 @@ func Relay(in io.Reader, out io.Writer, who string) string {
 		if n > 0 {
 			if held != nil {
 				held = append(held, buf[:n]...)
-				if len(held) > maxReport || afterDump(held) {
+				if len(held) > maxReport || dump.after(held) {
 					out.Write(held)
-					held = nil
+					held, dump = nil, dumpEnd{}
 				}
 			} else {
 				data := append(carry, buf[:n]...)
@@ -227,11 +228,28 @@ func Relay(in io.Reader, out io.Writer, who string) string {
 	return fmt.Sprintf("vessel: seccomp: the %s made a system call outside its filter, %s (%d), and was stopped", who, syscallName(int(nr)), nr)
 }
 
-// afterDump reports whether text follows the register dump's last line:
-// a crash report ends there, with the process.
-func afterDump(held []byte) bool {
-	_, end, ok := regLine(held, "gs")
-	return ok && end >= 0 && end < len(held)
+// dumpEnd finds the end of a held report's register dump (its "gs"
+// line's newline) as the report grows, scanning each complete line once:
+// the relay reads what a process facing the guest writes (the user
+// network's helper's), which could otherwise make every byte it sends
+// cost a scan of all it sent before.
+type dumpEnd struct {
+	from int // held before this offset holds no gs line
+	end  int // just past the gs line's newline; 0 until found
+}
+
+// after reports whether text follows the register dump's last line in
+// held, which only grows between calls: a crash report ends there,
+// with the process.
+func (d *dumpEnd) after(held []byte) bool {
+	if d.end == 0 {
+		if _, end, ok := regLine(held[d.from:], "gs"); ok && end >= 0 {
+			d.end = d.from + end
+		} else if i := bytes.LastIndexByte(held, '\n'); i >= d.from {
+			d.from = i + 1 // the last line may be incomplete: scan it again
+		}
+	}
+	return d.end > 0 && d.end < len(held)
 }
 
 // syscallName is x86-64's name for the call number nr.

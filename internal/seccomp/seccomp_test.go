@@ -268,3 +268,26 @@ func TestRegLine(t *testing.T) {
 		}
 	}
 }
+
+// TestDumpEnd: a held report's dump end is found as the report grows one
+// byte at a time, and the complete lines before the last are not scanned
+// again (a writer sending a byte at a time must not cost the relay a
+// scan of everything it sent before for each one).
+func TestDumpEnd(t *testing.T) {
+	report := "SIGSYS: bad system call\nPC=0x1 m=0\nrax    0x65\nrbx 0x0\ngs     0x0\nexit status 2\n"
+	var d dumpEnd
+	var held []byte
+	for i := 0; i < len(report); i++ {
+		held = append(held, report[i])
+		after := d.after(held)
+		end := strings.Index(report, "gs     0x0\n") + len("gs     0x0\n")
+		if want := len(held) > end; after != want {
+			t.Fatalf("after %q: %v, want %v", held, after, want)
+		}
+		if d.end == 0 {
+			if last := bytes.LastIndexByte(held, '\n'); d.from != last+1 {
+				t.Fatalf("after %q: scanning from %d, want %d (past the last complete line)", held, d.from, last+1)
+			}
+		}
+	}
+}
