@@ -7,6 +7,7 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -178,6 +179,20 @@ type Result struct {
 	// Diagnosis is the VM's state as Diagnose described it when
 	// StopDiagnosed stopped it (several lines), else empty.
 	Diagnosis string
+}
+
+// String says how the VM ended in a few words: the kind, the guest's
+// status, and the one-line detail (which can hold guest text: a caller
+// printing it to a terminal cleans it).
+func (r Result) String() string {
+	s := r.Kind.String()
+	if r.Kind == ExitGuestStatus {
+		s += fmt.Sprintf(" %d", r.Status)
+	}
+	if r.Detail != "" {
+		s += ": " + r.Detail
+	}
+	return s
 }
 
 // Metrics are measurements of one run, for `make bench-boot`.

@@ -45,3 +45,21 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestResultString: how a VM ended, in words: the kind, the guest's
+// status, the detail.
+func TestResultString(t *testing.T) {
+	for _, tc := range []struct {
+		r    Result
+		want string
+	}{
+		{Result{Kind: ExitStopped}, "stopped"},
+		{Result{Kind: ExitGuestStatus, Status: 3}, "guest-status 3"},
+		{Result{Kind: ExitTripleFault, Detail: "vCPU 0 shut down"}, "triple-fault: vCPU 0 shut down"},
+		{Result{Kind: ExitPanic, Detail: "Kernel panic - not syncing: x", Diagnosis: "vCPU 0"}, "panic: Kernel panic - not syncing: x"},
+	} {
+		if got := tc.r.String(); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.r.Kind, got, tc.want)
+		}
+	}
+}

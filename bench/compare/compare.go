@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/vesselvm/vessel/bench/internal/benchutil"
+	"github.com/vesselvm/vessel/container"
 )
 
 // Options configure a comparison.
@@ -452,16 +453,12 @@ func vesselMessage(stderr []byte) string {
 // diagnosis returns vessel's description of a VM in stderr, from its
 // header on, on one line; "" without one.
 func diagnosis(stderr []byte) string {
-	i := bytes.Index(stderr, []byte(diagnosisHeader))
+	i := bytes.Index(stderr, []byte(container.DiagnosisHeader))
 	if i < 0 {
 		return ""
 	}
 	return strings.Join(strings.Fields(string(stderr[i:])), " ")
 }
-
-// diagnosisHeader starts vessel's description of a hung VM below its
-// error (cmd/vessel's writeDiagnosis).
-const diagnosisHeader = "the VM's state when vessel gave up on it:"
 
 // runcMessage takes the message out of runc's logrus line
 // (time="..." level=error msg="...").

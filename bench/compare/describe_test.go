@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vesselvm/vessel/container"
 )
 
 // TestRunCmdDescribes: when a step's time is up, a vessel-vmm process
@@ -29,7 +31,7 @@ func TestRunCmdDescribes(t *testing.T) {
 	}
 	// A stand-in for vessel: waits for its "VMM", then reports as
 	// vessel does when the VMM described the VM and stopped.
-	script := vmm + ` 100 & wait; echo "vessel: the container failed" >&2; echo "` + diagnosisHeader + `" >&2; echo "    vcpu 0: rip 0x1234" >&2; exit 125`
+	script := vmm + ` 100 & wait; echo "vessel: the container failed" >&2; echo "` + container.DiagnosisHeader + `" >&2; echo "    vcpu 0: rip 0x1234" >&2; exit 125`
 	limit := errors.New("the step's limit")
 	ctx, cancel := context.WithTimeoutCause(context.Background(), 500*time.Millisecond, limit)
 	defer cancel()

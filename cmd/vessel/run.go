@@ -853,7 +853,7 @@ func guestFailure(what string, err error, res vmm.Result) error {
 		fmt.Fprintf(&b, " (the agent exited with status %d)", res.Status)
 	}
 	writeConsoleTail(&b, res.ConsoleTail)
-	writeDiagnosis(&b, res.Diagnosis)
+	container.WriteDiagnosis(&b, res.Diagnosis)
 	return &exitError{code: exitRun, msg: strings.TrimRight(b.String(), "\n")}
 }
 
@@ -868,21 +868,6 @@ func stopFailed(vm runningVM, err error) {
 		vm.StopDiagnosed()
 	}
 	vm.Stop()
-}
-
-// writeDiagnosis adds a VM's diagnosis (vmm.Result.Diagnosis), indented,
-// to a failure's message.
-func writeDiagnosis(b *strings.Builder, diag string) {
-	if diag == "" {
-		return
-	}
-	if !strings.HasSuffix(b.String(), "\n") {
-		b.WriteString("\n")
-	}
-	b.WriteString("the VM's state when vessel gave up on it:\n")
-	for _, l := range strings.Split(strings.TrimRight(diag, "\n"), "\n") {
-		fmt.Fprintf(b, "    %s\n", l)
-	}
 }
 
 // forceSignals is how many terminating signals (SIGINT, SIGTERM, SIGHUP)

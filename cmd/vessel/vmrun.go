@@ -283,7 +283,7 @@ func resultErr(res vmm.Result, hostSig os.Signal) error {
 		var b strings.Builder
 		// The console went to stdout already: only the description.
 		b.WriteString("the VM was stopped for a diagnosis (SIGUSR2)")
-		writeDiagnosis(&b, res.Diagnosis)
+		container.WriteDiagnosis(&b, res.Diagnosis)
 		return &exitError{code: exitInternal, msg: strings.TrimRight(b.String(), "\n")}
 	}
 	switch res.Kind {

@@ -45,13 +45,14 @@ func Build(cfg vmm.Config, ln net.Listener, dir, version string, timeout time.Du
 		res := <-results
 		switch {
 		case err == nil && res.Kind != vmm.ExitStopped:
-			err = fmt.Errorf("the template VM ended: %s", ended(res))
+			err = fmt.Errorf("the template VM ended: %s", res)
 		case err != nil && res.Kind != vmm.ExitStopped:
-			err = fmt.Errorf("%w (the template VM ended: %s)", err, ended(res))
+			err = fmt.Errorf("%w (the template VM ended: %s)", err, res)
 		}
 		if err != nil && res.Diagnosis != "" {
-			err = fmt.Errorf("%w\nthe VM's state when vessel gave up on it:\n    %s", err,
-				strings.ReplaceAll(strings.TrimRight(res.Diagnosis, "\n"), "\n", "\n    "))
+			var b strings.Builder
+			container.WriteDiagnosis(&b, res.Diagnosis)
+			err = fmt.Errorf("%w\n%s", err, strings.TrimRight(b.String(), "\n"))
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -78,18 +79,6 @@ func Build(cfg vmm.Config, ln net.Listener, dir, version string, timeout time.Du
 		return err
 	}
 	return vm.Snapshot(filepath.Join(dir, Snapshot), vmm.SnapshotOptions{Version: version})
-}
-
-// ended says how a VM ended, in a few words.
-func ended(res vmm.Result) string {
-	s := res.Kind.String()
-	if res.Kind == vmm.ExitGuestStatus {
-		s += fmt.Sprintf(" %d", res.Status)
-	}
-	if res.Detail != "" {
-		s += ": " + container.CleanText(res.Detail)
-	}
-	return s
 }
 
 // BuildProcess runs path with args, a process that builds a template
