@@ -186,15 +186,6 @@ func Start(cfg Config) (_ *Network, err error) {
 
 	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
 		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback), "-stderr-relayed")
-	// Its standard error is relayed here (seccomp.Relay, relayStderr):
-	// a crash report for a call outside its filter becomes one line,
-	// with no relay process of its own to start.
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("usernet: %w", err)
-	}
-	defer errW.Close()
-	cmd.Stderr = errW
 	// Its own process group: the terminal's SIGINT is for vessel.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if cfg.Credential != nil {
@@ -210,7 +201,18 @@ func Start(cfg Config) (_ *Network, err error) {
 		cmd.Dir = "/"
 	}
 	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports), then the executable
-	if err := cmd.Start(); err != nil {
+	// Its standard error is relayed here (seccomp.Relay, relayStderr):
+	// a crash report for a call outside its filter becomes one line,
+	// with no relay process of its own to start. Made last: nothing
+	// between it and Start returns without closing both ends.
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("usernet: %w", err)
+	}
+	cmd.Stderr = errW
+	err = cmd.Start()
+	errW.Close()
+	if err != nil {
 		errR.Close()
 		return nil, fmt.Errorf("usernet: %w", err)
 	}

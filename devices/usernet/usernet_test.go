@@ -351,3 +351,31 @@ func New(cfg Config) (*Network, error) {
 	}
 	return n, nil
 }
+
+// TestStartFailureLeaksNothing: a Start that fails (here a jailed
+// helper's executable that cannot be opened, then one that cannot be
+// run) leaves no descriptor open behind it.
+func TestStartFailureLeaksNothing(t *testing.T) {
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	notExec := filepath.Join(t.TempDir(), "not-executable")
+	os.WriteFile(notExec, []byte("data"), 0o644)
+	before := count()
+	for _, cfg := range []Config{
+		{MAC: testMAC, Helper: "/nonexistent/" + HelperName, Credential: &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}},
+		{MAC: testMAC, Helper: notExec},
+	} {
+		if n, err := Start(cfg); err == nil {
+			n.Close()
+			t.Fatalf("Start with helper %s succeeded", cfg.Helper)
+		}
+	}
+	if after := count(); after != before {
+		t.Errorf("%d descriptors open before the failed starts, %d after", before, after)
+	}
+}
