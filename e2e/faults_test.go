@@ -105,8 +105,8 @@ func exclusiveLock(t *testing.T, path string) bool {
 // network helper (which exits when its end of the VM's socket pair
 // closes: usernet starts it without a parent-death signal), releases its
 // disks' locks, and leaves a container that ps shows exited (137, with
-// its scratch disk gone) and rm removes with everything of it; the image
-// runs again.
+// its scratch disk gone) and rm removes with everything of it; one run
+// with --rm is gone entirely at the next ps; the image runs again.
 func TestFaultKillVessel(t *testing.T) {
 	if *guestMode {
 		t.Skip("host half only")
@@ -175,6 +175,36 @@ func TestFaultKillVessel(t *testing.T) {
 	}
 	if r := cli(t, env, "", "rm", "victim"); r.code != 0 {
 		t.Errorf("rm of the killed container:\n%v", r)
+	}
+	checkRunLeftovers(t, env, tmpBefore)
+
+	// A container run with --rm whose vessel process is killed goes
+	// entirely at the next ps, as its process would have removed it:
+	// state, scratch disk, socket directory, jail.
+	r = cliRetried(t, env, "", "run", "-d", "--rm", "--name", "victim-rm", "-m", loadMemory, "--disk-size", "64M", runImage, "sleep", "600")
+	rmID := strings.TrimSpace(r.stdout)
+	if r.code != 0 || len(rmID) != 64 {
+		t.Fatalf("vessel run -d --rm: want the container ID:\n%v", r)
+	}
+	defer cli(t, env, "", "rm", "-f", "victim-rm")
+	rmPid, _, rmScratch := containerState(t, env, rmID)
+	if rmScratch == "" {
+		t.Fatal("the --rm container has no scratch disk")
+	}
+	if err := syscall.Kill(rmPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !waitGone(rmPid) {
+		t.Fatalf("the vessel process %d outlived SIGKILL", rmPid)
+	}
+	if r := cli(t, env, "", "ps", "-a"); r.code != 0 || strings.Contains(r.stdout, "victim-rm") {
+		t.Errorf("ps -a after the --rm container's process was killed: want it gone:\n%v", r)
+	}
+	if _, err := os.Stat(rmScratch); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed --rm container's scratch disk outlived ps: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(envValue(env, "XDG_RUNTIME_DIR"), "vessel", "containers", rmID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed --rm container's state outlived ps: %v", err)
 	}
 	checkRunLeftovers(t, env, tmpBefore)
 	if r := cliRetried(t, env, "", "run", "--rm", "-m", loadMemory, "--disk-size", "64M", runImage, "echo", "again"); r.code != 0 || r.stdout != "again\n" {
