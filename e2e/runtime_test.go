@@ -25,6 +25,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/internal/bbimage"
 )
 
@@ -216,25 +217,75 @@ func becomeSubreaper(t *testing.T) {
 	})
 }
 
+// exitLimit bounds waitPid: every container of these tests ends within
+// seconds of its start.
+const exitLimit = 5 * time.Minute
+
 // waitPid waits for the (adopted) process pid and returns its exit
-// status, 128+N for signal N, as the shim reports it.
+// status, 128+N for signal N, as the shim reports it. A process still
+// there after exitLimit fails the test; a VMM process is asked to
+// describe its VM first (describeHung), for the test's log.
 func waitPid(t *testing.T, pid int) int {
 	t.Helper()
 	var ws unix.WaitStatus
+	deadline := time.Now().Add(exitLimit)
 	for {
-		_, err := unix.Wait4(pid, &ws, 0, nil)
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			t.Fatalf("wait for the VMM process %d: %v", pid, err)
 		}
-		break
+		if got == pid {
+			break
+		}
+		if time.Now().After(deadline) {
+			desc := describeHung(pid)
+			unix.Kill(pid, unix.SIGKILL)
+			unix.Wait4(pid, &ws, 0, nil)
+			t.Fatalf("process %d did not end within %v (killed)%s", pid, exitLimit, desc)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if ws.Signaled() {
 		return 128 + int(ws.Signal())
 	}
 	return ws.ExitStatus()
+}
+
+// describeHung asks the vessel-runtime VMM process pid for its VM's
+// description (SIGUSR2: the runtime's DescribeSignal, which leaves the
+// VM running) and returns what it wrote to its --log, for a hung
+// container's failure (e2e/runblock reads the platform's known faults
+// in it); "" for another process, or without a description in a minute.
+func describeHung(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if !strings.HasSuffix(args[0], "vessel-runtime") || !slicesContains(args, "vmm") {
+		return ""
+	}
+	logPath := ""
+	for i, a := range args[:len(args)-1] {
+		if a == "--log" {
+			logPath = args[i+1]
+		}
+	}
+	if logPath == "" {
+		return ""
+	}
+	before := len(readFile(logPath))
+	unix.Kill(pid, unix.SIGUSR2)
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if l := readFile(logPath); len(l) > before && strings.Contains(l[before:], "    IOAPIC") {
+			time.Sleep(time.Second) // the lines after it
+			return "; its VM, described (VESSEL_DEBUG, SIGUSR2):\n" + readFile(logPath)[before:]
+		}
+	}
+	return "; its VMM process wrote no description within a minute"
 }
 
 // cgroupMemory reports how much memory a host cgroup's processes used at
@@ -368,6 +419,12 @@ func TestRuntime(t *testing.T) {
 		if err := r.Start(ctx, id); err != nil {
 			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
 		}
+		// What a hung container's wait (waitPid) asks for: the running
+		// VM's description in the log, and the VM still running.
+		if d := describeHung(pid); !strings.Contains(d, container.DiagnosisHeader) || !strings.Contains(d, "vCPU 0: ") {
+			t.Errorf("SIGUSR2 to the VMM process: no description of its VM in the log: %q", d)
+		}
+		wantStatus(t, ctx, r, id, "running")
 		if err := r.Kill(ctx, id, int(unix.SIGTERM), nil); err != nil {
 			t.Fatalf("kill: %v (log: %s)", err, readFile(r.Log))
 		}

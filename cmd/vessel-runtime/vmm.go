@@ -306,6 +306,10 @@ func (p *vmmProc) create() error {
 		return err
 	}
 	p.vm = vm
+	// SIGUSR2 asks for the VM's description (before the filter: it
+	// changes a signal's handling).
+	describe := make(chan os.Signal, 1)
+	signal.Notify(describe, DescribeSignal)
 	// The VM is built and the namespace's interfaces joined: from here
 	// on, the calls a running VM and its pod need (internal/seccomp).
 	if err := seccomp.StartRelay(seccomp.RuntimeVMM, p.g.log, p.g.logFormat == "json"); err != nil {
@@ -318,6 +322,7 @@ func (p *vmmProc) create() error {
 		p.result = vm.Run()
 		close(p.ended)
 	}()
+	go p.describeOnSignal(vm, describe)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	go func() {
@@ -376,6 +381,36 @@ func (p *vmmProc) create() error {
 	}
 	p.setStatus(statusCreated)
 	return nil
+}
+
+// DescribeSignal asks a VMM process to write its VM's description
+// (vmm.VM.Diagnose) to --log and leave the VM running: for a caller whose
+// container never ends, to tell a hung guest from a busy one (as
+// vmmproc.DiagnoseSignal does for vessel's jailed VMM, which also stops
+// the VM).
+const DescribeSignal = syscall.SIGUSR2
+
+// describeOnSignal writes vm's description to --log, a line each after
+// container.DiagnosisHeader, whenever DescribeSignal arrives on sigs,
+// until the VM ends.
+func (p *vmmProc) describeOnSignal(vm *vmm.VM, sigs chan os.Signal) {
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-p.ended:
+			return
+		case <-sigs:
+			d, err := vm.Diagnose()
+			if err != nil {
+				p.logf("container %s: no description of its VM: %v", p.id, err)
+				continue
+			}
+			logLine(p.g.log, p.g.logFormat, "warning", fmt.Sprintf("container %s: %s", p.id, container.DiagnosisHeader), time.Now())
+			for _, l := range strings.Split(strings.TrimRight(d, "\n"), "\n") {
+				logLine(p.g.log, p.g.logFormat, "warning", "    "+l, time.Now())
+			}
+		}
+	}
 }
 
 // logWriter passes the VMM's reports on to --log, a line each.
