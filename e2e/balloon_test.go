@@ -132,8 +132,7 @@ func TestBalloonInflate(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vesselBin, "vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t),
 		"--memory", "256M", "--balloon", "deflate-on-oom,stats=500ms", "--api", api, "--", "sleep", "600")
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
-	cmd.WaitDelay = 10 * time.Second
+	cancelDescribed(cmd)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -106,7 +106,7 @@ func testPauseUpdate(t *testing.T, ctx context.Context) {
 
 	// Paused again, delete --force ends it all.
 	if err := r.Pause(ctx, id); err != nil {
-		t.Fatalf("pause: %v", err)
+		t.Fatalf("pause again: %v (log: %s)", err, readFile(r.Log))
 	}
 	if err := r.Delete(ctx, id, nil); err == nil {
 		t.Errorf("delete of a paused container without --force succeeded")

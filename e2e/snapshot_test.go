@@ -139,8 +139,7 @@ func snapshotGuest(t *testing.T, dir, mark string, vmArgs, guestArgs []string) (
 	args := append([]string{"vm", "run", "--kernel", filepath.Join(guestDir, "bzImage"), "--initrd", guestInitrd(t), "--api", api}, vmArgs...)
 	args = append(append(args, "--", "/e2e.test", "-e2e.guest", "-test.v"), guestArgs...)
 	a := exec.CommandContext(ctx, vesselBin, args...)
-	a.Cancel = func() error { return a.Process.Signal(syscall.SIGQUIT) }
-	a.WaitDelay = 10 * time.Second
+	cancelDescribed(a) // a hung guest is described, not just stopped
 	var aOut, aErr syncBuffer
 	a.Stdout, a.Stderr = &aOut, &aErr
 	start := time.Now()

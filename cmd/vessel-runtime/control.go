@@ -263,7 +263,7 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 			return fail("container not running")
 		}
 		if err := p.vm.Pause(); err != nil {
-			return fail("pause: %v", err)
+			return fail("%v", p.guestFailure("pause", err))
 		}
 		p.unpaused, p.status = p.status, statusPaused
 		return ctlReply{Status: statusPaused}, true
@@ -274,7 +274,7 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 			return fail("container not paused")
 		}
 		if err := p.vm.Resume(); err != nil {
-			return fail("resume: %v", err)
+			return fail("%v", p.guestFailure("resume", err))
 		}
 		p.status = p.unpaused
 		// Signals a kill sent while paused, in order, as a frozen
