@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/images/store"
+	"github.com/vesselvm/vessel/internal/atomicfile"
 )
 
 // Sentinel errors for container lookups.
@@ -254,19 +255,15 @@ func Create(root string, s *State) error {
 	return s.Save()
 }
 
-// Save writes s atomically.
-//
-// The file is rewritten by the container's vessel process only.
+// Save writes s atomically. The container's vessel process rewrites
+// the file, and so does a process that reaps the container (Reap): each
+// writes a whole file of its own, renamed over the state.
 func (s *State) Save() error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(s.dir, ".state.json.tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("container state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(s.dir, "state.json")); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, "state.json"), b, 0o600, false); err != nil {
 		return fmt.Errorf("container state: %w", err)
 	}
 	return nil

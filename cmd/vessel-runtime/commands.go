@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselvm/vessel/internal/atomicfile"
 	"github.com/vesselvm/vessel/internal/template"
 )
 
@@ -337,15 +338,7 @@ func (g *globals) args() []string {
 // writePidFile writes the PID atomically, as runc does: the caller may
 // read the file as soon as it exists.
 func writePidFile(path string, pid int) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.Write(path, []byte(strconv.Itoa(pid)), 0o644, false)
 }
 
 func newStart(g *globals) *cobra.Command {

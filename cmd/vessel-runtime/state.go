@@ -14,6 +14,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/vesselvm/vessel/internal/atomicfile"
 )
 
 // Container statuses, runtime-spec's (podman refuses any other).
@@ -119,11 +121,7 @@ func (r *record) save(dir string) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, stateFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, stateFile), b, 0o600, false); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	return nil

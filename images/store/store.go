@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/images/rootfs"
+	"github.com/vesselvm/vessel/internal/atomicfile"
 )
 
 // refAnnotation names an image in index.json (OCI image-spec annotations).
@@ -141,7 +142,7 @@ func (s *Store) sweep() error {
 // writeFileAtomic's temporary files.
 func isTemp(name string) bool {
 	for _, f := range []string{"index.json", "oci-layout"} {
-		if strings.HasPrefix(name, "."+f+"-") {
+		if strings.HasPrefix(name, atomicfile.TempPrefix(f)) {
 			return true
 		}
 	}
@@ -200,33 +201,13 @@ func (s *Store) updateIndex(keep func(v1.Descriptor) bool, add *v1.Descriptor) e
 	return s.writeIndex(im)
 }
 
-// writeFileAtomic replaces name with b: a temporary file in the same
-// directory, synced, renamed over name, and the directory synced, so
-// that a reader or a crash sees the old file or the new one whole.
+// writeFileAtomic replaces name with b (mode 0644), synced, so that a
+// reader or a crash sees the old file or the new one whole.
 func writeFileAtomic(name string, b []byte) error {
-	dir := filepath.Dir(name)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+"-")
-	if err != nil {
+	if err := atomicfile.Write(name, b, 0o644, true); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("store: write %s: %w", name, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("store: chmod %s: %w", name, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("store: sync %s: %w", name, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("store: write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // syncDir makes the names in dir durable.
