@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"debug/elf"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
@@ -19,6 +18,19 @@ const (
 	maxNoteSize = 1 << 20
 	// pnXNum in e_phnum means the count is stored elsewhere (unsupported).
 	pnXNum = 0xFFFF
+
+	// The header fields and values loadPVH takes. They are written out
+	// here rather than taken from debug/elf, which would link its DWARF
+	// and compression readers into the VMM process (about 50 KB of code
+	// resident in every VMM) for a few constants.
+	eiClass       = 4  // e_ident[EI_CLASS]
+	eiData        = 5  // e_ident[EI_DATA]
+	elfClass64    = 2  // ELFCLASS64
+	elfData2LSB   = 1  // ELFDATA2LSB
+	elfMachineX86 = 62 // EM_X86_64
+	elfTypeExec   = 2  // ET_EXEC
+	ptLoad        = 1  // PT_LOAD
+	ptNote        = 4  // PT_NOTE
 )
 
 // PVH constants (include/xen/interface/elfnote.h, start_info.h).
@@ -36,7 +48,7 @@ const (
 
 // phdr is an ELF64 program header.
 type phdr struct {
-	typ                   elf.ProgType
+	typ                   uint32 // p_type
 	off, paddr            uint64
 	filesz, memsz, palign uint64
 }
@@ -61,7 +73,7 @@ func loadPVH(mem *guestmem.Memory, img image, rd ramdisk, cmdline string) (*Entr
 	var kernelEnd uint64
 	entryLoaded := false
 	for i, p := range phdrs {
-		if p.typ != elf.PT_LOAD || p.memsz == 0 {
+		if p.typ != ptLoad || p.memsz == 0 {
 			continue
 		}
 		if p.filesz > p.memsz {
@@ -120,14 +132,14 @@ func readELF(img image) ([]phdr, error) {
 	}
 	le := binary.LittleEndian
 	switch {
-	case elf.Class(h[elf.EI_CLASS]) != elf.ELFCLASS64:
-		return nil, fmt.Errorf("class %v, want ELFCLASS64: %w", elf.Class(h[elf.EI_CLASS]), ErrUnsupported)
-	case elf.Data(h[elf.EI_DATA]) != elf.ELFDATA2LSB:
-		return nil, fmt.Errorf("data encoding %v, want little-endian: %w", elf.Data(h[elf.EI_DATA]), ErrUnsupported)
-	case elf.Machine(le.Uint16(h[18:])) != elf.EM_X86_64:
-		return nil, fmt.Errorf("machine %v, want x86-64: %w", elf.Machine(le.Uint16(h[18:])), ErrUnsupported)
-	case elf.Type(le.Uint16(h[16:])) != elf.ET_EXEC:
-		return nil, fmt.Errorf("type %v, want an executable: %w", elf.Type(le.Uint16(h[16:])), ErrUnsupported)
+	case h[eiClass] != elfClass64:
+		return nil, fmt.Errorf("class %d, want ELFCLASS64 (2): %w", h[eiClass], ErrUnsupported)
+	case h[eiData] != elfData2LSB:
+		return nil, fmt.Errorf("data encoding %d, want little-endian (ELFDATA2LSB, 1): %w", h[eiData], ErrUnsupported)
+	case le.Uint16(h[18:]) != elfMachineX86:
+		return nil, fmt.Errorf("machine %d, want x86-64 (EM_X86_64, 62): %w", le.Uint16(h[18:]), ErrUnsupported)
+	case le.Uint16(h[16:]) != elfTypeExec:
+		return nil, fmt.Errorf("type %d, want an executable (ET_EXEC, 2): %w", le.Uint16(h[16:]), ErrUnsupported)
 	}
 	phoff := le.Uint64(h[32:])
 	phentsize := le.Uint16(h[54:])
@@ -148,7 +160,7 @@ func readELF(img image) ([]phdr, error) {
 	for i := range phdrs {
 		b := tbl[i*elfPhdrSize:]
 		phdrs[i] = phdr{
-			typ:    elf.ProgType(le.Uint32(b[0:])),
+			typ:    le.Uint32(b[0:]),
 			off:    le.Uint64(b[8:]),
 			paddr:  le.Uint64(b[24:]),
 			filesz: le.Uint64(b[32:]),
@@ -163,7 +175,7 @@ func readELF(img image) ([]phdr, error) {
 // XEN_ELFNOTE_PHYS32_ENTRY note (elfnote.h) in the PT_NOTE segments.
 func findPVHEntry(img image, phdrs []phdr) (uint64, error) {
 	for i, p := range phdrs {
-		if p.typ != elf.PT_NOTE || p.filesz == 0 {
+		if p.typ != ptNote || p.filesz == 0 {
 			continue
 		}
 		if p.filesz > maxNoteSize {
