@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/devices/virtio"
+	"github.com/vesselvm/vessel/internal/limitio"
 	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
@@ -216,7 +217,7 @@ func Start(cfg Config) (_ *Network, err error) {
 		errR.Close()
 		return nil, fmt.Errorf("usernet: %w", err)
 	}
-	go relayStderr(errR)
+	go relayStderr(errR, os.Stderr)
 	n.helper = cmd
 	go func() {
 		cmd.Wait()
@@ -230,13 +231,22 @@ func Start(cfg Config) (_ *Network, err error) {
 	return n, nil
 }
 
-// relayStderr passes the helper's standard error on to this process's
-// until the helper ends, with a crash report for a call outside its
-// filter replaced by one line (seccomp.Relay).
-func relayStderr(r *os.File) {
+// helperStderrLimit bounds what the helper's standard error may put on
+// this process's: the helper faces the guest, and one the guest took
+// over must not fill the user's terminal or vessel-runtime's log. Its
+// own messages are a few lines.
+const helperStderrLimit = 64 << 10
+
+// relayStderr passes the helper's standard error r on to w (this
+// process's) until the helper ends, with a crash report for a call
+// outside its filter replaced by one line (seccomp.Relay), and at most
+// helperStderrLimit bytes of the rest; the report's line comes whatever
+// came before it.
+func relayStderr(r io.ReadCloser, w io.Writer) {
 	defer r.Close()
-	if line := seccomp.Relay(r, os.Stderr, seccomp.Usernet.String()); line != "" {
-		fmt.Fprintln(os.Stderr, line)
+	lw := limitio.Writer(w, helperStderrLimit, "vessel: further output of the user network's helper suppressed\n")
+	if line := seccomp.Relay(r, lw, seccomp.Usernet.String()); line != "" {
+		fmt.Fprintln(w, line)
 	}
 }
 
