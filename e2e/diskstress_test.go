@@ -543,10 +543,7 @@ func TestVMRunDiagnosis(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitLine(t, out, "up", bootTimeout)
-	if t.Failed() {
-		t.Fatalf("vessel vm run's stderr:\n%s", stderr.String())
-	}
+	waitUp(t, cmd, out, &stderr, bootTimeout)
 	expectDiagnosis(t, cmd, &stderr, cmd.Process.Pid, "stopped for a diagnosis", "the VM's state when vessel gave up on it:",
 		"vCPU 0: ", "rip 0x", "cr3 0x", "stack [", "IOAPIC: irr", "q0 avail", "block status 0xf")
 }

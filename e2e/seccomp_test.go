@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -79,13 +78,13 @@ func TestSeccomp(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var stderr bytes.Buffer
+		var stderr syncBuffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		defer cmd.Process.Kill()
-		waitLine(t, stdout, "up", 3*time.Minute)
+		waitUp(t, cmd, stdout, &stderr, 3*time.Minute)
 		checkFiltered(t, cmd.Process.Pid, "vessel vm run")
 		checkFiltered(t, onlyProcess(t, "vessel-usernet", func(args []string) bool {
 			// The helper itself, with its flags (its VMM relays its
@@ -109,7 +108,7 @@ func TestSeccomp(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cmd.Process.Kill()
-		waitLine(t, stdout, "up", 3*time.Minute)
+		waitUp(t, cmd, stdout, &stderr, 3*time.Minute)
 		checkFiltered(t, onlyProcess(t, "the jailed VMM process", func(args []string) bool {
 			return filepath.Base(args[0]) == "vessel-vmm"
 		}), "the jailed VMM process")
@@ -207,8 +206,10 @@ func TestSeccomp(t *testing.T) {
 	}
 }
 
-// waitLine reads r until a line equal to want, or fails after d.
-func waitLine(t *testing.T, r interface{ Read([]byte) (int, error) }, want string, d time.Duration) {
+// waitLine reads r until a line equal to want and reports whether it
+// came within d (the rest of r is read and dropped).
+func waitLine(t *testing.T, r interface{ Read([]byte) (int, error) }, want string, d time.Duration) bool {
+	t.Helper()
 	got := make(chan bool, 1)
 	go func() {
 		s := bufio.NewScanner(r)
@@ -225,9 +226,33 @@ func waitLine(t *testing.T, r interface{ Read([]byte) (int, error) }, want strin
 	select {
 	case ok := <-got:
 		if !ok {
-			t.Errorf("the guest's output ended before %q", want)
+			t.Logf("the guest's output ended before %q", want)
 		}
+		return ok
 	case <-time.After(d):
-		t.Errorf("no %q from the guest in %v", want, d)
+		t.Logf("no %q from the guest in %v", want, d)
+		return false
 	}
+}
+
+// waitUp waits for the line "up" on out, the standard output of cmd, a
+// vessel vm run. When it does not come within d, vessel is asked to
+// describe its VM (SIGUSR2: it stops the VM and exits with the
+// description on stderr), and the test fails with that description,
+// which tells a hung guest on the emulated platform's known faults
+// (e2e/runblock) from a vessel bug.
+func waitUp(t *testing.T, cmd *exec.Cmd, out io.Reader, stderr fmt.Stringer, d time.Duration) {
+	t.Helper()
+	if waitLine(t, out, "up", d) {
+		return
+	}
+	cmd.Process.Signal(diagnoseSignal)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+	}
+	t.Fatalf("no \"up\" from the guest in %v; vessel's stderr, SIGUSR2 sent:\n%s", d, stderr.String())
 }
