@@ -340,6 +340,7 @@ func runCmd(t *testing.T, timeout time.Duration, bin string, args ...string) cri
 	case ctx.Err() != nil:
 		r.code = -1
 		r.stderr += fmt.Sprintf("\n(%s %s killed after %v)", filepath.Base(bin), strings.Join(args, " "), timeout)
+		r.stderr += describeVMMs()
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:

@@ -284,6 +284,7 @@ func (d *dockerDaemon) docker(t *testing.T, timeout time.Duration, args ...strin
 	case ctx.Err() != nil:
 		r.code = -1
 		r.stderr += fmt.Sprintf("\n(docker %s killed after %v)", strings.Join(args, " "), timeout)
+		r.stderr += describeVMMs()
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:

@@ -254,6 +254,21 @@ func waitPid(t *testing.T, pid int) int {
 	return ws.ExitStatus()
 }
 
+// describeVMMs describes the VM of every live vessel-runtime VMM
+// process (describeHung), for a client command (docker, crictl) that
+// did not end in time: "" when there is none.
+func describeVMMs() string {
+	var b strings.Builder
+	for pid := range liveProcesses(func(args []string) bool {
+		return strings.HasSuffix(args[0], "vessel-runtime") && slicesContains(args, "vmm")
+	}) {
+		if d := describeHung(pid); d != "" {
+			fmt.Fprintf(&b, "\nvessel-runtime VMM process %d%s", pid, d)
+		}
+	}
+	return b.String()
+}
+
 // describeHung asks the vessel-runtime VMM process pid for its VM's
 // description (SIGUSR2: the runtime's DescribeSignal, which leaves the
 // VM running) and returns what it wrote to its --log, for a hung
