@@ -455,9 +455,13 @@ func (d *criDaemon) dumpCaptures(t *testing.T) {
 func (d *criDaemon) stop(t *testing.T) {
 	if r := d.run(t, time.Minute, "pods", "-q"); r.code == 0 {
 		for _, id := range strings.Fields(r.stdout) {
+			// A minute each: a pod left is a failure already, and a
+			// hung one must not take the block past its time limit,
+			// where the test's verdict (and its guest's description)
+			// would be lost.
 			t.Errorf("pod %s left at the end; removing it", id)
-			d.run(t, criTimeout, "stopp", id)
-			d.run(t, criTimeout, "rmp", "--force", id)
+			d.run(t, time.Minute, "stopp", id)
+			d.run(t, time.Minute, "rmp", "--force", id)
 		}
 	}
 	if *criCaptures {
