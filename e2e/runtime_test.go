@@ -454,6 +454,28 @@ func TestRuntime(t *testing.T) {
 			t.Fatalf("delete: %v", err)
 		}
 		checkNothingLeft(t, state)
+
+		// SIGKILL to a paused container ends it, as it ends a frozen
+		// cgroup's processes (cgroup v2): its VM is stopped.
+		const paused = "kill-paused"
+		_, pid = createContainer(t, ctx, r, paused, bundle)
+		if err := r.Start(ctx, paused); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		if err := r.Pause(ctx, paused); err != nil {
+			t.Fatalf("pause: %v (log: %s)", err, readFile(r.Log))
+		}
+		if err := r.Kill(ctx, paused, int(unix.SIGKILL), nil); err != nil {
+			t.Fatalf("SIGKILL to the paused container: %v (log: %s)", err, readFile(r.Log))
+		}
+		if status := waitPid(t, pid); status != 137 {
+			t.Errorf("the paused container's VMM process exited %d after SIGKILL, want 137", status)
+		}
+		wantStatus(t, ctx, r, paused, "stopped")
+		if err := r.Delete(ctx, paused, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
 	})
 
 	t.Run("delete-created", func(t *testing.T) {

@@ -219,6 +219,10 @@ type member struct {
 	status string
 	code   int // exit status, once stopped
 	gone   chan struct{}
+	// killed is closed when SIGKILL ended the container without the
+	// guest (its agent did not confirm the signal: see kill).
+	killed   chan struct{}
+	killOnce sync.Once
 }
 
 // podState is a sandbox VMM process's pod.
@@ -419,7 +423,7 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		reply(ctlReply{Error: fmt.Sprintf("container with id %q already exists in the pod", id)})
 		return
 	}
-	m := &member{id: id, conn: c, files: fds[:3], status: statusCreating, gone: make(chan struct{})}
+	m := &member{id: id, conn: c, files: fds[:3], status: statusCreating, gone: make(chan struct{}), killed: make(chan struct{})}
 	p.pod.members[id] = m
 	p.pod.mu.Unlock()
 
@@ -503,8 +507,20 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		io.Copy(io.Discard, c)
 		close(hangup)
 	}()
+	// The container's exit, or a SIGKILL the guest did not confirm
+	// (killMember), stops it; the member process's hangup or the VM's
+	// end leaves it as it is.
+	code, stopped := 0, true
 	select {
-	case code := <-exited:
+	case code = <-exited:
+	case <-m.killed:
+		code = 128 + int(unix.SIGKILL)
+	case <-hangup:
+		stopped = false
+	case <-p.ended:
+		stopped = false
+	}
+	if stopped {
 		m.mu.Lock()
 		m.status, m.code = statusStopped, code
 		m.mu.Unlock()
@@ -513,8 +529,6 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		case <-hangup:
 		case <-p.ended:
 		}
-	case <-hangup:
-	case <-p.ended:
 	}
 	// The member process is gone or the container was deleted: remove
 	// it from the VM.
@@ -570,6 +584,9 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
 		}
+		if req.Signal == int(unix.SIGKILL) && req.Exec == "" {
+			return p.killMember(m, st)
+		}
 		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, m.id)
@@ -598,6 +615,27 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 		return ctlReply{Status: statusStopped}
 	}
 	return fail("unknown operation %q", req.Op)
+}
+
+// killMember sends SIGKILL to pod container m's process (status st).
+// When the guest does not confirm it within killConfirmTimeout, the
+// container is ended without the guest: its member process is told
+// status 137, and the container is removed from the VM as far as the
+// guest still answers (memberCreate). The pod's VM runs on for its
+// other containers.
+func (p *vmmProc) killMember(m *member, st string) ctlReply {
+	if st != statusCreated && st != statusRunning {
+		return ctlReply{Status: st, Error: "container not running"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
+	defer cancel()
+	rep := p.signalIn(ctx, m.id, "", st, int(unix.SIGKILL))
+	if rep.Error == "" {
+		return rep
+	}
+	p.logf("%s; container %s is ended without the guest", rep.Error, m.id)
+	m.killOnce.Do(func() { close(m.killed) })
+	return ctlReply{Status: st}
 }
 
 // readCtl reads one control request and the descriptors that came with

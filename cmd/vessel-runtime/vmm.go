@@ -103,6 +103,14 @@ const ctlTimeout = 2 * time.Minute
 // with the VM's state (agentError), not as the connection's end.
 var handlerTimeout = ctlTimeout - 20*time.Second
 
+// killConfirmTimeout bounds how long SIGKILL to a container's process
+// waits for the guest agent to confirm it. A guest that does not (hung,
+// or hostile) cannot keep the container alive: its VM is stopped
+// instead (forceEnd), as SIGKILL to a runc container's first process
+// always ends the container. Stopping the VM ends the container as
+// SIGKILL would, so a slow guest loses nothing by it.
+var killConfirmTimeout = 10 * time.Second
+
 // call sends req to the VMM of the container in dir and returns its
 // reply; a reply with an error is returned as a *runtimeError.
 func call(dir string, req ctlRequest) (ctlReply, error) {
@@ -156,6 +164,7 @@ type vmmProc struct {
 	deleting chan struct{} // closed by a delete request
 	unpaused string        // the status before pause
 	held     []int         // signals of kills while paused, for resume
+	forced   bool          // SIGKILL ended the VM without the guest (forceEnd)
 
 	vmCPUs   int // the VM's size, for update
 	vmMemory uint64
@@ -543,10 +552,13 @@ func (p *vmmProc) wait() error {
 	code := 128 + int(syscall.SIGKILL)
 	select {
 	case e := <-exited:
-		if e.err != nil {
+		switch {
+		case e.err != nil && p.wasForced():
+			// The VM was stopped for SIGKILL (forceEnd) meanwhile.
+		case e.err != nil:
 			p.logf("%v", p.guestFailure("the container", e.err))
 			code = 255
-		} else {
+		default:
 			outputs.Wait()
 			code = exitStatus(e.status)
 			if code != e.status {
@@ -573,6 +585,14 @@ func exitStatus(s int) int {
 // teardown removes the container in the guest, shuts the agent down and
 // waits for the VM to end, stopping it if it does not.
 func (p *vmmProc) teardown() {
+	if p.wasForced() {
+		// The VM is stopping without the guest (forceEnd): nothing in
+		// it is asked for anything more.
+		if p.vm != nil {
+			<-p.ended
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpDelete, Container: p.id}); err != nil && !errors.Is(err, container.ErrAgentGone) {
@@ -663,6 +683,9 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		if req.Signal <= 0 || req.Signal > 64 {
 			return fail("invalid signal %d", req.Signal)
 		}
+		if req.Signal == int(syscall.SIGKILL) && req.Exec == "" {
+			return p.kill(st)
+		}
 		if p.holdSignal(req.Signal) {
 			return ctlReply{Status: statusPaused}
 		}
@@ -704,6 +727,54 @@ func (p *vmmProc) startIn(ctx context.Context, id string, h statusHolder) ctlRep
 		return ctlReply{Status: st, Error: p.agentError("start", err).Error()}
 	}
 	return ctlReply{Status: statusRunning}
+}
+
+// kill sends SIGKILL to the container's process (status st). A paused
+// container's VM is stopped at once: a frozen cgroup's processes die of
+// SIGKILL too (cgroup v2), and a paused guest cannot act on it. A guest
+// that does not confirm the signal within killConfirmTimeout has its VM
+// stopped. Either way the container ends with status 137 (wait).
+func (p *vmmProc) kill(st string) ctlReply {
+	switch st {
+	case statusPaused:
+		p.forceEnd()
+		return ctlReply{Status: st}
+	case statusCreated, statusRunning:
+	default:
+		return ctlReply{Status: st, Error: "container not running"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
+	defer cancel()
+	rep := p.signalIn(ctx, p.id, "", st, int(syscall.SIGKILL))
+	if rep.Error == "" {
+		return rep
+	}
+	p.logf("%s; the VM is stopped instead", rep.Error)
+	p.forceEnd()
+	return ctlReply{Status: st}
+}
+
+// forceEnd ends the container without the guest: the VM is stopped and
+// wait returns SIGKILL's status.
+func (p *vmmProc) forceEnd() {
+	p.mu.Lock()
+	p.forced = true
+	select {
+	case <-p.deleting:
+	default:
+		close(p.deleting)
+	}
+	p.mu.Unlock()
+	if p.vm != nil {
+		p.vm.Stop()
+	}
+}
+
+// wasForced reports whether forceEnd ended the container.
+func (p *vmmProc) wasForced() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.forced
 }
 
 // signalIn sends sig to container id's process (exec "") or an exec'd

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,35 +22,7 @@ func TestStartGuestSilent(t *testing.T) {
 	defer func(d time.Duration) { handlerTimeout = d }(handlerTimeout)
 	handlerTimeout = 500 * time.Millisecond
 	dir := t.TempDir()
-	agentSock := filepath.Join(dir, "agent")
-	ln, err := net.Listen("unix", agentSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The guest's agent: it says hello and reads requests, and answers
-	// none of them.
-	go func() {
-		c, err := net.Dial("unix", agentSock)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer c.Close()
-		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
-		for {
-			var req agentproto.Request
-			if agentproto.Read(c, &req) != nil {
-				return
-			}
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ag, err := container.Accept(ctx, ln)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := silentAgent(t, dir)
 	p := &vmmProc{id: "c", dir: dir, ag: ag, status: statusCreated,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
 	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
@@ -75,4 +49,148 @@ func TestStartGuestSilent(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("start with a silent agent: no reply within 10 s (the handler outlives the connection)")
 	}
+}
+
+// silentAgent returns the host's end of a guest agent that says hello
+// and reads requests, and answers none of them (a hung or hostile
+// guest), its socket in dir.
+func silentAgent(t *testing.T, dir string) *container.Agent {
+	t.Helper()
+	agentSock := filepath.Join(dir, "agent")
+	ln, err := net.Listen("unix", agentSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := net.Dial("unix", agentSock)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+		for {
+			var req agentproto.Request
+			if agentproto.Read(c, &req) != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := container.Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Close() })
+	return ag
+}
+
+// TestKillGuestSilent: SIGKILL to a container whose guest never confirms
+// it ends the container anyway (its VM stopped, forceEnd), quickly and
+// without an error, as SIGKILL to a runc container's first process
+// does; other signals still report the silence. Before, the kill failed
+// after handlerTimeout and the container ran on, so docker kill or a
+// pod's stop could never end it.
+func TestKillGuestSilent(t *testing.T) {
+	defer func(h, k time.Duration) { handlerTimeout, killConfirmTimeout = h, k }(handlerTimeout, killConfirmTimeout)
+	handlerTimeout, killConfirmTimeout = 3*time.Second, 300*time.Millisecond
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: silentAgent(t, dir), status: statusRunning,
+		deleting: make(chan struct{}), ended: make(chan struct{})}
+	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	go p.serveControl(ctl)
+
+	if _, err := call(dir, ctlRequest{Op: opKill, Signal: int(syscall.SIGTERM)}); err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Errorf("SIGTERM with a silent guest: %v, want an error naming the deadline", err)
+	}
+	if p.wasForced() {
+		t.Fatal("SIGTERM ended the container without the guest")
+	}
+	start := time.Now()
+	if _, err := call(dir, ctlRequest{Op: opKill, Signal: int(syscall.SIGKILL)}); err != nil {
+		t.Fatalf("SIGKILL with a silent guest: %v, want success", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("SIGKILL answered after %v, want about killConfirmTimeout", d)
+	}
+	select {
+	case <-p.deleting:
+	default:
+		t.Error("SIGKILL with a silent guest did not end the container")
+	}
+	if !p.wasForced() {
+		t.Error("not marked as ended without the guest")
+	}
+	if l := readTestFile(t, logPath); !strings.Contains(l, "the VM is stopped instead") {
+		t.Errorf("log: %q, want a line saying the VM is stopped", l)
+	}
+}
+
+// TestKillPaused: SIGKILL to a paused container ends it at once (a
+// frozen cgroup's processes die of SIGKILL); another signal waits for
+// resume, as it does for a frozen process.
+func TestKillPaused(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		p := &vmmProc{g: &globals{}, id: "c", status: statusPaused, deleting: make(chan struct{}), ended: make(chan struct{})}
+		rep := p.handle(ctlRequest{Op: opKill, Signal: int(sig)})
+		if rep.Error != "" {
+			t.Errorf("%v to a paused container: %s", sig, rep.Error)
+		}
+		ended := false
+		select {
+		case <-p.deleting:
+			ended = true
+		default:
+		}
+		if want := sig == syscall.SIGKILL; ended != want || p.wasForced() != want {
+			t.Errorf("%v to a paused container: ended %v, want %v", sig, ended, want)
+		}
+		if want := sig != syscall.SIGKILL; (len(p.held) == 1) != want {
+			t.Errorf("%v to a paused container: held %v", sig, p.held)
+		}
+	}
+}
+
+// TestKillMemberGuestSilent: SIGKILL to a pod's container whose guest
+// never confirms it ends that container (its member process is told
+// 137, see memberCreate), not the pod's VM.
+func TestKillMemberGuestSilent(t *testing.T) {
+	defer func(k time.Duration) { killConfirmTimeout = k }(killConfirmTimeout)
+	killConfirmTimeout = 300 * time.Millisecond
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	m := &member{id: "m", status: statusRunning, gone: make(chan struct{}), killed: make(chan struct{})}
+	p := &vmmProc{g: &globals{log: logPath}, id: "sb", dir: dir, ag: silentAgent(t, dir), status: statusRunning,
+		deleting: make(chan struct{}), ended: make(chan struct{}), pod: &podState{members: map[string]*member{"m": m}}}
+	if rep := p.handleMember(ctlRequest{Op: opKill, Container: "m", Signal: int(syscall.SIGKILL)}); rep.Error != "" {
+		t.Fatalf("SIGKILL with a silent guest: %s", rep.Error)
+	}
+	select {
+	case <-m.killed:
+	default:
+		t.Error("the pod's container was not ended")
+	}
+	if p.wasForced() {
+		t.Error("the pod's VM was stopped for one of its containers")
+	}
+	if l := readTestFile(t, logPath); !strings.Contains(l, "container m is ended without the guest") {
+		t.Errorf("log: %q", l)
+	}
+	// A second SIGKILL (containerd repeats it) does no harm.
+	p.handleMember(ctlRequest{Op: opKill, Container: "m", Signal: int(syscall.SIGKILL)})
+}
+
+func readTestFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
