@@ -627,15 +627,11 @@ func (p *vmmProc) killMember(m *member, st string) ctlReply {
 	if st != statusCreated && st != statusRunning {
 		return ctlReply{Status: st, Error: "container not running"}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
-	defer cancel()
-	rep := p.signalIn(ctx, m.id, "", st, int(unix.SIGKILL))
-	if rep.Error == "" {
-		return rep
+	rep, ok := p.sigkillIn(m.id, st, "container "+m.id+" is ended without the guest")
+	if !ok {
+		m.killOnce.Do(func() { close(m.killed) })
 	}
-	p.logf("%s; container %s is ended without the guest", rep.Error, m.id)
-	m.killOnce.Do(func() { close(m.killed) })
-	return ctlReply{Status: st}
+	return rep
 }
 
 // readCtl reads one control request and the descriptors that came with

@@ -743,15 +743,27 @@ func (p *vmmProc) kill(st string) ctlReply {
 	default:
 		return ctlReply{Status: st, Error: "container not running"}
 	}
+	rep, ok := p.sigkillIn(p.id, st, "the VM is stopped instead")
+	if !ok {
+		p.forceEnd()
+	}
+	return rep
+}
+
+// sigkillIn sends SIGKILL to container id's process (status st) and
+// reports whether the guest confirmed it within killConfirmTimeout.
+// When it did not, the reply is a success (the caller ends the
+// container without the guest) and the log says why, and then what
+// happens instead.
+func (p *vmmProc) sigkillIn(id, st, then string) (ctlReply, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
 	defer cancel()
-	rep := p.signalIn(ctx, p.id, "", st, int(syscall.SIGKILL))
+	rep := p.signalIn(ctx, id, "", st, int(syscall.SIGKILL))
 	if rep.Error == "" {
-		return rep
+		return rep, true
 	}
-	p.logf("%s; the VM is stopped instead", rep.Error)
-	p.forceEnd()
-	return ctlReply{Status: st}
+	p.logf("%s; %s", rep.Error, then)
+	return ctlReply{Status: st}, false
 }
 
 // forceEnd ends the container without the guest: the VM is stopped and

@@ -25,12 +25,7 @@ func TestStartGuestSilent(t *testing.T) {
 	ag := silentAgent(t, dir)
 	p := &vmmProc{id: "c", dir: dir, ag: ag, status: statusCreated,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
-	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
-	go p.serveControl(ctl)
+	serveTestControl(t, p)
 
 	type result struct {
 		rep ctlReply
@@ -99,12 +94,7 @@ func TestKillGuestSilent(t *testing.T) {
 	logPath := filepath.Join(dir, "log")
 	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: silentAgent(t, dir), status: statusRunning,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
-	ctl, err := net.Listen("unix", filepath.Join(dir, ctlSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
-	go p.serveControl(ctl)
+	serveTestControl(t, p)
 
 	if _, err := call(dir, ctlRequest{Op: opKill, Signal: int(syscall.SIGTERM)}); err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
 		t.Errorf("SIGTERM with a silent guest: %v, want an error naming the deadline", err)
@@ -184,6 +174,18 @@ func TestKillMemberGuestSilent(t *testing.T) {
 	}
 	// A second SIGKILL (containerd repeats it) does no harm.
 	p.handleMember(ctlRequest{Op: opKill, Container: "m", Signal: int(syscall.SIGKILL)})
+}
+
+// serveTestControl serves p's control socket in p.dir until the test
+// ends.
+func serveTestControl(t *testing.T, p *vmmProc) {
+	t.Helper()
+	ctl, err := net.Listen("unix", filepath.Join(p.dir, ctlSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	go p.serveControl(ctl)
 }
 
 func readTestFile(t *testing.T, path string) string {
