@@ -229,13 +229,18 @@ func Relay(in io.Reader, out io.Writer, who string) string {
 }
 
 // dumpEnd finds the end of a held report's register dump (its "gs"
-// line's newline) as the report grows, scanning each complete line once:
-// the relay reads what a process facing the guest writes (the user
-// network's helper's), which could otherwise make every byte it sends
-// cost a scan of all it sent before.
+// line's newline) as the report grows, looking at each byte once for a
+// newline and scanning each complete line once: the relay reads what a
+// process facing the guest writes (the user network's helper's), which
+// could otherwise make every byte it sends cost a scan of all it sent
+// before (complete lines), or of the whole line it is writing.
 type dumpEnd struct {
-	from int // held before this offset holds no gs line
+	from int // held before this offset holds no gs line; the last line, incomplete, starts here
+	seen int // held before this offset was looked at for newlines
 	end  int // just past the gs line's newline; 0 until found
+	// examined counts the bytes looked at, for the test that the work
+	// stays linear in what was held.
+	examined int
 }
 
 // after reports whether text follows the register dump's last line in
@@ -243,11 +248,17 @@ type dumpEnd struct {
 // with the process.
 func (d *dumpEnd) after(held []byte) bool {
 	if d.end == 0 {
-		if _, end, ok := regLine(held[d.from:], "gs"); ok && end >= 0 {
-			d.end = d.from + end
-		} else if i := bytes.LastIndexByte(held, '\n'); i >= d.from {
-			d.from = i + 1 // the last line may be incomplete: scan it again
+		d.examined += len(held) - d.seen
+		if i := bytes.LastIndexByte(held[d.seen:], '\n'); i >= 0 {
+			lines := held[d.from : d.seen+i+1] // the complete lines not scanned yet
+			d.examined += len(lines)
+			if _, end, ok := regLine(lines, "gs"); ok && end >= 0 {
+				d.end = d.from + end
+			} else {
+				d.from = d.seen + i + 1
+			}
 		}
+		d.seen = len(held)
 	}
 	return d.end > 0 && d.end < len(held)
 }
