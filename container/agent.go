@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -395,10 +396,28 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 	req.ID = a.nextID
 	a.calls[req.ID] = ch
 	a.mu.Unlock()
+	// The write is bounded too: a guest that stops reading its control
+	// connection fills it, and a write without a limit would then hold
+	// this call, and every call after it, for good.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(maxWriteWait)
+	}
 	a.wmu.Lock()
+	a.ctl.SetWriteDeadline(deadline)
 	err := agentproto.Write(a.ctl, req)
+	a.ctl.SetWriteDeadline(time.Time{})
 	a.wmu.Unlock()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// Part of the request may have gone: the connection can
+			// carry no more requests. The agent is gone for every
+			// call (readLoop), as for a guest that closed it.
+			a.ctl.Close()
+		}
+		a.mu.Lock()
+		delete(a.calls, req.ID)
+		a.mu.Unlock()
 		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, err)
 	}
 	select {
@@ -411,9 +430,17 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 		}
 		return r, nil
 	case <-ctx.Done():
+		a.mu.Lock()
+		delete(a.calls, req.ID) // a late reply is dropped
+		a.mu.Unlock()
 		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, ctx.Err())
 	}
 }
+
+// maxWriteWait bounds the write of a request whose context has no
+// deadline: a guest that takes none of a request for that long has
+// stopped reading its control connection.
+const maxWriteWait = 2 * time.Minute
 
 // Close closes the listener, the control connection and the streams
 // nobody took.

@@ -2,12 +2,16 @@ package container
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/guest/agentproto"
 )
@@ -182,5 +186,48 @@ func TestAgentHostileGuest(t *testing.T) {
 	ag.smu.Unlock()
 	if n > maxPending {
 		t.Errorf("%d unclaimed streams kept, at most %d expected", n, maxPending)
+	}
+}
+
+// TestAgentGuestStopsReading: a guest that stops reading its control
+// connection cannot hold a call past its context, nor every call after
+// it: the write that fills the connection gives up at the deadline and
+// the agent counts as gone. (The write had no bound: a SIGKILL from
+// vessel-runtime then never returned.)
+func TestAgentGuestStopsReading(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	// The guest reads nothing more: requests of 64 KiB fill the
+	// connection's buffers within a few calls.
+	big := agentproto.Request{Op: agentproto.OpExec, Container: "c", Process: &specs.Process{Env: []string{strings.Repeat("x", 64<<10)}}}
+	start := time.Now()
+	var last error
+	for i := 0; i < 64 && !errors.Is(last, ErrAgentGone); i++ {
+		cctx, ccancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, last = ag.Call(cctx, big)
+		ccancel()
+	}
+	if !errors.Is(last, ErrAgentGone) {
+		t.Fatalf("after 64 calls to a guest that reads nothing: %v, want the agent gone", last)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the calls took %v", d)
 	}
 }

@@ -269,24 +269,28 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 		return ctlReply{Status: statusPaused}, true
 	case opResume:
 		p.mu.Lock()
-		defer p.mu.Unlock()
 		if p.status != statusPaused {
+			p.mu.Unlock()
 			return fail("container not paused")
 		}
 		if err := p.vm.Resume(); err != nil {
+			p.mu.Unlock()
 			return fail("%v", p.guestFailure("resume", err))
 		}
 		p.status = p.unpaused
+		status := p.status
 		// Signals a kill sent while paused, in order, as a frozen
-		// cgroup's processes get them when thawed.
+		// cgroup's processes get them when thawed: sent without the
+		// lock, which a kill, state or delete meanwhile takes.
 		sigs := p.held
 		p.held = nil
+		p.mu.Unlock()
 		for _, sig := range sigs {
 			if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: sig}); err != nil {
 				p.logf("resume: deliver signal %d: %v", sig, err)
 			}
 		}
-		return ctlReply{Status: p.status}, true
+		return ctlReply{Status: status}, true
 	case opUpdate:
 		if st != statusCreated && st != statusRunning {
 			return fail("cannot update a container that is %s", st)
@@ -322,8 +326,7 @@ func (p *vmmProc) holdSignal(sig int) bool {
 func (p *vmmProc) unpause() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.status == statusPaused {
-		p.vm.Resume()
+	if p.status == statusPaused && p.vm.Resume() == nil {
 		p.status = p.unpaused
 	}
 }

@@ -493,8 +493,10 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 
 	// The container's end, or its member process's: whichever first.
 	exited := make(chan int, 1)
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel() // a container ended without the guest (killed) is not waited for
 	go func() {
-		s, err := p.ag.Wait(context.Background(), id, "")
+		s, err := p.ag.Wait(wctx, id, "")
 		if err != nil {
 			s = 128 + int(unix.SIGKILL)
 		} else {
@@ -626,6 +628,12 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 func (p *vmmProc) killMember(m *member, st string) ctlReply {
 	if st != statusCreated && st != statusRunning {
 		return ctlReply{Status: st, Error: "container not running"}
+	}
+	if p.getStatus() == statusPaused {
+		// The pod's VM is paused: its processes are frozen, and die of
+		// SIGKILL (cgroup v2); the guest cannot be asked now.
+		m.killOnce.Do(func() { close(m.killed) })
+		return ctlReply{Status: st}
 	}
 	rep, ok := p.sigkillIn(m.id, st, "container "+m.id+" is ended without the guest")
 	if !ok {

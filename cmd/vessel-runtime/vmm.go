@@ -552,24 +552,40 @@ func (p *vmmProc) wait() error {
 	code := 128 + int(syscall.SIGKILL)
 	select {
 	case e := <-exited:
-		switch {
-		case e.err != nil && p.wasForced():
-			// The VM was stopped for SIGKILL (forceEnd) meanwhile.
-		case e.err != nil:
-			p.logf("%v", p.guestFailure("the container", e.err))
-			code = 255
-		default:
-			outputs.Wait()
-			code = exitStatus(e.status)
-			if code != e.status {
-				p.logf("the guest reported exit status %d, not one of 0-255", e.status)
-			}
-		}
+		code = p.exitCode(e.status, e.err)
 	case <-p.deleting:
+		// An exit the guest reported just now still counts.
+		select {
+		case e := <-exited:
+			if e.err == nil {
+				code = p.exitCode(e.status, e.err)
+			}
+		default:
+		}
 	}
 	p.setStatus(statusStopped)
 	p.teardown()
 	return exitCode(code)
+}
+
+// exitCode is the container's exit status for what the agent's wait
+// returned: the status the guest reported (once the container's output
+// has been passed on), or for a failed wait 255 (the failure logged),
+// or 137 when SIGKILL ended the VM (forceEnd).
+func (p *vmmProc) exitCode(status int, err error) int {
+	switch {
+	case err != nil && p.wasForced():
+		return 128 + int(syscall.SIGKILL) // the VM was stopped for SIGKILL meanwhile
+	case err != nil:
+		p.logf("%v", p.guestFailure("the container", err))
+		return 255
+	}
+	outputs.Wait()
+	code := exitStatus(status)
+	if code != status {
+		p.logf("the guest reported exit status %d, not one of 0-255", status)
+	}
+	return code
 }
 
 // exitStatus is the status the VMM process exits with for the status
@@ -758,11 +774,29 @@ func (p *vmmProc) kill(st string) ctlReply {
 func (p *vmmProc) sigkillIn(id, st, then string) (ctlReply, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
 	defer cancel()
-	rep := p.signalIn(ctx, id, "", st, int(syscall.SIGKILL))
-	if rep.Error == "" {
-		return rep, true
+	// The time limit holds whatever holds the request up (another
+	// request's write to a guest that stopped reading): the call runs
+	// on its own.
+	done := make(chan ctlReply, 1)
+	go func() { done <- p.signalIn(ctx, id, "", st, int(syscall.SIGKILL)) }()
+	var why string
+	select {
+	case rep := <-done:
+		if rep.Error == "" {
+			return rep, true
+		}
+		why = rep.Error
+	case <-ctx.Done():
+		why = fmt.Sprintf("kill: the guest agent took no SIGKILL within %v", killConfirmTimeout)
 	}
-	p.logf("%s; %s", rep.Error, then)
+	select {
+	case <-p.ended:
+		// The VM ended meanwhile, and the container with it: wait
+		// reports how.
+		return ctlReply{Status: st}, true
+	default:
+	}
+	p.logf("%s; %s", why, then)
 	return ctlReply{Status: st}, false
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
@@ -49,7 +52,11 @@ func TestStartGuestSilent(t *testing.T) {
 // silentAgent returns the host's end of a guest agent that says hello
 // and reads requests, and answers none of them (a hung or hostile
 // guest), its socket in dir.
-func silentAgent(t *testing.T, dir string) *container.Agent {
+func silentAgent(t *testing.T, dir string) *container.Agent { return guestAgent(t, dir, true) }
+
+// guestAgent returns the host's end of a guest agent that says hello and
+// answers nothing, reading the requests or (deaf) not even those.
+func guestAgent(t *testing.T, dir string, reads bool) *container.Agent {
 	t.Helper()
 	agentSock := filepath.Join(dir, "agent")
 	ln, err := net.Listen("unix", agentSock)
@@ -64,11 +71,14 @@ func silentAgent(t *testing.T, dir string) *container.Agent {
 		}
 		defer c.Close()
 		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
-		for {
+		for reads {
 			var req agentproto.Request
 			if agentproto.Read(c, &req) != nil {
 				return
 			}
+		}
+		if !reads {
+			io.Copy(io.Discard, &blockForever{})
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -186,6 +196,40 @@ func serveTestControl(t *testing.T, p *vmmProc) {
 	}
 	t.Cleanup(func() { ctl.Close() })
 	go p.serveControl(ctl)
+}
+
+// blockForever is a reader that never returns.
+type blockForever struct{}
+
+func (*blockForever) Read([]byte) (int, error) { select {} }
+
+// TestKillWhileWriteBlocked: SIGKILL ends the container within
+// killConfirmTimeout even while another request to the guest is stuck
+// writing to a control connection the guest stopped reading (that
+// write holds the connection for its own, longer time limit).
+func TestKillWhileWriteBlocked(t *testing.T) {
+	defer func(k time.Duration) { killConfirmTimeout = k }(killConfirmTimeout)
+	killConfirmTimeout = 300 * time.Millisecond
+	dir := t.TempDir()
+	p := &vmmProc{g: &globals{log: filepath.Join(dir, "log")}, id: "c", dir: dir, ag: guestAgent(t, dir, false), status: statusRunning,
+		deleting: make(chan struct{}), ended: make(chan struct{})}
+	// Requests of 64 KiB the guest never reads, with no deadline of
+	// their own: soon one blocks in its write.
+	big := agentproto.Request{Op: agentproto.OpExec, Container: "c", Process: &specs.Process{Env: []string{strings.Repeat("x", 64<<10)}}}
+	for i := 0; i < 32; i++ {
+		go p.ag.Call(context.Background(), big)
+	}
+	time.Sleep(200 * time.Millisecond)
+	done := make(chan ctlReply, 1)
+	go func() { done <- p.kill(statusRunning) }()
+	select {
+	case rep := <-done:
+		if rep.Error != "" || !p.wasForced() {
+			t.Errorf("SIGKILL: %+v, forced %v; want success and the VM stopped", rep, p.wasForced())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SIGKILL did not return within 5 s while a write to the guest was stuck")
+	}
 }
 
 func readTestFile(t *testing.T, path string) string {

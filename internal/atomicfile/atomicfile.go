@@ -25,8 +25,13 @@ func Write(name string, b []byte, perm os.FileMode, durable bool) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	defer tmp.Close()
+	renamed := false
+	defer func() {
+		tmp.Close()
+		if !renamed {
+			os.Remove(tmp.Name())
+		}
+	}()
 	if _, err := tmp.Write(b); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -44,6 +49,9 @@ func Write(name string, b []byte, perm os.FileMode, durable bool) error {
 	if err := os.Rename(tmp.Name(), name); err != nil {
 		return err
 	}
+	// Once renamed, the temporary name is free: another writer's
+	// CreateTemp may take it, and it must not be removed.
+	renamed = true
 	if !durable {
 		return nil
 	}
