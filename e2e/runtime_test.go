@@ -321,6 +321,16 @@ func runtimeClient(t *testing.T) (*runc.Runc, string) {
 	t.Helper()
 	state := filepath.Join(t.TempDir(), "state")
 	logf := filepath.Join(t.TempDir(), "log.json")
+	// A kill the guest did not confirm ends the container anyway (its
+	// VM stopped), which would let a test pass over a hung guest: it
+	// fails here, with the runtime's line and the VM's description.
+	t.Cleanup(func() {
+		for _, l := range strings.Split(readFile(logf), "\n") {
+			if strings.Contains(l, "the VM is stopped instead") || strings.Contains(l, "is ended without the guest") {
+				t.Errorf("a guest did not confirm SIGKILL: %s", l)
+			}
+		}
+	})
 	return &runc.Runc{Command: runtimeBin(t), Root: state, Log: logf, LogFormat: runc.JSON}, state
 }
 
