@@ -224,7 +224,8 @@ const exitLimit = 5 * time.Minute
 // waitPid waits for the (adopted) process pid and returns its exit
 // status, 128+N for signal N, as the shim reports it. A process still
 // there after exitLimit fails the test; a VMM process is asked to
-// describe its VM first (describeHung), for the test's log.
+// describe its VM first (describeHung), and for another process (a pod
+// container's) every VMM process is (describeVMMs), for the test's log.
 func waitPid(t *testing.T, pid int) int {
 	t.Helper()
 	var ws unix.WaitStatus
@@ -242,6 +243,11 @@ func waitPid(t *testing.T, pid int) int {
 		}
 		if time.Now().After(deadline) {
 			desc := describeHung(pid)
+			if desc == "" {
+				// A pod container's member process: its container
+				// runs in a sandbox's VM, described with every other.
+				desc = describeVMMs()
+			}
 			unix.Kill(pid, unix.SIGKILL)
 			unix.Wait4(pid, &ws, 0, nil)
 			t.Fatalf("process %d did not end within %v (killed)%s", pid, exitLimit, desc)
