@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -404,15 +405,19 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 		deadline = time.Now().Add(maxWriteWait)
 	}
 	a.wmu.Lock()
-	a.ctl.SetWriteDeadline(deadline)
-	err := agentproto.Write(a.ctl, req)
-	a.ctl.SetWriteDeadline(time.Time{})
+	err := ctx.Err() // a call whose time is up sends nothing
+	cw := &countingWriter{w: a.ctl}
+	if err == nil {
+		a.ctl.SetWriteDeadline(deadline)
+		err = agentproto.Write(cw, req)
+		a.ctl.SetWriteDeadline(time.Time{})
+	}
 	a.wmu.Unlock()
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// Part of the request may have gone: the connection can
-			// carry no more requests. The agent is gone for every
-			// call (readLoop), as for a guest that closed it.
+		if errors.Is(err, os.ErrDeadlineExceeded) && cw.n > 0 {
+			// Part of the request went: the connection can carry no
+			// more requests. The agent is gone for every call
+			// (readLoop), as for a guest that closed it.
 			a.ctl.Close()
 		}
 		a.mu.Lock()
@@ -435,6 +440,18 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 		a.mu.Unlock()
 		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, ctx.Err())
 	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
 }
 
 // maxWriteWait bounds the write of a request whose context has no

@@ -231,3 +231,30 @@ func TestAgentGuestStopsReading(t *testing.T) {
 		t.Errorf("the calls took %v", d)
 	}
 }
+
+// TestAgentCallExpired: a call whose context has already ended sends
+// nothing and leaves the connection as it was (a write that timed out
+// part-way closes it; one that never started must not).
+func TestAgentCallExpired(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fakeAgent(t, filepath.Join(dir, "agent"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	expired, cancelExpired := context.WithCancel(context.Background())
+	cancelExpired()
+	if _, err := ag.Call(expired, agentproto.Request{Op: agentproto.OpWait, Container: "c"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("a call with an ended context: %v, want context.Canceled", err)
+	}
+	if r, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpWait, Container: "c"}); err != nil || r.Status != 4 {
+		t.Errorf("the next call: %+v, %v; want the agent's status 4", r, err)
+	}
+}
