@@ -423,6 +423,11 @@ func (a *Agent) Call(ctx context.Context, req agentproto.Request) (agentproto.Re
 		a.mu.Lock()
 		delete(a.calls, req.ID)
 		a.mu.Unlock()
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+			// The call's own time ran out: say so as a wait's end
+			// does, for callers that tell it from other failures.
+			err = fmt.Errorf("writing the request: %w", ctx.Err())
+		}
 		return agentproto.Reply{}, fmt.Errorf("%s: %w", req.Op, err)
 	}
 	select {
