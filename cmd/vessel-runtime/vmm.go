@@ -554,14 +554,8 @@ func (p *vmmProc) wait() error {
 	case e := <-exited:
 		code = p.exitCode(e.status, e.err)
 	case <-p.deleting:
-		// An exit the guest reported just now still counts.
-		select {
-		case e := <-exited:
-			if e.err == nil {
-				code = p.exitCode(e.status, e.err)
-			}
-		default:
-		}
+		// Deleted or killed without the guest: SIGKILL's status, and
+		// nothing more waited for (the output streams may never end).
 	}
 	p.setStatus(statusStopped)
 	p.teardown()
