@@ -57,7 +57,7 @@ func (o *ttyOutput) waitFor(t *testing.T, s string, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for !strings.Contains(o.String(), s) {
 		if time.Now().After(deadline) {
-			t.Fatalf("terminal output %q: no %q within %v", o.String(), s, d)
+			t.Fatalf("terminal output %q: no %q within %v%s", o.String(), s, d, describeVMMs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -136,7 +136,9 @@ func runtimeIO(t *testing.T, ctx context.Context) {
 	t.Run("run-terminal", func(t *testing.T) {
 		// run with a terminal and no console socket: vessel-runtime's own
 		// stdio is the terminal, as runc's.
-		_, state := runtimeClient(t)
+		r, state := runtimeClient(t)
+		// A failed test must not leave its VM to the next ones.
+		t.Cleanup(func() { r.Delete(context.Background(), "run-terminal", &runc.DeleteOpts{Force: true}) })
 		bundle, spec := makeBundle(t, "sh", "-c", `tty; read l; echo got=$l; exit 5`)
 		spec.Process.Terminal = true
 		writeSpec(t, bundle, spec)
