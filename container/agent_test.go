@@ -59,10 +59,10 @@ func fakeAgent(t *testing.T, sock string) {
 	}
 }
 
-// TestAgentAndRelay: the host's Agent talks to an agent directly, and a
-// Client talks to it through the control socket relay.
-func TestAgentAndRelay(t *testing.T) {
-	dir := t.TempDir()
+// acceptFakeAgent starts fakeAgent on a socket in dir and returns the
+// host's end of it, closed when the test ends.
+func acceptFakeAgent(t *testing.T, dir string) *Agent {
+	t.Helper()
 	ln, err := net.Listen("unix", filepath.Join(dir, "agent"))
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +74,17 @@ func TestAgentAndRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ag.Close()
+	t.Cleanup(func() { ag.Close() })
+	return ag
+}
+
+// TestAgentAndRelay: the host's Agent talks to an agent directly, and a
+// Client talks to it through the control socket relay.
+func TestAgentAndRelay(t *testing.T) {
+	dir := t.TempDir()
+	ag := acceptFakeAgent(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 
 	// Directly.
 	if _, err := ag.Call(ctx, agentproto.Request{Op: agentproto.OpStart, Container: "c"}); err == nil {
@@ -236,19 +246,9 @@ func TestAgentGuestStopsReading(t *testing.T) {
 // nothing and leaves the connection as it was (a write that timed out
 // part-way closes it; one that never started must not).
 func TestAgentCallExpired(t *testing.T) {
-	dir := t.TempDir()
-	ln, err := net.Listen("unix", filepath.Join(dir, "agent"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go fakeAgent(t, filepath.Join(dir, "agent"))
+	ag := acceptFakeAgent(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ag, err := Accept(ctx, ln)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
 	expired, cancelExpired := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancelExpired()
 	if _, err := ag.Call(expired, agentproto.Request{Op: agentproto.OpWait, Container: "c"}); !errors.Is(err, context.DeadlineExceeded) {
