@@ -85,7 +85,11 @@ func kernelCmdline(verbose bool, tscKHz uint64) string {
 	return s + " quiet"
 }
 
-func qemuArgs(o *options, kernel, initrd string) []string {
+// qemuArgs returns QEMU's command line. log receives QEMU's own record of
+// CPU resets (-d cpu_reset): its "Triple fault" line is the only trace
+// of an outer CPU that triple-faulted, which -no-reboot turns into a
+// silent, successful exit.
+func qemuArgs(o *options, kernel, initrd, log string) []string {
 	return []string{
 		"-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on,acpi=off",
 		"-accel", "tcg,thread=multi", "-cpu", "max",
@@ -105,6 +109,7 @@ func qemuArgs(o *options, kernel, initrd string) []string {
 		"-device", "virtserialport,chardev=err,name=" + stderrPort,
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng",
+		"-d", "cpu_reset", "-D", log,
 	}
 }
 
@@ -180,6 +185,7 @@ type runEnv struct {
 	o        *options
 	kernel   string
 	initrd   string
+	qemuLog  string // QEMU's -D log file
 	nonce    string
 	deadline time.Time // zero: none
 	sigs     <-chan os.Signal
@@ -206,7 +212,7 @@ func runOuter(e *runEnv) (out outcome) {
 		return outcome{setupError: err.Error()}
 	}
 	qerr := &tailBuffer{max: 4096}
-	cmd := exec.Command(e.o.qemu, qemuArgs(e.o, e.kernel, e.initrd)...)
+	cmd := exec.Command(e.o.qemu, qemuArgs(e.o, e.kernel, e.initrd, e.qemuLog)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, conW, qerr
 	cmd.ExtraFiles = []*os.File{outW, errW}
 	// Own process group: a terminal's ^C reaches only us, and we end QEMU.
@@ -360,12 +366,39 @@ loop:
 	defer mu.Unlock()
 	if !out.reported && out.setupError == "" {
 		out.crash, _ = outerCrash(lines)
+		if out.crash == "" && qemuLogged(e.qemuLog, tripleFault) {
+			out.crash = "the outer VM's CPU triple-faulted with no kernel message first: QEMU's TCG emulation failed it"
+		}
 	}
 	for _, l := range lines[max(0, len(lines)-15):] {
 		out.tail = append(out.tail, l.Text)
 	}
 	out.qemuErr = strings.TrimSpace(qerr.String())
 	return out
+}
+
+// tripleFault is the line QEMU's cpu_reset log gets when an emulated CPU
+// triple-faults (target/i386/tcg/excp_helper.c, check_exception). The
+// outer kernel restarts by triple fault too (reboot=t), but only after
+// init reported, or after a panic that the console shows.
+const tripleFault = "Triple fault"
+
+// qemuLogged reports whether QEMU's log at path holds the line want. It
+// reads at most the log's first 4 MiB: the log has a CPU state dump per
+// reset, a few at start, and nothing else.
+func qemuLogged(path, want string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, 4<<20))
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == want {
+			return true
+		}
+	}
+	return false
 }
 
 // findModuleRoot walks up from dir to the go.mod of the vessel module.

@@ -29,7 +29,9 @@
 //
 // The outer kernel on this platform occasionally crashes. When the outer VM
 // dies without reporting COMMAND's status and its console shows an
-// outer-kernel crash, testvm says so and retries once. A failure of
+// outer-kernel crash, or QEMU's log shows that an outer CPU triple-faulted
+// (QEMU's TCG emulation failing the outer kernel, which then prints
+// nothing), testvm says so and retries once. A failure of
 // COMMAND is never retried.
 //
 // testvm itself must be statically linked (it becomes the outer VM's init):
@@ -291,11 +293,13 @@ func runNested(o *options, host hostKVM, stdout, stderr io.Writer) int {
 	for attempt := 1; ; attempt++ {
 		sp.HostTimeNs = time.Now().UnixNano()
 		initrd := filepath.Join(tmp, fmt.Sprintf("initramfs-%d.cpio", attempt))
+		qemuLog := filepath.Join(tmp, fmt.Sprintf("qemu-%d.log", attempt))
 		if err := writeInitramfsFile(initrd, exe, sp); err != nil {
 			return failf(stderr, "initramfs: %v", err)
 		}
-		out := runOuter(&runEnv{o: o, kernel: kernel, initrd: initrd, nonce: nonce, deadline: deadline, sigs: sigs, stdout: stdout, stderr: stderr})
+		out := runOuter(&runEnv{o: o, kernel: kernel, initrd: initrd, qemuLog: qemuLog, nonce: nonce, deadline: deadline, sigs: sigs, stdout: stdout, stderr: stderr})
 		_ = os.Remove(initrd)
+		_ = os.Remove(qemuLog)
 		switch {
 		case out.signal != nil:
 			fmt.Fprintf(stderr, "testvm: %v: killed the outer VM\n", out.signal)

@@ -504,8 +504,8 @@ func TestModuleRoot(t *testing.T) {
 
 func TestQemuArgs(t *testing.T) {
 	o := &options{cpus: 3, memory: 1024}
-	a := strings.Join(qemuArgs(o, "/k/vmlinux", "/t/i.cpio"), " ")
-	for _, want := range []string{"-accel tcg,thread=multi", "-cpu max", "-smp 3", "-m 1024", "-no-reboot", "-nodefaults",
+	a := strings.Join(qemuArgs(o, "/k/vmlinux", "/t/i.cpio", "/t/q.log"), " ")
+	for _, want := range []string{"-d cpu_reset -D /t/q.log", "-accel tcg,thread=multi", "-cpu max", "-smp 3", "-m 1024", "-no-reboot", "-nodefaults",
 		"-kernel /k/vmlinux", "-initrd /t/i.cpio", "mount_tag=hostroot", "readonly=on", "name=testvm.stdout", "name=testvm.stderr"} {
 		if !strings.Contains(a, want) {
 			t.Errorf("qemu args lack %q: %s", want, a)
@@ -582,18 +582,22 @@ func TestMain(m *testing.M) {
 // counting runs and recording PIDs.
 const fakeQemu = `#!/bin/sh
 while [ $# -gt 0 ]; do
-	case $1 in -initrd) initrd=$2; shift;; esac
+	case $1 in -initrd) initrd=$2; shift;; -D) log=$2; shift;; esac
 	shift
 done
 n=$(grep -ao '"nonce":"[0-9a-f]\{32\}"' "$initrd" | head -n 1 | cut -d'"' -f4)
 echo $$ >> "$FAKE_STATE/pids"
 echo x >> "$FAKE_STATE/runs"
 runs=$(wc -l < "$FAKE_STATE/runs")
+echo "CPU Reset (CPU 0)" > "$log"
 echo "[    0.000000] Linux version 6.1.fake"
 echo "[    0.500000] Run /init as init process"
 mode=$FAKE_MODE
 if [ "$mode" = crash-once ]; then
 	if [ "$runs" = 1 ]; then mode=crash; else mode=ok; fi
+fi
+if [ "$mode" = triple-once ]; then
+	if [ "$runs" = 1 ]; then mode=triple; else mode=ok; fi
 fi
 case $mode in
 ok)
@@ -609,6 +613,10 @@ crash)
 	echo "$n:testvm-start"
 	echo "[    2.000000] BUG: TASK stack guard page was hit at 0000"
 	echo "[    2.000001] Kernel panic - not syncing: Fatal exception"
+	exit 0;;
+triple)
+	echo "$n:testvm-start"
+	echo "Triple fault" >> "$log"
 	exit 0;;
 forge)
 	echo "$n:testvm-start"
@@ -730,6 +738,23 @@ func TestFakeCrashRetriedOnce(t *testing.T) {
 	r.checkClean(t)
 
 	r = runFake(t, "crash", nil, nil)
+	if r.code != exitFailure || r.runs(t) != 2 || !strings.Contains(r.stderr, "crashed again") {
+		t.Errorf("code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
+	}
+	r.checkClean(t)
+}
+
+// An outer CPU's triple fault leaves nothing on the console and QEMU
+// exits 0 (-no-reboot): only QEMU's cpu_reset log tells it from an outer
+// VM that ended for no known reason, which is never retried.
+func TestFakeTripleFaultRetriedOnce(t *testing.T) {
+	r := runFake(t, "triple-once", nil, nil)
+	if r.code != 7 || r.runs(t) != 2 || !strings.Contains(r.stderr, "triple-faulted with no kernel message first") || !strings.Contains(r.stderr, "retrying once") {
+		t.Errorf("code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
+	}
+	r.checkClean(t)
+
+	r = runFake(t, "triple", nil, nil)
 	if r.code != exitFailure || r.runs(t) != 2 || !strings.Contains(r.stderr, "crashed again") {
 		t.Errorf("code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
 	}
