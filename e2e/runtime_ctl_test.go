@@ -18,8 +18,9 @@ import (
 // testPauseUpdate is TestRuntime's pause-update: a container that
 // writes a counter to a bind-mounted directory every second, and its
 // cgroup's pids.max and memory.max, is paused (state paused, the counter
-// stops), resumed (it goes on), updated (the new limits show inside; a
-// limit beyond the VM's size is refused and changes nothing), paused
+// stops), resumed (it goes on), updated (the new limits show inside, and
+// in events --stats; a limit beyond the VM's size is refused and changes
+// nothing), paused
 // again and deleted by force, which leaves nothing.
 func testPauseUpdate(t *testing.T, ctx context.Context) {
 	r, state := runtimeClient(t)
@@ -69,7 +70,10 @@ func testPauseUpdate(t *testing.T, ctx context.Context) {
 	if after := tick(); after != before {
 		t.Errorf("the counter went on while paused: %s, then %s", before, after)
 	}
-	// An update needs the guest: refused while paused.
+	// events --stats and update need the guest: refused while paused.
+	if _, err := r.Stats(ctx, id); err == nil {
+		t.Errorf("events --stats of a paused container succeeded")
+	}
 	pids := int64(40)
 	if err := r.Update(ctx, id, &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pids}}); err == nil {
 		t.Errorf("update of a paused container succeeded")
@@ -89,6 +93,16 @@ func testPauseUpdate(t *testing.T, ctx context.Context) {
 		t.Fatalf("update: %v (log: %s)", err, readFile(r.Log))
 	}
 	waitFor("the updated limits", func() bool { return limits() == "40 134217728 2" })
+	// events --stats (go-runc's Stats, as a shim would call it): the
+	// container's cgroup in the VM, the new limits in it.
+	st, err := r.Stats(ctx, id)
+	if err != nil {
+		t.Fatalf("events --stats: %v (log: %s)", err, readFile(r.Log))
+	}
+	if st.Pids.Limit != 40 || st.Pids.Current < 2 || st.Memory.Usage.Limit != 128<<20 || st.Memory.Usage.Usage == 0 || st.Cpu.Usage.Total == 0 {
+		t.Errorf("events --stats: pids %+v, memory usage %+v, cpu usage %+v; want the updated limits (40 pids, 128 MiB), sh and sleep, some memory and CPU time",
+			st.Pids, st.Memory.Usage, st.Cpu.Usage)
+	}
 	// Beyond the VM: refused, and nothing changes.
 	big, many := int64(2<<30), int64(400000)
 	for name, res := range map[string]*specs.LinuxResources{

@@ -132,7 +132,7 @@ func newRoot(g *globals) *cobra.Command {
 	fl.BoolVar(&g.noTemplate, "no-template", false, "boot every container's VM instead of restoring it from a template")
 	fl.StringVar(&g.templateDir, "template-dir", "", "the templates' cache directory (default: $VESSEL_TEMPLATE_DIR, else "+defaultTemplateDir+")")
 	root.AddCommand(newCreate(g), newStart(g), newState(g), newKill(g), newDelete(g), newRun(g), newVMM(g), newMember(g),
-		newPause(g), newResume(g), newUpdate(g), newTemplateBuild(g))
+		newPause(g), newResume(g), newUpdate(g), newEvents(g), newTemplateBuild(g))
 	root.AddCommand(newExec(g), newExecHelper(g), newPs(g), newList(g), newFeatures(),
 		newUnsupported("checkpoint", "checkpoint a running container"), newUnsupported("restore", "restore a container from a checkpoint"))
 	for _, c := range root.Commands() {

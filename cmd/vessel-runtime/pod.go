@@ -592,6 +592,8 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, m.id)
+	case opStats:
+		return p.statsIn(ctx, m.id, st)
 	case opUpdate:
 		// The container's cgroup in the VM, within the VM's size (the
 		// sandbox's, which the pod's containers share).

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 
@@ -88,6 +89,8 @@ type ctlReply struct {
 	// Exit is a pod container's exit status, sent on its member
 	// connection when it has stopped.
 	Exit *int `json:"exit,omitempty"`
+	// Stats answers opStats.
+	Stats *runc.Stats `json:"stats,omitempty"`
 }
 
 // maxCtl bounds a control message.
@@ -702,6 +705,8 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 		return p.signalIn(ctx, p.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, p.id)
+	case opStats:
+		return p.statsIn(ctx, p.id, st)
 	case opDelete:
 		p.unpause()
 		p.mu.Lock()

@@ -52,11 +52,12 @@ func TestStartGuestSilent(t *testing.T) {
 // silentAgent returns the host's end of a guest agent that says hello
 // and reads requests, and answers none of them (a hung or hostile
 // guest), its socket in dir.
-func silentAgent(t *testing.T, dir string) *container.Agent { return guestAgent(t, dir, true) }
+func silentAgent(t *testing.T, dir string) *container.Agent { return guestAgent(t, dir, true, nil) }
 
 // guestAgent returns the host's end of a guest agent that says hello and
-// answers nothing, reading the requests or (deaf) not even those.
-func guestAgent(t *testing.T, dir string, reads bool) *container.Agent {
+// answers nothing, reading the requests or (deaf) not even those; with
+// answer, it reads every request and sends answer's reply to it.
+func guestAgent(t *testing.T, dir string, reads bool, answer func(agentproto.Request) agentproto.Reply) *container.Agent {
 	t.Helper()
 	agentSock := filepath.Join(dir, "agent")
 	ln, err := net.Listen("unix", agentSock)
@@ -75,6 +76,13 @@ func guestAgent(t *testing.T, dir string, reads bool) *container.Agent {
 			var req agentproto.Request
 			if agentproto.Read(c, &req) != nil {
 				return
+			}
+			if answer != nil {
+				rep := answer(req)
+				rep.ID = req.ID
+				if agentproto.Write(c, rep) != nil {
+					return
+				}
 			}
 		}
 		if !reads {
@@ -211,7 +219,7 @@ func TestKillWhileWriteBlocked(t *testing.T) {
 	defer func(k time.Duration) { killConfirmTimeout = k }(killConfirmTimeout)
 	killConfirmTimeout = 300 * time.Millisecond
 	dir := t.TempDir()
-	p := &vmmProc{g: &globals{log: filepath.Join(dir, "log")}, id: "c", dir: dir, ag: guestAgent(t, dir, false), status: statusRunning,
+	p := &vmmProc{g: &globals{log: filepath.Join(dir, "log")}, id: "c", dir: dir, ag: guestAgent(t, dir, false, nil), status: statusRunning,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
 	// Requests of 64 KiB the guest never reads, with no deadline of
 	// their own: soon one blocks in its write.

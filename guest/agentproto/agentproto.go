@@ -26,6 +26,7 @@ import (
 	"io"
 	"slices"
 
+	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselvm/vessel/guest/cmdline"
@@ -111,6 +112,10 @@ const (
 	// start their first container warm; the reply's Pid is then that of
 	// the runc that ran it.
 	OpTemplate = "template"
+	// OpStats replies with the container's cgroup statistics (Stats) as
+	// the guest's runc reports them (runc events --stats). An agent
+	// older than it answers "unknown operation".
+	OpStats = "stats"
 )
 
 // Request is what the host asks of the agent.
@@ -282,6 +287,9 @@ type Reply struct {
 	// agent older than Create.Net leaves it 0, so with StepNet it proves
 	// the network was set (Create.CheckNet).
 	Links int `json:"links,omitempty"`
+	// Stats is a stats request's answer: the container's cgroup in the
+	// guest, in runc events' JSON (its "data").
+	Stats *runc.Stats `json:"stats,omitempty"`
 }
 
 // Step is one part of a request's work in the guest and how long it

@@ -243,6 +243,12 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 		return fail(p.resize(*req.Size))
 	case agentproto.OpUpdate:
 		return fail(c.update(ctx, req.Resources))
+	case agentproto.OpStats:
+		st, err := c.stats(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		return agentproto.Reply{Stats: st}
 	case agentproto.OpDelete:
 		err := c.delete(ctx)
 		a.mu.Lock()

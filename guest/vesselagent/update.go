@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -17,4 +18,17 @@ func (c *container) update(ctx context.Context, r *specs.LinuxResources) error {
 		return c.runcError("update", err)
 	}
 	return nil
+}
+
+// stats reads the container's cgroup statistics with runc events
+// --stats.
+func (c *container) stats(ctx context.Context) (*runc.Stats, error) {
+	st, err := c.runc.Stats(ctx, c.id)
+	if err != nil {
+		return nil, c.runcError("stats", err)
+	}
+	if st == nil {
+		return nil, errors.New("stats: runc events printed no statistics")
+	}
+	return st, nil
 }
