@@ -412,13 +412,14 @@ func newKill(g *globals) *cobra.Command {
 			if st := rec.status(dir); st != statusCreated && st != statusRunning && st != statusPaused {
 				return errorf("container not running")
 			}
-			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig)})
+			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig), All: all})
 			return err
 		},
 	}
-	// The container's first process is its PID namespace's init: a
-	// signal that kills it kills every other process of the container.
-	c.Flags().BoolVarP(&all, "all", "a", false, "accepted: the signal goes to the container's first process")
+	// Without a PID namespace of its own (a pod's container sharing its
+	// sandbox's), a container's other processes outlive its first one:
+	// containerd ends them with kill --all.
+	c.Flags().BoolVarP(&all, "all", "a", false, "send the signal to every process of the container (in its VM)")
 	return c
 }
 

@@ -285,9 +285,9 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 		sigs := p.held
 		p.held = nil
 		p.mu.Unlock()
-		for _, sig := range sigs {
-			if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: p.id, Signal: sig}); err != nil {
-				p.logf("resume: deliver signal %d: %v", sig, err)
+		for _, h := range sigs {
+			if rep := p.signalIn(ctx, p.id, h.exec, status, h.sig, h.all); rep.Error != "" {
+				p.logf("resume: deliver signal %d: %s", h.sig, rep.Error)
 			}
 		}
 		return ctlReply{Status: status}, true
@@ -307,9 +307,16 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 	return ctlReply{}, false
 }
 
+// heldSignal is a kill's signal kept while the VM is paused.
+type heldSignal struct {
+	sig  int
+	exec string // the exec'd process it is for ("": the container's)
+	all  bool   // for every process of the container
+}
+
 // holdSignal keeps a kill's signal for resume if the VM is paused; it
 // reports whether it did.
-func (p *vmmProc) holdSignal(sig int) bool {
+func (p *vmmProc) holdSignal(sig heldSignal) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.status != statusPaused {
