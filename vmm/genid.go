@@ -1,8 +1,9 @@
 package vmm
 
 import (
-	"crypto/rand"
 	"fmt"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/boot/acpi"
 )
@@ -19,9 +20,13 @@ func genIDACPI() *acpi.GenerationID { return &acpi.GenerationID{GSI: genIDGSI} }
 // random state); on restore it is the clone's own, which the guest reads
 // when the GED's interrupt tells it to (see newClone).
 func (v *VM) newGenerationID() error {
+	// The kernel's CSPRNG, with getrandom(2) as crypto/rand reads it:
+	// 16 bytes come whole once the kernel's pool is ready. (crypto/rand
+	// itself would link its DRBG and ciphers into the VMM, about 150 KB
+	// that stay resident for these 16 bytes.)
 	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return fmt.Errorf("vmm: generation ID: %w", err)
+	if n, err := unix.Getrandom(id[:], 0); err != nil || n != len(id) {
+		return fmt.Errorf("vmm: generation ID: getrandom: %d bytes, %v", n, err)
 	}
 	if _, err := v.mem.WriteAt(id[:], acpi.GenerationIDAddr); err != nil {
 		return fmt.Errorf("vmm: generation ID: %w", err)

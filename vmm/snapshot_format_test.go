@@ -2,10 +2,9 @@ package vmm
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -38,8 +37,7 @@ func reseal(t *testing.T, file []byte, edit func(body []byte) []byte) []byte {
 	t.Helper()
 	parts := bytes.SplitN(file, []byte("\n"), 3)
 	body := edit(parts[2])
-	sum := sha256.Sum256(body)
-	return []byte(fmt.Sprintf("%s\nsha256 %s\n%s", parts[0], hex.EncodeToString(sum[:]), body))
+	return []byte(fmt.Sprintf("%s\ncrc64 %016x\n%s", parts[0], crc64.Checksum(body, crc64Table), body))
 }
 
 // formatLine is the state file's first line.
@@ -115,7 +113,7 @@ func TestParseStateRefuses(t *testing.T) {
 			fmt.Sprintf("snapshot format 1, this vessel reads format %d", SnapshotFormat)},
 		{"format not a number", raw(bytes.Replace(good, []byte(formatLine), []byte("vessel-snapshot x\n"), 1)), "bad format number"},
 		{"no checksum", raw([]byte(formatLine + "{}")), "no checksum"},
-		{"short checksum", raw([]byte(formatLine + "sha256 abcd\n{}")), "no checksum"},
+		{"short checksum", raw([]byte(formatLine + "crc64 abcd\n{}")), "no checksum"},
 		{"flipped byte", raw(bytes.Replace(good, []byte(`"Vessel":"v1"`), []byte(`"Vessel":"v2"`), 1)), "corrupt (checksum mismatch)"},
 		{"truncated", raw(good[:len(good)-10]), "corrupt (checksum mismatch)"},
 		{"unknown field", func(t *testing.T) []byte {
@@ -220,7 +218,7 @@ func FuzzParseState(f *testing.F) {
 	}
 	f.Add(append([]byte{0}, good...))
 	f.Add(append([]byte{1}, bytes.SplitN(good, []byte("\n"), 3)[2]...))
-	f.Add([]byte("\x00" + formatLine + "sha256 00\n{}"))
+	f.Add([]byte("\x00" + formatLine + "crc64 00\n{}"))
 	f.Add([]byte("\x01{\"CPUs\":1}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) == 0 {
@@ -228,8 +226,7 @@ func FuzzParseState(f *testing.F) {
 		}
 		file := data[1:]
 		if data[0]&1 != 0 {
-			sum := sha256.Sum256(file)
-			file = append([]byte(fmt.Sprintf("%ssha256 %s\n", formatLine, hex.EncodeToString(sum[:]))), file...)
+			file = append([]byte(fmt.Sprintf("%scrc64 %016x\n", formatLine, crc64.Checksum(file, crc64Table))), file...)
 		}
 		st, err := parseState(file)
 		if err != nil {
