@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +63,29 @@ const (
 	// source addresses, type.
 	ethHeader = 14
 )
+
+// publishAddr parses a Publish's Host, "IP:PORT" or ":PORT": an IP
+// address, never a name, so the VMM resolves nothing (and links none of
+// net's resolver).
+func publishAddr(host string) (*net.TCPAddr, error) {
+	h, port, err := net.SplitHostPort(host)
+	if err != nil {
+		return nil, err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("port %q: want 0 to 65535", port)
+	}
+	addr := &net.TCPAddr{Port: int(n)}
+	if h != "" {
+		ip, err := netip.ParseAddr(h)
+		if err != nil {
+			return nil, fmt.Errorf("host %q is not an IP address", h)
+		}
+		addr.IP, addr.Zone = ip.AsSlice(), ip.Zone()
+	}
+	return addr, nil
+}
 
 // Publish makes a guest TCP port reachable on the host, as `docker run -p`
 // does.
@@ -171,11 +195,15 @@ func Start(cfg Config) (_ *Network, err error) {
 	child = append(child, readyW)
 	var ports []string
 	for _, p := range cfg.Publish {
-		ln, err := net.Listen("tcp", p.Host)
+		addr, err := publishAddr(p.Host)
 		if err != nil {
 			return nil, fmt.Errorf("usernet: publish %s to guest port %d: %w", p.Host, p.GuestPort, err)
 		}
-		f, err := ln.(*net.TCPListener).File()
+		ln, err := net.ListenTCP("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("usernet: publish %s to guest port %d: %w", p.Host, p.GuestPort, err)
+		}
+		f, err := ln.File()
 		n.addrs = append(n.addrs, ln.Addr())
 		ln.Close() // f is a duplicate: the socket stays open
 		if err != nil {

@@ -401,3 +401,26 @@ func TestRelayStderrBounded(t *testing.T) {
 		t.Errorf("the crash report is not one line at the end: %q", got[max(0, len(got)-300):])
 	}
 }
+
+// TestPublishAddr: a published port's host side is an IP address and a
+// port, never a name the VMM would have to resolve.
+func TestPublishAddr(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"127.0.0.1:8080", "127.0.0.1:8080", true},
+		{":80", ":80", true},
+		{"[::1]:0", "[::1]:0", true},
+		{"[fe80::1%lo]:22", "[fe80::1%lo]:22", true},
+		{"localhost:80", "", false},
+		{"127.0.0.1:65536", "", false},
+		{"127.0.0.1", "", false},
+		{"127.0.0.1:-1", "", false},
+	} {
+		a, err := publishAddr(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && a.String() != tc.want) {
+			t.Errorf("publishAddr(%q) = %v, %v; want %q, ok %v", tc.in, a, err, tc.want, tc.ok)
+		}
+	}
+}
