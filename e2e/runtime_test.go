@@ -300,13 +300,19 @@ func describeHung(pid int) string {
 	}
 	before := len(readFile(logPath))
 	unix.Kill(pid, unix.SIGUSR2)
+	// The VM's description (or why there is none), then, with
+	// VESSEL_DEBUG, the process's goroutines: a VMM process that hangs
+	// whatever its guest does shows where.
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if l := readFile(logPath); len(l) > before && strings.Contains(l[before:], "    IOAPIC") {
+		if l := readFile(logPath); len(l) > before && strings.Contains(l[before:], "goroutines:") {
 			time.Sleep(time.Second) // the lines after it
-			return "; its VM, described (VESSEL_DEBUG, SIGUSR2):\n" + readFile(logPath)[before:]
+			return "; its VM and goroutines, described (VESSEL_DEBUG, SIGUSR2):\n" + readFile(logPath)[before:]
 		}
 	}
-	return "; its VMM process wrote no description within a minute"
+	if l := readFile(logPath); len(l) > before {
+		return "; its VMM process wrote no goroutines within a minute, only:\n" + l[before:]
+	}
+	return "; its VMM process wrote nothing within a minute"
 }
 
 // cgroupMemory reports how much memory a host cgroup's processes used at
@@ -337,6 +343,7 @@ func runtimeClient(t *testing.T) (*runc.Runc, string) {
 			}
 		}
 	})
+
 	return &runc.Runc{Command: runtimeBin(t), Root: state, Log: logf, LogFormat: runc.JSON}, state
 }
 
@@ -361,6 +368,16 @@ func createContainer(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before that delete (cleanups run last first): a failed test's VMM
+	// process, still there, says where it is (its VM, its goroutines),
+	// whatever the failure, so that a VMM process that hung shows why.
+	t.Cleanup(func() {
+		if t.Failed() {
+			if d := describeHung(pid); d != "" {
+				t.Logf("container %s after the failure: VMM process %d%s", id, pid, d)
+			}
+		}
+	})
 	return pio, pid
 }
 

@@ -499,8 +499,8 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		s, err := p.ag.Wait(wctx, id, "")
 		if err != nil {
 			s = 128 + int(unix.SIGKILL)
-		} else {
-			outputs.Wait()
+		} else if !waitOutputs(&outputs, wctx.Done()) {
+			p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", id, outputsWait)
 		}
 		exited <- exitStatus(s)
 	}()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -406,25 +407,49 @@ func (p *vmmProc) create() error {
 const DescribeSignal = syscall.SIGUSR2
 
 // describeOnSignal writes vm's description to --log, a line each after
-// container.DiagnosisHeader, whenever DescribeSignal arrives on sigs,
-// until the VM ends.
+// container.DiagnosisHeader, whenever DescribeSignal arrives on sigs;
+// once the VM has ended, a line saying so. With container.Debugging, it
+// also writes every goroutine's stack, after goroutinesHeader: a VMM
+// process that hangs whatever its guest does (a lock never released, a
+// call never answered) shows where. It serves sigs for the process's
+// life, so that the signal never takes its default action (the end of
+// the process).
 func (p *vmmProc) describeOnSignal(vm *vmm.VM, sigs chan os.Signal) {
-	defer signal.Stop(sigs)
-	for {
+	for range sigs {
 		select {
 		case <-p.ended:
-			return
-		case <-sigs:
+			p.logf("container %s: no description of its VM: it has ended", p.id)
+		default:
 			d, err := vm.Diagnose()
 			if err != nil {
 				p.logf("container %s: no description of its VM: %v", p.id, err)
-				continue
+				break
 			}
 			logLine(p.g.log, p.g.logFormat, "warning", fmt.Sprintf("container %s: %s", p.id, container.DiagnosisHeader), time.Now())
 			for _, l := range strings.Split(strings.TrimRight(d, "\n"), "\n") {
 				logLine(p.g.log, p.g.logFormat, "warning", "    "+l, time.Now())
 			}
 		}
+		if container.Debugging() {
+			p.logGoroutines()
+		}
+	}
+}
+
+// goroutinesHeader starts the dump of a VMM process's goroutines in its
+// --log (describeOnSignal).
+const goroutinesHeader = "the VMM process's goroutines:"
+
+// maxGoroutineDump bounds that dump.
+const maxGoroutineDump = 1 << 20
+
+// logGoroutines writes every goroutine's stack to --log, a line each.
+func (p *vmmProc) logGoroutines() {
+	buf := make([]byte, maxGoroutineDump)
+	buf = buf[:runtime.Stack(buf, true)]
+	logLine(p.g.log, p.g.logFormat, "warning", fmt.Sprintf("container %s: %s", p.id, goroutinesHeader), time.Now())
+	for _, l := range strings.Split(strings.TrimRight(string(buf), "\n"), "\n") {
+		logLine(p.g.log, p.g.logFormat, "warning", "    "+l, time.Now())
 	}
 }
 
@@ -580,12 +605,40 @@ func (p *vmmProc) exitCode(status int, err error) int {
 		p.logf("%v", p.guestFailure("the container", err))
 		return 255
 	}
-	outputs.Wait()
+	if !waitOutputs(&outputs, p.deleting) {
+		p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", p.id, outputsWait)
+	}
 	code := exitStatus(status)
 	if code != status {
 		p.logf("the guest reported exit status %d, not one of 0-255", status)
 	}
 	return code
+}
+
+// outputsWait bounds how long a container's exit waits for its output
+// streams to end. The guest agent reports an exit only once the
+// process's output is drained, so they end at once, unless the guest
+// holds one open (broken or hostile): that must not keep the container
+// from ending, which its caller (a shim, docker) waits for.
+var outputsWait = time.Minute // as vessel run's drainTimeout
+
+// waitOutputs waits for wg, a container's output copies, for at most
+// outputsWait or until stop closes, and reports whether they all ended.
+func waitOutputs(wg *sync.WaitGroup, stop <-chan struct{}) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(outputsWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-stop:
+	case <-t.C:
+	}
+	return false
 }
 
 // exitStatus is the status the VMM process exits with for the status

@@ -283,3 +283,94 @@ func TestKillAll(t *testing.T) {
 		t.Errorf("held %+v, want %+v", p.held, want)
 	}
 }
+
+// TestDescribeGoroutines: DescribeSignal to a VMM process whose VM has
+// ended says so and, with VESSEL_DEBUG, writes every goroutine's stack
+// to --log (a VMM process that hangs whatever its guest does shows
+// where); the signal keeps being served.
+func TestDescribeGoroutines(t *testing.T) {
+	t.Setenv(container.DebugEnv, "1")
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ended: make(chan struct{})}
+	close(p.ended)
+	sigs := make(chan os.Signal, 1)
+	go p.describeOnSignal(nil, sigs)
+	for i := 1; i <= 2; i++ {
+		sigs <- syscall.SIGUSR2
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b, _ := os.ReadFile(logPath)
+			if strings.Count(string(b), goroutinesHeader) >= i {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("signal %d: log %q, want the goroutines", i, b)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	l := readTestFile(t, logPath)
+	if !strings.Contains(l, "no description of its VM: it has ended") || !strings.Contains(l, "describeOnSignal") {
+		t.Errorf("log: %q", l)
+	}
+	close(sigs)
+}
+
+// TestExitOutputHeldOpen: a guest that reports the container's exit but
+// holds an output stream open (broken or hostile) cannot keep the
+// container from ending: the VMM process exits with the reported status
+// after outputsWait, and says why. Before, it waited for the stream
+// forever, and its caller (a shim, docker) with it.
+func TestExitOutputHeldOpen(t *testing.T) {
+	defer func(d time.Duration) { outputsWait = d }(outputsWait)
+	outputsWait = 200 * time.Millisecond
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	agentSock := filepath.Join(dir, "agent")
+	ln, err := net.Listen("unix", agentSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := net.Dial("unix", agentSock)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+		agentproto.Write(c, agentproto.Reply{Event: agentproto.EventExit, Container: "c", Status: 3})
+		for {
+			var req agentproto.Request
+			if agentproto.Read(c, &req) != nil || agentproto.Write(c, agentproto.Reply{ID: req.ID}) != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ag, err := container.Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: ag, status: statusRunning,
+		deleting: make(chan struct{}), ended: make(chan struct{})}
+	close(p.ended) // the VM's end, for teardown
+	outputs.Add(1) // a stdout copy the guest never ends
+	defer outputs.Done()
+	done := make(chan error, 1)
+	go func() { done <- p.wait() }()
+	select {
+	case err := <-done:
+		if code, ok := err.(exitCode); !ok || code != 3 {
+			t.Errorf("wait = %v, want exit status 3", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the container did not end while the guest held its output open")
+	}
+	if l := readTestFile(t, logPath); !strings.Contains(l, "output streams did not end") {
+		t.Errorf("log: %q", l)
+	}
+}
