@@ -448,7 +448,10 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	for i := range vols {
 		vols[i].Tag, vols[i].Path = podTag, id+"/"+req.Trees[i+1].Name
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	// handlerTimeout, not the connection's own deadline: a guest that
+	// stopped answering reaches the member process as an error naming
+	// it, with the VM's state (agentError), not as the connection's end.
+	ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 	defer cancel()
 	terminal := req.Spec.Process.Terminal
 	pio := &agentproto.ProcessIO{Stdin: true}
