@@ -512,9 +512,10 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		io.Copy(io.Discard, c)
 		close(hangup)
 	}()
-	// The container's exit, or a SIGKILL the guest did not confirm
-	// (killMember), stops it; the member process's hangup or the VM's
-	// end leaves it as it is.
+	// The container's exit, a SIGKILL the guest did not confirm
+	// (killMember), or the pod's VM's end (255, as for a container
+	// alone: it cannot outlive its VM) stops it; the member process's
+	// hangup leaves it as it is.
 	code, stopped := 0, true
 	select {
 	case code = <-exited:
@@ -523,7 +524,12 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	case <-hangup:
 		stopped = false
 	case <-p.ended:
-		stopped = false
+		select {
+		case code = <-exited:
+		case <-time.After(vmEndGrace):
+			code = 255
+			p.logf("%v", p.guestFailure("container "+id, errors.New("its pod's VM ended before it did")))
+		}
 	}
 	if stopped {
 		m.mu.Lock()
@@ -539,7 +545,11 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	// it from the VM.
 	dctx, dcancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer dcancel()
-	p.ag.Call(dctx, agentproto.Request{Op: agentproto.OpDelete, Container: id})
+	select {
+	case <-p.ended: // no guest left to ask
+	default:
+		p.ag.Call(dctx, agentproto.Request{Op: agentproto.OpDelete, Container: id})
+	}
 	p.pod.mu.Lock()
 	delete(p.pod.members, id)
 	p.pod.mu.Unlock()

@@ -418,7 +418,7 @@ func (p *vmmProc) describeOnSignal(vm *vmm.VM, sigs chan os.Signal) {
 	for range sigs {
 		select {
 		case <-p.ended:
-			p.logf("container %s: no description of its VM: it has ended", p.id)
+			p.logf("%v", p.guestFailure(fmt.Sprintf("container %s: no description of its VM", p.id), errors.New("it has ended")))
 		default:
 			d, err := vm.Diagnose()
 			if err != nil {
@@ -571,10 +571,6 @@ func (p *vmmProc) getStatus() string {
 func (p *vmmProc) wait() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	type exit struct {
-		status int
-		err    error
-	}
 	exited := make(chan exit, 1)
 	go func() {
 		s, err := p.ag.Wait(ctx, p.id, "")
@@ -587,10 +583,43 @@ func (p *vmmProc) wait() error {
 	case <-p.deleting:
 		// Deleted or killed without the guest: SIGKILL's status, and
 		// nothing more waited for (the output streams may never end).
+	case <-p.ended:
+		code = p.endedFirst(exited)
 	}
 	p.setStatus(statusStopped)
 	p.teardown()
 	return exitCode(code)
+}
+
+// exit is what the agent's wait for a container's process returned.
+type exit struct {
+	status int
+	err    error
+}
+
+// vmEndGrace is how long an exit the guest reported just before its VM
+// ended may take to arrive.
+const vmEndGrace = time.Second
+
+// endedFirst is the container's exit status when its VM ended (a guest
+// crash, a triple fault, a power-off) before the guest reported the
+// container's exit: the exit reported on exited meanwhile, or SIGKILL's
+// for a VM stopped for it, else 255, with how the VM ended in the log.
+// The container cannot outlive its VM: without this, the VMM process
+// waited for an exit no guest would ever report.
+func (p *vmmProc) endedFirst(exited <-chan exit) int {
+	t := time.NewTimer(vmEndGrace)
+	defer t.Stop()
+	select {
+	case e := <-exited:
+		return p.exitCode(e.status, e.err)
+	case <-t.C:
+	}
+	if p.wasForced() {
+		return 128 + int(syscall.SIGKILL)
+	}
+	p.logf("%v", p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
+	return 255
 }
 
 // exitCode is the container's exit status for what the agent's wait
@@ -661,6 +690,11 @@ func (p *vmmProc) teardown() {
 			<-p.ended
 		}
 		return
+	}
+	select {
+	case <-p.ended:
+		return // no guest left to ask
+	default:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()

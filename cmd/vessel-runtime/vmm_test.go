@@ -374,3 +374,28 @@ func TestExitOutputHeldOpen(t *testing.T) {
 		t.Errorf("log: %q", l)
 	}
 }
+
+// TestVMEndsFirst: a container whose VM ends (a guest crash, a triple
+// fault) before the guest reports its exit ends with it, status 255 and
+// a line saying how; its VMM process used to wait for an exit no guest
+// would ever report, and docker or the shim with it.
+func TestVMEndsFirst(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: silentAgent(t, dir), status: statusRunning,
+		deleting: make(chan struct{}), ended: make(chan struct{})}
+	close(p.ended)
+	done := make(chan error, 1)
+	go func() { done <- p.wait() }()
+	select {
+	case err := <-done:
+		if code, ok := err.(exitCode); !ok || code != 255 {
+			t.Errorf("wait = %v, want exit status 255", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the container did not end with its VM")
+	}
+	if l := readTestFile(t, logPath); !strings.Contains(l, "container c: its VM ended before it did") {
+		t.Errorf("log: %q", l)
+	}
+}
