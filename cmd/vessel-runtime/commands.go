@@ -412,14 +412,15 @@ func newKill(g *globals) *cobra.Command {
 			if st := rec.status(dir); st != statusCreated && st != statusRunning && st != statusPaused {
 				return errorf("container not running")
 			}
-			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig), All: all})
+			_, err = call(dir, ctlRequest{Op: opKill, Signal: int(sig)})
 			return err
 		},
 	}
-	// Without a PID namespace of its own (a pod's container sharing its
-	// sandbox's), a container's other processes outlive its first one:
-	// containerd ends them with kill --all.
-	c.Flags().BoolVarP(&all, "all", "a", false, "send the signal to every process of the container (in its VM)")
+	// As in runc (1.2 and later), where --all is obsolete: the signal
+	// goes to the container's first process, and the guest's runc
+	// itself sends SIGKILL to every process of a container without a
+	// PID namespace of its own.
+	c.Flags().BoolVarP(&all, "all", "a", false, "obsolete, as in runc: the signal goes to the container's first process")
 	return c
 }
 

@@ -286,7 +286,7 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 		p.held = nil
 		p.mu.Unlock()
 		for _, h := range sigs {
-			if rep := p.signalIn(ctx, p.id, h.exec, status, h.sig, h.all); rep.Error != "" {
+			if rep := p.signalIn(ctx, p.id, h.exec, status, h.sig); rep.Error != "" {
 				p.logf("resume: deliver signal %d: %s", h.sig, rep.Error)
 			}
 		}
@@ -311,7 +311,6 @@ func (p *vmmProc) handleControl(ctx context.Context, req ctlRequest, st string) 
 type heldSignal struct {
 	sig  int
 	exec string // the exec'd process it is for ("": the container's)
-	all  bool   // for every process of the container
 }
 
 // holdSignal keeps a kill's signal for resume if the VM is paused; it

@@ -600,9 +600,9 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 			return fail("invalid signal %d", req.Signal)
 		}
 		if req.Signal == int(unix.SIGKILL) && req.Exec == "" {
-			return p.killMember(m, st, req.All)
+			return p.killMember(m, st)
 		}
-		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal, req.All)
+		return p.signalIn(ctx, m.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, m.id)
 	case opStats:
@@ -640,7 +640,7 @@ func (p *vmmProc) handleMember(req ctlRequest) ctlReply {
 // status 137, and the container is removed from the VM as far as the
 // guest still answers (memberCreate). The pod's VM runs on for its
 // other containers.
-func (p *vmmProc) killMember(m *member, st string, all bool) ctlReply {
+func (p *vmmProc) killMember(m *member, st string) ctlReply {
 	if st != statusCreated && st != statusRunning {
 		return ctlReply{Status: st, Error: "container not running"}
 	}
@@ -650,7 +650,7 @@ func (p *vmmProc) killMember(m *member, st string, all bool) ctlReply {
 		m.killOnce.Do(func() { close(m.killed) })
 		return ctlReply{Status: st}
 	}
-	rep, ok := p.sigkillIn(m.id, st, "container "+m.id+" is ended without the guest", all)
+	rep, ok := p.sigkillIn(m.id, st, "container "+m.id+" is ended without the guest")
 	if !ok {
 		m.killOnce.Do(func() { close(m.killed) })
 	}

@@ -70,9 +70,6 @@ const (
 type ctlRequest struct {
 	Op     string `json:"op"`
 	Signal int    `json:"signal,omitempty"`
-	// All, with a kill of the container's process, sends the signal to
-	// every process of the container (runc kill --all).
-	All bool `json:"all,omitempty"`
 	// Container, if set, is a pod container of the sandbox whose VMM
 	// process gets the request; Member is opMember's request.
 	Container string         `json:"container,omitempty"`
@@ -787,12 +784,12 @@ func (p *vmmProc) handle(req ctlRequest) ctlReply {
 			return fail("invalid signal %d", req.Signal)
 		}
 		if req.Signal == int(syscall.SIGKILL) && req.Exec == "" {
-			return p.kill(st, req.All)
+			return p.kill(st)
 		}
-		if p.holdSignal(heldSignal{req.Signal, req.Exec, req.All}) {
+		if p.holdSignal(heldSignal{req.Signal, req.Exec}) {
 			return ctlReply{Status: statusPaused}
 		}
-		return p.signalIn(ctx, p.id, req.Exec, st, req.Signal, req.All)
+		return p.signalIn(ctx, p.id, req.Exec, st, req.Signal)
 	case opResize:
 		return p.handleIO(ctx, req, st, p.id)
 	case opStats:
@@ -838,9 +835,8 @@ func (p *vmmProc) startIn(ctx context.Context, id string, h statusHolder) ctlRep
 // container's VM is stopped at once: a frozen cgroup's processes die of
 // SIGKILL too (cgroup v2), and a paused guest cannot act on it. A guest
 // that does not confirm the signal within killConfirmTimeout has its VM
-// stopped. Either way the container ends with status 137 (wait). all
-// sends it to every process of the container.
-func (p *vmmProc) kill(st string, all bool) ctlReply {
+// stopped. Either way the container ends with status 137 (wait).
+func (p *vmmProc) kill(st string) ctlReply {
 	switch st {
 	case statusPaused:
 		p.forceEnd()
@@ -849,7 +845,7 @@ func (p *vmmProc) kill(st string, all bool) ctlReply {
 	default:
 		return ctlReply{Status: st, Error: "container not running"}
 	}
-	rep, ok := p.sigkillIn(p.id, st, "the VM is stopped instead", all)
+	rep, ok := p.sigkillIn(p.id, st, "the VM is stopped instead")
 	if !ok {
 		p.forceEnd()
 	}
@@ -857,19 +853,18 @@ func (p *vmmProc) kill(st string, all bool) ctlReply {
 }
 
 // sigkillIn sends SIGKILL to container id's process (status st) and
-// (all: to every process of the container) and reports whether the
-// guest confirmed it within killConfirmTimeout.
+// and reports whether the guest confirmed it within killConfirmTimeout.
 // When it did not, the reply is a success (the caller ends the
 // container without the guest) and the log says why, and then what
 // happens instead.
-func (p *vmmProc) sigkillIn(id, st, then string, all bool) (ctlReply, bool) {
+func (p *vmmProc) sigkillIn(id, st, then string) (ctlReply, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), killConfirmTimeout)
 	defer cancel()
 	// The time limit holds whatever holds the request up (another
 	// request's write to a guest that stopped reading): the call runs
 	// on its own.
 	done := make(chan ctlReply, 1)
-	go func() { done <- p.signalIn(ctx, id, "", st, int(syscall.SIGKILL), all) }()
+	go func() { done <- p.signalIn(ctx, id, "", st, int(syscall.SIGKILL)) }()
 	var why string
 	select {
 	case rep := <-done:
@@ -915,14 +910,12 @@ func (p *vmmProc) wasForced() bool {
 }
 
 // signalIn sends sig to container id's process (exec "") or an exec'd
-// one; st is the container's status. all (with exec "") sends it to
-// every process of the container, as runc kill --all does.
-func (p *vmmProc) signalIn(ctx context.Context, id, exec, st string, sig int, all bool) ctlReply {
+// one; st is the container's status.
+func (p *vmmProc) signalIn(ctx context.Context, id, exec, st string, sig int) ctlReply {
 	if st != statusCreated && st != statusRunning {
 		return ctlReply{Status: st, Error: "container not running"}
 	}
-	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: id, Exec: exec, Signal: sig,
-		All: all && exec == ""}); err != nil {
+	if _, err := p.ag.Call(ctx, agentproto.Request{Op: agentproto.OpSignal, Container: id, Exec: exec, Signal: sig}); err != nil {
 		return ctlReply{Status: st, Error: p.agentError("kill", err).Error()}
 	}
 	return ctlReply{Status: st}

@@ -229,7 +229,7 @@ func TestKillWhileWriteBlocked(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	done := make(chan ctlReply, 1)
-	go func() { done <- p.kill(statusRunning, false) }()
+	go func() { done <- p.kill(statusRunning) }()
 	select {
 	case rep := <-done:
 		if rep.Error != "" || !p.wasForced() {
@@ -249,37 +249,15 @@ func readTestFile(t *testing.T, path string) string {
 	return string(b)
 }
 
-// TestKillAll: kill --all reaches the guest agent as a signal to every
-// process of the container (runc kill --all there), SIGKILL's path
-// included; a signal held while paused keeps its --all and its exec'd
-// process for resume.
-func TestKillAll(t *testing.T) {
-	dir := t.TempDir()
-	got := make(chan agentproto.Request, 8)
-	ag := guestAgent(t, dir, true, func(req agentproto.Request) agentproto.Reply {
-		got <- req
-		return agentproto.Reply{}
-	})
-	p := &vmmProc{g: &globals{}, id: "c", dir: dir, ag: ag, status: statusRunning,
-		deleting: make(chan struct{}), ended: make(chan struct{})}
-	serveTestControl(t, p)
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		if _, err := call(dir, ctlRequest{Op: opKill, Signal: int(sig), All: true}); err != nil {
-			t.Fatalf("kill --all %v: %v", sig, err)
-		}
-		if req := <-got; req.Op != agentproto.OpSignal || req.Signal != int(sig) || !req.All || req.Exec != "" {
-			t.Errorf("kill --all %v: the agent got %+v", sig, req)
-		}
-	}
-
-	p.setStatus(statusPaused)
-	if rep := p.handle(ctlRequest{Op: opKill, Signal: int(syscall.SIGTERM), All: true}); rep.Error != "" {
-		t.Fatal(rep.Error)
-	}
+// TestKillHeldForExec: a signal held while the VM is paused keeps the
+// exec'd process it is for; on resume it used to go to the container's
+// first process.
+func TestKillHeldForExec(t *testing.T) {
+	p := &vmmProc{g: &globals{}, id: "c", status: statusPaused, deleting: make(chan struct{}), ended: make(chan struct{})}
 	if rep := p.handle(ctlRequest{Op: opKill, Signal: int(syscall.SIGHUP), Exec: "e1"}); rep.Error != "" {
 		t.Fatal(rep.Error)
 	}
-	if want := []heldSignal{{int(syscall.SIGTERM), "", true}, {int(syscall.SIGHUP), "e1", false}}; len(p.held) != 2 || p.held[0] != want[0] || p.held[1] != want[1] {
+	if want := (heldSignal{int(syscall.SIGHUP), "e1"}); len(p.held) != 1 || p.held[0] != want {
 		t.Errorf("held %+v, want %+v", p.held, want)
 	}
 }

@@ -128,10 +128,6 @@ type Request struct {
 	Process   *specs.Process `json:"process,omitempty"` // for OpExec
 	IO        *ProcessIO     `json:"io,omitempty"`      // for OpCreate and OpExec
 	Signal    int            `json:"signal,omitempty"`
-	// All, for OpSignal of the container's process, sends Signal to
-	// every process of the container (runc kill --all). An agent older
-	// than it ignores it and signals the container's process only.
-	All bool `json:"all,omitempty"`
 	// User, for OpExec, is docker's user[:group] to run the process as,
 	// resolved in the image; empty means the container's user.
 	User string     `json:"user,omitempty"`

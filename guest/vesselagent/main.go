@@ -223,9 +223,6 @@ func (a *agent) handle(req *agentproto.Request) agentproto.Reply {
 		}
 		return agentproto.Reply{Pid: p.pid}
 	case agentproto.OpSignal:
-		if req.All && req.Exec == "" {
-			return fail(c.killAll(ctx, unix.Signal(req.Signal)))
-		}
 		p := c.process(req.Exec)
 		if p == nil {
 			return fail(fmt.Errorf("signal: no process %q in %s", req.Exec, c.id))

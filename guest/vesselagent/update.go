@@ -6,7 +6,6 @@ import (
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 // update applies new cgroup limits to the container with runc update.
@@ -32,14 +31,4 @@ func (c *container) stats(ctx context.Context) (*runc.Stats, error) {
 		return nil, errors.New("stats: runc events printed no statistics")
 	}
 	return st, nil
-}
-
-// killAll sends sig to every process of the container with runc kill
-// --all: its first process and any the container's PID namespace (its
-// sandbox's, in a pod that shares one) keeps after it.
-func (c *container) killAll(ctx context.Context, sig unix.Signal) error {
-	if err := c.runc.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: true}); err != nil {
-		return c.runcError("kill --all", err)
-	}
-	return nil
 }
