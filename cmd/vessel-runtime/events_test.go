@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	runc "github.com/containerd/go-runc"
 
@@ -144,5 +145,73 @@ func TestEventsRefused(t *testing.T) {
 	var stderr bytes.Buffer
 	if code := run([]string{"--root", t.TempDir(), "events", "--interval", "0s", "c"}, &stderr); code != 1 || !strings.Contains(stderr.String(), "--interval must be positive") {
 		t.Errorf("--interval 0: exit %d, %q", code, stderr.String())
+	}
+}
+
+// TestEventsCleanNames: names in a guest's statistics that could carry
+// terminal controls (JSON escapes ASCII controls, not C1 controls or
+// bidirectional overrides) never reach events' output.
+func TestEventsCleanNames(t *testing.T) {
+	root, _ := eventsContainer(t, statusRunning, func(int) agentproto.Reply {
+		r := guestStats(1)
+		r.Stats.Memory.Raw = map[string]uint64{"\u009b2J\u009b31mPWNED\u202e": 1, "anon": 4096, strings.Repeat("k", 65): 2}
+		r.Stats.Hugetlb = map[string]runc.Hugetlb{"2MB": {Usage: 1}, "\u202e": {Usage: 2}}
+		r.Stats.Blkio.IoServiceBytesRecursive = []runc.BlkioEntry{{Major: 254, Op: "Read", Value: 1}, {Op: "\u009bX", Value: 2}}
+		r.Stats.NetworkInterfaces = []*runc.NetworkInterface{{Name: "eth0"}, {Name: "e\u009bth"}, nil}
+		return r
+	})
+	var stderr bytes.Buffer
+	out := captureStdout(t, func() {
+		if code := run([]string{"--root", root, "events", "--stats", "c"}, &stderr); code != 0 {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+	if bytes.ContainsAny(out, "\u009b\u202e") || bytes.Contains(out, []byte("kkkkkkkkkk")) {
+		t.Errorf("guest names with terminal controls or too long in the output: %q", out)
+	}
+	var ev runcEvent
+	if err := json.Unmarshal(out, &ev); err != nil || ev.Data.Memory.Raw["anon"] != 4096 || ev.Data.Hugetlb["2MB"].Usage != 1 ||
+		len(ev.Data.Blkio.IoServiceBytesRecursive) != 2 || ev.Data.Blkio.IoServiceBytesRecursive[0].Op != "Read" ||
+		len(ev.Data.NetworkInterfaces) != 1 {
+		t.Errorf("the clean names were not all kept: %s (%v)", out, err)
+	}
+}
+
+// TestEventsStreamPaused: as runc events, the stream reports a failed
+// read of a container that still runs (here paused) on stderr and goes
+// on; it ends, status 0, when the container stops.
+func TestEventsStreamPaused(t *testing.T) {
+	var p *vmmProc
+	root, p := eventsContainer(t, statusRunning, func(n int) agentproto.Reply {
+		switch n {
+		case 1:
+			p.setStatus(statusPaused) // the next read fails without asking the guest
+		case 2:
+			p.setStatus(statusStopped)
+			return agentproto.Reply{Error: "container not running"}
+		}
+		return guestStats(uint64(n))
+	})
+	go func() {
+		// Resumed once the paused read has failed.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if p.getStatus() == statusPaused {
+				time.Sleep(200 * time.Millisecond)
+				p.setStatus(statusRunning)
+				return
+			}
+		}
+	}()
+	var stderr bytes.Buffer
+	out := captureStdout(t, func() {
+		if code := run([]string{"--root", root, "events", "--interval", "20ms", "c"}, &stderr); code != 0 {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+	if n := bytes.Count(out, []byte(`"type":"stats"`)); n != 1 {
+		t.Errorf("%d stats events, want 1: %s", n, out)
+	}
+	if !strings.Contains(stderr.String(), "is paused") {
+		t.Errorf("stderr %q, want the paused read reported", stderr.String())
 	}
 }

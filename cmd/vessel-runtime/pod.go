@@ -501,8 +501,15 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	go func() {
 		s, err := p.ag.Wait(wctx, id, "")
 		if err != nil {
-			s = 128 + int(unix.SIGKILL)
-		} else if !waitOutputs(&outputs, wctx.Done()) {
+			// Killed without the guest (wctx ended), or the guest
+			// agent gone: 255, as for a container alone.
+			s = 255
+			select {
+			case <-m.killed:
+				s = 128 + int(unix.SIGKILL)
+			default:
+			}
+		} else if !waitOutputs(&outputs, wctx.Done(), p.ended) {
 			p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", id, outputsWait)
 		}
 		exited <- exitStatus(s)

@@ -582,6 +582,7 @@ func (p *vmmProc) wait() error {
 		// nothing more waited for (the output streams may never end).
 	case <-p.ended:
 		code = p.endedFirst(exited)
+		p.waitMembers(2 * vmEndGrace)
 	}
 	p.setStatus(statusStopped)
 	p.teardown()
@@ -619,6 +620,31 @@ func (p *vmmProc) endedFirst(exited <-chan exit) int {
 	return 255
 }
 
+// waitMembers gives a pod's containers, whose VM has ended, at most d
+// to report their own end to their member processes before the
+// sandbox's VMM process exits: its exit would end their connections,
+// which a member process takes for SIGKILL.
+func (p *vmmProc) waitMembers(d time.Duration) {
+	if p.pod == nil {
+		return
+	}
+	p.pod.mu.Lock()
+	var gone []chan struct{}
+	for _, m := range p.pod.members {
+		gone = append(gone, m.gone)
+	}
+	p.pod.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for _, g := range gone {
+		select {
+		case <-g:
+		case <-t.C:
+			return
+		}
+	}
+}
+
 // exitCode is the container's exit status for what the agent's wait
 // returned: the status the guest reported (once the container's output
 // has been passed on), or for a failed wait 255 (the failure logged),
@@ -631,7 +657,7 @@ func (p *vmmProc) exitCode(status int, err error) int {
 		p.logf("%v", p.guestFailure("the container", err))
 		return 255
 	}
-	if !waitOutputs(&outputs, p.deleting) {
+	if !waitOutputs(&outputs, p.deleting, p.ended) {
 		p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", p.id, outputsWait)
 	}
 	code := exitStatus(status)
@@ -649,8 +675,10 @@ func (p *vmmProc) exitCode(status int, err error) int {
 var outputsWait = time.Minute // as vessel run's drainTimeout
 
 // waitOutputs waits for wg, a container's output copies, for at most
-// outputsWait or until stop closes, and reports whether they all ended.
-func waitOutputs(wg *sync.WaitGroup, stop <-chan struct{}) bool {
+// outputsWait or until stop closes, and at most vmEndGrace more once
+// ended (the VM's end) closes: the guest's streams then stay open until
+// the VM is closed. It reports whether they all ended.
+func waitOutputs(wg *sync.WaitGroup, stop, ended <-chan struct{}) bool {
 	done := make(chan struct{})
 	go func() {
 		wg.Wait()
@@ -658,13 +686,22 @@ func waitOutputs(wg *sync.WaitGroup, stop <-chan struct{}) bool {
 	}()
 	t := time.NewTimer(outputsWait)
 	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-stop:
-	case <-t.C:
+	for {
+		select {
+		case <-done:
+			return true
+		case <-stop:
+			return false
+		case <-ended:
+			ended = nil
+			if !t.Stop() {
+				return false
+			}
+			t.Reset(vmEndGrace)
+		case <-t.C:
+			return false
+		}
 	}
-	return false
 }
 
 // exitStatus is the status the VMM process exits with for the status
@@ -852,7 +889,7 @@ func (p *vmmProc) kill(st string) ctlReply {
 	return rep
 }
 
-// sigkillIn sends SIGKILL to container id's process (status st) and
+// sigkillIn sends SIGKILL to container id's process (status st)
 // and reports whether the guest confirmed it within killConfirmTimeout.
 // When it did not, the reply is a success (the caller ends the
 // container without the guest) and the log says why, and then what
