@@ -471,7 +471,7 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 		fail(err)
 		return
 	}
-	var outputs sync.WaitGroup
+	var outputs outputSet
 	attach := func() error { return p.attachStdio(ctx, id, m.files[0], m.files[1], m.files[2], &outputs) }
 	if terminal {
 		// m.files are the host pty's slave; the member process sends

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 
 	"github.com/containerd/console"
@@ -161,17 +160,13 @@ func (p *vmmProc) attachTTY(ctx context.Context) error {
 
 // joinTTY copies between a host pty's slave (in and out) and container
 // id's TTY stream; wg counts the output's copy.
-func (p *vmmProc) joinTTY(ctx context.Context, id string, in io.Reader, out io.Writer, wg *sync.WaitGroup) error {
+func (p *vmmProc) joinTTY(ctx context.Context, id string, in io.Reader, out io.Writer, outs *outputSet) error {
 	c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: id, Name: agentproto.TTY})
 	if err != nil {
 		return p.guestFailure("the container's terminal", err)
 	}
 	go io.Copy(c, in) // ends with EIO when the client closes the master
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		io.Copy(out, c) // ends when the guest closes the stream: the process exited
-	}()
+	outs.copy(out, c) // ends when the guest closes the stream: the process exited
 	return nil
 }
 

@@ -459,7 +459,37 @@ func (w logWriter) Write(b []byte) (int, error) {
 }
 
 // outputs counts the output streams still being copied.
-var outputs sync.WaitGroup
+var outputs outputSet
+
+// outputSet is a container's output copies: from the guest's streams to
+// the caller's files.
+type outputSet struct {
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// copy copies the guest's stream c to w until c ends, counted in o.
+func (o *outputSet) copy(w io.Writer, c net.Conn) {
+	o.mu.Lock()
+	o.conns = append(o.conns, c)
+	o.mu.Unlock()
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		io.Copy(w, c)
+	}()
+}
+
+// abandon closes the streams, which ends their copies: for a guest that
+// holds them open past its process's exit.
+func (o *outputSet) abandon() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, c := range o.conns {
+		c.Close()
+	}
+}
 
 // attach connects the container's stdio to the VMM process's fds 0, 1
 // and 2, which create's caller gave it: stdin's end reaches the
@@ -469,8 +499,8 @@ func (p *vmmProc) attach(ctx context.Context) error {
 }
 
 // attachStdio connects container id's stdio streams to the files given,
-// and counts the output copies in wg.
-func (p *vmmProc) attachStdio(ctx context.Context, id string, stdin, stdout, stderr *os.File, wg *sync.WaitGroup) error {
+// and counts the output copies in outs.
+func (p *vmmProc) attachStdio(ctx context.Context, id string, stdin, stdout, stderr *os.File, outs *outputSet) error {
 	conns := map[string]net.Conn{}
 	for _, n := range []string{agentproto.Stdin, agentproto.Stdout, agentproto.Stderr} {
 		c, err := p.ag.Stream(ctx, agentproto.StreamID{Container: id, Name: n})
@@ -489,12 +519,7 @@ func (p *vmmProc) attachStdio(ctx context.Context, id string, stdin, stdout, std
 		}
 	}()
 	for n, w := range map[string]io.Writer{agentproto.Stdout: stdout, agentproto.Stderr: stderr} {
-		c := conns[n]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			io.Copy(w, c)
-		}()
+		outs.copy(w, conns[n])
 	}
 	return nil
 }
@@ -674,15 +699,21 @@ func (p *vmmProc) exitCode(status int, err error) int {
 // from ending, which its caller (a shim, docker) waits for.
 var outputsWait = time.Minute // as vessel run's drainTimeout
 
-// waitOutputs waits for wg, a container's output copies, for at most
+// waitOutputs waits for outs, a container's output copies, for at most
 // outputsWait or until stop closes, and at most vmEndGrace more once
 // ended (the VM's end) closes: the guest's streams then stay open until
-// the VM is closed. It reports whether they all ended.
-func waitOutputs(wg *sync.WaitGroup, stop, ended <-chan struct{}) bool {
+// the VM is closed. It reports whether they all ended; when they did
+// not, it closes the streams, which ends the copies.
+func waitOutputs(outs *outputSet, stop, ended <-chan struct{}) (all bool) {
 	done := make(chan struct{})
 	go func() {
-		wg.Wait()
+		outs.wg.Wait()
 		close(done)
+	}()
+	defer func() {
+		if !all {
+			outs.abandon()
+		}
 	}()
 	t := time.NewTimer(outputsWait)
 	defer t.Stop()

@@ -336,8 +336,11 @@ func TestExitOutputHeldOpen(t *testing.T) {
 	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: ag, status: statusRunning,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
 	close(p.ended) // the VM's end, for teardown
-	outputs.Add(1) // a stdout copy the guest never ends
-	defer outputs.Done()
+	// A stdout stream the guest never ends.
+	host, guest := net.Pipe()
+	defer guest.Close()
+	outputs.copy(io.Discard, host)
+	defer outputs.wg.Wait() // the copy ends: wait() closed its stream
 	done := make(chan error, 1)
 	go func() { done <- p.wait() }()
 	select {
@@ -350,6 +353,52 @@ func TestExitOutputHeldOpen(t *testing.T) {
 	}
 	if l := readTestFile(t, logPath); !strings.Contains(l, "output streams did not end") {
 		t.Errorf("log: %q", l)
+	}
+	// The stream was closed: its copy ended, nothing is left behind.
+	guest.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := guest.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the guest's end of the held stream: %v, want EOF (the host closed it)", err)
+	}
+}
+
+// TestWaitOutputs: output copies that end are waited for; ones the guest
+// holds open are given up after outputsWait, or at most vmEndGrace
+// after the VM's end, and closed.
+func TestWaitOutputs(t *testing.T) {
+	defer func(d time.Duration) { outputsWait = d }(outputsWait)
+	outputsWait = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name       string
+		guestEnds  bool
+		vmEnded    bool
+		want       bool
+		maxSeconds float64
+	}{
+		{"ended", true, false, true, 1},
+		{"held open", false, false, false, 1},
+		{"held open, VM ended", false, true, false, 1 + vmEndGrace.Seconds()},
+	} {
+		var o outputSet
+		host, guest := net.Pipe()
+		o.copy(io.Discard, host)
+		if tc.guestEnds {
+			guest.Close()
+		}
+		ended := make(chan struct{})
+		if tc.vmEnded {
+			close(ended)
+			outputsWait = time.Hour
+		}
+		start := time.Now()
+		if got := waitOutputs(&o, nil, ended); got != tc.want {
+			t.Errorf("%s: waitOutputs = %v, want %v", tc.name, got, tc.want)
+		}
+		if d := time.Since(start).Seconds(); d > tc.maxSeconds {
+			t.Errorf("%s: took %.1f s", tc.name, d)
+		}
+		o.wg.Wait() // the copy has ended either way
+		guest.Close()
+		outputsWait = 300 * time.Millisecond
 	}
 }
 
