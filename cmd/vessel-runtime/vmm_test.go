@@ -56,8 +56,9 @@ func silentAgent(t *testing.T, dir string) *container.Agent { return guestAgent(
 
 // guestAgent returns the host's end of a guest agent that says hello and
 // answers nothing, reading the requests or (deaf) not even those; with
-// answer, it reads every request and sends answer's reply to it.
-func guestAgent(t *testing.T, dir string, reads bool, answer func(agentproto.Request) agentproto.Reply) *container.Agent {
+// answer, it reads every request and sends answer's reply to it. It
+// sends events first, after its hello.
+func guestAgent(t *testing.T, dir string, reads bool, answer func(agentproto.Request) agentproto.Reply, events ...agentproto.Reply) *container.Agent {
 	t.Helper()
 	agentSock := filepath.Join(dir, "agent")
 	ln, err := net.Listen("unix", agentSock)
@@ -72,6 +73,9 @@ func guestAgent(t *testing.T, dir string, reads bool, answer func(agentproto.Req
 		}
 		defer c.Close()
 		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
+		for _, e := range events {
+			agentproto.Write(c, e)
+		}
 		for reads {
 			var req agentproto.Request
 			if agentproto.Read(c, &req) != nil {
@@ -305,34 +309,8 @@ func TestExitOutputHeldOpen(t *testing.T) {
 	outputsWait = 200 * time.Millisecond
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "log")
-	agentSock := filepath.Join(dir, "agent")
-	ln, err := net.Listen("unix", agentSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		c, err := net.Dial("unix", agentSock)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer c.Close()
-		agentproto.Write(c, agentproto.Hello{Version: agentproto.Version, Role: agentproto.RoleControl})
-		agentproto.Write(c, agentproto.Reply{Event: agentproto.EventExit, Container: "c", Status: 3})
-		for {
-			var req agentproto.Request
-			if agentproto.Read(c, &req) != nil || agentproto.Write(c, agentproto.Reply{ID: req.ID}) != nil {
-				return
-			}
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ag, err := container.Accept(ctx, ln)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := guestAgent(t, dir, true, func(agentproto.Request) agentproto.Reply { return agentproto.Reply{} },
+		agentproto.Reply{Event: agentproto.EventExit, Container: "c", Status: 3})
 	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: ag, status: statusRunning,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
 	close(p.ended) // the VM's end, for teardown
