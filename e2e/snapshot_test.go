@@ -7,10 +7,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc64"
 	"io"
 	"net"
 	"net/http"
@@ -102,8 +102,8 @@ func TestSnapshotRestore(t *testing.T) {
 		re := regexp.MustCompile(`"Vessel":"[^"]*"`)
 		parts := bytes.SplitN(state, []byte("\n"), 3)
 		body := re.ReplaceAll(parts[2], []byte(`"Vessel":"0.0.0-elsewhere"`))
-		sum := sha256.Sum256(body)
-		other := []byte(fmt.Sprintf("%s\nsha256 %s\n%s", parts[0], hex.EncodeToString(sum[:]), body))
+		sum := crc64.Checksum(body, crc64.MakeTable(crc64.ECMA))
+		other := []byte(fmt.Sprintf("%s\ncrc64 %016x\n%s", parts[0], sum, body))
 		checkRestoreRefused(t, other, `written by vessel "0.0.0-elsewhere"`)
 	})
 
