@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -238,6 +239,8 @@ func runOuter(e *runEnv) (out outcome) {
 	// Console reader.
 	var mu sync.Mutex
 	var lines []consoleLine
+	stalls, firstStall := 0, ""
+	stallc := make(chan struct{}, 1)
 	started, ended := false, false
 	events := make(chan marker, 8)
 	conDone := make(chan struct{})
@@ -266,7 +269,24 @@ func runOuter(e *runEnv) (out outcome) {
 						lines = append(lines[:0:0], lines[len(lines)-1000:]...)
 					}
 					during := started && !ended
+					stalled := false
+					if during && rcuStallRE.MatchString(l) {
+						stalls++
+						stalled = stalls == maxRCUStalls
+						if stalls == 1 {
+							firstStall = l
+						}
+					}
 					mu.Unlock()
+					if stalled {
+						// The outer kernel is wedged: end it, to be
+						// retried as a crash, rather than wait for the
+						// time limit.
+						select {
+						case stallc <- struct{}{}:
+						default:
+						}
+					}
 					switch {
 					case e.o.verbose:
 						fmt.Fprintf(e.stderr, "%s\n", l)
@@ -327,6 +347,9 @@ loop:
 			}
 		case <-qemuDone:
 			break loop
+		case <-stallc:
+			kill()
+			break loop
 		case <-timeout:
 			out.timedOut = true
 			kill()
@@ -366,6 +389,9 @@ loop:
 	defer mu.Unlock()
 	if !out.reported && out.setupError == "" {
 		out.crash, _ = outerCrash(lines)
+		if out.crash == "" && stalls >= maxRCUStalls {
+			out.crash = fmt.Sprintf("the outer kernel reported an RCU stall %d times, the first: %s", stalls, firstStall)
+		}
 		if out.crash == "" && qemuLogged(e.qemuLog, tripleFault) {
 			out.crash = "the outer VM's CPU triple-faulted with no kernel message first: QEMU's TCG emulation failed it"
 		}
@@ -376,6 +402,16 @@ loop:
 	out.qemuErr = strings.TrimSpace(qerr.String())
 	return out
 }
+
+// rcuStallRE matches the outer kernel's report of an RCU stall, which
+// it repeats about once a minute while a CPU stays wedged (seen on this
+// platform with one outer CPU stuck for good; no healthy run here has
+// printed one).
+var rcuStallRE = regexp.MustCompile(`rcu: INFO: rcu_\w+ (self-)?detected stalls?`)
+
+// maxRCUStalls is how many RCU stall reports during the command end the
+// outer VM as crashed (about three minutes of a wedged CPU).
+const maxRCUStalls = 3
 
 // tripleFault is the line QEMU's cpu_reset log gets when an emulated CPU
 // triple-faults (target/i386/tcg/excp_helper.c, check_exception). The

@@ -31,7 +31,10 @@
 // dies without reporting COMMAND's status and its console shows an
 // outer-kernel crash, or QEMU's log shows that an outer CPU triple-faulted
 // (QEMU's TCG emulation failing the outer kernel, which then prints
-// nothing), testvm says so and retries once. A failure of
+// nothing), testvm says so and retries once. So it does when the outer
+// kernel reports an RCU stall a third time during the command (a CPU
+// wedged for minutes): it ends the outer VM rather than wait for the
+// time limit. A failure of
 // COMMAND is never retried.
 //
 // testvm itself must be statically linked (it becomes the outer VM's init):

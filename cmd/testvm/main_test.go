@@ -596,6 +596,9 @@ mode=$FAKE_MODE
 if [ "$mode" = crash-once ]; then
 	if [ "$runs" = 1 ]; then mode=crash; else mode=ok; fi
 fi
+if [ "$mode" = rcu-once ]; then
+	if [ "$runs" = 1 ]; then mode=rcu; else mode=ok; fi
+fi
 if [ "$mode" = triple-once ]; then
 	if [ "$runs" = 1 ]; then mode=triple; else mode=ok; fi
 fi
@@ -614,6 +617,10 @@ crash)
 	echo "[    2.000000] BUG: TASK stack guard page was hit at 0000"
 	echo "[    2.000001] Kernel panic - not syncing: Fatal exception"
 	exit 0;;
+rcu)
+	echo "$n:testvm-start"
+	for i in 1 2 3; do echo "[  20$i.000000] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:"; done
+	exec sleep 1000;;
 triple)
 	echo "$n:testvm-start"
 	echo "Triple fault" >> "$log"
@@ -740,6 +747,7 @@ func TestFakeCrashRetriedOnce(t *testing.T) {
 	for _, tc := range []struct{ mode, why string }{
 		{"crash", "testvm: outer kernel crashed ([    2.000000] BUG: TASK stack guard page was hit at 0000); retrying once"},
 		{"triple", "triple-faulted with no kernel message first: QEMU's TCG emulation failed it); retrying once"},
+		{"rcu", "reported an RCU stall 3 times, the first: [  201.000000] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:); retrying once"},
 	} {
 		r := runFake(t, tc.mode+"-once", nil, nil)
 		if r.code != 7 || r.runs(t) != 2 || !strings.Contains(r.stderr, tc.why) {
