@@ -319,16 +319,7 @@ func TestExitOutputHeldOpen(t *testing.T) {
 	defer guest.Close()
 	outputs.copy(io.Discard, host)
 	defer outputs.wg.Wait() // the copy ends: wait() closed its stream
-	done := make(chan error, 1)
-	go func() { done <- p.wait() }()
-	select {
-	case err := <-done:
-		if code, ok := err.(exitCode); !ok || code != 3 {
-			t.Errorf("wait = %v, want exit status 3", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the container did not end while the guest held its output open")
-	}
+	wantWait(t, p, 3, "the container did not end while the guest held its output open")
 	if l := readTestFile(t, logPath); !strings.Contains(l, "output streams did not end") {
 		t.Errorf("log: %q", l)
 	}
@@ -390,17 +381,24 @@ func TestVMEndsFirst(t *testing.T) {
 	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ag: silentAgent(t, dir), status: statusRunning,
 		deleting: make(chan struct{}), ended: make(chan struct{})}
 	close(p.ended)
+	wantWait(t, p, 255, "the container did not end with its VM")
+	if l := readTestFile(t, logPath); !strings.Contains(l, "container c: its VM ended before it did") {
+		t.Errorf("log: %q", l)
+	}
+}
+
+// wantWait runs p.wait and wants it to end within 10 s with status
+// want; hung says what it means if it does not.
+func wantWait(t *testing.T, p *vmmProc, want exitCode, hung string) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- p.wait() }()
 	select {
 	case err := <-done:
-		if code, ok := err.(exitCode); !ok || code != 255 {
-			t.Errorf("wait = %v, want exit status 255", err)
+		if code, ok := err.(exitCode); !ok || code != want {
+			t.Errorf("wait = %v, want exit status %d", err, want)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the container did not end with its VM")
-	}
-	if l := readTestFile(t, logPath); !strings.Contains(l, "container c: its VM ended before it did") {
-		t.Errorf("log: %q", l)
+		t.Fatal(hung)
 	}
 }
