@@ -17,7 +17,9 @@
 // kernel's fault loop that ran into a stack's guard page, see
 // guestFaultLoop; or the outer
 // kernel's own crash during the block) is run once more on its own,
-// loudly (a line starting RETRY); the block passes only if that second run passes. When the
+// loudly (a line starting RETRY); the block passes only if that second
+// run passes. A test that failed only in subtests whose own output shows
+// such a fault has just those subtests run again. When the
 // outer kernel's crash ended the block inside a test, the whole block
 // runs once more, since the tests after it never ran. A failure for any
 // other reason is never retried.
@@ -103,10 +105,13 @@ func main() {
 	failed := failures(out)
 	sym := guestSymbols(out)
 	report(summary(failed, code, sym))
-	if len(failed) == 0 || !allFlaky(out, failed, hostRIPIn(out), sym) {
+	hostRIP := hostRIPIn(out)
+	if len(failed) == 0 || !allFlaky(out, failed, hostRIP, sym) {
 		os.Exit(code)
 	}
-	retry, what := retryArgs(failed, fs.Args())
+	retry, what := retryArgs(failed, fs.Args(), func(f *failure, sub string) bool {
+		return platformFault(f.text(sub), hostRIP, sym)
+	})
 	fmt.Printf("RETRY: %s failed on the emulated nested platform's known faults (a guest triple fault or fault loop, a guest vCPU holding another machine's state, an interrupt taken with interrupts off, or the outer kernel's own crash); %s\n",
 		names(failed), what)
 	code, out = run(retry)
@@ -128,18 +133,40 @@ func names(fs []failure) string {
 }
 
 // retryArgs returns the test flags of the retry of a block run with
-// block's flags whose failures were fs, and what the retry does: the
-// failed tests alone, or, when a test was left unfinished (the tests
-// after it never ran), the whole block.
-func retryArgs(fs []failure, block []string) ([]string, string) {
-	var re []string
-	for _, f := range fs {
+// block's flags whose failures were fs, and what the retry does: when a
+// test was left unfinished (the tests after it never ran), the whole
+// block; when every failed test failed in subtests, each of whose own
+// output shows the platform's fault (subFault), those subtests alone (a
+// long test's other subtests, which passed, are not run, and exposed to
+// the platform's faults, again); else the failed tests.
+func retryArgs(fs []failure, block []string, subFault func(f *failure, sub string) bool) ([]string, string) {
+	var tests, subs []string
+	bySub := true
+	for i := range fs {
+		f := &fs[i]
 		if !f.Finished {
 			return block, "the block ended inside it, so the whole block runs once more"
 		}
-		re = append(re, regexp.QuoteMeta(f.Name))
+		tests = append(tests, regexp.QuoteMeta(f.Name))
+		if len(f.FailedSubs) == 0 {
+			bySub = false // it failed in its own body
+		}
+		for _, s := range f.FailedSubs {
+			if !subFault(f, s) {
+				bySub = false
+			}
+			subs = append(subs, regexp.QuoteMeta(s))
+		}
 	}
-	return []string{"-test.run", "^(" + strings.Join(re, "|") + ")$"}, "running it once more"
+	run := "^(" + strings.Join(tests, "|") + ")$"
+	if bySub {
+		// A subtest of that name in another failed test runs too,
+		// which does no harm: go test's -run has one pattern a level.
+		slices.Sort(subs)
+		return []string{"-test.run", run + "/^(" + strings.Join(slices.Compact(subs), "|") + ")$"},
+			"running its failed subtests once more"
+	}
+	return []string{"-test.run", run}, "running it once more"
 }
 
 // A failure is a top-level test that failed (or was running when the
@@ -148,6 +175,13 @@ type failure struct {
 	Name     string
 	Finished bool     // a "--- FAIL" line ended it
 	Lines    []string // its output, from its RUN line on
+	// Sub names, for each of Lines, the subtest of the first level
+	// (TestX/sub and those under it) whose output it is; "" for the
+	// test's own lines and its verdicts.
+	Sub []string
+	// FailedSubs are its subtests of the first level that failed, in
+	// the order of their verdicts.
+	FailedSubs []string
 }
 
 var (
@@ -155,7 +189,27 @@ var (
 	failLine = regexp.MustCompile(`^--- FAIL: (Test[^/\s]*) `)
 	endLine  = regexp.MustCompile(`^--- (PASS|SKIP): (Test[^/\s]*) `)
 	msgLine  = regexp.MustCompile(`^\s+\S+_test\.go:\d+: |^\s*--- FAIL: |^panic: |^testvm: `)
+	// subLine is go test's line saying whose output follows: a
+	// subtest's start, or a switch back to it (NAME, CONT).
+	subLine = regexp.MustCompile(`^=== (?:RUN|NAME|CONT) +(Test[^/\s]*)/([^/\s]+)`)
+	// subFailLine is a failed first-level subtest's verdict, printed
+	// after its test's.
+	subFailLine = regexp.MustCompile(`^    --- FAIL: (Test[^/\s]*)/([^/\s]+) `)
 )
+
+// text is the failure's output, or that of its first-level subtest sub.
+func (f *failure) text(sub string) string {
+	if sub == "" {
+		return strings.Join(f.Lines, "\n")
+	}
+	var l []string
+	for i, s := range f.Sub {
+		if s == sub {
+			l = append(l, f.Lines[i])
+		}
+	}
+	return strings.Join(l, "\n")
+}
 
 // failures finds the failed top-level tests in a -test.v log. Top-level
 // tests run one after another (none calls t.Parallel), so a test's
@@ -168,20 +222,30 @@ func failures(out []byte) []failure {
 	verdicts := false // the lines after a failed test's are its subtests'
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	sub := "" // whose output the lines are (failure.Sub)
 	for sc.Scan() {
 		line := sc.Text()
 		if verdicts && strings.HasPrefix(strings.TrimLeft(line, " "), "--- ") && strings.HasPrefix(line, " ") {
-			list[len(list)-1].Lines = append(list[len(list)-1].Lines, line)
+			f := &list[len(list)-1]
+			f.Lines, f.Sub = append(f.Lines, line), append(f.Sub, "")
+			if m := subFailLine.FindStringSubmatch(line); m != nil && m[1] == f.Name {
+				f.FailedSubs = append(f.FailedSubs, m[2])
+			}
 			continue
 		}
 		verdicts = false
 		if m := runLine.FindStringSubmatch(line); m != nil {
-			cur = &failure{Name: m[1]}
+			cur, sub = &failure{Name: m[1]}, ""
 		}
 		if cur == nil {
 			continue
 		}
-		cur.Lines = append(cur.Lines, line)
+		if m := subLine.FindStringSubmatch(line); m != nil && m[1] == cur.Name {
+			sub = m[2]
+		} else if strings.HasPrefix(line, "=== NAME  "+cur.Name) || strings.HasPrefix(line, "--- ") {
+			sub = "" // back to the test's own output, or its verdict
+		}
+		cur.Lines, cur.Sub = append(cur.Lines, line), append(cur.Sub, sub)
 		if m := failLine.FindStringSubmatch(line); m != nil && m[1] == cur.Name {
 			cur.Finished = true
 			list = append(list, *cur)
@@ -214,19 +278,21 @@ func allFlaky(out []byte, fs []failure, hostRIP func(uint64) bool, sym func(uint
 	}
 	crashed := outerCrash.Match(out)
 	for _, f := range fs {
-		text := strings.Join(f.Lines, "\n")
 		if crashed {
 			continue // even a test the crash left unfinished
 		}
-		if !f.Finished {
-			return false
-		}
-		if !strings.Contains(text, "triple fault") && !leakedRIP(text, hostRIP) &&
-			!strings.Contains(text, foreignCR3) && !timerIRQWithIRQsOff(text, sym) && !guestFaultLoop(text) {
+		if !f.Finished || !platformFault(f.text(""), hostRIP, sym) {
 			return false
 		}
 	}
 	return true
+}
+
+// platformFault reports whether a test's output shows one of the
+// emulated platform's known guest faults (see allFlaky).
+func platformFault(text string, hostRIP func(uint64) bool, sym func(uint64) string) bool {
+	return strings.Contains(text, "triple fault") || leakedRIP(text, hostRIP) ||
+		strings.Contains(text, foreignCR3) || timerIRQWithIRQsOff(text, sym) || guestFaultLoop(text)
 }
 
 // foreignCR3 is how vessel's description of a hung VM marks a vCPU whose
@@ -471,7 +537,8 @@ func hostRIPIn(out []byte) func(uint64) bool {
 }
 
 // summary is the end-of-block report: the failed tests and their
-// messages, at most maxLines of them each, and, when sym is not nil,
+// messages (a failed test's own and its failed subtests', not those of
+// its subtests that passed), at most maxLines of them each, and, when sym is not nil,
 // the guest kernel's functions at the addresses vessel's description of
 // a hung VM names (its vCPUs' RIPs and stacks).
 func summary(fs []failure, code int, sym func(uint64) string) string {
@@ -495,7 +562,10 @@ func summary(fs []failure, code int, sym func(uint64) string) string {
 			more = 0
 		}
 		kept := 0
-		for _, l := range f.Lines {
+		for i, l := range f.Lines {
+			if i < len(f.Sub) && f.Sub[i] != "" && !slices.Contains(f.FailedSubs, f.Sub[i]) {
+				continue // a subtest that passed: its logs would crowd out the failure's
+			}
 			switch {
 			case msgLine.MatchString(l) && !strings.Contains(l, "Unhandled WRMSR"):
 				flush()

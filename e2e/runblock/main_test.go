@@ -28,6 +28,9 @@ const failLog = `testvm: platform: nested KVM in QEMU TCG (-cpu max), outer kern
 testvm: outer kernel: [ 8.0] kvm [67]: vcpu0, guest rIP: 0xffffffff8100311e Unhandled WRMSR(0xc0010007) = 0xffff
     runtime_test.go:781: the container did not reach the host (log: vCPU 0 shut down (triple fault))
 === RUN   TestRuntime/pause
+    runtime_test.go:900: create pause: 2.1s
+=== NAME  TestRuntime
+    runtime_test.go:950: the test's own line
 --- FAIL: TestRuntime (170.00s)
     --- FAIL: TestRuntime/netns (150.00s)
     --- PASS: TestRuntime/pause (20.00s)
@@ -88,8 +91,28 @@ func TestFailures(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
 		}
 	}
-	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") || strings.Contains(s, "not a continuation") || strings.Contains(s, "log 13") {
-		t.Errorf("summary has the platform's noise or a passed test:\n%s", s)
+	if strings.Contains(s, "WRMSR") || strings.Contains(s, "TestA") || strings.Contains(s, "not a continuation") || strings.Contains(s, "log 13") ||
+		strings.Contains(s, "create pause") {
+		t.Errorf("summary has the platform's noise, a passed test or a passed subtest's logs:\n%s", s)
+	}
+	if !strings.Contains(s, "the test's own line") {
+		t.Errorf("summary lacks the failed test's own line:\n%s", s)
+	}
+	// Whose output each line is.
+	if got := fs[0].FailedSubs; !slices.Equal(got, []string{"netns"}) {
+		t.Errorf("TestRuntime's failed subtests: %q, want netns", got)
+	}
+	for sub, want := range map[string]string{
+		"netns": "=== RUN   TestRuntime/netns\ntestvm: outer kernel: [ 8.0] kvm [67]: vcpu0, guest rIP: 0xffffffff8100311e Unhandled WRMSR(0xc0010007) = 0xffff\n" +
+			"    runtime_test.go:781: the container did not reach the host (log: vCPU 0 shut down (triple fault))",
+		"pause": "=== RUN   TestRuntime/pause\n    runtime_test.go:900: create pause: 2.1s",
+	} {
+		if got := fs[0].text(sub); got != want {
+			t.Errorf("TestRuntime/%s's output:\n%s\nwant:\n%s", sub, got, want)
+		}
+	}
+	if got := fs[1].FailedSubs; len(got) != 0 {
+		t.Errorf("TestB's failed subtests: %q, want none", got)
 	}
 }
 
@@ -345,15 +368,32 @@ func TestSymbolize(t *testing.T) {
 func TestRetryArgs(t *testing.T) {
 	fs := failures([]byte(failLog))
 	block := []string{"-test.skip", "^(TestX)$"}
-	got, _ := retryArgs(fs[:2], block)
+	fault := func(f *failure, sub string) bool { return platformFault(f.text(sub), nil, nil) }
+	got, _ := retryArgs(fs[:2], block, fault)
 	if want := []string{"-test.run", "^(" + regexp.QuoteMeta(fs[0].Name) + "|" + regexp.QuoteMeta(fs[1].Name) + ")$"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("finished failures: retry %q, want %q", got, want)
+		t.Errorf("finished failures, one in its own body: retry %q, want %q", got, want)
 	}
 	if fs[2].Finished {
 		t.Fatal("failLog's third failure should be unfinished")
 	}
-	if got, what := retryArgs(fs, block); !reflect.DeepEqual(got, block) || !strings.Contains(what, "whole block") {
+	if got, what := retryArgs(fs, block, fault); !reflect.DeepEqual(got, block) || !strings.Contains(what, "whole block") {
 		t.Errorf("an unfinished failure: retry %q (%s), want the block's own flags %q", got, what, block)
+	}
+	// A test that failed in a subtest showing the platform's fault:
+	// that subtest alone.
+	if got, what := retryArgs(fs[:1], block, fault); !slices.Equal(got, []string{"-test.run", "^(TestRuntime)$/^(netns)$"}) || !strings.Contains(what, "subtests") {
+		t.Errorf("a subtest's fault: retry %q (%s), want TestRuntime/netns alone", got, what)
+	}
+	// The same subtest failing for another reason: the whole test.
+	other := failures([]byte(strings.Replace(failLog, "(triple fault)", "(exit 1)", 1)))
+	if got, _ := retryArgs(other[:1], block, fault); !slices.Equal(got, []string{"-test.run", "^(TestRuntime)$"}) {
+		t.Errorf("a subtest's own failure: retry %q, want all of TestRuntime", got)
+	}
+	// The fault in one subtest's output, another subtest failed too,
+	// for no known reason: the whole test.
+	two := failures([]byte(strings.Replace(failLog, "    --- PASS: TestRuntime/pause (20.00s)", "    --- FAIL: TestRuntime/pause (20.00s)", 1)))
+	if got, _ := retryArgs(two[:1], block, fault); !slices.Equal(got, []string{"-test.run", "^(TestRuntime)$"}) {
+		t.Errorf("two failed subtests, one unexplained: retry %q, want all of TestRuntime", got)
 	}
 }
 
