@@ -132,8 +132,9 @@ fuzz:
 ## Every block runs even when an earlier one failed; e2e/runblock ends a
 ## failed block's output with what its failed tests said, and runs a test
 ## that failed on one of the emulated platform's known faults once more,
-## loudly (a RETRY line); the whole block, when the outer kernel's crash
-## ended it inside a test.
+## loudly (a RETRY line): only its failed subtests when each shows the
+## fault; the whole block, when the outer kernel's crash ended it inside
+## a test.
 test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) test -c -tags e2e -o build/e2e.test ./e2e
 	@mkdir -p build/seccomptest
