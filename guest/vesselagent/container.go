@@ -74,6 +74,7 @@ type process struct {
 	status  int
 	console console.Console // with a terminal
 	copies  sync.WaitGroup  // output streams still being copied
+	outs    []*outputCopy   // their copies, set before the process runs
 	closers []io.Closer     // stream connections and pipes, closed after exit
 }
 
@@ -615,13 +616,24 @@ func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO,
 			}
 			p.console = m
 			p.closers = append(p.closers, m)
-			go io.Copy(m, tty)
-			p.copies.Add(1)
-			go func() {
-				defer p.copies.Done()
-				io.Copy(tty, m) // ends with EIO once the process and its children closed the terminal
-				tty.CloseWrite()
-			}()
+			// The data goes through a pollable file of its own, so
+			// that closing it ends a read in progress (drainOutputs);
+			// m stays for the window size. O_NONBLOCK is the open
+			// file's, m's too, which is then used for ioctls only.
+			fd, err := unix.Dup(int(m.Fd()))
+			if err != nil {
+				return fmt.Errorf("terminal: %w", err)
+			}
+			if err := unix.SetNonblock(fd, true); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("terminal: %w", err)
+			}
+			f := os.NewFile(uintptr(fd), "terminal")
+			p.closers = append(p.closers, f)
+			go io.Copy(f, tty)
+			// Its read ends with EIO once the process and its
+			// children closed the terminal.
+			p.output(tty, f)
 			return nil
 		}, nil
 	}
@@ -655,24 +667,40 @@ func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO,
 			}()
 		}
 		for n, r := range map[string]io.Reader{agentproto.Stdout: pipes.Stdout(), agentproto.Stderr: pipes.Stderr()} {
-			w := conns[n]
-			p.copies.Add(1)
-			go func() {
-				defer p.copies.Done()
-				io.Copy(w, r)
-				w.CloseWrite()
-			}()
+			// go-runc's pipes are os.Pipe's: pollable, so closing
+			// one ends a read in progress.
+			f, ok := r.(*os.File)
+			if !ok {
+				return fmt.Errorf("%s: runc's pipe is a %T, not a file", n, r)
+			}
+			p.output(conns[n], f)
 		}
 		return nil
 	}, nil
 }
 
+// output starts copying one of the process's output streams, src, to
+// the host's connection for it, which is half-closed at the end.
+func (p *process) output(w *vsock.Conn, src *os.File) {
+	o := &outputCopy{src: src}
+	p.outs = append(p.outs, o)
+	p.copies.Add(1)
+	go func() {
+		defer p.copies.Done()
+		o.run(w)
+		w.CloseWrite()
+	}()
+}
+
 // wait reports the process's exit to the host once its output has been
-// passed on completely.
+// passed on: completely, or until what is still open has been silent
+// for outputIdle (drainOutputs).
 func (p *process) wait(ch chan runc.Exit) {
 	e := <-ch
 	close(p.exited)
-	p.copies.Wait()
+	copied := make(chan struct{})
+	go func() { p.copies.Wait(); close(copied) }()
+	drainOutputs(p.outs, copied)
 	p.closeAll()
 	p.status = e.Status
 	close(p.done)
