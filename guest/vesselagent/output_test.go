@@ -9,24 +9,6 @@ import (
 	"time"
 )
 
-// lockedBuffer is a bytes.Buffer safe for a copy and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestDrainOutputs: an exited process's streams are passed on whole
 // while data comes, and closed once every one still open has been
 // silent for outputIdle, as a background process that inherited them
@@ -58,7 +40,7 @@ func TestDrainOutputs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var outs []*outputCopy
-			var bufs []*lockedBuffer
+			var bufs []*bytes.Buffer
 			var wg sync.WaitGroup
 			var writers []*os.File
 			for _, s := range tc.streams {
@@ -67,7 +49,7 @@ func TestDrainOutputs(t *testing.T) {
 					t.Fatal(err)
 				}
 				writers = append(writers, w)
-				o, b := &outputCopy{src: r}, &lockedBuffer{}
+				o, b := &outputCopy{src: r}, &bytes.Buffer{}
 				outs, bufs = append(outs, o), append(bufs, b)
 				wg.Add(1)
 				go func() { defer wg.Done(); o.run(b) }()
@@ -87,6 +69,8 @@ func TestDrainOutputs(t *testing.T) {
 			case <-time.After(20 * outputIdle):
 				t.Fatalf("the streams were still waited for after %v, %d× outputIdle", 20*outputIdle, 20)
 			}
+			// Every copy has ended (drainOutputs waited for copied):
+			// the buffers are the test's alone.
 			for i, s := range tc.streams {
 				if got := bufs[i].String(); got != s.want {
 					t.Errorf("stream %d passed on %q, want %q", i, got, s.want)
