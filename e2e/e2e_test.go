@@ -227,16 +227,16 @@ func vesselOnce(t *testing.T, setup func(*exec.Cmd), args ...string) (result, bo
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vesselBin, args...)
 	// A vessel vm run that does not end describes its VM
-	// (cancelDescribed); another command gets SIGQUIT, so that vessel's
-	// goroutines (which wait for what) show in its stderr (vessel run
-	// passes SIGUSR2 on to the container, as docker run does).
-	stop := "SIGQUIT"
+	// (cancelDescribed); another command has its jailed VMM, if any,
+	// describe its VM, and then gets SIGQUIT, so that vessel's goroutines
+	// (which wait for what) show in its stderr (vessel run passes SIGUSR2
+	// on to the container, as docker run does).
+	stop := "its VM described through its VMM, or SIGQUIT"
 	if len(args) > 1 && args[0] == "vm" && args[1] == "run" {
 		stop = "SIGUSR2, its VM described"
 		cancelDescribed(cmd)
 	} else {
-		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
-		cmd.WaitDelay = 10 * time.Second
+		cancelDescribingVM(cmd, syscall.SIGQUIT)
 	}
 	var out, errb syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

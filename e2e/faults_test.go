@@ -73,6 +73,37 @@ func parentPID(pid int) int {
 	return ppid
 }
 
+// childVMM is the jailed VMM process (vessel-vmm) that vessel process
+// pid runs, or 0.
+func childVMM(pid int) int {
+	for vmm := range liveProcesses(func(args []string) bool { return filepath.Base(args[0]) == "vessel-vmm" }) {
+		if parentPID(vmm) == pid {
+			return vmm
+		}
+	}
+	return 0
+}
+
+// cancelDescribingVM makes cmd, a vessel command that may run a VM
+// (vessel run), when its context ends, first have its jailed VMM
+// describe the VM (SIGUSR2: vessel then ends with 125, the description
+// on its stderr: a hung guest's vCPUs, interrupts and rings), and then,
+// if vessel is still there half a minute later or has no VMM, send it
+// stop: SIGABRT or SIGQUIT, whose goroutine dump shows what it waits for.
+func cancelDescribingVM(cmd *exec.Cmd, stop syscall.Signal) {
+	cmd.Cancel = func() error {
+		if vmm := childVMM(cmd.Process.Pid); vmm != 0 && syscall.Kill(vmm, syscall.SIGUSR2) == nil {
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				if _, live := liveProcesses(func([]string) bool { return true })[cmd.Process.Pid]; !live {
+					return nil
+				}
+			}
+		}
+		return cmd.Process.Signal(stop)
+	}
+	cmd.WaitDelay = 10 * time.Second
+}
+
 // waitGone waits up to a minute until pid is no longer a live process
 // (gone, or a zombie), and reports whether it went.
 func waitGone(pid int) bool {

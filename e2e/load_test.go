@@ -152,11 +152,10 @@ func cli(t *testing.T, env []string, stdin string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vesselBin, args...)
-	// SIGABRT first: Go's runtime (GOTRACEBACK=all) prints every
-	// goroutine's stack, which shows where it hung. (vessel run takes
-	// SIGQUIT for the container.)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGABRT) }
-	cmd.WaitDelay = 10 * time.Second
+	// Its VM described first, then SIGABRT: Go's runtime
+	// (GOTRACEBACK=all) prints every goroutine's stack, which shows
+	// where it hung. (vessel run takes SIGQUIT for the container.)
+	cancelDescribingVM(cmd, syscall.SIGABRT)
 	cmd.Env, cmd.Stdin = append(env[:len(env):len(env)], "GOTRACEBACK=all"), strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -628,12 +628,7 @@ func TestRunDiagnosis(t *testing.T) {
 	}
 	// This run's jailed VMM: the child of its vessel process (a VM an
 	// earlier test left to a crashed outer kernel may still be there).
-	var vmm int
-	for pid := range liveProcesses(func(args []string) bool { return filepath.Base(args[0]) == "vessel-vmm" }) {
-		if parentPID(pid) == cmd.Process.Pid {
-			vmm = pid
-		}
-	}
+	vmm := childVMM(cmd.Process.Pid)
 	if vmm == 0 {
 		t.Fatalf("no jailed VMM process under vessel run (%d)", cmd.Process.Pid)
 	}
