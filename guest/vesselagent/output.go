@@ -16,6 +16,12 @@ import (
 // process's streams and then closes them (moby's daemon/monitor.go).
 var outputIdle = 2 * time.Second
 
+// outputMax bounds that wait however the streams are used: a background
+// process writing without pause would otherwise hold the exit back as
+// long as it writes. What an exited process left in a pipe (64 KiB at
+// most) is passed on well within it.
+var outputMax = 30 * time.Second
+
 // outputCopy copies one output stream of a process (a pipe's or a
 // terminal's read end, pollable, so that closing it ends a read in
 // progress) to the host, and keeps since when it has waited for the
@@ -55,11 +61,13 @@ func (o *outputCopy) idle(d time.Duration, now time.Time) bool {
 }
 
 // drainOutputs waits until every copy has ended, or, once each one
-// still running has waited outputIdle for its process, closes their
-// sources, which ends them. done is closed when every copy has ended.
+// still running has waited outputIdle for its process, or outputMax
+// after the call, closes their sources, which ends them. done is closed
+// when every copy has ended.
 func drainOutputs(outs []*outputCopy, done <-chan struct{}) {
 	tick := time.NewTicker(outputIdle / 4)
 	defer tick.Stop()
+	deadline := time.Now().Add(outputMax)
 	for {
 		select {
 		case <-done:
@@ -74,7 +82,7 @@ func drainOutputs(outs []*outputCopy, done <-chan struct{}) {
 					}
 				}
 			}
-			if running > 0 && idle == running {
+			if running > 0 && (idle == running || now.After(deadline)) {
 				for _, o := range outs {
 					o.src.Close()
 				}

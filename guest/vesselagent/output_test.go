@@ -14,8 +14,9 @@ import (
 // silent for outputIdle, as a background process that inherited them
 // may hold them for good.
 func TestDrainOutputs(t *testing.T) {
-	defer func(d time.Duration) { outputIdle = d }(outputIdle)
-	outputIdle = 200 * time.Millisecond
+	defer func(d, m time.Duration) { outputIdle, outputMax = d, m }(outputIdle, outputMax)
+	outputIdle, outputMax = 200*time.Millisecond, 2*time.Second
+	pace := outputIdle / 10 // the writers' own, read before they start
 	type stream struct {
 		write func(w *os.File) // what the process (and what it left) does with the write end
 		want  string
@@ -24,11 +25,20 @@ func TestDrainOutputs(t *testing.T) {
 	trickle := func(w *os.File) {
 		for i := 0; i < 10; i++ {
 			w.WriteString("x")
-			time.Sleep(outputIdle / 4)
+			time.Sleep(2 * pace)
 		}
 		w.Close()
 	}
 	closed := func(w *os.File) { w.WriteString("all\n"); w.Close() }
+	// A background process that never stops writing.
+	endless := func(w *os.File) {
+		for {
+			if _, err := w.WriteString("y"); err != nil {
+				return // the read end was closed
+			}
+			time.Sleep(pace)
+		}
+	}
 	for _, tc := range []struct {
 		name    string
 		streams []stream
@@ -37,6 +47,7 @@ func TestDrainOutputs(t *testing.T) {
 		{"one held, one closed", []stream{{closed, "all\n"}, {held, "before exit\n"}}},
 		{"written more often than outputIdle: not cut", []stream{{trickle, strings.Repeat("x", 10)}, {held, "before exit\n"}}},
 		{"closed", []stream{{closed, "all\n"}}},
+		{"written without pause: closed after outputMax", []stream{{endless, ""}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var outs []*outputCopy
@@ -66,12 +77,15 @@ func TestDrainOutputs(t *testing.T) {
 			go func() { drainOutputs(outs, copied); close(drained) }()
 			select {
 			case <-drained:
-			case <-time.After(20 * outputIdle):
-				t.Fatalf("the streams were still waited for after %v, %d× outputIdle", 20*outputIdle, 20)
+			case <-time.After(outputMax + 20*outputIdle):
+				t.Fatalf("the streams were still waited for after %v", outputMax+20*outputIdle)
 			}
 			// Every copy has ended (drainOutputs waited for copied):
 			// the buffers are the test's alone.
 			for i, s := range tc.streams {
+				if s.want == "" {
+					continue // whatever came before the end
+				}
 				if got := bufs[i].String(); got != s.want {
 					t.Errorf("stream %d passed on %q, want %q", i, got, s.want)
 				}
