@@ -74,7 +74,7 @@ type process struct {
 	status  int
 	console console.Console // with a terminal
 	copies  sync.WaitGroup  // output streams still being copied
-	outs    []*outputCopy   // their copies, set before the process runs
+	outs    []*outputCopy   // those copies, set before the process runs
 	closers []io.Closer     // stream connections and pipes, closed after exit
 }
 
@@ -616,19 +616,13 @@ func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO,
 			}
 			p.console = m
 			p.closers = append(p.closers, m)
-			// The data goes through a pollable file of its own, so
-			// that closing it ends a read in progress (drainOutputs);
-			// m stays for the window size. O_NONBLOCK is the open
-			// file's, m's too, which is then used for ioctls only.
-			fd, err := unix.Dup(int(m.Fd()))
+			// The data goes through a pollable file of its own (read
+			// deadlines bound it after the exit); m stays for the
+			// window size.
+			f, err := pollableTerminal(m)
 			if err != nil {
-				return fmt.Errorf("terminal: %w", err)
+				return err
 			}
-			if err := unix.SetNonblock(fd, true); err != nil {
-				unix.Close(fd)
-				return fmt.Errorf("terminal: %w", err)
-			}
-			f := os.NewFile(uintptr(fd), "terminal")
 			p.closers = append(p.closers, f)
 			go io.Copy(f, tty)
 			// Its read ends with EIO once the process and its
@@ -667,8 +661,8 @@ func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO,
 			}()
 		}
 		for n, r := range map[string]io.Reader{agentproto.Stdout: pipes.Stdout(), agentproto.Stderr: pipes.Stderr()} {
-			// go-runc's pipes are os.Pipe's: pollable, so closing
-			// one ends a read in progress.
+			// go-runc's pipes are os.Pipe's: pollable, so read
+			// deadlines bound them after the exit.
 			f, ok := r.(*os.File)
 			if !ok {
 				return fmt.Errorf("%s: runc's pipe is a %T, not a file", n, r)
@@ -682,25 +676,27 @@ func (p *process) setupIO(pio *agentproto.ProcessIO, u specs.User, rio *runc.IO,
 // output starts copying one of the process's output streams, src, to
 // the host's connection for it, which is half-closed at the end.
 func (p *process) output(w *vsock.Conn, src *os.File) {
-	o := &outputCopy{src: src}
+	o := &outputCopy{src: src, dst: w}
 	p.outs = append(p.outs, o)
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		o.run(w)
+		o.run()
 		w.CloseWrite()
 	}()
 }
 
 // wait reports the process's exit to the host once its output has been
-// passed on: completely, or until what is still open has been silent
-// for outputIdle (drainOutputs).
+// passed on: completely, or until each stream still open has been
+// silent for outputIdle, outputMax after the exit at the latest.
 func (p *process) wait(ch chan runc.Exit) {
 	e := <-ch
 	close(p.exited)
-	copied := make(chan struct{})
-	go func() { p.copies.Wait(); close(copied) }()
-	drainOutputs(p.outs, copied)
+	last := time.Now().Add(outputMax)
+	for _, o := range p.outs {
+		o.exited(last)
+	}
+	p.copies.Wait()
 	p.closeAll()
 	p.status = e.Status
 	close(p.done)
