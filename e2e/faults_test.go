@@ -92,12 +92,9 @@ func childVMM(pid int) int {
 // stop: SIGABRT or SIGQUIT, whose goroutine dump shows what it waits for.
 func cancelDescribingVM(cmd *exec.Cmd, stop syscall.Signal) {
 	cmd.Cancel = func() error {
-		if vmm := childVMM(cmd.Process.Pid); vmm != 0 && syscall.Kill(vmm, syscall.SIGUSR2) == nil {
-			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-				if _, live := liveProcesses(func([]string) bool { return true })[cmd.Process.Pid]; !live {
-					return nil
-				}
-			}
+		if vmm := childVMM(cmd.Process.Pid); vmm != 0 && syscall.Kill(vmm, syscall.SIGUSR2) == nil &&
+			waitGoneWithin(cmd.Process.Pid, 30*time.Second) {
+			return nil
 		}
 		return cmd.Process.Signal(stop)
 	}
@@ -106,8 +103,11 @@ func cancelDescribingVM(cmd *exec.Cmd, stop syscall.Signal) {
 
 // waitGone waits up to a minute until pid is no longer a live process
 // (gone, or a zombie), and reports whether it went.
-func waitGone(pid int) bool {
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+func waitGone(pid int) bool { return waitGoneWithin(pid, time.Minute) }
+
+// waitGoneWithin is waitGone waiting up to d.
+func waitGoneWithin(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if _, live := liveProcesses(func([]string) bool { return true })[pid]; !live {
 			return true
 		}

@@ -218,25 +218,15 @@ func runtimeIO(t *testing.T, ctx context.Context) {
 		// the exec ends with its own process, and passes on what it
 		// wrote (runc exec returns when its process exits; docker
 		// closes the streams 2 s after).
-		bgIO, err := runc.NewPipeIO(0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer bgIO.Close()
-		var bgOut []byte
-		bgRead := make(chan struct{})
-		go func() { defer close(bgRead); bgOut, _ = io.ReadAll(bgIO.Stdout()) }()
-		go io.Copy(io.Discard, bgIO.Stderr())
-		bgIO.Stdin().Close()
+		bgIO, bgOut := stdoutPipe(t)
 		bgCtx, cancel := context.WithTimeout(ctx, 2*time.Minute) // a hang's bound, not a time limit
 		err = r.Exec(bgCtx, id, busyboxProcess("sh", "-c", "echo left; sleep 900 & exit 5"), &runc.ExecOpts{IO: bgIO})
 		cancel()
 		if !errors.As(err, &ee) || ee.Status != 5 {
 			t.Errorf("exec leaving a background process on its stdout: %v, want exit status 5 (log: %s)", err, readFile(r.Log))
 		}
-		<-bgRead
-		if string(bgOut) != "left\n" {
-			t.Errorf("exec leaving a background process: stdout %q, want %q", bgOut, "left\n")
+		if got := bgOut(); got != "left\n" {
+			t.Errorf("exec leaving a background process: stdout %q, want %q", got, "left\n")
 		}
 
 		// exec --detach (as containerd's shim): the PID in the pid file

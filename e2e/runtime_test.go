@@ -170,6 +170,24 @@ func vmmProcesses(t *testing.T) []int {
 
 // liveProcesses lists the running processes (not zombies, not this one)
 // whose argument vector match accepts: PID to command line.
+// stdoutPipe makes pipes for a process's stdio whose stdin is closed
+// and stderr discarded; stdout waits for the end of its stdout (every
+// write end closed) and returns it.
+func stdoutPipe(t *testing.T) (pio runc.IO, stdout func() string) {
+	t.Helper()
+	pio, err := runc.NewPipeIO(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pio.Close() })
+	var out []byte
+	done := make(chan struct{})
+	go func() { defer close(done); out, _ = io.ReadAll(pio.Stdout()) }()
+	go io.Copy(io.Discard, pio.Stderr())
+	pio.Stdin().Close()
+	return pio, func() string { <-done; return string(out) }
+}
+
 func liveProcesses(match func(args []string) bool) map[int]string {
 	procs := map[int]string{}
 	ents, _ := os.ReadDir("/proc")
@@ -564,16 +582,7 @@ func TestRuntime(t *testing.T) {
 		spec.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Architectures: []specs.Arch{specs.ArchX86_64},
 			Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &errno}}}
 		writeSpec(t, bundle, spec)
-		pio, err := runc.NewPipeIO(0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pio.Close()
-		var stdout []byte
-		done := make(chan struct{})
-		go func() { stdout, _ = io.ReadAll(pio.Stdout()); close(done) }()
-		go io.Copy(io.Discard, pio.Stderr())
-		pio.Stdin().Close()
+		pio, stdout := stdoutPipe(t)
 		// vessel-runtime run: create, start, wait, delete.
 		status, err := r.Run(ctx, "binds", bundle, &runc.CreateOpts{IO: pio})
 		if status != 5 {
@@ -582,8 +591,7 @@ func TestRuntime(t *testing.T) {
 		// go-runc's Run, unlike Create, leaves the pipes' child ends
 		// open in this process: close them, as the shim does.
 		pio.(runc.StartCloser).CloseAfterStart()
-		<-done
-		if got, want := string(stdout), "from-file\nfrom-dir\nin\nout\nsingle-file\nmkdir-denied\n"; got != want {
+		if got, want := stdout(), "from-file\nfrom-dir\nin\nout\nsingle-file\nmkdir-denied\n"; got != want {
 			t.Errorf("stdout %q, want %q", got, want)
 		}
 		if b, _ := os.ReadFile(filepath.Join(files, "one")); string(b) != "single-file\n" {

@@ -242,7 +242,7 @@ func failures(out []byte) []failure {
 		}
 		if m := subLine.FindStringSubmatch(line); m != nil && m[1] == cur.Name {
 			sub = m[2]
-		} else if strings.HasPrefix(line, "=== NAME  "+cur.Name) || strings.HasPrefix(line, "--- ") {
+		} else if line == "=== NAME  "+cur.Name || strings.HasPrefix(line, "--- ") {
 			sub = "" // back to the test's own output, or its verdict
 		}
 		cur.Lines, cur.Sub = append(cur.Lines, line), append(cur.Sub, sub)
@@ -563,7 +563,7 @@ func summary(fs []failure, code int, sym func(uint64) string) string {
 		}
 		kept := 0
 		for i, l := range f.Lines {
-			if i < len(f.Sub) && f.Sub[i] != "" && !slices.Contains(f.FailedSubs, f.Sub[i]) {
+			if f.Sub[i] != "" && !slices.Contains(f.FailedSubs, f.Sub[i]) {
 				continue // a subtest that passed: its logs would crowd out the failure's
 			}
 			switch {
