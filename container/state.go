@@ -186,6 +186,23 @@ func (s *State) Orphaned() bool {
 	return s.Status != StatusExited || s.Remove || s.Scratch != ""
 }
 
+// OwnerAlive reports whether the vessel process that owns the container
+// still runs, whatever the state says: after it recorded the exit it
+// still ends the VM, removes the scratch disk and saves the state once
+// more. The PID must exist in this PID namespace and run this program:
+// a PID reused by another program is not the owner.
+func (s *State) OwnerAlive() bool {
+	if s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
+		return false
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return false
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", s.Pid))
+	return err == nil && strings.TrimSuffix(exe, " (deleted)") == self
+}
+
 // PidNamespace names this process's PID namespace ("pid:[INODE]"), for
 // State.PidNS; empty if /proc cannot tell.
 func PidNamespace() string {

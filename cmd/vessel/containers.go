@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -188,16 +189,27 @@ var defaultStopBounds = stopBounds{kill: time.Minute, end: time.Minute}
 
 // stopBounded is stopContainer with the bounds b.
 func stopBounded(st *container.State, timeout time.Duration, b stopBounds) error {
-	if !st.Running() {
-		return nil
+	switch {
+	case st.Running():
+		if err := signalStop(st, timeout, b.kill); err != nil {
+			return killVessel(st, err.Error())
+		}
+	case st.Status != container.StatusExited:
+		return nil // not started: nothing to stop
 	}
-	if err := signalStop(st, timeout, b.kill); err != nil {
-		return killVessel(st, err.Error())
-	}
-	// The vessel process records the exit and ends the VM.
-	for deadline := time.Now().Add(b.end); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	return awaitOwner(st, b.end)
+}
+
+// awaitOwner waits until the vessel process that owns st has ended: once
+// it recorded the exit it still ends the VM (shutting a guest with a
+// scratch disk down), removes the scratch disk and saves the state, so
+// a stop that returned before would let an rm race with it (the state
+// directory refilled while it is removed). One that has not ended
+// within d is killed.
+func awaitOwner(st *container.State, d time.Duration) error {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
-		if err != nil || !cur.Running() {
+		if err != nil || !cur.OwnerAlive() {
 			return nil
 		}
 	}
@@ -256,22 +268,22 @@ func signalStop(st *container.State, timeout, kill time.Duration) error {
 // container removed if it was run with --rm.
 func killVessel(st *container.State, why string) error {
 	cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
-	if err != nil || !cur.Running() {
+	switch {
+	case err != nil:
+		return nil // removed meanwhile
+	case cur.OwnerAlive():
+	case cur.Running(): // its PID runs another program
+		return fmt.Errorf("%s: %s, and its process %d is not a vessel process to kill", st.Name, why, cur.Pid)
+	default:
 		return nil // it ended meanwhile
-	}
-	// The PID is the vessel process's only while that runs this
-	// program: a PID reused by another process is not killed.
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("%s: %s: %w", st.Name, why, err)
-	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cur.Pid))
-	if err != nil || strings.TrimSuffix(exe, " (deleted)") != self {
-		return fmt.Errorf("%s: %s, and its process %d is not a vessel process to kill (%s)", st.Name, why, cur.Pid, exe)
 	}
 	fmt.Fprintf(os.Stderr, "vessel: %s: %s: killing its vessel process %d\n", st.Name, why, cur.Pid)
 	if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
+	}
+	// Not a moment's race with its last writes.
+	for end := time.Now().Add(5 * time.Second); cur.OwnerAlive() && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), container.RunDirPrefix) {
 		os.RemoveAll(dir)
@@ -315,15 +327,28 @@ func newRm() *cobra.Command {
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return eachContainer(args, func(st *container.State) error {
-				if st.Running() {
-					if !force {
-						return fmt.Errorf("cannot remove container %s: it is running (stop it first, or use rm -f)", st.Name)
+				starting := st.Status == container.StatusCreated && st.OwnerAlive()
+				switch {
+				case starting && !force:
+					return fmt.Errorf("cannot remove container %s: it is starting (use rm -f)", st.Name)
+				case st.Running() && !force:
+					return fmt.Errorf("cannot remove container %s: it is running (stop it first, or use rm -f)", st.Name)
+				case starting:
+					if err := killVessel(st, "removed while it started"); err != nil {
+						return err
 					}
+				default:
+					// An exited container's vessel process may still
+					// be finishing with it: stop waits for that too.
 					if err := stopContainer(st, 0); err != nil {
 						return err
 					}
-				} else {
-					removeJail(st.ID) // left if its vessel process was killed
+				}
+				removeJail(st.ID) // left if its vessel process was killed
+				if cur, err := st.Reload(); err == nil {
+					st = cur // as its owner left it
+				} else if errors.Is(err, fs.ErrNotExist) {
+					return nil // run with --rm: its owner removed it
 				}
 				return st.Delete()
 			})

@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -242,5 +244,107 @@ func TestRunVMReportsBounded(t *testing.T) {
 	}
 	if fi, err := f.Stat(); err != nil || fi.Size() > container.DiagLimit+100 {
 		t.Errorf("%d bytes of the VMM's reports written (%v), want at most about %d", fi.Size(), err, container.DiagLimit)
+	}
+}
+
+// ownerEnv makes the test binary a container's vessel process. With
+// "finish:DIR" it recorded the exit and is still finishing with the
+// container: after a moment it writes into the state directory DIR, as
+// the real one saves the state once more, and fails if it cannot. With
+// "start" it is starting the container, and ends only when killed.
+const ownerEnv = "VESSEL_TEST_OWNER"
+
+func TestMain(m *testing.M) {
+	switch mode := os.Getenv(ownerEnv); {
+	case strings.HasPrefix(mode, "finish:"):
+		time.Sleep(300 * time.Millisecond)
+		if err := os.WriteFile(filepath.Join(strings.TrimPrefix(mode, "finish:"), "late"), []byte("x"), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	case mode == "start":
+		select {}
+	}
+	os.Exit(m.Run())
+}
+
+// TestStopRmAwaitOwner: stop and rm of a container whose exit is
+// recorded wait until its vessel process, still finishing with it, has
+// ended (rm used to remove the state directory under it: "directory not
+// empty", or the container back in ps); rm refuses a container whose
+// vessel process is starting it, and rm -f kills that process first.
+func TestStopRmAwaitOwner(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		status  string
+		code    int
+		dirGone bool // the state directory is removed
+		late    bool // the owner finished its last write
+		killed  bool // the owner was killed
+	}{
+		{[]string{"stop", "c"}, container.StatusExited, 0, false, true, false},
+		{[]string{"rm", "c"}, container.StatusExited, 0, true, false, false},
+		{[]string{"rm", "c"}, container.StatusCreated, exitContainer, false, false, false},
+		{[]string{"rm", "-f", "c"}, container.StatusCreated, 0, true, false, true},
+	} {
+		t.Run(strings.Join(tc.args, " ")+" "+tc.status, func(t *testing.T) {
+			t.Setenv("XDG_DATA_HOME", t.TempDir())
+			t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+			root, err := container.StateRoot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := strings.Repeat("e", 64)
+			mode := "finish:" + filepath.Join(root, id)
+			if tc.status == container.StatusCreated {
+				mode = "start"
+			}
+			owner := exec.Command(self)
+			owner.Env = append(os.Environ(), ownerEnv+"="+mode)
+			owner.Stderr = os.Stderr
+			if err := owner.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ended := make(chan error, 1)
+			go func() { ended <- owner.Wait() }()
+			defer func() {
+				owner.Process.Kill()
+				<-ended
+			}()
+			st := &container.State{ID: id, Name: "c", Created: time.Now(), Status: tc.status,
+				Pid: owner.Process.Pid, PidNS: container.PidNamespace()}
+			if err := container.Create(root, st); err != nil {
+				t.Fatal(err)
+			}
+			if code := run(tc.args); code != tc.code {
+				t.Fatalf("vessel %v: exit %d, want %d", tc.args, code, tc.code)
+			}
+			if _, err := os.Stat(filepath.Join(root, id)); errors.Is(err, fs.ErrNotExist) != tc.dirGone {
+				t.Errorf("the state directory: %v; want it removed: %v", err, tc.dirGone)
+			}
+			if _, err := os.Stat(filepath.Join(root, id, "late")); (err == nil) != tc.late {
+				t.Errorf("the owner's last write: %v; want it done: %v", err, tc.late)
+			}
+			wait := 5 * time.Second // for the owner to end
+			if tc.status != container.StatusExited && !tc.killed {
+				wait = 100 * time.Millisecond // it goes on starting
+			}
+			select {
+			case err := <-ended:
+				ended <- err
+				if killed := err != nil && strings.Contains(err.Error(), "killed"); killed != tc.killed || (!killed && err != nil) {
+					t.Errorf("the owner ended with %v; want killed: %v", err, tc.killed)
+				}
+			case <-time.After(wait):
+				if tc.status == container.StatusExited || tc.killed {
+					t.Errorf("the owner still runs after vessel %v returned", tc.args)
+				}
+			}
+		})
 	}
 }

@@ -243,19 +243,22 @@ func TestRunSignals(t *testing.T) {
 }
 
 // envHelper makes the test binary a stand-in for a container's vessel
-// process: it only waits to be killed.
+// process: it ends when its stdin closes (once it recorded the exit),
+// unless killed first.
 const envHelper = "VESSEL_TEST_VESSEL_PROCESS"
 
 func TestHelperVesselProcess(t *testing.T) {
 	if os.Getenv(envHelper) == "" {
 		t.Skip("the stand-in for a container's vessel process, run by TestStopBounded")
 	}
-	select {}
+	io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
 }
 
 // TestStopBounded: vessel stop on a container whose guest never answers
 // still stops it: its vessel process is killed and the exit recorded;
-// a guest that answers gets its process stopped without that.
+// a guest that answers gets its process stopped without that, and stop
+// returns once the vessel process ended.
 func TestStopBounded(t *testing.T) {
 	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
 	for _, tc := range []struct {
@@ -270,6 +273,11 @@ func TestStopBounded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			proc := exec.Command(os.Args[0], "-test.run=^TestHelperVesselProcess$")
 			proc.Env = append(os.Environ(), envHelper+"=1")
+			finish, err := proc.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer finish.Close()
 			if err := proc.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -296,7 +304,7 @@ func TestStopBounded(t *testing.T) {
 			defer ln.Close()
 			id := strings.Repeat(fmt.Sprint(len(tc.name)%10), 64)
 			st := &container.State{ID: id, Name: strings.ReplaceAll(tc.name, " ", "-"), Status: container.StatusRunning,
-				Pid: proc.Process.Pid, Socket: ln.Addr().String(), Created: time.Now()}
+				Pid: proc.Process.Pid, PidNS: container.PidNamespace(), Socket: ln.Addr().String(), Created: time.Now()}
 			root, err := container.StateRoot()
 			if err != nil {
 				t.Fatal(err)
@@ -345,6 +353,7 @@ func TestStopBounded(t *testing.T) {
 										cur.Status, cur.ExitCode = container.StatusExited, 143
 										cur.Save()
 									}
+									finish.Close() // and the vessel process ends
 								}
 								agentproto.Write(c, agentproto.Reply{ID: req.ID})
 							}
@@ -380,8 +389,11 @@ func TestStopBounded(t *testing.T) {
 			} else {
 				select {
 				case <-exited:
-					t.Errorf("the vessel process of a guest that answers ended: %v", waitErr)
-				default:
+					if waitErr != nil {
+						t.Errorf("the vessel process of a guest that answers: %v, want its own exit", waitErr)
+					}
+				case <-time.After(5 * time.Second):
+					t.Errorf("stop returned while the vessel process still ran")
 				}
 			}
 		})
