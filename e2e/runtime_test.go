@@ -529,6 +529,40 @@ func TestRuntime(t *testing.T) {
 		checkNothingLeft(t, state)
 	})
 
+	// A container whose VM ends under it (here: it crashes the guest's
+	// kernel, which a container may do to its own VM) ends with 255,
+	// and its stderr says why: all that docker run or kubectl logs show.
+	t.Run("vm-ends", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
+		spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
+		writeSpec(t, bundle, spec)
+		const id = "vm-ends"
+		pio, pid := createContainer(t, ctx, r, id, bundle)
+		var stdout, stderr []byte
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); stdout, _ = io.ReadAll(pio.Stdout()) }()
+		go func() { defer wg.Done(); stderr, _ = io.ReadAll(pio.Stderr()) }()
+		pio.Stdin().Close()
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		if status := waitPid(t, pid); status != 255 {
+			t.Errorf("the VMM process exited %d, want 255", status)
+		}
+		wg.Wait()
+		const why = "vessel-runtime: container vm-ends: its VM ended before it did"
+		if string(stdout) != "before\n" || !strings.HasPrefix(string(stderr), why) || strings.Count(string(stderr), "\n") != 1 {
+			t.Errorf("stdout %q, stderr %q; want %q and one line %q...", stdout, stderr, "before\n", why)
+		}
+		wantStatus(t, ctx, r, id, "stopped")
+		if err := r.Delete(ctx, id, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
 	t.Run("delete-created", func(t *testing.T) {
 		r, state := runtimeClient(t)
 		bundle, _ := makeBundle(t, "true")

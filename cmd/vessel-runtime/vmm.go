@@ -20,6 +20,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
@@ -641,8 +642,28 @@ func (p *vmmProc) endedFirst(exited <-chan exit) int {
 	if p.wasForced() {
 		return 128 + int(syscall.SIGKILL)
 	}
-	p.logf("%v", p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
+	p.failed(p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
 	return 255
+}
+
+// failed reports a failure that ends the container with status 255 (its
+// VM or its guest agent gone) to --log and, as one line, to the
+// container's stderr: all that docker run, docker logs or kubectl logs
+// show of it, where a bare 255 says nothing.
+func (p *vmmProc) failed(err error) {
+	p.logf("%v", err)
+	tellStderr(err)
+}
+
+// tellStderr writes "vessel-runtime: ERR" as one line to stderr, the
+// container's (or an exec'd process's) in a VMM or exec process. A
+// terminal there is a raw host pty: the line ends with CR LF.
+func tellStderr(err error) {
+	end := "\n"
+	if term.IsTerminal(2) {
+		end = "\r\n"
+	}
+	fmt.Fprintf(os.Stderr, "vessel-runtime: %s%s", strings.ReplaceAll(err.Error(), "\n", " "), end)
 }
 
 // waitMembers gives a pod's containers, whose VM has ended, at most d
@@ -679,7 +700,7 @@ func (p *vmmProc) exitCode(status int, err error) int {
 	case err != nil && p.wasForced():
 		return 128 + int(syscall.SIGKILL) // the VM was stopped for SIGKILL meanwhile
 	case err != nil:
-		p.logf("%v", p.guestFailure("the container", err))
+		p.failed(p.guestFailure("the container", err))
 		return 255
 	}
 	if !waitOutputs(&outputs, p.deleting, p.ended) {
