@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -186,13 +187,84 @@ func (s *State) Orphaned() bool {
 	return s.Status != StatusExited || s.Remove || s.Scratch != ""
 }
 
+// ownerLockFile is the file in a container's state directory on which
+// its owner holds an exclusive flock for its whole life: Create takes
+// it, a detached run's vessel process inherits it (HeldLock, AdoptLock).
+// OwnerAlive tells by it, which no reused PID fools.
+const ownerLockFile = "owner.lock"
+
+// heldLocks are the owner locks this process holds, by container ID:
+// referenced here, so that no finalizer closes them.
+var heldLocks sync.Map
+
+// lockOwner creates the container's owner lock and takes it.
+func (s *State) lockOwner() error {
+	f, err := os.OpenFile(filepath.Join(s.dir, ownerLockFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("container state: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("container state: lock %s: %w", f.Name(), err)
+	}
+	heldLocks.Store(s.ID, f)
+	return nil
+}
+
+// HeldLock returns the owner lock of container id that this process
+// holds (nil if none), for a process that takes the container over to
+// inherit.
+func HeldLock(id string) *os.File {
+	f, _ := heldLocks.Load(id)
+	lf, _ := f.(*os.File)
+	return lf
+}
+
+// AdoptLock makes f, an owner lock of container id inherited from the
+// process that created it, this process's: held until it exits, and not
+// passed on to the programs it runs.
+func AdoptLock(id string, f *os.File) {
+	syscall.CloseOnExec(int(f.Fd()))
+	heldLocks.Store(id, f)
+}
+
+// IsOwnerLock checks that f is the container's owner lock.
+func (s *State) IsOwnerLock(f *os.File) error {
+	got, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("container state: the owner lock passed on: %w", err)
+	}
+	want, err := os.Stat(filepath.Join(s.dir, ownerLockFile))
+	if err != nil {
+		return fmt.Errorf("container state: %w", err)
+	}
+	if !os.SameFile(got, want) {
+		return fmt.Errorf("container state: descriptor %d is not container %s's owner lock", f.Fd(), s.ShortID())
+	}
+	return nil
+}
+
+// ReleaseLock closes this process's descriptor of container id's owner
+// lock: once another process inherited it, that one holds the lock.
+func ReleaseLock(id string) {
+	if f, ok := heldLocks.LoadAndDelete(id); ok {
+		f.(*os.File).Close()
+	}
+}
+
 // OwnerAlive reports whether the vessel process that owns the container
 // still runs, whatever the state says: after it recorded the exit it
 // still ends the VM, removes the scratch disk and saves the state once
-// more. The PID must exist in this PID namespace and run this program:
-// a PID reused by another program is not the owner.
+// more. It tells by the owner lock. A state without one (from an older
+// vessel) falls back to its PID: alive in this PID namespace, running
+// this program.
 func (s *State) OwnerAlive() bool {
-	if s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
+	f, err := os.Open(filepath.Join(s.dir, ownerLockFile))
+	if err == nil {
+		defer f.Close()
+		return errors.Is(syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK)
+	}
+	if !errors.Is(err, fs.ErrNotExist) || s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
 		return false
 	}
 	self, err := os.Executable()
@@ -250,7 +322,8 @@ func (s *State) Reap() error {
 }
 
 // Create makes the state directory of a new container under root (see
-// StateRoot) and saves s there. A name another container has is
+// StateRoot) and saves s there, and takes the container's owner lock
+// for this process (see OwnerAlive). A name another container has is
 // ErrNameInUse.
 func Create(root string, s *State) error {
 	if !ValidID(s.ID) {
@@ -268,6 +341,10 @@ func Create(root string, s *State) error {
 	s.dir = filepath.Join(root, s.ID)
 	if err := os.Mkdir(s.dir, 0o700); err != nil {
 		return fmt.Errorf("container state: %w", err)
+	}
+	if err := s.lockOwner(); err != nil {
+		os.RemoveAll(s.dir)
+		return err
 	}
 	return s.Save()
 }

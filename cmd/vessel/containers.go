@@ -267,7 +267,8 @@ func signalStop(st *container.State, timeout, kill time.Duration) error {
 // end: the exit recorded (137), its private directory removed, and the
 // container removed if it was run with --rm.
 func killVessel(st *container.State, why string) error {
-	cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
+	root := filepath.Dir(st.Dir())
+	cur, err := container.Find(root, st.ID)
 	switch {
 	case err != nil:
 		return nil // removed meanwhile
@@ -278,18 +279,39 @@ func killVessel(st *container.State, why string) error {
 		return nil // it ended meanwhile
 	}
 	fmt.Fprintf(os.Stderr, "vessel: %s: %s: killing its vessel process %d\n", st.Name, why, cur.Pid)
-	if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
-	}
-	// Not a moment's race with its last writes.
-	for end := time.Now().Add(5 * time.Second); cur.OwnerAlive() && time.Now().Before(end); {
-		time.Sleep(10 * time.Millisecond)
+	// Until the owner lock is free: the state names the owner's PID,
+	// which `vessel run -d` hands from itself to the process it starts,
+	// so it is read again after each kill.
+	for deadline := time.Now().Add(5 * time.Second); cur.OwnerAlive(); {
+		if isVessel(cur.Pid) {
+			if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %s, and its vessel process %d did not end when killed", st.Name, why, cur.Pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if cur, err = container.Find(root, st.ID); err != nil {
+			return nil // removed meanwhile
+		}
 	}
 	if dir := filepath.Dir(cur.Socket); strings.HasPrefix(filepath.Base(dir), container.RunDirPrefix) {
 		os.RemoveAll(dir)
 	}
 	removeJail(cur.ID)
 	return cur.Reap()
+}
+
+// isVessel reports whether process pid runs this program: a PID in a
+// state is only killed while it does.
+func isVessel(pid int) bool {
+	self, err := os.Executable()
+	if err != nil || pid <= 0 {
+		return false
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && strings.TrimSuffix(exe, " (deleted)") == self
 }
 
 // reapOrphans finishes with the containers under root whose vessel

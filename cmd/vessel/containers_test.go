@@ -269,6 +269,25 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// startOwner creates the container st under root and starts cmd as its
+// vessel process, as `vessel run -d` does: cmd holds the owner lock.
+func startOwner(t *testing.T, root string, st *container.State, cmd *exec.Cmd) {
+	t.Helper()
+	if err := container.Create(root, st); err != nil {
+		t.Fatal(err)
+	}
+	cmd.ExtraFiles = []*os.File{container.HeldLock(st.ID)}
+	err := cmd.Start()
+	container.ReleaseLock(st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Pid, st.PidNS = cmd.Process.Pid, container.PidNamespace()
+	if err := st.Save(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestStopRmAwaitOwner: stop and rm of a container whose exit is
 // recorded wait until its vessel process, still finishing with it, has
 // ended (rm used to remove the state directory under it: "directory not
@@ -282,13 +301,22 @@ func TestStopRmAwaitOwner(t *testing.T) {
 		dirGone bool // the state directory is removed
 		late    bool // the owner finished its last write
 		killed  bool // the owner was killed
+		reused  bool // the process is another vessel process, not the owner: its PID was reused
 	}{
-		{[]string{"stop", "c"}, container.StatusExited, 0, false, true, false},
-		{[]string{"rm", "c"}, container.StatusExited, 0, true, false, false},
-		{[]string{"rm", "c"}, container.StatusCreated, exitContainer, false, false, false},
-		{[]string{"rm", "-f", "c"}, container.StatusCreated, 0, true, false, true},
+		{[]string{"stop", "c"}, container.StatusExited, 0, false, true, false, false},
+		{[]string{"rm", "c"}, container.StatusExited, 0, true, false, false, false},
+		{[]string{"rm", "c"}, container.StatusCreated, exitContainer, false, false, false, false},
+		{[]string{"rm", "-f", "c"}, container.StatusCreated, 0, true, false, true, false},
+		// A long-gone owner's PID, now another vessel process's (say
+		// another container's): neither waited for nor killed.
+		{[]string{"rm", "c"}, container.StatusExited, 0, true, false, false, true},
+		{[]string{"rm", "-f", "c"}, container.StatusExited, 0, true, false, false, true},
 	} {
-		t.Run(strings.Join(tc.args, " ")+" "+tc.status, func(t *testing.T) {
+		name := strings.Join(tc.args, " ") + " " + tc.status
+		if tc.reused {
+			name += " reused PID"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Setenv("XDG_DATA_HOME", t.TempDir())
 			t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
 			root, err := container.StateRoot()
@@ -301,14 +329,27 @@ func TestStopRmAwaitOwner(t *testing.T) {
 			}
 			id := strings.Repeat("e", 64)
 			mode := "finish:" + filepath.Join(root, id)
-			if tc.status == container.StatusCreated {
+			if tc.status == container.StatusCreated || tc.reused {
 				mode = "start"
 			}
 			owner := exec.Command(self)
 			owner.Env = append(os.Environ(), ownerEnv+"="+mode)
 			owner.Stderr = os.Stderr
-			if err := owner.Start(); err != nil {
-				t.Fatal(err)
+			st := &container.State{ID: id, Name: "c", Created: time.Now(), Status: tc.status}
+			if tc.reused {
+				if err := container.Create(root, st); err != nil {
+					t.Fatal(err)
+				}
+				container.ReleaseLock(id) // the owner is gone
+				if err := owner.Start(); err != nil {
+					t.Fatal(err)
+				}
+				st.Pid, st.PidNS = owner.Process.Pid, container.PidNamespace()
+				if err := st.Save(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				startOwner(t, root, st, owner)
 			}
 			ended := make(chan error, 1)
 			go func() { ended <- owner.Wait() }()
@@ -316,11 +357,6 @@ func TestStopRmAwaitOwner(t *testing.T) {
 				owner.Process.Kill()
 				<-ended
 			}()
-			st := &container.State{ID: id, Name: "c", Created: time.Now(), Status: tc.status,
-				Pid: owner.Process.Pid, PidNS: container.PidNamespace()}
-			if err := container.Create(root, st); err != nil {
-				t.Fatal(err)
-			}
 			if code := run(tc.args); code != tc.code {
 				t.Fatalf("vessel %v: exit %d, want %d", tc.args, code, tc.code)
 			}
@@ -331,8 +367,8 @@ func TestStopRmAwaitOwner(t *testing.T) {
 				t.Errorf("the owner's last write: %v; want it done: %v", err, tc.late)
 			}
 			wait := 5 * time.Second // for the owner to end
-			if tc.status != container.StatusExited && !tc.killed {
-				wait = 100 * time.Millisecond // it goes on starting
+			if (tc.status != container.StatusExited || tc.reused) && !tc.killed {
+				wait = 100 * time.Millisecond // it goes on
 			}
 			select {
 			case err := <-ended:
@@ -341,7 +377,7 @@ func TestStopRmAwaitOwner(t *testing.T) {
 					t.Errorf("the owner ended with %v; want killed: %v", err, tc.killed)
 				}
 			case <-time.After(wait):
-				if tc.status == container.StatusExited || tc.killed {
+				if (tc.status == container.StatusExited && !tc.reused) || tc.killed {
 					t.Errorf("the owner still runs after vessel %v returned", tc.args)
 				}
 			}

@@ -278,9 +278,13 @@ func TestStopBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer finish.Close()
-			if err := proc.Start(); err != nil {
+			id := strings.Repeat(fmt.Sprint(len(tc.name)%10), 64)
+			st := &container.State{ID: id, Name: strings.ReplaceAll(tc.name, " ", "-"), Status: container.StatusRunning, Created: time.Now()}
+			root, err := container.StateRoot()
+			if err != nil {
 				t.Fatal(err)
 			}
+			startOwner(t, root, st, proc)
 			var waitErr error
 			exited := make(chan struct{})
 			go func() {
@@ -302,14 +306,8 @@ func TestStopBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			id := strings.Repeat(fmt.Sprint(len(tc.name)%10), 64)
-			st := &container.State{ID: id, Name: strings.ReplaceAll(tc.name, " ", "-"), Status: container.StatusRunning,
-				Pid: proc.Process.Pid, PidNS: container.PidNamespace(), Socket: ln.Addr().String(), Created: time.Now()}
-			root, err := container.StateRoot()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := container.Create(root, st); err != nil {
+			st.Socket = ln.Addr().String()
+			if err := st.Save(); err != nil {
 				t.Fatal(err)
 			}
 			// The vessel process's control socket: its guest answers a

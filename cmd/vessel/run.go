@@ -444,10 +444,12 @@ func readEnvFiles(paths []string) ([]string, error) {
 // envRunID carries a detached container's ID from `vessel run -d` to the
 // vessel process it starts in the background to run the container, and
 // readyFD is that process's pipe back (fd 3): "ok" once the container
-// runs, or an exit status and a message.
+// runs, or an exit status and a message. ownerLockFD is the container's
+// owner lock (container.HeldLock), which that process holds from then on.
 const (
-	envRunID = "VESSEL_RUN_ID"
-	readyFD  = 3
+	envRunID    = "VESSEL_RUN_ID"
+	readyFD     = 3
+	ownerLockFD = 4
 )
 
 func containerRun(f runFlags, ref string, args []string) error {
@@ -484,6 +486,12 @@ func containerRun(f runFlags, ref string, args []string) error {
 	ready := func(error) {}
 	if child {
 		ready = readyPipe()
+		lock := os.NewFile(ownerLockFD, "owner.lock")
+		if err := st.IsOwnerLock(lock); err != nil {
+			ready(err)
+			return runErr("%v", err)
+		}
+		container.AdoptLock(st.ID, lock)
 		st.Pid, st.PidNS = os.Getpid(), container.PidNamespace() // the owner from now on
 		if err := st.Save(); err != nil {
 			ready(err)
@@ -521,7 +529,8 @@ func startDetached(st *container.State) error {
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Env = append(os.Environ(), envRunID+"="+st.ID)
 	cmd.Stdout, cmd.Stderr = diag, diag // vessel's own messages; the container's output goes to its log
-	cmd.ExtraFiles = []*os.File{w}      // fd 3: readyFD
+	// fd 3: readyFD; fd 4: the owner lock, which the child holds from now on.
+	cmd.ExtraFiles = []*os.File{w, container.HeldLock(st.ID)}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
@@ -529,6 +538,7 @@ func startDetached(st *container.State) error {
 		return runErr("start the container's vessel process: %v", err)
 	}
 	w.Close()
+	container.ReleaseLock(st.ID)
 	cmd.Process.Release()
 	line, _ := bufio.NewReader(r).ReadString('\n')
 	line = strings.TrimSpace(line)
