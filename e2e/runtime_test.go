@@ -399,6 +399,20 @@ func createContainer(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle
 	return pio, pid
 }
 
+// readOutputs reads a container's stdout and stderr to their ends, and
+// returns a function that waits for both and returns what they held.
+func readOutputs(pio runc.IO) func() (stdout, stderr []byte) {
+	var stdout, stderr []byte
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); stdout, _ = io.ReadAll(pio.Stdout()) }()
+	go func() { defer wg.Done(); stderr, _ = io.ReadAll(pio.Stderr()) }()
+	return func() ([]byte, []byte) {
+		wg.Wait()
+		return stdout, stderr
+	}
+}
+
 func wantStatus(t *testing.T, ctx context.Context, r *runc.Runc, id, want string) *runc.Container {
 	t.Helper()
 	c, err := r.State(ctx, id)
@@ -436,11 +450,7 @@ func TestRuntime(t *testing.T) {
 			t.Errorf("%d VMM processes after the duplicate create, want 1", n)
 		}
 
-		var stdout, stderr []byte
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); stdout, _ = io.ReadAll(pio.Stdout()) }()
-		go func() { defer wg.Done(); stderr, _ = io.ReadAll(pio.Stderr()) }()
+		outputs := readOutputs(pio)
 		if err := r.Start(ctx, id); err != nil {
 			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
 		}
@@ -451,7 +461,7 @@ func TestRuntime(t *testing.T) {
 		if status := waitPid(t, pid); status != 3 {
 			t.Errorf("the VMM process exited %d, want the container's 3", status)
 		}
-		wg.Wait()
+		stdout, stderr := outputs()
 		// The container runs on the guest's kernel: its boot ID is not
 		// the host's.
 		hostBoot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
@@ -539,11 +549,7 @@ func TestRuntime(t *testing.T) {
 		writeSpec(t, bundle, spec)
 		const id = "vm-ends"
 		pio, pid := createContainer(t, ctx, r, id, bundle)
-		var stdout, stderr []byte
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); stdout, _ = io.ReadAll(pio.Stdout()) }()
-		go func() { defer wg.Done(); stderr, _ = io.ReadAll(pio.Stderr()) }()
+		outputs := readOutputs(pio)
 		pio.Stdin().Close()
 		if err := r.Start(ctx, id); err != nil {
 			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
@@ -551,7 +557,7 @@ func TestRuntime(t *testing.T) {
 		if status := waitPid(t, pid); status != 255 {
 			t.Errorf("the VMM process exited %d, want 255", status)
 		}
-		wg.Wait()
+		stdout, stderr := outputs()
 		const why = "vessel-runtime: container vm-ends: its VM ended before it did"
 		if string(stdout) != "before\n" || !strings.HasPrefix(string(stderr), why) || strings.Count(string(stderr), "\n") != 1 {
 			t.Errorf("stdout %q, stderr %q; want %q and one line %q...", stdout, stderr, "before\n", why)
@@ -559,6 +565,59 @@ func TestRuntime(t *testing.T) {
 		wantStatus(t, ctx, r, id, "stopped")
 		if err := r.Delete(ctx, id, nil); err != nil {
 			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
+	// The same in a pod: a container that crashes the pod's VM ends
+	// with 255, and so does the sandbox; each one's stderr says why.
+	t.Run("pod-vm-ends", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		sbBundle, sbSpec := makeBundle(t, "sleep", "1000")
+		sbSpec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb-ends"}
+		writeSpec(t, sbBundle, sbSpec)
+		sbIO, sbPid := createContainer(t, ctx, r, "sb-ends", sbBundle)
+		if err := r.Start(ctx, "sb-ends"); err != nil {
+			t.Fatalf("start the sandbox: %v (log: %s)", err, readFile(r.Log))
+		}
+		bundle, spec := makeBundle(t, "sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
+		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb-ends"}
+		spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
+		spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
+			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)}}
+		writeSpec(t, bundle, spec)
+		pio, pid := createContainer(t, ctx, r, "crasher", bundle)
+		outputs, sbOutputs := readOutputs(pio), readOutputs(sbIO)
+		pio.Stdin().Close()
+		sbIO.Stdin().Close()
+		if err := r.Start(ctx, "crasher"); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		if status := waitPid(t, pid); status != 255 {
+			t.Errorf("the crashing container's process exited %d, want 255", status)
+		}
+		if status := waitPid(t, sbPid); status != 255 {
+			t.Errorf("the sandbox's VMM process exited %d, want 255", status)
+		}
+		stdout, stderr := outputs()
+		_, sbStderr := sbOutputs()
+		for _, c := range []struct {
+			name, out, want string
+		}{
+			{"the crashing container's", string(stderr), "vessel-runtime: container crasher: its pod's VM ended before it did"},
+			{"the sandbox's", string(sbStderr), "vessel-runtime: container sb-ends: its VM ended before it did"},
+		} {
+			if !strings.HasPrefix(c.out, c.want) || strings.Count(c.out, "\n") != 1 {
+				t.Errorf("%s stderr %q, want one line %q...", c.name, c.out, c.want)
+			}
+		}
+		if string(stdout) != "before\n" {
+			t.Errorf("stdout %q, want %q", stdout, "before\n")
+		}
+		for _, id := range []string{"crasher", "sb-ends"} {
+			if err := r.Delete(ctx, id, nil); err != nil {
+				t.Errorf("delete %s: %v", id, err)
+			}
 		}
 		checkNothingLeft(t, state)
 	})

@@ -448,9 +448,7 @@ func newExecHelper(g *globals) *cobra.Command {
 			if proc.Terminal {
 				sio.ttyFd = 0
 			}
-			ran := false
 			status, err := execClient(dir, target, &proc, sio, func(err error) {
-				ran = err == nil
 				if err != nil {
 					fmt.Fprintln(ready, strings.ReplaceAll(err.Error(), "\n", " "))
 				} else {
@@ -460,9 +458,6 @@ func newExecHelper(g *globals) *cobra.Command {
 			})
 			if err != nil {
 				logError(g.log, g.logFormat, "exec: "+err.Error(), time.Now())
-				if ran { // else exec's caller reports it
-					tellStderr(fmt.Errorf("exec: %w", err))
-				}
 				return exitCode(255)
 			}
 			return exitCode(status)

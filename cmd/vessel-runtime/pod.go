@@ -495,9 +495,29 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	reply(ctlReply{Status: statusCreated})
 
 	// The container's end, or its member process's: whichever first.
-	exited := make(chan int, 1)
+	type end struct {
+		code int
+		err  error // why the guest's wait failed (code 255)
+	}
+	exited := make(chan end, 1)
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel() // a container ended without the guest (killed) is not waited for
+	// failed reports why the container ends with 255, as for a
+	// container alone (vmmProc.failed), on its own stderr: the member
+	// process's, which it passed on.
+	failed := func(err error) {
+		p.logf("%v", err)
+		select {
+		case <-p.ended: // after what it wrote last: its streams end with the VM
+			waitOutputs(&outputs, wctx.Done(), p.ended)
+		default:
+		}
+		errOut := m.files[2]
+		if terminal {
+			errOut = m.files[1] // the terminal
+		}
+		tellFile(errOut, err)
+	}
 	go func() {
 		s, err := p.ag.Wait(wctx, id, "")
 		if err != nil {
@@ -506,13 +526,16 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 			s = 255
 			select {
 			case <-m.killed:
-				s = 128 + int(unix.SIGKILL)
+				s, err = 128+int(unix.SIGKILL), nil
 			default:
+				if wctx.Err() != nil {
+					err = nil // deleted: nothing to report
+				}
 			}
 		} else if !waitOutputs(&outputs, wctx.Done(), p.ended) {
 			p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", id, outputsWait)
 		}
-		exited <- exitStatus(s)
+		exited <- end{exitStatus(s), err}
 	}()
 	hangup := make(chan struct{})
 	go func() {
@@ -524,18 +547,37 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	// alone: it cannot outlive its VM) stops it; the member process's
 	// hangup leaves it as it is.
 	code, stopped := 0, true
+	vmEnded := func() {
+		code = 255
+		failed(p.guestFailure("container "+id, errors.New("its pod's VM ended before it did")))
+	}
 	select {
-	case code = <-exited:
+	case e := <-exited:
+		if code = e.code; e.err != nil {
+			ended := p.endedWithin(vmEndGrace)
+			select {
+			case <-m.killed: // SIGKILL stopped it meanwhile
+				code = 128 + int(unix.SIGKILL)
+			default:
+				if ended {
+					vmEnded()
+				} else {
+					failed(p.guestFailure("container "+id, e.err))
+				}
+			}
+		}
 	case <-m.killed:
 		code = 128 + int(unix.SIGKILL)
 	case <-hangup:
 		stopped = false
 	case <-p.ended:
 		select {
-		case code = <-exited:
+		case e := <-exited:
+			if code = e.code; e.err != nil {
+				vmEnded()
+			}
 		case <-time.After(vmEndGrace):
-			code = 255
-			p.logf("%v", p.guestFailure("container "+id, errors.New("its pod's VM ended before it did")))
+			vmEnded()
 		}
 	}
 	if stopped {

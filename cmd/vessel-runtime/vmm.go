@@ -636,7 +636,10 @@ func (p *vmmProc) endedFirst(exited <-chan exit) int {
 	defer t.Stop()
 	select {
 	case e := <-exited:
-		return p.exitCode(e.status, e.err)
+		if e.err == nil || p.wasForced() {
+			return p.exitCode(e.status, e.err)
+		}
+		// The wait failed as the VM ended: the VM's end is the news.
 	case <-t.C:
 	}
 	if p.wasForced() {
@@ -646,24 +649,57 @@ func (p *vmmProc) endedFirst(exited <-chan exit) int {
 	return 255
 }
 
+// endedWithin reports whether the VM ends within d (or has ended): a
+// guest request that failed because the VM was going.
+func (p *vmmProc) endedWithin(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.ended:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // failed reports a failure that ends the container with status 255 (its
 // VM or its guest agent gone) to --log and, as one line, to the
 // container's stderr: all that docker run, docker logs or kubectl logs
 // show of it, where a bare 255 says nothing.
 func (p *vmmProc) failed(err error) {
 	p.logf("%v", err)
-	tellStderr(err)
+	select {
+	case <-p.ended: // after what the container wrote last: its streams end with the VM
+		waitOutputs(&outputs, p.deleting, p.ended)
+	default:
+	}
+	tellFile(os.Stderr, err)
 }
 
-// tellStderr writes "vessel-runtime: ERR" as one line to stderr, the
-// container's (or an exec'd process's) in a VMM or exec process. A
-// terminal there is a raw host pty: the line ends with CR LF.
-func tellStderr(err error) {
+// tellWait bounds tellFile's write: a container's stderr nobody reads
+// must not keep its VMM process from ending.
+const tellWait = time.Second
+
+// tellFile writes "vessel-runtime: ERR" as one line to f, a container's
+// stderr, waiting at most tellWait. A terminal there is a raw host pty:
+// the line ends with CR LF.
+func tellFile(f *os.File, err error) {
 	end := "\n"
-	if term.IsTerminal(2) {
+	if term.IsTerminal(int(f.Fd())) {
 		end = "\r\n"
 	}
-	fmt.Fprintf(os.Stderr, "vessel-runtime: %s%s", strings.ReplaceAll(err.Error(), "\n", " "), end)
+	line := "vessel-runtime: " + strings.ReplaceAll(err.Error(), "\n", " ") + end
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.WriteString(line)
+	}()
+	t := time.NewTimer(tellWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C: // left blocked; the process is about to end
+	}
 }
 
 // waitMembers gives a pod's containers, whose VM has ended, at most d
@@ -700,7 +736,17 @@ func (p *vmmProc) exitCode(status int, err error) int {
 	case err != nil && p.wasForced():
 		return 128 + int(syscall.SIGKILL) // the VM was stopped for SIGKILL meanwhile
 	case err != nil:
-		p.failed(p.guestFailure("the container", err))
+		// The agent's connection may have gone with the VM, just
+		// before it; SIGKILL may stop the VM meanwhile.
+		ended := p.endedWithin(vmEndGrace)
+		switch {
+		case p.wasForced():
+			return 128 + int(syscall.SIGKILL)
+		case ended:
+			p.failed(p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
+		default:
+			p.failed(p.guestFailure("the container", err))
+		}
 		return 255
 	}
 	if !waitOutputs(&outputs, p.deleting, p.ended) {
