@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vesselvm/vessel/container"
 	"github.com/vesselvm/vessel/guest/agentproto"
+	"github.com/vesselvm/vessel/vmm"
 )
 
 // TestStartGuestSilent: a start whose guest agent never answers is
@@ -400,5 +402,52 @@ func wantWait(t *testing.T, p *vmmProc, want exitCode, hung string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal(hung)
+	}
+}
+
+// TestExitCodeWaitFailed: a container whose guest wait failed ends with
+// 255 and one line on its stderr saying why: that its VM ended when it
+// ends within vmEndGrace (the agent's connection goes a moment before
+// the VM's end is seen), else the wait's error; 137 and nothing on
+// stderr when SIGKILL stopped the VM meanwhile.
+func TestExitCodeWaitFailed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		end    bool // the VM ends 100 ms after the failed wait
+		forced bool // by SIGKILL (forceEnd)
+		want   int
+		line   string // stderr, "" for nothing
+	}{
+		{"the VM ends", true, false, 255, "vessel-runtime: container c: its VM ended before it did (the VM ended: triple fault)\n"},
+		{"SIGKILL stops the VM", true, true, 137, ""},
+		{"the VM runs on", false, false, 255, "vessel-runtime: the container: agent gone\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			stderr := os.Stderr
+			os.Stderr = w
+			defer func() { os.Stderr = stderr }()
+			p := &vmmProc{g: &globals{}, id: "c", deleting: make(chan struct{}), ended: make(chan struct{})}
+			if tc.end {
+				go func() {
+					time.Sleep(100 * time.Millisecond)
+					p.mu.Lock()
+					p.forced = tc.forced
+					p.mu.Unlock()
+					p.result = vmm.Result{Kind: vmm.ExitTripleFault, Detail: "triple fault"}
+					close(p.ended)
+				}()
+			}
+			got := p.exitCode(0, errors.New("agent gone"))
+			w.Close()
+			out, _ := io.ReadAll(r)
+			if got != tc.want || string(out) != tc.line {
+				t.Errorf("exit %d, stderr %q; want %d, %q", got, out, tc.want, tc.line)
+			}
+		})
 	}
 }
