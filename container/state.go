@@ -158,14 +158,18 @@ func (s *State) Dir() string { return s.dir }
 // LogPath is the container's output log (see LogWriter).
 func (s *State) LogPath() string { return filepath.Join(s.dir, "log.json") }
 
-// Running reports whether the container's vessel process still runs it;
-// a state that says running but whose process is gone (killed) counts
-// as exited.
+// Running reports whether the container's vessel process still runs it
+// (by the owner lock, or for an older vessel's state by its PID); a
+// state that says running but whose process is gone (killed) counts as
+// exited.
 func (s *State) Running() bool {
-	if s.Status != StatusRunning || s.Pid <= 0 {
+	if s.Status != StatusRunning {
 		return false
 	}
-	return alive(s.Pid)
+	if held, ok := s.ownerLocked(); ok {
+		return held
+	}
+	return s.Pid > 0 && alive(s.Pid)
 }
 
 // alive reports whether the process pid exists.
@@ -177,14 +181,29 @@ func alive(pid int) bool {
 // Orphaned reports whether the vessel process that owned the container
 // is gone without having finished with it: killed (SIGKILL, which it
 // cannot handle) before it recorded the exit, removed the container
-// (--rm) or removed its scratch disk. A PID reused by another process
-// keeps the container from counting as orphaned until that one ends
-// too.
+// (--rm) or removed its scratch disk. The owner lock tells whether it is
+// gone; for a state without one (an older vessel's), its PID does, and a
+// PID reused by another process keeps such a container from counting as
+// orphaned until that one ends too.
 func (s *State) Orphaned() bool {
-	if s.Pid <= 0 || s.PidNS != PidNamespace() || alive(s.Pid) {
+	switch held, ok := s.ownerLocked(); {
+	case ok && held:
+		return false
+	case !ok && (s.Pid <= 0 || s.PidNS != PidNamespace() || alive(s.Pid)):
 		return false
 	}
 	return s.Status != StatusExited || s.Remove || s.Scratch != ""
+}
+
+// ownerLocked reports whether the container's owner lock is held (held),
+// if the state directory has one (ok).
+func (s *State) ownerLocked() (held, ok bool) {
+	f, err := os.Open(filepath.Join(s.dir, ownerLockFile))
+	if err != nil {
+		return false, false
+	}
+	defer f.Close()
+	return errors.Is(syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK), true
 }
 
 // ownerLockFile is the file in a container's state directory on which
@@ -259,12 +278,10 @@ func ReleaseLock(id string) {
 // vessel) falls back to its PID: alive in this PID namespace, running
 // this program.
 func (s *State) OwnerAlive() bool {
-	f, err := os.Open(filepath.Join(s.dir, ownerLockFile))
-	if err == nil {
-		defer f.Close()
-		return errors.Is(syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK)
+	if held, ok := s.ownerLocked(); ok {
+		return held
 	}
-	if !errors.Is(err, fs.ErrNotExist) || s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
+	if s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
 		return false
 	}
 	self, err := os.Executable()

@@ -249,6 +249,10 @@ func TestDeleteRunDir(t *testing.T) {
 			if err := Create(root, s); err != nil {
 				t.Fatal(err)
 			}
+			defer ReleaseLock(s.ID)
+			if tc.pid != os.Getpid() {
+				ReleaseLock(s.ID) // its owner is gone
+			}
 			if err := s.Delete(); err != nil {
 				t.Fatal(err)
 			}
@@ -286,19 +290,26 @@ func TestReapOrphans(t *testing.T) {
 		remove   bool
 		scratch  bool
 		orphaned bool
-		wantCode int // after Reap; -1: the container is gone
+		wantCode int    // after Reap; -1: the container is gone
+		lock     string // the owner lock: held, free, or none (an older vessel's state)
 	}{
-		{"killed while running", ns, dead.Process.Pid, StatusRunning, 0, false, true, true, 137},
-		{"killed while booting", ns, dead.Process.Pid, StatusCreated, 0, false, false, true, 137},
-		{"killed with --rm", ns, dead.Process.Pid, StatusRunning, 0, true, true, true, -1},
-		{"killed after its exit, with --rm", ns, dead.Process.Pid, StatusExited, 3, true, false, true, -1},
-		{"killed after its exit, before the scratch disk went", ns, dead.Process.Pid, StatusExited, 3, false, true, true, 3},
-		{"exited and finished with", ns, dead.Process.Pid, StatusExited, 3, false, false, false, 3},
-		{"running", ns, os.Getpid(), StatusRunning, 0, true, true, false, 0},
-		{"no owner recorded", ns, 0, StatusCreated, 0, true, false, false, 0},
+		{"killed while running", ns, dead.Process.Pid, StatusRunning, 0, false, true, true, 137, "free"},
+		{"killed while booting", ns, dead.Process.Pid, StatusCreated, 0, false, false, true, 137, "free"},
+		{"killed with --rm", ns, dead.Process.Pid, StatusRunning, 0, true, true, true, -1, "free"},
+		{"killed after its exit, with --rm", ns, dead.Process.Pid, StatusExited, 3, true, false, true, -1, "free"},
+		{"killed after its exit, before the scratch disk went", ns, dead.Process.Pid, StatusExited, 3, false, true, true, 3, "free"},
+		{"exited and finished with", ns, dead.Process.Pid, StatusExited, 3, false, false, false, 3, "free"},
+		{"running", ns, os.Getpid(), StatusRunning, 0, true, true, false, 0, "held"},
+		// The lock, not the PID, tells.
+		{"killed, its PID taken by another process", ns, os.Getpid(), StatusRunning, 0, false, true, true, 137, "free"},
+		{"running, its PID not this namespace's", ns, dead.Process.Pid, StatusRunning, 0, true, true, false, 0, "held"},
+		// An older vessel's state: its PID tells.
+		{"killed while running, no lock", ns, dead.Process.Pid, StatusRunning, 0, false, true, true, 137, "none"},
+		{"running, no lock", ns, os.Getpid(), StatusRunning, 0, true, true, false, 0, "none"},
+		{"no owner recorded", ns, 0, StatusCreated, 0, true, false, false, 0, "none"},
 		// Its PID means nothing here: the owner may well live.
-		{"owned in another PID namespace", "pid:[1]", dead.Process.Pid, StatusRunning, 0, true, true, false, 0},
-		{"owned before PID namespaces were recorded", "", dead.Process.Pid, StatusRunning, 0, true, true, false, 0},
+		{"owned in another PID namespace", "pid:[1]", dead.Process.Pid, StatusRunning, 0, true, true, false, 0, "none"},
+		{"owned before PID namespaces were recorded", "", dead.Process.Pid, StatusRunning, 0, true, true, false, 0, "none"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := fmt.Sprintf("%064x", len(tc.name))
@@ -320,6 +331,13 @@ func TestReapOrphans(t *testing.T) {
 			root := t.TempDir()
 			if err := Create(root, s); err != nil {
 				t.Fatal(err)
+			}
+			defer ReleaseLock(id)
+			if tc.lock != "held" {
+				ReleaseLock(id) // the owner is gone
+			}
+			if tc.lock == "none" {
+				os.Remove(filepath.Join(root, id, ownerLockFile))
 			}
 			s, err = Find(root, "c")
 			if err != nil {

@@ -376,7 +376,9 @@ func TestStartFailureLeaksNothing(t *testing.T) {
 			t.Fatalf("Start with helper %s succeeded", cfg.Helper)
 		}
 	}
-	if after := count(); after != before {
+	// More after is a leak; fewer is an earlier test's file that a
+	// finalizer closed meanwhile.
+	if after := count(); after > before {
 		t.Errorf("%d descriptors open before the failed starts, %d after", before, after)
 	}
 }
