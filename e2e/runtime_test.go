@@ -584,7 +584,8 @@ func TestRuntime(t *testing.T) {
 		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb-ends"}
 		spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
 		spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
-			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)}}
+			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
+			{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
 		writeSpec(t, bundle, spec)
 		pio, pid := createContainer(t, ctx, r, "crasher", bundle)
 		outputs, sbOutputs := readOutputs(pio), readOutputs(sbIO)
