@@ -197,13 +197,25 @@ func (s *State) Orphaned() bool {
 
 // ownerLocked reports whether the container's owner lock is held (held),
 // if the state directory has one (ok).
+// Whatever it cannot tell counts as held: a live container is never
+// taken for a dead one. A planted FIFO or symlink does not block it.
 func (s *State) ownerLocked() (held, ok bool) {
-	f, err := os.Open(filepath.Join(s.dir, ownerLockFile))
-	if err != nil {
+	if HeldLock(s.ID) != nil {
+		return true, true // this process owns it
+	}
+	fd, err := syscall.Open(filepath.Join(s.dir, ownerLockFile), syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, syscall.ENOENT) {
 		return false, false
 	}
-	defer f.Close()
-	return errors.Is(syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK), true
+	if err != nil {
+		return true, true
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return true, true
+	}
+	return syscall.Flock(fd, syscall.LOCK_SH|syscall.LOCK_NB) != nil, true
 }
 
 // ownerLockFile is the file in a container's state directory on which
@@ -402,7 +414,16 @@ func (s *State) Delete() error {
 	if err := s.removeRunDir(); err != nil {
 		return err
 	}
-	return os.RemoveAll(s.dir)
+	// Out of List's sight first, as one step: a removal cut short
+	// leaves no state without its owner lock.
+	gone := filepath.Join(filepath.Dir(s.dir), ".removing-"+s.ID)
+	if err := os.Rename(s.dir, gone); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("container state: %w", err)
+	}
+	return os.RemoveAll(gone)
 }
 
 // removeScratch removes the scratch disk the state names, if it is the

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -401,5 +402,62 @@ func TestReload(t *testing.T) {
 	os.WriteFile(filepath.Join(s.Dir(), "state.json"), []byte("{"), 0o600)
 	if _, err := listed.Reload(); err == nil {
 		t.Error("Reload of a broken state succeeded")
+	}
+}
+
+// TestOwnerLockPlanted: an owner lock that is not a regular file (a FIFO,
+// which an open would wait on for good; a symlink) neither hangs the
+// check nor lets a container pass for dead: it counts as held.
+func TestOwnerLockPlanted(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plant func(path string) error
+	}{
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o600) }},
+		{"symlink", func(p string) error { return os.Symlink("/dev/null", p) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			s := &State{ID: strings.Repeat("a", 64), Name: "c", Created: time.Now(), Status: StatusRunning, Pid: 1}
+			if err := Create(root, s); err != nil {
+				t.Fatal(err)
+			}
+			ReleaseLock(s.ID) // its owner is gone, and someone planted
+			lock := filepath.Join(root, s.ID, ownerLockFile)
+			os.Remove(lock)
+			if err := tc.plant(lock); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan [3]bool, 1)
+			go func() { done <- [3]bool{s.OwnerAlive(), s.Running(), s.Orphaned()} }()
+			select {
+			case got := <-done:
+				if got != [3]bool{true, true, false} {
+					t.Errorf("OwnerAlive, Running, Orphaned = %v, want true, true, false", got)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the owner check hangs")
+			}
+		})
+	}
+}
+
+// TestDeleteOutOfSight: Delete takes the state out of List's sight in
+// one step (a rename) before it removes the files.
+func TestDeleteOutOfSight(t *testing.T) {
+	root := t.TempDir()
+	s := &State{ID: strings.Repeat("b", 64), Name: "c", Created: time.Now(), Status: StatusExited}
+	if err := Create(root, s); err != nil {
+		t.Fatal(err)
+	}
+	ReleaseLock(s.ID)
+	if err := s.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Errorf("left under the root: %v", ents)
+	}
+	if err := s.Delete(); err != nil {
+		t.Errorf("a second Delete: %v", err)
 	}
 }

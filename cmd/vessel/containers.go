@@ -278,6 +278,10 @@ func killVessel(st *container.State, why string) error {
 	default:
 		return nil // it ended meanwhile
 	}
+	if cur.PidNS != container.PidNamespace() {
+		// Its PID means another process here.
+		return fmt.Errorf("%s: %s, and its vessel process runs in another PID namespace (%s): end it there", st.Name, why, cur.PidNS)
+	}
 	fmt.Fprintf(os.Stderr, "vessel: %s: %s: killing its vessel process %d\n", st.Name, why, cur.Pid)
 	// Until the owner lock is free: the state names the owner's PID,
 	// which `vessel run -d` hands from itself to the process it starts,

@@ -457,6 +457,20 @@ func containerRun(f runFlags, ref string, args []string) error {
 	if f.detach && f.interactive {
 		return runErr("-d and -i cannot be combined: a detached container has no stdin")
 	}
+	ready := func(error) {}
+	if child {
+		// The owner from now on, first thing: vessel stop or rm -f
+		// reads the owner's PID from the state to kill it.
+		id := os.Getenv(envRunID)
+		if !container.ValidID(id) { // not run by vessel run -d: fd 3 is not its
+			return runErr("%s=%q is not a container ID", envRunID, id)
+		}
+		ready = readyPipe()
+		if err := takeOver(id); err != nil {
+			ready(err)
+			return runErr("%v", err)
+		}
+	}
 	p, err := planRun(f, ref, args)
 	if err != nil {
 		return err
@@ -483,26 +497,32 @@ func containerRun(f runFlags, ref string, args []string) error {
 	if err != nil {
 		return runErr("%v", err)
 	}
-	ready := func(error) {}
-	if child {
-		ready = readyPipe()
-		lock := os.NewFile(ownerLockFD, "owner.lock")
-		if err := st.IsOwnerLock(lock); err != nil {
-			ready(err)
-			return runErr("%v", err)
-		}
-		container.AdoptLock(st.ID, lock)
-		st.Pid, st.PidNS = os.Getpid(), container.PidNamespace() // the owner from now on
-		if err := st.Save(); err != nil {
-			ready(err)
-			return runErr("%v", err)
-		}
-	}
 	err = superviseContainer(st, p, f, ready)
 	if st.Remove {
 		st.Delete()
 	}
 	return err
+}
+
+// takeOver makes this process the owner of container id, which the
+// `vessel run -d` that started it created: it adopts the owner lock the
+// parent passed on and records its PID.
+func takeOver(id string) error {
+	root, err := container.StateRoot()
+	if err != nil {
+		return err
+	}
+	st, err := container.Find(root, id)
+	if err != nil {
+		return err
+	}
+	lock := os.NewFile(ownerLockFD, "owner.lock")
+	if err := st.IsOwnerLock(lock); err != nil {
+		return err
+	}
+	container.AdoptLock(st.ID, lock)
+	st.Pid, st.PidNS = os.Getpid(), container.PidNamespace()
+	return st.Save()
 }
 
 // startDetached starts this vessel command again in the background, in
