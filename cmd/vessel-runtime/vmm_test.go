@@ -279,7 +279,14 @@ func TestDescribeGoroutines(t *testing.T) {
 	p := &vmmProc{g: &globals{log: logPath}, id: "c", dir: dir, ended: make(chan struct{})}
 	close(p.ended)
 	sigs := make(chan os.Signal, 1)
-	go p.describeOnSignal(nil, sigs)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.describeOnSignal(nil, sigs)
+	}()
+	// Its last lines written before the test's directory goes.
+	defer func() { <-done }()
+	defer close(sigs)
 	for i := 1; i <= 2; i++ {
 		sigs <- syscall.SIGUSR2
 		deadline := time.Now().Add(10 * time.Second)
@@ -298,7 +305,6 @@ func TestDescribeGoroutines(t *testing.T) {
 	if !strings.Contains(l, "no description of its VM: it has ended") || !strings.Contains(l, "describeOnSignal") {
 		t.Errorf("log: %q", l)
 	}
-	close(sigs)
 }
 
 // TestExitOutputHeldOpen: a guest that reports the container's exit but
