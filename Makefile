@@ -148,7 +148,7 @@ test-e2e: build crictl
 	block main -timeout 25m -- -test.skip '^(TestVsock|TestDocker|TestContainerd|TestPodman|TestCRI|TestLoadConcurrent|TestFault.*|TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged|TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestRuntimeTemplate|TestDiskStress|TestVMRunDiagnosis)$$'; \
 	block snapshot -timeout 18m -- -test.run '^(TestSnapshot.*|TestBalloon.*|TestRunTemplate|TestRuntimeTemplate)$$'; \
 	block sandbox -timeout 8m -- -test.run '^(TestSeccomp|TestJail|TestJailHelpers|TestJailCgroupFromLeaf|TestUnprivileged)$$'; \
-	block load -timeout 10m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
+	block load -timeout 15m -- -test.run '^(TestLoadConcurrent|TestFault.*)$$'; \
 	block disk -timeout 12m -- -test.run '^(TestDiskStress|TestVMRunDiagnosis)$$'; \
 	block vsock -timeout 12m -- -test.run '^TestVsock$$'; \
 	block docker -timeout 15m -- -test.run '^TestDocker$$'; \
