@@ -784,6 +784,46 @@ func TestRuntime(t *testing.T) {
 				t.Errorf("delete %s: %v", id, err)
 			}
 		}
+		// A container in the sandbox's PID namespace (a pod with
+		// shareProcessNamespace) ends whole when its first process
+		// exits, as containerd's shim has runc do: what it left
+		// running is killed then, and holds its output no longer (a
+		// leftover that writes every second kept it open for the
+		// agent's 30 s bound, with some 30 lines more).
+		sharedPID := func(id string, args ...string) (runc.IO, int) {
+			bundle, spec := makeBundle(t, args...)
+			spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+			spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.MountNamespace},
+				{Type: specs.PIDNamespace, Path: fmt.Sprintf("/proc/%d/ns/pid", sbPid)},
+				{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
+				{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
+			writeSpec(t, bundle, spec)
+			pio, pid := createContainer(t, ctx, r, id, bundle)
+			pio.Stdin().Close()
+			if err := r.Start(ctx, id); err != nil {
+				t.Fatalf("start %s: %v (log: %s)", id, err, readFile(r.Log))
+			}
+			return pio, pid
+		}
+		leaverIO, leaverPid := sharedPID("leaver", "sh", "-c", "(sleep 999 & while :; do echo x; sleep 1; done) & echo left; sleep 1; exit 2")
+		leaverOut := readOutputs(leaverIO)
+		if status := waitPid(t, leaverPid); status != 2 {
+			t.Errorf("the process of the container that left a process exited %d, want its 2", status)
+		}
+		if out, _ := leaverOut(); !strings.Contains(string(out), "left\n") || strings.Count(string(out), "x\n") > 5 {
+			t.Errorf("the container that left a process wrote %q, want left and at most a few x (what its leftover wrote before it was killed)", out)
+		}
+		checkerIO, checkerPid := sharedPID("checker", "sh", "-c", `ps -o args | grep -c "[s]leep 999"; true`)
+		checkerOut := readOutputs(checkerIO)
+		waitPid(t, checkerPid)
+		if out, _ := checkerOut(); string(out) != "0\n" {
+			t.Errorf("processes left in the pod's PID namespace after their container's exit: %q, want 0", out)
+		}
+		for _, id := range []string{"leaver", "checker"} {
+			if err := r.Delete(ctx, id, nil); err != nil {
+				t.Errorf("delete %s: %v", id, err)
+			}
+		}
 		// A pod's container with a terminal (kubectl run -it): the
 		// master comes over the console socket, input and output and
 		// the window size reach the container's pty in the VM.

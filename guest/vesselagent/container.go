@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"path/filepath"
 	"slices"
@@ -45,9 +46,44 @@ type container struct {
 	steps stepTimer
 	links int
 
+	// sharedPID: the container has no PID namespace of its own (a
+	// pod's container in its sandbox's): its init's exit does not end
+	// its other processes, which are killed then (killRest).
+	sharedPID bool
+
 	mu     sync.Mutex
 	execs  map[string]*process
 	mounts []string // mounted by create, unmounted by delete (last first)
+}
+
+// ownPIDNamespace reports whether spec gives the container a new PID
+// namespace of its own.
+func ownPIDNamespace(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace && ns.Path == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// killRestTimeout bounds killRest's runc kill.
+const killRestTimeout = 30 * time.Second
+
+// killRest kills what is left of a container without a PID namespace of
+// its own once its init has exited, as containerd's shim has runc do on
+// a host (ShouldKillAllOnExit: runc kill of such a stopped container
+// signals every process of its cgroup): a pod's container ends whole,
+// and its leftovers hold none of its output open.
+func (c *container) killRest() {
+	ctx, cancel := context.WithTimeout(context.Background(), killRestTimeout)
+	defer cancel()
+	if err := c.runc.Kill(ctx, c.id, int(unix.SIGKILL), nil); err != nil {
+		log.Printf("container %s: kill what its init left: %v", c.id, err)
+	}
 }
 
 // stepTimer records how long the parts of a request took.
@@ -191,6 +227,7 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}
 	bundle := filepath.Join(c.dir, "bundle")
 	trimArches(&spec, foreignArches())
+	c.sharedPID = !ownPIDNamespace(&spec)
 	b, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err
@@ -692,6 +729,9 @@ func (p *process) output(w *vsock.Conn, src *os.File) {
 func (p *process) wait(ch chan runc.Exit) {
 	e := <-ch
 	close(p.exited)
+	if p.exec == "" && p.c.sharedPID {
+		p.c.killRest()
+	}
 	last := time.Now().Add(outputMax)
 	for _, o := range p.outs {
 		o.exited(last)
