@@ -501,41 +501,25 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	}
 	exited := make(chan end, 1)
 	wctx, wcancel := context.WithCancel(context.Background())
-	defer wcancel() // a container ended without the guest (killed) is not waited for
+	defer wcancel() // the wait ends with the member
 	// failed reports why the container ends with 255, as for a
 	// container alone (vmmProc.failed), on its own stderr: the member
 	// process's, which it passed on.
-	failed := func(err error) {
-		p.logf("%v", err)
-		select {
-		case <-p.ended: // after what it wrote last: its streams end with the VM
-			waitOutputs(&outputs, wctx.Done(), p.ended)
-		default:
-		}
-		errOut := m.files[2]
-		if terminal {
-			errOut = m.files[1] // the terminal
-		}
-		tellFile(errOut, err)
+	errOut := m.files[2]
+	if terminal {
+		errOut = m.files[1] // the terminal
 	}
+	failed := func(err error) { p.report(err, &outputs, wctx.Done(), errOut) }
 	go func() {
 		s, err := p.ag.Wait(wctx, id, "")
 		if err != nil {
-			// Killed without the guest (wctx ended), or the guest
-			// agent gone: 255, as for a container alone.
-			s = 255
-			select {
-			case <-m.killed:
-				s, err = 128+int(unix.SIGKILL), nil
-			default:
-				if wctx.Err() != nil {
-					err = nil // deleted: nothing to report
-				}
-			}
-		} else if !waitOutputs(&outputs, wctx.Done(), p.ended) {
+			exited <- end{err: err} // waitFailed tells why
+			return
+		}
+		if !waitOutputs(&outputs, wctx.Done(), p.ended) {
 			p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", id, outputsWait)
 		}
-		exited <- end{exitStatus(s), err}
+		exited <- end{code: exitStatus(s)}
 	}()
 	hangup := make(chan struct{})
 	go func() {
@@ -546,26 +530,24 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	// (killMember), or the pod's VM's end (255, as for a container
 	// alone: it cannot outlive its VM) stops it; the member process's
 	// hangup leaves it as it is.
-	code, stopped := 0, true
-	vmEnded := func() {
-		code = 255
-		failed(p.guestFailure("container "+id, errors.New("its pod's VM ended before it did")))
+	killed := func() bool {
+		select {
+		case <-m.killed:
+			return true
+		default:
+			return false
+		}
 	}
+	status := func(e end) int {
+		if e.err != nil {
+			return p.waitFailed(id, "its pod's VM", e.err, killed, failed)
+		}
+		return e.code
+	}
+	code, stopped := 0, true
 	select {
 	case e := <-exited:
-		if code = e.code; e.err != nil {
-			ended := p.endedWithin(vmEndGrace)
-			select {
-			case <-m.killed: // SIGKILL stopped it meanwhile
-				code = 128 + int(unix.SIGKILL)
-			default:
-				if ended {
-					vmEnded()
-				} else {
-					failed(p.guestFailure("container "+id, e.err))
-				}
-			}
-		}
+		code = status(e)
 	case <-m.killed:
 		code = 128 + int(unix.SIGKILL)
 	case <-hangup:
@@ -573,11 +555,9 @@ func (p *vmmProc) memberCreate(c *net.UnixConn, id string, req *memberRequest, f
 	case <-p.ended:
 		select {
 		case e := <-exited:
-			if code = e.code; e.err != nil {
-				vmEnded()
-			}
+			code = status(e)
 		case <-time.After(vmEndGrace):
-			vmEnded()
+			code = p.waitFailed(id, "its pod's VM", errNoExit, killed, failed)
 		}
 	}
 	if stopped {

@@ -627,25 +627,43 @@ const vmEndGrace = time.Second
 
 // endedFirst is the container's exit status when its VM ended (a guest
 // crash, a triple fault, a power-off) before the guest reported the
-// container's exit: the exit reported on exited meanwhile, or SIGKILL's
-// for a VM stopped for it, else 255, with how the VM ended in the log.
-// The container cannot outlive its VM: without this, the VMM process
-// waited for an exit no guest would ever report.
+// container's exit: the exit reported on exited meanwhile, or as
+// waitFailed has it. The container cannot outlive its VM: without this,
+// the VMM process waited for an exit no guest would ever report.
 func (p *vmmProc) endedFirst(exited <-chan exit) int {
 	t := time.NewTimer(vmEndGrace)
 	defer t.Stop()
 	select {
 	case e := <-exited:
-		if e.err == nil || p.wasForced() {
-			return p.exitCode(e.status, e.err)
-		}
-		// The wait failed as the VM ended: the VM's end is the news.
+		return p.exitCode(e.status, e.err)
 	case <-t.C:
+		return p.waitFailed(p.id, "its VM", errNoExit, p.wasForced, p.failed)
 	}
-	if p.wasForced() {
+}
+
+// errNoExit is the failure of a wait for an exit the guest never
+// reported before its VM ended.
+var errNoExit = errors.New("the guest reported no exit")
+
+// waitFailed is the exit status of container id whose guest wait failed
+// with err, and has tell report why: 137 without a word when SIGKILL
+// stopped it (killed); else 255, because its VM (vm names it) ended
+// before it did, when the VM ends within vmEndGrace (the agent's
+// connection goes a moment before the VM's end is seen), or for err.
+// A container alone and a pod's (memberCreate) end this one way.
+func (p *vmmProc) waitFailed(id, vm string, err error, killed func() bool, tell func(error)) int {
+	if killed() {
 		return 128 + int(syscall.SIGKILL)
 	}
-	p.failed(p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
+	ended := p.endedWithin(vmEndGrace)
+	switch {
+	case killed(): // SIGKILL stopped the VM meanwhile
+		return 128 + int(syscall.SIGKILL)
+	case ended:
+		tell(p.guestFailure("container "+id, errors.New(vm+" ended before it did")))
+	default:
+		tell(p.guestFailure("container "+id, err))
+	}
 	return 255
 }
 
@@ -666,14 +684,18 @@ func (p *vmmProc) endedWithin(d time.Duration) bool {
 // VM or its guest agent gone) to --log and, as one line, to the
 // container's stderr: all that docker run, docker logs or kubectl logs
 // show of it, where a bare 255 says nothing.
-func (p *vmmProc) failed(err error) {
+func (p *vmmProc) failed(err error) { p.report(err, &outputs, p.deleting, os.Stderr) }
+
+// report is failed for a container whose output copies are outs (waited
+// for until stop) and whose stderr (or terminal) is errOut.
+func (p *vmmProc) report(err error, outs *outputSet, stop <-chan struct{}, errOut *os.File) {
 	p.logf("%v", err)
 	select {
 	case <-p.ended: // after what the container wrote last: its streams end with the VM
-		waitOutputs(&outputs, p.deleting, p.ended)
+		waitOutputs(outs, stop, p.ended)
 	default:
 	}
-	tellFile(os.Stderr, err)
+	tellFile(errOut, err)
 }
 
 // tellWait bounds tellFile's write: a container's stderr nobody reads
@@ -729,25 +751,11 @@ func (p *vmmProc) waitMembers(d time.Duration) {
 
 // exitCode is the container's exit status for what the agent's wait
 // returned: the status the guest reported (once the container's output
-// has been passed on), or for a failed wait 255 (the failure logged),
-// or 137 when SIGKILL ended the VM (forceEnd).
+// has been passed on), or for a failed wait waitFailed's (255, the
+// failure reported, or 137 when SIGKILL ended the VM: forceEnd).
 func (p *vmmProc) exitCode(status int, err error) int {
-	switch {
-	case err != nil && p.wasForced():
-		return 128 + int(syscall.SIGKILL) // the VM was stopped for SIGKILL meanwhile
-	case err != nil:
-		// The agent's connection may have gone with the VM, just
-		// before it; SIGKILL may stop the VM meanwhile.
-		ended := p.endedWithin(vmEndGrace)
-		switch {
-		case p.wasForced():
-			return 128 + int(syscall.SIGKILL)
-		case ended:
-			p.failed(p.guestFailure("container "+p.id, errors.New("its VM ended before it did")))
-		default:
-			p.failed(p.guestFailure("the container", err))
-		}
-		return 255
+	if err != nil {
+		return p.waitFailed(p.id, "its VM", err, p.wasForced, p.failed)
 	}
 	if !waitOutputs(&outputs, p.deleting, p.ended) {
 		p.logf("container %s: its output streams did not end within %v of its exit (the guest holds them open); it ends without the rest", p.id, outputsWait)

@@ -414,8 +414,9 @@ func wantWait(t *testing.T, p *vmmProc, want exitCode, hung string) {
 // TestExitCodeWaitFailed: a container whose guest wait failed ends with
 // 255 and one line on its stderr saying why: that its VM ended when it
 // ends within vmEndGrace (the agent's connection goes a moment before
-// the VM's end is seen), else the wait's error; 137 and nothing on
-// stderr when SIGKILL stopped the VM meanwhile.
+// the VM's end is seen) or ended with no exit reported (endedFirst),
+// else the wait's error; 137 and nothing on stderr when SIGKILL stopped
+// the VM meanwhile.
 func TestExitCodeWaitFailed(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -423,10 +424,12 @@ func TestExitCodeWaitFailed(t *testing.T) {
 		forced bool // by SIGKILL (forceEnd)
 		want   int
 		line   string // stderr, "" for nothing
+		noExit bool   // no wait returned: the VM ended first (endedFirst)
 	}{
-		{"the VM ends", true, false, 255, "vessel-runtime: container c: its VM ended before it did (the VM ended: triple fault)\n"},
-		{"SIGKILL stops the VM", true, true, 137, ""},
-		{"the VM runs on", false, false, 255, "vessel-runtime: the container: agent gone\n"},
+		{"the VM ends", true, false, 255, "vessel-runtime: container c: its VM ended before it did (the VM ended: triple fault)\n", false},
+		{"SIGKILL stops the VM", true, true, 137, "", false},
+		{"the VM runs on", false, false, 255, "vessel-runtime: container c: agent gone\n", false},
+		{"the VM ends, no exit reported", true, false, 255, "vessel-runtime: container c: its VM ended before it did (the VM ended: triple fault)\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, w, err := os.Pipe()
@@ -448,7 +451,12 @@ func TestExitCodeWaitFailed(t *testing.T) {
 					close(p.ended)
 				}()
 			}
-			got := p.exitCode(0, errors.New("agent gone"))
+			var got int
+			if tc.noExit {
+				got = p.endedFirst(make(chan exit))
+			} else {
+				got = p.exitCode(0, errors.New("agent gone"))
+			}
 			w.Close()
 			out, _ := io.ReadAll(r)
 			if got != tc.want || string(out) != tc.line {
