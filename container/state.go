@@ -293,14 +293,18 @@ func (s *State) OwnerAlive() bool {
 	if held, ok := s.ownerLocked(); ok {
 		return held
 	}
-	if s.Pid <= 0 || s.PidNS != PidNamespace() || !alive(s.Pid) {
-		return false
-	}
+	return s.PidNS == PidNamespace() && RunsThisProgram(s.Pid)
+}
+
+// RunsThisProgram reports whether process pid (of this PID namespace)
+// runs the same executable as this process: a PID in a state is taken
+// for its vessel process, or killed, only while it does.
+func RunsThisProgram(pid int) bool {
 	self, err := os.Executable()
-	if err != nil {
+	if err != nil || pid <= 0 {
 		return false
 	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", s.Pid))
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	return err == nil && strings.TrimSuffix(exe, " (deleted)") == self
 }
 
@@ -415,8 +419,8 @@ func (s *State) Delete() error {
 		return err
 	}
 	// Out of List's sight first, as one step: a removal cut short
-	// leaves no state without its owner lock.
-	gone := filepath.Join(filepath.Dir(s.dir), ".removing-"+s.ID)
+	// leaves no state without its owner lock (SweepRemovals finishes it).
+	gone := filepath.Join(filepath.Dir(s.dir), removingPrefix+s.ID)
 	if err := os.Rename(s.dir, gone); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -424,6 +428,24 @@ func (s *State) Delete() error {
 		return fmt.Errorf("container state: %w", err)
 	}
 	return os.RemoveAll(gone)
+}
+
+// removingPrefix names a state directory Delete took out of List's
+// sight before removing it.
+const removingPrefix = ".removing-"
+
+// SweepRemovals removes what a Delete cut short (the process killed)
+// left under root: directories named removingPrefix and a container ID.
+func SweepRemovals(root string) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if id, ok := strings.CutPrefix(e.Name(), removingPrefix); ok && ValidID(id) && e.Type().IsDir() {
+			os.RemoveAll(filepath.Join(root, e.Name()))
+		}
+	}
 }
 
 // removeScratch removes the scratch disk the state names, if it is the

@@ -461,3 +461,26 @@ func TestDeleteOutOfSight(t *testing.T) {
 		t.Errorf("a second Delete: %v", err)
 	}
 }
+
+// TestSweepRemovals: what a Delete cut short left (a state renamed out
+// of List's sight) is removed; nothing else is.
+func TestSweepRemovals(t *testing.T) {
+	root := t.TempDir()
+	id := strings.Repeat("c", 64)
+	left := filepath.Join(root, removingPrefix+id)
+	keep := []string{filepath.Join(root, id), filepath.Join(root, removingPrefix+"notanid"), filepath.Join(root, "other")}
+	for _, d := range append([]string{left}, keep...) {
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	SweepRemovals(root)
+	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s is still there: %v", left, err)
+	}
+	for _, d := range keep {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s went: %v", d, err)
+		}
+	}
+}

@@ -287,7 +287,7 @@ func killVessel(st *container.State, why string) error {
 	// which `vessel run -d` hands from itself to the process it starts,
 	// so it is read again after each kill.
 	for deadline := time.Now().Add(5 * time.Second); cur.OwnerAlive(); {
-		if isVessel(cur.Pid) {
+		if container.RunsThisProgram(cur.Pid) {
 			if err := syscall.Kill(cur.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 				return fmt.Errorf("%s: kill its vessel process %d: %w", st.Name, cur.Pid, err)
 			}
@@ -307,24 +307,15 @@ func killVessel(st *container.State, why string) error {
 	return cur.Reap()
 }
 
-// isVessel reports whether process pid runs this program: a PID in a
-// state is only killed while it does.
-func isVessel(pid int) bool {
-	self, err := os.Executable()
-	if err != nil || pid <= 0 {
-		return false
-	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && strings.TrimSuffix(exe, " (deleted)") == self
-}
-
 // reapOrphans finishes with the containers under root whose vessel
 // process was killed (SIGKILL) before it could (container.Orphaned):
 // those run with --rm are removed, the others' scratch disks, private
-// directories and jails go and their exit is recorded. vessel run and
-// ps call it, so that a killed run leaves nothing behind for long.
+// directories and jails go and their exit is recorded; so does what a
+// killed rm left (container.SweepRemovals). vessel run and ps call it,
+// so that a killed run leaves nothing behind for long.
 // Failures are reported, not returned: they are not the command's.
 func reapOrphans(root string) {
+	container.SweepRemovals(root)
 	l, err := container.List(root)
 	if err != nil {
 		return
