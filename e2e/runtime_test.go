@@ -168,8 +168,6 @@ func vmmProcesses(t *testing.T) []int {
 	return pids
 }
 
-// liveProcesses lists the running processes (not zombies, not this one)
-// whose argument vector match accepts: PID to command line.
 // stdoutPipe makes pipes for a process's stdio whose stdin is closed
 // and stderr discarded; stdout waits for the end of its stdout (every
 // write end closed) and returns it.
@@ -180,14 +178,13 @@ func stdoutPipe(t *testing.T) (pio runc.IO, stdout func() string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pio.Close() })
-	var out []byte
-	done := make(chan struct{})
-	go func() { defer close(done); out, _ = io.ReadAll(pio.Stdout()) }()
-	go io.Copy(io.Discard, pio.Stderr())
+	outputs := readOutputs(pio)
 	pio.Stdin().Close()
-	return pio, func() string { <-done; return string(out) }
+	return pio, func() string { out, _ := outputs(); return string(out) }
 }
 
+// liveProcesses lists the running processes (not zombies, not this one)
+// whose argument vector match accepts: PID to command line.
 func liveProcesses(match func(args []string) bool) map[int]string {
 	procs := map[int]string{}
 	ents, _ := os.ReadDir("/proc")
@@ -399,6 +396,44 @@ func createContainer(t *testing.T, ctx context.Context, r *runc.Runc, id, bundle
 	return pio, pid
 }
 
+// crashBundle is a bundle whose process prints "before" and crashes its
+// guest's kernel (sysrq c, which its spec leaves writable), after edit
+// (if not nil) changed its spec.
+func crashBundle(t *testing.T, edit func(*specs.Spec)) (string, *specs.Spec) {
+	t.Helper()
+	bundle, spec := makeBundle(t, "sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
+	spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
+	if edit != nil {
+		edit(spec)
+	}
+	writeSpec(t, bundle, spec)
+	return bundle, spec
+}
+
+// joinPod makes spec a container of the pod whose sandbox is sandbox,
+// its VMM process sbPid: in the sandbox's network and UTS namespaces,
+// and with sharedPID in its PID namespace too (shareProcessNamespace),
+// else in one of its own.
+func joinPod(spec *specs.Spec, sandbox string, sbPid int, sharedPID bool) {
+	spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox}
+	pid := specs.LinuxNamespace{Type: specs.PIDNamespace}
+	if sharedPID {
+		pid.Path = fmt.Sprintf("/proc/%d/ns/pid", sbPid)
+	}
+	spec.Linux.Namespaces = []specs.LinuxNamespace{pid, {Type: specs.MountNamespace},
+		{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
+		{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
+}
+
+// wantReason checks that stderr (whose is who) is one line that starts
+// with want: vessel-runtime's reason for a 255.
+func wantReason(t *testing.T, who string, stderr []byte, want string) {
+	t.Helper()
+	if !strings.HasPrefix(string(stderr), want) || strings.Count(string(stderr), "\n") != 1 {
+		t.Errorf("%s stderr %q, want one line %q...", who, stderr, want)
+	}
+}
+
 // readOutputs reads a container's stdout and stderr to their ends, and
 // returns a function that waits for both and returns what they held.
 func readOutputs(pio runc.IO) func() (stdout, stderr []byte) {
@@ -544,9 +579,7 @@ func TestRuntime(t *testing.T) {
 	// and its stderr says why: all that docker run or kubectl logs show.
 	t.Run("vm-ends", func(t *testing.T) {
 		r, state := runtimeClient(t)
-		bundle, spec := makeBundle(t, "sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
-		spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
-		writeSpec(t, bundle, spec)
+		bundle, _ := crashBundle(t, nil)
 		const id = "vm-ends"
 		pio, pid := createContainer(t, ctx, r, id, bundle)
 		outputs := readOutputs(pio)
@@ -558,10 +591,10 @@ func TestRuntime(t *testing.T) {
 			t.Errorf("the VMM process exited %d, want 255", status)
 		}
 		stdout, stderr := outputs()
-		const why = "vessel-runtime: container vm-ends: its VM ended before it did"
-		if string(stdout) != "before\n" || !strings.HasPrefix(string(stderr), why) || strings.Count(string(stderr), "\n") != 1 {
-			t.Errorf("stdout %q, stderr %q; want %q and one line %q...", stdout, stderr, "before\n", why)
+		if string(stdout) != "before\n" {
+			t.Errorf("stdout %q, want %q", stdout, "before\n")
 		}
+		wantReason(t, "the container's", stderr, "vessel-runtime: container vm-ends: its VM ended before it did")
 		wantStatus(t, ctx, r, id, "stopped")
 		if err := r.Delete(ctx, id, nil); err != nil {
 			t.Fatalf("delete: %v", err)
@@ -580,13 +613,7 @@ func TestRuntime(t *testing.T) {
 		if err := r.Start(ctx, "sb-ends"); err != nil {
 			t.Fatalf("start the sandbox: %v (log: %s)", err, readFile(r.Log))
 		}
-		bundle, spec := makeBundle(t, "sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
-		spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb-ends"}
-		spec.Linux.ReadonlyPaths = []string{"/proc/sys"}
-		spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
-			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
-			{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
-		writeSpec(t, bundle, spec)
+		bundle, _ := crashBundle(t, func(spec *specs.Spec) { joinPod(spec, "sb-ends", sbPid, false) })
 		pio, pid := createContainer(t, ctx, r, "crasher", bundle)
 		outputs, sbOutputs := readOutputs(pio), readOutputs(sbIO)
 		pio.Stdin().Close()
@@ -602,16 +629,8 @@ func TestRuntime(t *testing.T) {
 		}
 		stdout, stderr := outputs()
 		_, sbStderr := sbOutputs()
-		for _, c := range []struct {
-			name, out, want string
-		}{
-			{"the crashing container's", string(stderr), "vessel-runtime: container crasher: its pod's VM ended before it did"},
-			{"the sandbox's", string(sbStderr), "vessel-runtime: container sb-ends: its VM ended before it did"},
-		} {
-			if !strings.HasPrefix(c.out, c.want) || strings.Count(c.out, "\n") != 1 {
-				t.Errorf("%s stderr %q, want one line %q...", c.name, c.out, c.want)
-			}
-		}
+		wantReason(t, "the crashing container's", stderr, "vessel-runtime: container crasher: its pod's VM ended before it did")
+		wantReason(t, "the sandbox's", sbStderr, "vessel-runtime: container sb-ends: its VM ended before it did")
 		if string(stdout) != "before\n" {
 			t.Errorf("stdout %q, want %q", stdout, "before\n")
 		}
@@ -792,11 +811,7 @@ func TestRuntime(t *testing.T) {
 		// agent's 30 s bound, with some 30 lines more).
 		sharedPID := func(id string, args ...string) (runc.IO, int) {
 			bundle, spec := makeBundle(t, args...)
-			spec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
-			spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.MountNamespace},
-				{Type: specs.PIDNamespace, Path: fmt.Sprintf("/proc/%d/ns/pid", sbPid)},
-				{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
-				{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
+			joinPod(spec, "sb", sbPid, true)
 			writeSpec(t, bundle, spec)
 			pio, pid := createContainer(t, ctx, r, id, bundle)
 			pio.Stdin().Close()
@@ -829,10 +844,7 @@ func TestRuntime(t *testing.T) {
 		// the window size reach the container's pty in the VM.
 		ttyBundle, ttySpec := makeBundle(t, "sh", "-c", terminalScript)
 		ttySpec.Process.Terminal = true
-		ttySpec.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
-		ttySpec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
-			{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", sbPid)},
-			{Type: specs.UTSNamespace, Path: fmt.Sprintf("/proc/%d/ns/uts", sbPid)}}
+		joinPod(ttySpec, "sb", sbPid, false)
 		writeSpec(t, ttyBundle, ttySpec)
 		checkTerminal(t, ctx, r, "shell", ttyBundle)
 		// A container whose sandbox does not exist is refused.
