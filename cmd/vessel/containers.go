@@ -208,7 +208,7 @@ func stopBounded(st *container.State, timeout time.Duration, b stopBounds) error
 // within d is killed.
 func awaitOwner(st *container.State, d time.Duration) error {
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		cur, err := container.Find(filepath.Dir(st.Dir()), st.ID)
+		cur, err := st.Reload()
 		if err != nil || !cur.OwnerAlive() {
 			return nil
 		}
@@ -267,8 +267,7 @@ func signalStop(st *container.State, timeout, kill time.Duration) error {
 // end: the exit recorded (137), its private directory removed, and the
 // container removed if it was run with --rm.
 func killVessel(st *container.State, why string) error {
-	root := filepath.Dir(st.Dir())
-	cur, err := container.Find(root, st.ID)
+	cur, err := st.Reload()
 	switch {
 	case err != nil:
 		return nil // removed meanwhile
@@ -296,7 +295,7 @@ func killVessel(st *container.State, why string) error {
 			return fmt.Errorf("%s: %s, and its vessel process %d did not end when killed", st.Name, why, cur.Pid)
 		}
 		time.Sleep(20 * time.Millisecond)
-		if cur, err = container.Find(root, st.ID); err != nil {
+		if cur, err = st.Reload(); err != nil {
 			return nil // removed meanwhile
 		}
 	}
