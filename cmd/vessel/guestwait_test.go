@@ -243,8 +243,9 @@ func TestRunSignals(t *testing.T) {
 }
 
 // envHelper makes the test binary a stand-in for a container's vessel
-// process: it ends when its stdin closes (once it recorded the exit),
-// unless killed first.
+// process: it ends finishWork after its stdin closes (once it recorded
+// the exit, the real one still ends the VM and saves the state), unless
+// killed first.
 const envHelper = "VESSEL_TEST_VESSEL_PROCESS"
 
 func TestHelperVesselProcess(t *testing.T) {
@@ -252,8 +253,13 @@ func TestHelperVesselProcess(t *testing.T) {
 		t.Skip("the stand-in for a container's vessel process, run by TestStopBounded")
 	}
 	io.Copy(io.Discard, os.Stdin)
+	time.Sleep(finishWork)
 	os.Exit(0)
 }
+
+// finishWork is how long the stand-in takes to finish after the exit:
+// a stop that does not wait for it returns well before it ends.
+const finishWork = 2 * time.Second
 
 // TestStopBounded: vessel stop on a container whose guest never answers
 // still stops it: its vessel process is killed and the exit recorded;
@@ -390,7 +396,7 @@ func TestStopBounded(t *testing.T) {
 					if waitErr != nil {
 						t.Errorf("the vessel process of a guest that answers: %v, want its own exit", waitErr)
 					}
-				case <-time.After(5 * time.Second):
+				case <-time.After(finishWork / 2): // to reap it
 					t.Errorf("stop returned while the vessel process still ran")
 				}
 			}
