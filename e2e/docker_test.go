@@ -529,6 +529,9 @@ func TestDocker(t *testing.T) {
 			t.Run("volume", dt.volume)
 			t.Run("resources", dt.resources)
 			t.Run("interactive", dt.interactive)
+			if dt.vm && dt.extra == nil {
+				t.Run("vm-ends", dt.vmEnds)
+			}
 		})
 	}
 }
@@ -609,6 +612,22 @@ func (dt *dockerTest) exitStatus(t *testing.T) {
 		t.Fatalf("docker run: %v, want exit status 3", r)
 	}
 	dt.checkBoot(t, r.stdout)
+}
+
+// vmEnds: a container that crashes its VM's kernel (which it may do to
+// its own VM) ends with 255, and docker run and docker logs show why:
+// vessel-runtime's line on the container's stderr.
+func (dt *dockerTest) vmEnds(t *testing.T) {
+	n := dt.container(t)
+	r := dt.run(t, "--name", n, "--security-opt", "systempaths=unconfined", dockerImage,
+		"sh", "-c", "echo before; echo c >/proc/sysrq-trigger; sleep 100")
+	const why = "its VM ended before it did"
+	if r.code != 255 || r.stdout != "before\n" || !strings.Contains(r.stderr, "vessel-runtime: container ") || !strings.Contains(r.stderr, why) {
+		t.Fatalf("docker run of a container that crashes its VM: %v\nwant exit status 255, before, and vessel-runtime's %q", r, why)
+	}
+	if l := dt.d.docker(t, time.Minute, "logs", n); !strings.Contains(l.stderr, why) {
+		t.Errorf("docker logs: %v, want vessel-runtime's %q", l, why)
+	}
 }
 
 // networkNone: --network none gives the container loopback only (and,
