@@ -484,3 +484,25 @@ func TestSweepRemovals(t *testing.T) {
 		}
 	}
 }
+
+// TestIsOwnerLock: the descriptor a detached run's process is handed is
+// taken for the owner lock only if it is that file.
+func TestIsOwnerLock(t *testing.T) {
+	root := t.TempDir()
+	s := &State{ID: strings.Repeat("d", 64), Name: "c", Created: time.Now(), Status: StatusCreated}
+	if err := Create(root, s); err != nil {
+		t.Fatal(err)
+	}
+	defer ReleaseLock(s.ID)
+	if err := s.IsOwnerLock(HeldLock(s.ID)); err != nil {
+		t.Errorf("the owner lock itself: %v", err)
+	}
+	other, err := os.Open(filepath.Join(s.Dir(), "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := s.IsOwnerLock(other); err == nil {
+		t.Error("state.json taken for the owner lock")
+	}
+}
