@@ -1,8 +1,10 @@
 // Command benchboot is vessel's boot benchmark (`make bench-boot`). It
 // boots the same guest kernel and initramfs, with the same kernel command
 // line, 1 vCPU and 256 MiB, in vessel and in two peers, the Go VMM gokvm
-// and QEMU's microvm machine, N times each, interleaved (vessel, gokvm,
-// qemu, vessel, ...) so that drift affects all alike. Every guest runs
+// and QEMU's microvm machine, N times each, interleaved so that drift
+// affects all alike, with the order rotated every round (vessel, gokvm,
+// qemu; then gokvm, qemu, vessel; ...) so that no VMM always runs first or
+// always follows the same peer. Every guest runs
 // `cat /proc/uptime` through vessel's guest init and powers off.
 //
 //	benchboot [flags]
@@ -303,7 +305,7 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 		if warm {
 			round = 0
 		}
-		for _, s := range specs {
+		for _, s := range rotate(specs, i) {
 			if ctx.Err() != nil {
 				break
 			}
@@ -323,6 +325,18 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 		}
 	}
 	return res, nil
+}
+
+// rotate returns round i's run order: specs started at its i-th element
+// (modulo its length). What a run leaves the platform doing (the outer
+// kernel freeing the last VMM's memory, caches it filled) falls on the
+// next run; rotating spreads it over every VMM instead of charging one.
+func rotate[T any](specs []T, i int) []T {
+	if len(specs) == 0 {
+		return nil
+	}
+	k := i % len(specs)
+	return append(append([]T(nil), specs[k:]...), specs[:k]...)
 }
 
 // autoVMMs returns the VMMs to run by default on a platform of the given

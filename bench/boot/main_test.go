@@ -67,3 +67,28 @@ func TestAutoVMMs(t *testing.T) {
 		t.Errorf("--vmms gokvm: %+v, %v", c, err)
 	}
 }
+
+// TestRotate checks that every VMM leads one round in turn and that each
+// round runs every VMM once.
+func TestRotate(t *testing.T) {
+	specs := []string{"vessel", "gokvm", "qemu"}
+	for _, tc := range []struct {
+		round int
+		want  string
+	}{
+		{0, "vessel gokvm qemu"},
+		{1, "gokvm qemu vessel"},
+		{2, "qemu vessel gokvm"},
+		{3, "vessel gokvm qemu"},
+	} {
+		if got := strings.Join(rotate(specs, tc.round), " "); got != tc.want {
+			t.Errorf("round %d: %s, want %s", tc.round, got, tc.want)
+		}
+	}
+	if got := strings.Join(specs, " "); got != "vessel gokvm qemu" {
+		t.Errorf("rotate changed its argument: %s", got)
+	}
+	if got := rotate([]string(nil), 4); len(got) != 0 {
+		t.Errorf("no VMMs: %v", got)
+	}
+}
