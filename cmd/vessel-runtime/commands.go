@@ -480,14 +480,15 @@ func newDelete(g *globals) *cobra.Command {
 }
 
 // postHooks runs the poststart or poststop hooks: runtime-spec says a
-// failure of either is logged as a warning and the lifecycle goes on.
+// failure of one is logged as a warning and the remaining hooks and the
+// lifecycle go on.
 func (g *globals) postHooks(rec *record, kind, status string) {
 	st := ociState{OCIVersion: ociVersion, ID: rec.ID, Status: status, Bundle: rec.Bundle,
 		Annotations: rec.Annotations, Created: rec.Created}
 	if status != statusStopped {
 		st.Pid = rec.Pid
 	}
-	if err := runHooks(context.Background(), rec.Hooks, kind, rec.Bundle, st); err != nil {
+	for _, err := range runPostHooks(context.Background(), rec.Hooks, kind, rec.Bundle, st) {
 		logLine(g.log, g.logFormat, "warning", err.Error(), time.Now())
 	}
 }

@@ -76,23 +76,45 @@ func hooksOf(h *specs.Hooks, kind string) []specs.Hook {
 // runHooks runs the hooks of one kind in order, each with the state on
 // its stdin, in dir (the bundle, as runc runs them), and stops at the
 // first failure: runtime-spec's "runtime MUST generate an error" for
-// createRuntime and prestart. Callers log poststart and poststop
-// failures as warnings and go on, as the spec says.
+// createRuntime and prestart. Poststart and poststop hooks go through
+// runPostHooks instead.
 func runHooks(ctx context.Context, h *specs.Hooks, kind, dir string, st ociState) error {
+	if errs := eachHook(ctx, h, kind, dir, st, true); len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
+}
+
+// runPostHooks runs every poststart or poststop hook, the ones after a
+// failed hook too, and returns each failure: runtime-spec (runtime.md,
+// "Lifecycle") says a failing poststart or poststop hook gets a warning
+// and "the remaining hooks and lifecycle continue as if the hook had
+// succeeded".
+func runPostHooks(ctx context.Context, h *specs.Hooks, kind, dir string, st ociState) []error {
+	return eachHook(ctx, h, kind, dir, st, false)
+}
+
+// eachHook runs the hooks of one kind in order and returns their
+// failures, only the first when stopAtFirst is set.
+func eachHook(ctx context.Context, h *specs.Hooks, kind, dir string, st ociState, stopAtFirst bool) []error {
 	list := hooksOf(h, kind)
 	if len(list) == 0 {
 		return nil
 	}
 	state, err := json.Marshal(st)
 	if err != nil {
-		return err
+		return []error{err}
 	}
+	var errs []error
 	for i, hk := range list {
 		if err := runHook(ctx, hk, dir, state); err != nil {
-			return fmt.Errorf("%s hook #%d (%s): %w", kind, i, hk.Path, err)
+			errs = append(errs, fmt.Errorf("%s hook #%d (%s): %w", kind, i, hk.Path, err))
+			if stopAtFirst {
+				break
+			}
 		}
 	}
-	return nil
+	return errs
 }
 
 // runHook runs one hook as runc does: Path with Args (Args[0] is the

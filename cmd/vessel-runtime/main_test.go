@@ -441,6 +441,41 @@ func TestRunHooks(t *testing.T) {
 	}
 }
 
+// TestRunPostHooks: a failing poststart or poststop hook does not stop
+// the ones after it (runtime-spec, runtime.md "Lifecycle", as
+// runtime-tools' poststart_fail and poststop_fail check), and each
+// failure is reported; a failing prestart hook stops the list.
+func TestRunPostHooks(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	list := []specs.Hook{
+		{Path: "/bin/sh", Args: []string{"sh", "-c", "exit 3"}},
+		{Path: "/bin/sh", Args: []string{"sh", "-c", "echo second >>" + out}},
+		{Path: "/bin/sh", Args: []string{"sh", "-c", "exit 4"}},
+		{Path: "/bin/sh", Args: []string{"sh", "-c", "echo fourth >>" + out}},
+	}
+	st := ociState{OCIVersion: ociVersion, ID: "c1", Status: statusStopped, Bundle: dir}
+	for _, kind := range []string{hookPoststart, hookPoststop} {
+		os.Remove(out)
+		h := &specs.Hooks{Poststart: list, Poststop: list}
+		errs := runPostHooks(context.Background(), h, kind, dir, st)
+		if b, _ := os.ReadFile(out); string(b) != "second\nfourth\n" {
+			t.Errorf("%s: the hooks after a failed one wrote %q, want both", kind, b)
+		}
+		if len(errs) != 2 || !strings.Contains(errs[0].Error(), kind+" hook #0") || !strings.Contains(errs[1].Error(), kind+" hook #2") {
+			t.Errorf("%s: failures %v, want hooks #0 and #2", kind, errs)
+		}
+	}
+	os.Remove(out)
+	err := runHooks(context.Background(), &specs.Hooks{Prestart: list}, hookPrestart, dir, st)
+	if err == nil || !strings.Contains(err.Error(), "prestart hook #0") {
+		t.Errorf("prestart: %v, want hook #0's failure", err)
+	}
+	if _, serr := os.Stat(out); serr == nil {
+		t.Error("prestart: a hook after the failed one ran")
+	}
+}
+
 // TestSockPathLong: a state directory too deep for a socket's address
 // (a --root in a temporary directory with a 64-character ID) still gets
 // working sockets, through a descriptor of the directory.
