@@ -654,6 +654,36 @@ func TestRuntime(t *testing.T) {
 		checkNothingLeft(t, state)
 	})
 
+	// A container in a user namespace whose root is another user of the
+	// guest (docker's userns-remap, runtime-tools' linux_uid_mappings):
+	// runc resolves its rootfs from inside that namespace, through the
+	// agent's directories, which failed with EACCES while they were 0700.
+	t.Run("userns", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g")
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 2000}}
+		spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 3000}}
+		writeSpec(t, bundle, spec)
+		const id = "userns"
+		pio, pid := createContainer(t, ctx, r, id, bundle)
+		outputs := readOutputs(pio)
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		pio.Stdin().Close()
+		status := waitPid(t, pid)
+		stdout, stderr := outputs()
+		got := strings.Join(strings.Fields(string(stdout)), " ")
+		if want := "0 1000 2000 0 1000 3000 0 0"; status != 0 || got != want {
+			t.Errorf("exit %d, stdout %q (%s), want 0 and %q; stderr %q", status, stdout, got, want, stderr)
+		}
+		if err := r.Delete(ctx, id, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
 	t.Run("binds", func(t *testing.T) {
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c",

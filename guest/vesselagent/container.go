@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"os"
 	"path/filepath"
@@ -175,6 +176,14 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}()
 	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
 
+	// The directories above the rootfs first, traversable by anyone:
+	// runc resolves the rootfs path from inside the container's user
+	// namespace, where a container whose root maps to another user has no
+	// right to search the agent's directories unless others may
+	// (containerd makes its bundle directories 0711 for the same reason).
+	if err = traversableDirs(stateDir, c.dir, filepath.Join(c.dir, "bundle")); err != nil {
+		return nil, fmt.Errorf("create: %w", err)
+	}
 	spec := *cr.Spec
 	c.bundle = cr.RootShare != ""
 	if cr.RootShare != "" {
@@ -278,6 +287,21 @@ func rootfsDisks(serial, scratch string) (dev, rwDev string, err error) {
 		}
 	}
 	return dev, rwDev, nil
+}
+
+// traversableDirs makes each directory, in order, if it is missing, and
+// sets its mode to 0711: others may pass through it to a path they know,
+// not list it.
+func traversableDirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.Mkdir(d, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // mountRootfs mounts the image disk dev read-only, the scratch disk
@@ -782,7 +806,9 @@ func (a *agent) sharePath(tag, path string) (string, error) {
 	dir, ok := a.shares[tag]
 	if !ok {
 		dir = filepath.Join(stateDir, "shares", strconv.Itoa(len(a.shares)))
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		// A pod's rootfs lies below it: traversable, as create's
+		// directories are.
+		if err := traversableDirs(stateDir, filepath.Dir(dir), dir); err != nil {
 			return "", err
 		}
 		if err := unix.Mount(tag, dir, "9p", 0, volumeOptions); err != nil {

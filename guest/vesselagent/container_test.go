@@ -1,9 +1,12 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func TestSysctlPath(t *testing.T) {
@@ -39,5 +42,31 @@ func TestOwnPIDNamespace(t *testing.T) {
 	}
 	if ownPIDNamespace(&specs.Spec{}) {
 		t.Error("no Linux section: own, want shared")
+	}
+}
+
+// TestTraversableDirs: the directories above a container's rootfs are
+// made, or changed to, 0711 whatever the umask, so that runc can resolve
+// the rootfs from inside a user namespace whose root is another user
+// (runtime-tools' linux_uid_mappings failed with EACCES on 0700 ones).
+func TestTraversableDirs(t *testing.T) {
+	old := unix.Umask(0o077)
+	defer unix.Umask(old)
+	top := t.TempDir()
+	a, b := filepath.Join(top, "a"), filepath.Join(top, "a", "b")
+	if err := os.Mkdir(a, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := traversableDirs(a, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{a, b} {
+		fi, err := os.Stat(d)
+		if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o711 {
+			t.Errorf("%s: %v, %v; want a 0711 directory", d, fi.Mode(), err)
+		}
+	}
+	if err := traversableDirs(filepath.Join(top, "missing", "c")); err == nil {
+		t.Error("a directory below a missing one was made")
 	}
 }
