@@ -684,6 +684,39 @@ func TestRuntime(t *testing.T) {
 		checkNothingLeft(t, state)
 	})
 
+	// docker's --blkio-weight and --device-read-bps: the weight applies
+	// in the guest (io.weight, through the guest kernel's io controller);
+	// a throttle names a host device, which the guest does not have and
+	// which failed the guest's runc.
+	t.Run("blkio", func(t *testing.T) {
+		r, state := runtimeClient(t)
+		bundle, spec := makeBundle(t, "cat", "/sys/fs/cgroup/io.weight")
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup",
+			Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+		w := uint16(300)
+		spec.Linux.Resources = &specs.LinuxResources{BlockIO: &specs.LinuxBlockIO{Weight: &w,
+			ThrottleReadBpsDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: specs.LinuxBlockIODevice{Major: 8, Minor: 0}, Rate: 1 << 20}}}}
+		writeSpec(t, bundle, spec)
+		const id = "blkio"
+		pio, pid := createContainer(t, ctx, r, id, bundle)
+		outputs := readOutputs(pio)
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+		}
+		pio.Stdin().Close()
+		status := waitPid(t, pid)
+		stdout, stderr := outputs()
+		// runc's conversion of the blkio weight 300 to io.weight.
+		if want := "default 2930\n"; status != 0 || string(stdout) != want {
+			t.Errorf("exit %d, io.weight %q, want 0 and %q; stderr %q", status, stdout, want, stderr)
+		}
+		if err := r.Delete(ctx, id, nil); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		checkNothingLeft(t, state)
+	})
+
 	t.Run("binds", func(t *testing.T) {
 		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "sh", "-c",

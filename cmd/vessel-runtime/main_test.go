@@ -589,6 +589,23 @@ func TestVMSize(t *testing.T) {
 	if r.CPU.Cpus != "" || r.CPU.Mems != "" || *r.CPU.Shares != 512 {
 		t.Errorf("guest resources %+v", r.CPU)
 	}
+	// docker's --blkio-weight reaches the guest; --device-read-bps and
+	// --blkio-weight-device name host devices, and do not.
+	w := uint16(300)
+	dev := specs.LinuxBlockIODevice{Major: 8, Minor: 0}
+	in := &specs.LinuxResources{BlockIO: &specs.LinuxBlockIO{Weight: &w,
+		WeightDevice:          []specs.LinuxWeightDevice{{LinuxBlockIODevice: dev, Weight: &w}},
+		ThrottleReadBpsDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: dev, Rate: 1 << 20}}}}
+	r = guestResources(in)
+	if b := r.BlockIO; b == nil || b.Weight == nil || *b.Weight != 300 || len(b.WeightDevice)+len(b.ThrottleReadBpsDevice) != 0 {
+		t.Errorf("guest block I/O %+v", r.BlockIO)
+	}
+	if len(in.BlockIO.ThrottleReadBpsDevice) != 1 {
+		t.Error("the bundle's resources changed")
+	}
+	if guestResources(nil) != nil {
+		t.Error("no resources became some")
+	}
 }
 
 // TestSharedTmpRoot: a state root in the shared temporary directory (the

@@ -93,14 +93,23 @@ func countCPUs(list string) (int, error) {
 
 // guestResources is linux.resources as the guest's runc applies it: the
 // cpuset names the host's CPUs and memory nodes, which the VM does not
-// have (its vCPUs are the set); the rest applies as given.
+// have (its vCPUs are the set), and the block I/O entries of a device
+// (weightDevice, the throttles) name host devices by number, which the
+// guest does not have either (runc fails writing io.max for a device
+// the kernel does not know); the rest applies as given, the block I/O
+// weight included.
 func guestResources(r *specs.LinuxResources) *specs.LinuxResources {
-	if r == nil || r.CPU == nil || (r.CPU.Cpus == "" && r.CPU.Mems == "") {
-		return r
+	if r == nil {
+		return nil
 	}
 	rr := *r
-	cpu := *r.CPU
-	cpu.Cpus, cpu.Mems = "", ""
-	rr.CPU = &cpu
+	if c := r.CPU; c != nil && (c.Cpus != "" || c.Mems != "") {
+		cpu := *c
+		cpu.Cpus, cpu.Mems = "", ""
+		rr.CPU = &cpu
+	}
+	if b := r.BlockIO; b != nil {
+		rr.BlockIO = &specs.LinuxBlockIO{Weight: b.Weight, LeafWeight: b.LeafWeight}
+	}
 	return &rr
 }
