@@ -88,6 +88,27 @@ func makeBundle(t *testing.T, args ...string) (string, *specs.Spec) {
 	return dir, spec
 }
 
+// runOnce creates container id from bundle with a runtime of its own,
+// starts it with stdin closed, waits for it and deletes it, checking that
+// nothing is left; it returns the exit status and the outputs.
+func runOnce(t *testing.T, ctx context.Context, id, bundle string) (int, []byte, []byte) {
+	t.Helper()
+	r, state := runtimeClient(t)
+	pio, pid := createContainer(t, ctx, r, id, bundle)
+	outputs := readOutputs(pio)
+	if err := r.Start(ctx, id); err != nil {
+		t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
+	}
+	pio.Stdin().Close()
+	status := waitPid(t, pid)
+	stdout, stderr := outputs()
+	if err := r.Delete(ctx, id, nil); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	checkNothingLeft(t, state)
+	return status, stdout, stderr
+}
+
 func writeSpec(t *testing.T, dir string, spec *specs.Spec) {
 	t.Helper()
 	b, err := json.MarshalIndent(spec, "", "  ")
@@ -659,29 +680,18 @@ func TestRuntime(t *testing.T) {
 	// runc resolves its rootfs from inside that namespace, through the
 	// agent's directories, which failed with EACCES while they were 0700.
 	t.Run("userns", func(t *testing.T) {
-		r, state := runtimeClient(t)
-		bundle, spec := makeBundle(t, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g")
+		// Its /sys is the guest's, without the guest's mounts below it.
+		bundle, spec := makeBundle(t, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; "+
+			"test -d /sys/class/net && echo sys; ls /sys/fs/cgroup | wc -l")
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 2000}}
 		spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 3000}}
 		writeSpec(t, bundle, spec)
-		const id = "userns"
-		pio, pid := createContainer(t, ctx, r, id, bundle)
-		outputs := readOutputs(pio)
-		if err := r.Start(ctx, id); err != nil {
-			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
-		}
-		pio.Stdin().Close()
-		status := waitPid(t, pid)
-		stdout, stderr := outputs()
+		status, stdout, stderr := runOnce(t, ctx, "userns", bundle)
 		got := strings.Join(strings.Fields(string(stdout)), " ")
-		if want := "0 1000 2000 0 1000 3000 0 0"; status != 0 || got != want {
+		if want := "0 1000 2000 0 1000 3000 0 0 sys 0"; status != 0 || got != want {
 			t.Errorf("exit %d, stdout %q (%s), want 0 and %q; stderr %q", status, stdout, got, want, stderr)
 		}
-		if err := r.Delete(ctx, id, nil); err != nil {
-			t.Fatalf("delete: %v", err)
-		}
-		checkNothingLeft(t, state)
 	})
 
 	// docker's --blkio-weight and --device-read-bps: the weight applies
@@ -689,7 +699,6 @@ func TestRuntime(t *testing.T) {
 	// a throttle names a host device, which the guest does not have and
 	// which failed the guest's runc.
 	t.Run("blkio", func(t *testing.T) {
-		r, state := runtimeClient(t)
 		bundle, spec := makeBundle(t, "cat", "/sys/fs/cgroup/io.weight")
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup",
@@ -698,23 +707,11 @@ func TestRuntime(t *testing.T) {
 		spec.Linux.Resources = &specs.LinuxResources{BlockIO: &specs.LinuxBlockIO{Weight: &w,
 			ThrottleReadBpsDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: specs.LinuxBlockIODevice{Major: 8, Minor: 0}, Rate: 1 << 20}}}}
 		writeSpec(t, bundle, spec)
-		const id = "blkio"
-		pio, pid := createContainer(t, ctx, r, id, bundle)
-		outputs := readOutputs(pio)
-		if err := r.Start(ctx, id); err != nil {
-			t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
-		}
-		pio.Stdin().Close()
-		status := waitPid(t, pid)
-		stdout, stderr := outputs()
+		status, stdout, stderr := runOnce(t, ctx, "blkio", bundle)
 		// runc's conversion of the blkio weight 300 to io.weight.
 		if want := "default 2930\n"; status != 0 || string(stdout) != want {
 			t.Errorf("exit %d, io.weight %q, want 0 and %q; stderr %q", status, stdout, want, stderr)
 		}
-		if err := r.Delete(ctx, id, nil); err != nil {
-			t.Fatalf("delete: %v", err)
-		}
-		checkNothingLeft(t, state)
 	})
 
 	t.Run("binds", func(t *testing.T) {

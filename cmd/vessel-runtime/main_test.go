@@ -374,7 +374,7 @@ func TestGuestSpecUserNS(t *testing.T) {
 		g := b.guestSpec()
 		want := []specs.Mount{proc, sysfs}
 		if userns {
-			want[1] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			want[1] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"bind", "nosuid", "noexec", "nodev", "ro"}}
 		}
 		if !reflect.DeepEqual(g.Mounts, want) {
 			t.Errorf("user namespace %v: guest mounts %+v, want %+v", userns, g.Mounts, want)
