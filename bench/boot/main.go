@@ -3,8 +3,8 @@
 // line, 1 vCPU and 256 MiB, in vessel and in two peers, the Go VMM gokvm
 // and QEMU's microvm machine, N times each, interleaved so that drift
 // affects all alike, with the order rotated every round (vessel, gokvm,
-// qemu; then gokvm, qemu, vessel; ...) so that no VMM always runs first or
-// always follows the same peer. Every guest runs
+// qemu; then gokvm, qemu, vessel; ...) and reversed every other cycle, so
+// that no VMM always runs first or always follows the same peer. Every guest runs
 // `cat /proc/uptime` through vessel's guest init and powers off.
 //
 //	benchboot [flags]
@@ -70,6 +70,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -328,15 +329,22 @@ func bench(ctx context.Context, cfg *config, progress io.Writer) (*Results, erro
 }
 
 // rotate returns round i's run order: specs started at its i-th element
-// (modulo its length). What a run leaves the platform doing (the outer
-// kernel freeing the last VMM's memory, caches it filled) falls on the
-// next run; rotating spreads it over every VMM instead of charging one.
+// (modulo its length), and reversed in every other cycle of len(specs)
+// rounds, so that over two cycles each VMM runs first equally often and
+// follows each other VMM equally often. What a run leaves the platform
+// doing (the outer kernel freeing the last VMM's memory, caches it
+// filled) falls on the next run; this spreads it over every VMM instead
+// of charging one.
 func rotate[T any](specs []T, i int) []T {
-	if len(specs) == 0 {
+	n := len(specs)
+	if n == 0 {
 		return nil
 	}
-	k := i % len(specs)
-	return append(append([]T(nil), specs[k:]...), specs[:k]...)
+	out := append(append([]T(nil), specs[i%n:]...), specs[:i%n]...)
+	if (i/n)%2 == 1 {
+		slices.Reverse(out)
+	}
+	return out
 }
 
 // autoVMMs returns the VMMs to run by default on a platform of the given

@@ -68,24 +68,33 @@ func TestAutoVMMs(t *testing.T) {
 	}
 }
 
-// TestRotate checks that every VMM leads one round in turn and that each
-// round runs every VMM once.
+// TestRotate checks that over two cycles every VMM leads equally often
+// and follows each other VMM equally often, and that each round runs
+// every VMM once.
 func TestRotate(t *testing.T) {
-	specs := []string{"vessel", "gokvm", "qemu"}
-	for _, tc := range []struct {
-		round int
-		want  string
-	}{
-		{0, "vessel gokvm qemu"},
-		{1, "gokvm qemu vessel"},
-		{2, "qemu vessel gokvm"},
-		{3, "vessel gokvm qemu"},
-	} {
-		if got := strings.Join(rotate(specs, tc.round), " "); got != tc.want {
-			t.Errorf("round %d: %s, want %s", tc.round, got, tc.want)
+	specs := []string{"v", "g", "q"}
+	want := []string{"v g q", "g q v", "q v g", "q g v", "v q g", "g v q", "v g q"}
+	follows := map[string]int{}
+	for i, w := range want {
+		got := rotate(specs, i)
+		if s := strings.Join(got, " "); s != w {
+			t.Errorf("round %d: %s, want %s", i, s, w)
+		}
+		if i < 6 {
+			for k := 1; k < len(got); k++ {
+				follows[got[k-1]+got[k]]++
+			}
 		}
 	}
-	if got := strings.Join(specs, " "); got != "vessel gokvm qemu" {
+	for pair, n := range follows {
+		if n != 2 {
+			t.Errorf("%s followed %s %d times in two cycles, want 2", pair[1:], pair[:1], n)
+		}
+	}
+	if len(follows) != 6 {
+		t.Errorf("ordered pairs %v, want all 6", follows)
+	}
+	if got := strings.Join(specs, " "); got != "v g q" {
 		t.Errorf("rotate changed its argument: %s", got)
 	}
 	if got := rotate([]string(nil), 4); len(got) != 0 {

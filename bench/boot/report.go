@@ -326,7 +326,7 @@ func RenderReport(w io.Writer, res *Results) error {
 	fmt.Fprintf(w, "- guest kernel: %s (`%s`); initramfs `%s`\n", p.GuestKernel, s.Kernel, s.Initrd)
 	fmt.Fprintf(w, "- guest: %d vCPU, %d MiB, command `%s`, same kernel, initramfs and command line for every VMM\n",
 		s.CPUs, s.MemMiB, strings.Join(s.GuestArgv, " "))
-	fmt.Fprintf(w, "- runs: %d per VMM after %d warm-up round(s) (not counted), interleaved (%s, ...), the order rotated by one every round; timeout %s per run\n",
+	fmt.Fprintf(w, "- runs: %d per VMM after %d warm-up round(s) (not counted), interleaved (%s, ...), the order rotated by one every round and reversed every other cycle; timeout %s per run\n",
 		s.Runs, s.Warmup, strings.Join(s.VMMs, ", "), s.Timeout)
 	fmt.Fprintf(w, "- versions: vessel %s; %s; %s\n", orUnknown(p.VesselRev), orUnknown(p.GokvmVersion), orUnknown(p.QEMUVersion))
 	for _, n := range s.Notes {

@@ -358,33 +358,6 @@ func TestGuestSpec(t *testing.T) {
 	}
 }
 
-// TestGuestSpecUserNS: a container with a user namespace gets the guest's
-// /sys bound in place of a sysfs mount, which the kernel refuses it in
-// the VM's network namespace; without one, sysfs stays.
-func TestGuestSpecUserNS(t *testing.T) {
-	sysfs := specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}}
-	proc := specs.Mount{Destination: "/proc", Type: "proc", Source: "proc"}
-	for _, userns := range []bool{false, true} {
-		nss := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace}}
-		if userns {
-			nss = append(nss, specs.LinuxNamespace{Type: specs.UserNamespace})
-		}
-		b := &bundle{spec: &specs.Spec{Root: &specs.Root{Path: "r"}, Linux: &specs.Linux{Namespaces: nss},
-			Mounts: []specs.Mount{proc, sysfs}}}
-		g := b.guestSpec()
-		want := []specs.Mount{proc, sysfs}
-		if userns {
-			want[1] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"bind", "nosuid", "noexec", "nodev", "ro"}}
-		}
-		if !reflect.DeepEqual(g.Mounts, want) {
-			t.Errorf("user namespace %v: guest mounts %+v, want %+v", userns, g.Mounts, want)
-		}
-		if !reflect.DeepEqual(b.spec.Mounts, []specs.Mount{proc, sysfs}) {
-			t.Errorf("the bundle's mounts changed: %+v", b.spec.Mounts)
-		}
-	}
-}
-
 func strconvQuote(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)

@@ -245,44 +245,7 @@ func (b *bundle) guestSpec() *specs.Spec {
 	linux.MountLabel = ""
 	linux.Resources = guestResources(linux.Resources)
 	s.Linux = &linux
-	if hasNamespace(&linux, specs.UserNamespace) {
-		s.Mounts = userNSSysfs(s.Mounts)
-	}
 	return &s
-}
-
-// hasNamespace reports whether l lists a namespace of type typ.
-func hasNamespace(l *specs.Linux, typ specs.LinuxNamespaceType) bool {
-	for _, ns := range l.Namespaces {
-		if ns.Type == typ {
-			return true
-		}
-	}
-	return false
-}
-
-// userNSSysfs turns each sysfs mount of a container with a user namespace
-// of its own into a bind of the guest's /sys, read-only when the mount
-// was: the container shares the VM's network namespace, which the VM's
-// initial user namespace owns, and the kernel lets only the owner of a
-// network namespace mount sysfs in it (runc fails with EPERM). docker
-// does the same for a user-namespaced container on the host's network,
-// with a recursive bind; this one is not recursive, so the guest's own
-// mounts below /sys (its cgroup hierarchy, debugfs) stay out of the
-// container, as they are out of a sysfs mount. mounts is guestSpec's own
-// copy.
-func userNSSysfs(mounts []specs.Mount) []specs.Mount {
-	for i, m := range mounts {
-		if m.Type != "sysfs" {
-			continue
-		}
-		opts := []string{"bind", "nosuid", "noexec", "nodev"}
-		if slices.Contains(m.Options, "ro") {
-			opts = append(opts, "ro")
-		}
-		mounts[i] = specs.Mount{Destination: m.Destination, Type: "bind", Source: "/sys", Options: opts}
-	}
-	return mounts
 }
 
 // netnsPath is the spec's network namespace path, or "".

@@ -176,15 +176,18 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}()
 	c.runc = &runc.Runc{Log: filepath.Join(c.dir, "runc.log"), LogFormat: runc.JSON}
 
-	// The directories above the rootfs first, traversable by anyone:
-	// runc resolves the rootfs path from inside the container's user
-	// namespace, where a container whose root maps to another user has no
-	// right to search the agent's directories unless others may
-	// (containerd makes its bundle directories 0711 for the same reason).
-	if err = traversableDirs(stateDir, c.dir, filepath.Join(c.dir, "bundle")); err != nil {
-		return nil, fmt.Errorf("create: %w", err)
-	}
 	spec := *cr.Spec
+	// A container with a user namespace of its own: the directories above
+	// its rootfs first, traversable by anyone. runc resolves the rootfs
+	// path from inside that namespace, where the container's root is
+	// another user of the guest with no right to search 0700 directories
+	// (containerd makes its bundle directories 0711 for the same reason).
+	// Other containers keep them 0700.
+	if hasNamespace(&spec, specs.UserNamespace) {
+		if err = traversableDirs(stateDir, c.dir, filepath.Join(c.dir, "bundle")); err != nil {
+			return nil, fmt.Errorf("create: %w", err)
+		}
+	}
 	c.bundle = cr.RootShare != ""
 	if cr.RootShare != "" {
 		// An OCI bundle's config: its root, user and mounts as given.
@@ -230,6 +233,9 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	}
 	if err := netSysctls(&spec); err != nil {
 		return nil, err
+	}
+	if err := a.userNSSysfs(&spec); err != nil {
+		return nil, fmt.Errorf("create: %w", err)
 	}
 	if err := c.mountVolumes(&spec, cr.Volumes); err != nil {
 		return nil, err
@@ -287,6 +293,78 @@ func rootfsDisks(serial, scratch string) (dev, rwDev string, err error) {
 		}
 	}
 	return dev, rwDev, nil
+}
+
+// hasNamespace reports whether spec lists a namespace of type typ.
+func hasNamespace(spec *specs.Spec, typ specs.LinuxNamespaceType) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// sysBind is the agent's bind of the guest's /sys alone, without the
+// mounts below it, made once (see userNSSysfs).
+var sysBind = filepath.Join(stateDir, "sys")
+
+// userNSSysfs gives a container with a user namespace of its own but
+// the VM's network namespace (all but a pod's sandbox's own) the guest's
+// sysfs as a recursive bind of sysBind in place of each sysfs mount,
+// read-only when the mount was. The kernel lets only the owner of a
+// network namespace mount sysfs in it, and the VM's is owned by the
+// guest's first user namespace (runc fails with EPERM). A bind of /sys
+// itself would not do either: in the container's user namespace the
+// guest's mounts below /sys (its cgroup hierarchy) are locked, and a
+// bind that leaves locked mounts out is refused (EINVAL), while a
+// recursive one would show the container the guest's whole cgroup tree.
+// sysBind, a plain bind made in the agent's own namespace, has nothing
+// below it. runc does the same recursive bind for its rootless specs.
+func (a *agent) userNSSysfs(spec *specs.Spec) error {
+	if !hasNamespace(spec, specs.UserNamespace) || hasNamespace(spec, specs.NetworkNamespace) {
+		return nil
+	}
+	mounts, changed := sysfsBinds(spec.Mounts, sysBind)
+	if !changed {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.sysBound {
+		if err := traversableDirs(stateDir, sysBind); err != nil {
+			return err
+		}
+		if err := unix.Mount("/sys", sysBind, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /sys on %s: %w", sysBind, err)
+		}
+		a.sysBound = true
+	}
+	spec.Mounts = mounts
+	return nil
+}
+
+// sysfsBinds returns mounts with each sysfs mount replaced by a recursive
+// bind of src, read-only when the mount was, and whether there was one.
+// mounts itself is not changed.
+func sysfsBinds(mounts []specs.Mount, src string) ([]specs.Mount, bool) {
+	out := slices.Clone(mounts)
+	changed := false
+	for i, m := range out {
+		if m.Type != "sysfs" {
+			continue
+		}
+		opts := []string{"rbind", "nosuid", "noexec", "nodev"}
+		if slices.Contains(m.Options, "ro") {
+			opts = append(opts, "ro")
+		}
+		out[i] = specs.Mount{Destination: m.Destination, Type: "bind", Source: src, Options: opts}
+		changed = true
+	}
+	return out, changed
 }
 
 // traversableDirs makes each directory, in order, if it is missing, and
@@ -806,8 +884,8 @@ func (a *agent) sharePath(tag, path string) (string, error) {
 	dir, ok := a.shares[tag]
 	if !ok {
 		dir = filepath.Join(stateDir, "shares", strconv.Itoa(len(a.shares)))
-		// A pod's rootfs lies below it: traversable, as create's
-		// directories are.
+		// A pod's rootfs may lie below it: traversable, as create's
+		// directories are for a container with a user namespace.
 		if err := traversableDirs(stateDir, filepath.Dir(dir), dir); err != nil {
 			return "", err
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -68,5 +69,39 @@ func TestTraversableDirs(t *testing.T) {
 	}
 	if err := traversableDirs(filepath.Join(top, "missing", "c")); err == nil {
 		t.Error("a directory below a missing one was made")
+	}
+}
+
+// TestSysfsBinds: each sysfs mount becomes a recursive bind of the
+// agent's plain bind of /sys, read-only when it was; the other mounts
+// and the caller's slice stay as they were.
+func TestSysfsBinds(t *testing.T) {
+	proc := specs.Mount{Destination: "/proc", Type: "proc", Source: "proc"}
+	ro := specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "ro"}}
+	rw := specs.Mount{Destination: "/host-sys", Type: "sysfs", Source: "sysfs"}
+	in := []specs.Mount{proc, ro, rw}
+	out, changed := sysfsBinds(in, "/run/vessel/sys")
+	want := []specs.Mount{proc,
+		{Destination: "/sys", Type: "bind", Source: "/run/vessel/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/host-sys", Type: "bind", Source: "/run/vessel/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev"}}}
+	if !changed || !reflect.DeepEqual(out, want) {
+		t.Errorf("got %+v (changed %v), want %+v", out, changed, want)
+	}
+	if !reflect.DeepEqual(in, []specs.Mount{proc, ro, rw}) {
+		t.Errorf("the spec's mounts changed: %+v", in)
+	}
+	if _, changed := sysfsBinds([]specs.Mount{proc}, "/x"); changed {
+		t.Error("no sysfs mount, yet changed")
+	}
+	// Only a container with its own user namespace on the VM's network.
+	a := &agent{}
+	for _, nss := range [][]specs.LinuxNamespace{
+		{{Type: specs.MountNamespace}},
+		{{Type: specs.UserNamespace}, {Type: specs.NetworkNamespace}},
+	} {
+		spec := &specs.Spec{Linux: &specs.Linux{Namespaces: nss}, Mounts: []specs.Mount{ro}}
+		if err := a.userNSSysfs(spec); err != nil || spec.Mounts[0].Type != "sysfs" || a.sysBound {
+			t.Errorf("namespaces %v: %v, mounts %+v", nss, err, spec.Mounts)
+		}
 	}
 }

@@ -102,6 +102,8 @@ type agent struct {
 	// template is set once the host said OpTemplate: the end of the
 	// control connection is then a restore, not the host going away.
 	template bool
+	// sysBound: sysBind is mounted (userNSSysfs).
+	sysBound bool
 }
 
 // send writes one reply or event on the control connection.
