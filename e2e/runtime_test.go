@@ -89,12 +89,16 @@ func makeBundle(t *testing.T, args ...string) (string, *specs.Spec) {
 }
 
 // runOnce creates container id from bundle with a runtime of its own,
-// starts it with stdin closed, waits for it and deletes it, checking that
+// calls created (if not nil) with the VMM process's PID, starts the
+// container with stdin closed, waits for it and deletes it, checking that
 // nothing is left; it returns the exit status and the outputs.
-func runOnce(t *testing.T, ctx context.Context, id, bundle string) (int, []byte, []byte) {
+func runOnce(t *testing.T, ctx context.Context, id, bundle string, created func(pid int)) (int, []byte, []byte) {
 	t.Helper()
 	r, state := runtimeClient(t)
 	pio, pid := createContainer(t, ctx, r, id, bundle)
+	if created != nil {
+		created(pid)
+	}
 	outputs := readOutputs(pio)
 	if err := r.Start(ctx, id); err != nil {
 		t.Fatalf("start: %v (log: %s)", err, readFile(r.Log))
@@ -687,27 +691,46 @@ func TestRuntime(t *testing.T) {
 		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 2000}}
 		spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 3000}}
 		writeSpec(t, bundle, spec)
-		status, stdout, stderr := runOnce(t, ctx, "userns", bundle)
+		status, stdout, stderr := runOnce(t, ctx, "userns", bundle, nil)
 		got := strings.Join(strings.Fields(string(stdout)), " ")
 		if want := "0 1000 2000 0 1000 3000 0 0 sys 0"; status != 0 || got != want {
 			t.Errorf("exit %d, stdout %q (%s), want 0 and %q; stderr %q", status, stdout, got, want, stderr)
 		}
 	})
 
-	// docker's --blkio-weight and --device-read-bps: the weight applies
-	// in the guest (io.weight, through the guest kernel's io controller);
-	// a throttle names a host device, which the guest does not have and
-	// which failed the guest's runc.
+	// docker's --blkio-weight and --device-read-bps: the guest's runc
+	// gets the weight (io.weight, through the guest kernel's io
+	// controller); the throttle names a host device, which the guest does
+	// not have (it failed the guest's runc), and bounds the VMM's host
+	// cgroup, with the weight.
 	t.Run("blkio", func(t *testing.T) {
+		var st unix.Stat_t
+		if err := unix.Stat("/dev/loop0", &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			t.Fatalf("/dev/loop0, the host block device to throttle: %v (mode %o)", err, st.Mode)
+		}
+		dev := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
 		bundle, spec := makeBundle(t, "cat", "/sys/fs/cgroup/io.weight")
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup",
 			Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
 		w := uint16(300)
 		spec.Linux.Resources = &specs.LinuxResources{BlockIO: &specs.LinuxBlockIO{Weight: &w,
-			ThrottleReadBpsDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: specs.LinuxBlockIODevice{Major: 8, Minor: 0}, Rate: 1 << 20}}}}
+			ThrottleReadBpsDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: specs.LinuxBlockIODevice{
+				Major: int64(unix.Major(st.Rdev)), Minor: int64(unix.Minor(st.Rdev))}, Rate: 1 << 20}}}}
+		spec.Linux.CgroupsPath = "/vessel-e2e/blkio"
 		writeSpec(t, bundle, spec)
-		status, stdout, stderr := runOnce(t, ctx, "blkio", bundle)
+		const cgDir = "/sys/fs/cgroup/vessel-e2e/blkio"
+		t.Cleanup(func() { os.Remove(cgDir); os.Remove(filepath.Dir(cgDir)) })
+		status, stdout, stderr := runOnce(t, ctx, "blkio", bundle, func(int) {
+			ioMax, err := os.ReadFile(filepath.Join(cgDir, "io.max"))
+			if want := dev + " rbps=1048576 wbps=max riops=max wiops=max\n"; err != nil || string(ioMax) != want {
+				t.Errorf("host cgroup io.max: %q, %v; want %q", ioMax, err, want)
+			}
+			ioWeight, err := os.ReadFile(filepath.Join(cgDir, "io.weight"))
+			if err != nil || !strings.HasPrefix(string(ioWeight), "default 2930\n") {
+				t.Errorf("host cgroup io.weight: %q, %v; want default 2930", ioWeight, err)
+			}
+		})
 		// runc's conversion of the blkio weight 300 to io.weight.
 		if want := "default 2930\n"; status != 0 || string(stdout) != want {
 			t.Errorf("exit %d, io.weight %q, want 0 and %q; stderr %q", status, stdout, want, stderr)

@@ -113,7 +113,8 @@ func expandSlice(slice string) (string, error) {
 // cgroupLimits are the cgroup v2 files written for a VM of that size
 // under the spec's resources, in the order they are written (the cpuset
 // before the rest, as runc does): the whole VM's memory (when the spec
-// limits memory), the CPU quota and weight as asked, the cpuset.
+// limits memory), the CPU quota and weight as asked, the cpuset, and the
+// block I/O weight and throttles (ioLimits).
 func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) []cgroup.Limit {
 	var out []cgroup.Limit
 	if r == nil {
@@ -145,7 +146,51 @@ func cgroupLimits(r *specs.LinuxResources, vmMemory uint64) []cgroup.Limit {
 			out = append(out, cgroup.Limit{File: "cpu.weight", Value: strconv.FormatUint(1+((s-2)*9999)/262142, 10)})
 		}
 	}
+	return append(out, ioLimits(r.BlockIO)...)
+}
+
+// ioLimits are the block I/O limits, written as runc writes them on
+// cgroup v2 (io.weight, io.max). They name host devices, which only the
+// host has: the VMM does the VM's I/O on them (its disks' files, its
+// shares), so they bound the VMM's cgroup, while the guest's runc gets
+// the weight alone (guestResources). io.weight exists only where the
+// host kernel has the I/O cost model (or BFQ, whose io.bfq.weight runc
+// would prefer): a missing one is skipped; a throttle the host cannot
+// apply fails the create, as under runc.
+func ioLimits(b *specs.LinuxBlockIO) []cgroup.Limit {
+	if b == nil {
+		return nil
+	}
+	var out []cgroup.Limit
+	if b.Weight != nil && *b.Weight > 0 {
+		out = append(out, cgroup.Limit{File: "io.weight", Value: "default " + ioWeight(*b.Weight), Optional: true})
+	}
+	for _, d := range b.WeightDevice {
+		if d.Weight != nil && *d.Weight > 0 {
+			out = append(out, cgroup.Limit{File: "io.weight", Value: fmt.Sprintf("%d:%d %s", d.Major, d.Minor, ioWeight(*d.Weight)), Optional: true})
+		}
+	}
+	for _, t := range []struct {
+		key  string
+		devs []specs.LinuxThrottleDevice
+	}{{"rbps", b.ThrottleReadBpsDevice}, {"wbps", b.ThrottleWriteBpsDevice},
+		{"riops", b.ThrottleReadIOPSDevice}, {"wiops", b.ThrottleWriteIOPSDevice}} {
+		for _, d := range t.devs {
+			v := "max"
+			if d.Rate > 0 {
+				v = strconv.FormatUint(d.Rate, 10)
+			}
+			out = append(out, cgroup.Limit{File: "io.max", Value: fmt.Sprintf("%d:%d %s=%s", d.Major, d.Minor, t.key, v)})
+		}
+	}
 	return out
+}
+
+// ioWeight is runc's conversion of a blkio weight [10, 1000] to an
+// io.weight [1, 10000] (libcontainer/cgroups ConvertBlkIOToIOWeightValue).
+func ioWeight(w uint16) string {
+	v := uint64(min(max(w, 10), 1000))
+	return strconv.FormatUint(1+(v-10)*9999/990, 10)
 }
 
 // makeHostCgroup makes (or takes, when it exists) the VMM's host cgroup

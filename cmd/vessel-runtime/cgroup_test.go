@@ -99,3 +99,36 @@ func TestCgroupLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestIOLimits: docker's --blkio-weight, --blkio-weight-device and
+// --device-{read,write}-{bps,iops} become the VMM's host cgroup's
+// io.weight and io.max lines, as runc writes them on cgroup v2, in order;
+// only io.weight may be missing on the host.
+func TestIOLimits(t *testing.T) {
+	w, dw := uint16(300), uint16(1000)
+	dev := func(maj, min int64) specs.LinuxBlockIODevice { return specs.LinuxBlockIODevice{Major: maj, Minor: min} }
+	got := cgroupLimits(&specs.LinuxResources{BlockIO: &specs.LinuxBlockIO{
+		Weight:                  &w,
+		WeightDevice:            []specs.LinuxWeightDevice{{LinuxBlockIODevice: dev(8, 0), Weight: &dw}},
+		ThrottleReadBpsDevice:   []specs.LinuxThrottleDevice{{LinuxBlockIODevice: dev(8, 0), Rate: 1 << 20}},
+		ThrottleWriteBpsDevice:  []specs.LinuxThrottleDevice{{LinuxBlockIODevice: dev(8, 16), Rate: 0}},
+		ThrottleReadIOPSDevice:  []specs.LinuxThrottleDevice{{LinuxBlockIODevice: dev(253, 1), Rate: 100}},
+		ThrottleWriteIOPSDevice: []specs.LinuxThrottleDevice{{LinuxBlockIODevice: dev(253, 1), Rate: 50}},
+	}}, 1<<30)
+	want := []cgroup.Limit{
+		{File: "io.weight", Value: "default 2930", Optional: true},
+		{File: "io.weight", Value: "8:0 10000", Optional: true},
+		{File: "io.max", Value: "8:0 rbps=1048576"},
+		{File: "io.max", Value: "8:16 wbps=max"},
+		{File: "io.max", Value: "253:1 riops=100"},
+		{File: "io.max", Value: "253:1 wiops=50"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+	for w, want := range map[uint16]string{1: "1", 10: "1", 500: "4950", 1000: "10000", 5000: "10000"} {
+		if got := ioWeight(w); got != want {
+			t.Errorf("ioWeight(%d) = %s, want %s", w, got, want)
+		}
+	}
+}
