@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/vesselvm/vessel/internal/shmdir"
 )
 
 func TestLog(t *testing.T) {
@@ -190,11 +192,7 @@ func FuzzLog(f *testing.F) {
 	// One directory for all inputs, in a tmpfs where there is one: a
 	// directory made and removed per input on a disk took most of the
 	// time (2 minutes for make test's 50000 inputs).
-	dir := f.TempDir()
-	if d, err := os.MkdirTemp("/dev/shm", "vessel-fuzz-"); err == nil {
-		dir = d
-		f.Cleanup(func() { os.RemoveAll(d) })
-	}
+	dir := shmdir.Dir(f)
 	p := filepath.Join(dir, "log.json")
 	f.Fuzz(func(t *testing.T, data []byte, cut uint16) {
 		os.Remove(p)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vesselvm/vessel/internal/shmdir"
 )
 
 // FuzzLoad feeds Load an archive of any bytes (a `docker save` tarball
@@ -27,11 +29,7 @@ func FuzzLoad(f *testing.F) {
 	// starts from it empty, and what loads is removed again. It lives in
 	// a tmpfs where there is one: on a disk, the store's fsyncs take
 	// nine tenths of the time.
-	dir := f.TempDir()
-	if d, err := os.MkdirTemp("/dev/shm", "vessel-fuzz-"); err == nil {
-		dir = d
-		f.Cleanup(func() { os.RemoveAll(d) })
-	}
+	dir := shmdir.Dir(f)
 	s, err := Open(filepath.Join(dir, "store"))
 	if err != nil {
 		f.Fatal(err)
