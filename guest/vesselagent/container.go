@@ -182,9 +182,15 @@ func (a *agent) create(ctx context.Context, id string, cr *agentproto.Create, pi
 	// path from inside that namespace, where the container's root is
 	// another user of the guest with no right to search 0700 directories
 	// (containerd makes its bundle directories 0711 for the same reason).
-	// Other containers keep them 0700.
+	// Other containers keep them 0700. A pod member's rootfs lies in the
+	// pod's share instead (sharePath), below stateDir/shares; the share's
+	// own mount point takes the mode of the host directory mounted on it.
 	if hasNamespace(&spec, specs.UserNamespace) {
-		if err = traversableDirs(stateDir, c.dir, filepath.Join(c.dir, "bundle")); err != nil {
+		dirs := []string{stateDir, c.dir, filepath.Join(c.dir, "bundle")}
+		if cr.RootPath != "" {
+			dirs = append(dirs, filepath.Join(stateDir, "shares"))
+		}
+		if err = traversableDirs(dirs...); err != nil {
 			return nil, fmt.Errorf("create: %w", err)
 		}
 	}
@@ -884,9 +890,7 @@ func (a *agent) sharePath(tag, path string) (string, error) {
 	dir, ok := a.shares[tag]
 	if !ok {
 		dir = filepath.Join(stateDir, "shares", strconv.Itoa(len(a.shares)))
-		// A pod's rootfs may lie below it: traversable, as create's
-		// directories are for a container with a user namespace.
-		if err := traversableDirs(stateDir, filepath.Dir(dir), dir); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", err
 		}
 		if err := unix.Mount(tag, dir, "9p", 0, volumeOptions); err != nil {
