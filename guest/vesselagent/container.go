@@ -950,10 +950,8 @@ func netSysctls(spec *specs.Spec) error {
 	if spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
 		return nil
 	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return nil
-		}
+	if hasNamespace(spec, specs.NetworkNamespace) {
+		return nil
 	}
 	rest := map[string]string{}
 	for k, v := range spec.Linux.Sysctl {
