@@ -319,7 +319,9 @@ func hasNamespace(spec *specs.Spec, typ specs.LinuxNamespaceType) bool {
 var sysBind = filepath.Join(stateDir, "sys")
 
 // userNSSysfs gives a container with a user namespace of its own but
-// the VM's network namespace (all but a pod's sandbox's own) the guest's
+// the VM's network namespace (every container vessel run and
+// vessel-runtime create: vessel-runtime and joinSandbox drop the spec's
+// network namespace, the VM being the container's network) the guest's
 // sysfs as a recursive bind of sysBind in place of each sysfs mount,
 // read-only when the mount was. The kernel lets only the owner of a
 // network namespace mount sysfs in it, and the VM's is owned by the
