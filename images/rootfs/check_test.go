@@ -48,7 +48,11 @@ func FuzzLayers(f *testing.F) {
 			l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(part)), nil },
 				tarball.WithCompressionLevel(gzip.NoCompression))
 			if err != nil {
-				t.Fatal(err)
+				// A part that starts as gzip does is read as a
+				// compressed layer, and one whose gzip stream is
+				// broken is refused here, by go-containerregistry,
+				// before vessel's checker could see it.
+				return
 			}
 			ls = append(ls, l)
 		}
