@@ -354,6 +354,21 @@ func countingCopy(w io.Writer, r io.Reader, n *atomic.Int64) {
 	}
 }
 
+// alive prints aliveLine every aliveEvery until stop is closed: the host
+// tells a wedged outer VM by their absence.
+func (g *guest) alive(stop <-chan struct{}) {
+	t := time.NewTicker(aliveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			g.line(aliveLine(g.sp.Nonce))
+		}
+	}
+}
+
 func (g *guest) runCommand(stdout, stderr *os.File) (status int, outN, errN int64, err error) {
 	var nOut, nErr atomic.Int64
 	outR, outW, err := os.Pipe()
@@ -369,7 +384,9 @@ func (g *guest) runCommand(stdout, stderr *os.File) (status int, outN, errN int6
 	go func() { defer wg.Done(); countingCopy(stdout, outR, &nOut) }()
 	go func() { defer wg.Done(); countingCopy(stderr, errR, &nErr) }()
 	copied := make(chan struct{})
+	stopAlive := make(chan struct{})
 	finish := func(st int) (int, int64, int64, error) {
+		close(stopAlive)
 		outW.Close()
 		errW.Close()
 		go func() { wg.Wait(); close(copied) }()
@@ -386,6 +403,7 @@ func (g *guest) runCommand(stdout, stderr *os.File) (status int, outN, errN int6
 	}
 
 	g.line(startLine(g.sp.Nonce))
+	go g.alive(stopAlive)
 	path, st, lerr := lookPath(g.sp.Argv[0], g.sp.Env)
 	if lerr != nil {
 		fmt.Fprintf(errW, "testvm: %v\n", lerr)

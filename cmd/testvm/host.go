@@ -242,6 +242,7 @@ func runOuter(e *runEnv) (out outcome) {
 	stalls, firstStall := 0, ""
 	stallc := make(chan struct{}, 1)
 	started, ended := false, false
+	var lastSign time.Time // the command's start or init's latest alive line
 	events := make(chan marker, 8)
 	conDone := make(chan struct{})
 	go func() {
@@ -256,12 +257,16 @@ func runOuter(e *runEnv) (out outcome) {
 					mu.Lock()
 					switch m.Kind {
 					case markStart:
-						started = true
+						started, lastSign = true, time.Now()
+					case markAlive:
+						lastSign = time.Now()
 					case markExit, markError:
 						ended = true
 					}
 					mu.Unlock()
-					events <- m
+					if m.Kind != markAlive {
+						events <- m
+					}
 				} else if l != "" {
 					mu.Lock()
 					lines = append(lines, consoleLine{Text: l, AfterStart: started})
@@ -313,11 +318,31 @@ func runOuter(e *runEnv) (out outcome) {
 		_ = cmd.Process.Kill()
 		<-qemuDone
 	}
+	// An outer VM whose init stopped showing signs of life while the
+	// command ran is wedged: ended, to be retried as a crash.
+	var aliveCheck <-chan time.Time
+	if e.o.aliveLimit > 0 {
+		tk := time.NewTicker(min(e.o.aliveLimit/4, aliveEvery))
+		defer tk.Stop()
+		aliveCheck = tk.C
+	}
+	wedged := ""
 	var tStart time.Time
 	finished := false
 loop:
 	for {
 		select {
+		case <-aliveCheck:
+			mu.Lock()
+			silent := time.Since(lastSign)
+			if !started || ended || silent < e.o.aliveLimit {
+				mu.Unlock()
+				continue
+			}
+			mu.Unlock()
+			wedged = fmt.Sprintf("the outer VM's init showed no sign of life for %v while the command ran: an outer CPU wedged, and the rest of the outer VM waits on it", e.o.aliveLimit)
+			kill()
+			break loop
 		case m := <-events:
 			switch m.Kind {
 			case markStart:
@@ -394,6 +419,9 @@ loop:
 		}
 		if out.crash == "" && qemuLogged(e.qemuLog, tripleFault) {
 			out.crash = "the outer VM's CPU triple-faulted with no kernel message first: QEMU's TCG emulation failed it"
+		}
+		if out.crash == "" {
+			out.crash = wedged
 		}
 	}
 	for _, l := range lines[max(0, len(lines)-15):] {

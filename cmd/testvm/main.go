@@ -34,8 +34,11 @@
 // nothing), testvm says so and retries once. So it does when the outer
 // kernel reports an RCU stall a third time during the command (a CPU
 // wedged for minutes): it ends the outer VM rather than wait for the
-// time limit. A failure of
-// COMMAND is never retried.
+// time limit. And so it does when the outer VM's init, which prints a
+// sign of life every 10 s while COMMAND runs, is silent for --alive-limit:
+// an outer CPU that stays in a nested guest for good wedges the rest of
+// the outer VM without a kernel message. A failure of COMMAND is never
+// retried.
 //
 // testvm itself must be statically linked (it becomes the outer VM's init):
 // it uses no cgo packages, and checks its executable before using it.
@@ -48,6 +51,9 @@
 //	--timeout D     kill the outer VM after D (e.g. 10m; default 0 = none;
 //	                counted from the outer VM's start, not the kernel build)
 //	--kernel PATH   outer kernel bzImage (or a directory holding one)
+//	--alive-limit D end the outer VM as wedged, and retry once, when its
+//	                init shows no sign of life for D while COMMAND runs
+//	                (default 2m; 0: never)
 //	-v              show the outer VM's console in full, and timings
 //
 // testvm prints one line on stderr naming the platform it used.
@@ -91,9 +97,12 @@ type options struct {
 	timeout  time.Duration
 	kernel   string
 	verbose  bool
-	argv     []string
-	qemu     string
-	tscKHz   uint64 // the host's TSC rate, given to the outer kernel
+	// aliveLimit is how long init may show no sign of life while the
+	// command runs before the outer VM counts as wedged (0: no limit).
+	aliveLimit time.Duration
+	argv       []string
+	qemu       string
+	tscKHz     uint64 // the host's TSC rate, given to the outer kernel
 }
 
 const usageText = `usage: testvm [flags] -- COMMAND [ARG...]
@@ -102,6 +111,7 @@ const usageText = `usage: testvm [flags] -- COMMAND [ARG...]
   --memory MiB                   outer VM memory in MiB (default 4096)
   --timeout DURATION             kill the outer VM after DURATION (default 0: none)
   --kernel PATH                  outer kernel bzImage (default: images/build-kernel.sh)
+  --alive-limit DURATION         retry once when the outer VM is silent this long (default 2m; 0: never)
   -v                             show the outer console in full
 exit status: COMMAND's, 124 on timeout, 125 on testvm/platform failure
 `
@@ -119,6 +129,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 0, "")
 	fs.StringVar(&o.kernel, "kernel", "", "")
 	fs.BoolVar(&o.verbose, "v", false, "")
+	fs.DurationVar(&o.aliveLimit, "alive-limit", 2*time.Minute, "")
 	dash := -1
 	for i, a := range args {
 		if a == "--" {
@@ -154,6 +165,8 @@ func parseArgs(args []string) (*options, error) {
 		return nil, fmt.Errorf("--memory must be at least 256 (MiB), not %d", o.memory)
 	case o.timeout < 0:
 		return nil, fmt.Errorf("--timeout must not be negative")
+	case o.aliveLimit < 0:
+		return nil, fmt.Errorf("--alive-limit must not be negative")
 	}
 	return o, nil
 }

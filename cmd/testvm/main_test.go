@@ -241,6 +241,8 @@ func TestParseMarker(t *testing.T) {
 		{exitLine(n, 3, 10, 20), true, marker{Kind: markExit, Status: 3, OutN: 10, ErrN: 20}},
 		{"garbage before " + exitLine(n, 0, 0, 0) + " \r", true, marker{Kind: markExit}},
 		{startLine(n), true, marker{Kind: markStart}},
+		{"[  3.1] a kernel line, then " + aliveLine(n), true, marker{Kind: markAlive}},
+		{aliveLine(other), false, marker{}},
 		{errorLine(n, "mount: no such\ndevice"), true, marker{Kind: markError, Msg: "mount: no such device"}},
 		// Forgeries and malformed lines.
 		{exitLine(other, 0, 0, 0), false, marker{}},
@@ -368,21 +370,22 @@ func TestDetectHost(t *testing.T) {
 }
 
 func TestParseArgs(t *testing.T) {
-	o, err := parseArgs([]string{"--platform", "nested", "--cpus=4", "--memory", "2048", "--timeout", "90s", "--kernel", "/k", "-v", "--", "go", "test", "--", "-x"})
+	o, err := parseArgs([]string{"--platform", "nested", "--cpus=4", "--memory", "2048", "--timeout", "90s", "--kernel", "/k", "--alive-limit", "30s", "-v", "--", "go", "test", "--", "-x"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &options{platform: "nested", cpus: 4, memory: 2048, timeout: 90 * time.Second, kernel: "/k", verbose: true, argv: []string{"go", "test", "--", "-x"}}
+	want := &options{platform: "nested", cpus: 4, memory: 2048, timeout: 90 * time.Second, kernel: "/k", verbose: true, aliveLimit: 30 * time.Second, argv: []string{"go", "test", "--", "-x"}}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("got %+v, want %+v", o, want)
 	}
 	o, err = parseArgs([]string{"--", "true"})
-	if err != nil || o.platform != "auto" || o.cpus != 2 || o.memory != 4096 || o.timeout != 0 || o.verbose {
+	if err != nil || o.platform != "auto" || o.cpus != 2 || o.memory != 4096 || o.timeout != 0 || o.verbose || o.aliveLimit != 2*time.Minute {
 		t.Errorf("defaults: %+v, %v", o, err)
 	}
 	for _, bad := range [][]string{
 		{}, {"true"}, {"--"}, {"-v"}, {"--bogus", "--", "true"}, {"--platform", "kvm", "--", "true"},
 		{"--cpus", "0", "--", "true"}, {"--memory", "10", "--", "true"}, {"--timeout", "-1s", "--", "true"},
+		{"--alive-limit", "-1s", "--", "true"},
 		{"--timeout", "soon", "--", "true"}, {"-v", "true", "--", "x"}, {"--", ""},
 	} {
 		if _, err := parseArgs(bad); err == nil || err == errHelp {
@@ -602,6 +605,9 @@ fi
 if [ "$mode" = triple-once ]; then
 	if [ "$runs" = 1 ]; then mode=triple; else mode=ok; fi
 fi
+if [ "$mode" = wedged-once ]; then
+	if [ "$runs" = 1 ]; then mode=wedged; else mode=ok; fi
+fi
 case $mode in
 ok)
 	echo "$n:testvm-start"
@@ -638,6 +644,16 @@ setup-error)
 hang)
 	echo "$n:testvm-start"
 	exec sleep 1000;;
+wedged)
+	echo "$n:testvm-start"
+	echo "$n:testvm-alive"
+	exec sleep 1000;;
+slow)
+	echo "$n:testvm-start"
+	for i in 1 2 3 4 5 6; do sleep 1; echo "$n:testvm-alive"; done
+	printf '%s:testvm-exit:0:0:0\n' "$n"
+	read -r ack
+	exit 0;;
 esac
 echo "fake qemu: unknown mode $mode" >&2
 exit 1
@@ -761,6 +777,29 @@ func TestFakeCrashRetriedOnce(t *testing.T) {
 		}
 		r.checkClean(t)
 	}
+}
+
+// TestFakeWedged: an outer VM whose init stops printing its signs of
+// life while the command runs is ended and retried once, as a crash; one
+// that keeps printing them runs as long as it takes.
+func TestFakeWedged(t *testing.T) {
+	limit := []string{"--alive-limit", "3s"}
+	r := runFake(t, "wedged-once", limit, nil)
+	if r.code != 7 || r.runs(t) != 2 || !strings.Contains(r.stderr, "init showed no sign of life for 3s while the command ran") ||
+		!strings.Contains(r.stderr, "retrying once") {
+		t.Errorf("wedged once: code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
+	}
+	r.checkClean(t)
+	r = runFake(t, "wedged", limit, nil)
+	if r.code != exitFailure || r.runs(t) != 2 || !strings.Contains(r.stderr, "crashed again") {
+		t.Errorf("wedged twice: code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
+	}
+	r.checkClean(t)
+	r = runFake(t, "slow", limit, nil)
+	if r.code != 0 || r.runs(t) != 1 {
+		t.Errorf("alive for 6s: code %d, runs %d, stderr %q", r.code, r.runs(t), r.stderr)
+	}
+	r.checkClean(t)
 }
 
 func TestFakeForgeryNotTrusted(t *testing.T) {

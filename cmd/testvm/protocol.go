@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // spec is what the host tells the outer VM's init to run. It travels in the
@@ -79,6 +80,8 @@ func validNonce(n string) bool { return nonceRE.MatchString(n) }
 // with the per-run nonce:
 //
 //	NONCE:testvm-start                   the command is about to start
+//	NONCE:testvm-alive                   init is still running, every
+//	                                     aliveEvery while the command runs
 //	NONCE:testvm-exit:STATUS:OUTN:ERRN   it exited with STATUS after writing
 //	                                     OUTN bytes to stdout, ERRN to stderr
 //	NONCE:testvm-error:MESSAGE           init could not run the command
@@ -90,6 +93,7 @@ type markerKind int
 const (
 	markNone markerKind = iota
 	markStart
+	markAlive
 	markExit
 	markError
 )
@@ -102,7 +106,15 @@ type marker struct {
 }
 
 func startLine(nonce string) string { return nonce + ":testvm-start" }
+func aliveLine(nonce string) string { return nonce + ":testvm-alive" }
 func ackLine(nonce string) string   { return nonce + ":testvm-ack" }
+
+// aliveEvery is how often init shows it is alive while the command runs.
+// The host counts an outer VM silent for --alive-limit (many of these
+// periods) as wedged: on the emulated platform one outer CPU can stay
+// in a nested guest for good, and the rest of the outer VM then waits
+// on it without a word (no RCU stall report, no timer of init's firing).
+const aliveEvery = 10 * time.Second
 
 func exitLine(nonce string, status int, outN, errN int64) string {
 	return fmt.Sprintf("%s:testvm-exit:%d:%d:%d", nonce, status, outN, errN)
@@ -133,6 +145,8 @@ func parseMarker(line, nonce string) (marker, bool) {
 	switch {
 	case rest == "start":
 		return marker{Kind: markStart}, true
+	case rest == "alive":
+		return marker{Kind: markAlive}, true
 	case strings.HasPrefix(rest, "error:"):
 		return marker{Kind: markError, Msg: strings.TrimPrefix(rest, "error:")}, true
 	case strings.HasPrefix(rest, "exit:"):
