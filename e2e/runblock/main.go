@@ -24,12 +24,20 @@
 // runs once more, since the tests after it never ran. A failure for any
 // other reason is never retried.
 //
+// With -plan, runblock runs every block a plan file lists, several at
+// once (-lanes; by default as many as the host's CPUs and memory allow),
+// each in its own outer VM with its output in its own log: it prints a
+// line as each block starts and ends, and the failed blocks' summaries
+// at the end.
+//
 // Usage:
 //
 //	runblock -testvm bin/testvm -e2e build/e2e.test -timeout 25m [-log FILE] [-summary FILE] -- [go test flags]
+//	runblock -testvm bin/testvm -e2e build/e2e.test -plan e2e/blocks [-lanes N] [-logdir build]
 //
 // Exit status: the block's (testvm's: the test binary's, 124 on
-// timeout, 125 on a platform failure), or the retry's; 2 on bad usage.
+// timeout, 125 on a platform failure), or the retry's; with -plan, 1 if
+// a block failed; 2 on bad usage.
 package main
 
 import (
@@ -58,8 +66,18 @@ func main() {
 	timeout := fs.Duration("timeout", 20*time.Minute, "testvm's timeout for the block (the tests get a minute less)")
 	logPath := fs.String("log", "", "also write the block's output to this file")
 	summaryPath := fs.String("summary", "", "also write the summary of a failed block to this file")
+	plan := fs.String("plan", "", "run every block this file lists (NAME TIMEOUT FLAG... a line), each as a block of its own")
+	lanes := fs.Int("lanes", 0, "with -plan: how many blocks run at once (0: by the host's CPUs and memory)")
+	logDir := fs.String("logdir", "build", "with -plan: where each block's log (e2e-NAME.log) and summary (e2e-NAME.summary) go")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
+	}
+	if *plan != "" {
+		if fs.NArg() > 0 || *logPath != "" || *summaryPath != "" || *lanes < 0 {
+			fmt.Fprintln(os.Stderr, "runblock: -plan takes its blocks' flags from the plan: no -log, -summary or test flags, and -lanes not negative")
+			os.Exit(2)
+		}
+		os.Exit(planMain(*plan, *lanes, *logDir, *testvm, *e2e))
 	}
 	if *timeout <= time.Minute {
 		fmt.Fprintln(os.Stderr, "runblock: -timeout must be more than a minute")
@@ -98,6 +116,7 @@ func main() {
 	}
 	report := func(s string) {
 		fmt.Print(s)
+		fmt.Fprint(log, s)
 		if *summaryPath != "" {
 			os.WriteFile(*summaryPath, []byte(s), 0o644)
 		}
@@ -112,7 +131,7 @@ func main() {
 	retry, what := retryArgs(failed, fs.Args(), func(f *failure, sub string) bool {
 		return platformFault(f.text(sub), hostRIP, sym)
 	})
-	fmt.Printf("RETRY: %s failed on the emulated nested platform's known faults (a guest triple fault or fault loop, a guest vCPU holding another machine's state, an interrupt taken with interrupts off, or the outer kernel's own crash); %s\n",
+	fmt.Fprintf(io.MultiWriter(os.Stdout, log), "RETRY: %s failed on the emulated nested platform's known faults (a guest triple fault or fault loop, a guest vCPU holding another machine's state, an interrupt taken with interrupts off, or the outer kernel's own crash); %s\n",
 		names(failed), what)
 	code, out = run(retry)
 	if code != 0 {
