@@ -16,6 +16,7 @@ package seccomp
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	bpf "github.com/elastic/go-seccomp-bpf"
 	"golang.org/x/sys/unix"
@@ -80,7 +81,15 @@ func Install(p Profile) error {
 		return fmt.Errorf("seccomp: PR_SET_DUMPABLE: %w", err)
 	}
 	f := bpf.Filter{NoNewPrivs: true, Flag: bpf.FilterFlagTSync, Policy: policy}
-	if err := bpf.LoadFilter(f); err != nil {
+	// no_new_privs is a thread's: LoadFilter sets it, then installs the
+	// filter, in two system calls. Between them the goroutine could move
+	// to another thread, whose install the kernel then refuses (EACCES)
+	// to a process without CAP_SYS_ADMIN: the user network's helper of
+	// an unprivileged or jailed VMM failed so, now and then, under load.
+	runtime.LockOSThread()
+	err = bpf.LoadFilter(f)
+	runtime.UnlockOSThread()
+	if err != nil {
 		return fmt.Errorf("seccomp: install the %s filter: %w", p, err)
 	}
 	afterInstall(p)
