@@ -126,7 +126,6 @@ test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-vmm ./cmd/vessel-vmm
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-usernet ./cmd/vessel-usernet
 	@$(GO) build -o build/runblock ./e2e/runblock
-	@rm -f build/e2e-*.summary
 	build/runblock -testvm bin/testvm -e2e build/e2e.test -plan e2e/blocks -lanes $(E2E_LANES) -logdir build
 
 ## crictl: cri-tools' CRI client (not in Debian 12), built into build/peers

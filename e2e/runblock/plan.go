@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A block is one line of a plan: the end-to-end tests that run in one
@@ -58,38 +60,42 @@ func parsePlan(r io.Reader) ([]block, error) {
 }
 
 // autoLanes is how many blocks run at once when -lanes is 0: one per CPU
-// of the host and per 6 GiB of its available memory (an outer VM has 2
-// vCPUs and 4 GiB), at least one and at most three (the longest block
-// takes about as long as the others together on two lanes, so a fourth
-// lane would wait on it). On the emulated platform two outer VMs at once
-// on a 2-CPU host took each block about 1.35x its time alone
-// (2026-12-07): QEMU's emulation of an outer VM keeps a CPU busy only
-// part of the time.
-func autoLanes(cpus int, memAvail int64) int {
-	return max(1, min(cpus, int(memAvail/(6<<30)), 3))
+// of the host and per 6 GiB of its memory (an outer VM has 2 vCPUs and
+// 4 GiB), at least one and at most three (the longest block takes about
+// as long as the others together on two lanes, so a fourth lane would
+// wait on it). On the emulated platform two outer VMs at once on a 2-CPU
+// host took each block about 1.35x its time alone (2026-12-07): QEMU's
+// emulation of an outer VM keeps a CPU busy only part of the time.
+func autoLanes(cpus int, mem uint64) int {
+	return max(1, min(cpus, int(mem/(6<<30)), 3))
 }
 
-// memAvailable is /proc/meminfo's MemAvailable in bytes (0 if unknown).
-func memAvailable() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
+// hostMemory is the host's RAM in bytes (sysinfo(2); 0 if unknown).
+func hostMemory() uint64 {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
 		return 0
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return si.Totalram * uint64(si.Unit)
 }
+
+// blockFiles are where block name's log and summary go in logDir.
+func blockFiles(logDir, name string) (log, summary string) {
+	return filepath.Join(logDir, "e2e-"+name+".log"), filepath.Join(logDir, "e2e-"+name+".summary")
+}
+
+// retriedRE matches a block log's record of a retry of the platform's
+// known faults: runblock's own RETRY line, a test's retry inside the
+// block (t.Logf's "x_test.go:N: RETRY: ..."), or testvm's outer VM run
+// once more ("...; retrying once").
+var retriedRE = regexp.MustCompile(`(?m)^RETRY: |_test\.go:\d+: RETRY: |; retrying once$`)
 
 // blockResult is how one block of a plan ended.
 type blockResult struct {
 	block
 	code    int
 	elapsed time.Duration
-	retried bool // its log has a RETRY line
+	retried bool // its log shows a retry of the platform's known faults
 }
 
 // runPlan runs the plan's blocks, lanes of them at once, in the plan's
@@ -110,22 +116,20 @@ func runPlan(w io.Writer, bs []block, lanes int, logDir string, run func(b block
 				mu.Lock()
 				i := next
 				next++
-				if i < len(bs) {
-					fmt.Fprintf(w, "== e2e block %s: started (log: %s)\n", bs[i].Name, filepath.Join(logDir, "e2e-"+bs[i].Name+".log"))
-				}
-				mu.Unlock()
 				if i >= len(bs) {
+					mu.Unlock()
 					return
 				}
 				b := bs[i]
-				log := filepath.Join(logDir, "e2e-"+b.Name+".log")
-				sum := filepath.Join(logDir, "e2e-"+b.Name+".summary")
-				os.Remove(sum)
+				log, sum := blockFiles(logDir, b.Name)
+				fmt.Fprintf(w, "== e2e block %s: started (log: %s)\n", b.Name, log)
+				mu.Unlock()
+				os.Remove(sum) // an earlier run's
 				start := time.Now()
 				code := run(b, log, sum)
 				r := blockResult{block: b, code: code, elapsed: time.Since(start).Round(time.Second)}
 				if out, err := os.ReadFile(log); err == nil {
-					r.retried = strings.Contains(string(out), "\nRETRY: ")
+					r.retried = retriedRE.Match(out)
 				}
 				res[i] = r
 				verdict := "passed"
@@ -148,7 +152,8 @@ func runPlan(w io.Writer, bs []block, lanes int, logDir string, run func(b block
 			continue
 		}
 		failed = append(failed, r.Name)
-		if s, err := os.ReadFile(filepath.Join(logDir, "e2e-"+r.Name+".summary")); err == nil {
+		_, sum := blockFiles(logDir, r.Name)
+		if s, err := os.ReadFile(sum); err == nil {
 			fmt.Fprintf(w, "%s", s)
 		}
 	}
@@ -178,7 +183,7 @@ func planMain(planPath string, lanes int, logDir, testvm, e2e string) int {
 		return 2
 	}
 	if lanes == 0 {
-		lanes = autoLanes(runtime.NumCPU(), memAvailable())
+		lanes = autoLanes(runtime.NumCPU(), hostMemory())
 	}
 	fmt.Printf("runblock: %d blocks, %d at a time\n", len(bs), lanes)
 	start := time.Now()

@@ -56,11 +56,30 @@ func TestPlanFile(t *testing.T) {
 	}
 }
 
+// TestRetriedRE: the retries a block's log can record, and lines that
+// only look like them.
+func TestRetriedRE(t *testing.T) {
+	for _, c := range []struct {
+		log  string
+		want bool
+	}{
+		{"x\nRETRY: TestA failed on the emulated nested platform's known faults; running it once more\n", true},
+		{"    diskstress_test.go:107: RETRY: guest triple fault on the emulated nested platform; retrying once:\n", true},
+		{"testvm: outer kernel crashed (the outer VM's init showed no sign of life for 2m0s); retrying once\n", true},
+		{"=== RUN   TestRetryArgs\n--- PASS: TestRetryArgs (0.00s)\n", false},
+		{"    x_test.go:9: no RETRY: here, retrying once more later\n", false},
+	} {
+		if got := retriedRE.MatchString(c.log); got != c.want {
+			t.Errorf("retriedRE.MatchString(%q) = %v, want %v", c.log, got, c.want)
+		}
+	}
+}
+
 func TestAutoLanes(t *testing.T) {
 	const gib = 1 << 30
 	for _, c := range []struct {
 		cpus int
-		mem  int64
+		mem  uint64
 		want int
 	}{
 		{1, 64 * gib, 1}, {2, 24 * gib, 2}, {2, 8 * gib, 1}, {16, 64 * gib, 3}, {4, 13 * gib, 2}, {4, 0, 1},
@@ -99,6 +118,8 @@ func TestRunPlan(t *testing.T) {
 		switch b.Name {
 		case "b":
 			text += "RETRY: TestX failed on the emulated nested platform's known faults\n"
+		case "d":
+			text = "    disk_test.go:107: I/O done\n" + text
 		case "c":
 			code = 1
 			os.WriteFile(summary, []byte("==== e2e block failed (exit status 1): TestY\n"), 0o644)
