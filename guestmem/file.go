@@ -34,8 +34,7 @@ func NewFromFile(specs []RegionSpec, f *os.File) (*Memory, error) {
 	mem := &Memory{}
 	var off int64
 	for _, s := range m {
-		b, err := unix.Mmap(int(f.Fd()), off, int(s.Size), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+		b, err := mapFile(int(f.Fd()), off, s.Size)
 		if err != nil {
 			mem.Close()
 			return nil, fmt.Errorf("guestmem: map %d MiB of %s at %#x: %w", s.Size>>20, f.Name(), s.GPA, err)

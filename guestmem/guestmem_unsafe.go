@@ -3,6 +3,8 @@ package guestmem
 import (
 	"sync/atomic"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // ptr32 turns a 4-byte slice of guest RAM into a *uint32 for sync/atomic.
@@ -28,4 +30,63 @@ func word(p *uint16) (*uint32, uint) {
 func loadUint16(p *uint16) uint16 {
 	w, shift := word(p)
 	return uint16(atomic.LoadUint32(w) >> shift)
+}
+
+// hugeAlign is the alignment of anonymous guest RAM in the host: x86-64's
+// 2 MiB huge page. KVM maps a guest range with a huge page only where the
+// guest-physical and the host address agree modulo the huge page's size
+// (arch/x86/kvm/mmu: a memory slot whose base_gfn and userspace_addr
+// differ there gets no large pages at all), and the kernel gives an
+// anonymous mapping transparent huge pages only in 2 MiB-aligned ranges.
+// Regions start on 2 MiB guest-physical boundaries, so an aligned host
+// mapping lets both apply, as QEMU's RAM blocks do (QEMU_VMALLOC_ALIGN).
+const hugeAlign = 2 << 20
+
+// mapAnon returns size bytes of private anonymous memory (not reserved
+// against overcommit) at a host address aligned to hugeAlign. It reserves
+// size+hugeAlign bytes of address space, maps the memory over the first
+// aligned address with MAP_FIXED, and gives back the ends.
+//
+// The returned slice is outside the Go heap: only unmap must release it.
+// Building it from the mapping's address is safe because the mapping is
+// size bytes long and stays mapped until unmap.
+func mapAnon(size uint64) ([]byte, error) {
+	span := uintptr(size) + hugeAlign
+	res, err := unix.MmapPtr(-1, 0, nil, span, unix.PROT_NONE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, err
+	}
+	head := -uintptr(res) & (hugeAlign - 1) // bytes up to the first aligned address
+	start := unsafe.Add(res, head)
+	p, err := unix.MmapPtr(-1, 0, start, uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED)
+	if err != nil {
+		unix.MunmapPtr(res, span)
+		return nil, err
+	}
+	if head > 0 {
+		unix.MunmapPtr(res, head)
+	}
+	if tail := span - head - uintptr(size); tail > 0 {
+		unix.MunmapPtr(unsafe.Add(start, uintptr(size)), tail)
+	}
+	return unsafe.Slice((*byte)(p), size), nil
+}
+
+// mapFile maps size bytes of f's descriptor fd from off, private: the
+// pages a writer touches become its own.
+func mapFile(fd int, off int64, size uint64) ([]byte, error) {
+	p, err := unix.MmapPtr(fd, off, nil, uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*byte)(p), size), nil
+}
+
+// unmap releases a mapping made by mapAnon or mapFile. b must be the
+// whole slice they returned; it must not be used afterwards.
+func unmap(b []byte) error {
+	return unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b)), uintptr(len(b)))
 }

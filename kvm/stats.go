@@ -15,6 +15,7 @@ const (
 	statsDescSize     = 16 // struct kvm_stats_desc without its name
 	statsTypeMask     = 0xF
 	statsTypeCumul    = 0 // KVM_STATS_TYPE_CUMULATIVE
+	statsTypeInstant  = 1 // KVM_STATS_TYPE_INSTANT
 	statsMaxDescs     = 4096
 	statsMaxNameBytes = 256
 )
@@ -34,10 +35,26 @@ func (c *VCPU) Stats() (map[string]uint64, error) {
 	}
 	fd := int(r)
 	defer unix.Close(fd)
-	return readStats(fd)
+	return readStats(fd, false)
 }
 
-func readStats(fd int) (map[string]uint64, error) {
+// Stats returns the VM's statistics by name (KVM_GET_STATS_FD on the VM
+// descriptor): cumulative counters ("remote_tlb_flush", ...) and, on x86,
+// the gauges "pages_4k", "pages_2m" and "pages_1g": how many mappings of
+// each size KVM's page tables for the guest hold now. It needs Linux 5.14.
+func (v *VM) Stats() (map[string]uint64, error) {
+	r, err := ioctl(v.fd, kvmGetStatsFD, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kvm: VM stats fd: %w", err)
+	}
+	fd := int(r)
+	defer unix.Close(fd)
+	return readStats(fd, true)
+}
+
+// readStats reads the statistics of the stats descriptor fd: its
+// cumulative counters, and with gauges its instantaneous values too.
+func readStats(fd int, gauges bool) (map[string]uint64, error) {
 	le := binary.LittleEndian
 	h := make([]byte, statsHeaderSize)
 	if _, err := unix.Pread(fd, h, 0); err != nil {
@@ -72,7 +89,8 @@ func readStats(fd int) (map[string]uint64, error) {
 	for i := 0; i < int(num); i++ {
 		d := descs[i*dsz:]
 		flags, size, off := le.Uint32(d[0:]), le.Uint16(d[6:]), le.Uint32(d[8:])
-		if flags&statsTypeMask != statsTypeCumul || size != 1 {
+		typ := flags & statsTypeMask
+		if (typ != statsTypeCumul && (!gauges || typ != statsTypeInstant)) || size != 1 {
 			continue
 		}
 		name := d[statsDescSize : statsDescSize+int(nameSize)]

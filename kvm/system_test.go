@@ -86,6 +86,13 @@ func TestSmoke(t *testing.T) {
 	if _, ok := st["exits"]; !ok {
 		t.Errorf("vCPU stats lack the exits counter: %v", st)
 	}
+	vst, err := vm.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := vst["pages_4k"]; !ok {
+		t.Errorf("VM stats lack the pages_4k gauge: %v", vst)
+	}
 	regs, err := c.Regs()
 	if err != nil {
 		t.Fatal(err)

@@ -66,6 +66,9 @@ type Config struct {
 	// AllowPVM lets vessel try to boot on a PVM host (kvm_pvm), which only
 	// runs PVM-enabled guest kernels.
 	AllowPVM bool
+	// HugePages asks the host for transparent huge pages for guest RAM
+	// (guestmem.NewHuge).
+	HugePages bool
 }
 
 // DefaultCmdline is the guest kernel's command line unless the user
@@ -209,6 +212,10 @@ type Metrics struct {
 	// without userspace ("exits", "io_exits", "insn_emulation", ...).
 	// Non-zero counters only; nil where the kernel lacks the interface.
 	KVMStats map[string]uint64
+	// KVMVMStats is KVM's VM-wide statistics at the end of the run
+	// (kvm.VM.Stats): its counters, and gauges such as "pages_2m", the
+	// guest memory KVM maps with 2 MiB pages. Non-zero values only.
+	KVMVMStats map[string]uint64
 	// Devices has one entry per virtio device, in attach order.
 	Devices []DeviceMetrics
 	// ConsoleDropped counts bytes of guest console output dropped because

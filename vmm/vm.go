@@ -225,7 +225,11 @@ func IsPVM() bool {
 }
 
 func (v *VM) setupMemory() error {
-	mem, err := guestmem.New(boot.RAMLayout(v.cfg.Memory))
+	newMem := guestmem.New
+	if v.cfg.HugePages {
+		newMem = guestmem.NewHuge
+	}
+	mem, err := newMem(boot.RAMLayout(v.cfg.Memory))
 	if err != nil {
 		return fmt.Errorf("%w: guest memory: %w", ErrInvalidConfig, err)
 	}
@@ -354,6 +358,9 @@ func (v *VM) Run() Result {
 	res.Metrics.Total = time.Since(v.start)
 	res.Metrics.Exits = v.exits.snapshot()
 	res.Metrics.KVMStats = v.kvmStats()
+	if st, err := v.vm.Stats(); err == nil {
+		res.Metrics.KVMVMStats = nonZero(st)
+	}
 	res.Metrics.Devices = v.deviceMetrics()
 	res.Metrics.ConsoleDropped = v.console.Dropped()
 	return res
@@ -377,6 +384,20 @@ func (v *VM) kvmStats() map[string]uint64 {
 		}
 	}
 	return sum
+}
+
+// nonZero returns st without its zero values, nil if none is left.
+func nonZero(st map[string]uint64) map[string]uint64 {
+	var out map[string]uint64
+	for k, n := range st {
+		if n != 0 {
+			if out == nil {
+				out = make(map[string]uint64)
+			}
+			out[k] = n
+		}
+	}
+	return out
 }
 
 // panicLine finds the kernel's panic message in the console tail.

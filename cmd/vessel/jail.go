@@ -289,7 +289,7 @@ func startJailed(cfg vmm.Config, o vmOptions) (*jailedVM, error) {
 	msgW.Close()
 	w := vmmproc.Config{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, CPUs: cfg.CPUs, Memory: cfg.Memory,
 		Disks: cfg.Disks, Nets: cfg.Nets, Vsock: cfg.Vsock, Balloon: cfg.Balloon, Shares: cfg.Shares, AllowPVM: cfg.AllowPVM,
-		Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root, Restore: o.restore, Version: version()}
+		HugePages: cfg.HugePages, Console: o.console, Input: o.input, UID: uid, GID: gid, Root: host.Root, Restore: o.restore, Version: version()}
 	json.NewEncoder(cfgW).Encode(w)
 	cfgW.Close()
 	// The VMM process may be the guest's by now: what it says is

@@ -12,7 +12,7 @@ import (
 
 // restoreConflicts are the `vessel vm run` flags that describe a VM to
 // boot, which a restore takes from its snapshot instead.
-var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "balloon"}
+var restoreConflicts = []string{"kernel", "initrd", "cmdline", "cpus", "memory", "disk", "balloon", "hugepages"}
 
 // vmRestore is `vessel vm run --restore DIR`: the VM of a snapshot
 // resumes where it was paused, with the console on this terminal, jailed

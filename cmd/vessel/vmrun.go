@@ -47,6 +47,7 @@ type vmRunFlags struct {
 	cpus                                     int
 	disks, nets                              []string
 	vsock, balloon                           string
+	hugePages                                bool
 	jail                                     jailFlags
 	api, restore                             string // see api.go, vmrestore.go
 }
@@ -90,6 +91,7 @@ its state (vCPUs, interrupt controllers, virtio rings) on stderr, exit 125.`,
 	fl.StringVar(&f.initrd, "initrd", "", "initramfs (default: the built one, when --kernel is not given)")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
 	fl.StringVar(&f.memory, "memory", "256M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
+	fl.BoolVar(&f.hugePages, "hugepages", false, "back guest RAM with transparent huge pages where the host gives them (its transparent_hugepage setting is always or madvise): fewer faults and TLB misses, whole 2 MiB pages resident")
 	fl.StringVar(&f.cmdline, "cmdline", DefaultCmdline, "kernel command line (vessel appends its vessel.* parameters)")
 	fl.StringVar(&f.metrics, "metrics", "", "write run metrics (boot time, exits) as JSON to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "attach a raw disk image as /dev/vdX: PATH[,ro][,serial=ID] (repeatable)")
@@ -160,18 +162,19 @@ func vmRun(f vmRunFlags, argv []string) error {
 		return usageErr("%v", err)
 	}
 	cfg := vmm.Config{
-		Kernel:   kernel,
-		Initrd:   initrd,
-		Cmdline:  strings.TrimSpace(f.cmdline + " " + extra),
-		CPUs:     f.cpus,
-		Memory:   mem,
-		Console:  os.Stdout,
-		Disks:    disks,
-		Nets:     nets,
-		Vsock:    vsock,
-		Balloon:  balloon,
-		Log:      os.Stderr,
-		AllowPVM: f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
+		Kernel:    kernel,
+		Initrd:    initrd,
+		Cmdline:   strings.TrimSpace(f.cmdline + " " + extra),
+		CPUs:      f.cpus,
+		Memory:    mem,
+		Console:   os.Stdout,
+		Disks:     disks,
+		Nets:      nets,
+		Vsock:     vsock,
+		Balloon:   balloon,
+		Log:       os.Stderr,
+		AllowPVM:  f.kernel != "" && os.Getenv("VESSEL_ALLOW_PVM") == "1",
+		HugePages: f.hugePages,
 	}
 	if f.kernel != "" && vmm.IsPVM() && !cfg.AllowPVM {
 		// Say plainly what a PVM host needs even when a kernel was given.
@@ -331,7 +334,10 @@ type metricsFile struct {
 	TotalMS      float64           `json:"total_ms"`
 	Exits        map[string]uint64 `json:"exits"`
 	KVMStats     map[string]uint64 `json:"kvm_vcpu_stats,omitempty"`
-	Devices      []deviceMetrics   `json:"devices"`
+	// KVMVMStats is KVM's VM-wide statistics (pages_4k, pages_2m: the
+	// guest memory KVM maps with pages of each size at the end).
+	KVMVMStats map[string]uint64 `json:"kvm_vm_stats,omitempty"`
+	Devices    []deviceMetrics   `json:"devices"`
 	// ConsoleDropped counts guest console bytes the host had not taken
 	// when the VM ended.
 	ConsoleDropped uint64 `json:"console_dropped,omitempty"`
@@ -354,6 +360,7 @@ func writeMetrics(path string, res vmm.Result) error {
 		TotalMS:      float64(res.Metrics.Total.Microseconds()) / 1000,
 		Exits:        res.Metrics.Exits,
 		KVMStats:     res.Metrics.KVMStats,
+		KVMVMStats:   res.Metrics.KVMVMStats,
 
 		ConsoleDropped: res.Metrics.ConsoleDropped,
 	}

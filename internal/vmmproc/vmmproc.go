@@ -75,6 +75,8 @@ type Config struct {
 	// snapshot's shares (vmm.RestoreOptions.Shares).
 	Shares   []vmm.Share
 	AllowPVM bool
+	// HugePages: vmm.Config.HugePages.
+	HugePages bool
 	// Console: the guest's console goes to the process's stdout (else
 	// nowhere).
 	Console bool
@@ -225,7 +227,7 @@ func Main() int {
 		return fail(err)
 	}
 	cfg := vmm.Config{Kernel: w.Kernel, Initrd: w.Initrd, Cmdline: w.Cmdline, CPUs: w.CPUs, Memory: w.Memory,
-		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Balloon: w.Balloon, Shares: w.Shares, AllowPVM: w.AllowPVM,
+		Disks: w.Disks, Nets: w.Nets, Vsock: w.Vsock, Balloon: w.Balloon, Shares: w.Shares, AllowPVM: w.AllowPVM, HugePages: w.HugePages,
 		Console: io.Discard, Log: limitio.Writer(os.Stderr, maxLog, "vessel: further reports about the VM suppressed\n")}
 	if w.Console {
 		cfg.Console = os.Stdout
