@@ -67,18 +67,35 @@ func TestHugePageRAM(t *testing.T) {
 }
 
 // TestCloseUnmaps checks that Close gives back the mappings of both
-// kinds of RAM.
+// kinds of RAM: anonymous (New) and a snapshot's file (NewFromFile).
 func TestCloseUnmaps(t *testing.T) {
-	m, err := New([]RegionSpec{{GPA: 0, Size: 4 << 20}})
+	specs := []RegionSpec{{GPA: 0, Size: 4 << 20}}
+	f, err := os.CreateTemp(t.TempDir(), "mem")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := uintptr(unsafe.Pointer(&m.Regions()[0].Host()[0]))
-	if err := m.Close(); err != nil {
+	defer f.Close()
+	if err := f.Truncate(4 << 20); err != nil {
 		t.Fatal(err)
 	}
-	if e := smapsEntry(t, addr); e != "" {
-		t.Errorf("still mapped after Close:\n%s", e)
+	for name, alloc := range map[string]func() (*Memory, error){
+		"anonymous": func() (*Memory, error) { return New(specs) },
+		"file":      func() (*Memory, error) { return NewFromFile(specs, f) },
+	} {
+		m, err := alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := uintptr(unsafe.Pointer(&m.Regions()[0].Host()[0]))
+		if smapsEntry(t, addr) == "" {
+			t.Fatalf("%s: no mapping at %#x before Close", name, addr)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if e := smapsEntry(t, addr); e != "" {
+			t.Errorf("%s: still mapped after Close:\n%s", name, e)
+		}
 	}
 }
 

@@ -368,22 +368,17 @@ func (v *VM) Run() Result {
 
 // kvmStats sums the vCPUs' non-zero KVM counters.
 func (v *VM) kvmStats() map[string]uint64 {
-	var sum map[string]uint64
+	sum := make(map[string]uint64)
 	for _, c := range v.vcpus {
 		st, err := c.kc.Stats()
 		if err != nil {
 			return nil
 		}
 		for k, n := range st {
-			if n != 0 {
-				if sum == nil {
-					sum = make(map[string]uint64)
-				}
-				sum[k] += n
-			}
+			sum[k] += n
 		}
 	}
-	return sum
+	return nonZero(sum)
 }
 
 // nonZero returns st without its zero values, nil if none is left.
