@@ -39,6 +39,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.gitVersion=$$(git describe --always --dirty 2>/dev/null)" -o bin/vessel-runtime ./cmd/vessel-runtime
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-vmm ./cmd/vessel-vmm
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-usernet ./cmd/vessel-usernet
+	CGO_ENABLED=0 $(GO) build -o bin/vessel-share ./cmd/vessel-share
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-bench ./cmd/vessel-bench
 	CGO_ENABLED=0 $(GO) build -o bin/vessel-workload ./bench/workload
 	CGO_ENABLED=0 $(GO) build -o bin/testvm ./cmd/testvm
@@ -125,6 +126,7 @@ test-e2e: build crictl
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel ./cmd/vessel
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-vmm ./cmd/vessel-vmm
 	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-usernet ./cmd/vessel-usernet
+	CGO_ENABLED=0 $(GO) build -tags seccomptest -o build/seccomptest/vessel-share ./cmd/vessel-share
 	@$(GO) build -o build/runblock ./e2e/runblock
 	build/runblock -testvm bin/testvm -e2e build/e2e.test -plan e2e/blocks -lanes $(E2E_LANES) -logdir build
 

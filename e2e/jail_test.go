@@ -75,7 +75,7 @@ func newCoreEnv(t *testing.T, uid int) *coreEnv {
 		}
 	}
 	copyFile(t, vesselBin, filepath.Join(bin, "vessel"), 0o755)
-	for _, helper := range []string{"vessel-vmm", "vessel-usernet"} {
+	for _, helper := range []string{"vessel-vmm", "vessel-usernet", "vessel-share"} {
 		copyFile(t, filepath.Join(filepath.Dir(vesselBin), helper), filepath.Join(bin, helper), 0o755)
 	}
 	for _, f := range []string{"bzImage", "initramfs.cpio"} {
@@ -560,17 +560,10 @@ func inspectJailed(t *testing.T, pid int, shares bool) {
 	if st["NoNewPrivs"] != "1" {
 		t.Errorf("NoNewPrivs: %q, want 1", st["NoNewPrivs"])
 	}
-	wantCaps := "0000000000000000"
-	if shares { // CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID
-		wantCaps = "000000000000001b"
-	}
-	for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
-		if st[k] != wantCaps {
-			t.Errorf("%s: %s, want %s", k, st[k], wantCaps)
-		}
-	}
-	if st["CapInh"] != "0000000000000000" || st["CapAmb"] != "0000000000000000" {
-		t.Errorf("CapInh %s CapAmb %s, want none", st["CapInh"], st["CapAmb"])
+	// No capability, shares or not: the shares' server has those.
+	checkCaps(t, "the VMM", st, "0000000000000000")
+	if shares {
+		inspectShareServer(t, pid, strings.Join(names, " "))
 	}
 	for _, ns := range []string{"mnt", "pid", "ipc", "uts", "net"} {
 		theirs, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
@@ -599,6 +592,65 @@ func inspectJailed(t *testing.T, pid int, shares bool) {
 	}
 	if core != "0 0 bytes" {
 		t.Errorf("the VMM's core file size limit: %q, want 0 0 bytes", core)
+	}
+}
+
+// checkCaps checks a process's capability sets: want as its effective,
+// permitted and bounding ones, none inheritable or ambient.
+func checkCaps(t *testing.T, who string, st map[string]string, want string) {
+	t.Helper()
+	for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
+		if st[k] != want {
+			t.Errorf("%s's %s: %s, want %s", who, k, st[k], want)
+		}
+	}
+	if st["CapInh"] != "0000000000000000" || st["CapAmb"] != "0000000000000000" {
+		t.Errorf("%s's CapInh %s CapAmb %s, want none", who, st["CapInh"], st["CapAmb"])
+	}
+}
+
+// inspectShareServer checks the share server (vessel-share) of the jailed
+// VMM vmm: in the VMM's jail (its root holds root), as the jail's user,
+// under its filter, with a file server's capabilities only, in a network
+// namespace of its own.
+func inspectShareServer(t *testing.T, vmm int, root string) {
+	t.Helper()
+	var pid int
+	for p := range liveProcesses(func(args []string) bool { return filepath.Base(args[0]) == "vessel-share" }) {
+		if procStatus(t, p)["PPid"] == strconv.Itoa(vmm) {
+			pid = p
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("no vessel-share below the VMM %d", vmm)
+	}
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root", pid))
+	if err != nil {
+		t.Fatalf("the share server's root: %v", err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != root {
+		t.Errorf("the share server's / holds %v, want the VMM's jail (%s)", names, root)
+	}
+	st := procStatus(t, pid)
+	if want := ids(nobodyID); st["Uid"] != want || st["Gid"] != want || st["Groups"] != "" {
+		t.Errorf("the share server runs as Uid %q Gid %q Groups %q, want %q and none", st["Uid"], st["Gid"], st["Groups"], want)
+	}
+	if st["NoNewPrivs"] != "1" || st["Seccomp"] != "2" {
+		t.Errorf("the share server's NoNewPrivs %q Seccomp %q, want 1 and 2", st["NoNewPrivs"], st["Seccomp"])
+	}
+	// CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID.
+	checkCaps(t, "the share server", st, "000000000000001b")
+	for _, ns := range []string{"mnt", "net"} {
+		theirs, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		vmms, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", vmm, ns))
+		ours, err3 := os.Readlink("/proc/self/ns/" + ns)
+		if err1 != nil || err2 != nil || err3 != nil || theirs == ours || (ns == "mnt") != (theirs == vmms) {
+			t.Errorf("%s namespace: the share server's %q, the VMM's %q, ours %q (%v %v %v): want the VMM's mount namespace and a network namespace of its own", ns, theirs, vmms, ours, err1, err2, err3)
+		}
 	}
 }
 

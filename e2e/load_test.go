@@ -226,7 +226,7 @@ func runDirs() map[string]bool {
 }
 
 // checkRunLeftovers fails t if anything of the containers run with env is
-// left: a vessel or vessel-usernet process, a container state, a scratch
+// left: a vessel, vessel-usernet or vessel-share process, a container state, a scratch
 // disk, a private socket directory not in before, a TAP device, or a
 // mount below the state or data directory.
 func checkRunLeftovers(t *testing.T, env []string, before map[string]bool) {
@@ -237,7 +237,7 @@ func checkRunLeftovers(t *testing.T, env []string, before map[string]bool) {
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		procs = liveProcesses(func(args []string) bool {
 			b := filepath.Base(args[0])
-			return b == "vessel" || b == "vessel-vmm" || b == "vessel-usernet"
+			return b == "vessel" || b == "vessel-vmm" || b == "vessel-usernet" || b == "vessel-share"
 		})
 		if len(procs) == 0 || time.Now().After(deadline) {
 			break

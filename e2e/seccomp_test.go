@@ -63,7 +63,7 @@ func onlyProcess(t *testing.T, what string, match func(args []string) bool) int 
 }
 
 // TestSeccomp: every VMM process (vessel vm run's, vessel run -d's,
-// vessel-runtime's) and the user network's helper run with every thread
+// vessel-runtime's), the user network's helper and the shares' server run with every thread
 // under their seccomp filter, and the filter is enforced: in a test build
 // (build/seccomptest, with the seccomptest tag) that makes a system call
 // outside the list on request, the process is stopped and vessel says so
@@ -118,7 +118,8 @@ func TestSeccomp(t *testing.T) {
 
 	t.Run("run-detached", func(t *testing.T) {
 		env := runEnv(t)
-		r := vesselRun(t, env, "", "-d", "--jail=false", "--name", "filtered", runImage, "sleep", "600")
+		// A volume: its share's server is checked too.
+		r := vesselRun(t, env, "", "-d", "--jail=false", "--name", "filtered", "-v", t.TempDir()+":/data", runImage, "sleep", "600")
 		if r.code != 0 {
 			t.Fatalf("vessel run -d:\n%v", r)
 		}
@@ -131,6 +132,10 @@ func TestSeccomp(t *testing.T) {
 			return strings.HasSuffix(args[0], "/vessel") && slicesContains(args, "run") && slicesContains(args, "filtered")
 		})
 		checkFiltered(t, pid, "vessel run -d")
+		// Its volume's server.
+		checkFiltered(t, onlyProcess(t, "vessel-share", func(args []string) bool {
+			return strings.HasSuffix(args[0], "vessel-share") && len(args) > 1
+		}), "vessel-share")
 	})
 
 	t.Run("runtime", func(t *testing.T) {
@@ -156,6 +161,26 @@ func TestSeccomp(t *testing.T) {
 	if _, err := os.Stat(testBin); err != nil {
 		t.Fatalf("the test build %s: %v (make test-e2e builds it: go build -tags seccomptest)", testBin, err)
 	}
+	t.Run("enforced/share-server", func(t *testing.T) {
+		env := runEnv(t)
+		cmd := exec.Command(testBin, "run", "--rm", "--jail=false", "-v", t.TempDir()+":/data", runImage, "sh", "-c", "ls /data; sleep 600")
+		cmd.Env = append(env, "VESSEL_SECCOMP_TEST_SYSCALL=101", "VESSEL_SECCOMP_TEST_WHO=share server")
+		var stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer cmd.Process.Kill()
+		line := "vessel: seccomp: the share server made a system call outside its filter, ptrace (101), and was stopped\n"
+		deadline := time.Now().Add(4 * time.Minute)
+		for !strings.Contains(stderr.String(), line) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !strings.Contains(stderr.String(), line) {
+			t.Fatalf("stderr %q: no %q", stderr.String(), line)
+		}
+	})
 	for _, tc := range []struct {
 		who, line string
 		jail      bool

@@ -57,6 +57,10 @@ type Config struct {
 	// Shares are host directories the guest mounts with 9P over virtio,
 	// attached after the balloon.
 	Shares []Share
+	// ShareCredential, if set, is the user the shares' server
+	// (vessel-share) runs as, keeping only the capabilities of a file
+	// server: a jailed VMM's. Nil runs it as this process's user.
+	ShareCredential *syscall.Credential `json:"-"`
 	// Log receives one line per device problem (a guest driver breaking
 	// the virtio rules); nil discards them.
 	Log io.Writer

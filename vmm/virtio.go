@@ -8,13 +8,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hugelgupf/p9/p9"
-
 	"github.com/vesselvm/vessel/boot/acpi"
-	"github.com/vesselvm/vessel/devices/share"
+	"github.com/vesselvm/vessel/devices/share/remote"
 	"github.com/vesselvm/vessel/devices/tap"
 	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/virtio"
+	"github.com/vesselvm/vessel/internal/jail"
 	"github.com/vesselvm/vessel/kvm"
 )
 
@@ -107,45 +106,37 @@ func (v *VM) setupVirtio() error {
 			return err
 		}
 	}
+	return v.addShares()
+}
+
+// addShares starts the share server (vessel-share) for the VM's shares
+// and attaches a virtio 9P device for each.
+func (v *VM) addShares() error {
+	if len(v.cfg.Shares) == 0 {
+		return nil
+	}
 	tags := map[string]bool{}
-	fds := shareFDBudget()
+	rc := remote.Config{Credential: v.cfg.ShareCredential, Caps: jail.ShareCaps}
 	for _, s := range v.cfg.Shares {
 		if tags[s.Tag] {
 			return fmt.Errorf("%w: share %s: tag %q used twice", ErrInvalidConfig, s.Dir, s.Tag)
 		}
 		tags[s.Tag] = true
-		if err := v.addShare(s, fds); err != nil {
-			return err
-		}
+		rc.Shares = append(rc.Shares, remote.Share{Dir: s.Dir, ReadOnly: s.ReadOnly})
 	}
-	return nil
-}
-
-// shareFDBudget is the one descriptor budget of all the VM's shares,
-// sized against the process's RLIMIT_NOFILE so that the VMM keeps
-// headroom for its own descriptors (share.VMFDs).
-func shareFDBudget() *share.FDBudget {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		lim.Cur = 1024 // Linux's default soft limit
-	}
-	return share.NewFDBudget(share.VMFDs(lim.Cur))
-}
-
-// addShare attaches a virtio 9P device serving s.Dir, its descriptors
-// counted against fds.
-func (v *VM) addShare(s Share, fds *share.FDBudget) error {
-	sh, err := share.New(s.Dir, s.ReadOnly, fds)
+	h, err := remote.Start(rc)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	dev, err := virtio.NewP9(s.Tag, p9.NewServer(sh), v.logf)
-	if err == nil {
-		err = v.addVirtio(dev, func() { sh.Close() })
-	}
-	if err != nil {
-		sh.Close()
-		return fmt.Errorf("%w: share %s: %w", ErrInvalidConfig, s.Dir, err)
+	v.shares = h
+	for i, s := range v.cfg.Shares {
+		dev, err := virtio.NewP9(s.Tag, h.Server(i), v.logf)
+		if err == nil {
+			err = v.addVirtio(dev, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: share %s: %w", ErrInvalidConfig, s.Dir, err)
+		}
 	}
 	return nil
 }

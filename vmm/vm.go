@@ -15,6 +15,7 @@ import (
 	"github.com/vesselvm/vessel/boot"
 	"github.com/vesselvm/vessel/boot/acpi"
 	"github.com/vesselvm/vessel/devices"
+	"github.com/vesselvm/vessel/devices/share/remote"
 	"github.com/vesselvm/vessel/devices/usernet"
 	"github.com/vesselvm/vessel/devices/virtio"
 	"github.com/vesselvm/vessel/guestmem"
@@ -68,6 +69,8 @@ type VM struct {
 	userNets []*usernet.Network
 	started  []*usernet.Network
 	virtio   []*virtioDev
+	// shares is the share server, if the VM has shares (addShares).
+	shares *remote.Helper
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -475,6 +478,10 @@ func (v *VM) Close() error {
 	}
 	v.closeVirtio()
 	v.closeUserNets()
+	if v.shares != nil {
+		v.shares.Close()
+		v.shares = nil
+	}
 	if v.stuck.Load() {
 		return nil
 	}

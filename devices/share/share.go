@@ -117,29 +117,55 @@ func VMFDs(nofile uint64) int {
 
 // New opens dir to share it, its descriptors counted against fds, the
 // budget of the VM's shares. The path itself is the host user's and may
-// contain symlinks; everything below it is confined.
+// contain symlinks; everything below it is confined. Files the guest
+// creates get the guest's owner when this process is root.
 func New(dir string, readOnly bool, fds *FDBudget) (*Share, error) {
-	if err := fds.take(); err != nil {
-		return nil, fmt.Errorf("share %s: the VM's shares hold %d descriptors: %w", dir, fds.Max(), err)
-	}
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		fds.give()
 		return nil, fmt.Errorf("share %s: %w", dir, err)
+	}
+	owner := Owner{Chown: os.Geteuid() == 0, UID: os.Geteuid(), GID: os.Getegid()}
+	s, err := FromFD(fd, dir, readOnly, owner, fds)
+	if err != nil {
+		unix.Close(fd)
+	}
+	return s, err
+}
+
+// Owner says who owns the files the guest creates.
+type Owner struct {
+	// Chown gives them the guest's user and group (the server needs
+	// CAP_CHOWN), and UID and GID when the guest names none, as a
+	// root file server does; without it they are the server's.
+	Chown    bool
+	UID, GID int
+}
+
+// FromFD shares the directory open at fd (O_PATH is enough), named name
+// in errors, its descriptors counted against fds; the share owns fd once
+// it returns without an error.
+func FromFD(fd int, name string, readOnly bool, owner Owner, fds *FDBudget) (*Share, error) {
+	if err := fds.take(); err != nil {
+		return nil, fmt.Errorf("share %s: the VM's shares hold %d descriptors: %w", name, fds.Max(), err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
 		fds.give()
-		return nil, fmt.Errorf("share %s: %w", dir, err)
+		return nil, fmt.Errorf("share %s: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		fds.give()
+		return nil, fmt.Errorf("share %s: %w", name, unix.ENOTDIR)
 	}
 	// Files are reopened through /proc/self/fd: make sure that works.
 	if _, err := os.Stat(procPath(fd)); err != nil {
-		unix.Close(fd)
 		fds.give()
-		return nil, fmt.Errorf("share %s: /proc/self/fd is needed: %w", dir, err)
+		return nil, fmt.Errorf("share %s: /proc/self/fd is needed: %w", name, err)
 	}
-	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: os.Geteuid() == 0, uid: os.Geteuid(), gid: os.Getegid(), budget: fds}, nil
+	if !owner.Chown {
+		owner.UID, owner.GID = os.Geteuid(), os.Getegid()
+	}
+	return &Share{root: fd, rootDev: st.Dev, readOnly: readOnly, chown: owner.Chown, uid: owner.UID, gid: owner.GID, budget: fds}, nil
 }
 
 // Close releases the directory. Files the server still holds keep their

@@ -24,22 +24,18 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vesselvm/vessel/devices/virtio"
-	"github.com/vesselvm/vessel/internal/limitio"
+	"github.com/vesselvm/vessel/internal/helperproc"
 	"github.com/vesselvm/vessel/internal/seccomp"
 )
 
@@ -129,9 +125,6 @@ type Config struct {
 // HelperName is the helper's executable name.
 const HelperName = "vessel-usernet"
 
-// helperStart bounds the helper's start-up (slow only under emulation).
-const helperStart = time.Minute
-
 // Network is a running user network with one guest attached. It is a
 // virtio.NetBackend.
 type Network struct {
@@ -158,9 +151,9 @@ func Start(cfg Config) (_ *Network, err error) {
 	if len(cfg.MAC) != 6 {
 		return nil, fmt.Errorf("usernet: MAC address %q is not 6 bytes", cfg.MAC)
 	}
-	helper, err := findHelper(cfg.Helper)
+	helper, err := helperproc.Find(HelperName, cfg.Helper)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("usernet: %w", err)
 	}
 	// Everything the helper gets is closed here once it has its copy.
 	var child []*os.File
@@ -175,14 +168,12 @@ func Start(cfg Config) (_ *Network, err error) {
 			n.conn.Close()
 		}
 	}()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	conn, theirs, err := helperproc.Pair("usernet switch")
 	if err != nil {
-		return nil, fmt.Errorf("usernet: socketpair: %w", err)
+		return nil, fmt.Errorf("usernet: %w", err)
 	}
-	child = append(child, os.NewFile(uintptr(fds[1]), "usernet switch"))
-	if n.conn, err = fileConn(fds[0]); err != nil {
-		return nil, err
-	}
+	n.conn = conn
+	child = append(child, theirs)
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("usernet: %w", err)
@@ -213,127 +204,35 @@ func Start(cfg Config) (_ *Network, err error) {
 		ports = append(ports, strconv.Itoa(int(p.GuestPort)))
 	}
 
-	cmd := exec.Command(helper, "-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
-		"-host-loopback="+strconv.FormatBool(cfg.HostLoopback), "-stderr-relayed")
-	// Its own process group: the terminal's SIGINT is for vessel.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if cfg.Credential != nil {
-		exe, err := os.Open(helper)
-		if err != nil {
-			return nil, fmt.Errorf("usernet: %w", err)
-		}
-		child = append(child, exe)
-		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", 3+len(child)-1)
-		cmd.SysProcAttr.Credential = cfg.Credential
-		// Not the caller's working directory, a host directory the
-		// jail's pivot_root does not move: "/", which it does.
-		cmd.Dir = "/"
-	}
-	cmd.ExtraFiles = child // descriptors 3 (switch), 4 (ready), 5... (ports), then the executable
-	// Its standard error is relayed here (seccomp.Relay, relayStderr):
-	// a crash report for a call outside its filter becomes one line,
-	// with no relay process of its own to start. Made last: nothing
-	// between it and Start returns without closing both ends.
-	errR, errW, err := os.Pipe()
+	cmd, err := helperproc.Start(helperproc.Spec{Path: helper,
+		Args: []string{"-mac", cfg.MAC.String(), "-ports", strings.Join(ports, ","),
+			"-host-loopback=" + strconv.FormatBool(cfg.HostLoopback), "-stderr-relayed"},
+		// descriptors 3 (switch), 4 (ready), 5... (ports)
+		Files: child, Credential: cfg.Credential, Profile: seccomp.Usernet})
+	child = nil // Start closed them
 	if err != nil {
 		return nil, fmt.Errorf("usernet: %w", err)
 	}
-	cmd.Stderr = errW
-	err = cmd.Start()
-	errW.Close()
-	if err != nil {
-		errR.Close()
-		return nil, fmt.Errorf("usernet: %w", err)
-	}
-	go relayStderr(errR, os.Stderr)
 	n.helper = cmd
 	go func() {
 		cmd.Wait()
 		close(n.exited)
 	}()
-	for _, f := range child {
-		f.Close()
-	}
-	child = nil
 	n.readyR = readyR
 	return n, nil
 }
 
-// helperStderrLimit bounds what the helper's standard error may put on
-// this process's: the helper faces the guest, and one the guest took
-// over must not fill the user's terminal or vessel-runtime's log. Its
-// own messages are a few lines.
-const helperStderrLimit = 64 << 10
-
-// relayStderr passes the helper's standard error r on to w (this
-// process's) until the helper ends, with a crash report for a call
-// outside its filter replaced by one line (seccomp.Relay), and at most
-// helperStderrLimit bytes of the rest; the report's line comes whatever
-// came before it.
-func relayStderr(r io.ReadCloser, w io.Writer) {
-	defer r.Close()
-	lw := limitio.Writer(w, helperStderrLimit, "vessel: further output of the user network's helper suppressed\n")
-	if line := seccomp.Relay(r, lw, seccomp.Usernet.String()); line != "" {
-		fmt.Fprintln(w, line)
-	}
-}
-
 // Ready waits until the helper says it is ready, and returns why not if
-// it failed or did not within helperStart; later calls return the same.
+// it failed or did not within helperproc.StartTimeout; later calls return the same.
 // A Network must be ready before the guest's frames go through it.
 func (n *Network) Ready() error {
 	n.readyOnce.Do(func() {
-		n.readyErr = n.waitReady(n.readyR)
+		if err := helperproc.WaitReady(n.readyR, n.helper, n.exited); err != nil {
+			n.readyErr = fmt.Errorf("usernet: %w", err)
+		}
 		n.readyR.Close()
 	})
 	return n.readyErr
-}
-
-// findHelper returns the helper's path.
-func findHelper(path string) (string, error) {
-	if path != "" {
-		return path, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), HelperName)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(HelperName)
-	if err != nil {
-		return "", fmt.Errorf("usernet: no %s next to vessel or on $PATH (make builds it into bin/)", HelperName)
-	}
-	return p, nil
-}
-
-// waitReady reads the helper's "ok", or why it failed.
-func (n *Network) waitReady(r *os.File) error {
-	r.SetReadDeadline(time.Now().Add(helperStart))
-	b, err := io.ReadAll(io.LimitReader(r, 4096))
-	msg := string(bytes.TrimSpace(b))
-	switch {
-	case msg == "ok":
-		return nil
-	case msg != "":
-		return fmt.Errorf("usernet: %s: %s", HelperName, msg)
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return fmt.Errorf("usernet: %s did not start within %v", HelperName, helperStart)
-	}
-	<-n.exited
-	return fmt.Errorf("usernet: %s: %v", HelperName, n.helper.ProcessState)
-}
-
-// fileConn makes a net.UnixConn of a socket descriptor (which it takes
-// over).
-func fileConn(fd int) (*net.UnixConn, error) {
-	f := os.NewFile(uintptr(fd), "usernet device")
-	defer f.Close() // FileConn works on its own duplicate
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("usernet: device socket: %w", err)
-	}
-	return c.(*net.UnixConn), nil
 }
 
 // Addrs returns the host addresses the published ports listen on, in the

@@ -493,7 +493,10 @@ func (w *p9Replies) Write(b []byte) (int, error) {
 	w.buf = append(w.buf, b...)
 	for len(w.buf) >= p9HeaderSize {
 		size := binary.LittleEndian.Uint32(w.buf)
-		if size < p9HeaderSize {
+		// The server may be another process the guest took over
+		// (vessel-share): a size it makes up must not make the
+		// device hold more than one message's worth.
+		if size < p9HeaderSize || size > p9MaxMessage {
 			return 0, fmt.Errorf("virtio 9p: server wrote a reply of %d bytes", size)
 		}
 		if uint64(len(w.buf)) < uint64(size) {

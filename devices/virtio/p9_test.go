@@ -300,3 +300,27 @@ func TestP9Served(t *testing.T) {
 		})
 	}
 }
+
+// TestP9RepliesBounded: a server (vessel-share, which the guest may have
+// taken over) that announces a reply larger than any message the device
+// takes gets an error at once, and the device holds none of what
+// follows.
+func TestP9RepliesBounded(t *testing.T) {
+	c := newP9Conn(serverFunc(func(io.ReadCloser, io.WriteCloser) error { return nil }), nil)
+	defer c.close()
+	w := &p9Replies{c: c}
+	hdr := binary.LittleEndian.AppendUint32(nil, 64<<20)
+	hdr = append(hdr, 117, 1, 0) // Rread, tag 1
+	if _, err := w.Write(hdr); err == nil {
+		t.Fatalf("a reply announced at 64 MiB was taken (%d bytes held)", len(w.buf))
+	}
+	ok := binary.LittleEndian.AppendUint32(nil, p9MaxMessage)
+	if _, err := (&p9Replies{c: c}).Write(append(ok, 117, 2, 0)); err != nil {
+		t.Errorf("a reply of the largest size: %v", err)
+	}
+}
+
+// serverFunc is a P9Server made of a function.
+type serverFunc func(io.ReadCloser, io.WriteCloser) error
+
+func (f serverFunc) Handle(t io.ReadCloser, w io.WriteCloser) error { return f(t, w) }

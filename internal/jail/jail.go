@@ -57,7 +57,8 @@ const (
 )
 
 // maxTasks is a jail's pids.max besides a task per vCPU: Go's runtime
-// threads and the I/O workers of the VMM, the user network's helper and
+// threads and the I/O workers of the VMM, its helpers (the user network,
+// the share server: 9P requests blocked in file I/O hold threads too) and
 // the relays, with room to spare.
 const maxTasks = 512
 
@@ -387,8 +388,9 @@ func bindDir(src, dst string, readOnly bool) error {
 	return nil
 }
 
-// fileCaps are the capabilities FileCaps keeps.
-var fileCaps = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID}
+// ShareCaps are the capabilities a 9P share server needs (FileCaps keeps
+// them; the VMM's share server, vessel-share, gets them from the VMM).
+var ShareCaps = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID}
 
 // dropPrivileges empties the bounding set but for what keep says, drops
 // to uid and gid, keeps those capabilities as permitted and effective
@@ -396,25 +398,12 @@ var fileCaps = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER,
 // runtime has many: credentials and these flags are per thread in the
 // kernel, so each change goes through syscall.AllThreadsSyscall).
 func dropPrivileges(uid, gid int, keep bool) error {
-	kept := map[uintptr]bool{}
+	var kept []uintptr
 	if keep {
-		for _, c := range fileCaps {
-			kept[c] = true
-		}
+		kept = ShareCaps
 	}
-	last := uintptr(unix.CAP_LAST_CAP)
-	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			last = uintptr(n)
-		}
-	}
-	for c := uintptr(0); c <= last; c++ {
-		if kept[c] {
-			continue
-		}
-		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, c, 0); e != 0 {
-			return fmt.Errorf("jail: drop capability %d from the bounding set: %w", c, e)
-		}
+	if err := dropBounding(kept); err != nil {
+		return err
 	}
 	if keep {
 		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1, 0); e != 0 {
@@ -431,11 +420,7 @@ func dropPrivileges(uid, gid int, keep bool) error {
 		return fmt.Errorf("jail: setresuid %d: %w", uid, err)
 	}
 	if keep {
-		var set uint32
-		for c := range kept {
-			set |= 1 << c
-		}
-		if err := capsetAllThreads(set); err != nil {
+		if err := capsetAllThreads(capSet(kept)); err != nil {
 			return err
 		}
 		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0, 0); e != 0 {
@@ -446,4 +431,52 @@ func dropPrivileges(uid, gid int, keep bool) error {
 		return fmt.Errorf("jail: PR_SET_NO_NEW_PRIVS: %w", e)
 	}
 	return nil
+}
+
+// RestrictCaps leaves the process keep (at most ShareCaps) as its
+// bounding, permitted and effective capabilities and none inheritable or
+// ambient, on every thread. It needs CAP_SETPCAP, which it drops: the
+// share server, started with keep and CAP_SETPCAP as ambient
+// capabilities, or as root, calls it first thing.
+func RestrictCaps(keep []uintptr) error {
+	if err := dropBounding(keep); err != nil {
+		return err
+	}
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); e != 0 {
+		return fmt.Errorf("jail: clear the ambient capabilities: %w", e)
+	}
+	return capsetAllThreads(capSet(keep))
+}
+
+// dropBounding empties every thread's bounding set but for keep.
+func dropBounding(keep []uintptr) error {
+	kept := map[uintptr]bool{}
+	for _, c := range keep {
+		kept[c] = true
+	}
+	last := uintptr(unix.CAP_LAST_CAP)
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = uintptr(n)
+		}
+	}
+	for c := uintptr(0); c <= last; c++ {
+		if kept[c] {
+			continue
+		}
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, c, 0); e != 0 {
+			return fmt.Errorf("jail: drop capability %d from the bounding set: %w", c, e)
+		}
+	}
+	return nil
+}
+
+// capSet is the first word of a capability set holding caps (all below
+// 32).
+func capSet(caps []uintptr) uint32 {
+	var set uint32
+	for _, c := range caps {
+		set |= 1 << c
+	}
+	return set
 }

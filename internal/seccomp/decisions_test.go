@@ -80,6 +80,10 @@ func TestFilterDecisions(t *testing.T) {
 		{"kill(0)", VMM, unix.SYS_KILL, []uint64{0, 9}},
 		{"tgkill of another process", VMM, unix.SYS_TGKILL, []uint64{uint64(os.Getpid() + 1), 1, 9}},
 		{"fchmodat set-user-ID", VMM, unix.SYS_FCHMODAT, []uint64{0, 0, 0o4755}},
+		{"fchmodat set-user-ID", Share, unix.SYS_FCHMODAT, []uint64{0, 0, 0o4755}},
+		{"openat O_CREAT set-group-ID", Share, unix.SYS_OPENAT, []uint64{0, 0, unix.O_CREAT | unix.O_WRONLY, 0o2755}},
+		{"mknodat a character device", Share, unix.SYS_MKNODAT, []uint64{0, 0, unix.S_IFCHR | 0o644, 0}},
+		{"mknodat a regular file", VMM, unix.SYS_MKNODAT, []uint64{0, 0, unix.S_IFREG | 0o644, 0}},
 		{"fchmod set-group-ID", RuntimeVMM, unix.SYS_FCHMOD, []uint64{3, 0o2755}},
 		{"openat O_CREAT set-user-ID", VMM, unix.SYS_OPENAT, []uint64{0, 0, unix.O_CREAT | unix.O_WRONLY, 0o4755}},
 		{"fsetxattr", VMM, unix.SYS_FSETXATTR, nil},
@@ -99,7 +103,7 @@ func TestFilterDecisions(t *testing.T) {
 		{"kill of the helper", VMM, unix.SYS_KILL, []uint64{1234, 9}},
 		{"tgkill of its own thread", Usernet, unix.SYS_TGKILL, []uint64{uint64(os.Getpid()), 1, 23}},
 		{"fchmodat 0755", VMM, unix.SYS_FCHMODAT, []uint64{0, 0, 0o755}},
-		{"mknodat a regular file", VMM, unix.SYS_MKNODAT, []uint64{0, 0, unix.S_IFREG | 0o644, 0}},
+		{"mknodat a regular file", Share, unix.SYS_MKNODAT, []uint64{0, 0, unix.S_IFREG | 0o644, 0}},
 		{"openat O_RDONLY", VMM, unix.SYS_OPENAT, []uint64{0, 0, unix.O_RDONLY, 0}},
 		{"socket AF_NETLINK NETLINK_ROUTE", RuntimeVMM, unix.SYS_SOCKET, []uint64{unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE}},
 	} {
@@ -113,7 +117,7 @@ func TestFilterDecisions(t *testing.T) {
 // every profile (relay included).
 func TestFilterRefuses(t *testing.T) {
 	allow := uint32(bpf.ActionAllow)
-	for _, p := range []Profile{VMM, RuntimeVMM, Usernet, relay} {
+	for _, p := range []Profile{VMM, RuntimeVMM, Usernet, Share, relay} {
 		for name, nr := range map[string]int{
 			"execve": unix.SYS_EXECVE, "execveat": unix.SYS_EXECVEAT, "fork": unix.SYS_FORK, "vfork": unix.SYS_VFORK,
 			"clone3": unix.SYS_CLONE3, "ptrace": unix.SYS_PTRACE, "process_vm_writev": unix.SYS_PROCESS_VM_WRITEV,

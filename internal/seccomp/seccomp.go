@@ -38,6 +38,10 @@ const (
 	// Usernet is the vessel-usernet helper: a user-space network stack
 	// on its socketpair and the host's TCP and UDP sockets.
 	Usernet
+	// Share is the vessel-share helper: the 9P file server of a VM's
+	// shares, on its connections from the VMM, making and changing
+	// files below the shared directories.
+	Share
 	// relay is the relay process (relay.go): it reads a pipe and writes
 	// descriptors it was given. Its default is an error, not a trap: a
 	// call it lacks must not cost the report it exists for.
@@ -53,6 +57,8 @@ func (p Profile) String() string {
 		return "VMM"
 	case Usernet:
 		return "user network helper"
+	case Share:
+		return "share server"
 	case relay:
 		return "seccomp relay"
 	}
@@ -105,22 +111,7 @@ func (p Profile) policy() (bpf.Policy, error) {
 		names = append(append(names, goRuntime...), vmmCalls...)
 		conds = append(conds, ioctls(vmmIoctls())...)
 		conds = append(conds, socketFamilies(unix.AF_UNIX)...)
-		// No set-user-ID or set-group-ID mode bits (the 9P server never
-		// sets them): a VMM that keeps CAP_CHOWN and CAP_FOWNER for its
-		// shares could otherwise chown a file in a shared host directory
-		// to root and make it set-user-ID.
-		// mknodat makes no device node either (the 9P server makes
-		// regular files only; S_IFCHR's bit is in S_IFBLK too).
-		const setID = unix.S_ISUID | unix.S_ISGID
-		for _, c := range []struct {
-			name string
-			arg  uint32
-			bits uint64
-		}{{"openat", 3, setID}, {"fchmod", 1, setID}, {"fchmodat", 2, setID}, {"mkdirat", 2, setID},
-			{"mknodat", 2, setID | unix.S_IFCHR}} {
-			conds = append(conds, bpf.NameWithConditions{Name: c.name, Conditions: bpf.ArgumentConditions{
-				{Argument: c.arg, Operation: bpf.BitsNotSet, Value: c.bits}}})
-		}
+		conds = append(conds, noSetID("openat", "fchmod", "fchmodat", "mkdirat")...)
 		// Signals to processes (its user network helper), not to process
 		// groups or everyone (pid 0 or negative).
 		conds = append(conds, bpf.NameWithConditions{Name: "kill", Conditions: bpf.ArgumentConditions{
@@ -140,6 +131,11 @@ func (p Profile) policy() (bpf.Policy, error) {
 		conds = append(conds, bpf.NameWithConditions{Name: "openat", Conditions: bpf.ArgumentConditions{
 			{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.O_WRONLY | unix.O_RDWR | unix.O_CREAT | unix.O_TRUNC}}})
 		conds = append(conds, ioctls([]uintptr{unix.TIOCINQ})...)
+	case Share:
+		names = append(append(names, goRuntime...), shareCalls...)
+		// mknodat makes no device node either (the 9P server makes
+		// regular files only; S_IFCHR's bit is in S_IFBLK too).
+		conds = append(conds, noSetID("openat", "fchmod", "fchmodat", "mkdirat", "mknodat")...)
 	case relay:
 		names = append(names, goRuntime...)
 	default:
@@ -186,6 +182,26 @@ func (p Profile) policy() (bpf.Policy, error) {
 		return bpf.Policy{}, fmt.Errorf("seccomp: the %s filter: %w", p, err)
 	}
 	return policy, nil
+}
+
+// noSetID allows each of the calls (openat, fchmod, fchmodat, mkdirat,
+// mknodat) with no set-user-ID or set-group-ID mode bit: the share server
+// never sets them, and keeps CAP_CHOWN and CAP_FOWNER, with which it could
+// otherwise chown a file in a shared host directory to root and make it
+// set-user-ID. mknodat makes no device node either.
+func noSetID(calls ...string) []bpf.NameWithConditions {
+	const setID = unix.S_ISUID | unix.S_ISGID
+	arg := map[string]uint32{"openat": 3, "fchmod": 1, "fchmodat": 2, "mkdirat": 2, "mknodat": 2}
+	var out []bpf.NameWithConditions
+	for _, c := range calls {
+		bits := uint64(setID)
+		if c == "mknodat" {
+			bits |= unix.S_IFCHR
+		}
+		out = append(out, bpf.NameWithConditions{Name: c, Conditions: bpf.ArgumentConditions{
+			{Argument: arg[c], Operation: bpf.BitsNotSet, Value: bits}}})
+	}
+	return out
 }
 
 // ioctls allows ioctl with each of the requests.
@@ -240,18 +256,30 @@ var goRuntime = []string{
 }
 
 // vmmCalls are what a running VMM does besides: the devices' I/O on
-// their files (block requests, discard, flush), the 9P shares' file
-// system calls (confined by descriptor in devices/share), vsock's and
-// the control sockets' connections, the container's state and logs, and
-// waiting for or stopping its user network helper at the end.
+// their files (block requests, discard, flush), vsock's, the control
+// sockets' and the share server's connections, the container's state and
+// logs, and waiting for or stopping its helpers at the end. The shares'
+// file system calls are the share server's (shareCalls): a VMM makes no
+// link, symlink or device node, changes no owner and no time stamp.
 var vmmCalls = []string{
-	"fsync", "fdatasync", "fallocate", "ftruncate", "truncate", // a share's setattr truncates /proc/self/fd/N
-	"openat2", "getdents64", "readlinkat", "fchown", "fchownat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
-	"fgetxattr", "flistxattr", "fstatfs", "statfs", "faccessat", "faccessat2",
+	"fsync", "fdatasync", "fallocate", "ftruncate",
+	"getdents64", "readlinkat", "unlinkat", "renameat", "renameat2",
+	"fstatfs", "statfs", "faccessat", "faccessat2",
 	"getcwd", "flock",
 	"connect", "accept4", "bind", "listen", "getsockopt", "setsockopt", "getsockname", "getpeername",
 	"recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "socketpair",
 	"wait4", "waitid", "pidfd_open", "pidfd_send_signal",
+}
+
+// shareCalls are the share server's besides the runtime's: the 9P
+// server's file system calls, confined by descriptor in devices/share
+// (a setattr truncates /proc/self/fd/N), and its connections, which
+// arrive on its control socket.
+var shareCalls = []string{
+	"fsync", "fdatasync", "ftruncate", "truncate",
+	"openat2", "getdents64", "readlinkat", "fchown", "fchownat", "unlinkat", "renameat", "renameat2", "symlinkat", "linkat", "utimensat",
+	"fgetxattr", "flistxattr", "fstatfs", "statfs", "faccessat", "faccessat2",
+	"recvmsg", "shutdown",
 }
 
 // runtimeVMMCalls are vessel-runtime's VMM's besides: attaching and

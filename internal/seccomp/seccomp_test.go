@@ -59,7 +59,10 @@ func TestProfiles(t *testing.T) {
 	}{
 		{VMM, map[string]int{
 			"read": plain, "futex": plain, "openat": cond, "pwritev": plain, "accept4": plain,
-			"fchmodat": cond, "fchmod": cond, "mkdirat": cond, "mknodat": cond,
+			"fchmodat": cond, "fchmod": cond, "mkdirat": cond,
+			// The shares' calls are the share server's.
+			"mknodat": no, "symlinkat": no, "linkat": no, "fchown": no, "fchownat": no, "utimensat": no,
+			"openat2": no, "truncate": no, "fgetxattr": no,
 			"ioctl": cond, "socket": cond, "clone": cond, "mmap": cond, "mprotect": cond,
 			"execve": no, "execveat": no, "fork": no, "vfork": no, "clone3": no, "ptrace": no,
 			"mount": no, "umount2": no, "pivot_root": no, "chroot": no, "setns": no, "unshare": no,
@@ -69,6 +72,12 @@ func TestProfiles(t *testing.T) {
 		{RuntimeVMM, map[string]int{
 			"mount": plain, "move_mount": plain, "umount2": plain, "socket": cond,
 			"execve": no, "open_tree": no, "setns": no, "unshare": no, "pivot_root": no,
+		}},
+		{Share, map[string]int{
+			"openat": cond, "openat2": plain, "mkdirat": cond, "mknodat": cond, "fchmodat": cond, "fchownat": plain,
+			"symlinkat": plain, "linkat": plain, "renameat": plain, "unlinkat": plain, "recvmsg": plain,
+			"socket": no, "connect": no, "bind": no, "sendmsg": no, "ioctl": no, "kill": no,
+			"execve": no, "mount": no, "fork": no,
 		}},
 		{Usernet, map[string]int{
 			"sendmsg": plain, "connect": plain, "socket": cond, "openat": cond,

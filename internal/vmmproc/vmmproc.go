@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -221,8 +222,9 @@ func Main() int {
 	if err != nil {
 		return fail(fmt.Errorf("read the VM's configuration: %w", err))
 	}
-	// A jailed VMM needs few descriptors (the 9P shares' budget follows
-	// this) and threads: a vCPU each and the Go runtime's.
+	// A jailed VMM needs few descriptors (the 9P shares' budget, in the
+	// share server that inherits the limit, follows this) and threads:
+	// a vCPU each and the Go runtime's.
 	if err := jail.Limits(4096); err != nil {
 		return fail(err)
 	}
@@ -242,18 +244,24 @@ func Main() int {
 		cfg.Vsock.Dial = b.dial
 	}
 	// The user network's helper, started by vmm.New in the host's
-	// network namespace, runs as the jail's user too.
+	// network namespace, runs as the jail's user too, and so does the
+	// shares' server, with a file server's capabilities (which the VMM
+	// does not keep).
+	jailUser := &syscall.Credential{Uid: uint32(w.UID), Gid: uint32(w.GID), Groups: []uint32{}}
 	for i := range cfg.Nets {
 		if u := cfg.Nets[i].User; u != nil {
 			c := *u
-			c.Credential = &syscall.Credential{Uid: uint32(w.UID), Gid: uint32(w.GID), Groups: []uint32{}}
+			c.Credential = jailUser
 			cfg.Nets[i].User = &c
 		}
 	}
+	cfg.ShareCredential = jailUser
 	// The shares are opened through the jail's bind mounts of them, not
 	// by their host paths: a descriptor of the host's tree would lead
-	// out of the jail once it is entered.
-	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID, FileCaps: len(w.Shares) > 0}
+	// out of the jail once it is entered. The share server, started by
+	// vmm.New in this mount namespace, is moved into the jail with
+	// this process by Enter's pivot_root.
+	spec := jail.Spec{Root: w.Root, UID: w.UID, GID: w.GID}
 	for _, sh := range w.Shares {
 		spec.Shares = append(spec.Shares, jail.Share{Dir: sh.Dir, ReadOnly: sh.ReadOnly})
 	}
@@ -287,6 +295,13 @@ func Main() int {
 		}
 		vm.Stop()
 	}()
+	// What building the VM allocated is garbage now (the kernel's
+	// and initramfs's reads, the seccomp filter's tables): collected
+	// and its pages returned to the host before the guest runs, the
+	// heap starts the VM's life at its live size. Without it the first
+	// collection waits for 4 MB of allocations, which a VM that does
+	// little I/O may never make.
+	debug.FreeOSMemory()
 	send(Msg{Ready: true})
 	res := vm.Run()
 	send(Msg{Result: &Result{Kind: res.Kind, Status: res.Status, Detail: res.Detail, ConsoleTail: res.ConsoleTail,
