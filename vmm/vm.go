@@ -473,15 +473,16 @@ func (v *VM) bounded(what string, f func()) bool {
 // guest memory, vCPUs or the VM, which they may still be using; the
 // process's exit frees them.
 func (v *VM) Close() error {
+	// The share server goes whatever else stays: it holds no guest
+	// memory, and no other process would end it (unjailed, there is no
+	// PID namespace to take it along).
+	defer v.closeShares()
 	if v.stuck.Load() {
 		return nil
 	}
 	v.closeVirtio()
 	v.closeUserNets()
-	if v.shares != nil {
-		v.shares.Close()
-		v.shares = nil
-	}
+	v.closeShares()
 	if v.stuck.Load() {
 		return nil
 	}
@@ -506,6 +507,14 @@ func (v *VM) Close() error {
 		v.sys = nil
 	}
 	return nil
+}
+
+// closeShares ends the share server, if the VM has one.
+func (v *VM) closeShares() {
+	if v.shares != nil {
+		v.shares.Close()
+		v.shares = nil
+	}
 }
 
 // SetInput sets where console input comes from; it must be called before

@@ -135,18 +135,10 @@ func serve(ctl *net.UnixConn, servers []*p9.Server) {
 }
 
 // restrictCaps leaves the process a file server's capabilities when it
-// gives files the guest's owners (-chown), else none, wherever it has
-// CAP_SETPCAP to do so: as root, or started by a jailed VMM with them as
-// ambient capabilities. Without it the process has none to drop.
+// gives files the guest's owners (-chown), else none: as root, or
+// started by a jailed VMM with them as ambient capabilities, also in its
+// bounding set.
 func restrictCaps(chown bool) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capget: %w", err)
-	}
-	if data[0].Effective&(1<<unix.CAP_SETPCAP) == 0 {
-		return nil
-	}
 	var keep []uintptr
 	if chown {
 		keep = jail.ShareCaps

@@ -318,7 +318,11 @@ type p9Conn struct {
 	mu      sync.Mutex
 	waiting map[uint16]func([]byte)  // by tag: the reply's taker
 	flushes map[uint16][]flushWaiter // by the tag they flush
-	closed  bool
+	// flushTags are the tags of the Tflushes waiting: the transport
+	// answers them, and a reply from the server with one is dropped
+	// (it never saw them), lest a chain be completed twice.
+	flushTags map[uint16]bool
+	closed    bool
 }
 
 // flushWaiter is a Tflush waiting for the reply to the tag it flushes.
@@ -336,16 +340,19 @@ const (
 
 func newP9Conn(srv P9Server, logf func(string, ...any)) *p9Conn {
 	c := &p9Conn{
-		reqs:    make(chan []byte, p9Queued),
-		done:    make(chan struct{}),
-		srvDone: make(chan struct{}),
-		logf:    logf,
-		waiting: map[uint16]func([]byte){},
-		flushes: map[uint16][]flushWaiter{},
+		reqs:      make(chan []byte, p9Queued),
+		done:      make(chan struct{}),
+		srvDone:   make(chan struct{}),
+		logf:      logf,
+		waiting:   map[uint16]func([]byte){},
+		flushes:   map[uint16][]flushWaiter{},
+		flushTags: map[uint16]bool{},
 	}
 	go func() {
 		defer close(c.srvDone)
-		srv.Handle(&p9Requests{c: c}, &p9Replies{c: c})
+		if err := srv.Handle(&p9Requests{c: c}, &p9Replies{c: c}); err != nil {
+			c.log("9p server: %v", err)
+		}
 	}()
 	return c
 }
@@ -384,6 +391,7 @@ func (c *p9Conn) submit(msg []byte, reply func([]byte), stop <-chan struct{}) in
 			return submitted
 		}
 		c.waiting[tag] = reply
+		c.flushTags[tag] = true
 		c.flushes[old] = append(c.flushes[old], flushWaiter{tag: tag, reply: reply})
 		c.mu.Unlock()
 		return submitted
@@ -405,6 +413,11 @@ func (c *p9Conn) submit(msg []byte, reply func([]byte), stop <-chan struct{}) in
 func (c *p9Conn) deliver(msg []byte) {
 	tag := binary.LittleEndian.Uint16(msg[5:])
 	c.mu.Lock()
+	if c.flushTags[tag] {
+		c.mu.Unlock()
+		c.log("reply with tag %d, a flush's, which the server never saw", tag)
+		return
+	}
 	take, ok := c.waiting[tag]
 	delete(c.waiting, tag)
 	closed := c.closed
@@ -431,6 +444,7 @@ func (c *p9Conn) flushed(tag uint16) {
 	delete(c.flushes, tag)
 	for _, f := range fs {
 		delete(c.waiting, f.tag)
+		delete(c.flushTags, f.tag)
 	}
 	c.mu.Unlock()
 	for _, f := range fs {
@@ -451,6 +465,7 @@ func (c *p9Conn) close() {
 	c.closed = true
 	c.waiting = map[uint16]func([]byte){}
 	c.flushes = map[uint16][]flushWaiter{}
+	c.flushTags = map[uint16]bool{}
 	c.mu.Unlock()
 	close(c.done)
 	<-c.srvDone
@@ -463,8 +478,15 @@ type p9Requests struct {
 	cur []byte
 }
 
-// Read implements io.Reader.
+// Read implements io.Reader. Once the connection closed it hands out
+// nothing more, not even the rest of a message it started: a reset's
+// wait for the server does not depend on what the server still reads.
 func (t *p9Requests) Read(b []byte) (int, error) {
+	select {
+	case <-t.c.done:
+		return 0, io.EOF
+	default:
+	}
 	if len(t.cur) == 0 {
 		select {
 		case t.cur = <-t.c.reqs:
@@ -479,6 +501,10 @@ func (t *p9Requests) Read(b []byte) (int, error) {
 
 // Close implements io.Closer.
 func (t *p9Requests) Close() error { return nil }
+
+// Done returns a channel closed when the connection ends (a reset): a
+// server in another process cuts its own waits short then.
+func (t *p9Requests) Done() <-chan struct{} { return t.c.done }
 
 // p9Replies is the server's side of the replies. The server writes each
 // reply whole (in one or more Writes, none interleaved), so the writer

@@ -324,3 +324,72 @@ func TestP9RepliesBounded(t *testing.T) {
 type serverFunc func(io.ReadCloser, io.WriteCloser) error
 
 func (f serverFunc) Handle(t io.ReadCloser, w io.WriteCloser) error { return f(t, w) }
+
+// TestP9ReplyToFlushTag: the server (vessel-share, possibly the guest's)
+// never sees a Tflush, yet p9Conn keeps the flush's taker in waiting under
+// the flush's tag, so a reply the server makes up with that tag completes
+// the flush's chain, and the flushed request's reply then completes it
+// again (flushed answers every flush waiter): one chain pushed twice on
+// the used ring.
+func TestP9ReplyToFlushTag(t *testing.T) {
+	c := newP9Conn(serverFunc(func(io.ReadCloser, io.WriteCloser) error { return nil }), nil)
+	defer c.close()
+	stop := make(chan struct{})
+	flushReplies := 0
+	if c.submit(msg9p(10, 1, nil), func([]byte) {}, stop) != submitted {
+		t.Fatal("request not submitted")
+	}
+	if c.submit(msg9p(p9Tflush, 2, []byte{1, 0}), func([]byte) { flushReplies++ }, stop) != submitted {
+		t.Fatal("flush not submitted")
+	}
+	w := &p9Replies{c: c}
+	w.Write(msg9p(11, 2, nil)) // a reply to the Tflush's tag, which the server never saw
+	w.Write(msg9p(11, 1, nil)) // the flushed request's reply
+	if flushReplies != 1 {
+		t.Errorf("the Tflush's chain was completed %d times, want once", flushReplies)
+	}
+}
+
+// TestP9RequestsEndAtReset: once the connection closes (a device reset),
+// the server is handed no more requests. p9Requests.Read returns the
+// rest of a message it started, and picks queued ones over done at
+// random, so remote.Server.Handle goes on writing them to the helper
+// after the reset, each 32 KiB write bounded by stallWait on its own: a
+// helper that takes them just in time would hold the reset for minutes.
+// (Found by a review of da2b9d5.)
+func TestP9RequestsEndAtReset(t *testing.T) {
+	got := make(chan io.Reader, 1)
+	release := make(chan struct{})
+	c := newP9Conn(serverFunc(func(r io.ReadCloser, _ io.WriteCloser) error {
+		got <- r
+		<-release
+		return nil
+	}), nil)
+	stop := make(chan struct{})
+	for tag := uint16(1); tag <= p9Queued; tag++ {
+		if c.submit(msg9p(10, tag, make([]byte, 64<<10)), func([]byte) {}, stop) != submitted {
+			t.Fatal("request not submitted")
+		}
+	}
+	r := <-got
+	if _, err := io.ReadFull(r, make([]byte, p9HeaderSize)); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { c.close(); close(closed) }()
+	<-c.done
+	n := 0
+	buf := make([]byte, 32<<10)
+	for {
+		k, err := r.Read(buf)
+		n += k
+		if err != nil {
+			break
+		}
+	}
+	close(release)
+	<-closed
+	if n > 0 {
+		t.Errorf("after the reset, the server was still handed %d bytes of requests", n)
+	}
+}

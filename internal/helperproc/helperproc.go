@@ -84,12 +84,23 @@ func Start(s Spec) (*exec.Cmd, error) {
 	cmd := exec.Command(s.Path, s.Args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Cloneflags: s.Cloneflags, AmbientCaps: s.AmbientCaps}
 	if s.Credential != nil {
+		// The descriptor stays close-on-exec: the kernel opens
+		// /proc/self/fd/N before it closes such descriptors, and the
+		// helper does not keep a descriptor of a host file outside its
+		// jail. Its number is above every one the child's descriptor
+		// shuffle uses (at most twice the descriptors it gets), which
+		// would overwrite it.
 		exe, err := os.Open(s.Path)
 		if err != nil {
 			return nil, err
 		}
-		files = append(files, exe)
-		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", 3+len(files)-1)
+		fd, err := unix.FcntlInt(exe.Fd(), unix.F_DUPFD_CLOEXEC, 2*(3+len(files))+8)
+		exe.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Path, err)
+		}
+		defer unix.Close(fd)
+		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", fd)
 		cmd.SysProcAttr.Credential = s.Credential
 	}
 	cmd.Dir = "/"
@@ -107,6 +118,10 @@ func Start(s Spec) (*exec.Cmd, error) {
 		errR.Close()
 		return nil, err
 	}
+	// A helper the guest took over that fills the memory it shares
+	// with its VM (the jail's cgroup) is the one the OOM killer picks.
+	// Best effort: raising it needs no privilege over one's own child.
+	os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid), []byte("1000"), 0)
 	go RelayStderr(errR, os.Stderr, s.Profile)
 	return cmd, nil
 }

@@ -433,19 +433,27 @@ func dropPrivileges(uid, gid int, keep bool) error {
 	return nil
 }
 
-// RestrictCaps leaves the process keep (at most ShareCaps) as its
-// bounding, permitted and effective capabilities and none inheritable or
-// ambient, on every thread. It needs CAP_SETPCAP, which it drops: the
-// share server, started with keep and CAP_SETPCAP as ambient
-// capabilities, or as root, calls it first thing.
+// RestrictCaps leaves the process at most keep (at most ShareCaps) as its
+// permitted and effective capabilities and none inheritable or ambient,
+// on every thread; with CAP_SETPCAP (which it then drops) it also empties
+// the bounding set but for keep. The share server, started with keep and
+// CAP_SETPCAP as ambient capabilities, or as root, or as a user with
+// whatever it inherited, calls it first thing.
 func RestrictCaps(keep []uintptr) error {
-	if err := dropBounding(keep); err != nil {
-		return err
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("jail: capget: %w", err)
+	}
+	if data[0].Effective&(1<<unix.CAP_SETPCAP) != 0 {
+		if err := dropBounding(keep); err != nil {
+			return err
+		}
 	}
 	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); e != 0 {
 		return fmt.Errorf("jail: clear the ambient capabilities: %w", e)
 	}
-	return capsetAllThreads(capSet(keep))
+	return capsetAllThreads(capSet(keep) & data[0].Permitted)
 }
 
 // dropBounding empties every thread's bounding set but for keep.

@@ -178,3 +178,15 @@ func TestFilterRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestShareNoOpenat2: the share server's filter refuses set-ID modes on
+// openat (noSetID), but allows openat2, whose mode is in struct open_how
+// where no filter can look: openat2(dir, "x", {O_CREAT|O_WRONLY, 04755})
+// makes a set-user-ID file in a shared host directory (the jail's
+// nosuid bind mount is the helper's view only). devices/share never
+// calls openat2 (nor does Go's os package).
+func TestShareNoOpenat2(t *testing.T) {
+	if decide(t, Share, unix.SYS_OPENAT2) == uint32(bpf.ActionAllow) {
+		t.Error("the share server filter allows openat2, which bypasses its set-ID check on openat")
+	}
+}

@@ -74,7 +74,7 @@ func TestProfiles(t *testing.T) {
 			"execve": no, "open_tree": no, "setns": no, "unshare": no, "pivot_root": no,
 		}},
 		{Share, map[string]int{
-			"openat": cond, "openat2": plain, "mkdirat": cond, "mknodat": cond, "fchmodat": cond, "fchownat": plain,
+			"openat": cond, "openat2": no, "mkdirat": cond, "mknodat": cond, "fchmodat": cond, "fchownat": plain,
 			"symlinkat": plain, "linkat": plain, "renameat": plain, "unlinkat": plain, "recvmsg": plain,
 			"socket": no, "connect": no, "bind": no, "sendmsg": no, "ioctl": no, "kill": no,
 			"execve": no, "mount": no, "fork": no,

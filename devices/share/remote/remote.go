@@ -9,11 +9,12 @@
 // The helper faces the guest and is not trusted: what it sends back is
 // bounded by the device (virtio.P9 takes whole messages of at most 1
 // MiB), and a helper that stops reading or answering holds up a
-// connection's end (a device reset) for at most stallWait.
+// connection's end (a device reset) for at most endWait.
 package remote
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -166,6 +168,10 @@ func (h *Helper) ready() error {
 // Close ends the helper: it exits when its control socket closes, and is
 // killed if it has not within exitWait.
 func (h *Helper) Close() error {
+	h.readyOnce.Do(func() {
+		h.readyErr = fmt.Errorf("share: %s closed", HelperName)
+		h.readyR.Close()
+	})
 	h.ctl.Close()
 	select {
 	case <-h.exited:
@@ -200,8 +206,13 @@ func (s *Server) connect() (*os.File, error) {
 	}
 	var msg [4]byte
 	binary.LittleEndian.PutUint32(msg[:], s.share)
+	// Bounded: a helper that stops reading its control socket fills
+	// it, and a write without a limit would then hold this device's
+	// reset, and every share's next connection, for good.
 	s.h.mu.Lock()
+	s.h.ctl.SetWriteDeadline(time.Now().Add(stallWait))
 	_, _, err = s.h.ctl.WriteMsgUnix(msg[:], unix.UnixRights(fds[1]), nil)
+	s.h.ctl.SetWriteDeadline(time.Time{})
 	s.h.mu.Unlock()
 	unix.Close(fds[1])
 	if err != nil {
@@ -212,8 +223,11 @@ func (s *Server) connect() (*os.File, error) {
 }
 
 // Handle implements virtio.P9Server: the requests from t go to the
-// helper, its replies to w, until t ends and the helper has answered
-// what it had; a helper that stalls for stallWait ends the connection.
+// helper, its replies to w, until t ends (or, where t has a Done channel,
+// as virtio.P9's has, the connection ends: a device reset) and the
+// helper has answered what it had. A helper that stalls a request for
+// stallWait ends the connection, and one that is not done endWait after
+// the connection's end is cut off.
 func (s *Server) Handle(t io.ReadCloser, w io.WriteCloser) error {
 	defer t.Close()
 	defer w.Close()
@@ -222,35 +236,66 @@ func (s *Server) Handle(t io.ReadCloser, w io.WriteCloser) error {
 		return err
 	}
 	defer conn.Close()
+	c := &helperConn{f: conn}
 	replies := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(w, conn)
 		replies <- err
 	}()
-	_, err = io.Copy(stallWriter{conn}, t)
+	if d, ok := t.(interface{ Done() <-chan struct{} }); ok {
+		finished := make(chan struct{})
+		defer close(finished)
+		go func() {
+			select {
+			case <-d.Done():
+				c.end()
+			case <-finished:
+			}
+		}()
+	}
+	_, err = io.Copy(c, t)
 	// No more requests: the helper finishes those it has, then closes
 	// its end.
+	c.end()
 	if sc, e := conn.SyscallConn(); e == nil {
 		sc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_WR) })
 	}
-	select {
-	case rerr := <-replies:
-		if err == nil {
-			err = rerr
-		}
-	case <-time.After(stallWait):
-		conn.Close() // ends the copy of the replies
-		<-replies
-		err = fmt.Errorf("share: %s did not finish a connection's requests within %v", HelperName, stallWait)
+	rerr := <-replies
+	if errors.Is(rerr, os.ErrDeadlineExceeded) {
+		rerr = fmt.Errorf("share: %s did not finish a connection's requests within %v of its end", HelperName, endWait)
+	}
+	if err == nil {
+		err = rerr
 	}
 	return err
 }
 
-// stallWriter writes to the helper's end of a connection, failing a write
-// the helper does not take within stallWait.
-type stallWriter struct{ f *os.File }
+// endWait is how long the helper has to finish a connection's requests
+// once the connection ended: less than the VMM waits for a device to stop
+// (vmm's stopWait), so that a helper cannot make the VM stuck.
+const endWait = 5 * time.Second
 
-func (w stallWriter) Write(b []byte) (int, error) {
-	w.f.SetWriteDeadline(time.Now().Add(stallWait))
-	return w.f.Write(b)
+// helperConn is the VMM's end of a connection to the helper: each write
+// fails if the helper does not take it within stallWait, and everything
+// fails endWait after end.
+type helperConn struct {
+	f     *os.File
+	ended atomic.Bool
+}
+
+// end sets the connection's last moment, once.
+func (c *helperConn) end() {
+	if !c.ended.Swap(true) {
+		c.f.SetDeadline(time.Now().Add(endWait))
+	}
+}
+
+func (c *helperConn) Write(b []byte) (int, error) {
+	if !c.ended.Load() {
+		c.f.SetWriteDeadline(time.Now().Add(stallWait))
+		if c.ended.Load() { // end ran meanwhile: its deadline stands
+			c.f.SetWriteDeadline(time.Now().Add(endWait))
+		}
+	}
+	return c.f.Write(b)
 }

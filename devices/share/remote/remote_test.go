@@ -231,3 +231,53 @@ func (zeros) Read(b []byte) (int, error) {
 	clear(b)
 	return len(b), nil
 }
+
+// TestControlNotRead: a helper (taken over by the guest) that stops
+// reading its control socket must not hold a connection's start for
+// good. connect writes to ctl with no deadline while holding h.mu: once
+// the socket's send buffer is full of connections the helper never took
+// (one per device activation, which the guest makes by resetting the
+// device), Handle blocks in connect forever, and with it that device's
+// reset (p9Conn.close waits for Handle) and every other share's connect.
+func TestControlNotRead(t *testing.T) {
+	defer func(w time.Duration) { stallWait = w }(stallWait)
+	stallWait = 300 * time.Millisecond
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "ctl"), os.NewFile(uintptr(fds[1]), "ctl")
+	defer theirs.Close() // the helper's end: open, never read
+	fc, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyW.WriteString("ok\n")
+	readyW.Close()
+	h := &Helper{ctl: fc.(*net.UnixConn), readyR: readyR, cmd: &exec.Cmd{Args: []string{HelperName}}}
+	defer h.ctl.Close()
+	s := h.Server(0)
+	for i := 0; i < 100000; i++ {
+		done := make(chan error, 1)
+		go func() {
+			conn, err := s.connect()
+			if err == nil {
+				conn.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				return // refused within the bound: what the test wants
+			}
+		case <-time.After(20 * stallWait):
+			t.Fatalf("connection %d: connect still blocked after %v on a helper that stopped reading its control socket", i, 20*stallWait)
+		}
+	}
+}
