@@ -17,6 +17,7 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -30,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselvm/vessel/devices/share"
+	"github.com/vesselvm/vessel/internal/fdpass"
 	"github.com/vesselvm/vessel/internal/jail"
 	"github.com/vesselvm/vessel/internal/seccomp"
 )
@@ -106,31 +108,19 @@ func setup(readOnly string, chown bool) (*net.UnixConn, []*p9.Server, error) {
 // control socket. A message that is not one share's index with one
 // socket is dropped, its descriptors closed.
 func serve(ctl *net.UnixConn, servers []*p9.Server) {
-	var msg [4]byte
-	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
-		n, oobn, flags, _, err := ctl.ReadMsgUnix(msg[:], oob)
-		if err != nil || n == 0 && oobn == 0 {
-			return
-		}
-		var fds []int
-		if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, c := range cmsgs {
-				if rights, err := unix.ParseUnixRights(&c); err == nil {
-					fds = append(fds, rights...)
-				}
-			}
-		}
-		i := binary.LittleEndian.Uint32(msg[:])
-		if n != len(msg) || len(fds) != 1 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || uint64(i) >= uint64(len(servers)) {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+		msg, files, err := fdpass.Recv(ctl, 4, 1)
+		if errors.Is(err, fdpass.ErrTooMany) {
 			continue
 		}
-		unix.CloseOnExec(fds[0])
-		conn := os.NewFile(uintptr(fds[0]), "9p connection")
-		go servers[i].Handle(conn, conn)
+		if err != nil || len(msg) == 0 && len(files) == 0 {
+			return // the VMM closed it
+		}
+		if len(msg) != 4 || len(files) != 1 || uint64(binary.LittleEndian.Uint32(msg)) >= uint64(len(servers)) {
+			fdpass.Close(files)
+			continue
+		}
+		go servers[binary.LittleEndian.Uint32(msg)].Handle(files[0], files[0])
 	}
 }
 

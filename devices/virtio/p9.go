@@ -39,6 +39,9 @@ const (
 // P9Server serves one 9P connection: requests arrive on t and replies go
 // to w, each a whole 9P message, replies in any order. Handle returns
 // when t reaches EOF and every request has its reply.
+// t also has a Done method, whose channel closes when the connection
+// ends (a reset): a server in another process (devices/share/remote)
+// bounds its last waits from then.
 // *github.com/hugelgupf/p9/p9.Server is one.
 type P9Server interface {
 	Handle(t io.ReadCloser, w io.WriteCloser) error

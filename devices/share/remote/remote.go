@@ -29,6 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselvm/vessel/internal/fdpass"
 	"github.com/vesselvm/vessel/internal/helperproc"
 	"github.com/vesselvm/vessel/internal/seccomp"
 )
@@ -204,17 +205,16 @@ func (s *Server) connect() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("share: socketpair: %w", err)
 	}
-	var msg [4]byte
-	binary.LittleEndian.PutUint32(msg[:], s.share)
+	theirs := os.NewFile(uintptr(fds[1]), "share connection")
+	defer theirs.Close()
 	// Bounded: a helper that stops reading its control socket fills
 	// it, and a write without a limit would then hold this device's
 	// reset, and every share's next connection, for good.
 	s.h.mu.Lock()
 	s.h.ctl.SetWriteDeadline(time.Now().Add(stallWait))
-	_, _, err = s.h.ctl.WriteMsgUnix(msg[:], unix.UnixRights(fds[1]), nil)
+	err = fdpass.Send(s.h.ctl, binary.LittleEndian.AppendUint32(nil, s.share), theirs)
 	s.h.ctl.SetWriteDeadline(time.Time{})
 	s.h.mu.Unlock()
-	unix.Close(fds[1])
 	if err != nil {
 		unix.Close(fds[0])
 		return nil, fmt.Errorf("share: %s is gone: %w", HelperName, err)

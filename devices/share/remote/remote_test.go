@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/vesselvm/vessel/internal/fdpass"
+	"github.com/vesselvm/vessel/internal/helperproc"
 	"github.com/vesselvm/vessel/internal/testbin"
 )
 
@@ -144,17 +144,11 @@ func TestStartMissingDir(t *testing.T) {
 	}
 }
 
-// fakeHelper is a Helper whose other end is the test's: conns receives
-// the connections a Server hands it.
-func fakeHelper(t *testing.T) (*Helper, <-chan *os.File) {
+// readyHelper is a Helper that said it is ready, whose control
+// socket's other end, theirs, is the test's.
+func readyHelper(t *testing.T) (h *Helper, theirs *os.File) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "ctl"), os.NewFile(uintptr(fds[1]), "ctl")
-	fc, err := net.FileConn(mine)
-	mine.Close()
+	ctl, theirs, err := helperproc.Pair("ctl")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,22 +158,31 @@ func fakeHelper(t *testing.T) (*Helper, <-chan *os.File) {
 	}
 	readyW.WriteString("ok\n")
 	readyW.Close()
-	h := &Helper{ctl: fc.(*net.UnixConn), readyR: readyR, cmd: &exec.Cmd{Args: []string{HelperName}}}
+	h = &Helper{ctl: ctl, readyR: readyR, cmd: &exec.Cmd{Args: []string{HelperName}}}
+	t.Cleanup(func() { h.ctl.Close(); theirs.Close() })
+	return h, theirs
+}
+
+// fakeHelper is a ready Helper whose other end is the test's: conns
+// receives the connections a Server hands it.
+func fakeHelper(t *testing.T) (*Helper, <-chan *os.File) {
+	t.Helper()
+	h, theirs := readyHelper(t)
+	fc, err := net.FileConn(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conns := make(chan *os.File, 4)
 	go func() {
-		defer theirs.Close()
+		defer fc.Close()
 		for {
-			b, oob := make([]byte, 4), make([]byte, unix.CmsgSpace(4))
-			_, oobn, _, _, err := unix.Recvmsg(int(theirs.Fd()), b, oob, 0)
-			if err != nil || oobn == 0 {
+			_, files, err := fdpass.Recv(fc.(*net.UnixConn), 4, 1)
+			if err != nil || len(files) == 0 {
 				return
 			}
-			cmsgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
-			fds, _ := unix.ParseUnixRights(&cmsgs[0])
-			conns <- os.NewFile(uintptr(fds[0]), "conn")
+			conns <- files[0]
 		}
 	}()
-	t.Cleanup(func() { h.ctl.Close() })
 	return h, conns
 }
 
@@ -242,25 +245,7 @@ func (zeros) Read(b []byte) (int, error) {
 func TestControlNotRead(t *testing.T) {
 	defer func(w time.Duration) { stallWait = w }(stallWait)
 	stallWait = 300 * time.Millisecond
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "ctl"), os.NewFile(uintptr(fds[1]), "ctl")
-	defer theirs.Close() // the helper's end: open, never read
-	fc, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	readyW.WriteString("ok\n")
-	readyW.Close()
-	h := &Helper{ctl: fc.(*net.UnixConn), readyR: readyR, cmd: &exec.Cmd{Args: []string{HelperName}}}
-	defer h.ctl.Close()
+	h, _ := readyHelper(t) // the helper's end: open, never read
 	s := h.Server(0)
 	for i := 0; i < 100000; i++ {
 		done := make(chan error, 1)
